@@ -1,0 +1,1 @@
+"""What the single beat runs: its scheduler and the reconcile-and-dispatch tick."""

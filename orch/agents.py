@@ -1,0 +1,151 @@
+"""Agent types, loaded from config/agents.yaml: keywords, queue, executor, concurrency cap, timeout, retries."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from orch.durations import parse_duration
+from orch.errors import ConfigInvalid
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+EXECUTORS = ("claude-code", "anthropic", "python", "shell", "noop")
+_WORD = re.compile(r"[a-z0-9]+")
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=86400)]
+
+
+def normalise_phrase(text: str) -> str:
+    """Lower-case words joined by one space: the form keywords and task text are compared in."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
+class _AgentDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    executor: str = "claude-code"
+    concurrency: int = Field(4, ge=1, le=10_000)
+    timeout: Seconds = 1800.0
+    retries: int = Field(2, ge=0, le=100)
+
+
+class AgentTypeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    keywords: tuple[str, ...] = ()
+    queue: str | None = None
+    executor: str | None = None
+    concurrency: int | None = Field(None, ge=1, le=10_000)
+    timeout: Seconds | None = None
+    retries: int | None = Field(None, ge=0, le=100)
+
+
+@dataclass(frozen=True)
+class AgentType:
+    name: str
+    description: str
+    keywords: tuple[str, ...]
+    queue: str
+    executor: str
+    concurrency: int
+    timeout: float
+    retries: int
+
+
+class _AgentsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fallback: str = "general-purpose"
+    defaults: _AgentDefaults = _AgentDefaults()
+    agent_types: list[AgentTypeSpec]
+
+
+@dataclass(frozen=True)
+class AgentRegistry:
+    """The agent types in file order (the order breaks routing ties) and the fallback type."""
+
+    types: tuple[AgentType, ...]
+    fallback: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {t.name: t for t in self.types})
+
+    @property
+    def by_name(self) -> Mapping[str, AgentType]:
+        by_name: Mapping[str, AgentType] = object.__getattribute__(self, "_by_name")
+        return by_name
+
+    def __iter__(self) -> Iterator[AgentType]:
+        return iter(self.types)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.by_name
+
+    def get(self, name: str) -> AgentType:
+        return self.by_name[name]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.types]
+
+    @property
+    def queues(self) -> list[str]:
+        return [t.queue for t in self.types]
+
+
+def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
+    try:
+        parsed = _AgentsFile.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigInvalid(f"{source}: {where}: {first['msg']}") from None
+    defaults = parsed.defaults
+    types: list[AgentType] = []
+    seen: set[str] = set()
+    for spec in parsed.agent_types:
+        if spec.name in seen:
+            raise ConfigInvalid(f"{source}: agent type {spec.name!r} is declared twice")
+        seen.add(spec.name)
+        executor = spec.executor or defaults.executor
+        if executor not in EXECUTORS:
+            raise ConfigInvalid(
+                f"{source}: agent type {spec.name!r}: unknown executor {executor!r} "
+                f"(known: {', '.join(EXECUTORS)})"
+            )
+        types.append(
+            AgentType(
+                name=spec.name,
+                description=spec.description,
+                keywords=tuple(k for k in (normalise_phrase(k) for k in spec.keywords) if k),
+                queue=spec.queue or f"agent.{spec.name}",
+                executor=executor,
+                concurrency=spec.concurrency or defaults.concurrency,
+                timeout=spec.timeout or defaults.timeout,
+                retries=defaults.retries if spec.retries is None else spec.retries,
+            )
+        )
+    if parsed.fallback not in seen:
+        raise ConfigInvalid(f"{source}: fallback agent type {parsed.fallback!r} is not declared")
+    return AgentRegistry(types=tuple(types), fallback=parsed.fallback)
+
+
+def load_agents_file(path: Path) -> AgentRegistry:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigInvalid(f"{path}: cannot read agent types: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigInvalid(f"{path}: not valid YAML: {exc}") from None
+    return parse_agents(data, str(path))
+
+
+@lru_cache(maxsize=4)
+def load_agents(config_dir: Path) -> AgentRegistry:
+    return load_agents_file(config_dir / "agents.yaml")

@@ -1,0 +1,56 @@
+"""The Celery app, so `celery -A orch worker|beat|flower` works. Task modules are named as strings:
+orch never imports workers/ or beat/."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from orch.agents import AgentRegistry, load_agents
+from orch.settings import Settings, get_settings
+
+RUN_TASK = "orch.run_task"
+
+
+def celery_config(settings: Settings, registry: AgentRegistry) -> dict[str, object]:
+    return {
+        "broker_url": settings.resolved_broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Every agent type's queue is declared; no queue is created on the fly, so a task can never land on
+        # a queue no worker was told to read.
+        "task_queues": [Queue(name, routing_key=name) for name in registry.queues],
+        "task_default_queue": registry.get(registry.fallback).queue,
+        "task_create_missing_queues": False,
+        # An agent run lasts minutes and costs money: ack after it, take one message at a time, give a
+        # message back when the pool process dies, stop on broker loss instead of running a copy twice.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        # Results live in orch's store, not in a Celery result backend.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "enable_utc": True,
+        "timezone": "UTC",
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
+        "worker_hijack_root_logger": False,
+        # The beat does not send a periodic message: its scheduler runs the reconcile-and-dispatch tick itself,
+        # so there is exactly one dispatcher loop and no broker round trip per tick.
+        "beat_scheduler": "beat.scheduler:OrchScheduler",
+        "beat_max_loop_interval": max(1.0, settings.tick_seconds),
+    }
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    registry = load_agents(settings.config_dir)
+    celery_app = Celery("orch", include=["workers.tasks"])
+    celery_app.conf.update(celery_config(settings, registry))
+    return celery_app
+
+
+app = make_app()

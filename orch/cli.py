@@ -1,0 +1,301 @@
+"""The `orch` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orch.agents import AgentRegistry, load_agents
+from orch.durations import format_duration
+from orch.errors import OrchError, PlanInvalid
+from orch.plan import Plan, load_plan
+from orch.routing import route
+from orch.settings import get_settings
+from orch.states import PLAN_FINAL, PlanStatus
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console()
+err = Console(stderr=True)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def handle_errors(func: F) -> F:
+    """Errors a user can cause: their message (one line per problem) on stderr and the error's exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PlanInvalid as exc:
+            for problem in exc.problems:
+                click.echo(problem, err=True)
+            sys.exit(exc.exit_code)
+        except OrchError as exc:
+            click.echo(f"orch: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def registry() -> AgentRegistry:
+    return load_agents(get_settings().config_dir)
+
+
+def read_plan(path: str) -> Plan:
+    return load_plan(Path(path), registry())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="orch")
+def main() -> None:
+    """orch runs plans — DAGs of AI coding-agent tasks — on Celery workers, with an SQL store as the truth."""
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@handle_errors
+def validate(plan_file: str) -> None:
+    """Check PLAN_FILE: fields, ids, dependencies, cycles, agent types, file patterns, limits."""
+    plan = read_plan(plan_file)
+    edges = sum(len(t.after) for t in plan.tasks)
+    agents = sorted({t.agent for t in plan.tasks})
+    click.echo(f"{plan_file}: ok — plan {plan.name!r}: {len(plan.tasks)} tasks, {edges} dependencies, "
+               f"agent types: {', '.join(agents)}")
+
+
+@main.command()
+@handle_errors
+def agents() -> None:
+    """List the agent types (config/agents.yaml) with their queues and limits."""
+    table = Table(title=f"agent types ({get_settings().config_dir / 'agents.yaml'})", title_justify="left")
+    for column in ("type", "queue", "executor", "cap", "timeout", "retries", "keywords"):
+        table.add_column(column, overflow="fold")
+    for agent in registry():
+        table.add_row(
+            agent.name, agent.queue, agent.executor, str(agent.concurrency), format_duration(agent.timeout),
+            str(agent.retries), ", ".join(agent.keywords) or "(fallback)",
+        )
+    out.print(table)
+
+
+@main.command("route")
+@click.argument("text", nargs=-1, required=True)
+@handle_errors
+def route_command(text: tuple[str, ...]) -> None:
+    """Print the agent type keyword routing picks for TEXT (first line), then why."""
+    reg = registry()
+    decision = route(" ".join(text), reg)
+    click.echo(decision.agent)
+    click.echo(f"why: {decision.reason}")
+    for name, score, hits in decision.scores[1:4]:
+        click.echo(f"also matched: {name} (score {score}: {', '.join(sorted(hits))})")
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@handle_errors
+def submit(plan_file: str) -> None:
+    """Store PLAN_FILE for a running deployment (its beat dispatches it); prints the plan id."""
+    from orch.store import repo
+    from orch.store.db import write_session
+
+    plan = read_plan(plan_file)
+    with write_session() as session:
+        plan_id = repo.submit_plan(session, plan, now_utc())
+    click.echo(plan_id)
+
+
+@main.command()
+@click.argument("plan_ref", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def status(plan_ref: str | None, as_json: bool) -> None:
+    """Show recent plans, or one plan's tasks (PLAN_REF: a plan id, or a name for its latest plan)."""
+    from orch.report import PlanSnapshot, plans_table, summary_line, tasks_table
+    from orch.store import repo
+    from orch.store.db import read_session
+
+    with read_session() as session:
+        if plan_ref is None:
+            plans = repo.list_plans(session)
+            if as_json:
+                click.echo(json.dumps({"plans": [
+                    {"id": p.id, "name": p.name, "status": p.status.value} for p in plans
+                ]}, indent=2))
+            else:
+                out.print(plans_table(session, plans) if plans else "no plans yet")
+            return
+        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_ref))
+    if as_json:
+        click.echo(json.dumps(snapshot.as_json(), indent=2))
+    else:
+        out.print(summary_line(snapshot))
+        out.print(tasks_table(snapshot, now_utc()))
+
+
+@main.group()
+def db() -> None:
+    """The store's schema."""
+
+
+@db.command("upgrade")
+@handle_errors
+def db_upgrade() -> None:
+    """Apply the store's Alembic migrations (workers, beat and the CLI also do this at start)."""
+    from orch.store.db import current_revision, ensure_schema
+
+    engine = ensure_schema()
+    click.echo(f"{engine.url.render_as_string(hide_password=True)}: at revision {current_revision(engine)}")
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+@click.option("--concurrency", type=int, default=None, help="Worker processes (default ORCH_EMBEDDED_CONCURRENCY).")
+@handle_errors
+def run(plan_file: str, concurrency: int | None) -> None:
+    """Run PLAN_FILE here: private Redis, SQLite store, a worker and the beat tick; exit 0 if it succeeded.
+
+    ORCH_BROKER_URL / ORCH_DATABASE_URL use real servers instead."""
+    plan = read_plan(plan_file)  # bad input: exit 2 before anything starts or is written
+    code = run_embedded(plan, concurrency or get_settings().embedded_concurrency)
+    sys.exit(code)
+
+
+def run_embedded(plan: Plan, concurrency: int) -> int:
+    from orch.embedded import EmbeddedRedis, EmbeddedWorker
+    from orch.store import repo
+    from orch.store.db import ensure_schema, write_session
+
+    settings = get_settings()
+    home = settings.home.resolve()
+    logs = home / "logs"
+    redis: EmbeddedRedis | None = None
+    worker: EmbeddedWorker | None = None
+    plan_id: str | None = None
+    try:
+        broker_url = settings.broker_url
+        if broker_url is None:
+            redis = EmbeddedRedis(log_path=logs / "redis.log")
+            broker_url = redis.start()
+        database_url = settings.resolved_database_url
+        ensure_schema(database_url)
+        with write_session(database_url) as session:
+            plan_id = repo.submit_plan(session, plan, now_utc())
+        queues = sorted({t.queue for t in plan.tasks})
+        worker = EmbeddedWorker(
+            queues=queues,
+            env={
+                "ORCH_BROKER_URL": broker_url,
+                "ORCH_DATABASE_URL": database_url,
+                "ORCH_HOME": str(home),
+                "ORCH_CONFIG_DIR": str(settings.config_dir.resolve()),
+                "ORCH_BEAT_PLANS": plan_id,
+            },
+            log_path=logs / f"worker-{plan_id}.log",
+            concurrency=concurrency,
+        )
+        worker.start()
+        err.print(f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {len(plan.tasks)} tasks on "
+                  f"{len(queues)} queues; store {database_url}; worker log {worker.log_path}")
+        final = watch_plan(plan_id, worker)
+        worker.stop()
+        return 0 if final is PlanStatus.SUCCEEDED else 1
+    except KeyboardInterrupt:
+        err.print("[magenta]interrupted: cancelling the plan and stopping the worker[/]")
+        if plan_id is not None:
+            with write_session() as session:
+                repo.cancel_plan(session, plan_id, now_utc(), "cancelled by Ctrl-C of orch run")
+        if worker is not None:
+            worker.stop(cold=True)
+        if plan_id is not None:
+            print_final(plan_id)
+        return 130
+    finally:
+        if worker is not None:
+            worker.stop(cold=True)
+        if redis is not None:
+            redis.stop()
+
+
+def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
+    """Show progress until the plan is final (live view on a terminal, one line per change otherwise)."""
+    from orch.report import PlanSnapshot, progress_view
+    from orch.store import repo
+    from orch.store.db import read_session
+
+    def snapshot() -> PlanSnapshot:
+        with read_session() as session:
+            return PlanSnapshot.load(session, repo.find_plan(session, plan_id))
+
+    def check_worker() -> None:
+        if not worker.alive():
+            raise OrchError(f"the worker exited unexpectedly; its log ends with:\n{worker.log_tail()}")
+
+    if err.is_terminal:
+        with Live(progress_view(snapshot(), now_utc()), console=err, refresh_per_second=8, transient=True) as live:
+            while True:
+                current = snapshot()
+                live.update(progress_view(current, now_utc()))
+                if current.plan.status in PLAN_FINAL:
+                    break
+                check_worker()
+                time.sleep(poll)
+    else:
+        last_event = 0
+        key_of: dict[int, str] = {}
+        while True:
+            with read_session() as session:
+                plan = repo.find_plan(session, plan_id)
+                if not key_of:
+                    key_of = {t.pk: t.key for t in repo.plan_tasks(session, plan_id)}
+                for event in repo.events_after(session, plan_id, last_event):
+                    last_event = event.pk
+                    click.echo(format_event(event, key_of), err=True)
+            if plan.status in PLAN_FINAL:
+                break
+            check_worker()
+            time.sleep(poll)
+    return print_final(plan_id)
+
+
+def format_event(event: Any, key_of: dict[int, str]) -> str:
+    stamp = event.at.strftime("%H:%M:%S")
+    subject = f"task {key_of.get(event.task_pk, event.task_pk)}" if event.task_pk else "plan"
+    attempt = f" #{event.attempt}" if event.attempt else ""
+    change = f"{event.old} -> {event.new}" if event.old else f"{event.new}"
+    detail = f"  ({event.detail})" if event.detail else ""
+    return f"{stamp} {subject}{attempt}: {change}{detail}"
+
+
+def print_final(plan_id: str) -> PlanStatus:
+    from orch.report import PlanSnapshot, summary_line, tasks_table
+    from orch.store import repo
+    from orch.store.db import read_session
+
+    with read_session() as session:
+        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id))
+    out.print(tasks_table(snapshot, now_utc()))
+    out.print(summary_line(snapshot))
+    return snapshot.plan.status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+__all__ = ["main"]

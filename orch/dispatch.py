@@ -1,0 +1,68 @@
+"""Dispatch: apply readiness to the store (claiming tasks by compare-and-set) and send their messages.
+
+Messages carry the task's id and attempt only; everything else is read from the store by the worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from orch.agents import AgentRegistry
+from orch.celery import RUN_TASK, app
+from orch.log import get_logger
+from orch.readiness import free_slots, reconcile
+from orch.settings import get_settings
+from orch.states import PlanStatus
+from orch.store import repo
+from orch.store.db import take_dispatch_lock
+from orch.store.repo import Dispatch
+
+log = get_logger(__name__)
+
+# A message's own hard time limit: the agent's timeout plus room to kill its process group and record why.
+_TIME_LIMIT_MARGIN = 60.0
+
+
+def reconcile_plans(
+    session: Session, plan_ids: Iterable[str], registry: AgentRegistry, now: datetime
+) -> list[Dispatch]:
+    """Doom, claim and finish across `plan_ids` (oldest first), sharing the agent types' free slots.
+
+    Runs inside the caller's write transaction; the caller commits, then calls `publish`."""
+    take_dispatch_lock(session)
+    caps = {agent.name: agent.concurrency for agent in registry}
+    slots = free_slots(caps, repo.in_flight_counts(session))
+    dispatches: list[Dispatch] = []
+    for plan_id in plan_ids:
+        plan = repo.get_plan(session, plan_id)
+        if plan is None or plan.status is not PlanStatus.RUNNING:
+            continue
+        views = repo.task_views(session, plan_id)
+        decision = reconcile(views, slots, now)
+        claimed = repo.apply_reconciliation(session, plan_id, decision, now)
+        agent_of = {view.pk: view.agent for view in views}
+        for dispatch in claimed:
+            slots[agent_of[dispatch.task_pk]] -= 1
+        dispatches.extend(claimed)
+    return dispatches
+
+
+def publish(dispatches: Sequence[Dispatch]) -> None:
+    """Send one message per dispatch. A message lost here is re-sent by the beat (ORCH_REDELIVER_SECONDS)."""
+    if not dispatches:
+        return
+    grace = get_settings().kill_grace_seconds
+    with app.producer_or_acquire() as producer:
+        for d in dispatches:
+            app.send_task(
+                RUN_TASK,
+                args=(d.task_pk, d.attempt),
+                queue=d.queue,
+                task_id=d.message_id,
+                time_limit=d.timeout + grace + _TIME_LIMIT_MARGIN,
+                producer=producer,
+            )
+    log.debug("published", count=len(dispatches))

@@ -1,0 +1,86 @@
+"""Readiness as a pure function of a plan's task states, its edges, the free capacity per agent type and `now`.
+
+`reconcile` returns a decision; one writer (orch.store) applies it with compare-and-set updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from orch.states import DISPATCHABLE, DOOMING, TERMINAL, PlanStatus, TaskStatus
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """What readiness needs to know of one task."""
+
+    pk: int
+    status: TaskStatus
+    agent: str
+    priority: int
+    seq: int
+    deps: tuple[int, ...] = ()
+    not_before: datetime | None = None  # retry_wait: the earliest time the next attempt may start
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    upstream_failed: tuple[int, ...] = ()  # pending tasks that can never run: a dependency failed
+    ready: tuple[int, ...] = ()  # to dispatch now, best first, within the agent types' free slots
+    waiting_for_capacity: int = 0  # ready but over an agent type's cap
+    plan_outcome: PlanStatus | None = None  # set when every task is final
+    statuses: Mapping[int, TaskStatus] = field(default_factory=dict)  # states after the decision
+
+
+def dispatch_order(task: TaskView) -> tuple[int, int]:
+    """Higher priority first, then the order the plan declares tasks in."""
+    return (-task.priority, task.seq)
+
+
+def reconcile(tasks: Sequence[TaskView], free_slots: Mapping[str, int], now: datetime) -> Reconciliation:
+    """Decide which tasks are doomed, which are ready (capped per agent type), and whether the plan is over."""
+    status = {t.pk: t.status for t in tasks}
+    dependants: dict[int, list[int]] = {}
+    for task in tasks:
+        for dep in task.deps:
+            dependants.setdefault(dep, []).append(task.pk)
+
+    doomed: list[int] = []
+    frontier = [pk for pk, s in status.items() if s in DOOMING]
+    while frontier:
+        for child in dependants.get(frontier.pop(), ()):
+            if status[child] is TaskStatus.PENDING:
+                status[child] = TaskStatus.UPSTREAM_FAILED
+                doomed.append(child)
+                frontier.append(child)
+
+    candidates = [t for t in tasks if status[t.pk] in DISPATCHABLE and _runnable(t, status, now)]
+    candidates.sort(key=dispatch_order)
+    slots = dict(free_slots)
+    ready: list[int] = []
+    over_cap = 0
+    for task in candidates:
+        if slots.get(task.agent, 0) > 0:
+            slots[task.agent] -= 1
+            ready.append(task.pk)
+        else:
+            over_cap += 1
+
+    outcome = None
+    if all(s in TERMINAL for s in status.values()):
+        every_succeeded = all(s is TaskStatus.SUCCEEDED for s in status.values())
+        outcome = PlanStatus.SUCCEEDED if every_succeeded else PlanStatus.FAILED
+    return Reconciliation(tuple(doomed), tuple(ready), over_cap, outcome, status)
+
+
+def _runnable(task: TaskView, status: Mapping[int, TaskStatus], now: datetime) -> bool:
+    if task.status is TaskStatus.RETRY_WAIT:
+        return task.not_before is None or task.not_before <= now
+    return all(status.get(dep) is TaskStatus.SUCCEEDED for dep in task.deps)
+
+
+def free_slots(caps: Mapping[str, int], in_flight: Mapping[str, int]) -> dict[str, int]:
+    """Per agent type: its concurrency cap less its queued and running tasks (never below zero)."""
+    return {agent: max(0, cap - in_flight.get(agent, 0)) for agent, cap in caps.items()}

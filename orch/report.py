@@ -1,0 +1,168 @@
+"""What `orch status` and `orch run` show: a plan's snapshot as data (JSON) and as rich renderables."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.orm import Session
+
+from orch.durations import format_duration
+from orch.states import TERMINAL, PlanStatus, TaskStatus
+from orch.store import repo
+from orch.store.models import PlanRow, TaskRow
+
+STATUS_STYLE = {
+    TaskStatus.PENDING: "dim",
+    TaskStatus.QUEUED: "cyan",
+    TaskStatus.RUNNING: "bold blue",
+    TaskStatus.SUCCEEDED: "green",
+    TaskStatus.FAILED: "bold red",
+    TaskStatus.RETRY_WAIT: "yellow",
+    TaskStatus.UPSTREAM_FAILED: "red",
+    TaskStatus.CANCELLED: "magenta",
+}
+PLAN_STYLE = {
+    PlanStatus.RUNNING: "bold blue",
+    PlanStatus.SUCCEEDED: "bold green",
+    PlanStatus.FAILED: "bold red",
+    PlanStatus.CANCELLED: "magenta",
+}
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class PlanSnapshot:
+    plan: PlanRow
+    tasks: list[TaskRow]
+    attempts: dict[int, int]
+    deps: dict[int, list[str]]
+
+    @classmethod
+    def load(cls, session: Session, plan: PlanRow) -> PlanSnapshot:
+        tasks = repo.plan_tasks(session, plan.id)
+        key_of = {t.pk: t.key for t in tasks}
+        deps: dict[int, list[str]] = {}
+        for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):
+            deps.setdefault(task_pk, []).append(key_of[dep_pk])
+        return cls(plan, tasks, repo.attempt_counts(session, plan.id), deps)
+
+    @property
+    def counts(self) -> Counter[TaskStatus]:
+        return Counter(t.status for t in self.tasks)
+
+    def as_json(self) -> dict[str, Any]:
+        counts = self.counts
+        return {
+            "plan": {
+                "id": self.plan.id,
+                "name": self.plan.name,
+                "status": self.plan.status.value,
+                "created_at": iso(self.plan.created_at),
+                "finished_at": iso(self.plan.finished_at),
+                "workdir": self.plan.workdir,
+                "counts": {s.value: counts.get(s, 0) for s in TaskStatus},
+            },
+            "tasks": [
+                {
+                    "id": t.key,
+                    "title": t.title,
+                    "status": t.status.value,
+                    "agent": t.agent,
+                    "queue": t.queue,
+                    "executor": t.executor,
+                    "priority": t.priority,
+                    "after": self.deps.get(t.pk, []),
+                    "attempts": self.attempts.get(t.pk, 0),
+                    "queued_at": iso(t.queued_at),
+                    "started_at": iso(t.started_at),
+                    "finished_at": iso(t.finished_at),
+                    "error": t.error,
+                }
+                for t in self.tasks
+            ],
+        }
+
+
+def task_duration(task: TaskRow, now: datetime) -> str:
+    if task.started_at is None:
+        return ""
+    end = task.finished_at or now
+    return format_duration(max(0.0, (end - task.started_at).total_seconds()))
+
+
+def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
+    table = Table(title=f"plan {snapshot.plan.id}", title_justify="left", expand=False)
+    for column in ("task", "agent", "status", "attempts", "time", "error"):
+        table.add_column(column, overflow="fold")
+    for task in snapshot.tasks:
+        table.add_row(
+            task.key,
+            task.agent,
+            Text(task.status.value, style=STATUS_STYLE[task.status]),
+            str(snapshot.attempts.get(task.pk, 0)),
+            task_duration(task, now),
+            (task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else "",
+        )
+    return table
+
+
+def summary_line(snapshot: PlanSnapshot) -> Text:
+    counts = snapshot.counts
+    text = Text()
+    text.append(f"{snapshot.plan.name} ", style="bold")
+    text.append(snapshot.plan.status.value, style=PLAN_STYLE[snapshot.plan.status])
+    text.append(f"  {sum(counts[s] for s in TERMINAL)}/{len(snapshot.tasks)} done  ")
+    text.append("  ".join(f"{s.value}: {counts[s]}" for s in TaskStatus if counts[s]))
+    return text
+
+
+def progress_view(snapshot: PlanSnapshot, now: datetime) -> RenderableType:
+    """Live view: overall bar, a bar per agent type, the running tasks with their durations."""
+    total = len(snapshot.tasks)
+    done = sum(1 for t in snapshot.tasks if t.status in TERMINAL)
+    per_agent: dict[str, list[TaskRow]] = {}
+    for task in snapshot.tasks:
+        per_agent.setdefault(task.agent, []).append(task)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(min_width=24)
+    grid.add_column(width=30)
+    grid.add_column()
+    grid.add_row(Text("all tasks", style="bold"), ProgressBar(total=total, completed=done, width=30), f"{done}/{total}")
+    for agent, tasks in sorted(per_agent.items()):
+        finished = sum(1 for t in tasks if t.status in TERMINAL)
+        grid.add_row(agent, ProgressBar(total=len(tasks), completed=finished, width=30), f"{finished}/{len(tasks)}")
+    running = [t for t in snapshot.tasks if t.status is TaskStatus.RUNNING]
+    lines: list[RenderableType] = [summary_line(snapshot), grid]
+    for task in running[:15]:
+        lines.append(Text(f"  ▶ {task.key} ({task.agent}) {task_duration(task, now)}", style="blue"))
+    if len(running) > 15:
+        lines.append(Text(f"  … and {len(running) - 15} more running", style="blue"))
+    return Group(*lines)
+
+
+def plans_table(session: Session, plans: list[PlanRow]) -> Table:
+    table = Table(title="plans", title_justify="left")
+    for column in ("id", "name", "status", "tasks", "created"):
+        table.add_column(column)
+    for plan in plans:
+        counts = repo.count_by_status(session, plan.id)
+        total = sum(counts.values())
+        done = sum(n for s, n in counts.items() if s in TERMINAL)
+        table.add_row(
+            plan.id,
+            plan.name,
+            Text(plan.status.value, style=PLAN_STYLE[plan.status]),
+            f"{done}/{total}",
+            plan.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    return table

@@ -1,0 +1,76 @@
+"""The one Settings object: every knob is an `ORCH_*` environment variable (or a `.env` entry)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _repo_config_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "config"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCH_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path(".orch"), description="State folder: embedded store, logs, embedded Redis")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/orch.db")
+    broker_url: str | None = Field(
+        None, description="Celery broker; `orch run` starts an embedded Redis when unset, workers use Redis"
+    )
+    config_dir: Path = Field(default_factory=_repo_config_dir, description="Folder with agents.yaml")
+
+    tick_seconds: float = Field(1.0, gt=0, description="Beat reconcile-and-dispatch period")
+    redeliver_seconds: float = Field(
+        300.0, gt=0, description="Re-send a queued task whose message has not started after this long"
+    )
+    retry_backoff_base: float = Field(2.0, ge=0, description="First retry waits about this many seconds")
+    retry_backoff_max: float = Field(600.0, ge=0, description="Cap of the exponential backoff")
+    visibility_timeout: int = Field(
+        90_000, gt=0, description="Redis visibility timeout; must exceed the longest task time limit"
+    )
+    output_tail_bytes: int = Field(8192, ge=0, description="Output kept in the store per attempt")
+    log_max_bytes: int = Field(10 * 1024 * 1024, ge=0, description="Cap of one attempt's log file")
+    kill_grace_seconds: float = Field(5.0, ge=0, description="SIGTERM to SIGKILL grace for an agent's group")
+    task_events: bool = Field(True, description="Send Celery task events (Flower, celery-exporter)")
+    embedded_concurrency: int = Field(4, ge=1, description="Worker processes `orch run` starts")
+    beat_plans: str = Field(
+        "", description="Comma-separated plan ids the beat limits itself to (`orch run` sets it); empty: all"
+    )
+    log_format: str = Field("console", pattern="^(console|json)$")
+    log_level: str = Field("INFO")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalise_database_url(self.database_url)
+        return f"sqlite:///{(self.home / 'orch.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or DEFAULT_REDIS_URL
+
+    @property
+    def beat_plan_ids(self) -> list[str]:
+        return [p.strip() for p in self.beat_plans.split(",") if p.strip()]
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+
+def normalise_database_url(url: str) -> str:
+    """Point bare `postgresql://` URLs at the psycopg 3 driver we ship."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

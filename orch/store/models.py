@@ -1,0 +1,132 @@
+"""The SQL store's tables (SQLAlchemy 2 typed ORM). Alembic migrations in orch/migrations create them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Dialect, Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from orch.states import AttemptStatus, PlanStatus, TaskStatus
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, stored naive-UTC (SQLite keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _enum(enum: type[Any]) -> Enum:
+    return Enum(enum, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PlanRow(Base):
+    __tablename__ = "plans"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(Text)
+    workdir: Mapped[str] = mapped_column(Text)
+    status: Mapped[PlanStatus] = mapped_column(_enum(PlanStatus), index=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("plan_id", "key", name="uq_tasks_plan_key"),
+        Index("ix_tasks_plan_status", "plan_id", "status"),
+        Index("ix_tasks_status_agent", "status", "agent"),
+    )
+
+    pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int]
+    title: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    agent: Mapped[str] = mapped_column(String(64))
+    route_reason: Mapped[str] = mapped_column(Text, default="")
+    queue: Mapped[str] = mapped_column(String(128))
+    executor: Mapped[str] = mapped_column(String(32))
+    command: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(default=0)
+    files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    success: Mapped[str] = mapped_column(Text, default="")
+    timeout: Mapped[float]
+    retries: Mapped[int]
+    status: Mapped[TaskStatus] = mapped_column(_enum(TaskStatus))
+    attempt: Mapped[int] = mapped_column(default=0)  # number of the latest attempt dispatched
+    lease: Mapped[str | None] = mapped_column(String(36))  # the running attempt's token
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last message sent
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)  # why the latest attempt failed
+
+
+class DependencyRow(Base):
+    __tablename__ = "dependencies"
+    __table_args__ = (Index("ix_dependencies_depends_on", "depends_on_pk"),)
+
+    task_pk: Mapped[int] = mapped_column(ForeignKey("tasks.pk", ondelete="CASCADE"), primary_key=True)
+    depends_on_pk: Mapped[int] = mapped_column(ForeignKey("tasks.pk", ondelete="CASCADE"), primary_key=True)
+
+
+class AttemptRow(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("task_pk", "number", name="uq_attempts_task_number"),)
+
+    pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    task_pk: Mapped[int] = mapped_column(ForeignKey("tasks.pk", ondelete="CASCADE"))
+    number: Mapped[int]
+    lease: Mapped[str] = mapped_column(String(36))
+    status: Mapped[AttemptStatus] = mapped_column(_enum(AttemptStatus))
+    worker: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int | None]
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    exit_code: Mapped[int | None]
+    failure_class: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    output_tail: Mapped[str] = mapped_column(Text, default="")
+    log_path: Mapped[str | None] = mapped_column(Text)
+
+
+class EventRow(Base):
+    """Append-only log of state changes: never updated, never deleted (but with its plan)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_plan", "plan_id", "pk"),)
+
+    pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    task_pk: Mapped[int | None]
+    attempt: Mapped[int | None]
+    kind: Mapped[str] = mapped_column(String(32))
+    old: Mapped[str | None] = mapped_column(String(20))
+    new: Mapped[str | None] = mapped_column(String(20))
+    detail: Mapped[str | None] = mapped_column(Text)

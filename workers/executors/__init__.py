@@ -1,0 +1,24 @@
+"""The executors this worker can run, by name."""
+
+from __future__ import annotations
+
+from orch.errors import ExecutorUnavailable
+from workers.executors.base import AttemptContext, Executor
+from workers.executors.noop import NoopExecutor
+from workers.executors.shell import ShellExecutor
+
+EXECUTORS: dict[str, Executor] = {"shell": ShellExecutor(), "noop": NoopExecutor()}
+
+
+def get_executor(name: str, agent: str) -> Executor:
+    try:
+        return EXECUTORS[name]
+    except KeyError:
+        raise ExecutorUnavailable(
+            f"executor {name!r} (default of agent type {agent!r}) is not available on this worker "
+            f"(available: {', '.join(sorted(EXECUTORS))}); give the task a `command:` to run it with the "
+            f"shell executor, or set `executor:` on the task"
+        ) from None
+
+
+__all__ = ["EXECUTORS", "AttemptContext", "Executor", "get_executor"]

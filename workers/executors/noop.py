@@ -1,0 +1,13 @@
+"""The noop executor: succeeds at once. For dry runs and benchmarks of orch's own overhead."""
+
+from __future__ import annotations
+
+from orch.store.repo import AttemptResult
+from workers.executors.base import AttemptContext
+
+
+class NoopExecutor:
+    name = "noop"
+
+    def run(self, ctx: AttemptContext) -> AttemptResult:
+        return AttemptResult(succeeded=True, exit_code=0)

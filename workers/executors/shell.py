@@ -1,0 +1,153 @@
+"""The shell executor: runs a task's `command` in its workdir, in its own process group, stdin closed.
+
+Output (stdout and stderr together) goes to a log file up to a size cap; its tail is kept for the store.
+The time limit, and the end of the command itself, end the whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping
+from typing import IO, BinaryIO
+
+from orch.durations import format_duration
+from orch.store.repo import AttemptResult
+from workers.executors.base import AttemptContext
+from workers.supervision import kill_group, register_group, unregister_group
+
+_CHUNK = 65536
+# Variables of orch's own deployment (database and broker URLs with passwords) never reach an agent.
+_HIDDEN_PREFIX = "ORCH_"
+
+
+class OutputSink:
+    """Writes output to a capped log file and keeps the last `tail_bytes` in memory."""
+
+    def __init__(self, log: BinaryIO, max_bytes: int, tail_bytes: int) -> None:
+        self._log = log
+        self._room = max_bytes
+        self._tail = bytearray()
+        self._tail_bytes = tail_bytes
+        self.truncated = False
+        self.total = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        kept = chunk[: max(self._room, 0)]
+        if kept:
+            self._log.write(kept)
+            self._room -= len(kept)
+        if len(kept) < len(chunk) and not self.truncated:
+            self.truncated = True
+            self._log.write(b"\n[orch: log truncated at the ORCH_LOG_MAX_BYTES cap]\n")
+        self._tail += chunk
+        if len(self._tail) > self._tail_bytes:
+            del self._tail[: len(self._tail) - self._tail_bytes]
+
+    @property
+    def tail(self) -> str:
+        return self._tail.decode("utf-8", errors="replace")
+
+
+def agent_environment(base: Mapping[str, str], ctx: AttemptContext) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if not k.startswith(_HIDDEN_PREFIX)}
+    env.update(ctx.env)
+    env.update(
+        {
+            "ORCH_PLAN_ID": ctx.plan_id,
+            "ORCH_TASK_ID": ctx.task_key,
+            "ORCH_ATTEMPT": str(ctx.attempt),
+            "ORCH_WORKDIR": str(ctx.workdir),
+            "ORCH_AGENT": ctx.agent,
+        }
+    )
+    return env
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+class ShellExecutor:
+    name = "shell"
+
+    def run(self, ctx: AttemptContext) -> AttemptResult:
+        if not ctx.command:
+            return AttemptResult(False, failure_class="invalid_task", error="shell executor: task has no command")
+        if not ctx.workdir.is_dir():
+            return AttemptResult(
+                False, failure_class="workdir_missing", error=f"workdir {ctx.workdir} does not exist on this host"
+            )
+        ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with ctx.log_path.open("wb") as log:
+            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes)
+            code, timed_out = self._run_process(ctx, sink)
+        tail = sink.tail
+        if timed_out:
+            return AttemptResult(
+                False,
+                exit_code=code,
+                failure_class="timeout",
+                error=f"timed out after {format_duration(ctx.timeout)}; its process group was killed",
+                output_tail=tail,
+                log_path=str(ctx.log_path),
+            )
+        if code != 0:
+            detail = last_line(tail)
+            return AttemptResult(
+                False,
+                exit_code=code,
+                failure_class="exit_status",
+                error=f"command failed: {describe_exit(code)}" + (f": {detail}" if detail else ""),
+                output_tail=tail,
+                log_path=str(ctx.log_path),
+            )
+        return AttemptResult(True, exit_code=0, output_tail=tail, log_path=str(ctx.log_path))
+
+    def _run_process(self, ctx: AttemptContext, sink: OutputSink) -> tuple[int, bool]:
+        assert ctx.command is not None
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", ctx.command],
+            cwd=ctx.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: pgid == pid
+            env=agent_environment(os.environ, ctx),
+        )
+        pgid = process.pid
+        register_group(pgid)
+        assert process.stdout is not None
+        reader = threading.Thread(target=_pump, args=(process.stdout, sink), daemon=True)
+        reader.start()
+        timed_out = False
+        try:
+            process.wait(timeout=ctx.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # The command is over (or out of time): nothing it started may outlive the attempt.
+            kill_group(pgid, ctx.kill_grace_seconds, leader=process)
+            process.wait()
+            unregister_group(pgid)
+        reader.join(timeout=ctx.kill_grace_seconds + 5)
+        return process.returncode, timed_out
+
+
+def _pump(stream: IO[bytes], sink: OutputSink) -> None:
+    with stream:
+        while chunk := stream.read1(_CHUNK):  # type: ignore[attr-defined]
+            sink.write(chunk)

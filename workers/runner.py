@@ -1,0 +1,118 @@
+"""One attempt's life on a worker: claim it (or drop a duplicate), run its executor, record the outcome, and
+dispatch the plan's newly ready tasks at once (the fast path)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from orch.agents import load_agents
+from orch.dispatch import publish, reconcile_plans
+from orch.errors import ExecutorUnavailable
+from orch.log import get_logger
+from orch.policy import Backoff, decide_retry
+from orch.settings import get_settings
+from orch.states import TaskStatus
+from orch.store import repo
+from orch.store.db import write_session
+from orch.store.repo import AttemptResult, Claim
+from workers.executors import AttemptContext, get_executor
+
+log = get_logger(__name__)
+
+# Failure classes that no retry can fix: the task fails at once, no retries burned.
+PERMANENT_FAILURES = frozenset({"executor_unavailable", "invalid_task"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
+    """Run attempt `attempt` of task `task_pk`; returns what became of it (for the worker's log)."""
+    worker = worker or socket.gethostname()
+    with write_session() as session:
+        claim = repo.claim_attempt(session, task_pk, attempt, worker, os.getpid(), utcnow())
+        ctx = _context(session, claim) if claim else None
+    if claim is None or ctx is None:
+        log.info("dropped duplicate or stale delivery", task_pk=task_pk, attempt=attempt)
+        return "dropped"
+    bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
+    bound.info("attempt started", executor=ctx.executor)
+    result = execute(ctx, claim)
+    return finish(claim, result)
+
+
+def _context(session: Session, claim: Claim) -> AttemptContext | None:
+    task = repo.get_task(session, claim.task_pk)
+    plan = repo.get_plan(session, claim.plan_id)
+    if task is None or plan is None:
+        return None
+    settings = get_settings()
+    log_path = (settings.logs_dir / claim.plan_id / f"{claim.key}.{claim.attempt}.log").resolve()
+    return AttemptContext(
+        plan_id=claim.plan_id,
+        task_key=claim.key,
+        attempt=claim.attempt,
+        title=task.title,
+        description=task.description,
+        success=task.success,
+        command=task.command,
+        workdir=Path(plan.workdir),
+        files=tuple(task.files),
+        timeout=task.timeout,
+        agent=task.agent,
+        executor=task.executor,
+        log_path=log_path,
+        output_tail_bytes=settings.output_tail_bytes,
+        log_max_bytes=settings.log_max_bytes,
+        kill_grace_seconds=settings.kill_grace_seconds,
+    )
+
+
+def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:
+    try:
+        executor = get_executor(ctx.executor, ctx.agent)
+        return executor.run(ctx)
+    except ExecutorUnavailable as exc:
+        return AttemptResult(False, failure_class="executor_unavailable", error=str(exc))
+    except Exception as exc:  # an executor bug must still end the attempt with a recorded reason
+        log.exception("executor raised", plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
+        return AttemptResult(False, failure_class="internal_error", error=f"{type(exc).__name__}: {exc}")
+
+
+def finish(claim: Claim, result: AttemptResult) -> str:
+    """Record the outcome under the claim's lease, then dispatch what it made ready — one transaction."""
+    settings = get_settings()
+    now = utcnow()
+    not_before = None
+    if result.succeeded:
+        status, detail = TaskStatus.SUCCEEDED, None
+    else:
+        decision = decide_retry(
+            claim.attempt,
+            claim.retries,
+            now,
+            random.random(),
+            Backoff(settings.retry_backoff_base, settings.retry_backoff_max),
+            retryable=result.failure_class not in PERMANENT_FAILURES,
+        )
+        status = TaskStatus.RETRY_WAIT if decision.retry else TaskStatus.FAILED
+        not_before = decision.not_before
+        detail = f"{result.error} ({decision.reason})"
+    registry = load_agents(settings.config_dir)
+    with write_session() as session:
+        accepted = repo.record_result(session, claim, result, status, now, not_before=not_before, detail=detail)
+        dispatches = reconcile_plans(session, [claim.plan_id], registry, now) if accepted else []
+    bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
+    if not accepted:
+        bound.warning("result rejected: the attempt's lease no longer holds (cancelled or superseded)")
+        return "rejected"
+    publish(dispatches)
+    bound.info("attempt finished", status=str(status), error=result.error)
+    return str(status)
