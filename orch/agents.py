@@ -116,8 +116,7 @@ def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
         executor = spec.executor or defaults.executor
         if executor not in EXECUTORS:
             raise ConfigInvalid(
-                f"{source}: agent type {spec.name!r}: unknown executor {executor!r} "
-                f"(known: {', '.join(EXECUTORS)})"
+                f"{source}: agent type {spec.name!r}: unknown executor {executor!r} (known: {', '.join(EXECUTORS)})"
             )
         types.append(
             AgentType(

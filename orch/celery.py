@@ -4,7 +4,7 @@ orch never imports workers/ or beat/."""
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from orch.agents import AgentRegistry, load_agents
 from orch.settings import Settings, get_settings

@@ -74,8 +74,10 @@ def validate(plan_file: str) -> None:
     plan = read_plan(plan_file)
     edges = sum(len(t.after) for t in plan.tasks)
     agents = sorted({t.agent for t in plan.tasks})
-    click.echo(f"{plan_file}: ok — plan {plan.name!r}: {len(plan.tasks)} tasks, {edges} dependencies, "
-               f"agent types: {', '.join(agents)}")
+    click.echo(
+        f"{plan_file}: ok — plan {plan.name!r}: {len(plan.tasks)} tasks, {edges} dependencies, "
+        f"agent types: {', '.join(agents)}"
+    )
 
 
 @main.command()
@@ -87,8 +89,13 @@ def agents() -> None:
         table.add_column(column, overflow="fold")
     for agent in registry():
         table.add_row(
-            agent.name, agent.queue, agent.executor, str(agent.concurrency), format_duration(agent.timeout),
-            str(agent.retries), ", ".join(agent.keywords) or "(fallback)",
+            agent.name,
+            agent.queue,
+            agent.executor,
+            str(agent.concurrency),
+            format_duration(agent.timeout),
+            str(agent.retries),
+            ", ".join(agent.keywords) or "(fallback)",
         )
     out.print(table)
 
@@ -134,9 +141,12 @@ def status(plan_ref: str | None, as_json: bool) -> None:
         if plan_ref is None:
             plans = repo.list_plans(session)
             if as_json:
-                click.echo(json.dumps({"plans": [
-                    {"id": p.id, "name": p.name, "status": p.status.value} for p in plans
-                ]}, indent=2))
+                click.echo(
+                    json.dumps(
+                        {"plans": [{"id": p.id, "name": p.name, "status": p.status.value} for p in plans]},
+                        indent=2,
+                    )
+                )
             else:
                 out.print(plans_table(session, plans) if plans else "no plans yet")
             return
@@ -210,8 +220,10 @@ def run_embedded(plan: Plan, concurrency: int) -> int:
             concurrency=concurrency,
         )
         worker.start()
-        err.print(f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {len(plan.tasks)} tasks on "
-                  f"{len(queues)} queues; store {database_url}; worker log {worker.log_path}")
+        err.print(
+            f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {len(plan.tasks)} tasks on "
+            f"{len(queues)} queues; store {database_url}; worker log {worker.log_path}"
+        )
         final = watch_plan(plan_id, worker)
         worker.stop()
         return 0 if final is PlanStatus.SUCCEEDED else 1

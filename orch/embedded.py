@@ -98,7 +98,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509 - nothing threaded runs yet
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
 
         def answers() -> bool:
@@ -148,7 +148,7 @@ class EmbeddedWorker:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},
                 start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGQUIT),  # noqa: PLW1509
+                preexec_fn=die_with_parent(signal.SIGQUIT),
             )
 
     def alive(self) -> bool:

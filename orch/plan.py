@@ -82,7 +82,7 @@ class TaskFields(BaseModel):
 
 class TaskSpec(TaskFields):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
-    title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS)]  # type: ignore[assignment]
+    title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS)]
 
 
 class PlanHeader(BaseModel):
@@ -151,7 +151,7 @@ def read_plan_document(path: Path) -> Any:
             raise PlanInvalid(source, [f"{source}: line {exc.lineno}: invalid JSON: {exc.msg}"]) from None
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -248,8 +248,8 @@ def validate_plan(document: Any, registry: AgentRegistry, source: str, base_dir:
             problems = [*problems[:MAX_PROBLEMS_SHOWN], f"{where}... and {hidden} more problems"]
         raise PlanInvalid(source, problems)
 
-    index = KeywordIndex.build(registry)
-    tasks = tuple(_resolve(spec, seq, registry, index) for seq, spec in enumerate(specs))
+    keywords = KeywordIndex.build(registry)
+    tasks = tuple(_resolve(spec, seq, registry, keywords) for seq, spec in enumerate(specs))
     workdir = Path(header.workdir)
     if not workdir.is_absolute():
         workdir = (base_dir / workdir).resolve()

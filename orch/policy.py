@@ -16,8 +16,8 @@ class Backoff:
 
         `attempt` is the number of the attempt that just failed (1 = the first); `draw` is in [0, 1).
         """
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
-        return ceiling / 2 + ceiling / 2 * draw
+        ceiling = min(self.cap, self.base * 2.0 ** (attempt - 1))
+        return float(ceiling / 2 + ceiling / 2 * draw)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,4 @@ def decide_retry(
     if attempt > retries:
         return RetryDecision(False, None, 0.0, f"retries exhausted ({attempt} attempts)")
     delay = backoff.delay(attempt, draw)
-    return RetryDecision(
-        True, now + timedelta(seconds=delay), delay, f"retry {attempt} of {retries} in {delay:.1f}s"
-    )
+    return RetryDecision(True, now + timedelta(seconds=delay), delay, f"retry {attempt} of {retries} in {delay:.1f}s")

@@ -67,7 +67,7 @@ def route(
     if not ranked:
         return RouteDecision(registry.fallback, "no keyword matched: fallback type", ())
     best, score, hits = ranked[0]
-    matched = ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in sorted(hits.items()))
+    matched = ", ".join(f"{k} x{n}" if n > 1 else k for k, n in sorted(hits.items()))
     reason = f"score {score} from keywords: {matched}"
     if len(ranked) > 1 and ranked[1][1] == score:
         reason += f" (tie with {ranked[1][0]}, broken by order in agents.yaml)"

@@ -105,9 +105,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def write_session(url: str | None = None) -> Iterator[Session]:
     """A transaction that writes: committed on success, rolled back on error."""
     engine = ensure_schema(url)
-    with Session(engine.execution_options(orch_write=True), expire_on_commit=False) as session:
-        with session.begin():
-            yield session
+    with Session(engine.execution_options(orch_write=True), expire_on_commit=False) as session, session.begin():
+        yield session
 
 
 @contextmanager

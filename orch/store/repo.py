@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import CursorResult, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from orch.errors import PlanNotFound
@@ -33,6 +33,11 @@ _CHUNK = 2000  # IN-list size, well under SQLite's bound-parameter limit
 def _chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE matched: how a compare-and-set tells it won."""
+    return int(cast(CursorResult[Any], result).rowcount)
 
 
 def _no_sync() -> dict[str, Any]:
@@ -113,9 +118,7 @@ def list_plans(session: Session, limit: int = 50) -> list[PlanRow]:
 
 def active_plan_ids(session: Session) -> list[str]:
     return list(
-        session.scalars(
-            select(PlanRow.id).where(PlanRow.status == PlanStatus.RUNNING).order_by(PlanRow.created_at)
-        )
+        session.scalars(select(PlanRow.id).where(PlanRow.status == PlanStatus.RUNNING).order_by(PlanRow.created_at))
     )
 
 
@@ -148,9 +151,9 @@ def task_views(session: Session, plan_id: str) -> list[TaskView]:
     for task_pk, dep_pk in plan_dependencies(session, plan_id):
         deps.setdefault(task_pk, []).append(dep_pk)
     rows = session.execute(
-        select(
-            TaskRow.pk, TaskRow.status, TaskRow.agent, TaskRow.priority, TaskRow.seq, TaskRow.not_before
-        ).where(TaskRow.plan_id == plan_id)
+        select(TaskRow.pk, TaskRow.status, TaskRow.agent, TaskRow.priority, TaskRow.seq, TaskRow.not_before).where(
+            TaskRow.plan_id == plan_id
+        )
     )
     return [
         TaskView(pk, status, agent, priority, seq, tuple(deps.get(pk, ())), not_before)
@@ -182,7 +185,14 @@ class Dispatch:
         return f"{self.plan_id}.{self.key}.{self.attempt}"
 
 
-_DISPATCH_COLUMNS = (TaskRow.pk, TaskRow.attempt, TaskRow.queue, TaskRow.timeout, TaskRow.plan_id, TaskRow.key)
+_DISPATCH_COLUMNS = (
+    TaskRow.pk,
+    TaskRow.attempt,
+    TaskRow.queue,
+    TaskRow.timeout,
+    TaskRow.plan_id,
+    TaskRow.key,
+)
 
 
 def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliation, now: datetime) -> list[Dispatch]:
@@ -218,8 +228,16 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
         session.execute(
             insert(EventRow),
             [
-                {"at": now, "plan_id": plan_id, "task_pk": d.task_pk, "attempt": d.attempt, "kind": "task",
-                 "old": None, "new": TaskStatus.QUEUED.value, "detail": f"sent to {d.queue}"}
+                {
+                    "at": now,
+                    "plan_id": plan_id,
+                    "task_pk": d.task_pk,
+                    "attempt": d.attempt,
+                    "kind": "task",
+                    "old": None,
+                    "new": TaskStatus.QUEUED.value,
+                    "detail": f"sent to {d.queue}",
+                }
                 for d in dispatches
             ],
         )
@@ -231,12 +249,14 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
 
 
 def finish_plan(session: Session, plan_id: str, outcome: PlanStatus, now: datetime) -> bool:
-    changed = session.execute(
-        update(PlanRow)
-        .where(PlanRow.id == plan_id, PlanRow.status == PlanStatus.RUNNING)
-        .values(status=outcome, finished_at=now)
-        .execution_options(**_no_sync())
-    ).rowcount
+    changed = _rowcount(
+        session.execute(
+            update(PlanRow)
+            .where(PlanRow.id == plan_id, PlanRow.status == PlanStatus.RUNNING)
+            .values(status=outcome, finished_at=now)
+            .execution_options(**_no_sync())
+        )
+    )
     if changed:
         _event(session, now, plan_id, kind="plan", old=PlanStatus.RUNNING, new=outcome)
     return bool(changed)
@@ -253,9 +273,7 @@ def stale_dispatches(
     if plan_ids is not None:
         stale = stale.where(TaskRow.plan_id.in_(plan_ids))
     rows = session.execute(
-        stale.values(dispatched_at=now)
-        .returning(*_DISPATCH_COLUMNS)
-        .execution_options(**_no_sync())
+        stale.values(dispatched_at=now).returning(*_DISPATCH_COLUMNS).execution_options(**_no_sync())
     ).all()
     return [Dispatch(*row) for row in rows]
 
@@ -303,8 +321,17 @@ def claim_attempt(
             output_tail="",
         )
     )
-    _event(session, now, plan_id, task_pk=task_pk, attempt=attempt, kind="task",
-           old=TaskStatus.QUEUED, new=TaskStatus.RUNNING, detail=f"on {worker}")
+    _event(
+        session,
+        now,
+        plan_id,
+        task_pk=task_pk,
+        attempt=attempt,
+        kind="task",
+        old=TaskStatus.QUEUED,
+        new=TaskStatus.RUNNING,
+        detail=f"on {worker}",
+    )
     return Claim(task_pk, plan_id, key, attempt, lease, retries)
 
 
@@ -328,23 +355,29 @@ def record_result(
     detail: str | None = None,
 ) -> bool:
     """running → `new_status`, only while this claim's lease still holds. False: the result is stale."""
-    changed = session.execute(
-        update(TaskRow)
-        .where(TaskRow.pk == claim.task_pk, TaskRow.status == TaskStatus.RUNNING, TaskRow.lease == claim.lease)
-        .values(
-            status=new_status,
-            lease=None,
-            not_before=not_before,
-            finished_at=None if new_status is TaskStatus.RETRY_WAIT else now,
-            error=None if result.succeeded else result.error,
+    changed = _rowcount(
+        session.execute(
+            update(TaskRow)
+            .where(TaskRow.pk == claim.task_pk, TaskRow.status == TaskStatus.RUNNING, TaskRow.lease == claim.lease)
+            .values(
+                status=new_status,
+                lease=None,
+                not_before=not_before,
+                finished_at=None if new_status is TaskStatus.RETRY_WAIT else now,
+                error=None if result.succeeded else result.error,
+            )
+            .execution_options(**_no_sync())
         )
-        .execution_options(**_no_sync())
-    ).rowcount
+    )
     if not changed:
         return False
     session.execute(
         update(AttemptRow)
-        .where(AttemptRow.task_pk == claim.task_pk, AttemptRow.number == claim.attempt, AttemptRow.lease == claim.lease)
+        .where(
+            AttemptRow.task_pk == claim.task_pk,
+            AttemptRow.number == claim.attempt,
+            AttemptRow.lease == claim.lease,
+        )
         .values(
             status=AttemptStatus.SUCCEEDED if result.succeeded else AttemptStatus.FAILED,
             finished_at=now,
@@ -356,8 +389,17 @@ def record_result(
         )
         .execution_options(**_no_sync())
     )
-    _event(session, now, claim.plan_id, task_pk=claim.task_pk, attempt=claim.attempt, kind="task",
-           old=TaskStatus.RUNNING, new=new_status, detail=detail or result.error)
+    _event(
+        session,
+        now,
+        claim.plan_id,
+        task_pk=claim.task_pk,
+        attempt=claim.attempt,
+        kind="task",
+        old=TaskStatus.RUNNING,
+        new=new_status,
+        detail=detail or result.error,
+    )
     return True
 
 
@@ -383,20 +425,32 @@ def cancel_plan(session: Session, plan_id: str, now: datetime, reason: str) -> i
     ).all()
     session.execute(
         update(AttemptRow)
-        .where(AttemptRow.task_pk.in_(select(TaskRow.pk).where(TaskRow.plan_id == plan_id)),
-               AttemptRow.status == AttemptStatus.RUNNING)
+        .where(
+            AttemptRow.task_pk.in_(select(TaskRow.pk).where(TaskRow.plan_id == plan_id)),
+            AttemptRow.status == AttemptStatus.RUNNING,
+        )
         .values(status=AttemptStatus.CANCELLED, finished_at=now, error=reason)
         .execution_options(**_no_sync())
     )
     _task_events(session, now, plan_id, cancelled, None, TaskStatus.CANCELLED, detail=reason)
-    changed = session.execute(
-        update(PlanRow)
-        .where(PlanRow.id == plan_id, PlanRow.status.not_in(PLAN_FINAL))
-        .values(status=PlanStatus.CANCELLED, finished_at=now)
-        .execution_options(**_no_sync())
-    ).rowcount
+    changed = _rowcount(
+        session.execute(
+            update(PlanRow)
+            .where(PlanRow.id == plan_id, PlanRow.status.not_in(PLAN_FINAL))
+            .values(status=PlanStatus.CANCELLED, finished_at=now)
+            .execution_options(**_no_sync())
+        )
+    )
     if changed:
-        _event(session, now, plan_id, kind="plan", old=PlanStatus.RUNNING, new=PlanStatus.CANCELLED, detail=reason)
+        _event(
+            session,
+            now,
+            plan_id,
+            kind="plan",
+            old=PlanStatus.RUNNING,
+            new=PlanStatus.CANCELLED,
+            detail=reason,
+        )
     return len(cancelled)
 
 
@@ -417,8 +471,14 @@ def _event(
 ) -> None:
     session.execute(
         insert(EventRow).values(
-            at=at, plan_id=plan_id, task_pk=task_pk, attempt=attempt, kind=kind,
-            old=None if old is None else str(old), new=None if new is None else str(new), detail=detail,
+            at=at,
+            plan_id=plan_id,
+            task_pk=task_pk,
+            attempt=attempt,
+            kind=kind,
+            old=None if old is None else str(old),
+            new=None if new is None else str(new),
+            detail=detail,
         )
     )
 
@@ -436,8 +496,16 @@ def _task_events(
         session.execute(
             insert(EventRow),
             [
-                {"at": at, "plan_id": plan_id, "task_pk": pk, "attempt": None, "kind": "task",
-                 "old": None if old is None else old.value, "new": new.value, "detail": detail}
+                {
+                    "at": at,
+                    "plan_id": plan_id,
+                    "task_pk": pk,
+                    "attempt": None,
+                    "kind": "task",
+                    "old": None if old is None else old.value,
+                    "new": new.value,
+                    "detail": detail,
+                }
                 for pk in task_pks
             ],
         )

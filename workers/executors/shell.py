@@ -89,7 +89,9 @@ class ShellExecutor:
             return AttemptResult(False, failure_class="invalid_task", error="shell executor: task has no command")
         if not ctx.workdir.is_dir():
             return AttemptResult(
-                False, failure_class="workdir_missing", error=f"workdir {ctx.workdir} does not exist on this host"
+                False,
+                failure_class="workdir_missing",
+                error=f"workdir {ctx.workdir} does not exist on this host",
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with ctx.log_path.open("wb") as log:

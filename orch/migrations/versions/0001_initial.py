@@ -10,7 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -27,9 +26,7 @@ def upgrade() -> None:
         sa.Column("workdir", sa.Text(), nullable=False),
         sa.Column(
             "status",
-            sa.Enum(
-                "running", "succeeded", "failed", "cancelled", name="planstatus", native_enum=False, length=20
-            ),
+            sa.Enum("running", "succeeded", "failed", "cancelled", name="planstatus", native_enum=False, length=20),
             nullable=False,
         ),
         sa.Column("document", sa.JSON(), nullable=False),
