@@ -54,3 +54,9 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+def use_broker(broker_url: str) -> None:
+    """Point this process's app at another broker, dropping pooled connections to the old one."""
+    app.conf.broker_url = broker_url
+    app._after_fork()

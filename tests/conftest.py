@@ -1,0 +1,143 @@
+"""Shared fixtures. Service tests use the machine's real servers; with CI=true a missing server fails the run,
+otherwise (a newcomer's machine) the test is skipped with the reason shown in the summary."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO / "config"
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+REDIS_TEST_DB = 11
+
+
+def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    if reachable(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}, and CI=true requires every service test to run")
+    pytest.skip(f"{message} (start it to run this test; with CI=true this is a failure)")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test gets its own ORCH_HOME and a fresh Settings; no ORCH_* leaks in from the environment."""
+    from orch.settings import get_settings
+    from orch.store.db import dispose_engines
+
+    for key in list(os.environ):
+        if key.startswith("ORCH_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("ORCH_HOME", str(tmp_path / ".orch"))
+    monkeypatch.setenv("ORCH_CONFIG_DIR", str(CONFIG_DIR))
+    get_settings.cache_clear()
+    yield
+    dispose_engines()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    from orch.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("ORCH_DATABASE_URL", url)
+    get_settings.cache_clear()
+    return url
+
+
+@pytest.fixture(scope="session")
+def _postgres_database() -> Iterator[str]:
+    require_service("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    import psycopg
+
+    name = f"orch_test_{secrets.token_hex(4)}"
+    admin = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
+    finally:
+        from orch.store.db import dispose_engines
+
+        dispose_engines()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(_postgres_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A PostgreSQL store, emptied before each test."""
+    from sqlalchemy import text
+
+    from orch.settings import get_settings
+    from orch.store.db import ensure_schema
+
+    monkeypatch.setenv("ORCH_DATABASE_URL", _postgres_database)
+    get_settings.cache_clear()
+    engine = ensure_schema(_postgres_database)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE events, attempts, dependencies, tasks, plans RESTART IDENTITY CASCADE"))
+    yield _postgres_database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Each store test runs on SQLite and on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    import redis
+
+    redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB).flushdb()
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    require_service("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    from kombu import Connection, Queue
+
+    from orch.agents import load_agents_file
+
+    url = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
+    with Connection(url) as conn:
+        channel = conn.default_channel
+        for queue in load_agents_file(CONFIG_DIR / "agents.yaml").queues:
+            Queue(queue, routing_key=queue, channel=channel).declare()
+            channel.queue_purge(queue)
+    return url
+
+
+@pytest.fixture
+def embedded_redis_url(tmp_path: Path) -> Iterator[str]:
+    from orch.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(log_path=tmp_path / "redis.log")
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()

@@ -1,0 +1,66 @@
+"""Helpers shared by the test tiers: building plans in memory, waiting on conditions with a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orch.agents import AgentRegistry, load_agents_file
+from orch.plan import Plan, validate_plan
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def registry() -> AgentRegistry:
+    return load_agents_file(REPO / "config" / "agents.yaml")
+
+
+def make_plan(tasks: list[dict[str, Any]], name: str = "t", workdir: Path | None = None, **extra: Any) -> Plan:
+    document: dict[str, Any] = {"name": name, "tasks": tasks, **extra}
+    base = workdir or Path.cwd()
+    return validate_plan(document, registry(), source=f"{name}.yaml", base_dir=base)
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def layered_dag(
+    width: int, depth: int, command: str | None = None, agents: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """`depth` layers of `width` tasks; each task depends on two tasks of the layer before."""
+    tasks: list[dict[str, Any]] = []
+    for layer in range(depth):
+        for i in range(width):
+            task: dict[str, Any] = {"id": f"t{layer}-{i}", "title": f"step {layer} part {i}"}
+            if layer:
+                task["after"] = sorted({f"t{layer - 1}-{i}", f"t{layer - 1}-{(i + 1) % width}"})
+            if command:
+                task["command"] = command
+            if agents:
+                task["agent"] = agents[(layer * width + i) % len(agents)]
+            tasks.append(task)
+    return tasks
+
+
+def check_ledger_order(ledger: Path, tasks: list[dict[str, Any]]) -> list[str]:
+    """Every task's line appears exactly once and after each of its dependencies' lines."""
+    lines = ledger.read_text().split()
+    assert len(lines) == len(set(lines)), "a task ran to completion twice"
+    position = {key: i for i, key in enumerate(lines)}
+    assert set(position) == {t["id"] for t in tasks}, "some task did not run"
+    for task in tasks:
+        for dep in task.get("after", []):
+            assert position[dep] < position[task["id"]], f"{task['id']} finished before its dependency {dep}"
+    return lines

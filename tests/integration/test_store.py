@@ -1,0 +1,204 @@
+"""The store on SQLite and PostgreSQL: submit, compare-and-set transitions, readiness applied, dispatch races."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import select
+
+from orch.dispatch import reconcile_plans
+from orch.states import AttemptStatus, PlanStatus, TaskStatus
+from orch.store import repo
+from orch.store.db import ensure_schema, read_session, write_session
+from orch.store.models import AttemptRow, Base, TaskRow
+from orch.store.repo import AttemptResult
+from tests.helpers import layered_dag, make_plan, registry
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+DIAMOND = [
+    {"id": "a", "title": "design the api", "command": "true"},
+    {"id": "b", "title": "write the docs", "after": ["a"], "command": "true"},
+    {"id": "c", "title": "write the tests", "after": ["a"], "command": "true", "priority": 3},
+    {"id": "d", "title": "deploy it", "after": ["b", "c"], "command": "true"},
+]
+
+
+def submit(tasks: list[dict[str, object]], name: str = "p", at: datetime = NOW) -> str:
+    with write_session() as session:
+        return repo.submit_plan(session, make_plan(tasks, name=name), at)
+
+
+def statuses(plan_id: str) -> dict[str, TaskStatus]:
+    with read_session() as session:
+        return {t.key: t.status for t in repo.plan_tasks(session, plan_id)}
+
+
+def tick(at: datetime = NOW) -> list[repo.Dispatch]:
+    with write_session() as session:
+        return reconcile_plans(session, repo.active_plan_ids(session), registry(), at)
+
+
+def run_to_result(dispatch: repo.Dispatch, ok: bool, at: datetime = NOW, retry_at: datetime | None = None) -> bool:
+    with write_session() as session:
+        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w1", 1, at)
+    assert claim is not None
+    new = TaskStatus.SUCCEEDED if ok else (TaskStatus.RETRY_WAIT if retry_at else TaskStatus.FAILED)
+    result = AttemptResult(ok, exit_code=0 if ok else 1, error=None if ok else "boom")
+    with write_session() as session:
+        return repo.record_result(session, claim, result, new, at, not_before=retry_at)
+
+
+def test_migrations_match_the_models(store_url: str) -> None:
+    with ensure_schema(store_url).connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_submit_stores_tasks_edges_and_finds_by_id_or_latest_name(store_url: str) -> None:
+    first = submit(DIAMOND, name="diamond")
+    second = submit(DIAMOND, name="diamond", at=NOW + timedelta(seconds=1))
+    with read_session() as session:
+        assert repo.find_plan(session, first).id == first
+        assert repo.find_plan(session, "diamond").id == second
+        tasks = repo.plan_tasks(session, first)
+        assert [t.key for t in tasks] == ["a", "b", "c", "d"]
+        assert {t.status for t in tasks} == {TaskStatus.PENDING}
+        key_of = {t.pk: t.key for t in tasks}
+        edges = {(key_of[t], key_of[d]) for t, d in repo.plan_dependencies(session, first)}
+        assert edges == {("b", "a"), ("c", "a"), ("d", "b"), ("d", "c")}
+        assert tasks[0].queue == "agent.backend-development"
+
+
+def test_dispatch_claims_ready_tasks_once_in_priority_order(store_url: str) -> None:
+    plan_id = submit(DIAMOND)
+    first = tick()
+    assert [(d.key, d.attempt) for d in first] == [("a", 1)]
+    assert tick() == []  # nothing new is ready: no double claim
+    assert run_to_result(first[0], ok=True)
+    second = tick()
+    assert [d.key for d in second] == ["c", "b"]  # c has the higher priority
+    assert statuses(plan_id) == {"a": "succeeded", "b": "queued", "c": "queued", "d": "pending"}
+
+
+def test_claim_is_a_compare_and_set_and_duplicates_are_dropped(store_url: str) -> None:
+    submit(DIAMOND)
+    (dispatch,) = tick()
+    with write_session() as session:
+        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt + 1, "w", 1, NOW) is None
+        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW)
+        assert claim is not None
+    with write_session() as session:
+        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w2", 2, NOW) is None
+        attempts = session.scalars(select(AttemptRow).where(AttemptRow.task_pk == dispatch.task_pk)).all()
+        assert [(a.number, a.worker, a.status) for a in attempts] == [(1, "w", AttemptStatus.RUNNING)]
+
+
+def test_a_result_under_a_stale_lease_is_rejected(store_url: str) -> None:
+    plan_id = submit(DIAMOND)
+    (dispatch,) = tick()
+    with write_session() as session:
+        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW)
+    assert claim is not None
+    with write_session() as session:
+        repo.cancel_plan(session, plan_id, NOW, "operator cancelled")
+    with write_session() as session:
+        accepted = repo.record_result(session, claim, AttemptResult(True, exit_code=0), TaskStatus.SUCCEEDED, NOW)
+    assert accepted is False
+    assert statuses(plan_id)["a"] is TaskStatus.CANCELLED
+    with read_session() as session:
+        assert repo.get_plan(session, plan_id).status is PlanStatus.CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_failure_dooms_descendants_and_fails_the_plan(store_url: str) -> None:
+    plan_id = submit(DIAMOND)
+    (dispatch,) = tick()
+    assert run_to_result(dispatch, ok=False)
+    assert tick() == []
+    assert statuses(plan_id) == {"a": "failed", "b": "upstream_failed", "c": "upstream_failed", "d": "upstream_failed"}
+    with read_session() as session:
+        plan = repo.get_plan(session, plan_id)
+        assert plan is not None and plan.status is PlanStatus.FAILED
+        kinds = Counter((e.kind, e.old, e.new) for e in repo.plan_events(session, plan_id))
+    assert kinds[("task", "pending", "upstream_failed")] == 3
+    assert kinds[("task", "running", "failed")] == 1
+    assert kinds[("plan", "running", "failed")] == 1
+
+
+def test_retry_waits_for_its_backoff_then_runs_as_a_new_attempt(store_url: str) -> None:
+    plan_id = submit(DIAMOND)
+    (dispatch,) = tick()
+    assert run_to_result(dispatch, ok=False, retry_at=NOW + timedelta(seconds=10))
+    assert statuses(plan_id)["a"] is TaskStatus.RETRY_WAIT
+    assert tick(NOW + timedelta(seconds=5)) == []
+    (again,) = tick(NOW + timedelta(seconds=11))
+    assert (again.key, again.attempt) == ("a", 2)
+    assert run_to_result(again, ok=True, at=NOW + timedelta(seconds=12))
+    assert statuses(plan_id)["a"] is TaskStatus.SUCCEEDED
+
+
+def test_the_plan_succeeds_when_every_task_did(store_url: str) -> None:
+    plan_id = submit(DIAMOND)
+    for _ in range(4):
+        for dispatch in tick():
+            assert run_to_result(dispatch, ok=True)
+    tick()
+    with read_session() as session:
+        plan = repo.get_plan(session, plan_id)
+        assert plan is not None and plan.status is PlanStatus.SUCCEEDED and plan.finished_at is not None
+
+
+def test_an_agent_types_cap_bounds_queued_and_running_tasks(store_url: str) -> None:
+    cap = registry().get("backend-development").concurrency
+    submit([{"id": f"t{i}", "title": "api", "agent": "backend-development", "command": "true"} for i in range(cap + 5)])
+    assert len(tick()) == cap
+    assert tick() == []
+
+
+def test_stale_queued_tasks_are_sent_again(store_url: str) -> None:
+    submit(DIAMOND)
+    (dispatch,) = tick()
+    with write_session() as session:
+        assert repo.stale_dispatches(session, NOW, NOW) == []
+        again = repo.stale_dispatches(session, NOW + timedelta(seconds=1), NOW + timedelta(seconds=1))
+    assert [(d.task_pk, d.attempt) for d in again] == [(dispatch.task_pk, dispatch.attempt)]
+
+
+def test_concurrent_dispatchers_never_claim_a_task_twice(store_url: str) -> None:
+    tasks = layered_dag(width=30, depth=1, command="true")
+    for t in tasks:
+        t["agent"] = "general-purpose"
+    for cap_task in tasks:
+        cap_task["priority"] = 0
+    plan_id = submit(tasks)
+    claimed: list[tuple[int, int]] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def dispatcher() -> None:
+        try:
+            for _ in range(10):
+                got = tick()
+                with lock:
+                    claimed.extend((d.task_pk, d.attempt) for d in got)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(claimed) == len(set(claimed))
+    cap = registry().get("general-purpose").concurrency
+    assert len(claimed) == cap  # never over the agent type's cap, even racing
+    with read_session() as session:
+        queued = session.scalars(
+            select(TaskRow).where(TaskRow.plan_id == plan_id, TaskRow.status == TaskStatus.QUEUED)
+        ).all()
+    assert len(queued) == cap

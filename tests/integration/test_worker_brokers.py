@@ -1,0 +1,121 @@
+"""Dispatch and a real Celery consumer on each broker: the embedded Redis, the machine's Redis, RabbitMQ.
+
+The worker runs in-process (celery.contrib.testing, threads pool); the beat tick is called from the test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from celery.signals import task_postrun
+
+import workers.tasks  # noqa: F401  (registers orch.run_task on the app)
+from beat.tick import run_tick
+from orch.celery import app, use_broker
+from orch.dispatch import publish
+from orch.states import PlanStatus, TaskStatus
+from orch.store import repo
+from orch.store.db import read_session, write_session
+from orch.store.repo import Dispatch
+from tests.helpers import check_ledger_order, layered_dag, make_plan, wait_for
+
+AGENTS = ["backend-development", "testing-specialist", "documentation-writer"]
+
+
+@pytest.fixture(params=["embedded_redis_url", "redis_url", "rabbitmq_url"])
+def broker(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[str]:
+    url = str(request.getfixturevalue(request.param))
+    use_broker(url)
+    yield url
+
+
+@pytest.fixture
+def outcomes() -> Iterator[list[str]]:
+    """What each orch.run_task delivery returned: a status, or "dropped" for a duplicate."""
+    seen: list[str] = []
+
+    def record(sender: Any = None, retval: Any = None, **_: Any) -> None:
+        if sender is not None and sender.name == "orch.run_task":
+            seen.append(str(retval))
+
+    task_postrun.connect(record, weak=False)
+    yield seen
+    task_postrun.disconnect(record)
+
+
+def run_plan(tasks: list[dict[str, Any]], workdir: Path, timeout: float = 60) -> str:
+    with write_session() as session:
+        plan_id = repo.submit_plan(session, make_plan(tasks, workdir=workdir), datetime.now(UTC))
+
+    def finished() -> bool:
+        run_tick()
+        with read_session() as session:
+            plan = repo.get_plan(session, plan_id)
+            return plan is not None and plan.status is not PlanStatus.RUNNING
+
+    wait_for(finished, timeout, f"plan {plan_id} to finish", interval=0.1)
+    return plan_id
+
+
+def worker_on(queues: list[str]) -> Any:
+    return start_worker(
+        app, pool="threads", concurrency=4, perform_ping_check=False, queues=queues, shutdown_timeout=20
+    )
+
+
+def test_a_dag_runs_in_dependency_order_on_each_broker(broker: str, tmp_path: Path, outcomes: list[str]) -> None:
+    ledger = tmp_path / "ledger"
+    tasks = layered_dag(width=4, depth=5, command=f"echo $ORCH_TASK_ID >> {ledger}", agents=AGENTS)
+    with worker_on([f"agent.{a}" for a in AGENTS]):
+        plan_id = run_plan(tasks, tmp_path)
+    with read_session() as session:
+        plan = repo.get_plan(session, plan_id)
+        assert plan is not None and plan.status is PlanStatus.SUCCEEDED
+        assert {t.status for t in repo.plan_tasks(session, plan_id)} == {TaskStatus.SUCCEEDED}
+    check_ledger_order(ledger, tasks)
+    assert outcomes.count("succeeded") == len(tasks)
+
+
+def test_duplicate_deliveries_are_dropped(broker: str, tmp_path: Path, outcomes: list[str]) -> None:
+    ledger = tmp_path / "ledger"
+    tasks = [
+        {"id": f"t{i}", "title": "api work", "agent": "backend-development", "command": f"echo t{i} >> {ledger}"}
+        for i in range(6)
+    ]
+    with write_session() as session:
+        plan_id = repo.submit_plan(session, make_plan(tasks, workdir=tmp_path), datetime.now(UTC))
+    with write_session() as session:
+        from orch.dispatch import reconcile_plans
+        from tests.helpers import registry
+
+        dispatches = reconcile_plans(session, [plan_id], registry(), datetime.now(UTC))
+    assert len(dispatches) == 4  # the agent type's cap
+    publish(dispatches)
+    publish(dispatches)  # every message delivered twice
+    with worker_on(["agent.backend-development"]):
+        wait_for(
+            lambda: outcomes.count("dropped") >= 4 and run_tick() is not None and _final(plan_id),
+            60,
+            "the plan to finish and the duplicates to be dropped",
+        )
+        done: list[Dispatch] = []
+        with read_session() as session:
+            for task in repo.plan_tasks(session, plan_id):
+                done.append(Dispatch(task.pk, task.attempt, task.queue, task.timeout, plan_id, task.key))
+        publish(done)  # already-succeeded tasks published again
+        wait_for(lambda: outcomes.count("dropped") >= 4 + len(done), 30, "re-published messages to be dropped")
+    lines = ledger.read_text().split()
+    assert sorted(lines) == sorted(t["id"] for t in tasks)  # each ran exactly once
+    with read_session() as session:
+        for task in repo.plan_tasks(session, plan_id):
+            assert len(repo.task_attempts(session, task.pk)) == 1
+
+
+def _final(plan_id: str) -> bool:
+    with read_session() as session:
+        plan = repo.get_plan(session, plan_id)
+        return plan is not None and plan.status is PlanStatus.SUCCEEDED
