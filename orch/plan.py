@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import graphlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
 from orch.agents import EXECUTORS, NAME_PATTERN, AgentRegistry
@@ -50,6 +51,9 @@ def _check_file_pattern(pattern: str) -> str:
     return pattern
 
 
+FilePattern = Annotated[str, AfterValidator(_check_file_pattern)]
+
+
 class TaskFields(BaseModel):
     """Every task field a plan's `defaults:` may set."""
 
@@ -60,17 +64,12 @@ class TaskFields(BaseModel):
     agent: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     after: Annotated[list[Annotated[str, Field(pattern=ID_PATTERN)]], Field(max_length=MAX_DEPENDENCIES_PER_TASK)] = []
     priority: Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = 0
-    files: Annotated[list[str], Field(max_length=MAX_FILES_PER_TASK)] = []
+    files: Annotated[list[FilePattern], Field(max_length=MAX_FILES_PER_TASK)] = []
     success: Text = ""
     command: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
     executor: str | None = None
     timeout: Seconds | None = None
     retries: Annotated[int, Field(ge=0, le=MAX_RETRIES)] | None = None
-
-    @field_validator("files")
-    @classmethod
-    def _files_stay_inside(cls, files: list[str]) -> list[str]:
-        return [_check_file_pattern(f) for f in files]
 
     @field_validator("executor")
     @classmethod
@@ -169,8 +168,9 @@ def load_plan(path: Path, registry: AgentRegistry) -> Plan:
 
 
 def _describe_error(error: ErrorDetails, prefix: str) -> str:
-    loc = [str(p) for p in error["loc"]]
-    field = ".".join(loc)
+    field = ""
+    for part in error["loc"]:
+        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"{prefix}unknown field {field!r}"
@@ -180,7 +180,9 @@ def _describe_error(error: ErrorDetails, prefix: str) -> str:
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     if kind == "string_pattern_mismatch":
-        message = f"{error['input']!r} is not allowed: use letters, digits, '.', '_' or '-' (at most 128)"
+        longest = re.search(r"\{1,(\d+)\}", str(error.get("ctx", {}).get("pattern", "")))
+        limit = f" (at most {longest.group(1)})" if longest else ""
+        message = f"{error['input']!r} is not allowed: use letters, digits, '.', '_' or '-'{limit}"
     return f"{prefix}{field}: {message}" if field else f"{prefix}{message}"
 
 
@@ -208,37 +210,38 @@ def validate_plan(document: Any, registry: AgentRegistry, source: str, base_dir:
 
     specs: list[TaskSpec] = []
     first_index: dict[str, int] = {}
+    # The graph is checked over every task whose id and `after` can be read, valid or not, so one bad task
+    # does not make its dependants report it as unknown.
+    graph: dict[str, list[str]] = {}
     for index, raw in enumerate(header.tasks):
-        label = f"tasks[{index}]"
         if not isinstance(raw, dict):
-            problems.append(f"{where}{label}: a task is a mapping with 'id' and 'title'")
+            problems.append(f"{where}tasks[{index}]: a task is a mapping with 'id' and 'title'")
             continue
-        if isinstance(raw.get("id"), str):
-            label = f"task {raw['id']!r}"
+        task_id = raw.get("id")
+        label = f"task {task_id!r}" if isinstance(task_id, str) else f"tasks[{index}]"
+        if isinstance(task_id, str):
+            if task_id in first_index:
+                problems.append(
+                    f"{where}tasks[{index}]: duplicate task id {task_id!r} (first at tasks[{first_index[task_id]}])"
+                )
+                continue
+            first_index[task_id] = index
+            after = raw.get("after", defaults.get("after", []))
+            graph[task_id] = [d for d in after if isinstance(d, str)] if isinstance(after, list) else []
         merged = {**defaults, **raw} if defaults else raw
+        agent = merged.get("agent")
+        if isinstance(agent, str) and agent not in registry:
+            problems.append(f"{where}{label}: unknown agent type {agent!r} (known: {', '.join(registry.names)})")
         try:
-            spec = TaskSpec.model_validate(merged)
+            specs.append(TaskSpec.model_validate(merged))
         except ValidationError as exc:
             problems.extend(_errors(exc, f"{where}{label}: "))
-            continue
-        if spec.id in first_index:
-            problems.append(
-                f"{where}tasks[{index}]: duplicate task id {spec.id!r} (first at tasks[{first_index[spec.id]}])"
-            )
-            continue
-        first_index[spec.id] = index
-        specs.append(spec)
 
-    ids = set(first_index)
-    for spec in specs:
-        for dep in spec.after:
-            if dep not in ids:
-                problems.append(f"{where}task {spec.id!r}: depends on unknown task {dep!r}")
-        if spec.agent is not None and spec.agent not in registry:
-            problems.append(
-                f"{where}task {spec.id!r}: unknown agent type {spec.agent!r} (known: {', '.join(registry.names)})"
-            )
-    cycle = find_cycle({s.id: [d for d in s.after if d in ids] for s in specs})
+    for task_id, after in graph.items():
+        for dep in after:
+            if dep not in graph:
+                problems.append(f"{where}task {task_id!r}: depends on unknown task {dep!r}")
+    cycle = find_cycle({task: [d for d in after if d in graph] for task, after in graph.items()})
     if cycle:
         problems.append(f"{where}dependency cycle: {' -> '.join(cycle)}")
 

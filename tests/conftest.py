@@ -125,6 +125,9 @@ def rabbitmq_url() -> str:
     url = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
     with Connection(url) as conn:
         channel = conn.default_channel
+        # An earlier in-process test that switched brokers may have declared Celery's event exchange with the
+        # Redis flavour (fanout); RabbitMQ then refuses the real (topic) one. Start from a clean exchange.
+        channel.exchange_delete("celeryev")
         for queue in load_agents_file(CONFIG_DIR / "agents.yaml").queues:
             Queue(queue, routing_key=queue, channel=channel).declare()
             channel.queue_purge(queue)

@@ -30,7 +30,11 @@ AGENTS = ["backend-development", "testing-specialist", "documentation-writer"]
 def broker(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[str]:
     url = str(request.getfixturevalue(request.param))
     use_broker(url)
+    # Task events are not under test here, and one process switching brokers would mix their event exchanges.
+    saved = app.conf.worker_send_task_events, app.conf.task_send_sent_event
+    app.conf.worker_send_task_events = app.conf.task_send_sent_event = False
     yield url
+    app.conf.worker_send_task_events, app.conf.task_send_sent_event = saved
 
 
 @pytest.fixture
