@@ -25,7 +25,10 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.tick_seconds = get_settings().tick_seconds
         self._next_tick = 0.0
-        ensure_schema()
+        try:
+            ensure_schema()
+        except Exception:  # the store may come up after the beat: the tick keeps trying
+            log.exception("store not ready at beat start; the tick will retry")
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval = float(super().tick(*args, **kwargs))
