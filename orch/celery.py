@@ -4,12 +4,13 @@ orch never imports workers/ or beat/."""
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from orch.agents import AgentRegistry, load_agents
 from orch.settings import Settings, get_settings
 
 RUN_TASK = "orch.run_task"
+EXCHANGE = "orch"
 
 
 def celery_config(settings: Settings, registry: AgentRegistry) -> dict[str, object]:
@@ -18,8 +19,11 @@ def celery_config(settings: Settings, registry: AgentRegistry) -> dict[str, obje
         "broker_connection_retry_on_startup": True,
         # Every agent type's queue is declared; no queue is created on the fly, so a task can never land on
         # a queue no worker was told to read.
-        "task_queues": [Queue(name, routing_key=name) for name in registry.queues],
+        "task_queues": [Queue(name, Exchange(EXCHANGE, type="direct"), routing_key=name) for name in registry.queues],
         "task_default_queue": registry.get(registry.fallback).queue,
+        "task_default_exchange": EXCHANGE,
+        "task_default_exchange_type": "direct",
+        "task_default_routing_key": registry.get(registry.fallback).queue,
         "task_create_missing_queues": False,
         # An agent run lasts minutes and costs money: ack after it, take one message at a time, give a
         # message back when the pool process dies, stop on broker loss instead of running a copy twice.

@@ -225,7 +225,7 @@ def run_embedded(plan: Plan, concurrency: int) -> int:
             f"{len(queues)} queues; store {database_url}; worker log {worker.log_path}"
         )
         final = watch_plan(plan_id, worker)
-        worker.stop()
+        worker.stop(cold=True)  # the plan is over: nothing of it runs any more
         return 0 if final is PlanStatus.SUCCEEDED else 1
     except KeyboardInterrupt:
         err.print("[magenta]interrupted: cancelling the plan and stopping the worker[/]")
