@@ -52,6 +52,13 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def safe_url(url: str) -> str:
+    """A URL fit to print: its password masked."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def registry() -> AgentRegistry:
     return load_agents(get_settings().config_dir)
 
@@ -222,7 +229,7 @@ def run_embedded(plan: Plan, concurrency: int) -> int:
         worker.start()
         err.print(
             f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {len(plan.tasks)} tasks on "
-            f"{len(queues)} queues; store {database_url}; worker log {worker.log_path}"
+            f"{len(queues)} queues; store {safe_url(database_url)}; worker log {worker.log_path}"
         )
         final = watch_plan(plan_id, worker)
         worker.stop(cold=True)  # the plan is over: nothing of it runs any more

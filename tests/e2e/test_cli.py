@@ -191,3 +191,18 @@ def test_ctrl_c_cancels_the_plan_and_leaves_no_process(tmp_path: Path) -> None:
     assert report["plan"]["status"] == "cancelled"
     assert {t["status"] for t in report["tasks"]} == {"cancelled"}
     wait_for(lambda: not list_processes(str(tmp_path)), 15, "every process orch run started to exit")
+
+
+def test_orch_run_uses_the_servers_named_in_the_environment(
+    tmp_path: Path, demo_copy: Path, redis_url: str, postgres_url: str
+) -> None:
+    # PostgreSQL trusts local connections, so a password here is accepted and ignored: it must never be printed.
+    with_password = postgres_url.replace("postgres@", "postgres:hunter2-canary@")
+    env = orch_env(tmp_path, ORCH_BROKER_URL=redis_url, ORCH_DATABASE_URL=with_password)
+    result = run_orch(["run", str(demo_copy)], tmp_path, env, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hunter2-canary" not in result.stdout + result.stderr
+    assert "redis+socket" not in result.stderr and "postgresql" in result.stderr  # no embedded Redis, PG store
+    assert not (tmp_path / ".orch" / "orch.db").exists()
+    report = json.loads(run_orch(["status", "demo-accounts", "--json"], tmp_path, env).stdout)
+    assert report["plan"]["status"] == "succeeded"
