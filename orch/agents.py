@@ -27,12 +27,19 @@ def normalise_phrase(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
 class _AgentDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
     executor: str = "claude-code"
     concurrency: int = Field(4, ge=1, le=10_000)
     timeout: Seconds = 1800.0
+    idle_timeout: Seconds = 300.0
     retries: int = Field(2, ge=0, le=100)
+    model: str = "claude-sonnet-4-6"
+    max_tokens: int = Field(8000, ge=1, le=1_000_000)
+    secrets: tuple[EnvName, ...] = ()
 
 
 class AgentTypeSpec(BaseModel):
@@ -44,7 +51,12 @@ class AgentTypeSpec(BaseModel):
     executor: str | None = None
     concurrency: int | None = Field(None, ge=1, le=10_000)
     timeout: Seconds | None = None
+    idle_timeout: Seconds | None = None
     retries: int | None = Field(None, ge=0, le=100)
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    system: str | None = None  # extra system-prompt text for this type
+    secrets: tuple[EnvName, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,11 @@ class AgentType:
     concurrency: int
     timeout: float
     retries: int
+    idle_timeout: float = 300.0
+    model: str = "claude-sonnet-4-6"
+    max_tokens: int = 8000
+    system: str = ""
+    secrets: tuple[str, ...] = ()  # environment variables the worker passes to this type's agents
 
 
 class _AgentsFile(BaseModel):
@@ -128,6 +145,11 @@ def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
                 concurrency=spec.concurrency or defaults.concurrency,
                 timeout=spec.timeout or defaults.timeout,
                 retries=defaults.retries if spec.retries is None else spec.retries,
+                idle_timeout=spec.idle_timeout or defaults.idle_timeout,
+                model=spec.model or defaults.model,
+                max_tokens=spec.max_tokens or defaults.max_tokens,
+                system=spec.system or "",
+                secrets=defaults.secrets if spec.secrets is None else spec.secrets,
             )
         )
     if parsed.fallback not in seen:

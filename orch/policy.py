@@ -29,12 +29,20 @@ class RetryDecision:
 
 
 def decide_retry(
-    attempt: int, retries: int, now: datetime, draw: float, backoff: Backoff, retryable: bool = True
+    attempt: int,
+    retries: int,
+    now: datetime,
+    draw: float,
+    backoff: Backoff,
+    retryable: bool = True,
+    min_delay: float = 0.0,
 ) -> RetryDecision:
-    """After attempt number `attempt` failed: retry (and when), or fail for good."""
+    """After attempt number `attempt` failed: retry (and when), or fail for good.
+
+    `min_delay` is a wait the provider asked for (retry-after); the backoff never undercuts it."""
     if not retryable:
         return RetryDecision(False, None, 0.0, "permanent failure: not retried")
     if attempt > retries:
         return RetryDecision(False, None, 0.0, f"retries exhausted ({attempt} attempts)")
-    delay = backoff.delay(attempt, draw)
+    delay = max(backoff.delay(attempt, draw), min_delay)
     return RetryDecision(True, now + timedelta(seconds=delay), delay, f"retry {attempt} of {retries} in {delay:.1f}s")

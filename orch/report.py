@@ -14,6 +14,7 @@ from rich.text import Text
 from sqlalchemy.orm import Session
 
 from orch.durations import format_duration
+from orch.prices import Usage
 from orch.states import TERMINAL, PlanStatus, TaskStatus
 from orch.store import repo
 from orch.store.models import PlanRow, TaskRow
@@ -44,7 +45,7 @@ def iso(moment: datetime | None) -> str | None:
 class PlanSnapshot:
     plan: PlanRow
     tasks: list[TaskRow]
-    attempts: dict[int, int]
+    stats: dict[int, repo.AttemptStats]
     deps: dict[int, list[str]]
 
     @classmethod
@@ -54,7 +55,22 @@ class PlanSnapshot:
         deps: dict[int, list[str]] = {}
         for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):
             deps.setdefault(task_pk, []).append(key_of[dep_pk])
-        return cls(plan, tasks, repo.attempt_counts(session, plan.id), deps)
+        return cls(plan, tasks, repo.attempt_stats(session, plan.id), deps)
+
+    def stats_of(self, task: TaskRow) -> repo.AttemptStats:
+        return self.stats.get(task.pk, _NO_ATTEMPTS)
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for stats in self.stats.values():
+            total = total + stats.usage
+        return total
+
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [s.cost_usd for s in self.stats.values() if s.cost_usd is not None]
+        return sum(costs) if costs else None
 
     @property
     def counts(self) -> Counter[TaskStatus]:
@@ -71,6 +87,8 @@ class PlanSnapshot:
                 "finished_at": iso(self.plan.finished_at),
                 "workdir": self.plan.workdir,
                 "counts": {s.value: counts.get(s, 0) for s in TaskStatus},
+                "tokens": usage_json(self.usage),
+                "cost_usd": self.cost_usd,
             },
             "tasks": [
                 {
@@ -82,7 +100,9 @@ class PlanSnapshot:
                     "executor": t.executor,
                     "priority": t.priority,
                     "after": self.deps.get(t.pk, []),
-                    "attempts": self.attempts.get(t.pk, 0),
+                    "attempts": self.stats_of(t).attempts,
+                    "tokens": usage_json(self.stats_of(t).usage),
+                    "cost_usd": self.stats_of(t).cost_usd,
                     "queued_at": iso(t.queued_at),
                     "started_at": iso(t.started_at),
                     "finished_at": iso(t.finished_at),
@@ -91,6 +111,27 @@ class PlanSnapshot:
                 for t in self.tasks
             ],
         }
+
+
+_NO_ATTEMPTS = repo.AttemptStats(0, Usage(), None)
+
+
+def usage_json(usage: Usage) -> dict[str, int]:
+    return {
+        "input": usage.input_tokens,
+        "output": usage.output_tokens,
+        "cache_creation": usage.cache_creation_tokens,
+        "cache_read": usage.cache_read_tokens,
+        "total": usage.total,
+    }
+
+
+def format_tokens(usage: Usage) -> str:
+    return f"{usage.total:,}" if usage.total else ""
+
+
+def format_cost(cost: float | None) -> str:
+    return "" if cost is None else f"${cost:.4f}"
 
 
 def task_duration(task: TaskRow, now: datetime) -> str:
@@ -102,15 +143,17 @@ def task_duration(task: TaskRow, now: datetime) -> str:
 
 def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
     table = Table(title=f"plan {snapshot.plan.id}", title_justify="left", expand=False)
-    for column in ("task", "agent", "status", "attempts", "time", "error"):
+    for column in ("task", "agent", "status", "attempts", "time", "tokens", "cost", "error"):
         table.add_column(column, overflow="fold")
     for task in snapshot.tasks:
         table.add_row(
             task.key,
             task.agent,
             Text(task.status.value, style=STATUS_STYLE[task.status]),
-            str(snapshot.attempts.get(task.pk, 0)),
+            str(snapshot.stats_of(task).attempts),
             task_duration(task, now),
+            format_tokens(snapshot.stats_of(task).usage),
+            format_cost(snapshot.stats_of(task).cost_usd),
             (task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else "",
         )
     return table
@@ -123,6 +166,10 @@ def summary_line(snapshot: PlanSnapshot) -> Text:
     text.append(snapshot.plan.status.value, style=PLAN_STYLE[snapshot.plan.status])
     text.append(f"  {sum(counts[s] for s in TERMINAL)}/{len(snapshot.tasks)} done  ")
     text.append("  ".join(f"{s.value}: {counts[s]}" for s in TaskStatus if counts[s]))
+    if snapshot.usage.total:
+        text.append(f"  tokens: {snapshot.usage.total:,}")
+    if snapshot.cost_usd is not None:
+        text.append(f"  cost: ${snapshot.cost_usd:.4f}")
     return text
 
 

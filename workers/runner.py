@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,8 +16,11 @@ from sqlalchemy.orm import Session
 from orch.agents import load_agents
 from orch.dispatch import publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
+from orch.failures import FailureClass, is_retryable
 from orch.log import get_logger
 from orch.policy import Backoff, decide_retry
+from orch.prices import cost_usd, load_prices, price_for
+from orch.prompts import build_prompt, build_system_prompt, load_templates
 from orch.settings import get_settings
 from orch.states import TaskStatus
 from orch.store import repo
@@ -24,9 +29,6 @@ from orch.store.repo import AttemptResult, Claim
 from workers.executors import AttemptContext, get_executor
 
 log = get_logger(__name__)
-
-# Failure classes that no retry can fix: the task fails at once, no retries burned.
-PERMANENT_FAILURES = frozenset({"executor_unavailable", "invalid_task"})
 
 
 def utcnow() -> datetime:
@@ -44,8 +46,18 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
         return "dropped"
     bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
     bound.info("attempt started", executor=ctx.executor)
+    started = time.monotonic()
     result = execute(ctx, claim)
+    result = replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
     return finish(claim, result)
+
+
+def attempt_cost(result: AttemptResult) -> float | None:
+    """The executor's own figure (e.g. the CLI's total_cost_usd), else tokens priced by config/prices.yaml."""
+    if result.cost_usd is not None or not result.model or not result.usage.total:
+        return result.cost_usd
+    price = price_for(result.model, load_prices(get_settings().config_dir))
+    return None if price is None else round(cost_usd(result.usage, price), 6)
 
 
 def _context(session: Session, claim: Claim) -> AttemptContext | None:
@@ -55,6 +67,21 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
         return None
     settings = get_settings()
     log_path = (settings.logs_dir / claim.plan_id / f"{claim.key}.{claim.attempt}.log").resolve()
+    registry = load_agents(settings.config_dir)
+    agent = registry.by_name.get(task.agent)
+    templates = load_templates(settings.config_dir)
+    prompt = build_prompt(
+        templates,
+        task_id=task.key,
+        title=task.title,
+        description=task.description,
+        success=task.success,
+        files=task.files,
+        handoffs=repo.handoffs(session, task.pk),
+        previous_failure=repo.previous_failure(session, task.pk, claim.attempt),
+    )
+    granted = agent.secrets if agent else ()
+    every_secret = {name for a in registry for name in a.secrets}
     return AttemptContext(
         plan_id=claim.plan_id,
         task_key=claim.key,
@@ -72,6 +99,15 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
         output_tail_bytes=settings.output_tail_bytes,
         log_max_bytes=settings.log_max_bytes,
         kill_grace_seconds=settings.kill_grace_seconds,
+        secrets={name: os.environ[name] for name in granted if os.environ.get(name)},
+        hidden=frozenset(every_secret - set(granted)),
+        prompt=prompt,
+        system_prompt=build_system_prompt(
+            templates, task.agent, agent.description if agent else "", agent.system if agent else ""
+        ),
+        model=agent.model if agent else "",
+        max_tokens=agent.max_tokens if agent else 8000,
+        idle_timeout=agent.idle_timeout if agent else 300.0,
     )
 
 
@@ -80,10 +116,10 @@ def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:
         executor = get_executor(ctx.executor, ctx.agent)
         return executor.run(ctx)
     except ExecutorUnavailable as exc:
-        return AttemptResult(False, failure_class="executor_unavailable", error=str(exc))
+        return AttemptResult(False, failure_class=FailureClass.EXECUTOR_UNAVAILABLE, error=str(exc))
     except Exception as exc:  # an executor bug must still end the attempt with a recorded reason
         log.exception("executor raised", plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
-        return AttemptResult(False, failure_class="internal_error", error=f"{type(exc).__name__}: {exc}")
+        return AttemptResult(False, failure_class=FailureClass.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
 def finish(claim: Claim, result: AttemptResult) -> str:
@@ -100,7 +136,8 @@ def finish(claim: Claim, result: AttemptResult) -> str:
             now,
             random.random(),
             Backoff(settings.retry_backoff_base, settings.retry_backoff_max),
-            retryable=result.failure_class not in PERMANENT_FAILURES,
+            retryable=is_retryable(result.failure_class),
+            min_delay=result.retry_after or 0.0,
         )
         status = TaskStatus.RETRY_WAIT if decision.retry else TaskStatus.FAILED
         not_before = decision.not_before

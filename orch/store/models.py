@@ -113,6 +113,15 @@ class AttemptRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     output_tail: Mapped[str] = mapped_column(Text, default="")
     log_path: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(64))
+    input_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    output_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    cache_creation_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    cache_read_tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    cost_usd: Mapped[float | None]
+    result: Mapped[str | None] = mapped_column(Text)  # the agent's final answer / summary
+    duration_s: Mapped[float | None]
+    files_changed: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class EventRow(Base):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from orch.errors import PlanNotFound
 from orch.plan import Plan
+from orch.prices import Usage
+from orch.prompts import Handoff, PreviousFailure
 from orch.readiness import Reconciliation, TaskView
 from orch.states import (
     CANCELLABLE,
@@ -343,6 +345,13 @@ class AttemptResult:
     error: str | None = None
     output_tail: str = ""
     log_path: str | None = None
+    model: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+    result: str | None = None  # the agent's final answer / summary
+    retry_after: float | None = None  # the provider asked us to wait at least this long (seconds)
+    files_changed: tuple[str, ...] | None = None
+    duration_s: float | None = None
 
 
 def record_result(
@@ -386,6 +395,15 @@ def record_result(
             error=result.error,
             output_tail=result.output_tail,
             log_path=result.log_path,
+            model=result.model,
+            input_tokens=result.usage.input_tokens,
+            output_tokens=result.usage.output_tokens,
+            cache_creation_tokens=result.usage.cache_creation_tokens,
+            cache_read_tokens=result.usage.cache_read_tokens,
+            cost_usd=result.cost_usd,
+            result=result.result,
+            duration_s=result.duration_s,
+            files_changed=None if result.files_changed is None else list(result.files_changed),
         )
         .execution_options(**_no_sync())
     )
@@ -528,15 +546,60 @@ def running_tasks(session: Session, plan_id: str) -> list[TaskRow]:
     )
 
 
-def attempt_counts(session: Session, plan_id: str) -> dict[int, int]:
-    """Attempts started per task of a plan."""
+@dataclass(frozen=True)
+class AttemptStats:
+    attempts: int
+    usage: Usage
+    cost_usd: float | None  # None when no attempt had a known price
+
+
+def attempt_stats(session: Session, plan_id: str) -> dict[int, AttemptStats]:
+    """Per task of a plan: attempts started, tokens and cost summed over them."""
     rows = session.execute(
-        select(AttemptRow.task_pk, func.count())
+        select(
+            AttemptRow.task_pk,
+            func.count(),
+            func.sum(AttemptRow.input_tokens),
+            func.sum(AttemptRow.output_tokens),
+            func.sum(AttemptRow.cache_creation_tokens),
+            func.sum(AttemptRow.cache_read_tokens),
+            func.sum(AttemptRow.cost_usd),
+        )
         .join(TaskRow, TaskRow.pk == AttemptRow.task_pk)
         .where(TaskRow.plan_id == plan_id)
         .group_by(AttemptRow.task_pk)
     )
-    return {task_pk: count for task_pk, count in rows}
+    return {
+        task_pk: AttemptStats(count, Usage(int(i or 0), int(o or 0), int(cw or 0), int(cr or 0)), cost)
+        for task_pk, count, i, o, cw, cr, cost in rows
+    }
+
+
+def handoffs(session: Session, task_pk: int) -> list[Handoff]:
+    """What each dependency's succeeded attempt reported: the handoff into this task's prompt."""
+    dep_pks = list(session.scalars(select(DependencyRow.depends_on_pk).where(DependencyRow.task_pk == task_pk)))
+    found: list[Handoff] = []
+    for dep in session.scalars(select(TaskRow).where(TaskRow.pk.in_(dep_pks)).order_by(TaskRow.seq)):
+        attempt = session.scalars(
+            select(AttemptRow)
+            .where(AttemptRow.task_pk == dep.pk, AttemptRow.status == AttemptStatus.SUCCEEDED)
+            .order_by(AttemptRow.number.desc())
+            .limit(1)
+        ).first()
+        result = (attempt.result or attempt.output_tail) if attempt else ""
+        files = tuple(attempt.files_changed or ()) if attempt else ()
+        found.append(Handoff(dep.key, dep.title, dep.agent, result or "", files))
+    return found
+
+
+def previous_failure(session: Session, task_pk: int, attempt: int) -> PreviousFailure | None:
+    """Why attempt `attempt - 1` of a task failed, for the next attempt's prompt."""
+    row = session.scalars(
+        select(AttemptRow).where(AttemptRow.task_pk == task_pk, AttemptRow.number == attempt - 1)
+    ).first()
+    if row is None or row.status is not AttemptStatus.FAILED:
+        return None
+    return PreviousFailure(row.number, row.error or "failed", row.output_tail or "")
 
 
 def events_after(session: Session, plan_id: str, after_pk: int) -> list[EventRow]:

@@ -6,7 +6,8 @@ import io
 from pathlib import Path
 
 from workers.executors.base import AttemptContext
-from workers.executors.shell import OutputSink, agent_environment
+from workers.executors.output import OutputSink
+from workers.executors.shell import agent_environment
 
 MARKER = b"\n[orch: log truncated at the ORCH_LOG_MAX_BYTES cap]\n"
 

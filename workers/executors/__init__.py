@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from orch.errors import ExecutorUnavailable
+from workers.executors.anthropic_api import AnthropicExecutor
 from workers.executors.base import AttemptContext, Executor
 from workers.executors.noop import NoopExecutor
 from workers.executors.shell import ShellExecutor
 
-EXECUTORS: dict[str, Executor] = {"shell": ShellExecutor(), "noop": NoopExecutor()}
+EXECUTORS: dict[str, Executor] = {"shell": ShellExecutor(), "noop": NoopExecutor(), "anthropic": AnthropicExecutor()}
 
 
 def get_executor(name: str, agent: str) -> Executor:

@@ -29,7 +29,14 @@ class AttemptContext:
     output_tail_bytes: int
     log_max_bytes: int
     kill_grace_seconds: float
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # extra variables for the agent
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the agent type's secrets, by name
+    hidden: frozenset[str] = frozenset()  # variables no agent of this type may see (others' secrets, ORCH_*)
+    prompt: str = ""
+    system_prompt: str = ""
+    model: str = ""
+    max_tokens: int = 8000
+    idle_timeout: float = 300.0
 
 
 class Executor(Protocol):

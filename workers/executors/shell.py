@@ -11,11 +11,13 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping
-from typing import IO, BinaryIO
+from typing import IO
 
 from orch.durations import format_duration
+from orch.failures import FailureClass
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext
+from workers.executors.output import OutputSink
 from workers.supervision import kill_group, register_group, unregister_group
 
 _CHUNK = 65536
@@ -23,38 +25,11 @@ _CHUNK = 65536
 _HIDDEN_PREFIX = "ORCH_"
 
 
-class OutputSink:
-    """Writes output to a capped log file and keeps the last `tail_bytes` in memory."""
-
-    def __init__(self, log: BinaryIO, max_bytes: int, tail_bytes: int) -> None:
-        self._log = log
-        self._room = max_bytes
-        self._tail = bytearray()
-        self._tail_bytes = tail_bytes
-        self.truncated = False
-        self.total = 0
-
-    def write(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        kept = chunk[: max(self._room, 0)]
-        if kept:
-            self._log.write(kept)
-            self._room -= len(kept)
-        if len(kept) < len(chunk) and not self.truncated:
-            self.truncated = True
-            self._log.write(b"\n[orch: log truncated at the ORCH_LOG_MAX_BYTES cap]\n")
-        self._tail += chunk
-        if len(self._tail) > self._tail_bytes:
-            del self._tail[: len(self._tail) - self._tail_bytes]
-
-    @property
-    def tail(self) -> str:
-        return self._tail.decode("utf-8", errors="replace")
-
-
 def agent_environment(base: Mapping[str, str], ctx: AttemptContext) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if not k.startswith(_HIDDEN_PREFIX)}
+    """The worker's environment less orch's own settings and secrets not granted to this agent type."""
+    env = {k: v for k, v in base.items() if not k.startswith(_HIDDEN_PREFIX) and k not in ctx.hidden}
     env.update(ctx.env)
+    env.update(ctx.secrets)
     env.update(
         {
             "ORCH_PLAN_ID": ctx.plan_id,
@@ -86,11 +61,13 @@ class ShellExecutor:
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
         if not ctx.command:
-            return AttemptResult(False, failure_class="invalid_task", error="shell executor: task has no command")
+            return AttemptResult(
+                False, failure_class=FailureClass.INVALID_TASK, error="shell executor: task has no command"
+            )
         if not ctx.workdir.is_dir():
             return AttemptResult(
                 False,
-                failure_class="workdir_missing",
+                failure_class=FailureClass.WORKDIR_MISSING,
                 error=f"workdir {ctx.workdir} does not exist on this host",
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +79,7 @@ class ShellExecutor:
             return AttemptResult(
                 False,
                 exit_code=code,
-                failure_class="timeout",
+                failure_class=FailureClass.TIMEOUT,
                 error=f"timed out after {format_duration(ctx.timeout)}; its process group was killed",
                 output_tail=tail,
                 log_path=str(ctx.log_path),
@@ -112,7 +89,7 @@ class ShellExecutor:
             return AttemptResult(
                 False,
                 exit_code=code,
-                failure_class="exit_status",
+                failure_class=FailureClass.EXIT_STATUS,
                 error=f"command failed: {describe_exit(code)}" + (f": {detail}" if detail else ""),
                 output_tail=tail,
                 log_path=str(ctx.log_path),

@@ -1,0 +1,42 @@
+"""Why an attempt failed, and whether another attempt can help."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class FailureClass(StrEnum):
+    # transient: retried with backoff
+    EXIT_STATUS = "exit_status"  # the agent or command exited non-zero
+    TIMEOUT = "timeout"  # the task's time limit
+    IDLE_TIMEOUT = "idle_timeout"  # no output for the agent type's idle_timeout
+    RATE_LIMITED = "rate_limited"  # 429: waits at least retry-after
+    OVERLOADED = "overloaded"  # 529
+    SERVER_ERROR = "server_error"  # 5xx
+    CONNECTION_ERROR = "connection_error"
+    AGENT_ERROR = "agent_error"  # the agent reported an error result
+    INTERNAL_ERROR = "internal_error"  # a bug in an executor
+    WORKDIR_MISSING = "workdir_missing"
+    # permanent: failed at once, no retries burned
+    AUTH_ERROR = "auth_error"  # 401, 403
+    BAD_REQUEST = "bad_request"  # 400, 404, 413, 422: the request itself is wrong
+    SPEND_LIMIT = "spend_limit"  # a spend or usage limit (a 429 that waiting does not cure)
+    MISSING_CREDENTIALS = "missing_credentials"  # e.g. ANTHROPIC_API_KEY not set on the worker
+    EXECUTOR_UNAVAILABLE = "executor_unavailable"
+    INVALID_TASK = "invalid_task"
+
+
+PERMANENT = frozenset(
+    {
+        FailureClass.AUTH_ERROR,
+        FailureClass.BAD_REQUEST,
+        FailureClass.SPEND_LIMIT,
+        FailureClass.MISSING_CREDENTIALS,
+        FailureClass.EXECUTOR_UNAVAILABLE,
+        FailureClass.INVALID_TASK,
+    }
+)
+
+
+def is_retryable(failure_class: str | None) -> bool:
+    return failure_class not in PERMANENT
