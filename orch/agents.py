@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -27,6 +27,7 @@ def normalise_phrase(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
+PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan", "dontAsk", "auto"]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
@@ -40,6 +41,10 @@ class _AgentDefaults(BaseModel):
     model: str = "claude-sonnet-4-6"
     max_tokens: int = Field(8000, ge=1, le=1_000_000)
     secrets: tuple[EnvName, ...] = ()
+    max_turns: int = Field(30, ge=1, le=10_000)
+    permission_mode: PermissionMode = "acceptEdits"
+    allowed_tools: tuple[str, ...] = ()
+    disallowed_tools: tuple[str, ...] = ()
 
 
 class AgentTypeSpec(BaseModel):
@@ -57,6 +62,10 @@ class AgentTypeSpec(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     system: str | None = None  # extra system-prompt text for this type
     secrets: tuple[EnvName, ...] | None = None
+    max_turns: int | None = Field(None, ge=1, le=10_000)
+    permission_mode: PermissionMode | None = None
+    allowed_tools: tuple[str, ...] | None = None
+    disallowed_tools: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,10 @@ class AgentType:
     max_tokens: int = 8000
     system: str = ""
     secrets: tuple[str, ...] = ()  # environment variables the worker passes to this type's agents
+    max_turns: int = 30
+    permission_mode: str = "acceptEdits"
+    allowed_tools: tuple[str, ...] = ()
+    disallowed_tools: tuple[str, ...] = ()
 
 
 class _AgentsFile(BaseModel):
@@ -150,6 +163,10 @@ def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
                 max_tokens=spec.max_tokens or defaults.max_tokens,
                 system=spec.system or "",
                 secrets=defaults.secrets if spec.secrets is None else spec.secrets,
+                max_turns=spec.max_turns or defaults.max_turns,
+                permission_mode=spec.permission_mode or defaults.permission_mode,
+                allowed_tools=defaults.allowed_tools if spec.allowed_tools is None else spec.allowed_tools,
+                disallowed_tools=defaults.disallowed_tools if spec.disallowed_tools is None else spec.disallowed_tools,
             )
         )
     if parsed.fallback not in seen:

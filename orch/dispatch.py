@@ -34,7 +34,7 @@ def reconcile_plans(
     Runs inside the caller's write transaction; the caller commits, then calls `publish`."""
     take_dispatch_lock(session)
     caps = {agent.name: agent.concurrency for agent in registry}
-    slots = free_slots(caps, repo.in_flight_counts(session))
+    slots = free_slots(caps, repo.in_flight_counts(session), repo.active_pauses(session, now))
     dispatches: list[Dispatch] = []
     for plan_id in plan_ids:
         plan = repo.get_plan(session, plan_id)

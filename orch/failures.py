@@ -15,6 +15,7 @@ class FailureClass(StrEnum):
     SERVER_ERROR = "server_error"  # 5xx
     CONNECTION_ERROR = "connection_error"
     AGENT_ERROR = "agent_error"  # the agent reported an error result
+    USAGE_LIMIT = "usage_limit"  # a usage limit with a reset time: the agent type pauses until then
     INTERNAL_ERROR = "internal_error"  # a bug in an executor
     WORKDIR_MISSING = "workdir_missing"
     # permanent: failed at once, no retries burned
@@ -40,3 +41,7 @@ PERMANENT = frozenset(
 
 def is_retryable(failure_class: str | None) -> bool:
     return failure_class not in PERMANENT
+
+
+# Failures that are no fault of the task: retried without spending its retries.
+NOT_COUNTED = frozenset({FailureClass.USAGE_LIMIT})

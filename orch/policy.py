@@ -36,13 +36,15 @@ def decide_retry(
     backoff: Backoff,
     retryable: bool = True,
     min_delay: float = 0.0,
+    counted: bool = True,
 ) -> RetryDecision:
     """After attempt number `attempt` failed: retry (and when), or fail for good.
 
-    `min_delay` is a wait the provider asked for (retry-after); the backoff never undercuts it."""
+    `min_delay` is a wait the provider asked for (retry-after); the backoff never undercuts it. An attempt that
+    is not `counted` (a usage limit: no fault of the task) does not spend the retry budget."""
     if not retryable:
         return RetryDecision(False, None, 0.0, "permanent failure: not retried")
-    if attempt > retries:
+    if counted and attempt > retries:
         return RetryDecision(False, None, 0.0, f"retries exhausted ({attempt} attempts)")
     delay = max(backoff.delay(attempt, draw), min_delay)
     return RetryDecision(True, now + timedelta(seconds=delay), delay, f"retry {attempt} of {retries} in {delay:.1f}s")

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -81,6 +81,7 @@ def _runnable(task: TaskView, status: Mapping[int, TaskStatus], now: datetime) -
     return all(status.get(dep) is TaskStatus.SUCCEEDED for dep in task.deps)
 
 
-def free_slots(caps: Mapping[str, int], in_flight: Mapping[str, int]) -> dict[str, int]:
-    """Per agent type: its concurrency cap less its queued and running tasks (never below zero)."""
-    return {agent: max(0, cap - in_flight.get(agent, 0)) for agent, cap in caps.items()}
+def free_slots(caps: Mapping[str, int], in_flight: Mapping[str, int], paused: Collection[str] = ()) -> dict[str, int]:
+    """Per agent type: its concurrency cap less its queued and running tasks (never below zero); a paused type
+    (e.g. until a usage limit resets) has none."""
+    return {agent: 0 if agent in paused else max(0, cap - in_flight.get(agent, 0)) for agent, cap in caps.items()}

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     output_tail_bytes: int = Field(8192, ge=0, description="Output kept in the store per attempt")
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=0, description="Cap of one attempt's log file")
     kill_grace_seconds: float = Field(5.0, ge=0, description="SIGTERM to SIGKILL grace for an agent's group")
+    claude_bin: str = Field("claude", description="The Claude Code CLI the claude-code executor runs")
     task_events: bool = Field(True, description="Send Celery task events (Flower, celery-exporter)")
     embedded_concurrency: int = Field(4, ge=1, description="Worker processes `orch run` starts")
     beat_plans: str = Field(

@@ -8,7 +8,7 @@ import random
 import socket
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from orch.agents import load_agents
 from orch.dispatch import publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
-from orch.failures import FailureClass, is_retryable
+from orch.failures import NOT_COUNTED, FailureClass, is_retryable
 from orch.log import get_logger
 from orch.policy import Backoff, decide_retry
 from orch.prices import cost_usd, load_prices, price_for
@@ -108,6 +108,11 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
         model=agent.model if agent else "",
         max_tokens=agent.max_tokens if agent else 8000,
         idle_timeout=agent.idle_timeout if agent else 300.0,
+        max_turns=agent.max_turns if agent else 30,
+        permission_mode=agent.permission_mode if agent else "acceptEdits",
+        allowed_tools=agent.allowed_tools if agent else (),
+        disallowed_tools=agent.disallowed_tools if agent else (),
+        claude_bin=settings.claude_bin,
     )
 
 
@@ -127,24 +132,33 @@ def finish(claim: Claim, result: AttemptResult) -> str:
     settings = get_settings()
     now = utcnow()
     not_before = None
+    pause_until = None
     if result.succeeded:
         status, detail = TaskStatus.SUCCEEDED, None
     else:
+        counted = result.failure_class not in NOT_COUNTED
         decision = decide_retry(
-            claim.attempt,
+            claim.counted_failures + (1 if counted else 0),
             claim.retries,
             now,
             random.random(),
             Backoff(settings.retry_backoff_base, settings.retry_backoff_max),
             retryable=is_retryable(result.failure_class),
             min_delay=result.retry_after or 0.0,
+            counted=counted,
         )
+        if result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
+            pause_until = now + timedelta(seconds=result.retry_after)
         status = TaskStatus.RETRY_WAIT if decision.retry else TaskStatus.FAILED
         not_before = decision.not_before
         detail = f"{result.error} ({decision.reason})"
     registry = load_agents(settings.config_dir)
     with write_session() as session:
         accepted = repo.record_result(session, claim, result, status, now, not_before=not_before, detail=detail)
+        if accepted and pause_until is not None:
+            agent = repo.get_task(session, claim.task_pk)
+            if agent is not None:
+                repo.pause_agent(session, agent.agent, pause_until, result.error or "usage limit", now)
         dispatches = reconcile_plans(session, [claim.plan_id], registry, now) if accepted else []
     bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
     if not accepted:

@@ -139,3 +139,14 @@ class EventRow(Base):
     old: Mapped[str | None] = mapped_column(String(20))
     new: Mapped[str | None] = mapped_column(String(20))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class AgentPauseRow(Base):
+    """An agent type whose dispatch is held until `until` (e.g. a Claude usage limit's reset)."""
+
+    __tablename__ = "agent_pauses"
+
+    agent: Mapped[str] = mapped_column(String(64), primary_key=True)
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import CursorResult, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from orch.errors import PlanNotFound
+from orch.failures import NOT_COUNTED
 from orch.plan import Plan
 from orch.prices import Usage
 from orch.prompts import Handoff, PreviousFailure
@@ -27,7 +28,7 @@ from orch.states import (
     PlanStatus,
     TaskStatus,
 )
-from orch.store.models import AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow
+from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow
 
 _CHUNK = 2000  # IN-list size, well under SQLite's bound-parameter limit
 
@@ -293,6 +294,20 @@ class Claim:
     attempt: int
     lease: str
     retries: int
+    counted_failures: int = 0  # earlier failed attempts that spent the retry budget
+
+
+def counted_failures(session: Session, task_pk: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                AttemptRow.task_pk == task_pk,
+                AttemptRow.status == AttemptStatus.FAILED,
+                or_(AttemptRow.failure_class.is_(None), AttemptRow.failure_class.not_in(NOT_COUNTED)),
+            )
+        )
+        or 0
+    )
 
 
 def claim_attempt(
@@ -334,7 +349,7 @@ def claim_attempt(
         new=TaskStatus.RUNNING,
         detail=f"on {worker}",
     )
-    return Claim(task_pk, plan_id, key, attempt, lease, retries)
+    return Claim(task_pk, plan_id, key, attempt, lease, retries, counted_failures(session, task_pk))
 
 
 @dataclass(frozen=True)
@@ -608,3 +623,20 @@ def events_after(session: Session, plan_id: str, after_pk: int) -> list[EventRow
             select(EventRow).where(EventRow.plan_id == plan_id, EventRow.pk > after_pk).order_by(EventRow.pk)
         )
     )
+
+
+# --- agent pauses ---------------------------------------------------------------------------------------
+
+
+def pause_agent(session: Session, agent: str, until: datetime, reason: str, now: datetime) -> None:
+    """Hold `agent`'s dispatch until `until` (a later pause wins over an earlier one)."""
+    existing = session.get(AgentPauseRow, agent, with_for_update=True)
+    if existing is None:
+        session.add(AgentPauseRow(agent=agent, until=until, reason=reason, created_at=now))
+    elif existing.until < until:
+        existing.until, existing.reason, existing.created_at = until, reason, now
+
+
+def active_pauses(session: Session, now: datetime) -> dict[str, AgentPauseRow]:
+    rows = session.scalars(select(AgentPauseRow).where(AgentPauseRow.until > now))
+    return {row.agent: row for row in rows}

@@ -5,10 +5,16 @@ from __future__ import annotations
 from orch.errors import ExecutorUnavailable
 from workers.executors.anthropic_api import AnthropicExecutor
 from workers.executors.base import AttemptContext, Executor
+from workers.executors.claude_code import ClaudeCodeExecutor
 from workers.executors.noop import NoopExecutor
 from workers.executors.shell import ShellExecutor
 
-EXECUTORS: dict[str, Executor] = {"shell": ShellExecutor(), "noop": NoopExecutor(), "anthropic": AnthropicExecutor()}
+EXECUTORS: dict[str, Executor] = {
+    "shell": ShellExecutor(),
+    "noop": NoopExecutor(),
+    "anthropic": AnthropicExecutor(),
+    "claude-code": ClaudeCodeExecutor(),
+}
 
 
 def get_executor(name: str, agent: str) -> Executor:

@@ -37,6 +37,11 @@ class AttemptContext:
     model: str = ""
     max_tokens: int = 8000
     idle_timeout: float = 300.0
+    max_turns: int = 30
+    permission_mode: str = "acceptEdits"
+    allowed_tools: tuple[str, ...] = ()
+    disallowed_tools: tuple[str, ...] = ()
+    claude_bin: str = "claude"
 
 
 class Executor(Protocol):

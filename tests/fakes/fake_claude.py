@@ -1,0 +1,101 @@
+"""A fake `claude` CLI speaking the documented stream-json output, for what the real one can't be made to do on
+demand. The prompt (after -p) chooses the behaviour with a marker `FAKE:<mode>`:
+
+  success (default)  init, an assistant message, a success result with usage and cost
+  hang               init, then silence forever
+  ignore-term        ignores SIGTERM, forks two grandchildren that ignore it too, prints a line every 0.1 s
+  flood              1 GiB of output (in 1 MiB lines), then a success result
+  exit-mid           init, half a JSON line, exit status 3
+  usage-limit        an error result: "Claude AI usage limit reached|<epoch in 2 s>"
+  usage-limit-once   that on the first call for a prompt (a flag file in $FAKE_CLAUDE_STATE), success later
+  error              an error result with api_error_status 401
+  env                a success result whose text is the JSON list of its environment's variable names
+
+Every process it starts appends its pid to $FAKE_CLAUDE_PIDS (when set), so a test can check none is left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+
+
+def emit(message: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def note_pid() -> None:
+    path = os.environ.get("FAKE_CLAUDE_PIDS")
+    if path:
+        with open(path, "a") as pids:
+            pids.write(f"{os.getpid()}\n")
+
+
+def result(text: str, *, error: bool = False, status: int | None = None) -> dict[str, object]:
+    return {
+        "type": "result", "subtype": "error_during_execution" if error else "success", "is_error": error,
+        "api_error_status": status, "duration_ms": 12, "num_turns": 1, "result": text, "session_id": "fake-session",
+        "total_cost_usd": 0.0123,
+        "usage": {"input_tokens": 1000, "output_tokens": 200, "cache_creation_input_tokens": 30,
+                  "cache_read_input_tokens": 40},
+        "modelUsage": {"claude-sonnet-4-6": {"inputTokens": 1000, "outputTokens": 200, "costUSD": 0.0123}},
+        "terminal_reason": "completed",
+    }  # fmt: skip
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    prompt = args[args.index("-p") + 1] if "-p" in args else ""
+    mode = prompt.split("FAKE:", 1)[1].split()[0] if "FAKE:" in prompt else "success"
+    note_pid()
+    emit({"type": "system", "subtype": "init", "model": "claude-sonnet-4-6", "cwd": os.getcwd(), "args": args})
+    if mode == "hang":
+        time.sleep(3600)
+    elif mode == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for _ in range(2):
+            if os.fork() == 0:
+                note_pid()
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                time.sleep(3600)
+                os._exit(0)
+        while True:
+            emit({"type": "assistant", "message": {"content": [{"type": "text", "text": "still working"}]}})
+            time.sleep(0.1)
+    elif mode == "flood":
+        chunk = "x" * (1024 * 1024 - 1) + "\n"
+        for _ in range(1024):
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+        emit(result("flooded and done"))
+    elif mode == "exit-mid":
+        sys.stdout.write('{"type": "assistant", "message": {"content": [{"type": "te')
+        sys.stdout.flush()
+        sys.exit(3)
+    elif mode == "usage-limit":
+        emit(result(f"Claude AI usage limit reached|{int(time.time()) + 2}", error=True, status=429))
+    elif mode == "usage-limit-once":
+        # The first call (per prompt's first line) hits the limit, later ones succeed.
+        digest = hashlib.sha256(prompt.splitlines()[0].encode()).hexdigest()[:16]
+        flag = os.path.join(os.environ["FAKE_CLAUDE_STATE"], digest)
+        if os.path.exists(flag):
+            emit(result(f"did: {prompt.splitlines()[0]}"))
+        else:
+            open(flag, "w").close()
+            emit(result(f"Claude AI usage limit reached|{int(time.time()) + 3}", error=True, status=429))
+    elif mode == "env":
+        emit(result(json.dumps(sorted(os.environ))))
+    elif mode == "error":
+        emit(result("Invalid API key · Please run /login", error=True, status=401))
+    else:
+        emit({"type": "assistant", "message": {"content": [{"type": "text", "text": "working on it"}]}})
+        emit(result(f"did: {prompt.splitlines()[0] if prompt else 'nothing'}"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The `claude-code` executor with a fake `claude` (tests/fakes/fake_claude.py): results, limits, and that no
+process of an attempt is ever left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orch.failures import FailureClass
+from tests.helpers import wait_for
+from workers.executors.base import AttemptContext
+from workers.executors.claude_code import ClaudeCodeExecutor, claude_arguments
+
+FAKE = Path(__file__).resolve().parents[1] / "fakes" / "fake_claude.py"
+
+
+@pytest.fixture
+def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    wrapper = tmp_path / "bin" / "claude"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("FAKE_CLAUDE_PIDS", str(tmp_path / "pids"))
+    return wrapper
+
+
+def context(tmp_path: Path, claude: Path, mode: str = "success", **overrides: Any) -> AttemptContext:
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    values: dict[str, Any] = {
+        "plan_id": "p-1", "task_key": "build", "attempt": 1, "title": "Build it", "description": "", "success": "",
+        "command": None, "workdir": workdir, "files": (), "timeout": 60.0, "agent": "backend-development",
+        "executor": "claude-code", "log_path": tmp_path / "logs" / "build.1.log", "output_tail_bytes": 4096,
+        "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5, "prompt": f"Build the API FAKE:{mode}",
+        "system_prompt": "You are the backend agent.", "model": "claude-sonnet-4-6", "idle_timeout": 30.0,
+        "max_turns": 7, "permission_mode": "acceptEdits", "allowed_tools": ("Read", "Write"),
+        "disallowed_tools": ("WebFetch",), "claude_bin": str(claude),
+        "secrets": {"ANTHROPIC_API_KEY": "sk-canary"}, "hidden": frozenset({"GITHUB_TOKEN"}),
+    }  # fmt: skip
+    values.update(overrides)
+    return AttemptContext(**values)
+
+
+def pids_left(tmp_path: Path) -> list[int]:
+    path = tmp_path / "pids"
+    alive = []
+    for pid in (int(p) for p in path.read_text().split()) if path.exists() else ():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        with open(f"/proc/{pid}/stat") as stat:
+            if stat.read().split()[2] != "Z":
+                alive.append(pid)
+    return alive
+
+
+def test_a_successful_run_reports_result_usage_cost_and_model(tmp_path: Path, fake_claude: Path) -> None:
+    ctx = context(tmp_path, fake_claude)
+    result = ClaudeCodeExecutor().run(ctx)
+    assert result.succeeded, result.error
+    assert result.result == "did: Build the API FAKE:success"
+    assert result.cost_usd == pytest.approx(0.0123)
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (1000, 200)
+    assert (result.usage.cache_creation_tokens, result.usage.cache_read_tokens) == (30, 40)
+    assert result.model == "claude-sonnet-4-6"
+    init = json.loads(ctx.log_path.read_text().splitlines()[0])
+    assert init["cwd"] == str(ctx.workdir)
+    args = init["args"]
+    for flag, value in [("--output-format", "stream-json"), ("--model", "claude-sonnet-4-6"), ("--max-turns", "7"),
+                        ("--permission-mode", "acceptEdits"), ("--allowedTools", "Read,Write"),
+                        ("--disallowedTools", "WebFetch"), ("--append-system-prompt", "You are the backend agent.")]:
+        assert args[args.index(flag) + 1] == value  # fmt: skip
+    assert "--verbose" in args
+    assert not pids_left(tmp_path)
+
+
+def test_the_agent_gets_its_secrets_and_not_orchs_settings_or_others_secrets(
+    tmp_path: Path, fake_claude: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCH_DATABASE_URL", "postgresql://orch:pw@db/orch")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp-not-for-this-type")
+    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "env"))
+    names = json.loads(result.result or "[]")
+    assert "ANTHROPIC_API_KEY" in names and "ORCH_TASK_ID" in names
+    assert "ORCH_DATABASE_URL" not in names and "GITHUB_TOKEN" not in names
+
+
+def test_silence_past_the_idle_limit_kills_the_agent(tmp_path: Path, fake_claude: Path) -> None:
+    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "hang", idle_timeout=1.0))
+    assert result.failure_class == FailureClass.IDLE_TIMEOUT and "idle_timeout" in (result.error or "")
+    assert not pids_left(tmp_path)
+
+
+def test_an_agent_that_ignores_sigterm_and_forks_is_killed_whole_at_the_time_limit(
+    tmp_path: Path, fake_claude: Path
+) -> None:
+    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "ignore-term", timeout=1.5))
+    assert result.failure_class == FailureClass.TIMEOUT
+    assert len((tmp_path / "pids").read_text().split()) == 3  # the CLI and its two grandchildren
+    wait_for(lambda: not pids_left(tmp_path), 5, "every process of the attempt to be gone")
+
+
+def test_a_flood_of_output_is_capped_on_disk_and_in_memory(tmp_path: Path, fake_claude: Path) -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    ctx = context(tmp_path, fake_claude, "flood", log_max_bytes=1 << 20, output_tail_bytes=8192)
+    result = ClaudeCodeExecutor().run(ctx)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result.succeeded and result.result == "flooded and done"  # 1 GiB went by, the result still counts
+    assert ctx.log_path.stat().st_size < (1 << 20) + 200
+    assert "truncated" in ctx.log_path.read_text(errors="replace")[-200:]
+    assert len(result.output_tail) <= 8192
+    assert grown_mib < 200, f"the executor's memory grew by {grown_mib:.0f} MiB for 1 GiB of output"
+    assert not pids_left(tmp_path)
+
+
+def test_an_exit_mid_stream_is_a_failure_that_says_so(tmp_path: Path, fake_claude: Path) -> None:
+    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "exit-mid"))
+    assert result.failure_class == FailureClass.EXIT_STATUS
+    assert "ended without a result (exit status 3)" in (result.error or "")
+
+
+def test_an_auth_error_from_the_cli_is_permanent(tmp_path: Path, fake_claude: Path) -> None:
+    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "error"))
+    assert result.failure_class == FailureClass.AUTH_ERROR and "Invalid API key" in (result.error or "")
+
+
+def test_a_missing_cli_is_a_clear_permanent_failure(tmp_path: Path) -> None:
+    result = ClaudeCodeExecutor().run(context(tmp_path, tmp_path / "no-such-claude"))
+    assert result.failure_class == FailureClass.EXECUTOR_UNAVAILABLE
+    assert "npm install -g @anthropic-ai/claude-code" in (result.error or "")
+
+
+def test_arguments_never_pass_through_a_shell(tmp_path: Path, fake_claude: Path) -> None:
+    hostile = "$(touch pwned); `rm -rf /`; 'quoted' \"double\" FAKE:success"
+    args = claude_arguments("claude", context(tmp_path, fake_claude, prompt=hostile))
+    assert args[args.index("-p") + 1] == hostile
+    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, prompt=hostile))
+    assert result.succeeded and not (tmp_path / "work" / "pwned").exists()

@@ -1,0 +1,259 @@
+"""The `claude-code` executor: the Claude Code CLI run non-interactively in the task's workspace.
+
+`claude -p PROMPT --output-format stream-json --verbose` prints one JSON object per line as it works; any line
+(stdout or stderr) counts as progress. The final `{"type": "result"}` line carries the outcome, the cost and the
+usage. The CLI runs with stdin closed (it blocks on an open pipe) in its own process group; the task's timeout
+and the agent type's idle limit both end the whole group (SIGTERM, grace, SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from orch.durations import format_duration
+from orch.failures import FailureClass
+from orch.prices import Usage
+from orch.store.repo import AttemptResult
+from workers.executors.base import AttemptContext
+from workers.executors.output import OutputSink
+from workers.executors.shell import agent_environment, describe_exit, last_line
+from workers.supervision import kill_group, register_group, unregister_group
+
+MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is cut (and then is not JSON): memory stays bounded
+_QUEUED_LINES = 16  # at most this many lines wait between the readers and the executor
+_LIMIT = re.compile(r"usage limit|limit reached|rate limit", re.IGNORECASE)
+_RESET_EPOCH = re.compile(r"(?:\||resets? at\s*)(\d{10})\b", re.IGNORECASE)
+
+
+def claude_arguments(binary: str, ctx: AttemptContext) -> list[str]:
+    args = [
+        binary, "-p", ctx.prompt,
+        "--output-format", "stream-json", "--verbose",
+        "--model", ctx.model,
+        "--max-turns", str(ctx.max_turns),
+        "--permission-mode", ctx.permission_mode,
+    ]  # fmt: skip
+    if ctx.system_prompt:
+        args += ["--append-system-prompt", ctx.system_prompt]
+    if ctx.allowed_tools:
+        args += ["--allowedTools", ",".join(ctx.allowed_tools)]
+    if ctx.disallowed_tools:
+        args += ["--disallowedTools", ",".join(ctx.disallowed_tools)]
+    return args
+
+
+@dataclass
+class StreamState:
+    """What the CLI's output has told us so far."""
+
+    final: dict[str, Any] | None = None
+    model: str | None = None
+    lines: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def take(self, line: bytes) -> None:
+        self.lines += 1
+        self.last_activity = time.monotonic()
+        text = line.strip()
+        if not text.startswith(b"{"):
+            return
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if message.get("type") == "result":
+            self.final = message
+        elif message.get("type") == "system" and isinstance(message.get("model"), str):
+            self.model = message["model"]
+
+
+class ClaudeCodeExecutor:
+    name = "claude-code"
+
+    def run(self, ctx: AttemptContext) -> AttemptResult:
+        binary = shutil.which(ctx.claude_bin)
+        if binary is None:
+            return AttemptResult(
+                False,
+                failure_class=FailureClass.EXECUTOR_UNAVAILABLE,
+                error=(
+                    f"the Claude Code CLI ({ctx.claude_bin!r}) is not installed on worker {socket.gethostname()}: "
+                    f"`npm install -g @anthropic-ai/claude-code`, or point ORCH_CLAUDE_BIN at it"
+                ),
+            )
+        if not ctx.workdir.is_dir():
+            return AttemptResult(
+                False, failure_class=FailureClass.WORKDIR_MISSING, error=f"workdir {ctx.workdir} does not exist"
+            )
+        ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with ctx.log_path.open("wb") as log:
+            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes)
+            state = StreamState()
+            code, limit = self._run(binary, ctx, sink, state)
+        return outcome(ctx, code, limit, state, sink.tail)
+
+    def _run(
+        self, binary: str, ctx: AttemptContext, sink: OutputSink, state: StreamState
+    ) -> tuple[int, FailureClass | None]:
+        process = subprocess.Popen(
+            claude_arguments(binary, ctx),
+            cwd=ctx.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env=agent_environment(os.environ, ctx),
+        )
+        register_group(process.pid)
+        lines: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_LINES)
+        readers = [
+            threading.Thread(target=_read_lines, args=(stream, lines), daemon=True)
+            for stream in (process.stdout, process.stderr)
+        ]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + ctx.timeout
+        open_streams = len(readers)
+        limit: FailureClass | None = None
+        try:
+            while open_streams:
+                now = time.monotonic()
+                if now >= deadline:
+                    limit = FailureClass.TIMEOUT
+                    break
+                if now - state.last_activity >= ctx.idle_timeout:
+                    limit = FailureClass.IDLE_TIMEOUT
+                    break
+                wait = min(deadline - now, ctx.idle_timeout - (now - state.last_activity), 1.0)
+                try:
+                    line = lines.get(timeout=max(wait, 0.01))
+                except queue.Empty:
+                    continue
+                if line is None:
+                    open_streams -= 1
+                    continue
+                sink.write(line)
+                state.take(line)
+        finally:
+            kill_group(process.pid, ctx.kill_grace_seconds, leader=process)
+            process.wait()
+            unregister_group(process.pid)
+            _drain(lines, readers)
+        return process.returncode, limit
+
+
+def _read_lines(stream: IO[bytes] | None, lines: queue.Queue[bytes | None]) -> None:
+    if stream is None:
+        lines.put(None)
+        return
+    with stream:
+        while line := stream.readline(MAX_LINE_BYTES):
+            lines.put(line)
+    lines.put(None)
+
+
+def _drain(lines: queue.Queue[bytes | None], readers: list[threading.Thread]) -> None:
+    """Unblock readers stuck on a full queue after we stopped consuming, then let them end."""
+    deadline = time.monotonic() + 5
+    while any(r.is_alive() for r in readers) and time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            lines.get(timeout=0.05)
+
+
+def _usage(final: dict[str, Any]) -> Usage:
+    usage = final.get("usage") or {}
+    return Usage(
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+        cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+    )
+
+
+def _model(final: dict[str, Any], state: StreamState, ctx: AttemptContext) -> str:
+    models = final.get("modelUsage")
+    if isinstance(models, dict) and models:
+        return str(max(models, key=lambda m: (models[m] or {}).get("costUSD") or 0))
+    return state.model or ctx.model
+
+
+def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: StreamState, tail: str) -> AttemptResult:
+    final = state.final or {}
+    common: dict[str, Any] = {
+        "exit_code": code,
+        "output_tail": tail,
+        "log_path": str(ctx.log_path),
+        "usage": _usage(final),
+        "cost_usd": final.get("total_cost_usd"),
+        "model": _model(final, state, ctx) if final else ctx.model,
+        "result": final.get("result") if isinstance(final.get("result"), str) else None,
+    }
+    if limit is FailureClass.TIMEOUT:
+        return AttemptResult(
+            False, failure_class=limit, error=f"timed out after {format_duration(ctx.timeout)}; "
+            f"its process group was killed", **common,
+        )  # fmt: skip
+    if limit is FailureClass.IDLE_TIMEOUT:
+        return AttemptResult(
+            False, failure_class=limit, error=f"no output for {format_duration(ctx.idle_timeout)} (idle_timeout); "
+            f"its process group was killed", **common,
+        )  # fmt: skip
+    if not final:
+        detail = last_line(tail)
+        return AttemptResult(
+            False, failure_class=FailureClass.AGENT_ERROR if code == 0 else FailureClass.EXIT_STATUS,
+            error=f"the CLI ended without a result ({describe_exit(code)})" + (f": {detail}" if detail else ""),
+            **common,
+        )  # fmt: skip
+    if final.get("is_error") or final.get("subtype") != "success":
+        failure_class = classify_error(final)
+        message = str(final.get("result") or final.get("subtype") or "error")
+        retry_after = None
+        if failure_class is FailureClass.USAGE_LIMIT:
+            retry_after = seconds_until_reset(message, time.time())
+            if retry_after is None:  # no reset time to wait for: an ordinary rate limit
+                failure_class = FailureClass.RATE_LIMITED
+        return AttemptResult(
+            False, failure_class=failure_class, error=f"claude: {message[:500]}", retry_after=retry_after, **common
+        )
+    return AttemptResult(True, **common)
+
+
+def classify_error(final: dict[str, Any]) -> FailureClass:
+    status = final.get("api_error_status")
+    text = str(final.get("result") or "")
+    if status in (401, 403):
+        return FailureClass.AUTH_ERROR
+    if status == 400:
+        return FailureClass.BAD_REQUEST
+    if "usage limit" in text.lower():
+        return FailureClass.USAGE_LIMIT
+    if status == 429 or _LIMIT.search(text):
+        return FailureClass.RATE_LIMITED
+    if status == 529:
+        return FailureClass.OVERLOADED
+    if isinstance(status, int) and status >= 500:
+        return FailureClass.SERVER_ERROR
+    return FailureClass.AGENT_ERROR
+
+
+def seconds_until_reset(text: str, now_epoch: float) -> float | None:
+    """The wait until a usage limit resets, from "…usage limit reached|1750000000" or "resets at 1750000000"."""
+    match = _RESET_EPOCH.search(text)
+    if match is None:
+        return None
+    wait = int(match.group(1)) - now_epoch
+    return wait if wait > 0 else None
