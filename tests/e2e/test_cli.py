@@ -126,16 +126,20 @@ def test_orch_run_exits_1_when_the_plan_fails(tmp_path: Path) -> None:
           - {id: think, title: think about it, agent: general-purpose}
         """,
     )
-    env = orch_env(tmp_path)
+    env = orch_env(tmp_path, ORCH_CLAUDE_BIN=str(tmp_path / "no-claude-here"))
     result = run_orch(["run", str(plan)], tmp_path, env, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     tasks = {t["id"]: t for t in json.loads(run_orch(["status", "fails", "--json"], tmp_path, env).stdout)["tasks"]}
     assert tasks["build"]["status"] == "failed"
     assert "exit status 3: compiling" in tasks["build"]["error"]
     assert tasks["ship"]["status"] == "upstream_failed"
-    # No claude-code executor in this version: a clear per-task failure, not a traceback, no retries burned.
+    # No `claude` CLI on this worker (ORCH_CLAUDE_BIN points nowhere): a clear per-task failure naming how to
+    # supply it, not a traceback, and no retries burned.
     assert tasks["think"]["status"] == "failed" and tasks["think"]["attempts"] == 1
-    assert "executor 'claude-code'" in tasks["think"]["error"]
+    assert (
+        "Claude Code CLI" in tasks["think"]["error"]
+        and "npm install -g @anthropic-ai/claude-code" in tasks["think"]["error"]
+    )
 
 
 def list_processes(marker: str) -> list[str]:

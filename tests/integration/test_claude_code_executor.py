@@ -73,9 +73,15 @@ def test_a_successful_run_reports_result_usage_cost_and_model(tmp_path: Path, fa
     init = json.loads(ctx.log_path.read_text().splitlines()[0])
     assert init["cwd"] == str(ctx.workdir)
     args = init["args"]
-    for flag, value in [("--output-format", "stream-json"), ("--model", "claude-sonnet-4-6"), ("--max-turns", "7"),
-                        ("--permission-mode", "acceptEdits"), ("--allowedTools", "Read,Write"),
-                        ("--disallowedTools", "WebFetch"), ("--append-system-prompt", "You are the backend agent.")]:
+    for flag, value in [
+        ("--output-format", "stream-json"),
+        ("--model", "claude-sonnet-4-6"),
+        ("--max-turns", "7"),
+        ("--permission-mode", "acceptEdits"),
+        ("--allowedTools", "Read,Write"),
+        ("--disallowedTools", "WebFetch"),
+        ("--append-system-prompt", "You are the backend agent."),
+    ]:
         assert args[args.index(flag) + 1] == value  # fmt: skip
     assert "--verbose" in args
     assert not pids_left(tmp_path)
