@@ -47,6 +47,7 @@ class PlanSnapshot:
     tasks: list[TaskRow]
     stats: dict[int, repo.AttemptStats]
     deps: dict[int, list[str]]
+    pauses: dict[str, tuple[datetime, str]]  # agent types of this plan paused now: until, why
 
     @classmethod
     def load(cls, session: Session, plan: PlanRow) -> PlanSnapshot:
@@ -55,7 +56,13 @@ class PlanSnapshot:
         deps: dict[int, list[str]] = {}
         for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):
             deps.setdefault(task_pk, []).append(key_of[dep_pk])
-        return cls(plan, tasks, repo.attempt_stats(session, plan.id), deps)
+        agents = {t.agent for t in tasks}
+        pauses = {
+            agent: (row.until, row.reason)
+            for agent, row in repo.active_pauses(session, datetime.now(UTC)).items()
+            if agent in agents
+        }
+        return cls(plan, tasks, repo.attempt_stats(session, plan.id), deps, pauses)
 
     def stats_of(self, task: TaskRow) -> repo.AttemptStats:
         return self.stats.get(task.pk, _NO_ATTEMPTS)
@@ -89,6 +96,7 @@ class PlanSnapshot:
                 "counts": {s.value: counts.get(s, 0) for s in TaskStatus},
                 "tokens": usage_json(self.usage),
                 "cost_usd": self.cost_usd,
+                "paused_agents": {a: {"until": iso(u), "reason": r} for a, (u, r) in self.pauses.items()},
             },
             "tasks": [
                 {
@@ -170,6 +178,8 @@ def summary_line(snapshot: PlanSnapshot) -> Text:
         text.append(f"  tokens: {snapshot.usage.total:,}")
     if snapshot.cost_usd is not None:
         text.append(f"  cost: ${snapshot.cost_usd:.4f}")
+    for agent, (until, reason) in snapshot.pauses.items():
+        text.append(f"\n  paused: {agent} until {until:%H:%M:%S} UTC ({reason[:80]})", style="yellow")
     return text
 
 
