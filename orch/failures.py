@@ -15,6 +15,8 @@ class FailureClass(StrEnum):
     SERVER_ERROR = "server_error"  # 5xx
     CONNECTION_ERROR = "connection_error"
     AGENT_ERROR = "agent_error"  # the agent reported an error result
+    VERIFICATION_FAILED = "verification_failed"  # the agent said done; the task's `verify:` command disagreed
+    SCOPE_VIOLATION = "scope_violation"  # `scope: strict` and files changed outside the task's `files`
     USAGE_LIMIT = "usage_limit"  # a usage limit with a reset time: the agent type pauses until then
     INTERNAL_ERROR = "internal_error"  # a bug in an executor
     WORKDIR_MISSING = "workdir_missing"

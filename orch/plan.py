@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
@@ -68,6 +68,8 @@ class TaskFields(BaseModel):
     success: Text = ""
     command: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
     executor: str | None = None
+    verify: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
+    scope: Literal["loose", "strict"] = "loose"
     timeout: Seconds | None = None
     retries: Annotated[int, Field(ge=0, le=MAX_RETRIES)] | None = None
 
@@ -113,6 +115,8 @@ class ResolvedTask:
     timeout: float
     retries: int
     seq: int
+    verify: str | None = None
+    scope: str = "loose"
 
 
 @dataclass(frozen=True)
@@ -293,4 +297,6 @@ def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIn
         timeout=spec.timeout if spec.timeout is not None else agent.timeout,
         retries=spec.retries if spec.retries is not None else agent.retries,
         seq=seq,
+        verify=spec.verify,
+        scope=spec.scope,
     )

@@ -64,3 +64,19 @@ def check_ledger_order(ledger: Path, tasks: list[dict[str, Any]]) -> list[str]:
         for dep in task.get("after", []):
             assert position[dep] < position[task["id"]], f"{task['id']} finished before its dependency {dep}"
     return lines
+
+
+def drive_until_final(plan_id: str, timeout: float) -> None:
+    """Run the beat tick in this process until the plan is final (a worker must be consuming)."""
+    from beat.tick import run_tick
+    from orch.states import PlanStatus
+    from orch.store import repo
+    from orch.store.db import read_session
+
+    def final() -> bool:
+        run_tick()
+        with read_session() as session:
+            plan = repo.get_plan(session, plan_id)
+            return plan is not None and plan.status is not PlanStatus.RUNNING
+
+    wait_for(final, timeout, f"plan {plan_id} to finish", interval=0.1)

@@ -26,7 +26,9 @@ from orch.states import TaskStatus
 from orch.store import repo
 from orch.store.db import write_session
 from orch.store.repo import AttemptResult, Claim
+from workers import workspace
 from workers.executors import AttemptContext, get_executor
+from workers.verification import check_scope, run_verify
 
 log = get_logger(__name__)
 
@@ -47,7 +49,12 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
     bound.info("attempt started", executor=ctx.executor)
     started = time.monotonic()
+    before = workspace.snapshot(ctx.workdir) if ctx.workdir.is_dir() else None
     result = execute(ctx, claim)
+    if before is not None:
+        result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
+    result = check_scope(result, ctx.files, ctx.scope)
+    result = run_verify(result, ctx, ctx.verify)
     result = replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
     return finish(claim, result)
 
@@ -113,6 +120,8 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
         allowed_tools=agent.allowed_tools if agent else (),
         disallowed_tools=agent.disallowed_tools if agent else (),
         claude_bin=settings.claude_bin,
+        verify=task.verify,
+        scope=task.scope,
     )
 
 

@@ -84,6 +84,8 @@ class TaskRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)  # why the latest attempt failed
+    verify: Mapped[str | None] = mapped_column(Text)  # a shell command that checks the agent's work
+    scope: Mapped[str] = mapped_column(String(10), default="loose", server_default="loose")
 
 
 class DependencyRow(Base):
@@ -122,6 +124,7 @@ class AttemptRow(Base):
     result: Mapped[str | None] = mapped_column(Text)  # the agent's final answer / summary
     duration_s: Mapped[float | None]
     files_changed: Mapped[list[str] | None] = mapped_column(JSON)
+    verified: Mapped[bool | None]  # the verify command passed / failed; None: there was none, or not reached
 
 
 class EventRow(Base):

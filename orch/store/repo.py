@@ -89,6 +89,8 @@ def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
             "retries": t.retries,
             "status": TaskStatus.PENDING,
             "attempt": 0,
+            "verify": t.verify,
+            "scope": t.scope,
         }
         for t in plan.tasks
     ]
@@ -367,6 +369,7 @@ class AttemptResult:
     retry_after: float | None = None  # the provider asked us to wait at least this long (seconds)
     files_changed: tuple[str, ...] | None = None
     duration_s: float | None = None
+    verified: bool | None = None
 
 
 def record_result(
@@ -419,6 +422,7 @@ def record_result(
             result=result.result,
             duration_s=result.duration_s,
             files_changed=None if result.files_changed is None else list(result.files_changed),
+            verified=result.verified,
         )
         .execution_options(**_no_sync())
     )

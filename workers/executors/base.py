@@ -42,6 +42,8 @@ class AttemptContext:
     allowed_tools: tuple[str, ...] = ()
     disallowed_tools: tuple[str, ...] = ()
     claude_bin: str = "claude"
+    verify: str | None = None  # checked by the runner after the executor reports success
+    scope: str = "loose"
 
 
 class Executor(Protocol):

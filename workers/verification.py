@@ -1,0 +1,46 @@
+"""After an agent reports success: the scope check (`scope: strict`) and the task's `verify:` command.
+
+"Done" is checked, not trusted: either failing turns the attempt into a failure whose reason (and, for verify,
+output) the next attempt's prompt carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from orch.failures import FailureClass
+from orch.store.repo import AttemptResult
+from workers.executors.base import AttemptContext
+from workers.executors.shell import ShellExecutor
+from workers.workspace import in_scope
+
+
+def check_scope(result: AttemptResult, files: tuple[str, ...], scope: str) -> AttemptResult:
+    if scope != "strict" or not result.succeeded or result.files_changed is None:
+        return result
+    outside = [path for path in result.files_changed if not in_scope(path, files)]
+    if not outside:
+        return result
+    return replace(
+        result,
+        succeeded=False,
+        failure_class=FailureClass.SCOPE_VIOLATION,
+        error=f"scope: strict, and it changed files outside its declared files: {', '.join(outside[:20])}",
+    )
+
+
+def run_verify(result: AttemptResult, ctx: AttemptContext, verify: str | None) -> AttemptResult:
+    if not verify or not result.succeeded:
+        return result
+    check = replace(ctx, command=verify, executor="shell", log_path=ctx.log_path.with_suffix(".verify.log"), secrets={})
+    outcome = ShellExecutor().run(check)
+    if outcome.succeeded:
+        return replace(result, verified=True)
+    return replace(
+        result,
+        succeeded=False,
+        verified=False,
+        failure_class=FailureClass.VERIFICATION_FAILED,
+        error=f"verify `{verify}` failed: " + (outcome.error or "").removeprefix("command failed: "),
+        output_tail=outcome.output_tail,
+    )
