@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -26,6 +27,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -35,6 +37,20 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: no secret value is ever rendered into a log line."""
+    from orch.redaction import process_redactor
+
+    redactor = process_redactor()
+    if redactor:
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = redactor.text(value)
+            elif value is not None and not isinstance(value, int | float | bool):
+                event[key] = redactor.text(str(value))
+    return event
 
 
 def get_logger(name: str) -> Any:

@@ -21,6 +21,7 @@ from orch.log import get_logger
 from orch.policy import Backoff, decide_retry
 from orch.prices import cost_usd, load_prices, price_for
 from orch.prompts import build_prompt, build_system_prompt, load_templates
+from orch.redaction import Redactor
 from orch.settings import get_settings
 from orch.states import TaskStatus
 from orch.store import repo
@@ -56,7 +57,19 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     result = check_scope(result, ctx.files, ctx.scope)
     result = run_verify(result, ctx, ctx.verify)
     result = replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
-    return finish(claim, result)
+    return finish(claim, redact(result, ctx.redactor()))
+
+
+def redact(result: AttemptResult, redactor: Redactor) -> AttemptResult:
+    """No secret value goes into the store: the texts an attempt records are masked."""
+    if not redactor:
+        return result
+    return replace(
+        result,
+        error=None if result.error is None else redactor.text(result.error),
+        result=None if result.result is None else redactor.text(result.result),
+        output_tail=redactor.text(result.output_tail),
+    )
 
 
 def attempt_cost(result: AttemptResult) -> float | None:

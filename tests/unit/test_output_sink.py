@@ -131,3 +131,22 @@ def test_agent_environment_adds_the_tasks_own_variables_but_not_over_orchs(tmp_p
     assert env["FOO"] == "bar"
     assert env["LANG"] == "C.UTF-8"
     assert env["ORCH_TASK_ID"] == "build"
+
+
+def test_a_secret_split_across_chunks_is_still_masked() -> None:
+    from orch.redaction import Redactor
+
+    log = io.BytesIO()
+    out = OutputSink(log, max_bytes=1 << 20, tail_bytes=1 << 20, redactor=Redactor({"API_KEY": "sk-secret-123456"}))
+    for chunk in (b"token: sk-sec", b"ret-12", b"3456 and again sk-secret-123456", b"\nend"):
+        out.write(chunk)
+    out.close()
+    written = log.getvalue().decode()
+    assert "sk-secret" not in written and "sk-secret" not in out.tail
+    assert written == "token: [redacted API_KEY] and again [redacted API_KEY]\nend"
+
+
+def test_short_values_are_not_treated_as_secrets() -> None:
+    from orch.redaction import Redactor
+
+    assert Redactor({"PIN": "1234"}).text("1234 apples") == "1234 apples"

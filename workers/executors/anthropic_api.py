@@ -45,8 +45,11 @@ class AnthropicExecutor:
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with ctx.log_path.open("wb") as log:
-            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes)
-            return self._call(ctx, key, sink)
+            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
+            try:
+                return self._call(ctx, key, sink)
+            finally:
+                sink.close()
 
     def _call(self, ctx: AttemptContext, key: str, sink: OutputSink) -> AttemptResult:
         deadline = time.monotonic() + ctx.timeout

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from orch.redaction import Redactor, secret_values
 from orch.store.repo import AttemptResult
 
 
@@ -44,6 +45,10 @@ class AttemptContext:
     claude_bin: str = "claude"
     verify: str | None = None  # checked by the runner after the executor reports success
     scope: str = "loose"
+
+    def redactor(self) -> Redactor:
+        """Masks this attempt's secrets (and the worker's) in whatever the agent prints."""
+        return Redactor({**secret_values(self.hidden), **self.secrets})
 
 
 class Executor(Protocol):

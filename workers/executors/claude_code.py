@@ -100,9 +100,10 @@ class ClaudeCodeExecutor:
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with ctx.log_path.open("wb") as log:
-            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes)
+            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
             state = StreamState()
             code, limit = self._run(binary, ctx, sink, state)
+            sink.close()
         return outcome(ctx, code, limit, state, sink.tail)
 
     def _run(

@@ -72,8 +72,9 @@ class ShellExecutor:
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with ctx.log_path.open("wb") as log:
-            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes)
+            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
             code, timed_out = self._run_process(ctx, sink)
+            sink.close()
         tail = sink.tail
         if timed_out:
             return AttemptResult(
