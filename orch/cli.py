@@ -165,6 +165,55 @@ def status(plan_ref: str | None, as_json: bool) -> None:
         out.print(tasks_table(snapshot, now_utc()))
 
 
+@main.command()
+@click.argument("plan_ref")
+@click.argument("task_id")
+@click.option("--attempt", "number", type=int, default=None, help="Attempt number (default: the latest).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing output until the attempt ends.")
+@handle_errors
+def logs(plan_ref: str, task_id: str, number: int | None, follow: bool) -> None:
+    """Print a task attempt's output (its log file on this host, else the tail kept in the store)."""
+    from orch.errors import UserError
+    from orch.states import AttemptStatus
+    from orch.store import repo
+    from orch.store.db import read_session
+
+    def load() -> Any:
+        with read_session() as session:
+            plan = repo.find_plan(session, plan_ref)
+            task = next((t for t in repo.plan_tasks(session, plan.id) if t.key == task_id), None)
+            if task is None:
+                raise UserError(f"plan {plan.id} has no task {task_id!r}")
+            attempts = repo.task_attempts(session, task.pk)
+        if not attempts:
+            raise UserError(f"task {task_id!r} of plan {plan.id} has not started yet")
+        chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
+        if chosen is None:
+            raise UserError(f"task {task_id!r} has no attempt {number} (it has {len(attempts)})")
+        return chosen
+
+    attempt = load()
+    path = Path(attempt.log_path) if attempt.log_path else None
+    if path is None or not path.exists():
+        click.echo(f"[log file not on this host ({attempt.worker}); the last output kept in the store:]", err=True)
+        click.echo(attempt.output_tail, nl=False)
+        return
+    offset = 0
+    finished = not follow or attempt.status is not AttemptStatus.RUNNING
+    while True:
+        with path.open("rb") as log:
+            log.seek(offset)
+            data = log.read()
+        offset += len(data)
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        if finished:
+            return
+        time.sleep(0.25)
+        attempt = load()
+        finished = attempt.status is not AttemptStatus.RUNNING  # one more read after it ended
+
+
 @main.group()
 def db() -> None:
     """The store's schema."""

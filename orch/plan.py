@@ -35,6 +35,7 @@ MAX_PRIORITY = 1_000_000
 MAX_PROBLEMS_SHOWN = 50
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+CALL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=1, le=MAX_TIMEOUT_SECONDS)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
@@ -68,6 +69,7 @@ class TaskFields(BaseModel):
     success: Text = ""
     command: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
     executor: str | None = None
+    call: Annotated[str, Field(pattern=CALL_PATTERN)] | None = None
     verify: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
     scope: Literal["loose", "strict"] = "loose"
     timeout: Seconds | None = None
@@ -117,6 +119,7 @@ class ResolvedTask:
     seq: int
     verify: str | None = None
     scope: str = "loose"
+    call: str | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,8 @@ def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIn
         executor = spec.executor
     elif spec.command:
         executor = "shell"
+    elif spec.call:
+        executor = "python"
     else:
         executor = agent.executor
     return ResolvedTask(
@@ -299,4 +304,5 @@ def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIn
         seq=seq,
         verify=spec.verify,
         scope=spec.scope,
+        call=spec.call,
     )

@@ -135,6 +135,7 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
         claude_bin=settings.claude_bin,
         verify=task.verify,
         scope=task.scope,
+        call=task.call,
     )
 
 

@@ -86,6 +86,7 @@ class TaskRow(Base):
     error: Mapped[str | None] = mapped_column(Text)  # why the latest attempt failed
     verify: Mapped[str | None] = mapped_column(Text)  # a shell command that checks the agent's work
     scope: Mapped[str] = mapped_column(String(10), default="loose", server_default="loose")
+    call: Mapped[str | None] = mapped_column(String(300))  # python executor: "package.module:function"
 
 
 class DependencyRow(Base):

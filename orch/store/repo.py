@@ -91,6 +91,7 @@ def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
             "attempt": 0,
             "verify": t.verify,
             "scope": t.scope,
+            "call": t.call,
         }
         for t in plan.tasks
     ]

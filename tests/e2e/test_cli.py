@@ -113,6 +113,12 @@ def test_orch_run_completes_the_demo_and_status_reports_it(tmp_path: Path, demo_
         assert task["queue"] == f"agent.{task['agent']}"
         assert task["started_at"].endswith("Z") and task["finished_at"] >= task["started_at"]
     assert not list_processes(str(tmp_path))  # the embedded Redis and worker are gone
+    first = run_orch(["logs", "demo-accounts", "health", "--attempt", "1"], tmp_path, env)
+    assert first.returncode == 0 and "service not ready yet (attempt 1)" in first.stdout
+    latest = run_orch(["logs", "demo-accounts", "health"], tmp_path, env)
+    assert "health check: ok on attempt 2" in latest.stdout
+    missing = run_orch(["logs", "demo-accounts", "nope"], tmp_path, env)
+    assert missing.returncode == 2 and "has no task 'nope'" in missing.stderr
 
 
 def test_orch_run_exits_1_when_the_plan_fails(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from workers.executors.anthropic_api import AnthropicExecutor
 from workers.executors.base import AttemptContext, Executor
 from workers.executors.claude_code import ClaudeCodeExecutor
 from workers.executors.noop import NoopExecutor
+from workers.executors.python_call import PythonExecutor
 from workers.executors.shell import ShellExecutor
 
 EXECUTORS: dict[str, Executor] = {
@@ -14,6 +15,7 @@ EXECUTORS: dict[str, Executor] = {
     "noop": NoopExecutor(),
     "anthropic": AnthropicExecutor(),
     "claude-code": ClaudeCodeExecutor(),
+    "python": PythonExecutor(),
 }
 
 

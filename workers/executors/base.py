@@ -43,6 +43,7 @@ class AttemptContext:
     allowed_tools: tuple[str, ...] = ()
     disallowed_tools: tuple[str, ...] = ()
     claude_bin: str = "claude"
+    call: str | None = None  # python executor: "package.module:function"
     verify: str | None = None  # checked by the runner after the executor reports success
     scope: str = "loose"
 

@@ -1,0 +1,62 @@
+"""The `python` executor: a user's `module:function` called with the task context in a supervised child."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from orch.failures import FailureClass
+from tests.helpers import make_plan
+from workers.executors.base import AttemptContext
+from workers.executors.python_call import PythonExecutor
+
+AGENT = textwrap.dedent(
+    """\
+    import time
+
+    def summarise(ctx):
+        return {"task": ctx["task_id"], "title": ctx["title"], "files": ctx["files"]}
+
+    def explode(ctx):
+        raise ValueError("boom from the user's agent")
+
+    def dawdle(ctx):
+        time.sleep(30)
+    """
+)
+
+
+def context(tmp_path: Path, call: str, **overrides: Any) -> AttemptContext:
+    (tmp_path / "myagents.py").write_text(AGENT)
+    values: dict[str, Any] = {
+        "plan_id": "p", "task_key": "sum", "attempt": 1, "title": "Summarise", "description": "", "success": "",
+        "command": None, "workdir": tmp_path, "files": ("a.py",), "timeout": 30.0, "agent": "general-purpose",
+        "executor": "python", "log_path": tmp_path / "logs" / "sum.1.log", "output_tail_bytes": 4096,
+        "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5, "call": call,
+    }  # fmt: skip
+    values.update(overrides)
+    return AttemptContext(**values)
+
+
+def test_the_return_value_is_recorded_as_json(tmp_path: Path) -> None:
+    result = PythonExecutor().run(context(tmp_path, "myagents:summarise"))
+    assert result.succeeded, result.error
+    assert json.loads(result.result or "") == {"task": "sum", "title": "Summarise", "files": ["a.py"]}
+
+
+def test_an_exception_is_a_failure_naming_it(tmp_path: Path) -> None:
+    result = PythonExecutor().run(context(tmp_path, "myagents:explode"))
+    assert result.failure_class == FailureClass.EXIT_STATUS
+    assert "ValueError: boom from the user's agent" in (result.error or "")
+
+
+def test_a_function_that_overruns_is_killed_at_the_time_limit(tmp_path: Path) -> None:
+    result = PythonExecutor().run(context(tmp_path, "myagents:dawdle", timeout=1.0))
+    assert result.failure_class == FailureClass.TIMEOUT
+
+
+def test_a_plan_task_with_call_runs_the_python_executor(tmp_path: Path) -> None:
+    plan = make_plan([{"id": "sum", "title": "Summarise", "call": "myagents:summarise"}], workdir=tmp_path)
+    assert plan.tasks[0].executor == "python" and plan.tasks[0].call == "myagents:summarise"
