@@ -130,11 +130,20 @@ def test_an_exit_mid_stream_is_a_failure_that_says_so(tmp_path: Path, fake_claud
     result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "exit-mid"))
     assert result.failure_class == FailureClass.EXIT_STATUS
     assert "ended without a result (exit status 3)" in (result.error or "")
+    assert not pids_left(tmp_path)
 
 
 def test_an_auth_error_from_the_cli_is_permanent(tmp_path: Path, fake_claude: Path) -> None:
     result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "error"))
     assert result.failure_class == FailureClass.AUTH_ERROR and "Invalid API key" in (result.error or "")
+    assert not pids_left(tmp_path)
+
+
+def test_a_usage_limit_reports_the_wait_until_its_reset(tmp_path: Path, fake_claude: Path) -> None:
+    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "usage-limit"))
+    assert result.failure_class == FailureClass.USAGE_LIMIT
+    assert result.retry_after is not None and 0 < result.retry_after <= 2
+    assert not pids_left(tmp_path)
 
 
 def test_a_missing_cli_is_a_clear_permanent_failure(tmp_path: Path) -> None:
