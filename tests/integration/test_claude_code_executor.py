@@ -158,3 +158,17 @@ def test_arguments_never_pass_through_a_shell(tmp_path: Path, fake_claude: Path)
     assert args[args.index("-p") + 1] == hostile
     result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, prompt=hostile))
     assert result.succeeded and not (tmp_path / "work" / "pwned").exists()
+
+
+def test_error_results_are_classified() -> None:
+    from workers.executors.claude_code import classify_error, seconds_until_reset
+
+    assert classify_error({"api_error_status": 401, "result": "Invalid API key"}) == FailureClass.AUTH_ERROR
+    assert classify_error({"api_error_status": 529, "result": "Overloaded"}) == FailureClass.OVERLOADED
+    assert classify_error({"api_error_status": 503, "result": "Unavailable"}) == FailureClass.SERVER_ERROR
+    assert classify_error({"api_error_status": 429, "result": "Rate limited"}) == FailureClass.RATE_LIMITED
+    assert classify_error({"result": "Claude AI usage limit reached|1900000000"}) == FailureClass.USAGE_LIMIT
+    assert classify_error({"subtype": "error_max_turns", "result": ""}) == FailureClass.AGENT_ERROR
+    assert seconds_until_reset("Claude AI usage limit reached|1900000000", 1899999990.0) == 10.0
+    assert seconds_until_reset("usage limit reached, resets at 1900000000", 1899999000.0) == 1000.0
+    assert seconds_until_reset("usage limit reached", 0.0) is None

@@ -225,8 +225,8 @@ def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: S
         retry_after = None
         if failure_class is FailureClass.USAGE_LIMIT:
             retry_after = seconds_until_reset(message, time.time())
-            if retry_after is None:  # no reset time to wait for: an ordinary rate limit
-                failure_class = FailureClass.RATE_LIMITED
+            if retry_after is None:  # no reset time to wait for: a limit waiting will not cure
+                failure_class = FailureClass.SPEND_LIMIT
         return AttemptResult(
             False, failure_class=failure_class, error=f"claude: {message[:500]}", retry_after=retry_after, **common
         )
