@@ -34,6 +34,10 @@ from workers.verification import check_scope, run_verify
 log = get_logger(__name__)
 
 
+# Executors that give the agent a prompt (handoff and retry reason included); shell and noop do not read one.
+PROMPTED_EXECUTORS = frozenset({"claude-code", "anthropic", "python"})
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -50,7 +54,8 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
     bound.info("attempt started", executor=ctx.executor)
     started = time.monotonic()
-    before = workspace.snapshot(ctx.workdir) if ctx.workdir.is_dir() else None
+    watch = ctx.executor != "noop" and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
+    before = workspace.snapshot(ctx.workdir) if watch else None
     result = execute(ctx, claim)
     if before is not None:
         result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
@@ -90,16 +95,18 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
     registry = load_agents(settings.config_dir)
     agent = registry.by_name.get(task.agent)
     templates = load_templates(settings.config_dir)
-    prompt = build_prompt(
-        templates,
-        task_id=task.key,
-        title=task.title,
-        description=task.description,
-        success=task.success,
-        files=task.files,
-        handoffs=repo.handoffs(session, task.pk),
-        previous_failure=repo.previous_failure(session, task.pk, claim.attempt),
-    )
+    prompt = ""
+    if task.executor in PROMPTED_EXECUTORS:
+        prompt = build_prompt(
+            templates,
+            task_id=task.key,
+            title=task.title,
+            description=task.description,
+            success=task.success,
+            files=task.files,
+            handoffs=repo.handoffs(session, task.pk),
+            previous_failure=repo.previous_failure(session, task.pk, claim.attempt),
+        )
     granted = agent.secrets if agent else ()
     every_secret = {name for a in registry for name in a.secrets}
     return AttemptContext(

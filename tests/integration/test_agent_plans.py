@@ -11,15 +11,13 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 import workers.tasks  # noqa: F401  (registers orch.run_task)
-from beat.tick import run_tick
 from orch.celery import app, use_broker
 from orch.prices import Usage, cost_usd, load_prices
 from orch.report import PlanSnapshot
-from orch.states import PlanStatus
 from orch.store import repo
 from orch.store.db import read_session, write_session
 from tests.fakes.messages_api import MessagesAPI, Reply
-from tests.helpers import REPO, make_plan, wait_for
+from tests.helpers import REPO, drive_until_final, make_plan
 
 KEY = "sk-ant-canary-7f3a9c"
 QUEUES = ["agent.security-specialist", "agent.backend-development", "agent.documentation-writer",
@@ -60,14 +58,7 @@ def test_an_agent_plan_hands_off_retries_and_accounts_for_cost(api: MessagesAPI,
     with write_session() as session:
         plan_id = repo.submit_plan(session, plan, datetime.now(UTC))
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, queues=QUEUES):
-
-        def finished() -> bool:
-            run_tick()
-            with read_session() as session:
-                found = repo.get_plan(session, plan_id)
-                return found is not None and found.status is not PlanStatus.RUNNING
-
-        wait_for(finished, 60, "the agent plan to finish", interval=0.1)
+        drive_until_final(plan_id, 60)
 
     with read_session() as session:
         snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id))

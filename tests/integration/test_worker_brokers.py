@@ -21,7 +21,7 @@ from orch.states import PlanStatus, TaskStatus
 from orch.store import repo
 from orch.store.db import read_session, write_session
 from orch.store.repo import Dispatch
-from tests.helpers import check_ledger_order, layered_dag, make_plan, wait_for
+from tests.helpers import check_ledger_order, drive_until_final, layered_dag, make_plan, wait_for
 
 AGENTS = ["backend-development", "testing-specialist", "documentation-writer"]
 
@@ -54,14 +54,7 @@ def outcomes() -> Iterator[list[str]]:
 def run_plan(tasks: list[dict[str, Any]], workdir: Path, timeout: float = 60) -> str:
     with write_session() as session:
         plan_id = repo.submit_plan(session, make_plan(tasks, workdir=workdir), datetime.now(UTC))
-
-    def finished() -> bool:
-        run_tick()
-        with read_session() as session:
-            plan = repo.get_plan(session, plan_id)
-            return plan is not None and plan.status is not PlanStatus.RUNNING
-
-    wait_for(finished, timeout, f"plan {plan_id} to finish", interval=0.1)
+    drive_until_final(plan_id, timeout)
     return plan_id
 
 
