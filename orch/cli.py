@@ -157,7 +157,7 @@ def status(plan_ref: str | None, as_json: bool) -> None:
             else:
                 out.print(plans_table(session, plans) if plans else "no plans yet")
             return
-        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_ref))
+        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_ref), now_utc())
     if as_json:
         click.echo(json.dumps(snapshot.as_json(), indent=2))
     else:
@@ -281,7 +281,6 @@ def run_embedded(plan: Plan, concurrency: int) -> int:
             f"{len(queues)} queues; store {safe_url(database_url)}; worker log {worker.log_path}"
         )
         final = watch_plan(plan_id, worker)
-        worker.stop(cold=True)  # the plan is over: nothing of it runs any more
         return 0 if final is PlanStatus.SUCCEEDED else 1
     except KeyboardInterrupt:
         err.print("[magenta]interrupted: cancelling the plan and stopping the worker[/]")
@@ -295,7 +294,7 @@ def run_embedded(plan: Plan, concurrency: int) -> int:
         return 130
     finally:
         if worker is not None:
-            worker.stop(cold=True)
+            worker.stop(cold=True)  # cold: the plan is over or cancelled, so whatever still runs must end
         if redis is not None:
             redis.stop()
 
@@ -308,7 +307,7 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
 
     def snapshot() -> PlanSnapshot:
         with read_session() as session:
-            return PlanSnapshot.load(session, repo.find_plan(session, plan_id))
+            return PlanSnapshot.load(session, repo.find_plan(session, plan_id), now_utc())
 
     def check_worker() -> None:
         if not worker.alive():
@@ -356,7 +355,7 @@ def print_final(plan_id: str) -> PlanStatus:
     from orch.store.db import read_session
 
     with read_session() as session:
-        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id))
+        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id), now_utc())
     out.print(tasks_table(snapshot, now_utc()))
     out.print(summary_line(snapshot))
     return snapshot.plan.status

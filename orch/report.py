@@ -50,7 +50,7 @@ class PlanSnapshot:
     pauses: dict[str, tuple[datetime, str]]  # agent types of this plan paused now: until, why
 
     @classmethod
-    def load(cls, session: Session, plan: PlanRow) -> PlanSnapshot:
+    def load(cls, session: Session, plan: PlanRow, now: datetime) -> PlanSnapshot:
         tasks = repo.plan_tasks(session, plan.id)
         key_of = {t.pk: t.key for t in tasks}
         deps: dict[int, list[str]] = {}
@@ -58,9 +58,7 @@ class PlanSnapshot:
             deps.setdefault(task_pk, []).append(key_of[dep_pk])
         agents = {t.agent for t in tasks}
         pauses = {
-            agent: (row.until, row.reason)
-            for agent, row in repo.active_pauses(session, datetime.now(UTC)).items()
-            if agent in agents
+            agent: (row.until, row.reason) for agent, row in repo.active_pauses(session, now).items() if agent in agents
         }
         return cls(plan, tasks, repo.attempt_stats(session, plan.id), deps, pauses)
 

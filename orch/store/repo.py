@@ -230,23 +230,15 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
             .execution_options(**_no_sync())
         ).all()
         dispatches.extend(Dispatch(*row) for row in claimed)
-    if dispatches:
-        session.execute(
-            insert(EventRow),
-            [
-                {
-                    "at": now,
-                    "plan_id": plan_id,
-                    "task_pk": d.task_pk,
-                    "attempt": d.attempt,
-                    "kind": "task",
-                    "old": None,
-                    "new": TaskStatus.QUEUED.value,
-                    "detail": f"sent to {d.queue}",
-                }
-                for d in dispatches
-            ],
-        )
+    _events(
+        session,
+        [
+            _event_row(
+                now, plan_id, task_pk=d.task_pk, attempt=d.attempt, new=TaskStatus.QUEUED, detail=f"sent to {d.queue}"
+            )
+            for d in dispatches
+        ],
+    )
     if decision.plan_outcome is not None:
         finish_plan(session, plan_id, decision.plan_outcome, now)
     position = {pk: i for i, pk in enumerate(decision.ready)}
@@ -352,7 +344,8 @@ def claim_attempt(
         new=TaskStatus.RUNNING,
         detail=f"on {worker}",
     )
-    return Claim(task_pk, plan_id, key, attempt, lease, retries, counted_failures(session, task_pk))
+    earlier = counted_failures(session, task_pk) if attempt > 1 else 0  # a first attempt has none
+    return Claim(task_pk, plan_id, key, attempt, lease, retries, earlier)
 
 
 @dataclass(frozen=True)
@@ -495,30 +488,37 @@ def cancel_plan(session: Session, plan_id: str, now: datetime, reason: str) -> i
 # --- events -------------------------------------------------------------------------------------------
 
 
-def _event(
-    session: Session,
+def _event_row(
     at: datetime,
     plan_id: str,
     *,
-    kind: str,
+    kind: str = "task",
     task_pk: int | None = None,
     attempt: int | None = None,
     old: str | None = None,
     new: str | None = None,
     detail: str | None = None,
-) -> None:
-    session.execute(
-        insert(EventRow).values(
-            at=at,
-            plan_id=plan_id,
-            task_pk=task_pk,
-            attempt=attempt,
-            kind=kind,
-            old=None if old is None else str(old),
-            new=None if new is None else str(new),
-            detail=detail,
-        )
-    )
+) -> dict[str, Any]:
+    return {
+        "at": at,
+        "plan_id": plan_id,
+        "task_pk": task_pk,
+        "attempt": attempt,
+        "kind": kind,
+        "old": None if old is None else str(old),
+        "new": None if new is None else str(new),
+        "detail": detail,
+    }
+
+
+def _events(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Append to the event log (never updated, never deleted)."""
+    if rows:
+        session.execute(insert(EventRow), rows)
+
+
+def _event(session: Session, at: datetime, plan_id: str, **fields: Any) -> None:
+    _events(session, [_event_row(at, plan_id, **fields)])
 
 
 def _task_events(
@@ -530,23 +530,7 @@ def _task_events(
     new: TaskStatus,
     detail: str | None = None,
 ) -> None:
-    if task_pks:
-        session.execute(
-            insert(EventRow),
-            [
-                {
-                    "at": at,
-                    "plan_id": plan_id,
-                    "task_pk": pk,
-                    "attempt": None,
-                    "kind": "task",
-                    "old": None if old is None else old.value,
-                    "new": new.value,
-                    "detail": detail,
-                }
-                for pk in task_pks
-            ],
-        )
+    _events(session, [_event_row(at, plan_id, task_pk=pk, old=old, new=new, detail=detail) for pk in task_pks])
 
 
 def count_by_status(session: Session, plan_id: str) -> dict[TaskStatus, int]:
@@ -554,16 +538,6 @@ def count_by_status(session: Session, plan_id: str) -> dict[TaskStatus, int]:
         select(TaskRow.status, func.count()).where(TaskRow.plan_id == plan_id).group_by(TaskRow.status)
     )
     return {status: count for status, count in rows}
-
-
-def running_tasks(session: Session, plan_id: str) -> list[TaskRow]:
-    return list(
-        session.scalars(
-            select(TaskRow)
-            .where(TaskRow.plan_id == plan_id, TaskRow.status == TaskStatus.RUNNING)
-            .order_by(TaskRow.started_at)
-        )
-    )
 
 
 @dataclass(frozen=True)

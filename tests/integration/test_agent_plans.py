@@ -61,7 +61,7 @@ def test_an_agent_plan_hands_off_retries_and_accounts_for_cost(api: MessagesAPI,
         drive_until_final(plan_id, 60)
 
     with read_session() as session:
-        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id))
+        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id), datetime.now(UTC))
         tasks_by_key = {t.key: t for t in snapshot.tasks}
         docs_attempts = repo.task_attempts(session, tasks_by_key["docs"].pk)
     report = snapshot.as_json()

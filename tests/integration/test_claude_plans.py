@@ -70,7 +70,7 @@ def test_a_usage_limit_pauses_the_agent_type_until_its_reset(claude_env: Path, t
         def finished() -> bool:
             run_tick()
             with read_session() as session:
-                snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id))
+                snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id), datetime.now(UTC))
             if snapshot.pauses:
                 seen_pause.append(snapshot.as_json()["plan"]["paused_agents"])
             return snapshot.plan.status is not PlanStatus.RUNNING
