@@ -186,9 +186,7 @@ def finish(claim: Claim, result: AttemptResult) -> str:
     with write_session() as session:
         accepted = repo.record_result(session, claim, result, status, now, not_before=not_before, detail=detail)
         if accepted and pause_until is not None:
-            agent = repo.get_task(session, claim.task_pk)
-            if agent is not None:
-                repo.pause_agent(session, agent.agent, pause_until, result.error or "usage limit", now)
+            repo.pause_agent(session, claim.agent, pause_until, result.error or "usage limit", now)
         dispatches = reconcile_plans(session, [claim.plan_id], registry, now) if accepted else []
     bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
     if not accepted:

@@ -289,6 +289,7 @@ class Claim:
     attempt: int
     lease: str
     retries: int
+    agent: str
     counted_failures: int = 0  # earlier failed attempts that spent the retry budget
 
 
@@ -314,12 +315,12 @@ def claim_attempt(
         update(TaskRow)
         .where(TaskRow.pk == task_pk, TaskRow.status == TaskStatus.QUEUED, TaskRow.attempt == attempt)
         .values(status=TaskStatus.RUNNING, lease=lease, started_at=now, finished_at=None)
-        .returning(TaskRow.plan_id, TaskRow.key, TaskRow.retries, TaskRow.queued_at)
+        .returning(TaskRow.plan_id, TaskRow.key, TaskRow.retries, TaskRow.queued_at, TaskRow.agent)
         .execution_options(**_no_sync())
     ).first()
     if row is None:
         return None
-    plan_id, key, retries, queued_at = row
+    plan_id, key, retries, queued_at, agent = row
     session.add(
         AttemptRow(
             task_pk=task_pk,
@@ -345,7 +346,7 @@ def claim_attempt(
         detail=f"on {worker}",
     )
     earlier = counted_failures(session, task_pk) if attempt > 1 else 0  # a first attempt has none
-    return Claim(task_pk, plan_id, key, attempt, lease, retries, earlier)
+    return Claim(task_pk, plan_id, key, attempt, lease, retries, agent, earlier)
 
 
 @dataclass(frozen=True)
