@@ -10,6 +10,7 @@ from typing import Any
 
 from celery.beat import Scheduler
 
+from beat.single import hold_single_beat_lock
 from beat.tick import run_tick
 from orch.log import get_logger
 from orch.settings import get_settings
@@ -22,9 +23,13 @@ _MIN_SLEEP = 0.01
 
 class OrchScheduler(Scheduler):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = get_settings()
+        self._single_beat = hold_single_beat_lock(settings.resolved_database_url)  # SQLite: refuse a second beat
         super().__init__(*args, **kwargs)
-        self.tick_seconds = get_settings().tick_seconds
+        self.tick_seconds = settings.tick_seconds
+        self.lease_seconds = settings.lease_seconds
         self._next_tick = 0.0
+        self._store_since: float | None = None  # since when every tick has reached the store
         try:
             ensure_schema()
         except Exception:  # the store may come up after the beat: the tick keeps trying
@@ -32,10 +37,17 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval = float(super().tick(*args, **kwargs))
-        if time.monotonic() >= self._next_tick:
+        now = time.monotonic()
+        if now >= self._next_tick:
+            # Reap only once the store has been reachable for a whole lease period: after an outage (or a beat
+            # restart) workers get the chance to renew the leases they held, and to record results they kept.
+            reap = self._store_since is not None and now - self._store_since >= self.lease_seconds
             try:
-                run_tick()
+                run_tick(reap=reap)
+                if self._store_since is None:
+                    self._store_since = now
             except Exception:  # the store or broker may be away for a while: log, and tick again
+                self._store_since = None
                 log.exception("tick failed; retrying next tick")
             self._next_tick = time.monotonic() + self.tick_seconds
         return max(_MIN_SLEEP, min(interval, self._next_tick - time.monotonic()))

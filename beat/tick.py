@@ -1,14 +1,17 @@
-"""The beat's reconcile-and-dispatch tick: release retries whose backoff has passed, doom what can never
-run, finish plans, dispatch whatever the workers' fast path missed, and re-send lost messages."""
+"""The beat's reconcile-and-dispatch tick: reap attempts whose lease expired, release retries whose backoff has
+passed, doom what can never run, finish plans, dispatch whatever the workers' fast path missed, and re-send lost
+messages."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from orch.agents import load_agents
 from orch.dispatch import publish, reconcile_plans
 from orch.log import get_logger
+from orch.policy import Backoff
+from orch.reaper import reap_expired
 from orch.settings import get_settings
 from orch.store import repo
 from orch.store.db import write_session
@@ -21,14 +24,19 @@ class TickReport:
     plans: int
     dispatched: int
     resent: int
+    reaped: int = 0
 
 
-def run_tick(now: datetime | None = None) -> TickReport:
+def run_tick(now: datetime | None = None, reap: bool = True) -> TickReport:
+    """One tick. `reap=False` spares expired leases this time: the beat passes it for one lease period after
+    it (re)gains the store, so workers that kept their agents running through an outage can renew first."""
     settings = get_settings()
-    now = now or datetime.now(UTC)
     registry = load_agents(settings.config_dir)
     only = settings.beat_plan_ids
+    backoff = Backoff(settings.retry_backoff_base, settings.retry_backoff_max)
     with write_session() as session:
+        now = now or repo.db_now(session)
+        reaped = reap_expired(session, now, backoff, only or None) if reap else []
         plan_ids = repo.active_plan_ids(session)
         if only:
             plan_ids = [p for p in plan_ids if p in only]
@@ -36,6 +44,10 @@ def run_tick(now: datetime | None = None) -> TickReport:
         resend = repo.stale_dispatches(session, cutoff, now, plan_ids if only else None)
         dispatches = reconcile_plans(session, plan_ids, registry, now)
     publish(resend + dispatches)
+    for lost in reaped:
+        log.warning(
+            "attempt lost: lease expired", plan=lost.plan_id, task=lost.key, attempt=lost.attempt, worker=lost.worker
+        )
     if dispatches or resend:
         log.info("tick", plans=len(plan_ids), dispatched=len(dispatches), resent=len(resend))
-    return TickReport(len(plan_ids), len(dispatches), len(resend))
+    return TickReport(len(plan_ids), len(dispatches), len(resend), len(reaped))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +27,14 @@ def normalise_phrase(text: str) -> str:
     return " ".join(_WORD.findall(text.lower()))
 
 
+class BreakerSpec(BaseModel):
+    """Circuit breaker: after `failures` consecutive failed attempts of a type, its dispatch pauses `cooldown`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    failures: int = Field(5, ge=1, le=10_000)
+    cooldown: Seconds = 300.0
+
+
 PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan", "dontAsk", "auto"]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
@@ -45,6 +53,7 @@ class _AgentDefaults(BaseModel):
     permission_mode: PermissionMode = "acceptEdits"
     allowed_tools: tuple[str, ...] = ()
     disallowed_tools: tuple[str, ...] = ()
+    breaker: BreakerSpec = Field(default_factory=BreakerSpec)
 
 
 class AgentTypeSpec(BaseModel):
@@ -66,6 +75,7 @@ class AgentTypeSpec(BaseModel):
     permission_mode: PermissionMode | None = None
     allowed_tools: tuple[str, ...] | None = None
     disallowed_tools: tuple[str, ...] | None = None
+    breaker: BreakerSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,7 @@ class AgentType:
     permission_mode: str = "acceptEdits"
     allowed_tools: tuple[str, ...] = ()
     disallowed_tools: tuple[str, ...] = ()
+    breaker: BreakerSpec = field(default_factory=BreakerSpec)
 
 
 class _AgentsFile(BaseModel):
@@ -167,6 +178,7 @@ def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
                 permission_mode=spec.permission_mode or defaults.permission_mode,
                 allowed_tools=defaults.allowed_tools if spec.allowed_tools is None else spec.allowed_tools,
                 disallowed_tools=defaults.disallowed_tools if spec.disallowed_tools is None else spec.disallowed_tools,
+                breaker=spec.breaker or defaults.breaker,
             )
         )
     if parsed.fallback not in seen:

@@ -7,6 +7,8 @@ from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from orch.agents import AgentRegistry, load_agents
+from orch.errors import ConfigInvalid
+from orch.plan import MAX_TIMEOUT_SECONDS
 from orch.settings import Settings, get_settings
 
 RUN_TASK = "orch.run_task"
@@ -64,3 +66,23 @@ def use_broker(broker_url: str) -> None:
     """Point this process's app at another broker, dropping pooled connections to the old one."""
     app.conf.broker_url = broker_url
     app._after_fork()
+
+
+# A message's own hard time limit is the task's timeout plus this margin (kill the group, record why).
+TIME_LIMIT_MARGIN = 60.0
+
+
+def check_visibility_timeout(settings: Settings, broker_url: str) -> None:
+    """On Redis, a message unacknowledged for longer than the visibility timeout is delivered again, so a task
+    could outlive it and run twice: the timeout must exceed the longest hard time limit any task can get."""
+    if not broker_url.startswith(("redis", "rediss")):
+        return
+    registry = load_agents(settings.config_dir)
+    longest = max([MAX_TIMEOUT_SECONDS, *(agent.timeout for agent in registry)])
+    needed = longest + settings.kill_grace_seconds + TIME_LIMIT_MARGIN
+    if settings.visibility_timeout <= needed:
+        raise ConfigInvalid(
+            f"ORCH_VISIBILITY_TIMEOUT={settings.visibility_timeout} is too short: a task may run {longest:.0f}s "
+            f"(+{settings.kill_grace_seconds + TIME_LIMIT_MARGIN:.0f}s to stop it), and Redis would deliver it "
+            f"again meanwhile; set it above {needed:.0f}"
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -22,7 +22,7 @@ from orch.errors import OrchError, PlanInvalid
 from orch.plan import Plan, load_plan
 from orch.routing import route
 from orch.settings import get_settings
-from orch.states import PLAN_FINAL, PlanStatus
+from orch.states import IN_FLIGHT, PLAN_FINAL, PlanStatus, TaskStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -214,6 +214,119 @@ def logs(plan_ref: str, task_id: str, number: int | None, follow: bool) -> None:
         finished = attempt.status is not AttemptStatus.RUNNING  # one more read after it ended
 
 
+# --- operator commands: each changes the store (compare-and-set) and prints what it changed -----------------
+
+_STOP_NOTE = "their agents are stopped at their next heartbeat (ORCH_HEARTBEAT_SECONDS)"
+
+
+def _plan_id(session: Any, plan_ref: str) -> str:
+    from orch.store import repo
+
+    return str(repo.find_plan(session, plan_ref).id)
+
+
+@main.command()
+@click.argument("plan_ref")
+@click.argument("task_id", required=False)
+@handle_errors
+def cancel(plan_ref: str, task_id: str | None) -> None:
+    """Cancel a plan (every unfinished task), or one TASK_ID of it (its dependants become upstream_failed).
+
+    Nothing more is dispatched; running agents are killed, process group and all, on whichever host runs them."""
+    from orch.states import TaskStatus
+    from orch.store import repo
+    from orch.store.db import write_session
+
+    with write_session() as session:
+        plan_id = _plan_id(session, plan_ref)
+        now = repo.db_now(session)
+        if task_id is not None:
+            task = repo.cancel_task(session, plan_id, task_id, now, "cancelled by orch cancel")
+            click.echo(f"plan {plan_id}: task {task_id} {task.status} -> cancelled")
+            if task.status is TaskStatus.RUNNING:
+                click.echo(f"its running agent ({task.attempt}. attempt): {_STOP_NOTE}")
+            return
+        counts = repo.cancel_plan(session, plan_id, now, "cancelled by orch cancel")
+    if not counts:
+        click.echo(f"plan {plan_id}: no unfinished task; plan cancelled")
+        return
+    changed = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    click.echo(f"plan {plan_id} cancelled: {sum(counts.values())} tasks -> cancelled ({changed})")
+    if counts.get(TaskStatus.RUNNING):
+        click.echo(f"{counts[TaskStatus.RUNNING]} were running: {_STOP_NOTE}")
+
+
+@main.command()
+@click.argument("plan_ref")
+@handle_errors
+def pause(plan_ref: str) -> None:
+    """Stop dispatching PLAN's tasks; running ones finish. `orch resume` undoes it."""
+    from orch.errors import TaskStateConflict
+    from orch.states import PlanStatus, TaskStatus
+    from orch.store import repo
+    from orch.store.db import write_session
+
+    with write_session() as session:
+        plan = repo.find_plan(session, plan_ref)
+        if not repo.hold_plan(session, plan.id, PlanStatus.PAUSED, "paused by orch pause", repo.db_now(session)):
+            raise TaskStateConflict(f"plan {plan.id} is {plan.status}; only a running plan can be paused")
+        running = repo.count_by_status(session, plan.id)
+    click.echo(f"plan {plan.id}: running -> paused; nothing new is dispatched")
+    if running.get(TaskStatus.RUNNING):
+        click.echo(f"{running[TaskStatus.RUNNING]} running tasks finish on their own")
+
+
+@main.command()
+@click.argument("plan_ref")
+@click.option("--budget-usd", type=click.FloatRange(min=0, min_open=True), help="A new budget in dollars.")
+@click.option("--budget-tokens", type=click.IntRange(min=1), help="A new budget in tokens.")
+@handle_errors
+def resume(plan_ref: str, budget_usd: float | None, budget_tokens: int | None) -> None:
+    """Dispatch a paused (or budget_exhausted) PLAN again, with a higher budget if given."""
+    from orch.budget import Budget, describe
+    from orch.store import repo
+    from orch.store.db import write_session
+
+    budget = Budget(budget_usd, budget_tokens) if budget_usd or budget_tokens else None
+    with write_session() as session:
+        plan = repo.find_plan(session, plan_ref)
+        old = repo.resume_plan(session, plan.id, repo.db_now(session), budget)
+        spent = describe(repo.plan_spend(session, plan.id), repo.plan_budget(plan))
+    click.echo(f"plan {plan.id}: {old} -> running" + (f"; budget now {spent}" if spent else ""))
+
+
+@main.command()
+@click.argument("plan_ref")
+@click.argument("task_id")
+@handle_errors
+def retry(plan_ref: str, task_id: str) -> None:
+    """Run a failed, upstream_failed or cancelled TASK_ID again, with its unfinished descendants (fresh retries)."""
+    from orch.store import repo
+    from orch.store.db import write_session
+
+    with write_session() as session:
+        plan_id = _plan_id(session, plan_ref)
+        reopened = repo.retry_task(session, plan_id, task_id, repo.db_now(session))
+    click.echo(f"plan {plan_id}: {len(reopened)} tasks -> pending: {', '.join(reopened)}")
+
+
+@main.command()
+@click.argument("plan_ref")
+@click.argument("task_id")
+@handle_errors
+def skip(plan_ref: str, task_id: str) -> None:
+    """Mark TASK_ID done without running it (a running agent is stopped), so its dependants may run."""
+    from orch.store import repo
+    from orch.store.db import write_session
+
+    with write_session() as session:
+        plan_id = _plan_id(session, plan_ref)
+        changed = repo.skip_task(session, plan_id, task_id, repo.db_now(session))
+    click.echo(f"plan {plan_id}: task {task_id} -> succeeded (skipped)")
+    if changed[1:]:
+        click.echo(f"{len(changed) - 1} dependants it had doomed -> pending: {', '.join(changed[1:])}")
+
+
 @main.group()
 def db() -> None:
     """The store's schema."""
@@ -318,7 +431,7 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
             while True:
                 current = snapshot()
                 live.update(progress_view(current, now_utc()))
-                if current.plan.status in PLAN_FINAL:
+                if run_is_over(current.plan.status, current.counts):
                     break
                 check_worker()
                 time.sleep(poll)
@@ -333,11 +446,19 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
                 for event in repo.events_after(session, plan_id, last_event):
                     last_event = event.pk
                     click.echo(format_event(event, key_of), err=True)
-            if plan.status in PLAN_FINAL:
+                counts = repo.count_by_status(session, plan_id)
+            if run_is_over(plan.status, counts):
                 break
             check_worker()
             time.sleep(poll)
     return print_final(plan_id)
+
+
+def run_is_over(status: PlanStatus, counts: Mapping[TaskStatus, int]) -> bool:
+    """`orch run` ends with the plan, or once a plan out of budget has nothing left running."""
+    if status in PLAN_FINAL:
+        return True
+    return status is PlanStatus.BUDGET_EXHAUSTED and not any(counts.get(s) for s in IN_FLIGHT)
 
 
 def format_event(event: Any, key_of: dict[int, str]) -> str:

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from orch.agents import AgentRegistry
-from orch.celery import RUN_TASK, app
+from orch.celery import RUN_TASK, TIME_LIMIT_MARGIN, app
 from orch.log import get_logger
 from orch.readiness import free_slots, reconcile
 from orch.settings import get_settings
@@ -21,9 +21,6 @@ from orch.store.db import take_dispatch_lock
 from orch.store.repo import Dispatch
 
 log = get_logger(__name__)
-
-# A message's own hard time limit: the agent's timeout plus room to kill its process group and record why.
-_TIME_LIMIT_MARGIN = 60.0
 
 
 def reconcile_plans(
@@ -40,8 +37,11 @@ def reconcile_plans(
         plan = repo.get_plan(session, plan_id)
         if plan is None or plan.status is not PlanStatus.RUNNING:
             continue
+        if not repo.check_plan_budget(session, plan, now):
+            continue
         views = repo.task_views(session, plan_id)
-        decision = reconcile(views, slots, now)
+        held = repo.held_files(session, plan.workdir, plan_id) if any(v.files for v in views) else []
+        decision = reconcile(views, slots, now, held_files=held)
         claimed = repo.apply_reconciliation(session, plan_id, decision, now)
         agent_of = {view.pk: view.agent for view in views}
         for dispatch in claimed:
@@ -62,7 +62,7 @@ def publish(dispatches: Sequence[Dispatch]) -> None:
                 args=(d.task_pk, d.attempt),
                 queue=d.queue,
                 task_id=d.message_id,
-                time_limit=d.timeout + grace + _TIME_LIMIT_MARGIN,
+                time_limit=d.timeout + grace + TIME_LIMIT_MARGIN,
                 producer=producer,
             )
     log.debug("published", count=len(dispatches))

@@ -35,6 +35,14 @@ class PlanNotFound(UserError):
         super().__init__(f"no plan with id or name {ref!r}")
 
 
+class TaskNotFound(UserError):
+    """A plan has no task with the id the user gave."""
+
+
+class TaskStateConflict(UserError):
+    """An operator command does not apply to the task or plan in its current state."""
+
+
 class ServiceUnavailable(OrchError):
     """A server orch needs (broker, database) is unreachable."""
 

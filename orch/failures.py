@@ -20,6 +20,11 @@ class FailureClass(StrEnum):
     USAGE_LIMIT = "usage_limit"  # a usage limit with a reset time: the agent type pauses until then
     INTERNAL_ERROR = "internal_error"  # a bug in an executor
     WORKDIR_MISSING = "workdir_missing"
+    WORKER_LOST = "worker_lost"  # the lease expired: the worker died, froze or lost the store
+    # not the task's doing: re-queued at once, no retries spent
+    INTERRUPTED = "interrupted"  # the worker shut down (SIGTERM) or the plan ran out of budget
+    # the attempt was stopped because its lease is gone (cancelled, skipped, reaped): its result is not recorded
+    LEASE_LOST = "lease_lost"
     # permanent: failed at once, no retries burned
     AUTH_ERROR = "auth_error"  # 401, 403
     BAD_REQUEST = "bad_request"  # 400, 404, 413, 422: the request itself is wrong
@@ -27,6 +32,7 @@ class FailureClass(StrEnum):
     MISSING_CREDENTIALS = "missing_credentials"  # e.g. ANTHROPIC_API_KEY not set on the worker
     EXECUTOR_UNAVAILABLE = "executor_unavailable"
     INVALID_TASK = "invalid_task"
+    BUDGET_EXCEEDED = "budget_exceeded"  # the task's own budget is spent
 
 
 PERMANENT = frozenset(
@@ -37,6 +43,7 @@ PERMANENT = frozenset(
         FailureClass.MISSING_CREDENTIALS,
         FailureClass.EXECUTOR_UNAVAILABLE,
         FailureClass.INVALID_TASK,
+        FailureClass.BUDGET_EXCEEDED,
     }
 )
 
@@ -46,4 +53,6 @@ def is_retryable(failure_class: str | None) -> bool:
 
 
 # Failures that are no fault of the task: retried without spending its retries.
-NOT_COUNTED = frozenset({FailureClass.USAGE_LIMIT})
+NOT_COUNTED = frozenset({FailureClass.USAGE_LIMIT, FailureClass.INTERRUPTED})
+# Failures whose next attempt may start at once (no backoff).
+REQUEUED_AT_ONCE = frozenset({FailureClass.INTERRUPTED})

@@ -9,7 +9,7 @@ import graphlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import ErrorDetails
 
 from orch.agents import EXECUTORS, NAME_PATTERN, AgentRegistry
+from orch.budget import Budget
 from orch.durations import parse_duration
 from orch.errors import PlanInvalid
 from orch.routing import KeywordIndex, route
@@ -55,6 +56,13 @@ def _check_file_pattern(pattern: str) -> str:
 FilePattern = Annotated[str, AfterValidator(_check_file_pattern)]
 
 
+class BudgetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    usd: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    tokens: Annotated[int, Field(gt=0, le=10**12)] | None = None
+
+
 class TaskFields(BaseModel):
     """Every task field a plan's `defaults:` may set."""
 
@@ -74,6 +82,7 @@ class TaskFields(BaseModel):
     scope: Literal["loose", "strict"] = "loose"
     timeout: Seconds | None = None
     retries: Annotated[int, Field(ge=0, le=MAX_RETRIES)] | None = None
+    budget: BudgetSpec | None = None
 
     @field_validator("executor")
     @classmethod
@@ -95,6 +104,7 @@ class PlanHeader(BaseModel):
     description: Text = ""
     workdir: Annotated[str, Field(min_length=1, max_length=4096)] = "."
     defaults: dict[str, Any] = {}
+    budget: BudgetSpec | None = None
     tasks: Annotated[list[Any], Field(min_length=1, max_length=MAX_TASKS)]
 
 
@@ -120,6 +130,7 @@ class ResolvedTask:
     verify: str | None = None
     scope: str = "loose"
     call: str | None = None
+    budget: Budget = field(default_factory=Budget)
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,7 @@ class Plan:
     source: str
     tasks: tuple[ResolvedTask, ...]
     document: Mapping[str, Any]  # the plan as written, kept in the store
+    budget: Budget = field(default_factory=Budget)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -263,7 +275,11 @@ def validate_plan(document: Any, registry: AgentRegistry, source: str, base_dir:
     workdir = Path(header.workdir)
     if not workdir.is_absolute():
         workdir = (base_dir / workdir).resolve()
-    return Plan(header.name, header.description, workdir, source, tasks, document)
+    return Plan(header.name, header.description, workdir, source, tasks, document, _budget(header.budget))
+
+
+def _budget(spec: BudgetSpec | None) -> Budget:
+    return Budget() if spec is None else Budget(spec.usd, spec.tokens)
 
 
 def find_cycle(after: Mapping[str, list[str]]) -> list[str] | None:
@@ -305,4 +321,5 @@ def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIn
         verify=spec.verify,
         scope=spec.scope,
         call=spec.call,
+        budget=_budget(spec.budget),
     )

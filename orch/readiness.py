@@ -1,4 +1,5 @@
-"""Readiness as a pure function of a plan's task states, its edges, the free capacity per agent type and `now`.
+"""Readiness as a pure function of a plan's task states, its edges, the free capacity per agent type, the file
+patterns held by tasks in flight, and `now`.
 
 `reconcile` returns a decision; one writer (orch.store) applies it with compare-and-set updates.
 """
@@ -9,7 +10,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orch.states import DISPATCHABLE, DOOMING, TERMINAL, PlanStatus, TaskStatus
+from orch.files import files_conflict
+from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, TERMINAL, PlanStatus, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class TaskView:
     seq: int
     deps: tuple[int, ...] = ()
     not_before: datetime | None = None  # retry_wait: the earliest time the next attempt may start
+    files: tuple[str, ...] = ()  # its `files` patterns: no two tasks whose patterns overlap run at once
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Reconciliation:
     waiting_for_capacity: int = 0  # ready but over an agent type's cap
     plan_outcome: PlanStatus | None = None  # set when every task is final
     statuses: Mapping[int, TaskStatus] = field(default_factory=dict)  # states after the decision
+    waiting_for_files: int = 0  # ready but its files overlap a task's in flight or picked before it
 
 
 def dispatch_order(task: TaskView) -> tuple[int, int]:
@@ -39,8 +43,18 @@ def dispatch_order(task: TaskView) -> tuple[int, int]:
     return (-task.priority, task.seq)
 
 
-def reconcile(tasks: Sequence[TaskView], free_slots: Mapping[str, int], now: datetime) -> Reconciliation:
-    """Decide which tasks are doomed, which are ready (capped per agent type), and whether the plan is over."""
+def reconcile(
+    tasks: Sequence[TaskView],
+    free_slots: Mapping[str, int],
+    now: datetime,
+    held_files: Sequence[Sequence[str]] = (),
+) -> Reconciliation:
+    """Decide which tasks are doomed, which are ready (capped per agent type), and whether the plan is over.
+
+    A task whose files overlap those of a task in flight (this plan's queued or running tasks, or any list in
+    `held_files`: the caller's in-flight tasks sharing the workdir) or of a task picked before it this round waits,
+    without taking its agent type's slot.
+    """
     status = {t.pk: t.status for t in tasks}
     dependants: dict[int, list[int]] = {}
     for task in tasks:
@@ -59,12 +73,18 @@ def reconcile(tasks: Sequence[TaskView], free_slots: Mapping[str, int], now: dat
     candidates = [t for t in tasks if status[t.pk] in DISPATCHABLE and _runnable(t, status, now)]
     candidates.sort(key=dispatch_order)
     slots = dict(free_slots)
+    held = [files for files in held_files if files]
+    held += [t.files for t in tasks if t.files and status[t.pk] in IN_FLIGHT]
     ready: list[int] = []
-    over_cap = 0
+    over_cap = on_files = 0
     for task in candidates:
-        if slots.get(task.agent, 0) > 0:
+        if task.files and any(files_conflict(task.files, files) for files in held):
+            on_files += 1
+        elif slots.get(task.agent, 0) > 0:
             slots[task.agent] -= 1
             ready.append(task.pk)
+            if task.files:
+                held.append(task.files)
         else:
             over_cap += 1
 
@@ -72,7 +92,7 @@ def reconcile(tasks: Sequence[TaskView], free_slots: Mapping[str, int], now: dat
     if all(s in TERMINAL for s in status.values()):
         every_succeeded = all(s is TaskStatus.SUCCEEDED for s in status.values())
         outcome = PlanStatus.SUCCEEDED if every_succeeded else PlanStatus.FAILED
-    return Reconciliation(tuple(doomed), tuple(ready), over_cap, outcome, status)
+    return Reconciliation(tuple(doomed), tuple(ready), over_cap, outcome, status, waiting_for_files=on_files)
 
 
 def _runnable(task: TaskView, status: Mapping[int, TaskStatus], now: datetime) -> bool:

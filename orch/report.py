@@ -31,6 +31,8 @@ STATUS_STYLE = {
 }
 PLAN_STYLE = {
     PlanStatus.RUNNING: "bold blue",
+    PlanStatus.PAUSED: "yellow",
+    PlanStatus.BUDGET_EXHAUSTED: "bold yellow",
     PlanStatus.SUCCEEDED: "bold green",
     PlanStatus.FAILED: "bold red",
     PlanStatus.CANCELLED: "magenta",
@@ -95,6 +97,8 @@ class PlanSnapshot:
                 "tokens": usage_json(self.usage),
                 "cost_usd": self.cost_usd,
                 "paused_agents": {a: {"until": iso(u), "reason": r} for a, (u, r) in self.pauses.items()},
+                "held_reason": self.plan.held_reason,
+                "budget": {"usd": self.plan.budget_usd, "tokens": self.plan.budget_tokens},
             },
             "tasks": [
                 {
@@ -176,6 +180,8 @@ def summary_line(snapshot: PlanSnapshot) -> Text:
         text.append(f"  tokens: {snapshot.usage.total:,}")
     if snapshot.cost_usd is not None:
         text.append(f"  cost: ${snapshot.cost_usd:.4f}")
+    if snapshot.plan.held_reason:
+        text.append(f"\n  held: {snapshot.plan.held_reason}", style="yellow")
     for agent, (until, reason) in snapshot.pauses.items():
         text.append(f"\n  paused: {agent} until {until:%H:%M:%S} UTC ({reason[:80]})", style="yellow")
     return text

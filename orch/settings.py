@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     redeliver_seconds: float = Field(
         300.0, gt=0, description="Re-send a queued task whose message has not started after this long"
     )
+    heartbeat_seconds: float = Field(10.0, gt=0, description="A running attempt renews its lease this often")
+    lease_seconds: float = Field(
+        45.0, gt=0, description="A lease not renewed for this long is expired: the reaper calls its attempt lost"
+    )
+    shutdown_grace: float = Field(
+        20.0, ge=0, description="On SIGTERM, running agents get this long before they are killed and re-queued"
+    )
+    store_retry_seconds: float = Field(
+        600.0, ge=0, description="How long a worker keeps retrying the store when it is unreachable"
+    )
     retry_backoff_base: float = Field(2.0, ge=0, description="First retry waits about this many seconds")
     retry_backoff_max: float = Field(600.0, ge=0, description="Cap of the exponential backoff")
     visibility_timeout: int = Field(
@@ -45,6 +55,15 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = Field("INFO")
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> Settings:
+        if self.lease_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"ORCH_LEASE_SECONDS ({self.lease_seconds:g}) must be at least twice "
+                f"ORCH_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}), or one late heartbeat loses the lease"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

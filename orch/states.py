@@ -8,7 +8,7 @@ from enum import StrEnum
 class TaskStatus(StrEnum):
     PENDING = "pending"  # waiting for its dependencies
     QUEUED = "queued"  # claimed by a dispatcher, message sent to its agent type's queue
-    RUNNING = "running"  # claimed by a worker (holds a lease)
+    RUNNING = "running"  # claimed by a worker (holds a lease it renews by heartbeat)
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # retries exhausted or a permanent failure
     RETRY_WAIT = "retry_wait"  # failed an attempt; waits for its backoff to pass
@@ -22,16 +22,38 @@ DISPATCHABLE = frozenset({TaskStatus.PENDING, TaskStatus.RETRY_WAIT})
 IN_FLIGHT = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})  # counts against an agent type's cap
 DOOMING = frozenset({TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})
 CANCELLABLE = frozenset({TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RETRY_WAIT, TaskStatus.RUNNING})
+RETRIABLE = frozenset({TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})  # `orch retry`
+SKIPPABLE = frozenset(set(TaskStatus) - {TaskStatus.SUCCEEDED})  # `orch skip`
+
+_S = TaskStatus
+# Every task status change the store may make (the event log's old -> new); the fault suite checks against it.
+LEGAL_TRANSITIONS: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset(
+    {
+        (_S.PENDING, _S.QUEUED),
+        (_S.PENDING, _S.UPSTREAM_FAILED),
+        (_S.RETRY_WAIT, _S.QUEUED),
+        (_S.QUEUED, _S.RUNNING),
+        (_S.RUNNING, _S.SUCCEEDED),
+        (_S.RUNNING, _S.FAILED),
+        (_S.RUNNING, _S.RETRY_WAIT),  # a failed, lost, interrupted or over-budget attempt
+        *((old, _S.CANCELLED) for old in CANCELLABLE),
+        *((old, _S.PENDING) for old in RETRIABLE),  # `orch retry`, or an upstream task retried or skipped
+        *((old, _S.SUCCEEDED) for old in SKIPPABLE if old is not _S.RUNNING),  # `orch skip`
+    }
+)
 
 
 class PlanStatus(StrEnum):
     RUNNING = "running"
+    PAUSED = "paused"  # `orch pause`: nothing new is dispatched; running attempts finish
+    BUDGET_EXHAUSTED = "budget_exhausted"  # spent its budget; `orch resume --budget-usd` raises it
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
 
 PLAN_FINAL = frozenset({PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.CANCELLED})
+PLAN_HELD = frozenset({PlanStatus.PAUSED, PlanStatus.BUDGET_EXHAUSTED})  # resumable; dispatch is held
 
 
 class AttemptStatus(StrEnum):
@@ -39,3 +61,5 @@ class AttemptStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    LOST = "lost"  # its lease expired: the worker died, froze or lost the store
+    INTERRUPTED = "interrupted"  # worker shutdown or budget stop: re-queued at once, not counted

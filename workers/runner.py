@@ -7,28 +7,30 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from orch import breaker
 from orch.agents import load_agents
 from orch.dispatch import publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
-from orch.failures import NOT_COUNTED, FailureClass, is_retryable
+from orch.failures import FailureClass
 from orch.log import get_logger
-from orch.policy import Backoff, decide_retry
-from orch.prices import cost_usd, load_prices, price_for
+from orch.policy import Backoff, Outcome, decide_outcome
+from orch.prices import Usage, cost_usd, load_prices, price_for
 from orch.prompts import build_prompt, build_system_prompt, load_templates
 from orch.redaction import Redactor
 from orch.settings import get_settings
-from orch.states import TaskStatus
 from orch.store import repo
-from orch.store.db import write_session
-from orch.store.repo import AttemptResult, Claim
-from workers import workspace
+from orch.store.db import with_store_retry, write_session
+from orch.store.repo import AttemptResult, Claim, Dispatch
+from workers import control, workspace
 from workers.executors import AttemptContext, get_executor
+from workers.heartbeat import Heartbeat
 from workers.verification import check_scope, run_verify
 
 log = get_logger(__name__)
@@ -38,31 +40,48 @@ log = get_logger(__name__)
 PROMPTED_EXECUTORS = frozenset({"claude-code", "anthropic", "python"})
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     """Run attempt `attempt` of task `task_pk`; returns what became of it (for the worker's log)."""
+    settings = get_settings()
     worker = worker or socket.gethostname()
-    with write_session() as session:
-        claim = repo.claim_attempt(session, task_pk, attempt, worker, os.getpid(), utcnow())
-        ctx = _context(session, claim) if claim else None
+
+    def claim_it() -> tuple[Claim | None, AttemptContext | None]:
+        with write_session() as session:
+            now = repo.db_now(session)
+            claim = repo.claim_attempt(session, task_pk, attempt, worker, os.getpid(), now, settings.lease_seconds)
+            return claim, (_context(session, claim) if claim else None)
+
+    claim, ctx = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))
     if claim is None or ctx is None:
         log.info("dropped duplicate or stale delivery", task_pk=task_pk, attempt=attempt)
         return "dropped"
     bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
     bound.info("attempt started", executor=ctx.executor)
+    heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, usage_cost)
+    with control.active(ctx.control), heartbeat:
+        result = run_checked(ctx, claim)
+    return finish(claim, redact(result, ctx.redactor()))
+
+
+def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
+    """The executor, then the checks of its work: files changed, scope, the task's `verify:` command."""
     started = time.monotonic()
     watch = ctx.executor != "noop" and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
     before = workspace.snapshot(ctx.workdir) if watch else None
     result = execute(ctx, claim)
     if before is not None:
         result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
-    result = check_scope(result, ctx.files, ctx.scope)
-    result = run_verify(result, ctx, ctx.verify)
-    result = replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
-    return finish(claim, redact(result, ctx.redactor()))
+    if result.succeeded or ctx.control.stop_request is None:
+        result = check_scope(result, ctx.files, ctx.scope)
+        result = run_verify(result, ctx, ctx.verify)
+    return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
+
+
+def _store_wait(what: str, task_pk: int) -> Callable[[Exception, float], None]:
+    def on_retry(exc: Exception, delay: float) -> None:
+        log.warning(f"store unreachable at {what}; retrying", task_pk=task_pk, in_s=delay, error=str(exc)[:200])
+
+    return on_retry
 
 
 def redact(result: AttemptResult, redactor: Redactor) -> AttemptResult:
@@ -79,10 +98,16 @@ def redact(result: AttemptResult, redactor: Redactor) -> AttemptResult:
 
 def attempt_cost(result: AttemptResult) -> float | None:
     """The executor's own figure (e.g. the CLI's total_cost_usd), else tokens priced by config/prices.yaml."""
-    if result.cost_usd is not None or not result.model or not result.usage.total:
+    if result.cost_usd is not None:
         return result.cost_usd
-    price = price_for(result.model, load_prices(get_settings().config_dir))
-    return None if price is None else round(cost_usd(result.usage, price), 6)
+    return usage_cost(result.usage, result.model)
+
+
+def usage_cost(usage: Usage, model: str | None) -> float | None:
+    if not model or not usage.total:
+        return None
+    price = price_for(model, load_prices(get_settings().config_dir))
+    return None if price is None else round(cost_usd(usage, price), 6)
 
 
 def _context(session: Session, claim: Claim) -> AttemptContext | None:
@@ -143,6 +168,7 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
         verify=task.verify,
         scope=task.scope,
         call=task.call,
+        lease=claim.lease,
     )
 
 
@@ -158,40 +184,42 @@ def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:
 
 
 def finish(claim: Claim, result: AttemptResult) -> str:
-    """Record the outcome under the claim's lease, then dispatch what it made ready — one transaction."""
+    """Record the outcome under the claim's lease, then dispatch what it made ready — one transaction, retried
+    while the store is away (a finished agent's work is not thrown away for a database restart)."""
     settings = get_settings()
-    now = utcnow()
-    not_before = None
-    pause_until = None
-    if result.succeeded:
-        status, detail = TaskStatus.SUCCEEDED, None
-    else:
-        counted = result.failure_class not in NOT_COUNTED
-        decision = decide_retry(
-            claim.counted_failures + (1 if counted else 0),
-            claim.retries,
-            now,
-            random.random(),
-            Backoff(settings.retry_backoff_base, settings.retry_backoff_max),
-            retryable=is_retryable(result.failure_class),
-            min_delay=result.retry_after or 0.0,
-            counted=counted,
-        )
-        if result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
-            pause_until = now + timedelta(seconds=result.retry_after)
-        status = TaskStatus.RETRY_WAIT if decision.retry else TaskStatus.FAILED
-        not_before = decision.not_before
-        detail = f"{result.error} ({decision.reason})"
     registry = load_agents(settings.config_dir)
-    with write_session() as session:
-        accepted = repo.record_result(session, claim, result, status, now, not_before=not_before, detail=detail)
-        if accepted and pause_until is not None:
-            repo.pause_agent(session, claim.agent, pause_until, result.error or "usage limit", now)
-        dispatches = reconcile_plans(session, [claim.plan_id], registry, now) if accepted else []
+    draw = random.random()
+
+    def record() -> tuple[bool, Outcome, list[Dispatch]]:
+        with write_session() as session:
+            now = repo.db_now(session)
+            outcome = decide_outcome(
+                result.succeeded,
+                result.failure_class,
+                result.error,
+                claim.counted_failures,
+                claim.retries,
+                now,
+                draw,
+                Backoff(settings.retry_backoff_base, settings.retry_backoff_max),
+                retry_after=result.retry_after,
+            )
+            accepted = repo.record_result(session, claim, result, outcome, now)
+            if accepted and result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
+                until = now + timedelta(seconds=result.retry_after)
+                repo.pause_agent(session, claim.agent, until, result.error or "usage limit", now)
+            if accepted and not result.succeeded:
+                breaker.trip_if_open(session, claim.agent, registry.get(claim.agent).breaker, now)
+            dispatches = reconcile_plans(session, [claim.plan_id], registry, now) if accepted else []
+            return accepted, outcome, dispatches
+
+    accepted, outcome, dispatches = with_store_retry(
+        record, settings.store_retry_seconds, _store_wait("result", claim.task_pk)
+    )
     bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
     if not accepted:
-        bound.warning("result rejected: the attempt's lease no longer holds (cancelled or superseded)")
+        bound.warning("result rejected: the attempt's lease no longer holds (cancelled, skipped or reaped)")
         return "rejected"
     publish(dispatches)
-    bound.info("attempt finished", status=str(status), error=result.error)
-    return str(status)
+    bound.info("attempt finished", status=str(outcome.task_status), error=result.error)
+    return str(outcome.task_status)

@@ -1,15 +1,18 @@
-"""Celery tasks: thin adapters that hand ids to workers.runner."""
+"""Celery tasks: thin adapters that hand ids to workers.runner; and the worker's process signals."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_shutting_down
 
-from orch.celery import RUN_TASK, app
+from orch.celery import RUN_TASK, app, check_visibility_timeout
+from orch.errors import ConfigInvalid
+from orch.settings import get_settings
 from orch.store.db import dispose_engines
 from workers.runner import run_attempt
-from workers.supervision import install_termination_handler
+from workers.supervision import install_pool_process_handlers, interrupt_after_grace
 
 
 @app.task(name=RUN_TASK, bind=True, acks_late=True, ignore_result=True)
@@ -17,7 +20,24 @@ def run_task(self: Any, task_pk: int, attempt: int) -> str:
     return run_attempt(task_pk, attempt, worker=self.request.hostname)
 
 
+@worker_init.connect
+def _on_worker_start(**_kwargs: Any) -> None:
+    try:
+        check_visibility_timeout(get_settings(), app.conf.broker_url)
+    except ConfigInvalid as exc:  # refuse to start (Celery would only log an exception raised here)
+        print(f"orch: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
 @worker_process_init.connect
 def _on_pool_process_start(**_kwargs: Any) -> None:
     dispose_engines()  # never reuse a database connection across fork
-    install_termination_handler()
+    install_pool_process_handlers()
+
+
+@worker_shutting_down.connect
+def _on_shutdown(sig: str = "", how: str = "", **_kwargs: Any) -> None:
+    # Warm shutdown (SIGTERM, as Kubernetes sends it): Celery stops taking messages and waits for running
+    # tasks. Their agents get ORCH_SHUTDOWN_GRACE seconds; then they are interrupted and re-queued.
+    if how == "Warm":
+        interrupt_after_grace(get_settings().shutdown_grace)

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from orch.errors import ServiceUnavailable
 from orch.settings import get_settings
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch"
 DISPATCH_LOCK_KEY = 0x6F726369
+
+# What an unreachable (or restarting) database raises: worth retrying, not a bug.
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, ServiceUnavailable)
+
+T = TypeVar("T")
 
 _engines: dict[tuple[int, str], Engine] = {}
 _schema_ready: set[tuple[int, str]] = set()
@@ -130,3 +136,22 @@ def dispose_engines() -> None:
                 engine.dispose()
         _engines.clear()
         _schema_ready.clear()
+
+
+def with_store_retry(
+    operation: Callable[[], T], give_up_after: float, on_retry: Callable[[Exception, float], None] | None = None
+) -> T:
+    """Run `operation` (a whole transaction), retrying while the store is unreachable, up to `give_up_after`
+    seconds (backoff 0.5 s doubling to 10 s). A worker's finished result must survive a database restart."""
+    deadline = time.monotonic() + give_up_after
+    delay = 0.5
+    while True:
+        try:
+            return operation()
+        except STORE_UNAVAILABLE as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            if on_retry is not None:
+                on_retry(exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Enum, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -49,6 +49,9 @@ class PlanRow(Base):
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    budget_usd: Mapped[float | None]
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    held_reason: Mapped[str | None] = mapped_column(Text)  # why a paused or budget_exhausted plan is held
 
 
 class TaskRow(Base):
@@ -57,6 +60,7 @@ class TaskRow(Base):
         UniqueConstraint("plan_id", "key", name="uq_tasks_plan_key"),
         Index("ix_tasks_plan_status", "plan_id", "status"),
         Index("ix_tasks_status_agent", "status", "agent"),
+        Index("ix_tasks_status_lease_expires", "status", "lease_expires_at"),
     )
 
     pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
@@ -78,6 +82,7 @@ class TaskRow(Base):
     status: Mapped[TaskStatus] = mapped_column(_enum(TaskStatus))
     attempt: Mapped[int] = mapped_column(default=0)  # number of the latest attempt dispatched
     lease: Mapped[str | None] = mapped_column(String(36))  # the running attempt's token
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # by the database's clock
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last message sent
@@ -87,6 +92,9 @@ class TaskRow(Base):
     verify: Mapped[str | None] = mapped_column(Text)  # a shell command that checks the agent's work
     scope: Mapped[str] = mapped_column(String(10), default="loose", server_default="loose")
     call: Mapped[str | None] = mapped_column(String(300))  # python executor: "package.module:function"
+    retry_floor: Mapped[int] = mapped_column(default=0, server_default="0")  # failures of attempts up to it
+    budget_usd: Mapped[float | None]
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class DependencyRow(Base):
@@ -125,6 +133,7 @@ class AttemptRow(Base):
     result: Mapped[str | None] = mapped_column(Text)  # the agent's final answer / summary
     duration_s: Mapped[float | None]
     files_changed: Mapped[list[str] | None] = mapped_column(JSON)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     verified: Mapped[bool | None]  # the verify command passed / failed; None: there was none, or not reached
 
 

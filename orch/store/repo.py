@@ -7,15 +7,17 @@ import secrets
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, insert, or_, select, update
+from sqlalchemy import CursorResult, and_, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from orch.errors import PlanNotFound
-from orch.failures import NOT_COUNTED
+from orch.budget import Budget, Spend, describe, exhausted
+from orch.errors import PlanNotFound, TaskNotFound, TaskStateConflict
+from orch.failures import NOT_COUNTED, FailureClass
 from orch.plan import Plan
+from orch.policy import Outcome
 from orch.prices import Usage
 from orch.prompts import Handoff, PreviousFailure
 from orch.readiness import Reconciliation, TaskView
@@ -24,6 +26,8 @@ from orch.states import (
     DISPATCHABLE,
     IN_FLIGHT,
     PLAN_FINAL,
+    PLAN_HELD,
+    RETRIABLE,
     AttemptStatus,
     PlanStatus,
     TaskStatus,
@@ -47,6 +51,16 @@ def _no_sync() -> dict[str, Any]:
     return {"synchronize_session": False}
 
 
+def db_now(session: Session) -> datetime:
+    """The database's clock: leases are judged by it, never by a worker's own clock."""
+    if session.get_bind().dialect.name == "postgresql":
+        value = session.scalar(text("SELECT clock_timestamp()"))
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+    stamp = session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+    return datetime.fromisoformat(str(stamp)).replace(tzinfo=UTC)
+
+
 def new_plan_id(name: str) -> str:
     return f"{name[:24]}-{secrets.token_hex(4)}"
 
@@ -67,6 +81,8 @@ def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
             status=PlanStatus.RUNNING,
             document=dict(plan.document),
             created_at=now,
+            budget_usd=plan.budget.usd,
+            budget_tokens=plan.budget.tokens,
         )
     )
     session.flush()
@@ -92,6 +108,8 @@ def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
             "verify": t.verify,
             "scope": t.scope,
             "call": t.call,
+            "budget_usd": t.budget.usd,
+            "budget_tokens": t.budget.tokens,
         }
         for t in plan.tasks
     ]
@@ -157,14 +175,24 @@ def task_views(session: Session, plan_id: str) -> list[TaskView]:
     for task_pk, dep_pk in plan_dependencies(session, plan_id):
         deps.setdefault(task_pk, []).append(dep_pk)
     rows = session.execute(
-        select(TaskRow.pk, TaskRow.status, TaskRow.agent, TaskRow.priority, TaskRow.seq, TaskRow.not_before).where(
-            TaskRow.plan_id == plan_id
-        )
+        select(
+            TaskRow.pk, TaskRow.status, TaskRow.agent, TaskRow.priority, TaskRow.seq, TaskRow.not_before, TaskRow.files
+        ).where(TaskRow.plan_id == plan_id)
     )
     return [
-        TaskView(pk, status, agent, priority, seq, tuple(deps.get(pk, ())), not_before)
-        for pk, status, agent, priority, seq, not_before in rows
+        TaskView(pk, status, agent, priority, seq, tuple(deps.get(pk, ())), not_before, tuple(files or ()))
+        for pk, status, agent, priority, seq, not_before, files in rows
     ]
+
+
+def held_files(session: Session, workdir: str, other_than: str) -> list[list[str]]:
+    """The `files` of queued and running tasks of other plans in the same workdir (their file leases)."""
+    rows = session.execute(
+        select(TaskRow.files)
+        .join(PlanRow, PlanRow.id == TaskRow.plan_id)
+        .where(PlanRow.workdir == workdir, PlanRow.id != other_than, TaskRow.status.in_(IN_FLIGHT))
+    )
+    return [list(files) for (files,) in rows if files]
 
 
 def in_flight_counts(session: Session) -> dict[str, int]:
@@ -293,28 +321,40 @@ class Claim:
     counted_failures: int = 0  # earlier failed attempts that spent the retry budget
 
 
+# Attempts that spend a task's retry budget: failed for a reason of the task's own, or lost with their worker.
+_SPENDS_RETRIES = and_(
+    AttemptRow.status.in_((AttemptStatus.FAILED, AttemptStatus.LOST)),
+    or_(AttemptRow.failure_class.is_(None), AttemptRow.failure_class.not_in(NOT_COUNTED)),
+)
+
+
 def counted_failures(session: Session, task_pk: int) -> int:
+    """Attempts of a task that spent its retry budget (since the operator last ran `orch retry` on it)."""
+    floor = select(TaskRow.retry_floor).where(TaskRow.pk == task_pk).scalar_subquery()
     return int(
         session.scalar(
-            select(func.count()).where(
-                AttemptRow.task_pk == task_pk,
-                AttemptRow.status == AttemptStatus.FAILED,
-                or_(AttemptRow.failure_class.is_(None), AttemptRow.failure_class.not_in(NOT_COUNTED)),
-            )
+            select(func.count()).where(AttemptRow.task_pk == task_pk, AttemptRow.number > floor, _SPENDS_RETRIES)
         )
         or 0
     )
 
 
 def claim_attempt(
-    session: Session, task_pk: int, attempt: int, worker: str, pid: int | None, now: datetime
+    session: Session, task_pk: int, attempt: int, worker: str, pid: int | None, now: datetime, lease_seconds: float
 ) -> Claim | None:
-    """queued → running for this attempt, with a fresh lease; None when the message is a duplicate or stale."""
+    """queued → running for this attempt, with a fresh lease that expires unless renewed (by `now`, the
+    database's clock); None when the message is a duplicate or stale."""
     lease = str(uuid.uuid4())
     row = session.execute(
         update(TaskRow)
         .where(TaskRow.pk == task_pk, TaskRow.status == TaskStatus.QUEUED, TaskRow.attempt == attempt)
-        .values(status=TaskStatus.RUNNING, lease=lease, started_at=now, finished_at=None)
+        .values(
+            status=TaskStatus.RUNNING,
+            lease=lease,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            finished_at=None,
+        )
         .returning(TaskRow.plan_id, TaskRow.key, TaskRow.retries, TaskRow.queued_at, TaskRow.agent)
         .execution_options(**_no_sync())
     ).first()
@@ -331,6 +371,7 @@ def claim_attempt(
             pid=pid,
             queued_at=queued_at,
             started_at=now,
+            heartbeat_at=now,
             output_tail="",
         )
     )
@@ -367,16 +408,9 @@ class AttemptResult:
     verified: bool | None = None
 
 
-def record_result(
-    session: Session,
-    claim: Claim,
-    result: AttemptResult,
-    new_status: TaskStatus,
-    now: datetime,
-    not_before: datetime | None = None,
-    detail: str | None = None,
-) -> bool:
-    """running → `new_status`, only while this claim's lease still holds. False: the result is stale."""
+def record_result(session: Session, claim: Claim, result: AttemptResult, outcome: Outcome, now: datetime) -> bool:
+    """running → the outcome's status, only while this claim's lease still holds. False: the result is stale."""
+    new_status = outcome.task_status
     changed = _rowcount(
         session.execute(
             update(TaskRow)
@@ -384,7 +418,8 @@ def record_result(
             .values(
                 status=new_status,
                 lease=None,
-                not_before=not_before,
+                lease_expires_at=None,
+                not_before=outcome.not_before,
                 finished_at=None if new_status is TaskStatus.RETRY_WAIT else now,
                 error=None if result.succeeded else result.error,
             )
@@ -401,7 +436,7 @@ def record_result(
             AttemptRow.lease == claim.lease,
         )
         .values(
-            status=AttemptStatus.SUCCEEDED if result.succeeded else AttemptStatus.FAILED,
+            status=outcome.attempt_status,
             finished_at=now,
             exit_code=result.exit_code,
             failure_class=result.failure_class,
@@ -430,9 +465,62 @@ def record_result(
         kind="task",
         old=TaskStatus.RUNNING,
         new=new_status,
-        detail=detail or result.error,
+        detail=outcome.detail or result.error,
     )
     return True
+
+
+def renew_lease(
+    session: Session, claim: Claim, now: datetime, lease_seconds: float, usage: Usage, cost: float | None
+) -> bool:
+    """A heartbeat: push the lease's expiry out and record the attempt's usage so far. False: the lease is gone
+    (the attempt was cancelled, skipped or reaped) and the agent must stop."""
+    renewed = _rowcount(
+        session.execute(
+            update(TaskRow)
+            .where(TaskRow.pk == claim.task_pk, TaskRow.status == TaskStatus.RUNNING, TaskRow.lease == claim.lease)
+            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .execution_options(**_no_sync())
+        )
+    )
+    if renewed:
+        session.execute(
+            update(AttemptRow)
+            .where(AttemptRow.task_pk == claim.task_pk, AttemptRow.lease == claim.lease)
+            .values(
+                heartbeat_at=now,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_creation_tokens=usage.cache_creation_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cost_usd=cost,
+            )
+            .execution_options(**_no_sync())
+        )
+    return bool(renewed)
+
+
+def expired_claims(session: Session, now: datetime, plan_ids: Sequence[str] | None = None) -> list[Claim]:
+    """Running attempts whose lease expired by `now` (the database's clock): their workers are gone."""
+    query = select(
+        TaskRow.pk, TaskRow.plan_id, TaskRow.key, TaskRow.attempt, TaskRow.lease, TaskRow.retries, TaskRow.agent
+    ).where(TaskRow.status == TaskStatus.RUNNING, TaskRow.lease_expires_at < now)
+    if plan_ids is not None:
+        query = query.where(TaskRow.plan_id.in_(plan_ids))
+    claims = []
+    for pk, plan_id, key, attempt, lease, retries, agent in session.execute(query).all():
+        claims.append(Claim(pk, plan_id, key, attempt, lease or "", retries, agent, counted_failures(session, pk)))
+    return claims
+
+
+def get_attempt(session: Session, claim: Claim) -> AttemptRow | None:
+    return session.scalars(
+        select(AttemptRow).where(AttemptRow.task_pk == claim.task_pk, AttemptRow.number == claim.attempt)
+    ).first()
+
+
+def reported_usage(attempt: AttemptRow) -> Usage:
+    return Usage(attempt.input_tokens, attempt.output_tokens, attempt.cache_creation_tokens, attempt.cache_read_tokens)
 
 
 def get_task(session: Session, task_pk: int) -> TaskRow | None:
@@ -446,15 +534,21 @@ def get_plan(session: Session, plan_id: str) -> PlanRow | None:
 # --- operator actions ---------------------------------------------------------------------------------
 
 
-def cancel_plan(session: Session, plan_id: str, now: datetime, reason: str) -> int:
-    """Every not-yet-final task → cancelled (overriding any lease), the plan → cancelled. Returns tasks changed."""
-    cancelled = session.scalars(
-        update(TaskRow)
-        .where(TaskRow.plan_id == plan_id, TaskRow.status.in_(CANCELLABLE))
-        .values(status=TaskStatus.CANCELLED, lease=None, finished_at=now, error=reason)
-        .returning(TaskRow.pk)
-        .execution_options(**_no_sync())
-    ).all()
+def cancel_plan(session: Session, plan_id: str, now: datetime, reason: str) -> dict[TaskStatus, int]:
+    """Every not-yet-final task → cancelled (running attempts lose their lease, so their heartbeats stop the
+    agents), the plan → cancelled. Returns how many tasks were cancelled from each status."""
+    counts: dict[TaskStatus, int] = {}
+    for old in sorted(CANCELLABLE):
+        cancelled = session.scalars(
+            update(TaskRow)
+            .where(TaskRow.plan_id == plan_id, TaskRow.status == old)
+            .values(status=TaskStatus.CANCELLED, lease=None, lease_expires_at=None, finished_at=now, error=reason)
+            .returning(TaskRow.pk)
+            .execution_options(**_no_sync())
+        ).all()
+        _task_events(session, now, plan_id, cancelled, old, TaskStatus.CANCELLED, detail=reason)
+        if cancelled:
+            counts[old] = len(cancelled)
     session.execute(
         update(AttemptRow)
         .where(
@@ -464,26 +558,282 @@ def cancel_plan(session: Session, plan_id: str, now: datetime, reason: str) -> i
         .values(status=AttemptStatus.CANCELLED, finished_at=now, error=reason)
         .execution_options(**_no_sync())
     )
-    _task_events(session, now, plan_id, cancelled, None, TaskStatus.CANCELLED, detail=reason)
+    plan = session.get(PlanRow, plan_id)
+    old_status = plan.status if plan else PlanStatus.RUNNING
     changed = _rowcount(
         session.execute(
             update(PlanRow)
             .where(PlanRow.id == plan_id, PlanRow.status.not_in(PLAN_FINAL))
-            .values(status=PlanStatus.CANCELLED, finished_at=now)
+            .values(status=PlanStatus.CANCELLED, finished_at=now, held_reason=None)
             .execution_options(**_no_sync())
         )
     )
     if changed:
-        _event(
-            session,
-            now,
-            plan_id,
-            kind="plan",
-            old=PlanStatus.RUNNING,
-            new=PlanStatus.CANCELLED,
-            detail=reason,
+        _event(session, now, plan_id, kind="plan", old=old_status, new=PlanStatus.CANCELLED, detail=reason)
+    return counts
+
+
+def cancel_task(session: Session, plan_id: str, key: str, now: datetime, reason: str) -> TaskRow:
+    """One task → cancelled (a running attempt loses its lease, so its heartbeat stops the agent); its
+    dependants then become upstream_failed."""
+    task = task_by_key(session, plan_id, key)
+    cancelled = session.scalars(
+        update(TaskRow)
+        .where(TaskRow.pk == task.pk, TaskRow.status.in_(CANCELLABLE))
+        .values(status=TaskStatus.CANCELLED, lease=None, lease_expires_at=None, finished_at=now, error=reason)
+        .returning(TaskRow.pk)
+        .execution_options(**_no_sync())
+    ).all()
+    if not cancelled:
+        raise TaskStateConflict(f"task {key!r} of plan {plan_id} is {task.status}: nothing to cancel")
+    _end_running_attempt(session, task.pk, AttemptStatus.CANCELLED, now, reason)
+    _task_events(session, now, plan_id, cancelled, task.status, TaskStatus.CANCELLED, detail=reason)
+    return task
+
+
+def _end_running_attempt(session: Session, task_pk: int, status: AttemptStatus, now: datetime, reason: str) -> None:
+    session.execute(
+        update(AttemptRow)
+        .where(AttemptRow.task_pk == task_pk, AttemptRow.status == AttemptStatus.RUNNING)
+        .values(status=status, finished_at=now, error=reason)
+        .execution_options(**_no_sync())
+    )
+
+
+def task_by_key(session: Session, plan_id: str, key: str) -> TaskRow:
+    task = session.scalars(select(TaskRow).where(TaskRow.plan_id == plan_id, TaskRow.key == key)).first()
+    if task is None:
+        raise TaskNotFound(f"plan {plan_id} has no task {key!r}")
+    return task
+
+
+def descendants(session: Session, plan_id: str, task_pk: int) -> list[int]:
+    """Every task that depends on `task_pk`, directly or not."""
+    dependants: dict[int, list[int]] = {}
+    for child, parent in plan_dependencies(session, plan_id):
+        dependants.setdefault(parent, []).append(child)
+    found: list[int] = []
+    seen = {task_pk}
+    frontier = [task_pk]
+    while frontier:
+        for child in dependants.get(frontier.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                found.append(child)
+                frontier.append(child)
+    return found
+
+
+def _reopen(session: Session, plan_id: str, task_pks: Sequence[int], now: datetime, detail: str) -> list[int]:
+    """Failed, upstream_failed or cancelled tasks → pending again; their earlier failures stop counting."""
+    reopened: list[int] = []
+    for old in RETRIABLE:
+        for chunk in _chunks(list(task_pks)):
+            pks = session.scalars(
+                update(TaskRow)
+                .where(TaskRow.pk.in_(chunk), TaskRow.status == old)
+                .values(
+                    status=TaskStatus.PENDING,
+                    retry_floor=TaskRow.attempt,
+                    finished_at=None,
+                    not_before=None,
+                    error=None,
+                )
+                .returning(TaskRow.pk)
+                .execution_options(**_no_sync())
+            ).all()
+            _task_events(session, now, plan_id, pks, old, TaskStatus.PENDING, detail=detail)
+            reopened.extend(pks)
+    return reopened
+
+
+def _reopen_plan(session: Session, plan_id: str, now: datetime, detail: str) -> None:
+    """A failed plan whose tasks were reopened runs again (a cancelled one stays cancelled)."""
+    changed = _rowcount(
+        session.execute(
+            update(PlanRow)
+            .where(PlanRow.id == plan_id, PlanRow.status == PlanStatus.FAILED)
+            .values(status=PlanStatus.RUNNING, finished_at=None)
+            .execution_options(**_no_sync())
         )
-    return len(cancelled)
+    )
+    if changed:
+        _event(session, now, plan_id, kind="plan", old=PlanStatus.FAILED, new=PlanStatus.RUNNING, detail=detail)
+
+
+def retry_task(session: Session, plan_id: str, key: str, now: datetime) -> list[str]:
+    """A failed, upstream_failed or cancelled task and its unfinished descendants → pending, with a fresh retry
+    budget. Returns the keys reopened."""
+    task = task_by_key(session, plan_id, key)
+    if task.status not in RETRIABLE:
+        raise TaskStateConflict(
+            f"task {key!r} of plan {plan_id} is {task.status}; only a failed, upstream_failed or cancelled task "
+            f"can be retried"
+        )
+    _ensure_not_cancelled(session, plan_id)
+    reopened = _reopen(session, plan_id, [task.pk, *descendants(session, plan_id, task.pk)], now, "orch retry")
+    _reopen_plan(session, plan_id, now, f"orch retry {key}")
+    return _keys(session, reopened)
+
+
+def skip_task(session: Session, plan_id: str, key: str, now: datetime) -> list[str]:
+    """Mark a task succeeded without running it (a running attempt loses its lease and is stopped), so its
+    dependants may run: those it had doomed are reopened. Returns the keys changed."""
+    task = task_by_key(session, plan_id, key)
+    if task.status is TaskStatus.SUCCEEDED:
+        raise TaskStateConflict(f"task {key!r} of plan {plan_id} already succeeded")
+    _ensure_not_cancelled(session, plan_id)
+    reason = "skipped by the operator (orch skip)"
+    changed = _rowcount(
+        session.execute(
+            update(TaskRow)
+            .where(TaskRow.pk == task.pk, TaskRow.status == task.status)
+            .values(status=TaskStatus.SUCCEEDED, lease=None, lease_expires_at=None, finished_at=now, error=reason)
+            .execution_options(**_no_sync())
+        )
+    )
+    if not changed:
+        raise TaskStateConflict(f"task {key!r} of plan {plan_id} changed meanwhile; try again")
+    _end_running_attempt(session, task.pk, AttemptStatus.CANCELLED, now, reason)
+    _task_events(session, now, plan_id, [task.pk], task.status, TaskStatus.SUCCEEDED, detail=reason)
+    # Only the dependants it doomed run again; a dependant that failed on its own stays failed.
+    doomed = [pk for pk in descendants(session, plan_id, task.pk) if _status(session, pk) is TaskStatus.UPSTREAM_FAILED]
+    reopened = _reopen(session, plan_id, doomed, now, f"upstream {key} skipped")
+    _reopen_plan(session, plan_id, now, f"orch skip {key}")
+    return [key, *_keys(session, reopened)]
+
+
+def _status(session: Session, task_pk: int) -> TaskStatus | None:
+    return session.scalar(select(TaskRow.status).where(TaskRow.pk == task_pk))
+
+
+def _ensure_not_cancelled(session: Session, plan_id: str) -> None:
+    plan = session.get(PlanRow, plan_id)
+    if plan is not None and plan.status is PlanStatus.CANCELLED:
+        raise TaskStateConflict(f"plan {plan_id} is cancelled; submit it again to rerun it")
+
+
+def _keys(session: Session, task_pks: Sequence[int]) -> list[str]:
+    if not task_pks:
+        return []
+    rows = session.execute(select(TaskRow.key).where(TaskRow.pk.in_(task_pks)).order_by(TaskRow.seq))
+    return [key for (key,) in rows]
+
+
+def hold_plan(session: Session, plan_id: str, status: PlanStatus, reason: str, now: datetime) -> bool:
+    """running → paused or budget_exhausted: nothing new is dispatched until `resume_plan`."""
+    changed = _rowcount(
+        session.execute(
+            update(PlanRow)
+            .where(PlanRow.id == plan_id, PlanRow.status == PlanStatus.RUNNING)
+            .values(status=status, held_reason=reason)
+            .execution_options(**_no_sync())
+        )
+    )
+    if changed:
+        _event(session, now, plan_id, kind="plan", old=PlanStatus.RUNNING, new=status, detail=reason)
+    return bool(changed)
+
+
+def resume_plan(session: Session, plan_id: str, now: datetime, budget: Budget | None = None) -> PlanStatus:
+    """paused or budget_exhausted → running, with a new budget if given. Returns the status it had."""
+    plan = session.get(PlanRow, plan_id)
+    if plan is None:
+        raise PlanNotFound(plan_id)
+    if budget is not None:
+        if budget.usd is not None:
+            plan.budget_usd = budget.usd
+        if budget.tokens is not None:
+            plan.budget_tokens = budget.tokens
+    old = plan.status
+    if old not in PLAN_HELD:
+        if budget is not None and old is PlanStatus.RUNNING:
+            return old
+        raise TaskStateConflict(f"plan {plan_id} is {old}; only a paused or budget_exhausted plan can be resumed")
+    if old is PlanStatus.BUDGET_EXHAUSTED and exhausted(plan_spend(session, plan_id), plan_budget(plan)):
+        raise TaskStateConflict(
+            f"plan {plan_id} has spent {describe(plan_spend(session, plan_id), plan_budget(plan))}: "
+            f"raise it with --budget-usd / --budget-tokens"
+        )
+    changed = _rowcount(
+        session.execute(
+            update(PlanRow)
+            .where(PlanRow.id == plan_id, PlanRow.status == old)
+            .values(status=PlanStatus.RUNNING, held_reason=None)
+            .execution_options(**_no_sync())
+        )
+    )
+    if not changed:
+        raise TaskStateConflict(f"plan {plan_id} changed meanwhile; try again")
+    _event(session, now, plan_id, kind="plan", old=old, new=PlanStatus.RUNNING, detail="orch resume")
+    return old
+
+
+# --- budgets --------------------------------------------------------------------------------------------
+
+
+def plan_budget(plan: PlanRow) -> Budget:
+    return Budget(plan.budget_usd, plan.budget_tokens)
+
+
+_TOKENS = (
+    AttemptRow.input_tokens + AttemptRow.output_tokens + AttemptRow.cache_creation_tokens + AttemptRow.cache_read_tokens
+)
+
+
+def plan_spend(session: Session, plan_id: str) -> Spend:
+    """Dollars and tokens spent by a plan's attempts, finished or still running (as their heartbeats report)."""
+    usd, tokens = session.execute(
+        select(func.coalesce(func.sum(AttemptRow.cost_usd), 0.0), func.coalesce(func.sum(_TOKENS), 0))
+        .join(TaskRow, TaskRow.pk == AttemptRow.task_pk)
+        .where(TaskRow.plan_id == plan_id)
+    ).one()
+    return Spend(float(usd or 0.0), int(tokens or 0))
+
+
+def task_spend(session: Session, task_pk: int) -> Spend:
+    usd, tokens = session.execute(
+        select(func.coalesce(func.sum(AttemptRow.cost_usd), 0.0), func.coalesce(func.sum(_TOKENS), 0)).where(
+            AttemptRow.task_pk == task_pk
+        )
+    ).one()
+    return Spend(float(usd or 0.0), int(tokens or 0))
+
+
+@dataclass(frozen=True)
+class BudgetStop:
+    failure_class: FailureClass
+    message: str
+
+
+def over_budget(session: Session, claim: Claim) -> BudgetStop | None:
+    """Whether a running attempt must stop: its task's budget is spent (the task fails), or its plan's (the
+    plan is held as budget_exhausted and the attempt re-queued for when the budget is raised)."""
+    task = session.get(TaskRow, claim.task_pk)
+    plan = session.get(PlanRow, claim.plan_id)
+    if task is None or plan is None:
+        return None
+    task_cap = Budget(task.budget_usd, task.budget_tokens)
+    if task_cap and exhausted(spent := task_spend(session, task.pk), task_cap):
+        return BudgetStop(FailureClass.BUDGET_EXCEEDED, f"task budget spent: {describe(spent, task_cap)}")
+    plan_cap = plan_budget(plan)
+    if plan_cap and exhausted(spent := plan_spend(session, plan.id), plan_cap):
+        reason = f"plan budget spent: {describe(spent, plan_cap)}"
+        hold_plan(session, plan.id, PlanStatus.BUDGET_EXHAUSTED, reason, db_now(session))
+        return BudgetStop(FailureClass.INTERRUPTED, reason)
+    return None
+
+
+def check_plan_budget(session: Session, plan: PlanRow, now: datetime) -> bool:
+    """Before dispatch: True if the plan may dispatch; else it is held as budget_exhausted (with the figures)."""
+    cap = plan_budget(plan)
+    if not cap:
+        return True
+    spent = plan_spend(session, plan.id)
+    if not exhausted(spent, cap):
+        return True
+    hold_plan(session, plan.id, PlanStatus.BUDGET_EXHAUSTED, f"plan budget spent: {describe(spent, cap)}", now)
+    return False
 
 
 # --- events -------------------------------------------------------------------------------------------
@@ -615,6 +965,18 @@ def pause_agent(session: Session, agent: str, until: datetime, reason: str, now:
         session.add(AgentPauseRow(agent=agent, until=until, reason=reason, created_at=now))
     elif existing.until < until:
         existing.until, existing.reason, existing.created_at = until, reason, now
+
+
+def recent_outcomes(session: Session, agent: str, limit: int) -> list[tuple[AttemptStatus, str | None]]:
+    """An agent type's latest finished attempts across every plan, newest first."""
+    rows = session.execute(
+        select(AttemptRow.status, AttemptRow.failure_class)
+        .join(TaskRow, TaskRow.pk == AttemptRow.task_pk)
+        .where(TaskRow.agent == agent, AttemptRow.finished_at.is_not(None))
+        .order_by(AttemptRow.finished_at.desc(), AttemptRow.pk.desc())
+        .limit(limit)
+    )
+    return [(status, failure) for status, failure in rows]
 
 
 def active_pauses(session: Session, now: datetime) -> dict[str, AgentPauseRow]:

@@ -9,6 +9,7 @@ demand. The prompt (after -p) chooses the behaviour with a marker `FAKE:<mode>`:
   usage-limit        an error result: "Claude AI usage limit reached|<epoch in 2 s>"
   usage-limit-once   that on the first call for a prompt (a flag file in $FAKE_CLAUDE_STATE), success later
   error              an error result with api_error_status 401
+  spend              an assistant message (1,000 tokens in and out each) every 0.05 s, forever
   env                a success result whose text is the JSON list of its environment's variable names
 
 Every process it starts appends its pid to $FAKE_CLAUDE_PIDS (when set), so a test can check none is left.
@@ -88,6 +89,12 @@ def main() -> None:
         else:
             open(flag, "w").close()
             emit(result(f"Claude AI usage limit reached|{int(time.time()) + 3}", error=True, status=429))
+    elif mode == "spend":
+        for turn in range(1_000_000):
+            usage = {"input_tokens": 1000, "output_tokens": 1000}
+            message = {"id": f"msg_{turn}", "content": [{"type": "text", "text": "spending"}], "usage": usage}
+            emit({"type": "assistant", "message": message})
+            time.sleep(0.05)
     elif mode == "env":
         emit(result(json.dumps(sorted(os.environ))))
     elif mode == "error":

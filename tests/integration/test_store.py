@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import select
 
 from orch.dispatch import reconcile_plans
+from orch.policy import Outcome
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo
 from orch.store.db import ensure_schema, read_session, write_session
@@ -19,6 +20,8 @@ from orch.store.repo import AttemptResult
 from tests.helpers import layered_dag, make_plan, registry
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+LEASE = 60.0
+SUCCESS = Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED)
 
 DIAMOND = [
     {"id": "a", "title": "design the api", "command": "true"},
@@ -45,12 +48,13 @@ def tick(at: datetime = NOW) -> list[repo.Dispatch]:
 
 def run_to_result(dispatch: repo.Dispatch, ok: bool, at: datetime = NOW, retry_at: datetime | None = None) -> bool:
     with write_session() as session:
-        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w1", 1, at)
+        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w1", 1, at, LEASE)
     assert claim is not None
     new = TaskStatus.SUCCEEDED if ok else (TaskStatus.RETRY_WAIT if retry_at else TaskStatus.FAILED)
+    done = AttemptStatus.SUCCEEDED if ok else AttemptStatus.FAILED
     result = AttemptResult(ok, exit_code=0 if ok else 1, error=None if ok else "boom")
     with write_session() as session:
-        return repo.record_result(session, claim, result, new, at, not_before=retry_at)
+        return repo.record_result(session, claim, result, Outcome(new, done, retry_at), at)
 
 
 def test_migrations_match_the_models(store_url: str) -> None:
@@ -89,11 +93,11 @@ def test_claim_is_a_compare_and_set_and_duplicates_are_dropped(store_url: str) -
     submit(DIAMOND)
     (dispatch,) = tick()
     with write_session() as session:
-        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt + 1, "w", 1, NOW) is None
-        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW)
+        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt + 1, "w", 1, NOW, LEASE) is None
+        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW, LEASE)
         assert claim is not None
     with write_session() as session:
-        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w2", 2, NOW) is None
+        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w2", 2, NOW, LEASE) is None
         attempts = session.scalars(select(AttemptRow).where(AttemptRow.task_pk == dispatch.task_pk)).all()
         assert [(a.number, a.worker, a.status) for a in attempts] == [(1, "w", AttemptStatus.RUNNING)]
 
@@ -102,12 +106,12 @@ def test_a_result_under_a_stale_lease_is_rejected(store_url: str) -> None:
     plan_id = submit(DIAMOND)
     (dispatch,) = tick()
     with write_session() as session:
-        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW)
+        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW, LEASE)
     assert claim is not None
     with write_session() as session:
         repo.cancel_plan(session, plan_id, NOW, "operator cancelled")
     with write_session() as session:
-        accepted = repo.record_result(session, claim, AttemptResult(True, exit_code=0), TaskStatus.SUCCEEDED, NOW)
+        accepted = repo.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
     assert accepted is False
     assert statuses(plan_id)["a"] is TaskStatus.CANCELLED
     with read_session() as session:

@@ -185,3 +185,74 @@ def test_plan_is_not_over_while_an_independent_branch_is_pending() -> None:
     result = reconcile(tasks, PLENTY, NOW)
     assert result.plan_outcome is None
     assert result.ready == (3,)
+
+
+# File leases: two tasks whose `files` overlap never run at once; the later (in dispatch order) waits.
+
+
+def test_overlapping_ready_tasks_dispatch_one_and_the_other_waits_without_its_slot() -> None:
+    tasks = [
+        tv(1, files=("src/a.py",)),
+        tv(2, priority=1, files=("src/",)),  # best first: it takes src/
+        tv(3, files=("docs/",)),
+    ]
+    result = reconcile(tasks, {"dev": 2}, NOW)
+    assert result.ready == (2, 3)  # task 1 waits on files, so task 3 gets the second slot
+    assert result.waiting_for_files == 1
+    assert result.waiting_for_capacity == 0
+
+
+def test_equal_priority_the_earlier_declared_task_takes_the_files() -> None:
+    tasks = [tv(1, seq=2, files=("*.py",)), tv(2, seq=1, files=("src/a.py",))]
+    result = reconcile(tasks, PLENTY, NOW)
+    assert result.ready == (2,)
+    assert result.waiting_for_files == 1
+
+
+def test_tasks_whose_files_do_not_overlap_run_together() -> None:
+    tasks = [tv(1, files=("src/a.py",)), tv(2, files=("src/b.py", "docs/")), tv(3), tv(4)]
+    result = reconcile(tasks, PLENTY, NOW)
+    assert result.ready == (1, 2, 3, 4)  # tasks without files conflict with nothing
+    assert result.waiting_for_files == 0
+
+
+@pytest.mark.parametrize("holder", [S.QUEUED, S.RUNNING])
+def test_an_in_flight_task_of_the_plan_holds_its_files(holder: TaskStatus) -> None:
+    tasks = [tv(1, holder, files=("src/",)), tv(2, files=("src/a.py",)), tv(3, files=("tests/",))]
+    result = reconcile(tasks, PLENTY, NOW)
+    assert result.ready == (3,)
+    assert result.waiting_for_files == 1
+
+
+def test_finished_tasks_hold_nothing() -> None:
+    tasks = [tv(1, S.FAILED, files=("src/",)), tv(2, S.CANCELLED, files=("src/",)), tv(3, files=("src/",))]
+    assert reconcile(tasks, PLENTY, NOW).ready == (3,)
+
+
+def test_held_files_from_the_caller_block() -> None:
+    tasks = [tv(1, files=("src/a.py",)), tv(2, files=("docs/",)), tv(3, files=("README.md",))]
+    result = reconcile(tasks, PLENTY, NOW, held_files=[("src/**",), (), ("docs/index.md", "setup.py")])
+    assert result.ready == (3,)
+    assert result.waiting_for_files == 2
+
+
+def test_a_retry_waiting_task_competes_for_files_like_pending() -> None:
+    tasks = [tv(1, files=("src/",)), tv(2, S.RETRY_WAIT, priority=1, not_before=NOW, files=("src/x.py",))]
+    result = reconcile(tasks, PLENTY, NOW)
+    assert result.ready == (2,)
+    assert result.waiting_for_files == 1
+
+
+def test_a_task_waiting_for_files_is_not_counted_as_waiting_for_capacity() -> None:
+    tasks = [tv(1, S.RUNNING, files=("src/",)), tv(2, files=("src/",)), tv(3), tv(4)]
+    result = reconcile(tasks, {"dev": 1}, NOW)
+    assert result.ready == (3,)
+    assert (result.waiting_for_files, result.waiting_for_capacity) == (1, 1)
+
+
+def test_after_the_holder_succeeds_the_waiter_becomes_ready() -> None:
+    waiter = tv(2, files=("src/a.py",))
+    assert reconcile([tv(1, S.RUNNING, files=("src/",)), waiter], PLENTY, NOW).ready == ()
+    result = reconcile([tv(1, S.SUCCEEDED, files=("src/",)), waiter], PLENTY, NOW)
+    assert result.ready == (2,)
+    assert result.waiting_for_files == 0

@@ -25,6 +25,10 @@ API_KEY = "ANTHROPIC_API_KEY"
 _SPEND_LIMIT_HINTS = ("spend limit", "spend_limit", "usage limit", "usage_limit", "credit balance")
 
 
+class _Stopped(Exception):
+    pass
+
+
 class _DeadlineExceeded(Exception):
     pass
 
@@ -66,9 +70,21 @@ class AnthropicExecutor:
                 for event in stream:
                     if event.type == "text":
                         sink.write(event.text.encode())
+                    elif event.type in ("message_start", "message_delta"):
+                        ctx.control.report_usage(_usage(stream.current_message_snapshot.usage), ctx.model)
                     if time.monotonic() > deadline:
                         raise _DeadlineExceeded
+                    if ctx.control.stop_request is not None:
+                        raise _Stopped
                 final = stream.get_final_message()
+        except _Stopped:
+            stop = ctx.control.stop_request
+            assert stop is not None
+            usage = _usage(stream.current_message_snapshot.usage)
+            return AttemptResult(
+                False, failure_class=stop.failure_class, output_tail=sink.tail, usage=usage,
+                error=f"{stop.message}; the stream was closed", **common,
+            )  # fmt: skip
         except _DeadlineExceeded:
             return AttemptResult(
                 False, failure_class=FailureClass.TIMEOUT, output_tail=sink.tail,
@@ -91,16 +107,20 @@ class AnthropicExecutor:
                 error=describe_status(exc), **common,
             )  # fmt: skip
         text = "".join(block.text for block in final.content if block.type == "text")
-        usage = Usage(
-            input_tokens=final.usage.input_tokens,
-            output_tokens=final.usage.output_tokens,
-            cache_creation_tokens=final.usage.cache_creation_input_tokens or 0,
-            cache_read_tokens=final.usage.cache_read_input_tokens or 0,
-        )
+        usage = _usage(final.usage)
         return AttemptResult(
             True, exit_code=0, output_tail=sink.tail, result=text, usage=usage,
             log_path=str(ctx.log_path), model=final.model or ctx.model,
         )  # fmt: skip
+
+
+def _usage(usage: anthropic.types.Usage) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens or 0,
+        output_tokens=usage.output_tokens or 0,
+        cache_creation_tokens=usage.cache_creation_input_tokens or 0,
+        cache_read_tokens=usage.cache_read_input_tokens or 0,
+    )
 
 
 def _error_body(exc: anthropic.APIStatusError) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from orch.redaction import Redactor, secret_values
 from orch.store.repo import AttemptResult
+from workers.control import AttemptControl
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class AttemptContext:
     call: str | None = None  # python executor: "package.module:function"
     verify: str | None = None  # checked by the runner after the executor reports success
     scope: str = "loose"
+    control: AttemptControl = field(default_factory=AttemptControl, compare=False, repr=False)
+    lease: str = ""  # the attempt's lease token (ORCH_LEASE for the agent: an execution ledger may record it)
 
     def redactor(self) -> Redactor:
         """Masks this attempt's secrets (and the worker's) in whatever the agent prints."""

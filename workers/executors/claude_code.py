@@ -61,23 +61,35 @@ class StreamState:
     model: str | None = None
     lines: int = 0
     last_activity: float = field(default_factory=time.monotonic)
+    usage_by_message: dict[str, Usage] = field(default_factory=dict)  # one API response's usage, by its id
 
-    def take(self, line: bytes) -> None:
+    def take(self, line: bytes) -> bool:
+        """Note one output line; True when it told us more of the usage so far."""
         self.lines += 1
         self.last_activity = time.monotonic()
         text = line.strip()
         if not text.startswith(b"{"):
-            return
+            return False
         try:
             message = json.loads(text)
         except ValueError:
-            return
+            return False
         if not isinstance(message, dict):
-            return
+            return False
         if message.get("type") == "result":
             self.final = message
         elif message.get("type") == "system" and isinstance(message.get("model"), str):
             self.model = message["model"]
+        elif message.get("type") == "assistant" and isinstance(message.get("message"), dict):
+            # Each content block of a response repeats that response's usage: keep one per response id.
+            body = message["message"]
+            if isinstance(body.get("usage"), dict):
+                self.usage_by_message[str(body.get("id", len(self.usage_by_message)))] = _usage(body)
+                return True
+        return False
+
+    def usage_so_far(self) -> Usage:
+        return sum(self.usage_by_message.values(), Usage())
 
 
 class ClaudeCodeExecutor:
@@ -138,7 +150,10 @@ class ClaudeCodeExecutor:
                 if now - state.last_activity >= ctx.idle_timeout:
                     limit = FailureClass.IDLE_TIMEOUT
                     break
-                wait = min(deadline - now, ctx.idle_timeout - (now - state.last_activity), 1.0)
+                if ctx.control.stop_request is not None:
+                    limit = ctx.control.stop_request.failure_class
+                    break
+                wait = min(deadline - now, ctx.idle_timeout - (now - state.last_activity), 0.2)
                 try:
                     line = lines.get(timeout=max(wait, 0.01))
                 except queue.Empty:
@@ -147,7 +162,8 @@ class ClaudeCodeExecutor:
                     open_streams -= 1
                     continue
                 sink.write(line)
-                state.take(line)
+                if state.take(line):
+                    ctx.control.report_usage(state.usage_so_far(), state.model)
         finally:
             kill_group(process.pid, ctx.kill_grace_seconds, leader=process)
             process.wait()
@@ -197,7 +213,7 @@ def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: S
         "exit_code": code,
         "output_tail": tail,
         "log_path": str(ctx.log_path),
-        "usage": _usage(final),
+        "usage": _usage(final) if final else state.usage_so_far(),  # a killed agent's spend still counts
         "cost_usd": final.get("total_cost_usd"),
         "model": _model(final, state, ctx) if final else ctx.model,
         "result": final.get("result") if isinstance(final.get("result"), str) else None,
@@ -212,6 +228,11 @@ def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: S
             False, failure_class=limit, error=f"no output for {format_duration(ctx.idle_timeout)} (idle_timeout); "
             f"its process group was killed", **common,
         )  # fmt: skip
+    stop = ctx.control.stop_request
+    if stop is not None and limit is stop.failure_class:
+        return AttemptResult(
+            False, failure_class=limit, error=f"{stop.message}; its process group was killed", **common
+        )
     if not final:
         detail = last_line(tail)
         return AttemptResult(

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from typing import IO
 
@@ -21,6 +22,7 @@ from workers.executors.output import OutputSink
 from workers.supervision import kill_group, register_group, unregister_group
 
 _CHUNK = 65536
+_POLL_SECONDS = 0.1  # how soon a stop request (cancel, lost lease, shutdown) reaches a running agent
 # Variables of orch's own deployment (database and broker URLs with passwords) never reach an agent.
 _HIDDEN_PREFIX = "ORCH_"
 
@@ -35,6 +37,7 @@ def agent_environment(base: Mapping[str, str], ctx: AttemptContext) -> dict[str,
             "ORCH_PLAN_ID": ctx.plan_id,
             "ORCH_TASK_ID": ctx.task_key,
             "ORCH_ATTEMPT": str(ctx.attempt),
+            "ORCH_LEASE": ctx.lease,
             "ORCH_WORKDIR": str(ctx.workdir),
             "ORCH_AGENT": ctx.agent,
         }
@@ -73,10 +76,19 @@ class ShellExecutor:
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with ctx.log_path.open("wb") as log:
             sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
-            code, timed_out = self._run_process(ctx, sink)
+            code, ended_by = self._run_process(ctx, sink)
             sink.close()
         tail = sink.tail
-        if timed_out:
+        if ended_by == "stop" and (stop := ctx.control.stop_request) is not None:
+            return AttemptResult(
+                False,
+                exit_code=code,
+                failure_class=stop.failure_class,
+                error=f"{stop.message}; its process group was killed",
+                output_tail=tail,
+                log_path=str(ctx.log_path),
+            )
+        if ended_by == "timeout":
             return AttemptResult(
                 False,
                 exit_code=code,
@@ -97,7 +109,9 @@ class ShellExecutor:
             )
         return AttemptResult(True, exit_code=0, output_tail=tail, log_path=str(ctx.log_path))
 
-    def _run_process(self, ctx: AttemptContext, sink: OutputSink) -> tuple[int, bool]:
+    def _run_process(self, ctx: AttemptContext, sink: OutputSink) -> tuple[int, str | None]:
+        """Run the command to its end, its time limit or a stop request; returns its exit code and what
+        ended it early ("timeout", "stop") if anything did."""
         assert ctx.command is not None
         process = subprocess.Popen(
             ["/bin/sh", "-c", ctx.command],
@@ -113,18 +127,31 @@ class ShellExecutor:
         assert process.stdout is not None
         reader = threading.Thread(target=_pump, args=(process.stdout, sink), daemon=True)
         reader.start()
-        timed_out = False
+        ended_by = None
+        deadline = time.monotonic() + ctx.timeout
         try:
-            process.wait(timeout=ctx.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            ended_by = wait_for_exit(process, deadline, ctx)
         finally:
             # The command is over (or out of time): nothing it started may outlive the attempt.
             kill_group(pgid, ctx.kill_grace_seconds, leader=process)
             process.wait()
             unregister_group(pgid)
         reader.join(timeout=ctx.kill_grace_seconds + 5)
-        return process.returncode, timed_out
+        return process.returncode, ended_by
+
+
+def wait_for_exit(process: subprocess.Popen[bytes], deadline: float, ctx: AttemptContext) -> str | None:
+    """Wait for the agent to exit; None if it did, else "timeout" or "stop" (the attempt was told to stop)."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "timeout"
+        try:
+            process.wait(timeout=min(remaining, _POLL_SECONDS))
+            return None
+        except subprocess.TimeoutExpired:
+            if ctx.control.stop_request is not None:
+                return "stop"
 
 
 def _pump(stream: IO[bytes], sink: OutputSink) -> None:

@@ -1,0 +1,36 @@
+"""Circuit breaker per agent type: after N consecutive failed attempts, the type's dispatch pauses for a
+cool-down (an agent pause, shown by `orch status`); other types keep running. When the cool-down ends, the next
+attempt is the probe: one more failure opens the circuit again at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from orch.agents import BreakerSpec
+from orch.failures import FailureClass
+from orch.states import AttemptStatus
+from orch.store import repo
+
+# Outcomes that say nothing about the agent type's health: the worker's or the operator's doing.
+NEUTRAL = frozenset(
+    {FailureClass.WORKER_LOST, FailureClass.INTERRUPTED, FailureClass.LEASE_LOST, FailureClass.USAGE_LIMIT}
+)
+
+
+def is_open(recent: Sequence[tuple[AttemptStatus, str | None]], threshold: int) -> bool:
+    """`recent`: the type's latest finished attempts, newest first (status, failure class). Open when the
+    newest `threshold` that tell anything about the type all failed."""
+    telling = [status for status, failure in recent if failure not in NEUTRAL][:threshold]
+    return len(telling) == threshold and all(s in (AttemptStatus.FAILED, AttemptStatus.LOST) for s in telling)
+
+
+def trip_if_open(session: Session, agent: str, spec: BreakerSpec, now: datetime) -> bool:
+    """After a failed attempt of `agent`: pause the type for its cool-down if its circuit is now open."""
+    if not is_open(repo.recent_outcomes(session, agent, spec.failures * 2), spec.failures):
+        return False
+    until = now + timedelta(seconds=spec.cooldown)
+    repo.pause_agent(session, agent, until, f"circuit open: {spec.failures} consecutive failures", now)
+    return True

@@ -1,0 +1,302 @@
+"""Leases and heartbeats against the real store: a running attempt renews its lease by the database's clock, the
+reaper settles attempts whose lease expired, a worker whose lease is gone kills its agent, budgets stop agents
+and hold plans, the circuit breaker pauses a failing agent type, and the operator's retry/skip/pause/resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from beat.tick import run_tick
+from orch.budget import Budget
+from orch.celery import use_broker
+from orch.dispatch import reconcile_plans
+from orch.errors import ConfigInvalid, TaskNotFound, TaskStateConflict
+from orch.settings import get_settings
+from orch.states import LEGAL_TRANSITIONS, AttemptStatus, PlanStatus, TaskStatus
+from orch.store import repo
+from orch.store.db import read_session, write_session
+from tests.helpers import REPO, make_plan, registry, wait_for
+from workers.runner import run_attempt
+
+FAKE = REPO / "tests" / "fakes" / "fake_claude.py"
+
+
+@pytest.fixture
+def fast_leases(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> str:
+    monkeypatch.setenv("ORCH_HEARTBEAT_SECONDS", "0.2")
+    monkeypatch.setenv("ORCH_LEASE_SECONDS", "1")
+    monkeypatch.setenv("ORCH_RETRY_BACKOFF_BASE", "0")
+    get_settings.cache_clear()
+    use_broker(redis_url)
+    return redis_url
+
+
+def submit(tasks: list[dict[str, Any]], workdir: Path, **extra: Any) -> str:
+    with write_session() as session:
+        return repo.submit_plan(session, make_plan(tasks, workdir=workdir, **extra), datetime.now(UTC))
+
+
+def dispatch_all(plan_id: str) -> dict[str, repo.Dispatch]:
+    with write_session() as session:
+        dispatches = reconcile_plans(session, [plan_id], registry(), repo.db_now(session))
+    return {d.key: d for d in dispatches}
+
+
+def task(plan_id: str, key: str) -> Any:
+    with read_session() as session:
+        return repo.task_by_key(session, plan_id, key)
+
+
+def attempts(plan_id: str, key: str) -> list[Any]:
+    with read_session() as session:
+        return repo.task_attempts(session, repo.task_by_key(session, plan_id, key).pk)
+
+
+def run_in_thread(dispatch: repo.Dispatch) -> tuple[threading.Thread, list[str]]:
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(run_attempt(dispatch.task_pk, dispatch.attempt, "w1")))
+    thread.start()
+    return thread, outcome
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_lease_is_judged_by_the_database_clock_and_renewed_by_heartbeats(
+    store_url: str, fast_leases: str, tmp_path: Path
+) -> None:
+    plan_id = submit([{"id": "a", "title": "wait", "command": "sleep 1.5"}], tmp_path)
+    dispatch = dispatch_all(plan_id)["a"]
+    thread, outcome = run_in_thread(dispatch)
+    first = wait_for(lambda: task(plan_id, "a").lease_expires_at, 5, "the claim")
+    with read_session() as session:
+        assert abs((first - repo.db_now(session)).total_seconds() - 1.0) < 0.5  # claimed "now" + ORCH_LEASE_SECONDS
+    wait_for(lambda: (t := task(plan_id, "a").lease_expires_at) is not None and t > first, 5, "a renewal")
+    thread.join(15)
+    # The command outlived its 1 s lease several times over and still succeeded: heartbeats kept the lease.
+    assert outcome == ["succeeded"]
+    (only,) = attempts(plan_id, "a")
+    assert only.status is AttemptStatus.SUCCEEDED and only.heartbeat_at is not None
+    assert task(plan_id, "a").lease_expires_at is None
+
+
+def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
+    store_url: str, fast_leases: str, tmp_path: Path
+) -> None:
+    plan_id = submit(
+        [
+            {"id": "a", "title": "a", "command": "true", "retries": 1},
+            {"id": "b", "title": "b", "command": "true", "after": ["a"]},
+        ],
+        tmp_path,
+    )
+    dispatch = dispatch_all(plan_id)["a"]
+    with write_session() as session:
+        now = repo.db_now(session)
+        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "frozen-host", 4242, now, 0.2)
+    assert claim is not None
+    with write_session() as session:  # not yet expired: nothing to reap
+        assert repo.expired_claims(session, now) == []
+    report = run_tick(now=now + timedelta(seconds=1), reap=True)
+    assert report.reaped == 1
+    (lost,) = attempts(plan_id, "a")
+    assert lost.status is AttemptStatus.LOST and lost.failure_class == "worker_lost"
+    assert "frozen-host (pid 4242)" in (lost.error or "")
+    again = task(plan_id, "a")  # retried at once (ORCH_RETRY_BACKOFF_BASE=0) by the same tick
+    assert again.status is TaskStatus.QUEUED and again.attempt == 2
+    # The frozen worker wakes up: its renewal and its result are both refused.
+    with write_session() as session:
+        assert not repo.renew_lease(session, claim, repo.db_now(session), 10, repo.Usage(), None)
+    from workers.runner import finish
+
+    assert finish(claim, repo.AttemptResult(True, exit_code=0)) == "rejected"
+    # A second loss spends the last retry: the task fails and its dependant is doomed.
+    with write_session() as session:
+        later = repo.db_now(session)
+        assert repo.claim_attempt(session, again.pk, 2, "w", 1, later, 0.1) is not None
+    run_tick(now=later + timedelta(seconds=1))
+    assert task(plan_id, "a").status is TaskStatus.FAILED
+    assert task(plan_id, "b").status is TaskStatus.UPSTREAM_FAILED
+    with read_session() as session:
+        assert repo.get_plan(session, plan_id).status is PlanStatus.FAILED  # type: ignore[union-attr]
+
+
+def test_a_worker_whose_lease_is_gone_kills_its_agent(store_url: str, fast_leases: str, tmp_path: Path) -> None:
+    pid_file = tmp_path / "agent.pid"
+    plan_id = submit([{"id": "a", "title": "long", "command": f"echo $$ > {pid_file}; exec sleep 60"}], tmp_path)
+    thread, outcome = run_in_thread(dispatch_all(plan_id)["a"])
+    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the agent to start"))
+    with write_session() as session:
+        repo.cancel_task(session, plan_id, "a", repo.db_now(session), "cancelled by a test")
+    thread.join(10)
+    assert outcome == ["rejected"]
+    assert not pid_alive(pid)
+    (cancelled,) = attempts(plan_id, "a")
+    assert cancelled.status is AttemptStatus.CANCELLED
+    assert task(plan_id, "a").status is TaskStatus.CANCELLED
+
+
+@pytest.fixture
+def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    wrapper = tmp_path / "bin" / "claude"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("ORCH_CLAUDE_BIN", str(wrapper))
+    get_settings.cache_clear()
+    return wrapper
+
+
+def test_a_plan_over_budget_stops_its_agent_and_resumes_with_a_higher_one(
+    store_url: str, fast_leases: str, fake_claude: Path, tmp_path: Path
+) -> None:
+    tasks = [{"id": "a", "title": "spend FAKE:spend", "agent": "backend-development", "executor": "claude-code"}]
+    plan_id = submit(tasks, tmp_path, budget={"usd": 0.05})
+    thread, outcome = run_in_thread(dispatch_all(plan_id)["a"])
+    thread.join(20)
+    assert outcome == ["retry_wait"]
+    (stopped,) = attempts(plan_id, "a")
+    assert stopped.status is AttemptStatus.INTERRUPTED and stopped.failure_class == "interrupted"
+    assert (stopped.cost_usd or 0) >= 0.05 and stopped.output_tokens > 0  # its spend stays on the record
+    with read_session() as session:
+        plan = repo.get_plan(session, plan_id)
+        assert plan is not None and plan.status is PlanStatus.BUDGET_EXHAUSTED
+        assert "plan budget spent: $" in (plan.held_reason or "") and "of $0.05" in (plan.held_reason or "")
+    assert dispatch_all(plan_id) == {}  # held: nothing dispatched
+    with write_session() as session, pytest.raises(TaskStateConflict, match="raise it"):
+        repo.resume_plan(session, plan_id, repo.db_now(session))
+    with write_session() as session:
+        assert repo.resume_plan(session, plan_id, repo.db_now(session), Budget(usd=100)) is PlanStatus.BUDGET_EXHAUSTED
+    assert set(dispatch_all(plan_id)) == {"a"}
+
+
+def test_a_spent_plan_budget_holds_dispatch(store_url: str, tmp_path: Path) -> None:
+    plan_id = submit(
+        [{"id": "a", "title": "a", "command": "true"}, {"id": "b", "title": "b", "command": "true", "after": ["a"]}],
+        tmp_path,
+        budget={"tokens": 100},
+    )
+    dispatch = dispatch_all(plan_id)["a"]
+    with write_session() as session:
+        now = repo.db_now(session)
+        claim = repo.claim_attempt(session, dispatch.task_pk, 1, "w", 1, now, 60)
+        assert claim is not None
+        result = repo.AttemptResult(True, exit_code=0, usage=repo.Usage(input_tokens=90, output_tokens=20))
+        from orch.policy import Outcome
+
+        repo.record_result(session, claim, result, Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED), now)
+    assert dispatch_all(plan_id) == {}
+    with read_session() as session:
+        plan = repo.get_plan(session, plan_id)
+        assert plan is not None and plan.status is PlanStatus.BUDGET_EXHAUSTED
+        assert plan.held_reason == "plan budget spent: 110 of 100 tokens"
+
+
+@pytest.fixture
+def breaker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    config = tmp_path / "config"
+    shutil.copytree(REPO / "config", config)
+    agents = yaml.safe_load((config / "agents.yaml").read_text())
+    agents["defaults"]["breaker"] = {"failures": 2, "cooldown": "1h"}
+    (config / "agents.yaml").write_text(yaml.safe_dump(agents))
+    monkeypatch.setenv("ORCH_CONFIG_DIR", str(config))
+    get_settings.cache_clear()
+    yield
+
+
+def test_consecutive_failures_open_the_agent_types_circuit(
+    store_url: str, fast_leases: str, breaker_config: None, tmp_path: Path
+) -> None:
+    tasks = [
+        {"id": f"f{i}", "title": "fails", "command": "exit 3", "retries": 0, "agent": "testing-specialist"}
+        for i in range(3)
+    ]
+    tasks.append({"id": "docs", "title": "docs", "command": "true", "agent": "documentation-writer"})
+    plan_id = submit(tasks, tmp_path)
+    dispatches = dispatch_all(plan_id)
+    assert run_attempt(dispatches["f0"].task_pk, 1) == "failed"
+    with read_session() as session:
+        assert "testing-specialist" not in repo.active_pauses(session, repo.db_now(session))
+    assert run_attempt(dispatches["f1"].task_pk, 1) == "failed"
+    with read_session() as session:
+        pause = repo.active_pauses(session, repo.db_now(session))["testing-specialist"]
+    assert pause.reason == "circuit open: 2 consecutive failures"
+    assert pause.until - pause.created_at == timedelta(hours=1)
+    assert run_attempt(dispatches["docs"].task_pk, 1) == "succeeded"  # other types keep running
+
+
+def test_retry_and_skip_reopen_tasks_and_their_descendants(store_url: str, tmp_path: Path) -> None:
+    plan_id = submit(
+        [
+            {"id": "a", "title": "a", "command": "exit 1", "retries": 0},
+            {"id": "b", "title": "b", "command": "true", "after": ["a"]},
+            {"id": "c", "title": "c", "command": "true", "after": ["b"]},
+        ],
+        tmp_path,
+    )
+    dispatch = dispatch_all(plan_id)["a"]
+    assert run_attempt(dispatch.task_pk, 1) == "failed"
+    assert task(plan_id, "c").status is TaskStatus.UPSTREAM_FAILED
+    with read_session() as session:
+        assert repo.get_plan(session, plan_id).status is PlanStatus.FAILED  # type: ignore[union-attr]
+    with write_session() as session, pytest.raises(TaskNotFound, match=f"plan {plan_id} has no task 'zz'"):
+        repo.retry_task(session, plan_id, "zz", repo.db_now(session))
+    with write_session() as session:
+        assert repo.retry_task(session, plan_id, "a", repo.db_now(session)) == ["a", "b", "c"]
+    assert task(plan_id, "a").retry_floor == 1
+    with read_session() as session:
+        assert repo.get_plan(session, plan_id).status is PlanStatus.RUNNING  # type: ignore[union-attr]
+        assert repo.counted_failures(session, task(plan_id, "a").pk) == 0  # a fresh retry budget
+    again = dispatch_all(plan_id)["a"]
+    assert again.attempt == 2 and run_attempt(again.task_pk, 2) == "failed"
+    with write_session() as session:
+        assert repo.skip_task(session, plan_id, "a", repo.db_now(session)) == ["a", "b", "c"]
+    assert task(plan_id, "a").status is TaskStatus.SUCCEEDED
+    assert set(dispatch_all(plan_id)) == {"b"}
+    with write_session() as session, pytest.raises(TaskStateConflict, match="already succeeded"):
+        repo.skip_task(session, plan_id, "a", repo.db_now(session))
+    with read_session() as session:
+        events = repo.plan_events(session, plan_id)
+    changes = {(e.old, e.new) for e in events if e.kind == "task" and e.old}
+    assert changes <= {(str(old), str(new)) for old, new in LEGAL_TRANSITIONS}
+
+
+def test_pause_holds_dispatch_until_resume(store_url: str, tmp_path: Path) -> None:
+    plan_id = submit([{"id": "a", "title": "a", "command": "true"}], tmp_path)
+    with write_session() as session:
+        assert repo.hold_plan(session, plan_id, PlanStatus.PAUSED, "orch pause", repo.db_now(session))
+    assert dispatch_all(plan_id) == {}
+    with write_session() as session:
+        assert repo.resume_plan(session, plan_id, repo.db_now(session)) is PlanStatus.PAUSED
+    assert set(dispatch_all(plan_id)) == {"a"}
+
+
+def test_a_second_beat_on_sqlite_refuses_to_start(sqlite_url: str) -> None:
+    from beat.single import hold_single_beat_lock
+
+    first = hold_single_beat_lock(sqlite_url)
+    assert first is not None
+    try:
+        with pytest.raises(ConfigInvalid, match=rf"another beat \(pid {os.getpid()}\) already runs against sqlite"):
+            hold_single_beat_lock(sqlite_url)
+    finally:
+        first.close()
+    again = hold_single_beat_lock(sqlite_url)  # released with its holder
+    assert again is not None
+    again.close()
+    assert hold_single_beat_lock("postgresql+psycopg://h/db") is None
