@@ -1,0 +1,73 @@
+"""The operator's commands as a user runs them: each prints what it changed, a wrong target exits 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.e2e.conftest import orch_env, run_orch
+
+
+def status(tmp_path: Path, env: dict[str, str], plan_id: str) -> dict[str, Any]:
+    result = run_orch(["status", plan_id, "--json"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))
+
+
+def task_states(tmp_path: Path, env: dict[str, str], plan_id: str) -> dict[str, str]:
+    return {t["id"]: t["status"] for t in status(tmp_path, env, plan_id)["tasks"]}
+
+
+def test_pause_resume_cancel_retry_and_skip(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ops",
+                "budget": {"usd": 5},
+                "tasks": [
+                    {"id": "a", "title": "a", "command": "true"},
+                    {"id": "b", "title": "b", "command": "true", "after": ["a"]},
+                    {"id": "c", "title": "c", "command": "true", "after": ["b"]},
+                ],
+            }
+        )
+    )
+    env = orch_env(tmp_path)
+    submitted = run_orch(["submit", str(plan)], tmp_path, env)
+    assert submitted.returncode == 0, submitted.stderr
+    plan_id = submitted.stdout.strip()
+
+    paused = run_orch(["pause", plan_id], tmp_path, env)
+    assert paused.returncode == 0 and f"plan {plan_id}: running -> paused" in paused.stdout
+    assert status(tmp_path, env, plan_id)["plan"]["status"] == "paused"
+    again = run_orch(["pause", plan_id], tmp_path, env)
+    assert again.returncode == 2 and "is paused; only a running plan can be paused" in again.stderr
+    resumed = run_orch(["resume", "ops", "--budget-usd", "9"], tmp_path, env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"plan {plan_id}: paused -> running; budget now $0.0000 of $9.00" in resumed.stdout
+    assert status(tmp_path, env, plan_id)["plan"]["budget"] == {"usd": 9.0, "tokens": None}
+
+    cancelled = run_orch(["cancel", plan_id, "b"], tmp_path, env)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"plan {plan_id}: task b pending -> cancelled" in cancelled.stdout
+    skipped = run_orch(["skip", plan_id, "a"], tmp_path, env)
+    assert f"plan {plan_id}: task a -> succeeded (skipped)" in skipped.stdout
+    retried = run_orch(["retry", plan_id, "b"], tmp_path, env)
+    assert retried.returncode == 0 and f"plan {plan_id}: 1 tasks -> pending: b" in retried.stdout
+    assert task_states(tmp_path, env, plan_id) == {"a": "succeeded", "b": "pending", "c": "pending"}
+
+    unknown = run_orch(["retry", plan_id, "nope"], tmp_path, env)
+    assert unknown.returncode == 2 and f"orch: plan {plan_id} has no task 'nope'" in unknown.stderr
+    not_failed = run_orch(["retry", plan_id, "c"], tmp_path, env)
+    assert not_failed.returncode == 2 and "task 'c' of plan" in not_failed.stderr and "is pending" in not_failed.stderr
+
+    whole = run_orch(["cancel", plan_id], tmp_path, env)
+    assert whole.returncode == 0, whole.stderr
+    assert f"plan {plan_id} cancelled: 2 tasks -> cancelled (2 pending)" in whole.stdout
+    assert task_states(tmp_path, env, plan_id) == {"a": "succeeded", "b": "cancelled", "c": "cancelled"}
+    after = run_orch(["retry", plan_id, "b"], tmp_path, env)
+    assert after.returncode == 2 and "is cancelled; submit it again" in after.stderr
