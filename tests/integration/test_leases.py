@@ -21,6 +21,7 @@ from orch.budget import Budget
 from orch.celery import use_broker
 from orch.dispatch import reconcile_plans
 from orch.errors import ConfigInvalid, TaskNotFound, TaskStateConflict
+from orch.policy import Outcome
 from orch.settings import get_settings
 from orch.states import LEGAL_TRANSITIONS, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo
@@ -197,8 +198,6 @@ def test_a_spent_plan_budget_holds_dispatch(store_url: str, tmp_path: Path) -> N
         claim = repo.claim_attempt(session, dispatch.task_pk, 1, "w", 1, now, 60)
         assert claim is not None
         result = repo.AttemptResult(True, exit_code=0, usage=repo.Usage(input_tokens=90, output_tokens=20))
-        from orch.policy import Outcome
-
         repo.record_result(session, claim, result, Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED), now)
     assert dispatch_all(plan_id) == {}
     with read_session() as session:
@@ -300,3 +299,27 @@ def test_a_second_beat_on_sqlite_refuses_to_start(sqlite_url: str) -> None:
     assert again is not None
     again.close()
     assert hold_single_beat_lock("postgresql+psycopg://h/db") is None
+
+
+def test_tasks_whose_files_overlap_never_run_together(store_url: str, tmp_path: Path) -> None:
+    plan_id = submit(
+        [
+            {"id": "api", "title": "api", "command": "true", "files": ["src/api.py"], "priority": 5},
+            {"id": "all", "title": "all", "command": "true", "files": ["src/*.py"]},
+            {"id": "docs", "title": "docs", "command": "true", "files": ["docs/**"]},
+        ],
+        tmp_path,
+    )
+    other = submit([{"id": "x", "title": "x", "command": "true", "files": ["docs/index.md"]}], tmp_path)
+    assert set(dispatch_all(plan_id)) == {"api", "docs"}  # `all` waits for `api`
+    assert dispatch_all(other) == {}  # another plan in the same workdir waits for `docs`
+    with write_session() as session:
+        now = repo.db_now(session)
+        for key in ("api", "docs"):
+            row = repo.task_by_key(session, plan_id, key)
+            claim = repo.claim_attempt(session, row.pk, 1, "w", 1, now, 60)
+            assert claim is not None
+            done = Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED)
+            repo.record_result(session, claim, repo.AttemptResult(True, exit_code=0), done, now)
+    assert set(dispatch_all(plan_id)) == {"all"}
+    assert set(dispatch_all(other)) == {"x"}
