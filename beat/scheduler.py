@@ -5,6 +5,7 @@ Celery names it by string (`beat_scheduler = "beat.scheduler:OrchScheduler"`), s
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from celery.beat import Scheduler
 
 from beat.single import hold_single_beat_lock
 from beat.tick import run_tick
+from orch.errors import ConfigInvalid
 from orch.log import get_logger
 from orch.settings import get_settings
 from orch.store.db import ensure_schema
@@ -24,7 +26,13 @@ _MIN_SLEEP = 0.01
 class OrchScheduler(Scheduler):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = get_settings()
-        self._single_beat = hold_single_beat_lock(settings.resolved_database_url)  # SQLite: refuse a second beat
+        # SQLite: refuse a second beat. A beat limited to its own plans (`orch run`'s) dispatches nothing else.
+        scoped = bool(settings.beat_plan_ids)
+        try:
+            self._single_beat = None if scoped else hold_single_beat_lock(settings.resolved_database_url)
+        except ConfigInvalid as exc:
+            print(f"orch: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
         super().__init__(*args, **kwargs)
         self.tick_seconds = settings.tick_seconds
         self.lease_seconds = settings.lease_seconds

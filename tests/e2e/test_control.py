@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.e2e.conftest import orch_env, run_orch
+from tests.e2e.conftest import Processes, orch_env, run_orch
+from tests.helpers import wait_for
 
 
 def status(tmp_path: Path, env: dict[str, str], plan_id: str) -> dict[str, Any]:
@@ -71,3 +74,17 @@ def test_pause_resume_cancel_retry_and_skip(tmp_path: Path) -> None:
     assert task_states(tmp_path, env, plan_id) == {"a": "succeeded", "b": "cancelled", "c": "cancelled"}
     after = run_orch(["retry", plan_id, "b"], tmp_path, env)
     assert after.returncode == 2 and "is cancelled; submit it again" in after.stderr
+
+
+def test_a_second_beat_on_a_sqlite_store_refuses_to_start(tmp_path: Path, processes: Processes, redis_url: str) -> None:
+    env = orch_env(tmp_path, ORCH_BROKER_URL=redis_url)
+    beat = [sys.executable, "-m", "celery", "-A", "orch", "beat"]
+    first = processes.start([*beat, "-s", str(tmp_path / "s1")], tmp_path, env, tmp_path / "beat1.log")
+    lock = tmp_path / ".orch" / "orch.db.beat.lock"
+    wait_for(lambda: lock.exists() and lock.read_text() == str(first.pid), 30, "the first beat to take its lock")
+    second = subprocess.run(
+        [*beat, "-s", str(tmp_path / "s2")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 2
+    assert f"orch: another beat (pid {first.pid}) already runs against sqlite:///" in second.stderr
+    assert first.poll() is None  # the first one goes on
