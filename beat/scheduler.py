@@ -16,7 +16,7 @@ from beat.tick import run_tick
 from orch.errors import ConfigInvalid
 from orch.log import get_logger
 from orch.settings import get_settings
-from orch.store.db import ensure_schema
+from orch.store.db import STORE_UNAVAILABLE, ensure_schema
 
 log = get_logger(__name__)
 
@@ -54,8 +54,10 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
                 run_tick(reap=reap)
                 if self._store_since is None:
                     self._store_since = now
-            except Exception:  # the store or broker may be away for a while: log, and tick again
+            except STORE_UNAVAILABLE:  # the store is away: reap again only a lease period after it returns
                 self._store_since = None
+                log.exception("tick failed: store unreachable; retrying next tick")
+            except Exception:  # e.g. the broker is away: the tick's store transaction (reaping too) committed
                 log.exception("tick failed; retrying next tick")
             self._next_tick = time.monotonic() + self.tick_seconds
         return max(_MIN_SLEEP, min(interval, self._next_tick - time.monotonic()))

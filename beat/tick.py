@@ -43,11 +43,11 @@ def run_tick(now: datetime | None = None, reap: bool = True) -> TickReport:
         cutoff = now - timedelta(seconds=settings.redeliver_seconds)
         resend = repo.stale_dispatches(session, cutoff, now, plan_ids if only else None)
         dispatches = reconcile_plans(session, plan_ids, registry, now)
-    publish(resend + dispatches)
     for lost in reaped:
         log.warning(
             "attempt lost: lease expired", plan=lost.plan_id, task=lost.key, attempt=lost.attempt, worker=lost.worker
         )
+    publish(resend + dispatches)
     if dispatches or resend:
         log.info("tick", plans=len(plan_ids), dispatched=len(dispatches), resent=len(resend))
     return TickReport(len(plan_ids), len(dispatches), len(resend), len(reaped))

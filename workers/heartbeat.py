@@ -40,6 +40,7 @@ class Heartbeat:
         self.lease_seconds = lease_seconds
         self.price = price
         self.beats = 0
+        self.recording = False  # the agent is done and its result being written: a lost lease stops nothing
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{claim.key}", daemon=True)
 
@@ -69,6 +70,8 @@ class Heartbeat:
             log.warning("heartbeat: store unreachable", task=self.claim.key, error=str(exc).splitlines()[0])
             return None
         self.beats += 1
+        if not renewed and self.recording:
+            return False
         if not renewed:
             log.warning("heartbeat: lease gone; stopping the agent", plan=self.claim.plan_id, task=self.claim.key)
             self.control.request_stop(FailureClass.LEASE_LOST, LEASE_GONE)

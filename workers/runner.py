@@ -60,7 +60,9 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, usage_cost)
     with control.active(ctx.control), heartbeat:
         result = run_checked(ctx, claim)
-    return finish(claim, redact(result, ctx.redactor()))
+        # The lease is renewed until the result is recorded: writing it may wait out a store outage.
+        heartbeat.recording = True
+        return finish(claim, redact(result, ctx.redactor()))
 
 
 def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
