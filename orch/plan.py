@@ -38,13 +38,20 @@ MAX_PROBLEMS_SHOWN = 50
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 CALL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("contains a NUL character (\\x00), which no store, argument or terminal keeps")
+    return text
+
+
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=1, le=MAX_TIMEOUT_SECONDS)]
-Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS), AfterValidator(_no_nul)]
 
 
 def _check_file_pattern(pattern: str) -> str:
     if not pattern or len(pattern) > 1024:
         raise ValueError(f"file pattern {pattern[:40]!r} must be 1 to 1024 characters")
+    _no_nul(pattern)
     path = PurePosixPath(pattern.replace("\\", "/"))
     if path.is_absolute() or (len(pattern) > 1 and pattern[1] == ":"):
         raise ValueError(f"file pattern {pattern!r} is absolute; give it relative to workdir")
@@ -68,17 +75,17 @@ class TaskFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS)] | None = None
+    title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS), AfterValidator(_no_nul)] | None = None
     description: Text = ""
     agent: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
     after: Annotated[list[Annotated[str, Field(pattern=ID_PATTERN)]], Field(max_length=MAX_DEPENDENCIES_PER_TASK)] = []
     priority: Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = 0
     files: Annotated[list[FilePattern], Field(max_length=MAX_FILES_PER_TASK)] = []
     success: Text = ""
-    command: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
+    command: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_no_nul)] | None = None
     executor: str | None = None
     call: Annotated[str, Field(pattern=CALL_PATTERN)] | None = None
-    verify: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
+    verify: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_no_nul)] | None = None
     scope: Literal["loose", "strict"] = "loose"
     timeout: Seconds | None = None
     retries: Annotated[int, Field(ge=0, le=MAX_RETRIES)] | None = None
@@ -94,7 +101,7 @@ class TaskFields(BaseModel):
 
 class TaskSpec(TaskFields):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
-    title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS)]
+    title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS), AfterValidator(_no_nul)]
 
 
 class PlanHeader(BaseModel):
@@ -102,7 +109,7 @@ class PlanHeader(BaseModel):
 
     name: Annotated[str, Field(pattern=ID_PATTERN)]
     description: Text = ""
-    workdir: Annotated[str, Field(min_length=1, max_length=4096)] = "."
+    workdir: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)] = "."
     defaults: dict[str, Any] = {}
     budget: BudgetSpec | None = None
     tasks: Annotated[list[Any], Field(min_length=1, max_length=MAX_TASKS)]

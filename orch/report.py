@@ -164,7 +164,7 @@ def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
             task_duration(task, now),
             format_tokens(snapshot.stats_of(task).usage),
             format_cost(snapshot.stats_of(task).cost_usd),
-            (task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else "",
+            Text((task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else ""),  # verbatim, no markup
         )
     return table
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -58,6 +59,73 @@ def kill_group(pgid: int, grace: float, leader: subprocess.Popen[bytes] | None =
         os.killpg(pgid, signal.SIGKILL)
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+_subreaper = False
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its descendants' orphans (Linux), so an agent's daemon that left the
+    process group with setsid becomes our child, and `kill_escaped` can end it. Only for a process whose
+    children are agents alone (a prefork pool process)."""
+    global _subreaper
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        _subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        _subreaper = False
+    return _subreaper
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def kill_escaped() -> list[int]:
+    """Kill (and reap) every child of this subreaper that is not a running agent's group leader: the
+    processes that escaped a finished attempt's process group. Returns their pids."""
+    if not _subreaper:
+        return []
+    killed: list[int] = []
+    for _round in range(10):  # an escaped daemon's own orphans are re-parented to us as it dies
+        with _groups_lock:
+            running = set(_running_groups)
+        strays = [pid for pid in _children() if pid not in running and pid not in killed]
+        if not strays:
+            break
+        for pid in strays:
+            for kill in (os.killpg, os.kill):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        for pid in strays:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    return killed
+
+
+def end_agent(pgid: int, grace: float, leader: subprocess.Popen[bytes]) -> None:
+    """End an attempt's agent: its process group (SIGTERM, grace, SIGKILL), its leader reaped, and whatever
+    escaped the group."""
+    kill_group(pgid, grace, leader=leader)
+    leader.wait()
+    unregister_group(pgid)
+    escaped = kill_escaped()
+    if escaped:
+        log.warning("killed processes that escaped the agent's process group", pids=escaped)
+
+
 def kill_all_groups(grace: float = 2.0) -> None:
     """Kill every agent process group this process started (on a pool process's termination)."""
     with _groups_lock:
@@ -75,11 +143,13 @@ def install_pool_process_handlers() -> None:
 
     def _on_term(signum: int, _frame: object) -> None:
         kill_all_groups()
+        kill_escaped()
         os._exit(128 + signum)
 
     def _on_interrupt(_signum: int, _frame: object) -> None:
         control.stop_all(FailureClass.INTERRUPTED, SHUTDOWN_MESSAGE)
 
+    become_subreaper()
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(INTERRUPT_SIGNAL, _on_interrupt)
 

@@ -242,10 +242,11 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
         _task_events(session, now, plan_id, doomed, TaskStatus.PENDING, TaskStatus.UPSTREAM_FAILED)
 
     dispatches: list[Dispatch] = []
-    for chunk in _chunks(decision.ready):
+    old_status: dict[int, TaskStatus] = {}
+    for chunk, old in ((c, o) for c in _chunks(decision.ready) for o in sorted(DISPATCHABLE)):
         claimed = session.execute(
             update(TaskRow)
-            .where(TaskRow.pk.in_(chunk), TaskRow.status.in_(DISPATCHABLE))
+            .where(TaskRow.pk.in_(chunk), TaskRow.status == old)
             .values(
                 status=TaskStatus.QUEUED,
                 attempt=TaskRow.attempt + 1,
@@ -258,11 +259,18 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
             .execution_options(**_no_sync())
         ).all()
         dispatches.extend(Dispatch(*row) for row in claimed)
+        old_status.update((row[0], old) for row in claimed)
     _events(
         session,
         [
             _event_row(
-                now, plan_id, task_pk=d.task_pk, attempt=d.attempt, new=TaskStatus.QUEUED, detail=f"sent to {d.queue}"
+                now,
+                plan_id,
+                task_pk=d.task_pk,
+                attempt=d.attempt,
+                old=old_status[d.task_pk],
+                new=TaskStatus.QUEUED,
+                detail=f"sent to {d.queue}",
             )
             for d in dispatches
         ],

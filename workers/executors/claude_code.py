@@ -28,7 +28,7 @@ from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext
 from workers.executors.output import OutputSink
 from workers.executors.shell import agent_environment, describe_exit, last_line
-from workers.supervision import kill_group, register_group, unregister_group
+from workers.supervision import end_agent, register_group
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is cut (and then is not JSON): memory stays bounded
 _QUEUED_LINES = 16  # at most this many lines wait between the readers and the executor
@@ -165,9 +165,7 @@ class ClaudeCodeExecutor:
                 if state.take(line):
                     ctx.control.report_usage(state.usage_so_far(), state.model)
         finally:
-            kill_group(process.pid, ctx.kill_grace_seconds, leader=process)
-            process.wait()
-            unregister_group(process.pid)
+            end_agent(process.pid, ctx.kill_grace_seconds, process)
             _drain(lines, readers)
         return process.returncode, limit
 

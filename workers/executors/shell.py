@@ -19,7 +19,7 @@ from orch.failures import FailureClass
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext
 from workers.executors.output import OutputSink
-from workers.supervision import kill_group, register_group, unregister_group
+from workers.supervision import end_agent, register_group
 
 _CHUNK = 65536
 _POLL_SECONDS = 0.1  # how soon a stop request (cancel, lost lease, shutdown) reaches a running agent
@@ -133,9 +133,7 @@ class ShellExecutor:
             ended_by = wait_for_exit(process, deadline, ctx)
         finally:
             # The command is over (or out of time): nothing it started may outlive the attempt.
-            kill_group(pgid, ctx.kill_grace_seconds, leader=process)
-            process.wait()
-            unregister_group(pgid)
+            end_agent(pgid, ctx.kill_grace_seconds, process)
         reader.join(timeout=ctx.kill_grace_seconds + 5)
         return process.returncode, ended_by
 
