@@ -168,7 +168,7 @@ def interrupt_after_grace(grace: float) -> threading.Timer:
             if child.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, INTERRUPT_SIGNAL)
-        log.warning("shutdown grace over: interrupting running attempts", in_process=stopped, pool=len(children))
+        log.info("shutdown grace over: running attempts interrupted", in_process=stopped, pool_processes=len(children))
 
     timer = threading.Timer(grace, interrupt)
     timer.daemon = True

@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from orch.durations import format_duration
+from orch.embedded import die_with_parent
 from orch.failures import FailureClass
 from orch.prices import Usage
 from orch.store.repo import AttemptResult
@@ -128,6 +130,7 @@ class ClaudeCodeExecutor:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGKILL),  # a SIGKILLed worker takes its agent along
             env=agent_environment(os.environ, ctx),
         )
         register_group(process.pid)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import IO
 
 from orch.durations import format_duration
+from orch.embedded import die_with_parent
 from orch.failures import FailureClass
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext
@@ -120,6 +121,7 @@ class ShellExecutor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: pgid == pid
+            preexec_fn=die_with_parent(signal.SIGKILL),  # a SIGKILLed worker takes its agent along
             env=agent_environment(os.environ, ctx),
         )
         pgid = process.pid
