@@ -38,6 +38,7 @@ MAX_PROBLEMS_SHOWN = 50
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 CALL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
+
 def _no_nul(text: str) -> str:
     if "\x00" in text:
         raise ValueError("contains a NUL character (\\x00), which no store, argument or terminal keeps")
