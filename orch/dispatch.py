@@ -6,6 +6,7 @@ Messages carry the task's id and attempt only; everything else is read from the 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -13,14 +14,20 @@ from sqlalchemy.orm import Session
 from orch.agents import AgentRegistry
 from orch.celery import RUN_TASK, TIME_LIMIT_MARGIN, app
 from orch.log import get_logger
-from orch.readiness import free_slots, reconcile
+from orch.readiness import Reconciliation, free_slots, reconcile
 from orch.settings import get_settings
 from orch.states import PlanStatus
 from orch.store import repo
 from orch.store.db import take_dispatch_lock
+from orch.store.models import PlanRow
 from orch.store.repo import Dispatch
 
 log = get_logger(__name__)
+
+
+# How many ready tasks one plan's reconcile reads beyond its free slots: room for tasks skipped because their
+# files are held, without reading every ready task of a wide plan.
+_READY_SLACK = 64
 
 
 def reconcile_plans(
@@ -39,15 +46,33 @@ def reconcile_plans(
             continue
         if not repo.check_plan_budget(session, plan, now):
             continue
-        views = repo.task_views(session, plan_id)
-        held = repo.held_files(session, plan.workdir, plan_id) if any(v.files for v in views) else []
-        decision = reconcile(views, slots, now, held_files=held)
+        decision, agent_of = _decide(session, plan, slots, now)
         claimed = repo.apply_reconciliation(session, plan_id, decision, now)
-        agent_of = {view.pk: view.agent for view in views}
         for dispatch in claimed:
             slots[agent_of[dispatch.task_pk]] -= 1
         dispatches.extend(claimed)
     return dispatches
+
+
+def _decide(
+    session: Session, plan: PlanRow, slots: dict[str, int], now: datetime
+) -> tuple[Reconciliation, dict[int, str]]:
+    """Readiness for one plan. The database finds the ready tasks (their cost grows with what is ready, not with
+    the plan's size); only when a failure must be carried to pending descendants is the whole plan loaded."""
+    if repo.has_doomed_pending(session, plan.id):
+        views = repo.task_views(session, plan.id)
+        held = repo.held_files(session, plan.workdir, plan.id) if any(v.files for v in views) else []
+        decision = reconcile(views, slots, now, held_files=held)
+        return decision, {view.pk: view.agent for view in views}
+    open_agents = [agent for agent, free in slots.items() if free > 0]
+    candidates = repo.ready_views(session, plan.id, open_agents, now, sum(slots.values()) + _READY_SLACK)
+    held = []
+    if any(view.files for view in candidates):  # file leases held by in-flight tasks of this plan and others
+        held = repo.held_files(session, plan.workdir, plan.id) + repo.in_flight_files(session, plan.id)
+    decision = reconcile(candidates, slots, now, held_files=held)
+    # `candidates` is not the whole plan: whether the plan is over is asked of the store.
+    outcome = None if decision.ready else repo.plan_outcome(session, plan.id)
+    return replace(decision, plan_outcome=outcome), {view.pk: view.agent for view in candidates}
 
 
 def publish(dispatches: Sequence[Dispatch]) -> None:

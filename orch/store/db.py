@@ -155,3 +155,10 @@ def with_store_retry(
                 on_retry(exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+def analyze_after_bulk_insert(session: Session) -> None:
+    """On PostgreSQL, refresh the planner's statistics after a large plan is stored: until autovacuum gets to a
+    fresh table, the planner believes it is empty and picks nested loops over thousands of rows."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("ANALYZE tasks, dependencies"))

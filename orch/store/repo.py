@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, func, insert, or_, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from orch.budget import Budget, Spend, describe, exhausted
 from orch.errors import PlanNotFound, TaskNotFound, TaskStateConflict
@@ -24,16 +24,20 @@ from orch.readiness import Reconciliation, TaskView
 from orch.states import (
     CANCELLABLE,
     DISPATCHABLE,
+    DOOMING,
     IN_FLIGHT,
     PLAN_FINAL,
     PLAN_HELD,
     RETRIABLE,
+    TERMINAL,
     AttemptStatus,
     PlanStatus,
     TaskStatus,
 )
+from orch.store.db import analyze_after_bulk_insert
 from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow
 
+_ANALYZE_FROM_TASKS = 500  # a plan this large refreshes the planner's statistics when stored
 _CHUNK = 2000  # IN-list size, well under SQLite's bound-parameter limit
 
 
@@ -121,6 +125,8 @@ def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
     if edges:
         session.execute(insert(DependencyRow), edges)
     _event(session, now, plan_id, kind="plan", new=PlanStatus.RUNNING, detail=f"submitted from {plan.source}")
+    if len(plan.tasks) >= _ANALYZE_FROM_TASKS:
+        analyze_after_bulk_insert(session)  # PostgreSQL counts this transaction's own rows in the sample
     return plan_id
 
 
@@ -183,6 +189,84 @@ def task_views(session: Session, plan_id: str) -> list[TaskView]:
         TaskView(pk, status, agent, priority, seq, tuple(deps.get(pk, ())), not_before, tuple(files or ()))
         for pk, status, agent, priority, seq, not_before, files in rows
     ]
+
+
+def _unmet_dependency() -> Any:
+    """SQL: the task in the outer query has a dependency that has not succeeded."""
+    dep = aliased(TaskRow)
+    return (
+        select(DependencyRow.task_pk)
+        .join(dep, dep.pk == DependencyRow.depends_on_pk)
+        .where(DependencyRow.task_pk == TaskRow.pk, dep.status != TaskStatus.SUCCEEDED)
+        .exists()
+    )
+
+
+def ready_views(session: Session, plan_id: str, agents: Collection[str], now: datetime, limit: int) -> list[TaskView]:
+    """The plan's tasks that may start now, best first, found by the database (not by loading the plan):
+    pending tasks whose dependencies all succeeded, and retry_wait tasks whose backoff has passed — of the
+    agent types in `agents` (those with free slots), at most `limit`. Their dependencies are met, so the views
+    carry none."""
+    if not agents or limit <= 0:
+        return []
+    rows = session.execute(
+        select(
+            TaskRow.pk, TaskRow.status, TaskRow.agent, TaskRow.priority, TaskRow.seq, TaskRow.not_before, TaskRow.files
+        )
+        .where(
+            TaskRow.plan_id == plan_id,
+            TaskRow.agent.in_(agents),
+            or_(
+                and_(TaskRow.status == TaskStatus.PENDING, ~_unmet_dependency()),
+                and_(
+                    TaskRow.status == TaskStatus.RETRY_WAIT,
+                    or_(TaskRow.not_before.is_(None), TaskRow.not_before <= now),
+                ),
+            ),
+        )
+        .order_by(TaskRow.priority.desc(), TaskRow.seq)
+        .limit(limit)
+    )
+    return [
+        TaskView(pk, status, agent, priority, seq, (), not_before, tuple(files or ()))
+        for pk, status, agent, priority, seq, not_before, files in rows
+    ]
+
+
+def in_flight_files(session: Session, plan_id: str) -> list[list[str]]:
+    """The `files` of the plan's queued and running tasks: the file leases they hold."""
+    rows = session.execute(select(TaskRow.files).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(IN_FLIGHT)))
+    return [list(files) for (files,) in rows if files]
+
+
+def has_doomed_pending(session: Session, plan_id: str) -> bool:
+    """A pending task of the plan depends on a failed, upstream_failed or cancelled one (it must be doomed).
+
+    Two index lookups, driven from the (few) failed tasks, so no planner statistics are needed to make it cheap."""
+    failed = list(
+        session.scalars(select(TaskRow.pk).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(DOOMING)))
+    )
+    for chunk in _chunks(failed):
+        pending_dependant = (
+            select(DependencyRow.task_pk)
+            .join(TaskRow, TaskRow.pk == DependencyRow.task_pk)
+            .where(DependencyRow.depends_on_pk.in_(chunk), TaskRow.status == TaskStatus.PENDING)
+            .limit(1)
+        )
+        if session.execute(pending_dependant).first() is not None:
+            return True
+    return False
+
+
+def plan_outcome(session: Session, plan_id: str) -> PlanStatus | None:
+    """SUCCEEDED or FAILED once every task of the plan is final, else None (index lookups, no plan scan)."""
+    open_statuses = [s for s in TaskStatus if s not in TERMINAL]
+    unfinished = select(TaskRow.pk).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(open_statuses)).limit(1)
+    if session.execute(unfinished).first() is not None:
+        return None
+    not_done = [s for s in TERMINAL if s is not TaskStatus.SUCCEEDED]
+    failed = select(TaskRow.pk).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(not_done)).limit(1)
+    return PlanStatus.FAILED if session.execute(failed).first() is not None else PlanStatus.SUCCEEDED
 
 
 def held_files(session: Session, workdir: str, other_than: str) -> list[list[str]]:

@@ -30,11 +30,10 @@ AGENTS = [
     "application-performance",
     "database-architect",
 ]
-# 2,000 tasks as PLANS layered DAGs of 500. Every tick reconciles every active plan, and every result's fast path
-# its whole plan, under the one dispatch lock: a single 2,000-task plan ran at ~8 tasks/s on a 2-core machine with
-# two beats ticking every 0.2s; four plans of 500 at ~25 tasks/s. PLANS = 1, WIDTH = 200 runs the single plan.
-PLANS = 4
-WIDTH, DEPTH = 50, 10
+# One 2,000-task layered DAG. Two beats tick every 0.2 s and race each other and the four worker processes'
+# fast paths, all dispatching under the one PostgreSQL advisory lock.
+PLANS = 1
+WIDTH, DEPTH = 200, 10
 CONCURRENCY = 2
 FINAL = {s.value for s in PLAN_FINAL}
 BEATS = ["beat-a", "beat-b"]
@@ -112,4 +111,5 @@ def test_two_beats_enqueue_every_task_exactly_once(
     assert [t for t in all_tasks if attempts[t] != 1] == [], "tasks with other than one attempt"
     assert set(received) == expected_ids, (len(set(received)), len(expected_ids))
     assert [i for i, n in received.items() if n > 1] == [], "message ids received more than once"
-    assert all(ticks[name] for name in BEATS), f"a beat never dispatched: {ticks}"
+    # The workers' fast path dispatches most tasks; the beats race it and each other for the rest.
+    assert by_beats > 0, f"no beat ever dispatched: {ticks}"
