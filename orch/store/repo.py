@@ -243,9 +243,7 @@ def has_doomed_pending(session: Session, plan_id: str) -> bool:
     """A pending task of the plan depends on a failed, upstream_failed or cancelled one (it must be doomed).
 
     Two index lookups, driven from the (few) failed tasks, so no planner statistics are needed to make it cheap."""
-    failed = list(
-        session.scalars(select(TaskRow.pk).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(DOOMING)))
-    )
+    failed = list(session.scalars(select(TaskRow.pk).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(DOOMING))))
     for chunk in _chunks(failed):
         pending_dependant = (
             select(DependencyRow.task_pk)
