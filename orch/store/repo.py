@@ -871,22 +871,19 @@ _TOKENS = (
 )
 
 
+def _spend(*where: Any) -> Any:
+    return select(func.coalesce(func.sum(AttemptRow.cost_usd), 0.0), func.coalesce(func.sum(_TOKENS), 0)).where(*where)
+
+
 def plan_spend(session: Session, plan_id: str) -> Spend:
     """Dollars and tokens spent by a plan's attempts, finished or still running (as their heartbeats report)."""
-    usd, tokens = session.execute(
-        select(func.coalesce(func.sum(AttemptRow.cost_usd), 0.0), func.coalesce(func.sum(_TOKENS), 0))
-        .join(TaskRow, TaskRow.pk == AttemptRow.task_pk)
-        .where(TaskRow.plan_id == plan_id)
-    ).one()
+    query = _spend(TaskRow.plan_id == plan_id).join(TaskRow, TaskRow.pk == AttemptRow.task_pk)
+    usd, tokens = session.execute(query).one()
     return Spend(float(usd or 0.0), int(tokens or 0))
 
 
 def task_spend(session: Session, task_pk: int) -> Spend:
-    usd, tokens = session.execute(
-        select(func.coalesce(func.sum(AttemptRow.cost_usd), 0.0), func.coalesce(func.sum(_TOKENS), 0)).where(
-            AttemptRow.task_pk == task_pk
-        )
-    ).one()
+    usd, tokens = session.execute(_spend(AttemptRow.task_pk == task_pk)).one()
     return Spend(float(usd or 0.0), int(tokens or 0))
 
 
