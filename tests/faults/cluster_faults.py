@@ -1,78 +1,33 @@
 """Helpers for the scenarios that hurt the cluster's own processes (worker SIGKILL, SIGSTOP, SIGTERM, two beats):
-start workers and beats the harness's `Cluster` does not (named beats with schedules of their own, worker log
-levels), find a worker's process tree in /proc, signal it, and read what the harness's snapshot leaves out
-(which worker ran an attempt, when an event happened)."""
+find a worker's process tree in /proc, signal it, and read what the harness's snapshot leaves out (which worker ran
+an attempt, when an event happened, which messages a worker received)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-import shlex
 import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from tests.faults.harness import (
-    CELERY,
-    LEDGER_AGENT,
-    PYTHON,
-    Cluster,
-    FaultRun,
-    Figures,
-    LeaseWatch,
-    Store,
-    TaskState,
-    marked_processes,
-    submit_plan,
-)
-
-# --- starting processes the harness's Cluster does not start ---------------------------------------------
-
-
-def start_worker(
-    cluster: Cluster, name: str, queues: Iterable[str], concurrency: int = 4, loglevel: str | None = None
-) -> subprocess.Popen[bytes]:
-    """Like `Cluster.worker`, optionally with Celery's log level (INFO logs every message it receives)."""
-    args = [*CELERY, "worker", "-Q", ",".join(sorted(set(queues))), "-n", f"{name}@%h", "-c", str(concurrency)]
-    if loglevel:
-        args += ["-l", loglevel]
-    return cluster._start(name, [*args, "--without-mingle", "--without-gossip"])
-
-
-def start_beat(cluster: Cluster, name: str) -> subprocess.Popen[bytes]:
-    """A `celery -A orch beat` named `name`, with a schedule file of its own (several may run at once)."""
-    schedule = cluster.run.folder / f"{name}-schedule"
-    return cluster._start(name, [*CELERY, "beat", "-s", str(schedule)])
-
-
-def forget(cluster: Cluster, name: str) -> subprocess.Popen[bytes]:
-    """Take a process the scenario ended on purpose out of the cluster (its log stays readable), so that
-    `check_alive` does not count it as a crash; reaps it."""
-    process = cluster.started.pop(name)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=10)
-    return process
-
+from tests.faults.harness import Cluster, FaultRun, Figures, Store, marked_processes, submit_plan
 
 # --- the agents' command lines ---------------------------------------------------------------------------
 
 
 def per_attempt_command(run: FaultRun, first: Iterable[str], later: Iterable[str]) -> str:
     """A ledger-agent task that runs with `first` flags on attempt 1 and with `later` flags on every retry."""
-
-    def agent(flags: Iterable[str]) -> str:
-        args = [PYTHON, str(LEDGER_AGENT), "--ledger", str(run.ledger), *flags]
-        return "exec " + " ".join(shlex.quote(a) for a in args)
-
-    return run.marked_shell(f'if [ "$ORCH_ATTEMPT" -le 1 ]; then {agent(first)}; else {agent(later)}; fi')
+    return run.marked_shell(
+        f'if [ "$ORCH_ATTEMPT" -le 1 ]; then {run.agent_exec(*first)}; else {run.agent_exec(*later)}; fi'
+    )
 
 
 # --- processes in /proc ----------------------------------------------------------------------------------
@@ -239,38 +194,6 @@ def running_on(store: Store, plan_id: str, worker: str) -> list[AttemptRecord]:
     return [a for a in attempt_records(store, plan_id) if a.status == "running" and a.worker.startswith(f"{worker}@")]
 
 
-class ReaperWatch(LeaseWatch):
-    """The harness's lease watch (invariant e) for scenarios that kill or freeze workers on purpose: a dead
-    worker's attempt stays `running` on an expired lease until the beat's next tick reaps it, so an expiry is
-    a violation only once it is older than `allowance` (the reaper missed it); `overdue` keeps the worst seen."""
-
-    def __init__(self, store: Store, plan_id: str, allowance: float) -> None:
-        super().__init__(store, plan_id)
-        self.allowance = timedelta(seconds=allowance)
-        self.overdue = 0.0
-
-    def sample(self) -> None:
-        with self.store.engine.connect() as conn:
-            now = self.store.db_now(conn)
-            running = self.store.tasks(conn, self.plan_id, ["running"])
-        for task in running:
-            self.observations += 1
-            problem = self.problem(task, now)
-            if problem:
-                self.violations.setdefault((task.key, task.lease), problem)
-
-    def problem(self, task: TaskState, now: datetime) -> str | None:
-        if not task.lease:
-            return f"task {task.key!r} is running without a lease"
-        if task.lease_expires_at is None or task.lease_expires_at > now:
-            return None
-        late = now - task.lease_expires_at
-        self.overdue = max(self.overdue, late.total_seconds())
-        if late > self.allowance:
-            return f"task {task.key!r} is running on a lease that expired {late.total_seconds():.1f}s ago, unreaped"
-        return None
-
-
 # --- logs ------------------------------------------------------------------------------------------------
 
 
@@ -279,17 +202,7 @@ RECEIVED = re.compile(r"Task orch\.run_task\[([^\]]+)\] received")
 
 def received_ids(cluster: Cluster, names: Iterable[str]) -> list[str]:
     """The message ids Celery logged as received (needs the worker's log level at INFO)."""
-    ids: list[str] = []
-    for name in names:
-        path = cluster.log_paths.get(name)
-        if path and path.exists():
-            ids += RECEIVED.findall(path.read_text(errors="replace"))
-    return ids
-
-
-def log_text(cluster: Cluster, name: str) -> str:
-    path = cluster.log_paths.get(name)
-    return path.read_text(errors="replace") if path and path.exists() else ""
+    return [found for name in names for found in RECEIVED.findall(cluster.log_text(name))]
 
 
 def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
@@ -324,21 +237,6 @@ def drop_unacked(broker_url: str, run: FaultRun) -> int:
         client.hdel("unacked", *tags)
         client.zrem("unacked_index", *tags)
     return len(tags)
-
-
-def stop_all(cluster: Cluster, timeout: float = 20) -> None:
-    """Stop every process of the cluster at once (SIGTERM, then SIGKILL after `timeout`), rather than one after
-    the other as `Cluster.stop` does: an idle Celery worker alone takes seconds to shut down."""
-    processes = list(cluster.started.values())
-    signal_pids([p.pid for p in processes if p.poll() is None], signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # what is left of it, or of its group
-        process.poll()
-    cluster.started.clear()
 
 
 def submit_plans(run: FaultRun, env: Mapping[str, str], documents: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -4,6 +4,7 @@ to `.orch/faults-report.md`."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ _durations: dict[str, float] = {}
 _outcomes: dict[str, str] = {}
 
 RecordFigures = Callable[..., None]
+MakeCluster = Callable[..., Cluster]
 
 
 @pytest.fixture
@@ -72,7 +74,7 @@ def fault_run(tmp_path: Path) -> Iterator[FaultRun]:
 
 
 @pytest.fixture
-def make_cluster(fault_run: FaultRun) -> Iterator[Callable[..., Cluster]]:
+def make_cluster(fault_run: FaultRun) -> Iterator[MakeCluster]:
     """`make_cluster(database_url, broker_url, **env)`: a Cluster stopped (with every agent) at teardown, and its
     queues removed from the broker."""
     clusters: list[Cluster] = []
@@ -88,6 +90,12 @@ def make_cluster(fault_run: FaultRun) -> Iterator[Callable[..., Cluster]]:
         for cluster in reversed(clusters):
             cluster.stop()
             clean_broker(cluster.broker_url, fault_run)
+
+
+@pytest.fixture
+def pg_redis_cluster(postgres_url: str, fault_redis_url: str, make_cluster: MakeCluster) -> MakeCluster:
+    """`pg_redis_cluster(**env)`: `make_cluster` on the PostgreSQL store and the fault suite's Redis broker."""
+    return functools.partial(make_cluster, postgres_url, fault_redis_url)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -24,9 +24,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +38,7 @@ import sqlalchemy as sa
 from orch.embedded import die_with_parent, stop_process
 from orch.settings import normalise_database_url
 from orch.states import LEGAL_TRANSITIONS, PLAN_FINAL, TERMINAL, TaskStatus
-from tests.helpers import wait_for
+from tests.helpers import layered_dag, wait_for
 
 FAULTS = Path(__file__).resolve().parent
 REPO = FAULTS.parents[1]
@@ -129,11 +130,18 @@ class FaultRun:
     def queue(self, agent: str) -> str:
         return f"{self.queue_prefix}.{agent}"
 
+    def queues(self, agents: Iterable[str]) -> list[str]:
+        return [self.queue(agent) for agent in agents]
+
+    def agent_exec(self, *flags: str) -> str:
+        """`exec` of the ledger agent with `flags`, writing to this run's ledger (not yet marked: see below)."""
+        args = [PYTHON, str(LEDGER_AGENT), "--ledger", str(self.ledger), *flags]
+        return "exec " + " ".join(shlex.quote(a) for a in args)
+
     def agent_command(self, *flags: str) -> str:
         """The shell command of a ledger-agent task. The marker is in its environment (inherited by anything it
         starts) and on its command line, so a leftover process of this run is found in /proc."""
-        args = [PYTHON, str(LEDGER_AGENT), "--ledger", str(self.ledger), *flags]
-        return self.marked_shell("exec " + " ".join(shlex.quote(a) for a in args))
+        return self.marked_shell(self.agent_exec(*flags))
 
     def marked_shell(self, script: str) -> str:
         """A shell command whose processes (and their children) all carry the marker."""
@@ -203,66 +211,154 @@ def cluster_env(run: FaultRun, database_url: str, broker_url: str, **extra: str)
     return env
 
 
+def spawn(
+    args: Sequence[str],
+    log: Path,
+    cwd: Path,
+    env: Mapping[str, str] | None,
+    death_signal: int = signal.SIGKILL,
+    account: tuple[int, int] | None = None,
+) -> subprocess.Popen[bytes]:
+    """A child process in a session of its own, its output appended to `log`, that gets `death_signal` if the test
+    process dies (PR_SET_PDEATHSIG); run as `account` (uid, gid) if given, else as the test process."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(args),
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(death_signal),
+            user=account[0] if account else None,
+            group=account[1] if account else None,
+            extra_groups=[] if account else None,
+        )
+
+
+def end_session(process: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
+    """Send `sig` to a process started by `spawn` and wait for it (SIGKILL after `timeout`), then SIGKILL whatever
+    it left in its process group."""
+    stop_process(process, sig, timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
 class Cluster:
-    """Real `celery -A orch worker`s and a `celery -A orch beat` as child processes, each in its own session and
-    killed if the test process dies. `stop()` ends them and every process carrying the run's marker."""
+    """Real `celery -A orch worker`s and `celery -A orch beat`s as child processes, each in its own session and
+    killed if the test process dies, each logging to `<name>.log` in the run's logs folder. `stop()` ends them and
+    every process carrying the run's marker."""
 
     def __init__(self, run: FaultRun, database_url: str, broker_url: str, **extra_env: str) -> None:
         self.run = run
         self.env = cluster_env(run, database_url, broker_url, **extra_env)
         self.database_url = database_url
         self.broker_url = broker_url
-        self.started: dict[str, subprocess.Popen[bytes]] = {}
-        self.log_paths: dict[str, Path] = {}
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}  # those running on purpose: see `forget`
+        self._logs: dict[str, Path] = {}  # every process's log, forgotten or not
 
-    def _start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = self.run.logs / f"{name}.log"
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                args,
-                cwd=self.run.folder,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGKILL),
-            )
-        self.started[name] = process
-        self.log_paths[name] = log
+        process = spawn(args, log, self.run.folder, self.env)
+        self._processes[name] = process
+        self._logs[name] = log
         return process
 
-    def worker(self, name: str, queues: Iterable[str], concurrency: int = 4) -> subprocess.Popen[bytes]:
+    def worker(
+        self, name: str, queues: Iterable[str], concurrency: int = 4, loglevel: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker named `name@%h` reading `queues`; with `loglevel` INFO, Celery logs every message it receives."""
         args = [*CELERY, "worker", "-Q", ",".join(sorted(set(queues))), "-n", f"{name}@%h", "-c", str(concurrency)]
-        return self._start(name, [*args, "--without-mingle", "--without-gossip"])
+        if loglevel:
+            args += ["-l", loglevel]
+        return self._spawn(name, [*args, "--without-mingle", "--without-gossip"])
 
-    def beat(self) -> subprocess.Popen[bytes]:
-        schedule = self.run.folder / "celerybeat-schedule"
-        return self._start("beat", [*CELERY, "beat", "-s", str(schedule)])
+    def beat(self, name: str = "beat", schedule: Path | None = None) -> subprocess.Popen[bytes]:
+        """A beat named `name`, with a schedule file of its own (by default `<name>-schedule` in the run's folder),
+        so that several may run at once."""
+        schedule = schedule or self.run.folder / f"{name}-schedule"
+        return self._spawn(name, [*CELERY, "beat", "-s", str(schedule)])
+
+    def start(
+        self,
+        workers: Sequence[str],
+        queues: Sequence[str],
+        concurrency: int,
+        loglevel: str | None = None,
+        beats: Sequence[str] = ("beat",),
+    ) -> list[subprocess.Popen[bytes]]:
+        """The usual cluster: `workers` on `queues`, then `beats`. Returns the workers' processes, in order."""
+        processes = [self.worker(name, queues, concurrency, loglevel) for name in workers]
+        for name in beats:
+            self.beat(name)
+        return processes
+
+    def forget(self, name: str) -> subprocess.Popen[bytes]:
+        """Take a process the scenario ended on purpose out of the cluster (its log stays readable), so that
+        `check_alive` does not count it as a crash; reaps it."""
+        process = self._processes.pop(name)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        return process
 
     def check_alive(self) -> None:
         """Fail at once, with its log, if a process of the cluster exited."""
-        for name, process in self.started.items():
+        for name, process in self._processes.items():
             if process.poll() is not None:
                 raise AssertionError(
                     f"{name} exited with {process.returncode}; its log ends with:\n{self.log_tail(name)}"
                 )
 
+    def log_text(self, name: str) -> str:
+        path = self._logs.get(name)
+        return path.read_text(errors="replace") if path and path.exists() else ""
+
     def log_tail(self, name: str, chars: int = 3000) -> str:
-        path = self.log_paths.get(name)
-        return path.read_text(errors="replace")[-chars:] if path and path.exists() else ""
+        return self.log_text(name)[-chars:]
 
     def logs_tail(self) -> str:
-        return "\n".join(f"--- {name}\n{self.log_tail(name)}" for name in self.started)
+        return "\n".join(f"--- {name}\n{self.log_tail(name)}" for name in self._processes)
 
     def log_count(self, text: str) -> int:
-        return sum(path.read_text(errors="replace").count(text) for path in self.log_paths.values() if path.exists())
+        return sum(self.log_text(name).count(text) for name in self._logs)
+
+    def json_log(self, name: str) -> list[dict[str, Any]]:
+        """The structured (JSON) lines of a process's log (ORCH_LOG_FORMAT=json); Celery's own lines are skipped."""
+        entries = []
+        for line in self.log_text(name).splitlines():
+            if line.startswith("{"):
+                try:
+                    entries.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return entries
+
+    def examine(self, plan_id: str, watch: LeaseWatch | None = None) -> Verdict:
+        """The oracle's verdict on a plan this cluster ran, its agents writing to the run's ledger."""
+        return examine(self.database_url, plan_id, self.run.ledger, self.run.marker, watch)
+
+    def stop_all(self, timeout: float = 20) -> None:
+        """Stop every process of the cluster at once (SIGTERM, then SIGKILL after `timeout`), rather than one after
+        the other as `stop` does: an idle Celery worker alone takes seconds to shut down. Their logs are complete
+        once it returns."""
+        processes = list(self._processes.values())
+        for process in processes:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # what is left of it, or of its group
+            process.poll()
+        self._processes.clear()
 
     def stop(self) -> None:
-        for process in reversed(list(self.started.values())):
-            stop_process(process, signal.SIGTERM, 15)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # whatever the process left in its group
+        for process in reversed(list(self._processes.values())):
+            end_session(process, signal.SIGTERM, 15)
         self.run.kill_leftovers()  # agents run in their own process groups
 
     def __enter__(self) -> Cluster:
@@ -397,6 +493,11 @@ class Store:
             value = conn.execute(sa.select(plans.c.status).where(plans.c.id == plan_id)).scalar_one_or_none()
         return None if value is None else str(value)
 
+    def status_counts(self, plan_id: str) -> dict[str, int]:
+        """How many of the plan's tasks are in each status."""
+        with self.engine.connect() as conn:
+            return dict(Counter(task.status for task in self.tasks(conn, plan_id)))
+
     def tasks(self, conn: sa.Connection, plan_id: str, statuses: Iterable[str] | None = None) -> list[TaskState]:
         tasks = self.table("tasks")
         has_expiry = "lease_expires_at" in tasks.c
@@ -458,23 +559,68 @@ class Store:
 
 
 class LeaseWatch:
-    """Samples, while a plan runs, that every `running` task holds a live lease (invariant e)."""
+    """Samples, while a plan runs, that every `running` task holds a live lease (invariant e).
 
-    def __init__(self, store: Store, plan_id: str) -> None:
+    A running task must always hold a lease token. With no `grace`, an expired lease is a violation at once. With
+    a `grace` (seconds, by the database's clock), for scenarios that kill or freeze a worker or take a service
+    away, a lease may stay expired that long: the time the design gives the reaper to notice (a tick), or after an
+    outage the workers to renew (the beat waits one lease period before it reaps); an expired lease older than
+    that is a task nobody is taking care of. A lease that expired while the store was away is judged from the
+    store's return (`store_back_at`, a database-clock time the scenario sets): nobody could renew or reap it
+    meanwhile. `expired_seen` keeps, for each (task, lease), the longest expiry seen.
+
+    With `count_unreachable`, samples that fail because the store is away are counted in `unreachable`, not
+    raised."""
+
+    def __init__(self, store: Store, plan_id: str, grace: float = 0.0, count_unreachable: bool = False) -> None:
         self.store = store
         self.plan_id = plan_id
+        self.grace = grace
+        self.count_unreachable = count_unreachable
+        self.store_back_at: datetime | None = None
         self.observations = 0
         self.violations: dict[tuple[str, str | None], str] = {}
+        self.expired_seen: dict[tuple[str, str | None], float] = {}  # (task, lease) → longest expiry seen
+        self.unreachable = 0
 
     def sample(self) -> None:
-        with self.store.engine.connect() as conn:
-            now = self.store.db_now(conn)
-            running = self.store.tasks(conn, self.plan_id, [TaskStatus.RUNNING.value])
+        try:
+            with self.store.engine.connect() as conn:
+                now = self.store.db_now(conn)
+                running = self.store.tasks(conn, self.plan_id, [TaskStatus.RUNNING.value])
+        except sa.exc.OperationalError:
+            if not self.count_unreachable:
+                raise
+            self.unreachable += 1
+            return
         for task in running:
             self.observations += 1
-            problem = running_lease_problem(task, now)
+            problem = self.problem(task, now)
             if problem:
                 self.violations.setdefault((task.key, task.lease), problem)
+
+    def problem(self, task: TaskState, now: datetime) -> str | None:
+        if not task.lease or task.lease_expires_at is None or task.lease_expires_at > now:
+            return running_lease_problem(task, now)  # no token: a violation; a live lease: none
+        since = task.lease_expires_at
+        if self.store_back_at is not None and self.store_back_at > since:
+            since = self.store_back_at
+        overdue = (now - since).total_seconds()
+        key = (task.key, task.lease)
+        self.expired_seen[key] = max(overdue, self.expired_seen.get(key, 0.0))
+        if not self.grace:
+            return running_lease_problem(task, now)
+        if overdue > self.grace:
+            return (
+                f"task {task.key!r} is running on a lease expired {overdue:.1f}s ago (grace {self.grace:.1f}s; "
+                f"expired {task.lease_expires_at.isoformat()}, judged from {since.isoformat()})"
+            )
+        return None
+
+    @property
+    def longest_expired(self) -> float:
+        """The longest a running task was seen on an expired lease (from `store_back_at`, if later), in seconds."""
+        return max(self.expired_seen.values(), default=0.0)
 
 
 def running_lease_problem(task: TaskState, now: datetime) -> str | None:
@@ -690,6 +836,17 @@ def cleanup(run: FaultRun) -> Iterator[FaultRun]:
         yield run
     finally:
         run.kill_leftovers()
+
+
+def sleeping_dag(
+    run: FaultRun, width: int, depth: int, agents: list[str], sleep: Callable[[int], str], **fields: Any
+) -> list[dict[str, Any]]:
+    """`layered_dag(width, depth)` on `agents` whose i-th task is a ledger agent sleeping `sleep(i)` seconds, with
+    `fields` added to every task."""
+    return [
+        {**task, "command": run.agent_command("--sleep", sleep(i)), **fields}
+        for i, task in enumerate(layered_dag(width, depth, agents=agents))
+    ]
 
 
 def submit_plan(run: FaultRun, env: Mapping[str, str], document: Mapping[str, Any], name: str = "plan.yaml") -> str:

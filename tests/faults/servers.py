@@ -4,8 +4,8 @@ services are never touched. Each server runs as a child process in its own sessi
 process (PR_SET_PDEATHSIG), can be stopped and started again on the same port (and, for PostgreSQL, the same
 data directory), and is removed, folder and all, by `close()`.
 
-Also here: a lease sampler for scenarios in which an expired lease is expected for a while (see
-`GraceLeaseWatch`)."""
+Also here: what the scenarios that take one of them away while a plan runs share (`wait_mid_run`, `outage`, and
+reading what happened around it)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,13 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import sqlalchemy as sa
-
-from orch.embedded import die_with_parent, stop_process
-from orch.states import TaskStatus
-from tests.faults.harness import LeaseWatch, Store, TaskState, wait_until
+from tests.faults.harness import AttemptState, Cluster, LeaseWatch, Store, end_session, spawn, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 PG_BIN = Path(shutil.which("postgres") or "/usr/local/bin/postgres").parent
@@ -78,21 +77,9 @@ class PrivateServer:
     def start(self, timeout: float = 30.0) -> None:
         """Start the server and wait until it answers; fail with its log if it does not."""
         assert not self.running(), f"{self.name} is already running"
-        account = self.account()
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                self.command(),
-                cwd=self.folder,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent(self.death_signal),
-                user=account[0] if account else None,
-                group=account[1] if account else None,
-                extra_groups=[] if account else None,
-                env=self.environment(),
-            )
+        self.process = spawn(
+            self.command(), self.log_path, self.folder, self.environment(), self.death_signal, self.account()
+        )
         self.starts += 1
 
         def up() -> bool:
@@ -110,9 +97,7 @@ class PrivateServer:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         """Send `sig` and wait for the server to exit (SIGKILL after `timeout`)."""
         if self.process is not None:
-            stop_process(self.process, sig, timeout)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)  # whatever it left in its session's group
+            end_session(self.process, sig, timeout)
         self.stopped_at = time.monotonic()
 
     def close(self) -> None:
@@ -275,57 +260,60 @@ class PrivatePostgres(PrivateServer):
         super().stop(sig, timeout)
 
 
-# --- sampling leases -------------------------------------------------------------------------------------
+# --- a plan through a server's outage ---------------------------------------------------------------------
 
 
-class GraceLeaseWatch(LeaseWatch):
-    """Invariant (e) for scenarios that take a service away: a running task must hold a lease token always, and
-    its lease may be expired only for `grace` seconds (by the database's clock) — the time the design gives the
-    reaper to notice (a tick) or, after an outage, the workers to renew (the beat waits one lease period before
-    it reaps). An expired lease older than that is a task nobody is taking care of: a violation, as in
-    `LeaseWatch`. Samples that fail because the store is away are counted, not raised."""
+def wait_mid_run(
+    cluster: Cluster, store: Store, plan_id: str, watch: LeaseWatch, succeeded: int, running: int, what: str
+) -> None:
+    """Wait (up to a minute, sampling leases) until at least `succeeded` tasks are done and `running` run."""
 
-    def __init__(self, store: Store, plan_id: str, grace: float) -> None:
-        super().__init__(store, plan_id)
-        self.grace = grace
-        # A lease that expired while the store was away is judged from the store's return: nobody could renew
-        # or reap it meanwhile. Set it (a database-clock time) when the store comes back.
-        self.store_back_at: datetime | None = None
-        self.expired_seen: dict[tuple[str, str | None], float] = {}  # (task, lease) → longest expiry seen
-        self.unreachable = 0
+    def mid_run() -> bool:
+        cluster.check_alive()
+        watch.sample()
+        now = store.status_counts(plan_id)
+        return now.get("succeeded", 0) >= succeeded and now.get("running", 0) >= running
 
-    def sample(self) -> None:
-        try:
-            with self.store.engine.connect() as conn:
-                now = self.store.db_now(conn)
-                running = self.store.tasks(conn, self.plan_id, [TaskStatus.RUNNING.value])
-        except sa.exc.OperationalError:
-            self.unreachable += 1
-            return
-        for task in running:
-            self.observations += 1
-            problem = self.problem(task, now)
-            if problem:
-                self.violations.setdefault((task.key, task.lease), problem)
+    wait_until(mid_run, 60, what, interval=0.1)
 
-    def problem(self, task: TaskState, now: datetime) -> str | None:
-        if not task.lease:
-            return f"task {task.key!r} is running without a lease"
-        if task.lease_expires_at is None or task.lease_expires_at > now:
-            return None
-        since = task.lease_expires_at
-        if self.store_back_at is not None and self.store_back_at > since:
-            since = self.store_back_at
-        overdue = (now - since).total_seconds()
-        key = (task.key, task.lease)
-        self.expired_seen[key] = max(overdue, self.expired_seen.get(key, 0.0))
-        if overdue > self.grace:
-            return (
-                f"task {task.key!r} is running on a lease expired {overdue:.1f}s ago (grace {self.grace:.1f}s; "
-                f"expired {task.lease_expires_at.isoformat()}, judged from {since.isoformat()})"
-            )
-        return None
 
-    @property
-    def longest_expired(self) -> float:
-        return max(self.expired_seen.values(), default=0.0)
+@dataclass(frozen=True)
+class Outage:
+    """When a server was away: wall-clock times (time.time()) and how long it was down."""
+
+    stopping: float  # just before it was told to stop
+    down: float  # once it had exited
+    up: float  # once it answered again
+    seconds: float  # from its exit to its answering again (time.monotonic())
+
+
+def outage(
+    server: PrivateServer, stop: Callable[[], None], seconds: float, cluster: Cluster, watch: LeaseWatch | None = None
+) -> Outage:
+    """Stop `server` with `stop`, keep it down for `seconds` while checking that the cluster survives (and sampling
+    `watch`, if given: not when the server is the store), then start it again as it was."""
+    stopping = time.time()
+    stop()
+    down = time.time()
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # the deliberate outage; the cluster must survive it
+            cluster.check_alive()
+            if watch is not None:
+                watch.sample()
+            time.sleep(0.2)
+    finally:
+        server.start()
+    up = time.time()
+    assert server.stopped_at is not None and server.started_at is not None
+    return Outage(stopping, down, up, server.started_at - server.stopped_at)
+
+
+def first_claim_after(attempts: Iterable[AttemptState], wall: float) -> datetime | None:
+    """When the first attempt was claimed after `wall` (a time.time())."""
+    return min((a.started_at for a in attempts if a.started_at and a.started_at.timestamp() > wall), default=None)
+
+
+def failed_ticks(beat_log: Iterable[Mapping[str, Any]]) -> int:
+    """The ticks that failed, in the beat's JSON log (`Cluster.json_log`)."""
+    return sum(1 for e in beat_log if e.get("event") == "tick failed; retrying next tick")

@@ -5,18 +5,16 @@ SIGTERM), nothing of it is left, and its log stays capped."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import pytest
 
-from tests.faults.conftest import RecordFigures
+from tests.faults.conftest import MakeCluster, RecordFigures
 from tests.faults.harness import (
     FAST_SETTINGS,
     Cluster,
     FaultRun,
     LeaseWatch,
     Store,
-    examine,
     submit_plan,
     wait_for_plan,
 )
@@ -56,30 +54,26 @@ def plan_document(name: str, cases: dict[str, tuple[str, int]]) -> dict[str, obj
     return {"name": name, "tasks": tasks}
 
 
-def start_cluster(make_cluster: Callable[..., Cluster], run: FaultRun, database_url: str, broker_url: str) -> Cluster:
-    cluster = make_cluster(database_url, broker_url)
-    cluster.worker("killer", [run.queue(a) for a in AGENTS], concurrency=6)
-    cluster.beat()
+@pytest.fixture
+def cluster(sqlite_url: str, fault_redis_url: str, fault_run: FaultRun, make_cluster: MakeCluster) -> Cluster:
+    """A worker (six processes) on the queues of AGENTS, and a beat, on a SQLite store."""
+    cluster = make_cluster(sqlite_url, fault_redis_url)
+    cluster.start(["killer"], fault_run.queues(AGENTS), concurrency=6)
     return cluster
 
 
 @pytest.mark.timeout(120)
 def test_misbehaving_agents_are_killed_on_time_and_leave_nothing(
-    sqlite_url: str,
-    fault_redis_url: str,
-    fault_run: FaultRun,
-    make_cluster: Callable[..., Cluster],
-    record_figures: RecordFigures,
+    cluster: Cluster, fault_run: FaultRun, record_figures: RecordFigures
 ) -> None:
-    cluster = start_cluster(make_cluster, fault_run, sqlite_url, fault_redis_url)
     cases = kill_plan(fault_run)
     plan_id = submit_plan(fault_run, cluster.env, plan_document("misbehave", cases))
 
-    with Store(sqlite_url) as store:
+    with Store(cluster.database_url) as store:
         watch = LeaseWatch(store, plan_id)
         status = wait_for_plan(store, plan_id, 90, cluster=cluster, watch=watch)
 
-    verdict = examine(sqlite_url, plan_id, fault_run.ledger, fault_run.marker, watch)
+    verdict = cluster.examine(plan_id, watch)
     snapshot = verdict.snapshot
     overruns: dict[str, float] = {}
     for key in TIMED_OUT:
@@ -120,23 +114,18 @@ def test_misbehaving_agents_are_killed_on_time_and_leave_nothing(
 
 @pytest.mark.timeout(60)
 def test_an_agent_that_daemonizes_leaves_nothing(
-    sqlite_url: str,
-    fault_redis_url: str,
-    fault_run: FaultRun,
-    make_cluster: Callable[..., Cluster],
-    record_figures: RecordFigures,
+    cluster: Cluster, fault_run: FaultRun, record_figures: RecordFigures
 ) -> None:
-    cluster = start_cluster(make_cluster, fault_run, sqlite_url, fault_redis_url)
     daemon = "setsid sleep 1000 </dev/null >/dev/null 2>&1 & "
     cases = {
         "daemon-then-hang": (fault_run.marked_shell(daemon + fault_run.agent_command("--hang")), 1),
         "daemon-then-succeed": (fault_run.marked_shell(daemon + fault_run.agent_command()), 60),
     }
     plan_id = submit_plan(fault_run, cluster.env, plan_document("daemons", cases))
-    with Store(sqlite_url) as store:
+    with Store(cluster.database_url) as store:
         wait_for_plan(store, plan_id, 40, cluster=cluster)
 
-    verdict = examine(sqlite_url, plan_id, fault_run.ledger, fault_run.marker)
+    verdict = cluster.examine(plan_id)
     record_figures("7 agent kills: setsid daemons", verdict.figures, verdict.notes)
     assert verdict.snapshot.task("daemon-then-hang").status == "failed"
     assert verdict.snapshot.task("daemon-then-succeed").status == "succeeded"

@@ -8,11 +8,9 @@ lease expires, and retried; the plan succeeds with every task committed exactly 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,15 +19,14 @@ from tests.faults.conftest import RecordFigures
 from tests.faults.harness import (
     Cluster,
     FaultRun,
+    LeaseWatch,
     Store,
-    examine,
     redis_backlog,
+    sleeping_dag,
     submit_plan,
     wait_for_plan,
-    wait_until,
 )
-from tests.faults.servers import GraceLeaseWatch, PrivateRedis
-from tests.helpers import layered_dag
+from tests.faults.servers import PrivateRedis, failed_ticks, first_claim_after, outage, wait_mid_run
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres]
 
@@ -59,22 +56,7 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 def ledger_plan(run: FaultRun) -> list[dict[str, Any]]:
     """150 tasks in 6 layers, each agent sleeping between 0.2 and 1.0 s."""
-    tasks = layered_dag(width=WIDTH, depth=DEPTH, agents=AGENTS)
-    for i, task in enumerate(tasks):
-        task["command"] = run.agent_command("--sleep", f"{0.2 + (i * 7 % 9) / 10:.1f}")
-    return tasks
-
-
-def json_log(path: Path) -> list[dict[str, Any]]:
-    """The structured (JSON) lines of a process's log; Celery's own lines are skipped."""
-    entries = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return entries
+    return sleeping_dag(run, WIDTH, DEPTH, AGENTS, lambda i: f"{0.2 + (i * 7 % 9) / 10:.1f}")
 
 
 def workers_bound(server: PrivateRedis, names: list[str]) -> bool:
@@ -100,10 +82,7 @@ def test_broker_restart_loses_messages_and_the_plan_still_completes_once(
     record_figures: RecordFigures,
 ) -> None:
     cluster = make_cluster(postgres_url, private_redis.url, **SETTINGS)
-    queues = [fault_run.queue(agent) for agent in AGENTS]
-    for name in WORKERS:
-        cluster.worker(name, queues, concurrency=3)
-    cluster.beat()
+    cluster.start(WORKERS, fault_run.queues(AGENTS), concurrency=3)
 
     tasks = ledger_plan(fault_run)
     total = len(tasks)
@@ -113,39 +92,15 @@ def test_broker_restart_loses_messages_and_the_plan_still_completes_once(
     with Store(postgres_url) as store:
         # An expired lease lives until the beat's next tick reaps it: a tick, plus the time a tick spends retrying
         # its publishing while the broker is away (about a second).
-        watch = GraceLeaseWatch(store, plan_id, grace=TICK + 2.8)
-
-        def counts() -> dict[str, int]:
-            with store.engine.connect() as conn:
-                found: dict[str, int] = {}
-                for task in store.tasks(conn, plan_id):
-                    found[task.status] = found.get(task.status, 0) + 1
-                return found
-
-        def mid_run() -> bool:
-            cluster.check_alive()
-            watch.sample()
-            now = counts()
-            return now.get("succeeded", 0) >= total // 3 and now.get("running", 0) >= 3
-
-        wait_until(mid_run, 60, "a third of the plan done with attempts running", interval=0.1)
-        at_stop = counts()
+        watch = LeaseWatch(store, plan_id, grace=TICK + 2.8, count_unreachable=True)
+        wait_mid_run(cluster, store, plan_id, watch, total // 3, 3, "a third of the plan done with attempts running")
+        at_stop = store.status_counts(plan_id)
         backlog = redis_backlog(private_redis.url, fault_run)
 
         # The outage: the broker goes away with every message it held, and comes back empty.
-        down_wall = time.time()
-        private_redis.stop_nosave()
-        try:
-            outage_end = time.monotonic() + OUTAGE
-            while time.monotonic() < outage_end:  # the deliberate outage; the cluster must survive it
-                cluster.check_alive()
-                watch.sample()
-                time.sleep(0.2)
-        finally:
-            private_redis.start()
-        up_wall = time.time()
-        assert private_redis.stopped_at is not None and private_redis.started_at is not None
-        broker_down = private_redis.started_at - private_redis.stopped_at
+        away = outage(private_redis, private_redis.stop_nosave, OUTAGE, cluster, watch)
+        down_wall, up_wall = away.stopping, away.up
+        broker_down = away.seconds
 
         rebound: list[float] = []  # when both workers were consuming from the new broker
 
@@ -157,20 +112,17 @@ def test_broker_restart_loses_messages_and_the_plan_still_completes_once(
         finished = time.monotonic()
         cluster.check_alive()
 
-    verdict = examine(postgres_url, plan_id, fault_run.ledger, fault_run.marker, watch)
+    verdict = cluster.examine(plan_id, watch)
     attempts = verdict.snapshot.attempts
     reaped = [a for a in attempts if a.failure_class == "worker_lost"]
-    first_claim_after = min(
-        (a.started_at for a in attempts if a.started_at and a.started_at.timestamp() > up_wall), default=None
-    )
+    first_claim = first_claim_after(attempts, up_wall)
     # Recovery: from the broker's return to the first attempt claimed (workers reconnected, messages re-sent).
-    recovery = (first_claim_after.timestamp() - up_wall) if first_claim_after else float("nan")
-    beat_log = json_log(cluster.log_paths["beat"])
+    recovery = (first_claim.timestamp() - up_wall) if first_claim else float("nan")
+    beat_log = cluster.json_log("beat")
     resent_after = sum(
         int(e.get("resent", 0)) for e in beat_log if e.get("event") == "tick" and logged_at(e) > down_wall
     )
     resent_total = sum(int(e.get("resent", 0)) for e in beat_log if e.get("event") == "tick")
-    failed_ticks = sum(1 for e in beat_log if e.get("event") == "tick failed; retrying next tick")
     cancelled = cluster.log_count(CANCELLED_ON_LOSS)
     done_after = datetime.fromtimestamp(up_wall, UTC)
     succeeded_after = sum(
@@ -185,7 +137,7 @@ def test_broker_restart_loses_messages_and_the_plan_still_completes_once(
         "resent": f"{resent_after} after the stop ({resent_total} in all)",
         "cancelled on connection loss": cancelled,
         "reaped": len(reaped),
-        "failed ticks": failed_ticks,
+        "failed ticks": failed_ticks(beat_log),
         "workers back": f"{rebound[0] - (private_redis.started_at or 0.0):.1f}s" if rebound else "?",
         "recovery": f"{recovery:.1f}s",
         "done after restart": f"{finished - (private_redis.started_at or finished):.1f}s ({succeeded_after} tasks)",

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from orch.celery import RUN_TASK
-from tests.faults.conftest import RecordFigures
+from tests.faults.conftest import MakeCluster, RecordFigures
 from tests.faults.harness import (
-    Cluster,
     FaultRun,
     LeaseWatch,
     Store,
     TaskState,
-    examine,
     publisher_app,
     redis_backlog,
     submit_plan,
@@ -76,32 +73,27 @@ class Republisher:
 
 @pytest.mark.timeout(150)
 def test_every_message_published_twice_runs_each_task_once(
-    postgres_url: str,
-    fault_redis_url: str,
     fault_run: FaultRun,
-    make_cluster: Callable[..., Cluster],
+    pg_redis_cluster: MakeCluster,
     record_figures: RecordFigures,
 ) -> None:
-    cluster = make_cluster(postgres_url, fault_redis_url)
-    queues = [fault_run.queue(agent) for agent in AGENTS]
-    cluster.worker("alpha", queues, concurrency=3)
-    cluster.worker("beta", queues, concurrency=3)
-    cluster.beat()
+    cluster = pg_redis_cluster()
+    cluster.start(["alpha", "beta"], fault_run.queues(AGENTS), concurrency=3)
 
     tasks = layered_dag(width=20, depth=6, command=fault_run.agent_command("--sleep", "0.15"), agents=AGENTS)
     plan_id = submit_plan(fault_run, cluster.env, {"name": "dupes", "tasks": tasks})
-    app = publisher_app(fault_run, fault_redis_url)
+    app = publisher_app(fault_run, cluster.broker_url)
 
-    with Store(postgres_url) as store:
+    with Store(cluster.database_url) as store:
         republish = Republisher(app, store, plan_id)
         watch = LeaseWatch(store, plan_id)
         status = wait_for_plan(store, plan_id, 100, cluster=cluster, watch=watch, during=republish, interval=0.1)
         republish.succeeded_again()  # every task, now that it succeeded
-        wait_until(lambda: redis_backlog(fault_redis_url, fault_run) == 0, 30, "every copy to be consumed and acked")
+        wait_until(lambda: redis_backlog(cluster.broker_url, fault_run) == 0, 30, "every copy to be consumed and acked")
         cluster.check_alive()
     app.close()
 
-    verdict = examine(postgres_url, plan_id, fault_run.ledger, fault_run.marker, watch)
+    verdict = cluster.examine(plan_id, watch)
     starts = sum(1 for line in verdict.ledger if line["event"] == "start")
     claimed = len(verdict.snapshot.attempts)
     figures = {

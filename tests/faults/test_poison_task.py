@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.faults.conftest import RecordFigures
-from tests.faults.harness import Cluster, FaultRun, LeaseWatch, Store, examine, submit_plan, wait_for_plan
+from tests.faults.harness import Cluster, FaultRun, LeaseWatch, Store, submit_plan, wait_for_plan
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbitmq, pytest.mark.postgres]
 
@@ -48,15 +48,14 @@ def test_a_task_that_always_fails_stops_after_its_retries_and_dooms_only_its_des
     record_figures: RecordFigures,
 ) -> None:
     cluster = make_cluster(postgres_url, fault_rabbitmq_url, ORCH_RETRY_BACKOFF_BASE="0.1")
-    cluster.worker("poison", [fault_run.queue(POISON_AGENT), fault_run.queue(OTHER_AGENT)], concurrency=3)
-    cluster.beat()
+    cluster.start(["poison"], fault_run.queues([POISON_AGENT, OTHER_AGENT]), concurrency=3)
     plan_id = submit_plan(fault_run, cluster.env, {"name": "poison", "tasks": poison_plan(fault_run)})
 
     with Store(postgres_url) as store:
         watch = LeaseWatch(store, plan_id)
         status = wait_for_plan(store, plan_id, 90, cluster=cluster, watch=watch)
 
-    verdict = examine(postgres_url, plan_id, fault_run.ledger, fault_run.marker, watch)
+    verdict = cluster.examine(plan_id, watch)
     snapshot = verdict.snapshot
     poison_attempts = snapshot.attempts_of("poison")
     poison_runs = sorted(

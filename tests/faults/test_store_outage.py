@@ -8,28 +8,17 @@ for one lease period after the store returns); nothing is committed twice; the p
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.faults.conftest import RecordFigures
-from tests.faults.harness import (
-    Cluster,
-    FaultRun,
-    Store,
-    examine,
-    submit_plan,
-    wait_for_plan,
-    wait_until,
-)
-from tests.faults.servers import PG_BIN, GraceLeaseWatch, PrivatePostgres
-from tests.helpers import layered_dag
+from tests.faults.harness import Cluster, FaultRun, LeaseWatch, Store, sleeping_dag, submit_plan, wait_for_plan
+from tests.faults.servers import PG_BIN, PrivatePostgres, failed_ticks, first_claim_after, outage, wait_mid_run
 
 pytestmark = [pytest.mark.faults, pytest.mark.redis]
 
@@ -44,6 +33,7 @@ SETTINGS = {
 }
 OUTAGE = 6.0  # seconds the store stays down: three leases
 WIDTH, DEPTH = 8, 6  # 48 tasks
+WORKERS = ["alpha", "beta"]
 REJECTED = "result rejected"
 
 
@@ -61,21 +51,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 def ledger_plan(run: FaultRun) -> list[dict[str, Any]]:
     """48 tasks in 6 layers, each agent working between 1.0 and 3.0 s."""
-    tasks = layered_dag(width=WIDTH, depth=DEPTH, agents=AGENTS)
-    for i, task in enumerate(tasks):
-        task["command"] = run.agent_command("--sleep", f"{1.0 + (i * 5 % 9) / 4:.2f}")
-    return tasks
-
-
-def json_log(path: Path) -> list[dict[str, Any]]:
-    entries = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return entries
+    return sleeping_dag(run, WIDTH, DEPTH, AGENTS, lambda i: f"{1.0 + (i * 5 % 9) / 4:.2f}")
 
 
 @pytest.mark.timeout(150)
@@ -88,10 +64,7 @@ def test_store_outage_keeps_results_finished_meanwhile_and_completes_once(
 ) -> None:
     store_url = private_postgres.url
     cluster = make_cluster(store_url, fault_redis_url, **SETTINGS)
-    queues = [fault_run.queue(agent) for agent in AGENTS]
-    cluster.worker("alpha", queues, concurrency=3)
-    cluster.worker("beta", queues, concurrency=3)
-    cluster.beat()
+    cluster.start(WORKERS, fault_run.queues(AGENTS), concurrency=3)
 
     tasks = ledger_plan(fault_run)
     total = len(tasks)
@@ -100,38 +73,16 @@ def test_store_outage_keeps_results_finished_meanwhile_and_completes_once(
 
     with Store(store_url) as store:
         # After the outage an expired lease may live one lease period (the beat's wait) plus a tick or two.
-        watch = GraceLeaseWatch(store, plan_id, grace=LEASE + 1.5)
-
-        def counts() -> dict[str, int]:
-            with store.engine.connect() as conn:
-                found: dict[str, int] = {}
-                for task in store.tasks(conn, plan_id):
-                    found[task.status] = found.get(task.status, 0) + 1
-                return found
-
-        def mid_run() -> bool:
-            cluster.check_alive()
-            watch.sample()
-            now = counts()
-            return now.get("succeeded", 0) >= total // 4 and now.get("running", 0) >= 4
-
-        wait_until(mid_run, 60, "a quarter of the plan done with agents running", interval=0.1)
+        watch = LeaseWatch(store, plan_id, grace=LEASE + 1.5, count_unreachable=True)
+        wait_mid_run(cluster, store, plan_id, watch, total // 4, 4, "a quarter of the plan done with agents running")
         with store.engine.connect() as conn:
             running_at_stop = {t.lease for t in store.tasks(conn, plan_id, ["running"])}
 
-        # The outage: PostgreSQL shuts down (fast), stays down for three leases, and comes back as it was.
-        private_postgres.stop_fast()
-        down_wall = time.time()  # the server has exited: whatever finishes from now on waits for it
-        try:
-            outage_end = time.monotonic() + OUTAGE
-            while time.monotonic() < outage_end:  # the deliberate outage; the cluster must survive it
-                cluster.check_alive()
-                time.sleep(0.2)
-        finally:
-            private_postgres.start()
-        up_wall = time.time()
-        assert private_postgres.stopped_at is not None and private_postgres.started_at is not None
-        store_down = private_postgres.started_at - private_postgres.stopped_at
+        # The outage: PostgreSQL shuts down (fast), stays down for three leases, and comes back as it was. No lease
+        # samples meanwhile: the store is away.
+        away = outage(private_postgres, private_postgres.stop_fast, OUTAGE, cluster)
+        down_wall, up_wall = away.down, away.up  # from `down` on, whatever finishes waits for the server
+        store_down = away.seconds
         store.engine.dispose()  # its pooled connections died with the server
         watch.store_back_at = datetime.fromtimestamp(up_wall, UTC)
 
@@ -139,7 +90,7 @@ def test_store_outage_keeps_results_finished_meanwhile_and_completes_once(
         finished = time.monotonic()
         cluster.check_alive()
 
-    verdict = examine(store_url, plan_id, fault_run.ledger, fault_run.marker, watch)
+    verdict = cluster.examine(plan_id, watch)
     attempts = {a.lease: a for a in verdict.snapshot.attempts}
     # Agents that completed their work while the store was down: their results waited in the workers.
     during = [
@@ -153,17 +104,10 @@ def test_store_outage_keeps_results_finished_meanwhile_and_completes_once(
     ]
     lost_results = [line for line in during if line not in kept]
     reaped = [a for a in verdict.snapshot.attempts if a.failure_class == "worker_lost"]
-    first_claim_after = min(
-        (a.started_at for a in verdict.snapshot.attempts if a.started_at and a.started_at.timestamp() > up_wall),
-        default=None,
-    )
-    beat_log = json_log(cluster.log_paths["beat"])
-    failed_ticks = sum(1 for e in beat_log if e.get("event") == "tick failed; retrying next tick")
-    store_waits = sum(
-        1
-        for e in (json_log(cluster.log_paths["alpha"]) + json_log(cluster.log_paths["beta"]))
-        if str(e.get("event", "")).startswith("store unreachable")
-    )
+    first_claim = first_claim_after(verdict.snapshot.attempts, up_wall)
+    failed = failed_ticks(cluster.json_log("beat"))
+    worker_log = [entry for name in WORKERS for entry in cluster.json_log(name)]
+    store_waits = sum(1 for e in worker_log if str(e.get("event", "")).startswith("store unreachable"))
 
     figures = {
         **verdict.figures,
@@ -175,8 +119,8 @@ def test_store_outage_keeps_results_finished_meanwhile_and_completes_once(
         "results rejected (worker logs)": cluster.log_count(REJECTED),
         "reaped": len(reaped),
         "store waits (worker logs)": store_waits,
-        "failed ticks": failed_ticks,
-        "recovery": f"{first_claim_after.timestamp() - up_wall:.1f}s" if first_claim_after else "?",
+        "failed ticks": failed,
+        "recovery": f"{first_claim.timestamp() - up_wall:.1f}s" if first_claim else "?",
         "done after restart": f"{finished - (private_postgres.started_at or finished):.1f}s",
         "run": f"{finished - started:.1f}s",
     }

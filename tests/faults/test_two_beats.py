@@ -8,14 +8,13 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
 from orch.states import PLAN_FINAL
-from tests.faults.cluster_faults import merge_figures, received_ids, start_beat, start_worker, stop_all, submit_plans
-from tests.faults.conftest import RecordFigures
-from tests.faults.harness import Cluster, FaultRun, LeaseWatch, Store, examine, wait_until
+from tests.faults.cluster_faults import merge_figures, received_ids, submit_plans
+from tests.faults.conftest import MakeCluster, RecordFigures
+from tests.faults.harness import FaultRun, LeaseWatch, Store, examine, wait_until
 from tests.helpers import layered_dag
 
 pytestmark = [pytest.mark.faults, pytest.mark.redis, pytest.mark.postgres]
@@ -45,23 +44,18 @@ TICK_LINE = re.compile(r"\] tick\s+dispatched=(\d+)")
 
 @pytest.mark.timeout(300)
 def test_two_beats_enqueue_every_task_exactly_once(
-    postgres_url: str,
-    fault_redis_url: str,
     fault_run: FaultRun,
-    make_cluster: Callable[..., Cluster],
+    pg_redis_cluster: MakeCluster,
     record_figures: RecordFigures,
 ) -> None:
-    cluster = make_cluster(postgres_url, fault_redis_url, **CLOCKS)
-    queues = [fault_run.queue(agent) for agent in AGENTS]
-    for name in WORKERS:
-        start_worker(cluster, name, queues, concurrency=CONCURRENCY, loglevel="INFO")
     tasks = [{**task, "executor": "noop"} for task in layered_dag(WIDTH, DEPTH, agents=AGENTS)]
-    for name in BEATS:
-        start_beat(cluster, name)
+    cluster = pg_redis_cluster(**CLOCKS)
+    # Celery logs every message it receives at INFO.
+    cluster.start(WORKERS, fault_run.queues(AGENTS), CONCURRENCY, loglevel="INFO", beats=BEATS)
     started = time.monotonic()  # the beats race from the first plan's arrival on
     documents = [{"name": f"twobeats-{i}", "tasks": tasks} for i in range(PLANS)]
     plan_ids = submit_plans(fault_run, cluster.env, documents)
-    with Store(postgres_url) as store:
+    with Store(cluster.database_url) as store:
         watches = [LeaseWatch(store, plan_id) for plan_id in plan_ids]
 
         def all_final() -> bool:
@@ -72,8 +66,10 @@ def test_two_beats_enqueue_every_task_exactly_once(
 
         wait_until(all_final, 240, f"{PLANS} plans to finish", interval=0.5)
         elapsed = time.monotonic() - started
-    verdicts = [examine(postgres_url, p, None, fault_run.marker, w) for p, w in zip(plan_ids, watches, strict=True)]
-    stop_all(cluster)  # the workers flush their logs: every message they took is in them
+    verdicts = [
+        examine(cluster.database_url, p, None, fault_run.marker, w) for p, w in zip(plan_ids, watches, strict=True)
+    ]
+    cluster.stop_all()  # the workers flush their logs: every message they took is in them
 
     queued: Counter[tuple[str, int | None]] = Counter()
     attempts: Counter[tuple[str, int | None]] = Counter()
@@ -86,7 +82,7 @@ def test_two_beats_enqueue_every_task_exactly_once(
         expected_ids |= {f"{plan_id}.{t.key}.1" for t in snapshot.tasks}
         all_tasks += [(plan_id, t.pk) for t in snapshot.tasks]
     received = Counter(i for i in received_ids(cluster, WORKERS) if i.split(".", 1)[0] in plan_ids)
-    ticks = {name: [int(n) for n in TICK_LINE.findall(cluster.log_tail(name, 10**9))] for name in BEATS}
+    ticks = {name: [int(n) for n in TICK_LINE.findall(cluster.log_text(name))] for name in BEATS}
     by_beats = sum(sum(found) for found in ticks.values())
     figures = {
         **merge_figures(v.figures for v in verdicts),

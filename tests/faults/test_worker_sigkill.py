@@ -14,25 +14,30 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from tests.faults.cluster_faults import (
-    ReaperWatch,
     alive,
     attempt_records,
     drop_unacked,
-    forget,
     kill_tree,
     running_on,
-    stop_all,
     wait_gone,
     worker_tree,
 )
-from tests.faults.conftest import RecordFigures
-from tests.faults.harness import Cluster, FaultRun, Store, examine, submit_plan, wait_for_plan, wait_until
-from tests.helpers import layered_dag
+from tests.faults.conftest import MakeCluster, RecordFigures
+from tests.faults.harness import (
+    Cluster,
+    FaultRun,
+    LeaseWatch,
+    Store,
+    sleeping_dag,
+    submit_plan,
+    wait_for_plan,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.redis, pytest.mark.postgres]
 
@@ -49,28 +54,20 @@ KILLS = 3
 SLEEPS = ["0.2", "0.3", "0.4", "0.5"]
 
 
-def sigkill_plan(run: FaultRun) -> list[dict[str, object]]:
-    tasks: list[dict[str, object]] = []
-    for i, task in enumerate(layered_dag(WIDTH, DEPTH, agents=AGENTS)):
-        command = run.agent_command("--sleep", SLEEPS[i % len(SLEEPS)])
-        tasks.append({**task, "command": command, "retries": 5, "timeout": 60})
-    return tasks
+def sigkill_plan(run: FaultRun) -> list[dict[str, Any]]:
+    return sleeping_dag(run, WIDTH, DEPTH, AGENTS, lambda i: SLEEPS[i % len(SLEEPS)], retries=5, timeout=60)
 
 
 @pytest.mark.timeout(150)
 def test_sigkilled_workers_lose_no_task_and_commit_none_twice(
-    postgres_url: str,
-    fault_redis_url: str,
     fault_run: FaultRun,
-    make_cluster: Callable[..., Cluster],
+    pg_redis_cluster: MakeCluster,
     record_figures: RecordFigures,
 ) -> None:
-    cluster = make_cluster(postgres_url, fault_redis_url, **CLOCKS)
-    queues = [fault_run.queue(agent) for agent in AGENTS]
-    cluster.worker("steady", queues, concurrency=3)
+    cluster = pg_redis_cluster(**CLOCKS)
+    queues = fault_run.queues(AGENTS)
     victim_name = "victim-0"
-    victim = cluster.worker(victim_name, queues, concurrency=3)
-    cluster.beat()
+    _, victim = cluster.start(["steady", victim_name], queues, concurrency=3)
     tasks = sigkill_plan(fault_run)
     plan_id = submit_plan(fault_run, cluster.env, {"name": "sigkill", "tasks": tasks})
 
@@ -80,8 +77,9 @@ def test_sigkilled_workers_lose_no_task_and_commit_none_twice(
     stranded = 0
     started = time.monotonic()
     try:
-        with Store(postgres_url) as store:
-            watch = ReaperWatch(store, plan_id, allowance=TICK + 2.0)
+        with Store(cluster.database_url) as store:
+            # A killed worker's attempt stays running on an expired lease until the beat's next tick reaps it.
+            watch = LeaseWatch(store, plan_id, grace=TICK + 2.0)
 
             def succeeded() -> int:
                 with store.engine.connect() as conn:
@@ -103,7 +101,7 @@ def test_sigkilled_workers_lose_no_task_and_commit_none_twice(
                 os.killpg(victim.pid, signal.SIGKILL)  # its main and pool processes: one process group
                 assert not wait_gone(tree.worker_pids, 10), "the killed worker's processes are still alive"
                 orphans += [pid for pid in tree.agents if alive(pid)]
-                forget(cluster, victim_name)
+                cluster.forget(victim_name)
                 killed.append(victim_name)
                 victim_name = f"victim-{kill}"
                 victim = cluster.worker(victim_name, queues, concurrency=3)
@@ -114,10 +112,10 @@ def test_sigkilled_workers_lose_no_task_and_commit_none_twice(
         orphans_left = wait_gone(orphans, 5)
     finally:
         kill_tree(orphans_left)  # reported below; the oracle then sees none
-        stranded = drop_unacked(fault_redis_url, fault_run)
+        stranded = drop_unacked(cluster.broker_url, fault_run)
 
-    verdict = examine(postgres_url, plan_id, fault_run.ledger, fault_run.marker, watch)
-    stop_all(cluster)  # all at once: each idle Celery worker takes seconds to shut down
+    verdict = cluster.examine(plan_id, watch)
+    cluster.stop_all()  # all at once: each idle Celery worker takes seconds to shut down
     status_of = {(a.key, a.number): a.status for a in records}
     lost = [a for a in records if a.status == "lost"]
     lost_on = Counter(a.worker.split("@")[0] for a in lost)
@@ -137,7 +135,7 @@ def test_sigkilled_workers_lose_no_task_and_commit_none_twice(
         "messages stranded unacked in Redis": stranded,
         "dropped duplicates": cluster.log_count("dropped duplicate or stale delivery"),
         "most attempts of a task": max(a.number for a in records),
-        "worst unreaped expiry": f"{watch.overdue:.2f}s",
+        "worst unreaped expiry": f"{watch.longest_expired:.2f}s",
         "plan seconds": f"{elapsed:.1f}s",
     }
     record_figures("1 worker SIGKILL", figures, verdict.notes)
@@ -154,4 +152,4 @@ def test_sigkilled_workers_lose_no_task_and_commit_none_twice(
 
 def sum_resent(cluster: Cluster) -> int:
     """Messages the beat re-sent (its `tick ... resent=N` lines)."""
-    return sum(int(n) for n in re.findall(r"resent=(\d+)", cluster.log_tail("beat", 10**9)))
+    return sum(int(n) for n in re.findall(r"resent=(\d+)", cluster.log_text("beat")))

@@ -7,24 +7,20 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.faults.cluster_faults import (
-    ReaperWatch,
     attempt_records,
     kill_tree,
-    log_text,
     per_attempt_command,
     running_on,
     signal_pids,
-    stop_all,
     wait_gone,
     worker_tree,
 )
-from tests.faults.conftest import RecordFigures
-from tests.faults.harness import Cluster, FaultRun, Store, examine, submit_plan, wait_for_plan, wait_until
+from tests.faults.conftest import MakeCluster, RecordFigures
+from tests.faults.harness import FaultRun, LeaseWatch, Store, submit_plan, wait_for_plan, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.redis, pytest.mark.postgres]
 
@@ -36,24 +32,22 @@ REJECTED = "result rejected"
 
 @pytest.mark.timeout(90)
 def test_a_frozen_worker_loses_its_attempt_and_its_late_result_is_rejected_when_it_thaws(
-    postgres_url: str,
-    fault_redis_url: str,
     fault_run: FaultRun,
-    make_cluster: Callable[..., Cluster],
+    pg_redis_cluster: MakeCluster,
     record_figures: RecordFigures,
 ) -> None:
-    cluster = make_cluster(postgres_url, fault_redis_url, **CLOCKS)
+    cluster = pg_redis_cluster(**CLOCKS)
     queue = fault_run.queue(AGENT)
-    frozen = cluster.worker("frozen", [queue], concurrency=1)
-    cluster.beat()
+    (frozen,) = cluster.start(["frozen"], [queue], concurrency=1)
     command = per_attempt_command(fault_run, ["--sleep", "40"], ["--sleep", "0.3"])
     task = {"id": "long", "title": "long", "agent": AGENT, "retries": 2, "timeout": 120, "command": command}
     plan_id = submit_plan(fault_run, cluster.env, {"name": "sigstop", "tasks": [task]})
 
     tree = None
     try:
-        with Store(postgres_url) as store:
-            watch = ReaperWatch(store, plan_id, allowance=TICK + 2.0)
+        with Store(cluster.database_url) as store:
+            # The frozen attempt stays running on an expired lease until the beat's next tick reaps it.
+            watch = LeaseWatch(store, plan_id, grace=TICK + 2.0)
 
             def running_on_frozen() -> bool:
                 cluster.check_alive()
@@ -81,7 +75,7 @@ def test_a_frozen_worker_loses_its_attempt_and_its_late_result_is_rejected_when_
             frozen_seconds = time.monotonic() - stopped_at
 
             signal_pids([tree.main, *tree.pool, *tree.agents], signal.SIGCONT)
-            wait_until(lambda: REJECTED in log_text(cluster, "frozen"), 20, "the thawed worker's result to be rejected")
+            wait_until(lambda: REJECTED in cluster.log_text("frozen"), 20, "the thawed worker's result to be rejected")
             agents_left = wait_gone(tree.agents, 10)
             records = attempt_records(store, plan_id)
             wait_until(lambda: frozen.poll() is None and not running_on(store, plan_id, "frozen"), 5, "worker idle")
@@ -92,9 +86,9 @@ def test_a_frozen_worker_loses_its_attempt_and_its_late_result_is_rejected_when_
         if tree is not None and wait_gone(tree.agents, 0):
             kill_tree(tree.agents)
 
-    verdict = examine(postgres_url, plan_id, fault_run.ledger, fault_run.marker, watch)
-    stop_all(cluster)  # all at once: each idle Celery worker takes seconds to shut down
-    frozen_log = log_text(cluster, "frozen")
+    verdict = cluster.examine(plan_id, watch)
+    cluster.stop_all()  # all at once: each idle Celery worker takes seconds to shut down
+    frozen_log = cluster.log_text("frozen")
     first, second = records
     ends = [(line["attempt"], line.get("ok")) for line in verdict.ledger if line["event"] == "end"]
     figures = {
@@ -104,7 +98,7 @@ def test_a_frozen_worker_loses_its_attempt_and_its_late_result_is_rejected_when_
         "late results rejected": (frozen_log.count(REJECTED), 1),
         "lease-gone heartbeats": frozen_log.count("heartbeat: lease gone"),
         "agents left": len(agents_left),
-        "worst unreaped expiry": f"{watch.overdue:.2f}s",
+        "worst unreaped expiry": f"{watch.longest_expired:.2f}s",
     }
     record_figures("2 worker SIGSTOP", figures, verdict.notes)
 

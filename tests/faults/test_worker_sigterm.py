@@ -9,29 +9,23 @@ import contextlib
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.faults.cluster_faults import (
     attempt_records,
-    forget,
-    log_text,
     per_attempt_command,
     running_on,
-    stop_all,
     task_events,
     wait_gone,
     worker_tree,
 )
-from tests.faults.conftest import RecordFigures
+from tests.faults.conftest import MakeCluster, RecordFigures
 from tests.faults.harness import (
     FAST_SETTINGS,
-    Cluster,
     FaultRun,
     LeaseWatch,
     Store,
-    examine,
     submit_plan,
     wait_for_plan,
     wait_until,
@@ -48,21 +42,18 @@ SLACK = 5.0  # recording the results and Celery's own pool shutdown, on a loaded
 
 @pytest.mark.timeout(90)
 def test_sigterm_interrupts_running_attempts_which_finish_on_another_worker_without_spending_retries(
-    postgres_url: str,
-    fault_redis_url: str,
     fault_run: FaultRun,
-    make_cluster: Callable[..., Cluster],
+    pg_redis_cluster: MakeCluster,
     record_figures: RecordFigures,
 ) -> None:
-    cluster = make_cluster(postgres_url, fault_redis_url, ORCH_SHUTDOWN_GRACE=str(SHUTDOWN_GRACE))
+    cluster = pg_redis_cluster(ORCH_SHUTDOWN_GRACE=str(SHUTDOWN_GRACE))
     queue = fault_run.queue(AGENT)
-    leaving = cluster.worker("leaving", [queue], concurrency=3)
-    cluster.beat()
+    (leaving,) = cluster.start(["leaving"], [queue], concurrency=3)
     command = per_attempt_command(fault_run, ["--sleep", "30"], ["--sleep", "0.3"])
     tasks = [{"id": k, "title": k, "agent": AGENT, "retries": 0, "timeout": 120, "command": command} for k in TASKS]
     plan_id = submit_plan(fault_run, cluster.env, {"name": "sigterm", "tasks": tasks})
 
-    with Store(postgres_url) as store:
+    with Store(cluster.database_url) as store:
         watch = LeaseWatch(store, plan_id)
 
         def all_three_run_on_leaving() -> bool:
@@ -84,14 +75,14 @@ def test_sigterm_interrupts_running_attempts_which_finish_on_another_worker_with
         exit_seconds = time.monotonic() - signalled
         exit_code = leaving.poll()
         agents_left = wait_gone(agents, 0)
-        forget(cluster, "leaving")
+        cluster.forget("leaving")
 
         status = wait_for_plan(store, plan_id, 60, cluster=cluster, watch=watch)
         records = attempt_records(store, plan_id)
         events = task_events(store, plan_id)
 
-    verdict = examine(postgres_url, plan_id, fault_run.ledger, fault_run.marker, watch)
-    stop_all(cluster)  # all at once: each idle Celery worker takes seconds to shut down
+    verdict = cluster.examine(plan_id, watch)
+    cluster.stop_all()  # all at once: each idle Celery worker takes seconds to shut down
     interrupted = [
         a
         for a in records
@@ -122,7 +113,7 @@ def test_sigterm_interrupts_running_attempts_which_finish_on_another_worker_with
         f"worker exited {exit_code} after {exit_seconds:.1f}s:\n{cluster.log_tail('leaving')}"
     )
     assert not agents_left, f"agents of the stopped worker still alive: {agents_left}"
-    assert log_text(cluster, "leaving").count("shutdown grace over: running attempts interrupted") == 1
+    assert cluster.log_text("leaving").count("shutdown grace over: running attempts interrupted") == 1
     assert status == "succeeded", cluster.logs_tail()
     assert len(interrupted) == len(TASKS), records
     assert len(elsewhere) == len(TASKS), records
