@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from orch.errors import ServiceUnavailable
 from orch.settings import get_settings
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch"
 DISPATCH_LOCK_KEY = 0x6F726369
 

@@ -61,6 +61,7 @@ class TaskRow(Base):
         Index("ix_tasks_plan_status", "plan_id", "status"),
         Index("ix_tasks_status_agent", "status", "agent"),
         Index("ix_tasks_status_lease_expires", "status", "lease_expires_at"),
+        Index("ix_tasks_ready", "plan_id", "status", "unmet_deps", "priority", "seq"),
     )
 
     pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
@@ -92,6 +93,7 @@ class TaskRow(Base):
     verify: Mapped[str | None] = mapped_column(Text)  # a shell command that checks the agent's work
     scope: Mapped[str] = mapped_column(String(10), default="loose", server_default="loose")
     call: Mapped[str | None] = mapped_column(String(300))  # python executor: "package.module:function"
+    unmet_deps: Mapped[int] = mapped_column(default=0, server_default="0")  # dependencies not yet succeeded
     retry_floor: Mapped[int] = mapped_column(default=0, server_default="0")  # failures of attempts up to it
     budget_usd: Mapped[float | None]
     budget_tokens: Mapped[int | None] = mapped_column(BigInteger)

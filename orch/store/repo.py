@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, func, insert, or_, select, text, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from orch.budget import Budget, Spend, describe, exhausted
 from orch.errors import PlanNotFound, TaskNotFound, TaskStateConflict
@@ -108,6 +108,7 @@ def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
             "timeout": t.timeout,
             "retries": t.retries,
             "status": TaskStatus.PENDING,
+            "unmet_deps": len(t.after),
             "attempt": 0,
             "verify": t.verify,
             "scope": t.scope,
@@ -191,45 +192,37 @@ def task_views(session: Session, plan_id: str) -> list[TaskView]:
     ]
 
 
-def _unmet_dependency() -> Any:
-    """SQL: the task in the outer query has a dependency that has not succeeded."""
-    dep = aliased(TaskRow)
-    return (
-        select(DependencyRow.task_pk)
-        .join(dep, dep.pk == DependencyRow.depends_on_pk)
-        .where(DependencyRow.task_pk == TaskRow.pk, dep.status != TaskStatus.SUCCEEDED)
-        .exists()
-    )
-
-
 def ready_views(session: Session, plan_id: str, agents: Collection[str], now: datetime, limit: int) -> list[TaskView]:
-    """The plan's tasks that may start now, best first, found by the database (not by loading the plan):
-    pending tasks whose dependencies all succeeded, and retry_wait tasks whose backoff has passed — of the
-    agent types in `agents` (those with free slots), at most `limit`. Their dependencies are met, so the views
-    carry none."""
+    """The plan's tasks that may start now, best first, found by index (not by loading the plan): pending tasks
+    with no unmet dependency, and retry_wait tasks whose backoff has passed — of the agent types in `agents`
+    (those with free slots), at most `limit`. Their dependencies are met, so the views carry none."""
     if not agents or limit <= 0:
         return []
-    rows = session.execute(
-        select(
-            TaskRow.pk, TaskRow.status, TaskRow.agent, TaskRow.priority, TaskRow.seq, TaskRow.not_before, TaskRow.files
-        )
-        .where(
-            TaskRow.plan_id == plan_id,
-            TaskRow.agent.in_(agents),
-            or_(
-                and_(TaskRow.status == TaskStatus.PENDING, ~_unmet_dependency()),
-                and_(
-                    TaskRow.status == TaskStatus.RETRY_WAIT,
-                    or_(TaskRow.not_before.is_(None), TaskRow.not_before <= now),
-                ),
-            ),
-        )
-        .order_by(TaskRow.priority.desc(), TaskRow.seq)
-        .limit(limit)
+    columns = (
+        TaskRow.pk,
+        TaskRow.status,
+        TaskRow.agent,
+        TaskRow.priority,
+        TaskRow.seq,
+        TaskRow.not_before,
+        TaskRow.files,
     )
+    best_first = (TaskRow.priority.desc(), TaskRow.seq)
+    of_plan = (TaskRow.plan_id == plan_id, TaskRow.agent.in_(agents))
+    pending = select(*columns).where(*of_plan, TaskRow.status == TaskStatus.PENDING, TaskRow.unmet_deps == 0)
+    retrying = select(*columns).where(
+        *of_plan,
+        TaskRow.status == TaskStatus.RETRY_WAIT,
+        or_(TaskRow.not_before.is_(None), TaskRow.not_before <= now),
+    )
+    rows = [
+        *session.execute(pending.order_by(*best_first).limit(limit)),
+        *session.execute(retrying.order_by(*best_first).limit(limit)),
+    ]
+    rows.sort(key=lambda row: (-row.priority, row.seq))
     return [
         TaskView(pk, status, agent, priority, seq, (), not_before, tuple(files or ()))
-        for pk, status, agent, priority, seq, not_before, files in rows
+        for pk, status, agent, priority, seq, not_before, files in rows[:limit]
     ]
 
 
@@ -518,6 +511,8 @@ def record_result(session: Session, claim: Claim, result: AttemptResult, outcome
     )
     if not changed:
         return False
+    if new_status is TaskStatus.SUCCEEDED:
+        _dependency_met(session, claim.task_pk)
     session.execute(
         update(AttemptRow)
         .where(
@@ -558,6 +553,17 @@ def record_result(session: Session, claim: Claim, result: AttemptResult, outcome
         detail=outcome.detail or result.error,
     )
     return True
+
+
+def _dependency_met(session: Session, task_pk: int) -> None:
+    """`task_pk` succeeded (it never un-succeeds): each of its dependants has one unmet dependency fewer."""
+    dependants = select(DependencyRow.task_pk).where(DependencyRow.depends_on_pk == task_pk)
+    session.execute(
+        update(TaskRow)
+        .where(TaskRow.pk.in_(dependants))
+        .values(unmet_deps=TaskRow.unmet_deps - 1)
+        .execution_options(**_no_sync())
+    )
 
 
 def renew_lease(
@@ -784,6 +790,7 @@ def skip_task(session: Session, plan_id: str, key: str, now: datetime) -> list[s
     )
     if not changed:
         raise TaskStateConflict(f"task {key!r} of plan {plan_id} changed meanwhile; try again")
+    _dependency_met(session, task.pk)
     _end_running_attempt(session, task.pk, AttemptStatus.CANCELLED, now, reason)
     _task_events(session, now, plan_id, [task.pk], task.status, TaskStatus.SUCCEEDED, detail=reason)
     # Only the dependants it doomed run again; a dependant that failed on its own stays failed.

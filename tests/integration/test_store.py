@@ -206,3 +206,32 @@ def test_concurrent_dispatchers_never_claim_a_task_twice(store_url: str) -> None
             select(TaskRow).where(TaskRow.plan_id == plan_id, TaskRow.status == TaskStatus.QUEUED)
         ).all()
     assert len(queued) == cap
+
+
+def unmet(plan_id: str) -> dict[str, int]:
+    with read_session() as session:
+        return {t.key: t.unmet_deps for t in repo.plan_tasks(session, plan_id)}
+
+
+def test_unmet_dependencies_count_down_as_dependencies_succeed(store_url: str) -> None:
+    import importlib
+
+    from sqlalchemy import text
+
+    plan_id = submit(DIAMOND)
+    assert unmet(plan_id) == {"a": 0, "b": 1, "c": 1, "d": 2}
+    (first,) = tick()
+    assert run_to_result(first, ok=True)
+    assert unmet(plan_id) == {"a": 0, "b": 0, "c": 0, "d": 2}
+    b, _c = sorted(tick(), key=lambda d: d.key)
+    assert run_to_result(b, ok=True)
+    assert unmet(plan_id)["d"] == 1 and [d.key for d in tick()] == []  # d still waits for c
+    with write_session() as session:
+        assert repo.skip_task(session, plan_id, "c", NOW) == ["c"]
+    assert unmet(plan_id)["d"] == 0 and [d.key for d in tick()] == ["d"]
+    # The migration's backfill computes the same counts from the tasks' statuses.
+    backfill = importlib.import_module("orch.migrations.versions.0006_unmet_dependencies").BACKFILL
+    with write_session() as session:
+        session.execute(text("UPDATE tasks SET unmet_deps = 99"))
+        session.execute(text(backfill))
+    assert unmet(plan_id) == {"a": 0, "b": 0, "c": 0, "d": 0}
