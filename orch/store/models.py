@@ -46,7 +46,8 @@ class PlanRow(Base):
     source: Mapped[str] = mapped_column(Text)
     workdir: Mapped[str] = mapped_column(Text)
     status: Mapped[PlanStatus] = mapped_column(_enum(PlanStatus), index=True)
-    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The plan as written (can be megabytes): loaded only when asked for, never by dispatch.
+    document: Mapped[dict[str, Any]] = mapped_column(JSON, deferred=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     budget_usd: Mapped[float | None]
