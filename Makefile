@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test faults lint typecheck install clean
+.PHONY: demo test faults bench lint typecheck install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,12 @@ test: $(STAMP)
 faults: $(STAMP)
 	$(BIN)/pytest tests/faults -p no:cacheprovider
 
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --size full --store both
+
 lint: $(STAMP)
-	$(BIN)/ruff check orch workers beat tests
-	$(BIN)/ruff format --check orch workers beat tests
+	$(BIN)/ruff check orch workers beat bench tests
+	$(BIN)/ruff format --check orch workers beat bench tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy orch workers beat

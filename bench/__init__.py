@@ -1,0 +1,1 @@
+"""orch's benchmark against raw Celery: `python -m bench.run` (`make bench`). See bench/README.md."""

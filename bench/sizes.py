@@ -1,0 +1,70 @@
+"""How big each part of the benchmark is: `full` (the issue's figures) and `tiny` (the smoke test's)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    raw_drain: int  # no-op messages one raw Celery worker drains
+    raw_chain: int  # length of the raw Celery chain
+    repeats: int  # raw chains and orch deep plans run this many times, their hops pooled
+    latency_samples: int  # raw apply_async → task start, one at a time
+    wide: int  # orch: independent tasks
+    deep: int  # orch: length of the chain plan
+    fan: int  # orch: 1 → fan → 1
+    scale_big: int  # in-process: validate + submit, readiness and tick on a plan this large
+    scale_small: int  # ... and readiness on a plan this large, to compare
+    scale_width: int  # the scale plans are layers of this many tasks, each after two of the layer before
+    completions: int  # timed completions per readiness measurement (after `warmup`)
+    warmup: int
+    ticks: int  # timed beat ticks
+    idle_seconds: float  # worker and beat left idle this long
+    plan_timeout: float  # longest wait for one orch plan
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL = Size(
+    name="full",
+    raw_drain=10_000,
+    raw_chain=200,
+    repeats=3,
+    latency_samples=200,
+    wide=10_000,
+    deep=200,
+    fan=1_000,
+    scale_big=100_000,
+    scale_small=1_000,
+    scale_width=10,
+    completions=50,
+    warmup=5,
+    ticks=5,
+    idle_seconds=10.0,
+    plan_timeout=1200.0,
+)
+
+TINY = Size(
+    name="tiny",
+    raw_drain=200,
+    raw_chain=20,
+    repeats=1,
+    latency_samples=20,
+    wide=100,
+    deep=20,
+    fan=30,
+    scale_big=2_000,
+    scale_small=200,
+    scale_width=10,
+    completions=10,
+    warmup=2,
+    ticks=3,
+    idle_seconds=1.0,
+    plan_timeout=120.0,
+)
+
+SIZES = {s.name: s for s in (FULL, TINY)}
