@@ -46,6 +46,7 @@ from bench.sizes import SIZES, Size
 
 CAP = 10_000  # the benchmark agent type's concurrency cap (queued + running): the largest orch allows
 STORE_KINDS = ("sqlite", "postgres")
+PARTS = ("raw", "orch", "scale", "worker_path")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,6 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(
         "--concurrency", type=int, default=os.cpu_count() or 2, help="worker pool processes (default: nproc)"
+    )
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run (default: all of {', '.join(PARTS)}); rows of the others show —",
     )
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (logs, SQLite stores)")
     parser.add_argument(
@@ -83,6 +89,10 @@ def bench_config(folder: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    parts = [name.strip() for name in args.parts.split(",") if name.strip()]
+    if unknown := sorted(set(parts) - set(PARTS)):
+        print(f"bench: unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}", file=sys.stderr)
+        return 2
     size = SIZES[args.size]
     kinds = list(STORE_KINDS) if args.store == "both" else [args.store]
     folder = Path(tempfile.mkdtemp(prefix="orch-bench-"))
@@ -105,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "versions": versions(),
         "settings": settings(size, args.concurrency, kinds),
+        "parts": parts,
         "stores": {},
     }
     print(f"orch benchmark, size {size.name}, stores {', '.join(kinds)}; working in {folder}", flush=True)
@@ -114,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for kind in kinds:
             prefix = args.out / f"{stamp}-{size.name}-{kind}" if args.profile else None
-            report["stores"][kind] = run_store(kind, fleet, base_env, size, args.concurrency, folder / kind, prefix)
+            report["stores"][kind] = run_store(
+                kind, fleet, base_env, size, args.concurrency, folder / kind, parts, prefix
+            )
     finally:
         fleet.stop_all()
     report["duration_s"] = time.monotonic() - clock
@@ -205,6 +218,7 @@ def run_store(
     size: Size,
     concurrency: int,
     folder: Path,
+    parts: list[str],
     profile_prefix: Path | None = None,
 ) -> dict[str, Any]:
     """Every part on one store and its broker; a part that fails is recorded in `errors` and the next one runs."""
@@ -221,6 +235,8 @@ def run_store(
     entry: dict[str, Any] = {"errors": []}
 
     def part(name: str, run: Callable[[], Any]) -> None:
+        if name not in parts:
+            return
         print(f"[{kind}] {name} ...", flush=True)
         began = time.monotonic()
         try:
