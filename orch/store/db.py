@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from orch.errors import ServiceUnavailable
 from orch.settings import get_settings
 
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch"
 DISPATCH_LOCK_KEY = 0x6F726369
 
@@ -110,9 +110,21 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 @contextmanager
 def write_session(url: str | None = None) -> Iterator[Session]:
     """A transaction that writes: committed on success, rolled back on error."""
-    engine = ensure_schema(url)
-    with Session(engine.execution_options(orch_write=True), expire_on_commit=False) as session, session.begin():
+    engine = _writer(ensure_schema(url))
+    with Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+_writers: dict[int, tuple[Engine, Engine]] = {}
+
+
+def _writer(engine: Engine) -> Engine:
+    """`engine` with writes' execution options (built once per engine: a worker opens two write sessions per
+    attempt)."""
+    known = _writers.get(id(engine))
+    if known is None or known[0] is not engine:
+        known = _writers[id(engine)] = (engine, engine.execution_options(orch_write=True))
+    return known[1]
 
 
 @contextmanager
@@ -136,6 +148,7 @@ def dispose_engines() -> None:
                 engine.dispose()
         _engines.clear()
         _schema_ready.clear()
+        _writers.clear()
 
 
 def with_store_retry(

@@ -59,9 +59,9 @@ class TaskRow(Base):
     __tablename__ = "tasks"
     __table_args__ = (
         UniqueConstraint("plan_id", "key", name="uq_tasks_plan_key"),
-        Index("ix_tasks_plan_status", "plan_id", "status"),
         Index("ix_tasks_status_agent", "status", "agent"),
         Index("ix_tasks_status_lease_expires", "status", "lease_expires_at"),
+        # (plan_id, status) lookups use its prefix; a second index on them would cost every status change
         Index("ix_tasks_ready", "plan_id", "status", "unmet_deps", "priority", "seq"),
     )
 
