@@ -3,7 +3,9 @@ usage so far; when the lease is gone, or the budget spent, it tells the executor
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 
@@ -24,7 +26,10 @@ LEASE_GONE = (
 
 
 class Heartbeat:
-    """Renews `claim`'s lease every `interval` seconds in a thread, for as long as the `with` block runs."""
+    """Renews `claim`'s lease every `interval` seconds, for as long as the `with` block runs.
+
+    The beats run on one thread per process (`_Ticker`), not a thread per attempt: starting and joining a thread
+    would cost a short task more than its own store writes."""
 
     def __init__(
         self,
@@ -41,20 +46,13 @@ class Heartbeat:
         self.price = price
         self.beats = 0
         self.recording = False  # the agent is done and its result being written: a lost lease stops nothing
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{claim.key}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
-        self._thread.start()
+        _ticker.add(self)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        self._done.set()
-        self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while not self._done.wait(self.interval):
-            self.beat()
+        _ticker.remove(self)  # returns once no beat of this heartbeat is running
 
     def beat(self) -> bool | None:
         """One renewal; True: renewed, False: the lease is gone (the agent is told to stop), None: no store."""
@@ -79,3 +77,60 @@ class Heartbeat:
         if over_budget is not None:
             self.control.request_stop(over_budget.failure_class, over_budget.message)
         return True
+
+
+class _Ticker:
+    """The process's heartbeat thread: runs each registered heartbeat's `beat` when it is due. Started on first
+    use in each process (a pool process is forked without the parent's threads)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._due: dict[Heartbeat, float] = {}
+        self._beating: Heartbeat | None = None
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, heartbeat: Heartbeat) -> None:
+        with self._changed:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="orch-heartbeat", daemon=True)
+                self._thread.start()
+            self._due[heartbeat] = time.monotonic() + heartbeat.interval
+            self._changed.notify_all()
+
+    def remove(self, heartbeat: Heartbeat) -> None:
+        with self._changed:
+            self._due.pop(heartbeat, None)
+            while self._beating is heartbeat:
+                self._changed.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                heartbeat = self._next_due()
+                self._due[heartbeat] = time.monotonic() + heartbeat.interval
+                self._beating = heartbeat
+            try:
+                heartbeat.beat()
+            except Exception:  # a bug in one beat must not stop the beats of the process
+                log.exception("heartbeat failed", task=heartbeat.claim.key)
+            finally:
+                with self._changed:
+                    self._beating = None
+                    self._changed.notify_all()
+
+    def _next_due(self) -> Heartbeat:
+        """Waits (holding the condition) until some registered heartbeat is due, and returns it."""
+        while True:
+            now = time.monotonic()
+            if self._due:
+                heartbeat, due = min(self._due.items(), key=lambda item: item[1])
+                if due <= now:
+                    return heartbeat
+                self._changed.wait(due - now)
+            else:
+                self._changed.wait()
+
+
+_ticker = _Ticker()
