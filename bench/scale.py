@@ -4,7 +4,7 @@
   before) read, validated and stored, timed in three steps;
 - readiness per completion: what a worker's `finish` does after an attempt, replayed: one queued task is claimed
   (`repo.claim_attempt`), then in one transaction its success is recorded (`repo.record_result`) and
-  `orch.dispatch.reconcile_plans` finds and claims its newly ready dependants — that call is the readiness cost
+  `orch.dispatch.dispatch_after_result` finds and claims its newly ready dependants — that call is the readiness cost
   (the transaction's total is reported too). Tasks complete in plan order, so each finished task has the same
   number of dependants whatever the plan's size; the same is timed on a small and a large plan;
 - full reconcile pass: `beat.tick.run_tick()` (reap, re-send, reconcile) on the large plan mid-run, with nothing
@@ -135,7 +135,7 @@ def _submit(
 def _completions(
     plan_id: str, registry: AgentRegistry, warmup: int, completions: int, first: bool = True
 ) -> dict[str, Any]:
-    from orch.dispatch import reconcile_plans
+    from orch.dispatch import dispatch_after_result, reconcile_plans
 
     if first:  # dispatch the first layer
         with write_session() as session:
@@ -162,10 +162,11 @@ def _completions(
         with write_session() as session:
             now = repo.db_now(session)
             outcome = decide_outcome(True, None, None, 0, claim.retries, now, 0.5, backoff)
-            if not repo.record_result(session, claim, AttemptResult(True, exit_code=0), outcome, now):
+            recorded = repo.record_result(session, claim, AttemptResult(True, exit_code=0), outcome, now)
+            if recorded is None:
                 raise BenchError("the result of a claimed attempt was rejected")
             ready_began = time.perf_counter()
-            dispatches = reconcile_plans(session, [plan_id], registry, now)
+            dispatches = dispatch_after_result(session, plan_id, recorded, registry, now)
             ready_ended = time.perf_counter()
         ended = time.perf_counter()  # committed
         if n >= warmup:

@@ -14,13 +14,12 @@ from sqlalchemy.orm import Session
 from orch.agents import AgentRegistry
 from orch.celery import RUN_TASK, TIME_LIMIT_MARGIN, app
 from orch.log import get_logger
-from orch.readiness import Reconciliation, free_slots, reconcile
+from orch.readiness import Reconciliation, TaskView, free_slots, reconcile
 from orch.settings import get_settings
 from orch.states import PlanStatus
 from orch.store import repo
 from orch.store.db import take_dispatch_lock
-from orch.store.models import PlanRow
-from orch.store.repo import Dispatch
+from orch.store.repo import Dispatch, Recorded
 
 log = get_logger(__name__)
 
@@ -38,15 +37,15 @@ def reconcile_plans(
     Runs inside the caller's write transaction; the caller commits, then calls `publish`."""
     take_dispatch_lock(session)
     caps = {agent.name: agent.concurrency for agent in registry}
-    slots = free_slots(caps, repo.in_flight_counts(session), repo.active_pauses(session, now))
+    slots = free_slots(caps, repo.in_flight_counts(session), repo.paused_agents(session, now))
     dispatches: list[Dispatch] = []
     for plan_id in plan_ids:
-        plan = repo.get_plan(session, plan_id)
+        plan = repo.plan_gate(session, plan_id)
         if plan is None or plan.status is not PlanStatus.RUNNING:
             continue
-        if not repo.check_plan_budget(session, plan, now):
+        if not repo.check_plan_budget(session, plan_id, plan.budget, now):
             continue
-        decision, agent_of = _decide(session, plan, slots, now)
+        decision, agent_of = _decide(session, plan_id, plan.workdir, slots, now)
         claimed = repo.apply_reconciliation(session, plan_id, decision, now)
         for dispatch in claimed:
             slots[agent_of[dispatch.task_pk]] -= 1
@@ -55,24 +54,55 @@ def reconcile_plans(
 
 
 def _decide(
-    session: Session, plan: PlanRow, slots: dict[str, int], now: datetime
+    session: Session, plan_id: str, workdir: str, slots: dict[str, int], now: datetime
 ) -> tuple[Reconciliation, dict[int, str]]:
     """Readiness for one plan. The database finds the ready tasks (their cost grows with what is ready, not with
     the plan's size); only when a failure must be carried to pending descendants is the whole plan loaded."""
-    if repo.has_doomed_pending(session, plan.id):
-        views = repo.task_views(session, plan.id)
-        held = repo.held_files(session, plan.workdir, plan.id) if any(v.files for v in views) else []
+    if repo.has_doomed_pending(session, plan_id):
+        views = repo.task_views(session, plan_id)
+        held = repo.held_files(session, workdir, plan_id) if any(v.files for v in views) else []
         decision = reconcile(views, slots, now, held_files=held)
         return decision, {view.pk: view.agent for view in views}
     open_agents = [agent for agent, free in slots.items() if free > 0]
-    candidates = repo.ready_views(session, plan.id, open_agents, now, sum(slots.values()) + _READY_SLACK)
+    candidates = repo.ready_views(session, plan_id, open_agents, now, sum(slots.values()) + _READY_SLACK)
+    return _decide_among(session, plan_id, workdir, candidates, slots, now)
+
+
+def _decide_among(
+    session: Session, plan_id: str, workdir: str, candidates: list[TaskView], slots: dict[str, int], now: datetime
+) -> tuple[Reconciliation, dict[int, str]]:
     held = []
     if any(view.files for view in candidates):  # file leases held by in-flight tasks of this plan and others
-        held = repo.held_files(session, plan.workdir, plan.id) + repo.in_flight_files(session, plan.id)
+        held = repo.held_files(session, workdir, plan_id) + repo.in_flight_files(session, plan_id)
     decision = reconcile(candidates, slots, now, held_files=held)
     # `candidates` is not the whole plan: whether the plan is over is asked of the store.
-    outcome = None if decision.ready else repo.plan_outcome(session, plan.id)
+    outcome = None if decision.ready else repo.plan_outcome(session, plan_id)
     return replace(decision, plan_outcome=outcome), {view.pk: view.agent for view in candidates}
+
+
+def dispatch_after_result(
+    session: Session, plan_id: str, recorded: Recorded, registry: AgentRegistry, now: datetime
+) -> list[Dispatch]:
+    """A worker's fast path, in the transaction that recorded a result: claim what that result made ready (its
+    dependants, and a task waiting for the slot it freed), or finish the plan if it was the last task.
+
+    Its cost grows with the dependants, not with the plan: it reads at most `recorded.newly_ready` plus a slack
+    of ready tasks, counts in-flight tasks only of their agent types and only when there is something to
+    dispatch, and leaves failures' descendants, backoffs that passed and other plans to the beat's full pass."""
+    take_dispatch_lock(session)
+    plan = repo.plan_gate(session, plan_id)
+    if plan is None or plan.status is not PlanStatus.RUNNING:
+        return []
+    if not repo.check_plan_budget(session, plan_id, plan.budget, now):
+        return []
+    candidates = repo.ready_views(session, plan_id, None, now, recorded.newly_ready + _READY_SLACK)
+    slots: dict[str, int] = {}
+    if candidates:
+        agents = {view.agent for view in candidates}
+        caps = {name: registry.get(name).concurrency for name in agents if name in registry}
+        slots = free_slots(caps, repo.in_flight_counts(session, agents), repo.paused_agents(session, now))
+    decision, _agent_of = _decide_among(session, plan_id, plan.workdir, candidates, slots, now)
+    return repo.apply_reconciliation(session, plan_id, decision, now)
 
 
 def publish(dispatches: Sequence[Dispatch]) -> None:

@@ -95,7 +95,9 @@ def postgres_url(_postgres_database: str, monkeypatch: pytest.MonkeyPatch) -> It
     get_settings.cache_clear()
     engine = ensure_schema(_postgres_database)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE events, attempts, dependencies, tasks, plans RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text("TRUNCATE events, attempts, dependencies, tasks, plans, agent_pauses RESTART IDENTITY CASCADE")
+        )
     yield _postgres_database
 
 

@@ -9,9 +9,20 @@ from typing import Any, TypeVar
 
 from orch.agents import AgentRegistry, load_agents_file
 from orch.plan import Plan, validate_plan
+from orch.policy import Outcome
+from orch.states import AttemptStatus, TaskStatus
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+# a → (b, c) → d; c has the higher priority
+DIAMOND = [
+    {"id": "a", "title": "design the api", "command": "true"},
+    {"id": "b", "title": "write the docs", "after": ["a"], "command": "true"},
+    {"id": "c", "title": "write the tests", "after": ["a"], "command": "true", "priority": 3},
+    {"id": "d", "title": "deploy it", "after": ["b", "c"], "command": "true"},
+]
+SUCCESS = Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED)
 
 
 def registry() -> AgentRegistry:

@@ -3,6 +3,7 @@ dispatch the plan's newly ready tasks at once (the fast path)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from orch import breaker
 from orch.agents import load_agents
-from orch.dispatch import publish, reconcile_plans
+from orch.dispatch import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
 from orch.failures import FailureClass
 from orch.log import get_logger
@@ -25,9 +26,10 @@ from orch.prices import Usage, cost_usd, load_prices, price_for
 from orch.prompts import build_prompt, build_system_prompt, load_templates
 from orch.redaction import Redactor
 from orch.settings import get_settings
+from orch.states import DOOMING
 from orch.store import repo
 from orch.store.db import with_store_retry, write_session
-from orch.store.repo import AttemptResult, Claim, Dispatch
+from orch.store.repo import AttemptResult, Claim, Dispatch, TaskSpec
 from workers import control, workspace
 from workers.executors import AttemptContext, get_executor
 from workers.heartbeat import Heartbeat
@@ -47,9 +49,8 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
 
     def claim_it() -> tuple[Claim | None, AttemptContext | None]:
         with write_session() as session:
-            now = repo.db_now(session)
-            claim = repo.claim_attempt(session, task_pk, attempt, worker, os.getpid(), now, settings.lease_seconds)
-            return claim, (_context(session, claim) if claim else None)
+            claimed = repo.claim_and_load(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
+            return (None, None) if claimed is None else (claimed[0], _context(session, *claimed))
 
     claim, ctx = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))
     if claim is None or ctx is None:
@@ -112,13 +113,9 @@ def usage_cost(usage: Usage, model: str | None) -> float | None:
     return None if price is None else round(cost_usd(usage, price), 6)
 
 
-def _context(session: Session, claim: Claim) -> AttemptContext | None:
-    task = repo.get_task(session, claim.task_pk)
-    plan = repo.get_plan(session, claim.plan_id)
-    if task is None or plan is None:
-        return None
+def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
     settings = get_settings()
-    log_path = (settings.logs_dir / claim.plan_id / f"{claim.key}.{claim.attempt}.log").resolve()
+    log_path = _logs_dir(settings.logs_dir) / claim.plan_id / f"{claim.key}.{claim.attempt}.log"
     registry = load_agents(settings.config_dir)
     agent = registry.by_name.get(task.agent)
     templates = load_templates(settings.config_dir)
@@ -131,8 +128,8 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
             description=task.description,
             success=task.success,
             files=task.files,
-            handoffs=repo.handoffs(session, task.pk),
-            previous_failure=repo.previous_failure(session, task.pk, claim.attempt),
+            handoffs=repo.handoffs(session, claim.task_pk),
+            previous_failure=repo.previous_failure(session, claim.task_pk, claim.attempt),
         )
     granted = agent.secrets if agent else ()
     every_secret = {name for a in registry for name in a.secrets}
@@ -144,7 +141,7 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
         description=task.description,
         success=task.success,
         command=task.command,
-        workdir=Path(plan.workdir),
+        workdir=Path(task.workdir),
         files=tuple(task.files),
         timeout=task.timeout,
         agent=task.agent,
@@ -172,6 +169,11 @@ def _context(session: Session, claim: Claim) -> AttemptContext | None:
         call=task.call,
         lease=claim.lease,
     )
+
+
+@functools.cache
+def _logs_dir(configured: Path) -> Path:
+    return configured.resolve()
 
 
 def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:
@@ -206,14 +208,17 @@ def finish(claim: Claim, result: AttemptResult) -> str:
                 Backoff(settings.retry_backoff_base, settings.retry_backoff_max),
                 retry_after=result.retry_after,
             )
-            accepted = repo.record_result(session, claim, result, outcome, now)
-            if accepted and result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
+            recorded = repo.record_result(session, claim, result, outcome, now)
+            if recorded is None:
+                return False, outcome, []
+            if result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
                 until = now + timedelta(seconds=result.retry_after)
                 repo.pause_agent(session, claim.agent, until, result.error or "usage limit", now)
-            if accepted and not result.succeeded:
+            if not result.succeeded:
                 breaker.trip_if_open(session, claim.agent, registry.get(claim.agent).breaker, now)
-            dispatches = reconcile_plans(session, [claim.plan_id], registry, now) if accepted else []
-            return accepted, outcome, dispatches
+            if outcome.task_status in DOOMING:  # rare: carry the failure to its descendants now, not at the next tick
+                return True, outcome, reconcile_plans(session, [claim.plan_id], registry, now)
+            return True, outcome, dispatch_after_result(session, claim.plan_id, recorded, registry, now)
 
     accepted, outcome, dispatches = with_store_retry(
         record, settings.store_retry_seconds, _store_wait("result", claim.task_pk)

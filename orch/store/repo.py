@@ -10,8 +10,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, func, insert, or_, select, text, update
+from sqlalchemy import CursorResult, Float, Table, and_, bindparam, func, insert, literal, or_, select, text, update
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from orch.budget import Budget, Spend, describe, exhausted
 from orch.errors import PlanNotFound, TaskNotFound, TaskStateConflict
@@ -35,7 +38,37 @@ from orch.states import (
     TaskStatus,
 )
 from orch.store.db import analyze_after_bulk_insert
-from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow
+from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow, UTCDateTime
+
+# Core tables for the per-attempt statements: built once below with bind parameters, so a worker's hot path
+# neither constructs statements nor goes through the ORM's unit of work (each would cost more than the query).
+_TASKS = cast(Table, TaskRow.__table__)
+_ATTEMPTS = cast(Table, AttemptRow.__table__)
+_PLANS = cast(Table, PlanRow.__table__)
+_DEPENDENCIES = cast(Table, DependencyRow.__table__)
+_PAUSES = cast(Table, AgentPauseRow.__table__)
+_INSERT_EVENTS = insert(cast(Table, EventRow.__table__))
+
+
+class _DbClock(FunctionElement[datetime]):
+    """The database's clock in UTC, `seconds` ahead: a worker's claim stamps its start and lease expiry with it in
+    the same statement, instead of asking for the time first."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+    name = "db_clock"
+
+
+@compiles(_DbClock, "postgresql")
+def _postgres_clock(element: _DbClock, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"(clock_timestamp() AT TIME ZONE 'UTC') + make_interval(secs => {compiler.process(element.clauses, **kw)})"
+
+
+@compiles(_DbClock, "sqlite")
+def _sqlite_clock(element: _DbClock, compiler: SQLCompiler, **kw: Any) -> str:
+    ahead = compiler.process(element.clauses, **kw)
+    return f"strftime('%Y-%m-%d %H:%M:%f', 'now', ({ahead}) || ' seconds')"
+
 
 _ANALYZE_FROM_TASKS = 500  # a plan this large refreshes the planner's statistics when stored
 _CHUNK = 2000  # IN-list size, well under SQLite's bound-parameter limit
@@ -55,13 +88,17 @@ def _no_sync() -> dict[str, Any]:
     return {"synchronize_session": False}
 
 
+_PG_NOW = text("SELECT clock_timestamp()")
+_SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
+
+
 def db_now(session: Session) -> datetime:
     """The database's clock: leases are judged by it, never by a worker's own clock."""
     if session.get_bind().dialect.name == "postgresql":
-        value = session.scalar(text("SELECT clock_timestamp()"))
+        value = session.scalar(_PG_NOW)
         assert isinstance(value, datetime)
         return value.astimezone(UTC)
-    stamp = session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+    stamp = session.scalar(_SQLITE_NOW)
     return datetime.fromisoformat(str(stamp)).replace(tzinfo=UTC)
 
 
@@ -192,34 +229,56 @@ def task_views(session: Session, plan_id: str) -> list[TaskView]:
     ]
 
 
-def ready_views(session: Session, plan_id: str, agents: Collection[str], now: datetime, limit: int) -> list[TaskView]:
+_VIEW_COLUMNS = (
+    _TASKS.c.pk,
+    _TASKS.c.status,
+    _TASKS.c.agent,
+    _TASKS.c.priority,
+    _TASKS.c.seq,
+    _TASKS.c.not_before,
+    _TASKS.c.files,
+)
+_BEST_FIRST = (_TASKS.c.priority.desc(), _TASKS.c.seq)
+_OF_PLAN = _TASKS.c.plan_id == bindparam("plan_id")
+_OF_AGENTS = _TASKS.c.agent.in_(bindparam("agents", expanding=True))
+_PENDING_READY = and_(_OF_PLAN, _TASKS.c.status == TaskStatus.PENDING, _TASKS.c.unmet_deps == 0)
+_READY_PENDING = select(*_VIEW_COLUMNS).where(_PENDING_READY).order_by(*_BEST_FIRST).limit(bindparam("limit"))
+_READY_PENDING_OF_AGENTS = (
+    select(*_VIEW_COLUMNS).where(_PENDING_READY, _OF_AGENTS).order_by(*_BEST_FIRST).limit(bindparam("limit"))
+)
+_READY_RETRYING_OF_AGENTS = (
+    select(*_VIEW_COLUMNS)
+    .where(
+        _OF_PLAN,
+        _OF_AGENTS,
+        _TASKS.c.status == TaskStatus.RETRY_WAIT,
+        or_(_TASKS.c.not_before.is_(None), _TASKS.c.not_before <= bindparam("now")),
+    )
+    .order_by(*_BEST_FIRST)
+    .limit(bindparam("limit"))
+)
+
+
+def ready_views(
+    session: Session, plan_id: str, agents: Collection[str] | None, now: datetime, limit: int
+) -> list[TaskView]:
     """The plan's tasks that may start now, best first, found by index (not by loading the plan): pending tasks
     with no unmet dependency, and retry_wait tasks whose backoff has passed — of the agent types in `agents`
-    (those with free slots), at most `limit`. Their dependencies are met, so the views carry none."""
-    if not agents or limit <= 0:
+    (those with free slots), at most `limit`. Their dependencies are met, so the views carry none.
+
+    `agents=None` asks only for pending tasks, of any agent type: what a completion can have made ready (a task
+    whose backoff passes is the beat's to find)."""
+    if (agents is not None and not agents) or limit <= 0:
         return []
-    columns = (
-        TaskRow.pk,
-        TaskRow.status,
-        TaskRow.agent,
-        TaskRow.priority,
-        TaskRow.seq,
-        TaskRow.not_before,
-        TaskRow.files,
-    )
-    best_first = (TaskRow.priority.desc(), TaskRow.seq)
-    of_plan = (TaskRow.plan_id == plan_id, TaskRow.agent.in_(agents))
-    pending = select(*columns).where(*of_plan, TaskRow.status == TaskStatus.PENDING, TaskRow.unmet_deps == 0)
-    retrying = select(*columns).where(
-        *of_plan,
-        TaskRow.status == TaskStatus.RETRY_WAIT,
-        or_(TaskRow.not_before.is_(None), TaskRow.not_before <= now),
-    )
-    rows = [
-        *session.execute(pending.order_by(*best_first).limit(limit)),
-        *session.execute(retrying.order_by(*best_first).limit(limit)),
-    ]
-    rows.sort(key=lambda row: (-row.priority, row.seq))
+    params = {"plan_id": plan_id, "limit": limit, "now": now, "agents": list(agents or ())}
+    if agents is None:
+        rows = list(session.execute(_READY_PENDING, params))
+    else:
+        rows = [
+            *session.execute(_READY_PENDING_OF_AGENTS, params),
+            *session.execute(_READY_RETRYING_OF_AGENTS, params),
+        ]
+        rows.sort(key=lambda row: (-row.priority, row.seq))
     return [
         TaskView(pk, status, agent, priority, seq, (), not_before, tuple(files or ()))
         for pk, status, agent, priority, seq, not_before, files in rows[:limit]
@@ -249,15 +308,18 @@ def has_doomed_pending(session: Session, plan_id: str) -> bool:
     return False
 
 
+_ANY_UNFINISHED = select(_TASKS.c.pk).where(_OF_PLAN, _TASKS.c.status.in_(sorted(set(TaskStatus) - TERMINAL))).limit(1)
+_ANY_NOT_SUCCEEDED = (
+    select(_TASKS.c.pk).where(_OF_PLAN, _TASKS.c.status.in_(sorted(TERMINAL - {TaskStatus.SUCCEEDED}))).limit(1)
+)
+
+
 def plan_outcome(session: Session, plan_id: str) -> PlanStatus | None:
     """SUCCEEDED or FAILED once every task of the plan is final, else None (index lookups, no plan scan)."""
-    open_statuses = [s for s in TaskStatus if s not in TERMINAL]
-    unfinished = select(TaskRow.pk).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(open_statuses)).limit(1)
-    if session.execute(unfinished).first() is not None:
+    if session.execute(_ANY_UNFINISHED, {"plan_id": plan_id}).first() is not None:
         return None
-    not_done = [s for s in TERMINAL if s is not TaskStatus.SUCCEEDED]
-    failed = select(TaskRow.pk).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(not_done)).limit(1)
-    return PlanStatus.FAILED if session.execute(failed).first() is not None else PlanStatus.SUCCEEDED
+    failed = session.execute(_ANY_NOT_SUCCEEDED, {"plan_id": plan_id}).first() is not None
+    return PlanStatus.FAILED if failed else PlanStatus.SUCCEEDED
 
 
 def held_files(session: Session, workdir: str, other_than: str) -> list[list[str]]:
@@ -270,11 +332,18 @@ def held_files(session: Session, workdir: str, other_than: str) -> list[list[str
     return [list(files) for (files,) in rows if files]
 
 
-def in_flight_counts(session: Session) -> dict[str, int]:
-    """Queued and running tasks per agent type, across every plan."""
-    rows = session.execute(
-        select(TaskRow.agent, func.count()).where(TaskRow.status.in_(IN_FLIGHT)).group_by(TaskRow.agent)
-    )
+_IN_FLIGHT_COUNTS = (
+    select(_TASKS.c.agent, func.count()).where(_TASKS.c.status.in_(sorted(IN_FLIGHT))).group_by(_TASKS.c.agent)
+)
+_IN_FLIGHT_COUNTS_OF_AGENTS = _IN_FLIGHT_COUNTS.where(_OF_AGENTS)
+
+
+def in_flight_counts(session: Session, agents: Collection[str] | None = None) -> dict[str, int]:
+    """Queued and running tasks per agent type (of `agents`, or of every type), across every plan."""
+    if agents is None:
+        rows = session.execute(_IN_FLIGHT_COUNTS)
+    else:
+        rows = session.execute(_IN_FLIGHT_COUNTS_OF_AGENTS, {"agents": list(agents)})
     return {agent: count for agent, count in rows}
 
 
@@ -293,6 +362,20 @@ class Dispatch:
     def message_id(self) -> str:
         return f"{self.plan_id}.{self.key}.{self.attempt}"
 
+
+_CLAIM_FOR_DISPATCH = (
+    update(_TASKS)
+    .where(_TASKS.c.pk.in_(bindparam("pks", expanding=True)), _TASKS.c.status.in_(sorted(DISPATCHABLE)))
+    .values(
+        status=TaskStatus.QUEUED,
+        attempt=_TASKS.c.attempt + 1,
+        queued_at=bindparam("now"),
+        dispatched_at=bindparam("now"),
+        not_before=None,
+        lease=None,
+    )
+    .returning(_TASKS.c.pk, _TASKS.c.attempt, _TASKS.c.queue, _TASKS.c.timeout, _TASKS.c.plan_id, _TASKS.c.key)
+)
 
 _DISPATCH_COLUMNS = (
     TaskRow.pk,
@@ -318,23 +401,12 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
 
     dispatches: list[Dispatch] = []
     old_status: dict[int, TaskStatus] = {}
-    for chunk, old in ((c, o) for c in _chunks(decision.ready) for o in sorted(DISPATCHABLE)):
-        claimed = session.execute(
-            update(TaskRow)
-            .where(TaskRow.pk.in_(chunk), TaskRow.status == old)
-            .values(
-                status=TaskStatus.QUEUED,
-                attempt=TaskRow.attempt + 1,
-                queued_at=now,
-                dispatched_at=now,
-                not_before=None,
-                lease=None,
-            )
-            .returning(*_DISPATCH_COLUMNS)
-            .execution_options(**_no_sync())
-        ).all()
+    for chunk in _chunks(decision.ready):
+        claimed = session.execute(_CLAIM_FOR_DISPATCH, {"pks": list(chunk), "now": now}).all()
         dispatches.extend(Dispatch(*row) for row in claimed)
-        old_status.update((row[0], old) for row in claimed)
+        # RETURNING gives the new status; the old one is the status readiness saw (pending or retry_wait, which
+        # nothing but this dispatcher, holding the dispatch lock, moves out of except to a final status).
+        old_status.update((row[0], decision.statuses.get(row[0], TaskStatus.PENDING)) for row in claimed)
     _events(
         session,
         [
@@ -402,6 +474,7 @@ class Claim:
     retries: int
     agent: str
     counted_failures: int = 0  # earlier failed attempts that spent the retry budget
+    dependants: int | None = None  # tasks that depend on this one (None: not known, so look)
 
 
 # Attempts that spend a task's retry budget: failed for a reason of the task's own, or lost with their worker.
@@ -422,41 +495,91 @@ def counted_failures(session: Session, task_pk: int) -> int:
     )
 
 
+_OF_TASK = _TASKS.c.pk == bindparam("of_task")
+_SPEC_COLUMNS = (
+    *(_TASKS.c[name] for name in ("key", "title", "description", "success", "command", "files", "timeout")),
+    *(_TASKS.c[name] for name in ("agent", "executor", "verify", "scope", "call")),
+)
+_WORKDIR = select(_PLANS.c.workdir).where(_PLANS.c.id == _TASKS.c.plan_id).scalar_subquery()
+_DEPENDANTS = select(func.count()).where(_DEPENDENCIES.c.depends_on_pk == _TASKS.c.pk).scalar_subquery()
+
+
+def _claim_statement(started: Any, expires: Any) -> Any:
+    return (
+        update(_TASKS)
+        .where(_OF_TASK, _TASKS.c.status == TaskStatus.QUEUED, _TASKS.c.attempt == bindparam("of_number"))
+        .values(
+            status=TaskStatus.RUNNING,
+            lease=bindparam("new_lease"),
+            lease_expires_at=expires,
+            started_at=started,
+            finished_at=None,
+        )
+        .returning(
+            _TASKS.c.plan_id,
+            _TASKS.c.retries,
+            _TASKS.c.queued_at,
+            _TASKS.c.started_at,
+            _DEPENDANTS,
+            *_SPEC_COLUMNS,
+            _WORKDIR.label("workdir"),
+        )
+    )
+
+
+_LEASE_SECONDS = bindparam("lease_s", type_=Float)
+# At a time the caller gives (tests, replays), or at the database's clock read by the claim itself (a worker).
+_CLAIM_AT = _claim_statement(bindparam("now"), bindparam("expires"))
+_CLAIM_NOW = _claim_statement(_DbClock(literal(0.0, Float)), _DbClock(_LEASE_SECONDS))
+_INSERT_ATTEMPT = insert(_ATTEMPTS)
+
+
 def claim_attempt(
     session: Session, task_pk: int, attempt: int, worker: str, pid: int | None, now: datetime, lease_seconds: float
 ) -> Claim | None:
     """queued → running for this attempt, with a fresh lease that expires unless renewed (by `now`, the
     database's clock); None when the message is a duplicate or stale."""
+    claimed = claim_and_load(session, task_pk, attempt, worker, pid, lease_seconds, now)
+    return None if claimed is None else claimed[0]
+
+
+def claim_and_load(
+    session: Session,
+    task_pk: int,
+    attempt: int,
+    worker: str,
+    pid: int | None,
+    lease_seconds: float,
+    now: datetime | None = None,
+) -> tuple[Claim, TaskSpec] | None:
+    """`claim_attempt`, also returning what the worker needs to run the task; without `now`, the claim reads the
+    database's clock itself (one round trip fewer)."""
     lease = str(uuid.uuid4())
-    row = session.execute(
-        update(TaskRow)
-        .where(TaskRow.pk == task_pk, TaskRow.status == TaskStatus.QUEUED, TaskRow.attempt == attempt)
-        .values(
-            status=TaskStatus.RUNNING,
-            lease=lease,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            started_at=now,
-            finished_at=None,
-        )
-        .returning(TaskRow.plan_id, TaskRow.key, TaskRow.retries, TaskRow.queued_at, TaskRow.agent)
-        .execution_options(**_no_sync())
-    ).first()
+    params: dict[str, Any] = {"of_task": task_pk, "of_number": attempt, "new_lease": lease, "lease_s": lease_seconds}
+    if now is not None:
+        params.update(now=now, expires=now + timedelta(seconds=lease_seconds))
+    row = session.execute(_CLAIM_NOW if now is None else _CLAIM_AT, params).first()
     if row is None:
         return None
-    plan_id, key, retries, queued_at, agent = row
-    session.add(
-        AttemptRow(
-            task_pk=task_pk,
-            number=attempt,
-            lease=lease,
-            status=AttemptStatus.RUNNING,
-            worker=worker,
-            pid=pid,
-            queued_at=queued_at,
-            started_at=now,
-            heartbeat_at=now,
-            output_tail="",
-        )
+    plan_id, retries, queued_at, started, dependants, *spec = row
+    now = started
+    assert now is not None
+    task = TaskSpec(*spec)
+    key, agent = task.key, task.agent
+    session.execute(
+        _INSERT_ATTEMPT,
+        {
+            "task_pk": task_pk,
+            "number": attempt,
+            "lease": lease,
+            "status": AttemptStatus.RUNNING,
+            "worker": worker,
+            "pid": pid,
+            "queued_at": queued_at,
+            "started_at": now,
+            "heartbeat_at": now,
+            "output_tail": "",
+        },
     )
     _event(
         session,
@@ -470,7 +593,7 @@ def claim_attempt(
         detail=f"on {worker}",
     )
     earlier = counted_failures(session, task_pk) if attempt > 1 else 0  # a first attempt has none
-    return Claim(task_pk, plan_id, key, attempt, lease, retries, agent, earlier)
+    return Claim(task_pk, plan_id, key, attempt, lease, retries, agent, earlier, dependants), task
 
 
 @dataclass(frozen=True)
@@ -491,56 +614,107 @@ class AttemptResult:
     verified: bool | None = None
 
 
-def record_result(session: Session, claim: Claim, result: AttemptResult, outcome: Outcome, now: datetime) -> bool:
-    """running → the outcome's status, only while this claim's lease still holds. False: the result is stale."""
-    new_status = outcome.task_status
-    changed = _rowcount(
-        session.execute(
-            update(TaskRow)
-            .where(TaskRow.pk == claim.task_pk, TaskRow.status == TaskStatus.RUNNING, TaskRow.lease == claim.lease)
-            .values(
-                status=new_status,
-                lease=None,
-                lease_expires_at=None,
-                not_before=outcome.not_before,
-                finished_at=None if new_status is TaskStatus.RETRY_WAIT else now,
-                error=None if result.succeeded else result.error,
+@dataclass(frozen=True)
+class Recorded:
+    """A result the store accepted; `newly_ready` dependants have no unmet dependency left because of it."""
+
+    newly_ready: int = 0
+
+
+_OF_LEASE = and_(_OF_TASK, _TASKS.c.status == TaskStatus.RUNNING, _TASKS.c.lease == bindparam("held_lease"))
+_END_RUNNING = (
+    update(_TASKS)
+    .where(_OF_LEASE)
+    .values(
+        status=bindparam("new_status"),
+        lease=None,
+        lease_expires_at=None,
+        not_before=bindparam("retry_at"),
+        finished_at=bindparam("ended_at"),
+        error=bindparam("task_error"),
+    )
+)
+_FINISH_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(
+        _ATTEMPTS.c.task_pk == bindparam("of_task"),
+        _ATTEMPTS.c.number == bindparam("of_number"),
+        _ATTEMPTS.c.lease == bindparam("held_lease"),
+    )
+    .values(
+        {
+            column: bindparam(f"v_{column}")
+            for column in (
+                "status",
+                "finished_at",
+                "exit_code",
+                "failure_class",
+                "error",
+                "output_tail",
+                "log_path",
+                "model",
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_tokens",
+                "cache_read_tokens",
+                "cost_usd",
+                "result",
+                "duration_s",
+                "files_changed",
+                "verified",
             )
-            .execution_options(**_no_sync())
-        )
+        }
     )
-    if not changed:
-        return False
-    if new_status is TaskStatus.SUCCEEDED:
-        _dependency_met(session, claim.task_pk)
-    session.execute(
-        update(AttemptRow)
-        .where(
-            AttemptRow.task_pk == claim.task_pk,
-            AttemptRow.number == claim.attempt,
-            AttemptRow.lease == claim.lease,
-        )
-        .values(
-            status=outcome.attempt_status,
-            finished_at=now,
-            exit_code=result.exit_code,
-            failure_class=result.failure_class,
-            error=result.error,
-            output_tail=result.output_tail,
-            log_path=result.log_path,
-            model=result.model,
-            input_tokens=result.usage.input_tokens,
-            output_tokens=result.usage.output_tokens,
-            cache_creation_tokens=result.usage.cache_creation_tokens,
-            cache_read_tokens=result.usage.cache_read_tokens,
-            cost_usd=result.cost_usd,
-            result=result.result,
-            duration_s=result.duration_s,
-            files_changed=None if result.files_changed is None else list(result.files_changed),
-            verified=result.verified,
-        )
-        .execution_options(**_no_sync())
+)
+# A success decrements its dependants' unmet count; those that reach zero while pending are ready.
+_DEPENDENCY_MET = (
+    update(_TASKS)
+    .where(
+        _TASKS.c.pk.in_(select(_DEPENDENCIES.c.task_pk).where(_DEPENDENCIES.c.depends_on_pk == bindparam("of_task")))
     )
+    .values(unmet_deps=_TASKS.c.unmet_deps - 1)
+    .returning(_TASKS.c.unmet_deps, _TASKS.c.status)
+)
+
+
+def record_result(
+    session: Session, claim: Claim, result: AttemptResult, outcome: Outcome, now: datetime
+) -> Recorded | None:
+    """running → the outcome's status, only while this claim's lease still holds. None: the result is stale."""
+    new_status = outcome.task_status
+    of_claim = {"of_task": claim.task_pk, "of_number": claim.attempt, "held_lease": claim.lease}
+    ended = {
+        "new_status": new_status,
+        "retry_at": outcome.not_before,
+        "ended_at": None if new_status is TaskStatus.RETRY_WAIT else now,
+        "task_error": None if result.succeeded else result.error,
+    }
+    if not _rowcount(session.execute(_END_RUNNING, {**of_claim, **ended})):
+        return None
+    newly_ready = 0
+    if new_status is TaskStatus.SUCCEEDED and claim.dependants != 0:
+        newly_ready = _dependency_met(session, claim.task_pk)
+    usage = result.usage
+    values = {
+        "status": outcome.attempt_status,
+        "finished_at": now,
+        "exit_code": result.exit_code,
+        "failure_class": result.failure_class,
+        "error": result.error,
+        "output_tail": result.output_tail,
+        "log_path": result.log_path,
+        "model": result.model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_creation_tokens": usage.cache_creation_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cost_usd": result.cost_usd,
+        "result": result.result,
+        "duration_s": result.duration_s,
+        "files_changed": None if result.files_changed is None else list(result.files_changed),
+        "verified": result.verified,
+    }
+    session.execute(_FINISH_ATTEMPT, {**of_claim, **{f"v_{name}": value for name, value in values.items()}})
     _event(
         session,
         now,
@@ -552,18 +726,17 @@ def record_result(session: Session, claim: Claim, result: AttemptResult, outcome
         new=new_status,
         detail=outcome.detail or result.error,
     )
-    return True
+    return Recorded(newly_ready)
 
 
-def _dependency_met(session: Session, task_pk: int) -> None:
-    """`task_pk` succeeded (it never un-succeeds): each of its dependants has one unmet dependency fewer."""
-    dependants = select(DependencyRow.task_pk).where(DependencyRow.depends_on_pk == task_pk)
-    session.execute(
-        update(TaskRow)
-        .where(TaskRow.pk.in_(dependants))
-        .values(unmet_deps=TaskRow.unmet_deps - 1)
-        .execution_options(**_no_sync())
-    )
+def _dependency_met(session: Session, task_pk: int) -> int:
+    """`task_pk` succeeded (it never un-succeeds): each of its dependants has one unmet dependency fewer.
+    Returns how many are now ready."""
+    rows = session.execute(_DEPENDENCY_MET, {"of_task": task_pk})
+    return sum(1 for unmet, status in rows if unmet == 0 and status == TaskStatus.PENDING)
+
+
+_RENEW = update(_TASKS).where(_OF_LEASE).values(lease_expires_at=bindparam("expires"))
 
 
 def renew_lease(
@@ -571,14 +744,8 @@ def renew_lease(
 ) -> bool:
     """A heartbeat: push the lease's expiry out and record the attempt's usage so far. False: the lease is gone
     (the attempt was cancelled, skipped or reaped) and the agent must stop."""
-    renewed = _rowcount(
-        session.execute(
-            update(TaskRow)
-            .where(TaskRow.pk == claim.task_pk, TaskRow.status == TaskStatus.RUNNING, TaskRow.lease == claim.lease)
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .execution_options(**_no_sync())
-        )
-    )
+    of_claim = {"of_task": claim.task_pk, "held_lease": claim.lease}
+    renewed = _rowcount(session.execute(_RENEW, {**of_claim, "expires": now + timedelta(seconds=lease_seconds)}))
     if renewed:
         session.execute(
             update(AttemptRow)
@@ -617,6 +784,44 @@ def get_attempt(session: Session, claim: Claim) -> AttemptRow | None:
 
 def reported_usage(attempt: AttemptRow) -> Usage:
     return Usage(attempt.input_tokens, attempt.output_tokens, attempt.cache_creation_tokens, attempt.cache_read_tokens)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a worker needs of a claimed task to run it (one indexed read, no ORM objects)."""
+
+    key: str
+    title: str
+    description: str
+    success: str
+    command: str | None
+    files: list[str]
+    timeout: float
+    agent: str
+    executor: str
+    verify: str | None
+    scope: str
+    call: str | None
+    workdir: str
+
+
+@dataclass(frozen=True)
+class PlanGate:
+    """What dispatch asks of a plan before claiming its tasks: may it run, and within what budget."""
+
+    status: PlanStatus
+    workdir: str
+    budget: Budget
+
+
+_PLAN_GATE = select(_PLANS.c.status, _PLANS.c.workdir, _PLANS.c.budget_usd, _PLANS.c.budget_tokens).where(
+    _PLANS.c.id == bindparam("of_plan")
+)
+
+
+def plan_gate(session: Session, plan_id: str) -> PlanGate | None:
+    row = session.execute(_PLAN_GATE, {"of_plan": plan_id}).first()
+    return None if row is None else PlanGate(row.status, row.workdir, Budget(row.budget_usd, row.budget_tokens))
 
 
 def get_task(session: Session, task_pk: int) -> TaskRow | None:
@@ -918,15 +1123,14 @@ def over_budget(session: Session, claim: Claim) -> BudgetStop | None:
     return None
 
 
-def check_plan_budget(session: Session, plan: PlanRow, now: datetime) -> bool:
+def check_plan_budget(session: Session, plan_id: str, cap: Budget, now: datetime) -> bool:
     """Before dispatch: True if the plan may dispatch; else it is held as budget_exhausted (with the figures)."""
-    cap = plan_budget(plan)
     if not cap:
         return True
-    spent = plan_spend(session, plan.id)
+    spent = plan_spend(session, plan_id)
     if not exhausted(spent, cap):
         return True
-    hold_plan(session, plan.id, PlanStatus.BUDGET_EXHAUSTED, f"plan budget spent: {describe(spent, cap)}", now)
+    hold_plan(session, plan_id, PlanStatus.BUDGET_EXHAUSTED, f"plan budget spent: {describe(spent, cap)}", now)
     return False
 
 
@@ -959,7 +1163,7 @@ def _event_row(
 def _events(session: Session, rows: list[dict[str, Any]]) -> None:
     """Append to the event log (never updated, never deleted)."""
     if rows:
-        session.execute(insert(EventRow), rows)
+        session.execute(_INSERT_EVENTS, rows)
 
 
 def _event(session: Session, at: datetime, plan_id: str, **fields: Any) -> None:
@@ -1071,6 +1275,14 @@ def recent_outcomes(session: Session, agent: str, limit: int) -> list[tuple[Atte
         .limit(limit)
     )
     return [(status, failure) for status, failure in rows]
+
+
+_PAUSED_AGENTS = select(_PAUSES.c.agent).where(_PAUSES.c.until > bindparam("now"))
+
+
+def paused_agents(session: Session, now: datetime) -> set[str]:
+    """Agent types whose dispatch is held at `now` (a usage limit, an open circuit breaker)."""
+    return set(session.scalars(_PAUSED_AGENTS, {"now": now}))
 
 
 def active_pauses(session: Session, now: datetime) -> dict[str, AgentPauseRow]:
