@@ -171,7 +171,8 @@ def with_store_retry(
 
 
 def analyze_after_bulk_insert(session: Session) -> None:
-    """On PostgreSQL, refresh the planner's statistics after a large plan is stored: until autovacuum gets to a
-    fresh table, the planner believes it is empty and picks nested loops over thousands of rows."""
+    """On PostgreSQL, refresh the planner's statistics after a large plan is stored or dispatched: until
+    autovacuum gets to the table, the planner believes what it saw before and picks nested loops or scans over
+    thousands of rows."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("ANALYZE tasks, dependencies"))

@@ -425,6 +425,10 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
     )
     if decision.plan_outcome is not None:
         finish_plan(session, plan_id, decision.plan_outcome, now)
+    if len(dispatches) >= _ANALYZE_FROM_TASKS:
+        # Statistics from the submit say these tasks are pending; believing no task is queued, the planner
+        # would look a claim's task up by status instead of by primary key (a scan of every queued task).
+        analyze_after_bulk_insert(session)
     position = {pk: i for i, pk in enumerate(decision.ready)}
     dispatches.sort(key=lambda d: position[d.task_pk])  # RETURNING has no order; send best first
     return dispatches
