@@ -475,3 +475,18 @@ def environ(**values: str) -> Iterator[None]:
             else:
                 os.environ[key] = value
         get_settings.cache_clear()
+
+
+def next_queued(session: Any, plan_id: str) -> Any:
+    """The plan's first queued task (pk, attempt), as a worker would be handed it; None when none is left."""
+    from sqlalchemy import select
+
+    from orch.states import TaskStatus
+    from orch.store.models import TaskRow
+
+    return session.execute(
+        select(TaskRow.pk, TaskRow.attempt)
+        .where(TaskRow.plan_id == plan_id, TaskRow.status == TaskStatus.QUEUED)
+        .order_by(TaskRow.seq)
+        .limit(1)
+    ).first()

@@ -21,17 +21,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
-from bench.infra import BenchError, Stores, environ, ranked_statements, summary, timed_statements
+from bench.infra import BenchError, Stores, environ, next_queued, ranked_statements, summary, timed_statements
 from bench.orch_runs import DEFAULTS
 from bench.sizes import Size
 from orch.agents import AgentRegistry
 from orch.policy import Backoff, decide_outcome
-from orch.states import TaskStatus
 from orch.store import repo
 from orch.store.db import ensure_schema, write_session
-from orch.store.models import TaskRow
 from orch.store.repo import AttemptResult
 
 LEASE_SECONDS = 45.0
@@ -146,12 +144,7 @@ def _completions(
     backoff = Backoff(0.0, 0.0)
     for n in range(warmup + completions):
         with write_session() as session:
-            row = session.execute(
-                select(TaskRow.pk, TaskRow.attempt)
-                .where(TaskRow.plan_id == plan_id, TaskRow.status == TaskStatus.QUEUED)
-                .order_by(TaskRow.seq)
-                .limit(1)
-            ).first()
+            row = next_queued(session, plan_id)
             if row is None:
                 raise BenchError("no queued task left to complete")
             now = repo.db_now(session)

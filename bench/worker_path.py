@@ -17,16 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
-from bench.infra import BenchError, Stores, environ, ranked_statements, summary, timed_statements
+from bench.infra import BenchError, Stores, environ, next_queued, ranked_statements, summary, timed_statements
 from bench.orch_runs import deep_plan, submit, wide_plan
 from bench.sizes import Size
 from orch.agents import AgentRegistry
-from orch.states import TaskStatus
 from orch.store import repo
 from orch.store.db import ensure_schema, read_session, write_session
-from orch.store.models import TaskRow
 
 
 def run_worker_path(
@@ -98,12 +94,7 @@ def _run(plan_id: str, count: int) -> list[float]:
     times = []
     for _ in range(count):
         with read_session() as session:
-            row = session.execute(
-                select(TaskRow.pk, TaskRow.attempt)
-                .where(TaskRow.plan_id == plan_id, TaskRow.status == TaskStatus.QUEUED)
-                .order_by(TaskRow.seq)
-                .limit(1)
-            ).first()
+            row = next_queued(session, plan_id)
         if row is None:
             raise BenchError(f"plan {plan_id}: no queued task left to run")
         began = time.perf_counter()
