@@ -95,7 +95,7 @@ def dispatch_after_result(
         return []
     if not repo.check_plan_budget(session, plan_id, plan.budget, now):
         return []
-    candidates = repo.ready_views(session, plan_id, None, now, recorded.newly_ready + _READY_SLACK)
+    candidates = repo.pending_ready_views(session, plan_id, recorded.newly_ready + _READY_SLACK)
     slots: dict[str, int] = {}
     if candidates:
         agents = {view.agent for view in candidates}

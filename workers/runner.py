@@ -47,15 +47,16 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     settings = get_settings()
     worker = worker or socket.gethostname()
 
-    def claim_it() -> tuple[Claim | None, AttemptContext | None]:
+    def claim_it() -> tuple[Claim, AttemptContext] | None:
         with write_session() as session:
             claimed = repo.claim_and_load(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
-            return (None, None) if claimed is None else (claimed[0], _context(session, *claimed))
+            return None if claimed is None else (claimed[0], _context(session, *claimed))
 
-    claim, ctx = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))
-    if claim is None or ctx is None:
+    claimed = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))
+    if claimed is None:
         log.info("dropped duplicate or stale delivery", task_pk=task_pk, attempt=attempt)
         return "dropped"
+    claim, ctx = claimed
     bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
     bound.info("attempt started", executor=ctx.executor)
     heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, usage_cost)

@@ -170,7 +170,7 @@ def with_store_retry(
             delay = min(delay * 2, 10.0)
 
 
-def analyze_after_bulk_insert(session: Session) -> None:
+def refresh_planner_statistics(session: Session) -> None:
     """On PostgreSQL, refresh the planner's statistics after a large plan is stored or dispatched: until
     autovacuum gets to the table, the planner believes what it saw before and picks nested loops or scans over
     thousands of rows."""

@@ -37,7 +37,7 @@ from orch.states import (
     PlanStatus,
     TaskStatus,
 )
-from orch.store.db import analyze_after_bulk_insert
+from orch.store.db import refresh_planner_statistics
 from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow, UTCDateTime
 
 # Core tables for the per-attempt statements: built once below with bind parameters, so a worker's hot path
@@ -165,7 +165,7 @@ def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
         session.execute(insert(_DEPENDENCIES), edges)
     _event(session, now, plan_id, kind="plan", new=PlanStatus.RUNNING, detail=f"submitted from {plan.source}")
     if len(plan.tasks) >= _ANALYZE_FROM_TASKS:
-        analyze_after_bulk_insert(session)  # PostgreSQL counts this transaction's own rows in the sample
+        refresh_planner_statistics(session)  # PostgreSQL counts this transaction's own rows in the sample
     return plan_id
 
 
@@ -260,29 +260,31 @@ _READY_RETRYING_OF_AGENTS = (
 )
 
 
-def ready_views(
-    session: Session, plan_id: str, agents: Collection[str] | None, now: datetime, limit: int
-) -> list[TaskView]:
+def ready_views(session: Session, plan_id: str, agents: Collection[str], now: datetime, limit: int) -> list[TaskView]:
     """The plan's tasks that may start now, best first, found by index (not by loading the plan): pending tasks
     with no unmet dependency, and retry_wait tasks whose backoff has passed — of the agent types in `agents`
-    (those with free slots), at most `limit`. Their dependencies are met, so the views carry none.
-
-    `agents=None` asks only for pending tasks, of any agent type: what a completion can have made ready (a task
-    whose backoff passes is the beat's to find)."""
-    if (agents is not None and not agents) or limit <= 0:
+    (those with free slots), at most `limit`. Their dependencies are met, so the views carry none."""
+    if not agents or limit <= 0:
         return []
-    params = {"plan_id": plan_id, "limit": limit, "now": now, "agents": list(agents or ())}
-    if agents is None:
-        rows = list(session.execute(_READY_PENDING, params))
-    else:
-        rows = [
-            *session.execute(_READY_PENDING_OF_AGENTS, params),
-            *session.execute(_READY_RETRYING_OF_AGENTS, params),
-        ]
-        rows.sort(key=lambda row: (-row.priority, row.seq))
+    params = {"plan_id": plan_id, "limit": limit, "now": now, "agents": list(agents)}
+    rows = [
+        *session.execute(_READY_PENDING_OF_AGENTS, params),
+        *session.execute(_READY_RETRYING_OF_AGENTS, params),
+    ]
+    rows.sort(key=lambda row: (-row.priority, row.seq))
+    return _views(rows[:limit])
+
+
+def pending_ready_views(session: Session, plan_id: str, limit: int) -> list[TaskView]:
+    """The plan's pending tasks with no unmet dependency, of any agent type, best first, at most `limit`: what a
+    completion can have made ready (a task whose backoff passes is the beat's to find)."""
+    return _views(session.execute(_READY_PENDING, {"plan_id": plan_id, "limit": limit}))
+
+
+def _views(rows: Iterable[Any]) -> list[TaskView]:
     return [
         TaskView(pk, status, agent, priority, seq, (), not_before, tuple(files or ()))
-        for pk, status, agent, priority, seq, not_before, files in rows[:limit]
+        for pk, status, agent, priority, seq, not_before, files in rows
     ]
 
 
@@ -428,7 +430,7 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
     if len(dispatches) >= _ANALYZE_FROM_TASKS:
         # Statistics from the submit say these tasks are pending; believing no task is queued, the planner
         # would look a claim's task up by status instead of by primary key (a scan of every queued task).
-        analyze_after_bulk_insert(session)
+        refresh_planner_statistics(session)
     position = {pk: i for i, pk in enumerate(decision.ready)}
     dispatches.sort(key=lambda d: position[d.task_pk])  # RETURNING has no order; send best first
     return dispatches
