@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import ErrorDetails
 
 from orch.agents import EXECUTORS, NAME_PATTERN, AgentRegistry
+from orch.alloc import collector_paused
 from orch.budget import Budget
 from orch.durations import parse_duration
 from orch.errors import PlanInvalid
@@ -79,9 +80,12 @@ class TaskFields(BaseModel):
     title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS), AfterValidator(_no_nul)] | None = None
     description: Text = ""
     agent: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None
-    after: Annotated[list[Annotated[str, Field(pattern=ID_PATTERN)]], Field(max_length=MAX_DEPENDENCIES_PER_TASK)] = []
+    # default_factory, not `= []`: pydantic deep-copies a mutable default for every task that leaves it out
+    after: Annotated[list[Annotated[str, Field(pattern=ID_PATTERN)]], Field(max_length=MAX_DEPENDENCIES_PER_TASK)] = (
+        Field(default_factory=list)
+    )
     priority: Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = 0
-    files: Annotated[list[FilePattern], Field(max_length=MAX_FILES_PER_TASK)] = []
+    files: Annotated[list[FilePattern], Field(max_length=MAX_FILES_PER_TASK)] = Field(default_factory=list)
     success: Text = ""
     command: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_no_nul)] | None = None
     executor: str | None = None
@@ -111,7 +115,7 @@ class PlanHeader(BaseModel):
     name: Annotated[str, Field(pattern=ID_PATTERN)]
     description: Text = ""
     workdir: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)] = "."
-    defaults: dict[str, Any] = {}
+    defaults: dict[str, Any] = Field(default_factory=dict)
     budget: BudgetSpec | None = None
     tasks: Annotated[list[Any], Field(min_length=1, max_length=MAX_TASKS)]
 
@@ -218,6 +222,12 @@ def _errors(exc: ValidationError, prefix: str) -> list[str]:
 
 
 def validate_plan(document: Any, registry: AgentRegistry, source: str, base_dir: Path) -> Plan:
+    """The plan as orch runs it; raises PlanInvalid listing every problem (the first MAX_PROBLEMS_SHOWN)."""
+    with collector_paused():
+        return _validate_plan(document, registry, source, base_dir)
+
+
+def _validate_plan(document: Any, registry: AgentRegistry, source: str, base_dir: Path) -> Plan:
     problems: list[str] = []
     where = f"{source}: "
     if not isinstance(document, dict):
@@ -264,11 +274,12 @@ def validate_plan(document: Any, registry: AgentRegistry, source: str, base_dir:
         except ValidationError as exc:
             problems.extend(_errors(exc, f"{where}{label}: "))
 
-    for task_id, after in graph.items():
-        for dep in after:
-            if dep not in graph:
-                problems.append(f"{where}task {task_id!r}: depends on unknown task {dep!r}")
-    cycle = find_cycle({task: [d for d in after if d in graph] for task, after in graph.items()})
+    unknown = [(task_id, dep) for task_id, after in graph.items() for dep in after if dep not in graph]
+    for task_id, dep in unknown:
+        problems.append(f"{where}task {task_id!r}: depends on unknown task {dep!r}")
+    if unknown:
+        graph = {task: [d for d in after if d in graph] for task, after in graph.items()}
+    cycle = find_cycle(graph)
     if cycle:
         problems.append(f"{where}dependency cycle: {' -> '.join(cycle)}")
 
@@ -286,12 +297,22 @@ def validate_plan(document: Any, registry: AgentRegistry, source: str, base_dir:
     return Plan(header.name, header.description, workdir, source, tasks, document, _budget(header.budget))
 
 
+_NO_BUDGET = Budget()
+
+
 def _budget(spec: BudgetSpec | None) -> Budget:
-    return Budget() if spec is None else Budget(spec.usd, spec.tokens)
+    return _NO_BUDGET if spec is None else Budget(spec.usd, spec.tokens)
 
 
 def find_cycle(after: Mapping[str, list[str]]) -> list[str] | None:
     """One dependency cycle in run order (`a -> b` means b runs after a), or None."""
+    listed: set[str] = set()
+    for task, dependencies in after.items():
+        if not listed.issuperset(dependencies):
+            break
+        listed.add(task)
+    else:
+        return None  # every task is listed after its dependencies: that order is a topological one
     try:
         graphlib.TopologicalSorter(after).prepare()
     except graphlib.CycleError as exc:

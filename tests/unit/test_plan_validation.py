@@ -281,6 +281,19 @@ def test_find_cycle_returns_none_for_a_dag() -> None:
     assert find_cycle({"a": ["c"], "b": ["a"], "c": ["b"]}) == ["a", "b", "c", "a"]
 
 
+def test_find_cycle_checks_the_graph_when_the_file_order_is_not_a_run_order() -> None:
+    # Listed in run order, the check is one pass; otherwise the whole graph is sorted, both ways right.
+    assert find_cycle({"b": ["a"], "a": [], "c": ["b", "a"]}) is None
+    assert find_cycle({"a": [], "b": ["a", "d"], "c": ["b"], "d": ["c"]}) == ["b", "c", "d", "b"]
+    assert find_cycle({"a": [], "b": ["a"], "c": ["c"]}) == ["c", "c"]
+
+
+def test_a_dependant_may_be_listed_before_its_dependency(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, plan(task("late", after=["early"]), task("early")))
+    loaded = load_plan(path, REGISTRY)
+    assert [(t.key, t.after) for t in loaded.tasks] == [("late", ("early",)), ("early", ())]
+
+
 def test_several_problems_give_several_lines(tmp_path: Path) -> None:
     document = plan(
         task("a", agent="wizard"),
