@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from collections.abc import Collection, Iterable, Sequence
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from orch.alloc import collector_paused
 from orch.budget import Budget, Spend, describe, exhausted
 from orch.errors import PlanNotFound, TaskNotFound, TaskStateConflict
 from orch.failures import NOT_COUNTED, FailureClass
@@ -37,6 +39,7 @@ from orch.states import (
     PlanStatus,
     TaskStatus,
 )
+from orch.store.bulk import insert_rows, reserve_primary_keys
 from orch.store.db import refresh_planner_statistics
 from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow, UTCDateTime
 
@@ -70,6 +73,12 @@ def _sqlite_clock(element: _DbClock, compiler: SQLCompiler, **kw: Any) -> str:
     return f"strftime('%Y-%m-%d %H:%M:%f', 'now', ({ahead}) || ' seconds')"
 
 
+# The columns a submitted task sets, in the order `submit_plan` gives them (the rest take their defaults).
+_SUBMITTED_COLUMNS = (
+    "pk", "plan_id", "key", "seq", "title", "description", "agent", "route_reason", "queue", "executor", "command",
+    "priority", "files", "success", "timeout", "retries", "status", "unmet_deps", "attempt", "verify", "scope",
+    "call", "budget_usd", "budget_tokens", "retry_floor",
+)  # fmt: skip
 _ANALYZE_FROM_TASKS = 500  # a plan this large refreshes the planner's statistics when stored
 _CHUNK = 2000  # IN-list size, well under SQLite's bound-parameter limit
 
@@ -111,6 +120,11 @@ def new_plan_id(name: str) -> str:
 
 def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
     """Insert a validated plan with its tasks and edges; its tasks start pending. Returns the plan id."""
+    with collector_paused():
+        return _insert_plan(session, plan, now)
+
+
+def _insert_plan(session: Session, plan: Plan, now: datetime) -> str:
     plan_id = new_plan_id(plan.name)
     session.add(
         PlanRow(
@@ -127,42 +141,30 @@ def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
         )
     )
     session.flush()
-    rows = [
-        {
-            "plan_id": plan_id,
-            "key": t.key,
-            "seq": t.seq,
-            "title": t.title,
-            "description": t.description,
-            "agent": t.agent,
-            "route_reason": t.route_reason,
-            "queue": t.queue,
-            "executor": t.executor,
-            "command": t.command,
-            "priority": t.priority,
-            "files": list(t.files),
-            "success": t.success,
-            "timeout": t.timeout,
-            "retries": t.retries,
-            "status": TaskStatus.PENDING,
-            "unmet_deps": len(t.after),
-            "attempt": 0,
-            "verify": t.verify,
-            "scope": t.scope,
-            "call": t.call,
-            "budget_usd": t.budget.usd,
-            "budget_tokens": t.budget.tokens,
-        }
-        for t in plan.tasks
-    ]
-    # Core inserts (executemany with RETURNING in batches): the ORM's bulk path costs more per row than the SQL.
-    returned = session.execute(
-        insert(_TASKS).returning(_TASKS.c.pk, _TASKS.c.key, sort_by_parameter_order=True), rows
-    ).all()
-    pk_of = {key: pk for pk, key in returned}
-    edges = [{"task_pk": pk_of[t.key], "depends_on_pk": pk_of[dep]} for t in plan.tasks for dep in t.after]
-    if edges:
-        session.execute(insert(_DEPENDENCIES), edges)
+    pks = reserve_primary_keys(session, _TASKS, len(plan.tasks))
+    pk_of = {task.key: pk for task, pk in zip(plan.tasks, pks, strict=True)}
+    pending = TaskStatus.PENDING.value
+    no_files = json.dumps([])
+    insert_rows(
+        session,
+        _TASKS,
+        _SUBMITTED_COLUMNS,
+        (
+            (
+                pk_of[t.key], plan_id, t.key, t.seq, t.title, t.description, t.agent, t.route_reason, t.queue,
+                t.executor, t.command, t.priority, json.dumps(list(t.files)) if t.files else no_files, t.success,
+                t.timeout, t.retries, pending, len(t.after), 0, t.verify, t.scope, t.call, t.budget.usd,
+                t.budget.tokens, 0,
+            )
+            for t in plan.tasks
+        ),
+    )  # fmt: skip
+    insert_rows(
+        session,
+        _DEPENDENCIES,
+        ("task_pk", "depends_on_pk"),
+        ((pk_of[t.key], pk_of[dep]) for t in plan.tasks for dep in t.after),
+    )
     _event(session, now, plan_id, kind="plan", new=PlanStatus.RUNNING, detail=f"submitted from {plan.source}")
     if len(plan.tasks) >= _ANALYZE_FROM_TASKS:
         refresh_planner_statistics(session)  # PostgreSQL counts this transaction's own rows in the sample
