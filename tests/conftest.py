@@ -17,7 +17,8 @@ CONFIG_DIR = REPO / "config"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
-REDIS_TEST_DB = 11
+# Another checkout running its suite on this machine at the same time picks another database (TEST_REDIS_DB).
+REDIS_TEST_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
 
 
 def reachable(host: str, port: int, timeout: float = 0.5) -> bool:
