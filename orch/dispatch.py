@@ -37,7 +37,8 @@ def reconcile_plans(
     Runs inside the caller's write transaction; the caller commits, then calls `publish`."""
     take_dispatch_lock(session)
     caps = {agent.name: agent.concurrency for agent in registry}
-    slots = free_slots(caps, repo.in_flight_counts(session), repo.paused_agents(session, now))
+    load = repo.agent_load(session, now)
+    slots = free_slots(caps, load.in_flight, load.paused)
     dispatches: list[Dispatch] = []
     for plan_id in plan_ids:
         plan = repo.plan_gate(session, plan_id)
@@ -89,8 +90,7 @@ def dispatch_after_result(
     Its cost grows with the dependants, not with the plan: it reads at most `recorded.newly_ready` plus a slack
     of ready tasks, counts in-flight tasks only of their agent types and only when there is something to
     dispatch, and leaves failures' descendants, backoffs that passed and other plans to the beat's full pass."""
-    take_dispatch_lock(session)
-    plan = repo.plan_gate(session, plan_id)
+    plan = repo.plan_gate(session, plan_id, take_dispatch_lock=True)
     if plan is None or plan.status is not PlanStatus.RUNNING:
         return []
     if not repo.check_plan_budget(session, plan_id, plan.budget, now):
@@ -100,7 +100,8 @@ def dispatch_after_result(
     if candidates:
         agents = {view.agent for view in candidates}
         caps = {name: registry.get(name).concurrency for name in agents if name in registry}
-        slots = free_slots(caps, repo.in_flight_counts(session, agents), repo.paused_agents(session, now))
+        load = repo.agent_load(session, now, agents)
+        slots = free_slots(caps, load.in_flight, load.paused)
     decision, _agent_of = _decide_among(session, plan_id, plan.workdir, candidates, slots, now)
     return repo.apply_reconciliation(session, plan_id, decision, now)
 

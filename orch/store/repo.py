@@ -11,7 +11,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Float, Table, and_, bindparam, func, insert, literal, or_, select, text, update
+from sqlalchemy import (
+    CursorResult,
+    Float,
+    Table,
+    and_,
+    bindparam,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -40,7 +54,7 @@ from orch.states import (
     TaskStatus,
 )
 from orch.store.bulk import insert_rows, reserve_primary_keys
-from orch.store.db import refresh_planner_statistics
+from orch.store.db import DISPATCH_LOCK_KEY, refresh_planner_statistics
 from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow, UTCDateTime
 
 # Core tables for the per-attempt statements: built once below with bind parameters, so a worker's hot path
@@ -211,6 +225,7 @@ def task_attempts(session: Session, task_pk: int) -> list[AttemptRow]:
 
 
 def plan_events(session: Session, plan_id: str) -> list[EventRow]:
+    write_pending_events(session)
     return list(session.scalars(select(EventRow).where(EventRow.plan_id == plan_id).order_by(EventRow.pk)))
 
 
@@ -343,13 +358,36 @@ _IN_FLIGHT_COUNTS = (
 _IN_FLIGHT_COUNTS_OF_AGENTS = _IN_FLIGHT_COUNTS.where(_OF_AGENTS)
 
 
-def in_flight_counts(session: Session, agents: Collection[str] | None = None) -> dict[str, int]:
-    """Queued and running tasks per agent type (of `agents`, or of every type), across every plan."""
+@dataclass(frozen=True)
+class AgentLoad:
+    in_flight: dict[str, int]  # queued and running tasks per agent type, across every plan
+    paused: set[str]  # agent types whose dispatch is held (a usage limit, an open circuit breaker)
+
+
+def _load_statement(counts: Any) -> Any:
+    """In-flight counts and held agent types in one round trip: a pause row counts nothing and marks its type."""
+    pauses = select(_PAUSES.c.agent, literal(0), literal(1)).where(_PAUSES.c.until > bindparam("now"))
+    return counts.add_columns(literal(0)).union_all(pauses)
+
+
+_AGENT_LOAD = _load_statement(_IN_FLIGHT_COUNTS)
+_AGENT_LOAD_OF_AGENTS = _load_statement(_IN_FLIGHT_COUNTS_OF_AGENTS)
+
+
+def agent_load(session: Session, now: datetime, agents: Collection[str] | None = None) -> AgentLoad:
+    """What bounds dispatch per agent type at `now`: its in-flight tasks (of `agents`, or of every type) and
+    whether it is paused."""
     if agents is None:
-        rows = session.execute(_IN_FLIGHT_COUNTS)
+        rows = session.execute(_AGENT_LOAD, {"now": now})
     else:
-        rows = session.execute(_IN_FLIGHT_COUNTS_OF_AGENTS, {"agents": list(agents)})
-    return {agent: count for agent, count in rows}
+        rows = session.execute(_AGENT_LOAD_OF_AGENTS, {"now": now, "agents": list(agents)})
+    load = AgentLoad({}, set())
+    for agent, count, paused in rows:
+        if paused:
+            load.paused.add(agent)
+        else:
+            load.in_flight[agent] = count
+    return load
 
 
 @dataclass(frozen=True)
@@ -828,8 +866,16 @@ _PLAN_GATE = select(_PLANS.c.status, _PLANS.c.workdir, _PLANS.c.budget_usd, _PLA
 )
 
 
-def plan_gate(session: Session, plan_id: str) -> PlanGate | None:
-    row = session.execute(_PLAN_GATE, {"of_plan": plan_id}).first()
+# PostgreSQL: the dispatch lock taken in the same round trip (SQLite's BEGIN IMMEDIATE has serialised already)
+_PLAN_GATE_LOCKED = _PLAN_GATE.add_columns(func.pg_advisory_xact_lock(DISPATCH_LOCK_KEY))
+
+
+def plan_gate(session: Session, plan_id: str, take_dispatch_lock: bool = False) -> PlanGate | None:
+    """The plan's status, workdir and budget. With `take_dispatch_lock`, the statement also serialises this
+    transaction with other dispatchers (`orch.store.db.take_dispatch_lock`), so the statements after it see
+    what they committed."""
+    locked = take_dispatch_lock and session.get_bind().dialect.name == "postgresql"
+    row = session.execute(_PLAN_GATE_LOCKED if locked else _PLAN_GATE, {"of_plan": plan_id}).first()
     return None if row is None else PlanGate(row.status, row.workdir, Budget(row.budget_usd, row.budget_tokens))
 
 
@@ -1169,10 +1215,27 @@ def _event_row(
     }
 
 
+_PENDING_EVENTS = "orch.pending_events"
+
+
 def _events(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Append to the event log (never updated, never deleted)."""
+    """Append to the event log (never updated, never deleted). The rows are written when the transaction
+    commits, in one statement: a worker's result and the dispatches it makes log in one round trip."""
+    if rows:
+        session.info.setdefault(_PENDING_EVENTS, []).extend(rows)
+
+
+@event.listens_for(Session, "before_commit")
+def write_pending_events(session: Session) -> None:
+    """Write the events this transaction logged (readers of the log call it first, to see their own)."""
+    rows = session.info.pop(_PENDING_EVENTS, None)
     if rows:
         session.execute(_INSERT_EVENTS, rows)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_pending_events(session: Session) -> None:
+    session.info.pop(_PENDING_EVENTS, None)
 
 
 def _event(session: Session, at: datetime, plan_id: str, **fields: Any) -> None:
@@ -1255,6 +1318,7 @@ def previous_failure(session: Session, task_pk: int, attempt: int) -> PreviousFa
 
 
 def events_after(session: Session, plan_id: str, after_pk: int) -> list[EventRow]:
+    write_pending_events(session)
     return list(
         session.scalars(
             select(EventRow).where(EventRow.plan_id == plan_id, EventRow.pk > after_pk).order_by(EventRow.pk)
@@ -1284,14 +1348,6 @@ def recent_outcomes(session: Session, agent: str, limit: int) -> list[tuple[Atte
         .limit(limit)
     )
     return [(status, failure) for status, failure in rows]
-
-
-_PAUSED_AGENTS = select(_PAUSES.c.agent).where(_PAUSES.c.until > bindparam("now"))
-
-
-def paused_agents(session: Session, now: datetime) -> set[str]:
-    """Agent types whose dispatch is held at `now` (a usage limit, an open circuit breaker)."""
-    return set(session.scalars(_PAUSED_AGENTS, {"now": now}))
 
 
 def active_pauses(session: Session, now: datetime) -> dict[str, AgentPauseRow]:

@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select
@@ -227,3 +228,27 @@ def test_unmet_dependencies_count_down_as_dependencies_succeed(store_url: str) -
         session.execute(text("UPDATE tasks SET unmet_deps = 99"))
         session.execute(text(backfill))
     assert unmet(plan_id) == {"a": 0, "b": 0, "c": 0, "d": 0}
+
+
+def test_events_are_written_at_commit_in_order_and_dropped_on_rollback(store_url: str) -> None:
+    plan_id = submit(DIAMOND)
+    with pytest.raises(RuntimeError), write_session() as session:
+        tick_claims = reconcile_plans(session, [plan_id], registry(), NOW)
+        assert [e.new for e in repo.plan_events(session, plan_id)][-1] == "queued"  # a reader sees its own
+        raise RuntimeError("the transaction fails after logging")
+    with read_session() as session:
+        assert [(e.kind, e.new) for e in repo.plan_events(session, plan_id)] == [("plan", "running")]
+    (dispatch,) = tick()
+    assert tick_claims[0].task_pk == dispatch.task_pk
+    assert run_to_result(dispatch, ok=True)
+    assert len(tick()) == 2
+    with read_session() as session:
+        logged = [(e.kind, e.task_pk, e.new) for e in repo.plan_events(session, plan_id)]
+    a = dispatch.task_pk
+    assert logged[:4] == [
+        ("plan", None, "running"),
+        ("task", a, "queued"),
+        ("task", a, "running"),
+        ("task", a, "succeeded"),
+    ]
+    assert sorted(new for _, _, new in logged[4:]) == ["queued", "queued"]
