@@ -39,8 +39,8 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: It
     connection = session.connection()
     names = ", ".join(columns)
     if connection.dialect.name == "postgresql":
-        cursor = cast(Any, connection.connection.dbapi_connection).cursor()
-        with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        dbapi_connection = cast(Any, connection.connection.dbapi_connection)
+        with dbapi_connection.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         return
