@@ -112,17 +112,16 @@ def _no_sync() -> dict[str, Any]:
 
 
 _PG_NOW = text("SELECT clock_timestamp()")
-_SQLITE_NOW = text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')")
 
 
 def db_now(session: Session) -> datetime:
-    """The database's clock: leases are judged by it, never by a worker's own clock."""
+    """The database's clock: leases are judged by it, never by a worker's own clock. A SQLite store lives on
+    this host, and its clock ('now') is this host's: it is read here without a statement."""
     if session.get_bind().dialect.name == "postgresql":
         value = session.scalar(_PG_NOW)
         assert isinstance(value, datetime)
         return value.astimezone(UTC)
-    stamp = session.scalar(_SQLITE_NOW)
-    return datetime.fromisoformat(str(stamp)).replace(tzinfo=UTC)
+    return datetime.now(UTC)
 
 
 def new_plan_id(name: str) -> str:
