@@ -7,6 +7,7 @@ import fcntl
 import os
 import pty
 import re
+import select
 import struct
 import subprocess
 import termios
@@ -139,7 +140,9 @@ def test_watch_piped_prints_a_line_per_change_then_the_bars_and_exits_1_when_the
         start_new_session=True,
     )
     try:
-        first = watch.stdout.readline() if watch.stdout else ""  # the first line: the plan as it was submitted
+        assert watch.stdout is not None
+        assert select.select([watch.stdout], [], [], 30)[0], "orch watch printed nothing in 30 s"
+        first = watch.stdout.readline()  # the plan as it was submitted
         assert "watched running  0/1 done" in first, first
         claim = start(dispatch()["only"])
         finish(claim, ok=False)
