@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
 from orch.agents import AgentRegistry, load_agents
@@ -22,7 +21,7 @@ from orch.errors import OrchError, PlanInvalid
 from orch.plan import Plan, load_plan
 from orch.routing import route
 from orch.settings import get_settings
-from orch.states import IN_FLIGHT, PLAN_FINAL, PlanStatus, TaskStatus
+from orch.states import PlanStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -414,27 +413,17 @@ def run_embedded(plan: Plan, concurrency: int) -> int:
 
 def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
     """Show progress until the plan is final (live view on a terminal, one line per change otherwise)."""
-    from orch.report import PlanSnapshot, progress_view
+    from orch.report import run_is_over
     from orch.store import repo
     from orch.store.db import read_session
-
-    def snapshot() -> PlanSnapshot:
-        with read_session() as session:
-            return PlanSnapshot.load(session, repo.find_plan(session, plan_id), now_utc())
+    from orch.watch import watch_live
 
     def check_worker() -> None:
         if not worker.alive():
             raise OrchError(f"the worker exited unexpectedly; its log ends with:\n{worker.log_tail()}")
 
     if err.is_terminal:
-        with Live(progress_view(snapshot(), now_utc()), console=err, refresh_per_second=8, transient=True) as live:
-            while True:
-                current = snapshot()
-                live.update(progress_view(current, now_utc()))
-                if run_is_over(current.plan.status, current.counts):
-                    break
-                check_worker()
-                time.sleep(poll)
+        watch_live(plan_id, err, poll, check_worker, transient=True)
     else:
         last_event = 0
         key_of: dict[int, str] = {}
@@ -452,13 +441,6 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
             check_worker()
             time.sleep(poll)
     return print_final(plan_id)
-
-
-def run_is_over(status: PlanStatus, counts: Mapping[TaskStatus, int]) -> bool:
-    """`orch run` ends with the plan, or once a plan out of budget has nothing left running."""
-    if status in PLAN_FINAL:
-        return True
-    return status is PlanStatus.BUDGET_EXHAUSTED and not any(counts.get(s) for s in IN_FLIGHT)
 
 
 def format_event(event: Any, key_of: dict[int, str]) -> str:
@@ -480,6 +462,74 @@ def print_final(plan_id: str) -> PlanStatus:
     out.print(tasks_table(snapshot, now_utc()))
     out.print(summary_line(snapshot))
     return snapshot.plan.status
+
+
+# --- views of a plan: live progress, the completion report, the DAG -------------------------------------------
+
+
+@main.command()
+@click.argument("plan_ref")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, help="Seconds between reads."
+)
+@handle_errors
+def watch(plan_ref: str, interval: float) -> None:
+    """Live progress of PLAN_REF until it ends: a bar per agent type and overall, the running tasks and their time
+    so far. Reads the store only. Exits 0 if the plan succeeded, 1 if not, 130 on Ctrl-C (the plan runs on)."""
+    from orch.watch import follow
+
+    sys.exit(follow(plan_ref, out, interval))
+
+
+@main.command()
+@click.argument("plan_ref")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option(
+    "--max-tasks",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Rows per Markdown section; JSON has every task.",
+)
+@handle_errors
+def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
+    """PLAN_REF's completion report: per task its status, agent type, attempts, durations, tokens, cost,
+    verification, files changed and failure reasons, then the totals. Markdown (for an issue) or JSON."""
+    from orch.completion import load_report, render_markdown
+    from orch.store.db import read_session
+
+    with read_session() as session:
+        completion = load_report(session, plan_ref)
+    if fmt == "json":
+        click.echo(json.dumps(completion.as_json(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render_markdown(completion, max_tasks), nl=False)
+
+
+@main.command()
+@click.argument("plan", metavar="PLAN|FILE")
+@click.option(
+    "--max-nodes", type=click.IntRange(min=2), default=200, show_default=True, help="More tasks: one node per stage."
+)
+@click.option("--fenced", is_flag=True, help="Wrap it in a ```mermaid block for Markdown.")
+@handle_errors
+def graph(plan: str, max_nodes: int, fenced: bool) -> None:
+    """Print a plan's DAG as a Mermaid flowchart, one subgraph per stage: a stored plan (id or name) coloured by
+    its tasks' states, or a plan FILE (validated first) uncoloured."""
+    from orch import graph as mermaid
+    from orch.store.db import read_session
+
+    path = Path(plan)
+    if path.exists() or path.suffix.lower() in (".yaml", ".yml", ".json"):
+        validated = read_plan(plan)
+        chart = mermaid.render(mermaid.nodes_of_plan(validated), f"plan file {plan}: {validated.name}", max_nodes)
+    else:
+        with read_session() as session:
+            stored, nodes = mermaid.load_nodes(session, plan)
+        chart = mermaid.render(nodes, f"plan {stored.id}: {stored.status.value}", max_nodes)
+    if chart.note:
+        click.echo(f"orch graph: {chart.note}", err=True)
+    click.echo(mermaid.fenced(chart.text) if fenced else chart.text, nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

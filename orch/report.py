@@ -1,11 +1,13 @@
-"""What `orch status` and `orch run` show: a plan's snapshot as data (JSON) and as rich renderables."""
+"""What `orch status`, `orch run` and `orch watch` show: a plan's snapshot as data (JSON) and as rich renderables,
+and its progress by aggregate (what the live views poll)."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
@@ -13,10 +15,11 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
+from orch.budget import Spend
 from orch.durations import format_duration
 from orch.prices import Usage
-from orch.states import TERMINAL, PlanStatus, TaskStatus
-from orch.store import repo
+from orch.states import IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
+from orch.store import reads, repo
 from orch.store.models import PlanRow, TaskRow
 
 STATUS_STYLE = {
@@ -82,6 +85,10 @@ class PlanSnapshot:
     @property
     def counts(self) -> Counter[TaskStatus]:
         return Counter(t.status for t in self.tasks)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.usage.total
 
     def as_json(self) -> dict[str, Any]:
         counts = self.counts
@@ -169,15 +176,30 @@ def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
     return table
 
 
-def summary_line(snapshot: PlanSnapshot) -> Text:
+class Summarised(Protocol):
+    """What a summary line needs: a PlanSnapshot (every task loaded) or a Progress (aggregates only)."""
+
+    @property
+    def plan(self) -> PlanRow: ...
+    @property
+    def counts(self) -> Counter[TaskStatus]: ...
+    @property
+    def total_tokens(self) -> int: ...
+    @property
+    def cost_usd(self) -> float | None: ...
+    @property
+    def pauses(self) -> dict[str, tuple[datetime, str]]: ...
+
+
+def summary_line(snapshot: Summarised) -> Text:
     counts = snapshot.counts
     text = Text()
     text.append(f"{snapshot.plan.name} ", style="bold")
     text.append(snapshot.plan.status.value, style=PLAN_STYLE[snapshot.plan.status])
-    text.append(f"  {sum(counts[s] for s in TERMINAL)}/{len(snapshot.tasks)} done  ")
+    text.append(f"  {sum(counts[s] for s in TERMINAL)}/{counts.total()} done  ")
     text.append("  ".join(f"{s.value}: {counts[s]}" for s in TaskStatus if counts[s]))
-    if snapshot.usage.total:
-        text.append(f"  tokens: {snapshot.usage.total:,}")
+    if snapshot.total_tokens:
+        text.append(f"  tokens: {snapshot.total_tokens:,}")
     if snapshot.cost_usd is not None:
         text.append(f"  cost: ${snapshot.cost_usd:.4f}")
     if snapshot.plan.held_reason:
@@ -187,27 +209,89 @@ def summary_line(snapshot: PlanSnapshot) -> Text:
     return text
 
 
-def progress_view(snapshot: PlanSnapshot, now: datetime) -> RenderableType:
-    """Live view: overall bar, a bar per agent type, the running tasks with their durations."""
-    total = len(snapshot.tasks)
-    done = sum(1 for t in snapshot.tasks if t.status in TERMINAL)
-    per_agent: dict[str, list[TaskRow]] = {}
-    for task in snapshot.tasks:
-        per_agent.setdefault(task.agent, []).append(task)
+RUNNING_SHOWN = 15  # running tasks a live view lists by name
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A plan's progress by aggregate, what the live views poll: cheap on a plan of any size (a GROUP BY of its
+    tasks, the sum of its attempts' spend, and its few longest-running tasks)."""
+
+    plan: PlanRow
+    by_agent: dict[str, Counter[TaskStatus]]
+    running: list[reads.RunningTask]  # the longest-running, at most RUNNING_SHOWN
+    spend: Spend
+    pauses: dict[str, tuple[datetime, str]]
+    now: datetime  # the database's clock, which stamped the tasks' starts
+
+    @classmethod
+    def load(cls, session: Session, plan_id: str) -> Progress:
+        plan = repo.find_plan(session, plan_id)
+        by_agent: dict[str, Counter[TaskStatus]] = {}
+        for (agent, status), count in reads.counts_by_agent(session, plan.id).items():
+            by_agent.setdefault(agent, Counter())[status] = count
+        now = repo.db_now(session)
+        pauses = {a: (p.until, p.reason) for a, p in repo.active_pauses(session, now).items() if a in by_agent}
+        running = reads.running_tasks(session, plan.id, RUNNING_SHOWN)
+        return cls(plan, by_agent, running, repo.plan_spend(session, plan.id), pauses, now)
+
+    @property
+    def counts(self) -> Counter[TaskStatus]:
+        total: Counter[TaskStatus] = Counter()
+        for counts in self.by_agent.values():
+            total.update(counts)
+        return total
+
+    @property
+    def total_tokens(self) -> int:
+        return self.spend.tokens
+
+    @property
+    def cost_usd(self) -> float | None:
+        return self.spend.usd or None
+
+    @property
+    def is_over(self) -> bool:
+        return run_is_over(self.plan.status, self.counts)
+
+
+def run_is_over(status: PlanStatus, counts: Mapping[TaskStatus, int]) -> bool:
+    """A plan is over once final, or once out of budget with nothing left running (`orch resume` reopens it)."""
+    if status in PLAN_FINAL:
+        return True
+    return status is PlanStatus.BUDGET_EXHAUSTED and not any(counts.get(s) for s in IN_FLIGHT)
+
+
+def _bar_row(grid: Table, label: Text | str, counts: Counter[TaskStatus]) -> None:
+    total = counts.total()
+    done = sum(counts[s] for s in TERMINAL)
+    failed = sum(counts[s] for s in TERMINAL - {TaskStatus.SUCCEEDED})
+    bar = ProgressBar(total=max(total, 1), completed=done, width=30, complete_style="red" if failed else "green")
+    detail = f"{done}/{total}"
+    if failed:
+        detail += f" ({failed} not succeeded)"
+    if counts[TaskStatus.RUNNING]:
+        detail += f", {counts[TaskStatus.RUNNING]} running"
+    grid.add_row(label, bar, detail)
+
+
+def progress_view(progress: Progress) -> RenderableType:
+    """Live view: overall bar, a bar per agent type, the running tasks with their durations so far."""
     grid = Table.grid(padding=(0, 1))
     grid.add_column(min_width=24)
     grid.add_column(width=30)
     grid.add_column()
-    grid.add_row(Text("all tasks", style="bold"), ProgressBar(total=total, completed=done, width=30), f"{done}/{total}")
-    for agent, tasks in sorted(per_agent.items()):
-        finished = sum(1 for t in tasks if t.status in TERMINAL)
-        grid.add_row(agent, ProgressBar(total=len(tasks), completed=finished, width=30), f"{finished}/{len(tasks)}")
-    running = [t for t in snapshot.tasks if t.status is TaskStatus.RUNNING]
-    lines: list[RenderableType] = [summary_line(snapshot), grid]
-    for task in running[:15]:
-        lines.append(Text(f"  ▶ {task.key} ({task.agent}) {task_duration(task, now)}", style="blue"))
-    if len(running) > 15:
-        lines.append(Text(f"  … and {len(running) - 15} more running", style="blue"))
+    _bar_row(grid, Text("all tasks", style="bold"), progress.counts)
+    for agent, counts in sorted(progress.by_agent.items()):
+        _bar_row(grid, agent, counts)
+    lines: list[RenderableType] = [summary_line(progress), grid]
+    for task in progress.running:
+        since = "" if task.started_at is None else format_duration((progress.now - task.started_at).total_seconds())
+        attempt = f" attempt {task.attempt}" if task.attempt > 1 else ""
+        lines.append(Text(f"  ▶ {task.key} ({task.agent}{attempt}) {since}", style="blue"))
+    more = progress.counts[TaskStatus.RUNNING] - len(progress.running)
+    if more > 0:
+        lines.append(Text(f"  … and {more} more running", style="blue"))
     return Group(*lines)
 
 

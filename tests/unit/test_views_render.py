@@ -1,0 +1,66 @@
+"""The pure parts of `orch graph` and `orch report`: stages, Mermaid escaping, the chart of a plan too large to
+draw task by task, Markdown escaping."""
+
+from __future__ import annotations
+
+import re
+
+from orch.completion import md_code, md_text
+from orch.graph import Node, escape, render, stages
+from tests.helpers import DIAMOND, layered_dag
+
+
+def nodes(tasks: list[dict[str, object]], state: str | None = None) -> list[Node]:
+    return [Node(str(t["id"]), str(t["title"]), tuple(t.get("after", ())), state) for t in tasks]  # type: ignore[arg-type]
+
+
+def test_a_stage_is_one_more_than_the_deepest_dependency() -> None:
+    assert stages(nodes(DIAMOND)) == {"a": 0, "b": 1, "c": 1, "d": 2}
+    skewed = [
+        {"id": "x", "title": "x"},
+        {"id": "y", "title": "y", "after": ["x"]},
+        {"id": "z", "title": "z", "after": ["x", "y"]},
+    ]
+    assert stages(nodes(skewed)) == {"x": 0, "y": 1, "z": 2}
+
+
+def test_mermaid_labels_escape_what_mermaid_or_html_would_read() -> None:
+    assert escape('say "hi" <b>&</b> #1 `x`') == "say #quot;hi#quot; #lt;b#gt;#amp;#lt;/b#gt; #35;1 #96;x#96;"
+    assert escape("%%{init: {}}%%") == "#37;#37;{init: {}}#37;#37;"  # not a directive
+    assert escape("two\nlines   here") == "two lines here"
+    assert escape("abcdefghij", limit=5) == "abcd…"
+
+
+def test_a_small_plan_is_drawn_task_by_task_in_stage_subgraphs() -> None:
+    chart = render(nodes(DIAMOND, "succeeded"), "plan p")
+    assert chart.note is None
+    lines = chart.text.splitlines()
+    assert lines[0] == "flowchart TD"
+    assert [line.strip() for line in lines if line.strip().startswith("subgraph")] == [
+        'subgraph stage0 ["stage 1 · 1 task"]',
+        'subgraph stage1 ["stage 2 · 2 tasks"]',
+        'subgraph stage2 ["stage 3 · 1 task"]',
+    ]
+    assert sum(1 for line in lines if "-->" in line) == 4
+    assert "    class n0,n1,n2,n3 succeeded" in lines
+
+
+def test_a_large_plan_is_drawn_as_a_chain_of_stages_and_says_so() -> None:
+    big = nodes(layered_dag(width=10, depth=30), "pending")  # 300 tasks, 580 dependencies
+    chart = render(big, "plan big", max_nodes=20)
+    assert chart.note is not None and "300 tasks and 580 dependencies" in chart.note
+    stage_nodes = re.findall(r'^    (s\d+)\["([^"]*)"\]$', chart.text, flags=re.MULTILINE)
+    assert len(stage_nodes) == 20
+    assert stage_nodes[0] == ("s0", "stage 1 · 10 tasks<br/>10 pending")
+    assert stage_nodes[-1] == ("s19", "stages 20 to 30 · 110 tasks<br/>110 pending")
+    assert chart.text.count("-->") == 19
+    assert f"%% {chart.note}" in chart.text
+    # within the limits, the same plan is drawn task by task
+    assert render(big[:100], "plan big").note is None
+
+
+def test_markdown_text_and_code_spans_escape_what_would_break_a_table() -> None:
+    assert md_text("a | b <i>x</i> *y* #2\nnext") == r"a \| b \<i\>x\</i\> \*y\* \#2 next"
+    assert md_code("plain") == "`plain`"
+    assert md_code("has `ticks`") == "`` has `ticks` ``"
+    assert md_code("a|b", in_table=True) == r"`a\|b`"
