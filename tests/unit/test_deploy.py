@@ -372,7 +372,7 @@ def test_each_worker_has_a_pdb(rendered: list[Obj]) -> None:
         assert len(matching) == 1, f"{name(worker)}: {len(matching)} PodDisruptionBudgets"
 
 
-def test_each_worker_has_resources(rendered: list[Obj]) -> None:
+def test_every_container_has_requests_and_a_memory_limit(rendered: list[Obj]) -> None:
     for _obj, container in all_containers(rendered):
         resources = container.get("resources", {})
         assert {"cpu", "memory"} <= set(resources.get("requests", {})), container["name"]
