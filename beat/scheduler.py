@@ -17,6 +17,7 @@ from orch.errors import ConfigInvalid
 from orch.log import get_logger
 from orch.settings import get_settings
 from orch.store.db import STORE_UNAVAILABLE, ensure_schema
+from workers.liveness import touch
 
 log = get_logger(__name__)
 
@@ -38,6 +39,9 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
         self.lease_seconds = settings.lease_seconds
         self._next_tick = 0.0
         self._store_since: float | None = None  # since when every tick has reached the store
+        self.liveness_file = settings.liveness_file
+        self.liveness_seconds = settings.liveness_seconds
+        self._next_alive = 0.0
         try:
             ensure_schema()
         except Exception:  # the store may come up after the beat: the tick keeps trying
@@ -60,4 +64,11 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
             except Exception:  # e.g. the broker is away: the tick's store transaction (reaping too) committed
                 log.exception("tick failed; retrying next tick")
             self._next_tick = time.monotonic() + self.tick_seconds
-        return max(_MIN_SLEEP, min(interval, self._next_tick - time.monotonic()))
+        next_wake = self._next_tick
+        if self.liveness_file is not None:
+            # touched from the beat's loop, so a beat hung in a tick stops touching it (a probe reads its age)
+            if now >= self._next_alive:
+                touch(self.liveness_file)
+                self._next_alive = now + self.liveness_seconds
+            next_wake = min(next_wake, self._next_alive)
+        return max(_MIN_SLEEP, min(interval, next_wake - time.monotonic()))

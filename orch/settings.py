@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     beat_plans: str = Field(
         "", description="Comma-separated plan ids the beat limits itself to (`orch run` sets it); empty: all"
     )
+    liveness_file: Path | None = Field(
+        None,
+        description="Workers and the beat touch this file from their main loop (a liveness probe checks its age); "
+        "unset: off",
+    )
+    liveness_seconds: float = Field(5.0, gt=0, description="How often the liveness file is touched")
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = Field("INFO")
 

@@ -11,8 +11,11 @@ from orch.celery import RUN_TASK, app, check_visibility_timeout
 from orch.errors import ConfigInvalid
 from orch.settings import get_settings
 from orch.store.db import dispose_engines
+from workers.liveness import LivenessFile
 from workers.runner import run_attempt
 from workers.supervision import install_pool_process_handlers, interrupt_after_grace
+
+app.steps["worker"].add(LivenessFile)
 
 
 @app.task(name=RUN_TASK, bind=True, acks_late=True, ignore_result=True)
