@@ -17,7 +17,6 @@ from orch.errors import ConfigInvalid
 from orch.log import get_logger
 from orch.settings import get_settings
 from orch.store.db import STORE_UNAVAILABLE, ensure_schema
-from workers.liveness import touch
 
 log = get_logger(__name__)
 
@@ -68,7 +67,8 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
         if self.liveness_file is not None:
             # touched from the beat's loop, so a beat hung in a tick stops touching it (a probe reads its age)
             if now >= self._next_alive:
-                touch(self.liveness_file)
+                self.liveness_file.parent.mkdir(parents=True, exist_ok=True)
+                self.liveness_file.touch()
                 self._next_alive = now + self.liveness_seconds
             next_wake = min(next_wake, self._next_alive)
         return max(_MIN_SLEEP, min(interval, next_wake - time.monotonic()))
