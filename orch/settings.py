@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     beat_plans: str = Field(
         "", description="Comma-separated plan ids the beat limits itself to (`orch run` sets it); empty: all"
     )
+    exporter_host: str = Field("127.0.0.1", description="Address `orch exporter` listens on")
+    exporter_port: int = Field(9808, ge=0, le=65535, description="Port `orch exporter` listens on (0: any free port)")
+    exporter_recent_plans: int = Field(
+        20, ge=0, le=1000, description="Finished plans (the most recent) whose tasks the exporter labels by plan"
+    )
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = Field("INFO")
 
