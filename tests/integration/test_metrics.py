@@ -242,22 +242,20 @@ def test_queue_depth_counts_every_priority_sub_list_on_redis(sqlite_url: str, re
     assert not matching(samples, "celery_active_consumer_count")  # Redis cannot tell
 
 
-def test_a_broker_that_does_not_answer_leaves_the_store_figures_and_no_password(
-    sqlite_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from orch.log import configure_logging
+def test_a_broker_that_does_not_answer_leaves_the_store_figures_and_no_password(sqlite_url: str) -> None:
+    from structlog.testing import capture_logs
 
-    configure_logging()  # log to this test's captured stderr
     password = f"canary-{secrets.token_hex(6)}"
     submit([{"id": "t", "title": "t", "agent": "general-purpose", "command": "true"}])
     registry_ = CollectorRegistry(auto_describe=False)
     registry_.register(collector(f"redis://:{password}@127.0.0.1:1/0"))
-    text = generate_latest(registry_).decode()
-    logged = capsys.readouterr().err
+    with capture_logs() as logs:
+        text = generate_latest(registry_).decode()
     assert "orch_broker_up 0.0" in text and "orch_store_up 1.0" in text and "orch_tasks{" in text
     assert "queue_length{" not in text
-    assert "the broker did not answer" in logged
-    assert password not in text + logged
+    assert [entry["event"] for entry in logs] == ["metrics: the broker did not answer"]
+    assert "127.0.0.1:1" in logs[0]["broker"]
+    assert password not in text + repr(logs)
 
 
 def test_queue_depth_on_rabbitmq() -> None:
