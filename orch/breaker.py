@@ -14,6 +14,8 @@ from orch.failures import FailureClass
 from orch.states import AttemptStatus
 from orch.store import repo
 
+CIRCUIT_OPEN = "circuit open"  # how a pause the breaker set begins its reason
+
 # Outcomes that say nothing about the agent type's health: the worker's or the operator's doing.
 NEUTRAL = frozenset(
     {FailureClass.WORKER_LOST, FailureClass.INTERRUPTED, FailureClass.LEASE_LOST, FailureClass.USAGE_LIMIT}
@@ -32,5 +34,5 @@ def trip_if_open(session: Session, agent: str, spec: BreakerSpec, now: datetime)
     if not is_open(repo.recent_outcomes(session, agent, spec.failures * 2), spec.failures):
         return False
     until = now + timedelta(seconds=spec.cooldown)
-    repo.pause_agent(session, agent, until, f"circuit open: {spec.failures} consecutive failures", now)
+    repo.pause_agent(session, agent, until, f"{CIRCUIT_OPEN}: {spec.failures} consecutive failures", now)
     return True

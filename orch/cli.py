@@ -532,6 +532,26 @@ def graph(plan: str, max_nodes: int, fenced: bool) -> None:
     click.echo(mermaid.fenced(chart.text) if fenced else chart.text, nl=False)
 
 
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default ORCH_EXPORTER_HOST: 127.0.0.1).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help="Port (default ORCH_EXPORTER_PORT: 9808; 0: any free)."
+)
+@handle_errors
+def exporter(host: str | None, port: int | None) -> None:
+    """Serve Prometheus metrics at /metrics, computed from the store (and the broker's queues) at each scrape."""
+    from orch.metrics import serve
+
+    settings = get_settings()
+    listen_port = settings.exporter_port if port is None else port
+    serve(
+        host or settings.exporter_host,
+        listen_port,
+        settings,
+        lambda url: click.echo(f"orch exporter: serving {url}", err=True),
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 

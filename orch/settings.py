@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         "unset: off",
     )
     liveness_seconds: float = Field(5.0, gt=0, description="How often the liveness file is touched")
+    exporter_host: str = Field("127.0.0.1", description="Address `orch exporter` listens on")
+    exporter_port: int = Field(9808, ge=0, le=65535, description="Port `orch exporter` listens on (0: any free port)")
+    exporter_recent_plans: int = Field(
+        20, ge=0, le=1000, description="Finished plans (the most recent) whose tasks the exporter labels by plan"
+    )
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = Field("INFO")
 
