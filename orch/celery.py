@@ -8,6 +8,7 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from orch.agents import AgentRegistry, load_agents
 from orch.errors import ConfigInvalid
+from orch.flower import guard_flower_command
 from orch.plan import MAX_TIMEOUT_SECONDS
 from orch.settings import Settings, get_settings
 
@@ -60,6 +61,7 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+guard_flower_command()
 
 
 def use_broker(broker_url: str) -> None:

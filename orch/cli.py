@@ -482,6 +482,18 @@ def print_final(plan_id: str) -> PlanStatus:
     return snapshot.plan.status
 
 
+@main.command("flower")
+@click.option("--port", type=int, default=None, help="Port to serve on (Flower's default: 5555).")
+@click.option("--address", default=None, help="Address to bind (Flower's default: every interface).")
+@click.option("--no-auth", is_flag=True, help="Allow starting without ORCH_FLOWER_AUTH (prints a warning).")
+@handle_errors
+def flower_command(port: int | None, address: str | None, no_auth: bool) -> None:
+    """Run Flower (`celery -A orch flower`) behind basic auth from ORCH_FLOWER_AUTH (user:password[,…])."""
+    from orch.flower import exec_flower
+
+    exec_flower(port, address, no_auth, get_settings())
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     )
     log_format: str = Field("console", pattern="^(console|json)$")
     log_level: str = Field("INFO")
+    flower_auth: SecretStr | None = Field(
+        None, description="Flower's basic auth: user:password, several separated by commas"
+    )
+    flower_allow_no_auth: bool = Field(False, description="Let Flower start without auth (it prints a warning)")
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> Settings:
