@@ -71,6 +71,9 @@ def read_plan(path: str) -> Plan:
 @click.version_option(package_name="orch")
 def main() -> None:
     """orch runs plans — DAGs of AI coding-agent tasks — on Celery workers, with an SQL store as the truth."""
+    from orch.log import configure_logging
+
+    configure_logging()  # log lines (not the commands' own output) as JSON or console text on stderr, redacted
 
 
 @main.command()

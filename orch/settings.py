@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     beat_plans: str = Field(
         "", description="Comma-separated plan ids the beat limits itself to (`orch run` sets it); empty: all"
     )
-    log_format: str = Field("console", pattern="^(console|json)$")
-    log_level: str = Field("INFO")
+    log_format: str = Field("json", pattern="^(console|json)$", description="Log lines as JSON or console text")
+    log_level: str = Field("INFO", description="Level of orch's own log lines")
     flower_auth: SecretStr | None = Field(
         None, description="Flower's basic auth: user:password, several separated by commas"
     )
