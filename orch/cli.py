@@ -497,6 +497,20 @@ def flower_command(port: int | None, address: str | None, no_auth: bool) -> None
     exec_flower(port, address, no_auth, get_settings())
 
 
+@main.command("check")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Seconds per server.")
+@handle_errors
+def check_command(timeout: float) -> None:
+    """Check the store (reachable, migrations current), the broker, and a worker for every queue with queued
+    tasks; one line per check, exit 0 if all are ok, 1 otherwise."""
+    from orch.check import render, run_checks
+
+    checks = run_checks(get_settings(), timeout)
+    for line in render(checks):
+        click.echo(line)
+    sys.exit(0 if all(check.ok for check in checks) else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 
