@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from orch.agents import load_agents
 from orch.dispatch import publish, reconcile_plans
-from orch.log import get_logger
+from orch.log import attempt_context, get_logger
 from orch.policy import Backoff
 from orch.reaper import reap_expired
 from orch.settings import get_settings
@@ -44,9 +44,11 @@ def run_tick(now: datetime | None = None, reap: bool = True) -> TickReport:
         resend = repo.stale_dispatches(session, cutoff, now, plan_ids if only else None)
         dispatches = reconcile_plans(session, plan_ids, registry, now)
     for lost in reaped:
-        log.warning(
-            "attempt lost: lease expired", plan=lost.plan_id, task=lost.key, attempt=lost.attempt, worker=lost.worker
-        )
+        with attempt_context(lost.plan_id, lost.key, lost.attempt):
+            log.warning("attempt lost: lease expired", worker=lost.worker)
+    for lost_message in resend:
+        with attempt_context(lost_message.plan_id, lost_message.key, lost_message.attempt):
+            log.info("re-sending a queued task's message: it has not started", queue=lost_message.queue)
     publish(resend + dispatches)
     if dispatches or resend:
         log.info("tick", plans=len(plan_ids), dispatched=len(dispatches), resent=len(resend))

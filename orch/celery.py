@@ -3,11 +3,16 @@ orch never imports workers/ or beat/."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import setup_logging
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from orch.agents import AgentRegistry, load_agents
 from orch.errors import ConfigInvalid
+from orch.flower import guard_flower_command
+from orch.log import configure_logging
 from orch.plan import MAX_TIMEOUT_SECONDS
 from orch.settings import Settings, get_settings
 
@@ -60,6 +65,14 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+guard_flower_command()
+
+
+@setup_logging.connect
+def _celery_logging(loglevel: int | str | None = None, logfile: str | None = None, **_kwargs: Any) -> None:
+    """Workers and beat log through orch's handler (JSON or console, redacted); Celery's --loglevel applies to
+    Celery's and the libraries' lines, ORCH_LOG_LEVEL to orch's."""
+    configure_logging(root_level=loglevel or "WARNING", logfile=logfile)
 
 
 def use_broker(broker_url: str) -> None:

@@ -70,6 +70,9 @@ def read_plan(path: str) -> Plan:
 @click.version_option(package_name="orch")
 def main() -> None:
     """orch runs plans — DAGs of AI coding-agent tasks — on Celery workers, with an SQL store as the truth."""
+    from orch.log import configure_logging
+
+    configure_logging()  # log lines (not the commands' own output) as JSON or console text on stderr, redacted
 
 
 @main.command()
@@ -550,6 +553,32 @@ def exporter(host: str | None, port: int | None) -> None:
         settings,
         lambda url: click.echo(f"orch exporter: serving {url}", err=True),
     )
+
+
+@main.command("flower")
+@click.option("--port", type=int, default=None, help="Port to serve on (Flower's default: 5555).")
+@click.option("--address", default=None, help="Address to bind (Flower's default: every interface).")
+@click.option("--no-auth", is_flag=True, help="Allow starting without ORCH_FLOWER_AUTH (prints a warning).")
+@handle_errors
+def flower_command(port: int | None, address: str | None, no_auth: bool) -> None:
+    """Run Flower (`celery -A orch flower`) behind basic auth from ORCH_FLOWER_AUTH (user:password[,…])."""
+    from orch.flower import exec_flower
+
+    exec_flower(port, address, no_auth, get_settings())
+
+
+@main.command("check")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Seconds per server.")
+@handle_errors
+def check_command(timeout: float) -> None:
+    """Check the store (reachable, migrations current), the broker, and a worker for every queue with queued
+    tasks; one line per check, exit 0 if all are ok, 1 otherwise."""
+    from orch.check import render, run_checks
+
+    checks = run_checks(get_settings(), timeout)
+    for line in render(checks):
+        click.echo(line)
+    sys.exit(0 if all(check.ok for check in checks) else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

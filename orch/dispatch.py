@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from orch.agents import AgentRegistry
 from orch.celery import RUN_TASK, TIME_LIMIT_MARGIN, app
-from orch.log import get_logger
+from orch.log import attempt_context, get_logger
 from orch.readiness import Reconciliation, TaskView, free_slots, reconcile
 from orch.settings import get_settings
 from orch.states import PlanStatus
@@ -113,12 +113,15 @@ def publish(dispatches: Sequence[Dispatch]) -> None:
     grace = get_settings().kill_grace_seconds
     with app.producer_or_acquire() as producer:
         for d in dispatches:
-            app.send_task(
-                RUN_TASK,
-                args=(d.task_pk, d.attempt),
-                queue=d.queue,
-                task_id=d.message_id,
-                time_limit=d.timeout + grace + TIME_LIMIT_MARGIN,
-                producer=producer,
-            )
+            # What Celery or kombu log while sending (a retry, a lost connection) names the task it was sending.
+            with attempt_context(d.plan_id, d.key, d.attempt):
+                app.send_task(
+                    RUN_TASK,
+                    args=(d.task_pk, d.attempt),
+                    queue=d.queue,
+                    task_id=d.message_id,
+                    time_limit=d.timeout + grace + TIME_LIMIT_MARGIN,
+                    producer=producer,
+                )
+                log.debug("dispatched", queue=d.queue)
     log.debug("published", count=len(dispatches))

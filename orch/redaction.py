@@ -4,8 +4,13 @@ Redactor built from the secrets' values (the agent types' `secrets:` variables, 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orch.settings import Settings
 
 # Shorter values are not treated as secrets: masking every "1" or "abc" in output would garble it.
 MIN_SECRET_LENGTH = 8
@@ -39,14 +44,75 @@ def secret_values(names: Iterable[str], environ: Mapping[str, str] | None = None
     return {name: environ[name] for name in names if environ.get(name)}
 
 
+def url_password(url: str | None) -> str | None:
+    """The password in a URL like scheme://user:password@host/..., if it has one."""
+    if not url:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        match = URL_CREDENTIALS.search(url)
+        return match.group("password") if match else None
+    return None if password is None else str(password)
+
+
+def settings_secrets(settings: Settings) -> dict[str, str]:
+    """orch's own secrets: the passwords in its database and broker URLs, Flower's credentials."""
+    found: dict[str, str] = {}
+    for name, url in (("ORCH_DATABASE_URL", settings.database_url), ("ORCH_BROKER_URL", settings.broker_url)):
+        password = url_password(url)
+        if password:
+            found[name] = password
+    if settings.flower_auth is not None:
+        for number, entry in enumerate(settings.flower_auth.get_secret_value().split(","), 1):
+            found[f"ORCH_FLOWER_AUTH #{number}"] = entry
+            found[f"ORCH_FLOWER_AUTH password #{number}"] = entry.partition(":")[2]
+    return found
+
+
 @lru_cache(maxsize=1)
 def process_redactor() -> Redactor:
-    """This process's redactor: every secret any agent type names, as set in its environment."""
+    """This process's redactor: every secret any agent type names, as set in its environment, and orch's own
+    (database and broker passwords, Flower's credentials)."""
     from orch.agents import load_agents
     from orch.settings import get_settings
 
     try:
-        registry = load_agents(get_settings().config_dir)
+        settings = get_settings()
+        own = settings_secrets(settings)
     except Exception:  # logging must work even before the configuration does
         return Redactor({})
-    return Redactor(secret_values({name for agent in registry for name in agent.secrets}))
+    try:
+        registry = load_agents(settings.config_dir)
+    except Exception:
+        return Redactor(own)
+    return Redactor({**secret_values({name for agent in registry for name in agent.secrets}), **own})
+
+
+# Log lines are also masked by shape, for secrets no setting names (a library's error quoting a URL, a key).
+URL_CREDENTIALS = re.compile(r"(?P<prefix>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>(?!\*+@)[^@\s/]+)@")
+_API_KEY = re.compile(r"\bsk-(?:ant-)?[A-Za-z0-9_-]{16,}")
+_AUTH_HEADER = re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?(?:bearer|basic|token)\s+)[^\s\"',;]+")
+_KEY_VALUE = re.compile(
+    r"(?i)\b((?:password|passwd|pwd|secret|api[_-]?key|x-api-key|access[_-]?token|auth[_-]?token)[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\s\"',;&]+"
+)
+_SENSITIVE_KEY = re.compile(r"(?i)(password|passwd|secret|api[_-]?key|(^|_)token$|authorization|credentials)")
+
+
+def redact_log_text(text: str) -> str:
+    """Mask what looks like a credential: URL passwords, API keys, auth headers, password=… pairs."""
+    if "://" in text:
+        text = URL_CREDENTIALS.sub(r"\g<prefix>***@", text)
+    if "sk-" in text:
+        text = _API_KEY.sub("[redacted api key]", text)
+    text = _AUTH_HEADER.sub(r"\1[redacted]", text)
+    return _KEY_VALUE.sub(r"\1[redacted]", text)
+
+
+def is_sensitive_key(key: str) -> bool:
+    """A log field whose value is a credential by its name (password=, api_key=, token=…)."""
+    return bool(_SENSITIVE_KEY.search(key))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -64,8 +64,12 @@ class Settings(BaseSettings):
     exporter_recent_plans: int = Field(
         20, ge=0, le=1000, description="Finished plans (the most recent) whose tasks the exporter labels by plan"
     )
-    log_format: str = Field("console", pattern="^(console|json)$")
-    log_level: str = Field("INFO")
+    log_format: str = Field("json", pattern="^(console|json)$", description="Log lines as JSON or console text")
+    log_level: str = Field("INFO", description="Level of orch's own log lines")
+    flower_auth: SecretStr | None = Field(
+        None, description="Flower's basic auth: user:password, several separated by commas"
+    )
+    flower_allow_no_auth: bool = Field(False, description="Let Flower start without auth (it prints a warning)")
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> Settings:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from orch.failures import FailureClass
-from orch.log import get_logger
+from orch.log import attempt_context, get_logger
 from orch.prices import Usage
 from orch.store import repo
 from orch.store.db import STORE_UNAVAILABLE, write_session
@@ -56,6 +56,10 @@ class Heartbeat:
 
     def beat(self) -> bool | None:
         """One renewal; True: renewed, False: the lease is gone (the agent is told to stop), None: no store."""
+        with attempt_context(self.claim.plan_id, self.claim.key, self.claim.attempt):
+            return self._renew()
+
+    def _renew(self) -> bool | None:
         usage, model, cost = self.control.usage()
         if cost is None and usage.total:
             cost = self.price(usage, model)
@@ -65,13 +69,13 @@ class Heartbeat:
                 renewed = repo.renew_lease(session, self.claim, now, self.lease_seconds, usage, cost)
                 over_budget = repo.over_budget(session, self.claim) if renewed else None
         except STORE_UNAVAILABLE as exc:  # the agent goes on; the lease holds until it expires
-            log.warning("heartbeat: store unreachable", task=self.claim.key, error=str(exc).splitlines()[0])
+            log.warning("heartbeat: store unreachable", error=str(exc).splitlines()[0])
             return None
         self.beats += 1
         if not renewed and self.recording:
             return False
         if not renewed:
-            log.warning("heartbeat: lease gone; stopping the agent", plan=self.claim.plan_id, task=self.claim.key)
+            log.warning("heartbeat: lease gone; stopping the agent")
             self.control.request_stop(FailureClass.LEASE_LOST, LEASE_GONE)
             return False
         if over_budget is not None:
@@ -111,10 +115,11 @@ class _Ticker:
                 heartbeat = self._next_due()
                 self._due[heartbeat] = time.monotonic() + heartbeat.interval
                 self._beating = heartbeat
+            claim = heartbeat.claim
             try:
                 heartbeat.beat()
             except Exception:  # a bug in one beat must not stop the beats of the process
-                log.exception("heartbeat failed", task=heartbeat.claim.key)
+                log.exception("heartbeat failed", plan_id=claim.plan_id, task=claim.key, attempt=claim.attempt)
             finally:
                 with self._changed:
                     self._beating = None

@@ -20,7 +20,7 @@ from orch.agents import load_agents
 from orch.dispatch import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
 from orch.failures import FailureClass
-from orch.log import get_logger
+from orch.log import bind_attempt, get_logger
 from orch.policy import Backoff, Outcome, decide_outcome
 from orch.prices import Usage, cost_usd, load_prices, price_for
 from orch.prompts import build_prompt, build_system_prompt, load_templates
@@ -46,6 +46,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     """Run attempt `attempt` of task `task_pk`; returns what became of it (for the worker's log)."""
     settings = get_settings()
     worker = worker or socket.gethostname()
+    bind_attempt(task_pk=task_pk, attempt=attempt)
 
     def claim_it() -> tuple[Claim, AttemptContext] | None:
         with write_session() as session:
@@ -57,8 +58,8 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
         log.info("dropped duplicate or stale delivery", task_pk=task_pk, attempt=attempt)
         return "dropped"
     claim, ctx = claimed
-    bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
-    bound.info("attempt started", executor=ctx.executor)
+    bind_attempt(plan_id=claim.plan_id, task=claim.key, attempt=claim.attempt, task_pk=task_pk)
+    log.info("attempt started", executor=ctx.executor)
     heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, usage_cost)
     with control.active(ctx.control), heartbeat:
         result = run_checked(ctx, claim)
@@ -184,7 +185,7 @@ def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:
     except ExecutorUnavailable as exc:
         return AttemptResult(False, failure_class=FailureClass.EXECUTOR_UNAVAILABLE, error=str(exc))
     except Exception as exc:  # an executor bug must still end the attempt with a recorded reason
-        log.exception("executor raised", plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
+        log.exception("executor raised")
         return AttemptResult(False, failure_class=FailureClass.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
@@ -224,10 +225,9 @@ def finish(claim: Claim, result: AttemptResult) -> str:
     accepted, outcome, dispatches = with_store_retry(
         record, settings.store_retry_seconds, _store_wait("result", claim.task_pk)
     )
-    bound = log.bind(plan=claim.plan_id, task=claim.key, attempt=claim.attempt)
     if not accepted:
-        bound.warning("result rejected: the attempt's lease no longer holds (cancelled, skipped or reaped)")
+        log.warning("result rejected: the attempt's lease no longer holds (cancelled, skipped or reaped)")
         return "rejected"
     publish(dispatches)
-    bound.info("attempt finished", status=str(outcome.task_status), error=result.error)
+    log.info("attempt finished", status=str(outcome.task_status), error=result.error)
     return str(outcome.task_status)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init, worker_shutting_down
+from celery.signals import task_postrun, worker_init, worker_process_init, worker_shutting_down
 
 from orch.celery import RUN_TASK, app, check_visibility_timeout
 from orch.errors import ConfigInvalid
+from orch.log import forget_attempt
 from orch.settings import get_settings
 from orch.store.db import dispose_engines
 from workers.liveness import LivenessFile
@@ -21,6 +22,12 @@ app.steps["worker"].add(LivenessFile)
 @app.task(name=RUN_TASK, bind=True, acks_late=True, ignore_result=True)
 def run_task(self: Any, task_pk: int, attempt: int) -> str:
     return run_attempt(task_pk, attempt, worker=self.request.hostname)
+
+
+@task_postrun.connect
+def _forget_attempt(**_kwargs: Any) -> None:
+    # The attempt's ids stay bound until here, so Celery's own line about the task's end carries them too.
+    forget_attempt()
 
 
 @worker_init.connect

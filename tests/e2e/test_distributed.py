@@ -4,7 +4,6 @@ beat`, Flower, the machine's Redis (or RabbitMQ) and PostgreSQL; a 210-task plan
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import urllib.request
 from pathlib import Path
@@ -18,18 +17,12 @@ from orch.store import repo
 from orch.store.db import read_session
 from orch.store.repo import Dispatch
 from tests.e2e.conftest import Processes, orch_env, run_orch
-from tests.helpers import check_ledger_order, layered_dag, wait_for
+from tests.helpers import check_ledger_order, free_port, layered_dag, wait_for
 
 CELERY = [sys.executable, "-m", "celery", "-A", "orch"]
 QUEUES_A = ["agent.backend-development", "agent.testing-specialist"]
 QUEUES_B = ["agent.documentation-writer", "agent.devops-engineer"]
 AGENTS = ["backend-development", "testing-specialist", "documentation-writer", "devops-engineer"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(url: str) -> str:
@@ -50,7 +43,9 @@ def test_two_workers_and_a_beat_run_a_210_task_plan(
     broker_fixture: str, request: pytest.FixtureRequest, postgres_url: str, tmp_path: Path, processes: Processes
 ) -> None:
     broker_url = str(request.getfixturevalue(broker_fixture))
-    env = orch_env(tmp_path, ORCH_DATABASE_URL=postgres_url, ORCH_BROKER_URL=broker_url)
+    env = orch_env(
+        tmp_path, ORCH_DATABASE_URL=postgres_url, ORCH_BROKER_URL=broker_url, ORCH_FLOWER_AUTH="ops:e2e-flower-pass"
+    )
     logs = tmp_path / "logs"
     logs.mkdir()
     flower_port = free_port()

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from orch.redaction import Redactor, secret_values
+from orch.redaction import Redactor, secret_values, settings_secrets
+from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.control import AttemptControl
 
@@ -51,8 +52,9 @@ class AttemptContext:
     lease: str = ""  # the attempt's lease token (ORCH_LEASE for the agent: an execution ledger may record it)
 
     def redactor(self) -> Redactor:
-        """Masks this attempt's secrets (and the worker's) in whatever the agent prints."""
-        return Redactor({**secret_values(self.hidden), **self.secrets})
+        """Masks this attempt's secrets (and the worker's, orch's own passwords among them) in whatever the agent
+        prints."""
+        return Redactor({**settings_secrets(get_settings()), **secret_values(self.hidden), **self.secrets})
 
 
 class Executor(Protocol):

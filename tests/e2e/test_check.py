@@ -1,0 +1,120 @@
+"""`orch check` as an operator runs it: all good with a worker reading the queue that holds queued tasks; a
+queue nobody reads named, exit 1; an unreachable broker or store reported at once, exit 1."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from orch.check import check_store
+from orch.dispatch import reconcile_plans
+from orch.settings import get_settings
+from orch.store import repo
+from orch.store.db import ensure_schema, write_session
+from tests.e2e.conftest import Processes, orch_env, run_orch
+from tests.helpers import free_port, make_plan, registry, wait_for
+
+WORKER = [
+    sys.executable,
+    "-m",
+    "celery",
+    "-A",
+    "orch",
+    "worker",
+    "--without-gossip",
+    "--without-mingle",
+    "-c",
+    "1",
+    "-l",
+    "INFO",
+]
+
+
+def queue_in_store(tasks: list[dict[str, Any]], name: str) -> str:
+    """A plan whose ready tasks are `queued` in the store; no message is sent, so they stay queued."""
+    with write_session() as session:
+        plan_id = repo.submit_plan(session, make_plan(tasks, name=name), repo.db_now(session))
+        dispatches = reconcile_plans(session, [plan_id], registry(), repo.db_now(session))
+    assert len(dispatches) == len(tasks)
+    return plan_id
+
+
+def lines_of(output: str) -> dict[str, str]:
+    """`orch check`'s lines by check name: {'store': 'ok', 'queue agent.x': 'FAIL', ...}."""
+    found = {}
+    for line in output.splitlines():
+        verdict, name = line[:4].strip(), line[6:].split("  ")[0].strip()
+        found[name] = verdict
+    return found
+
+
+def test_all_good_with_a_worker_then_a_queue_nobody_reads_is_named(
+    redis_url: str, tmp_path: Path, processes: Processes
+) -> None:
+    env = orch_env(tmp_path, ORCH_BROKER_URL=redis_url)
+    ensure_schema()
+    queue_in_store([{"id": "a", "title": "tidy up", "agent": "general-purpose", "command": "true"}], "served")
+    log = tmp_path / "worker.log"
+    processes.start([*WORKER, "-Q", "agent.general-purpose", "-n", "checked@%h"], tmp_path, env, log)
+    wait_for(lambda: "checked@" in log.read_text() and "ready." in log.read_text(), 60, "the worker to be ready")
+
+    good = run_orch(["check"], tmp_path, env, timeout=60)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert lines_of(good.stdout) == {
+        "store": "ok",
+        "migrations": "ok",
+        "broker": "ok",
+        "queue agent.general-purpose": "ok",
+    }, good.stdout
+    assert "1 queued; read by checked@" in good.stdout
+
+    queue_in_store([{"id": "b", "title": "write the guide", "agent": "documentation-writer", "command": "true"}], "x")
+    bad = run_orch(["check"], tmp_path, env, timeout=60)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    verdicts = lines_of(bad.stdout)
+    assert verdicts["queue agent.documentation-writer"] == "FAIL", bad.stdout
+    assert verdicts["queue agent.general-purpose"] == "ok", bad.stdout
+    assert "agent.documentation-writer  1 queued; no worker reads this queue" in bad.stdout
+
+
+def test_an_unreachable_broker_is_reported_quickly(tmp_path: Path) -> None:
+    ensure_schema()
+    env = orch_env(tmp_path, ORCH_BROKER_URL=f"redis://:broker-pass-8c1d@127.0.0.1:{free_port()}/0")
+    started = time.monotonic()
+    result = run_orch(["check", "--timeout", "2"], tmp_path, env, timeout=60)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert lines_of(result.stdout) == {"store": "ok", "migrations": "ok", "broker": "FAIL", "consumers": "FAIL"}
+    assert "unreachable" in result.stdout and "not checked: the broker is unreachable" in result.stdout
+    assert "broker-pass-8c1d" not in result.stdout + result.stderr
+
+
+def test_an_unreachable_store_and_broker_are_reported_quickly(tmp_path: Path) -> None:
+    env = orch_env(
+        tmp_path,
+        ORCH_DATABASE_URL=f"postgresql://orch:store-pass-4e2a@127.0.0.1:{free_port()}/orch",
+        ORCH_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+    )
+    started = time.monotonic()
+    result = run_orch(["check", "--timeout", "2"], tmp_path, env, timeout=60)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1, result.stdout + result.stderr
+    verdicts = lines_of(result.stdout)
+    assert verdicts == {"store": "FAIL", "migrations": "FAIL", "broker": "FAIL", "consumers": "FAIL"}, result.stdout
+    assert "postgresql+psycopg://orch:***@127.0.0.1" in result.stdout
+    assert "store-pass-4e2a" not in result.stdout + result.stderr
+
+
+def test_a_store_behind_on_migrations_or_missing_is_reported(tmp_path: Path) -> None:
+    url = get_settings().resolved_database_url
+    (missing, _), queued = check_store(url, 2.0)
+    assert not missing.ok and "no such database file" in missing.detail and queued is None
+    with ensure_schema().begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    reachable, migrations = check_store(url, 2.0)[0]
+    assert reachable.ok
+    assert not migrations.ok and migrations.detail.startswith("revision 0001; this orch needs 0")

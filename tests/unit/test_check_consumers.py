@@ -1,0 +1,35 @@
+"""`orch check`'s verdict on consumers, from the queued counts and the workers' `active_queues` replies."""
+
+from __future__ import annotations
+
+from orch.check import Check, check_consumers, queue_readers, render
+
+REPLIES = {
+    "alpha@h1": [{"name": "agent.backend-development"}, {"name": "agent.testing-specialist"}],
+    "beta@h2": [{"name": "agent.backend-development"}],
+}
+
+
+def test_queue_readers_lists_the_workers_of_each_queue() -> None:
+    assert queue_readers(REPLIES) == {
+        "agent.backend-development": ["alpha@h1", "beta@h2"],
+        "agent.testing-specialist": ["alpha@h1"],
+    }
+    assert queue_readers(None) == {}
+
+
+def test_a_queue_with_queued_tasks_and_no_reader_is_named() -> None:
+    checks = check_consumers({"agent.backend-development": 3, "agent.documentation-writer": 2}, queue_readers(REPLIES))
+    assert checks == [
+        Check("queue agent.backend-development", True, "3 queued; read by alpha@h1, beta@h2"),
+        Check("queue agent.documentation-writer", False, "2 queued; no worker reads this queue"),
+    ]
+
+
+def test_nothing_queued_is_fine_even_without_workers() -> None:
+    assert check_consumers({}, {}) == [Check("consumers", True, "no queued tasks; 0 worker(s) answered")]
+
+
+def test_render_aligns_verdicts_and_names() -> None:
+    lines = render([Check("store", True, "reachable"), Check("queue agent.x", False, "1 queued; no worker")])
+    assert lines == ["ok    store          reachable", "FAIL  queue agent.x  1 queued; no worker"]
