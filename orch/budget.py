@@ -19,6 +19,9 @@ class Spend:
     usd: float = 0.0
     tokens: int = 0
 
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(self.usd + other.usd, self.tokens + other.tokens)
+
 
 def describe(spend: Spend, budget: Budget) -> str:
     parts = []

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
 
-from orch.redaction import redact_log_text
+from orch.broker import connected
+from orch.redaction import error_line, safe_url
 from orch.settings import Settings
-from orch.states import TaskStatus
 from orch.store.db import HEAD_REVISION, current_revision
-from orch.store.models import TaskRow
+from orch.store.metrics_reads import missing_sqlite_file, queued_tasks_by_queue, reader_engine
 
 DEFAULT_TIMEOUT = 3.0
 
@@ -33,70 +29,36 @@ class Check:
         return f"{'ok' if self.ok else 'FAIL':<4}  {self.name:<{width}}  {self.detail}"
 
 
-def safe_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return redact_log_text(url)
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return redact_log_text(f"{type(exc).__name__}: {text[0] if text else ''}".strip())
-
-
-def store_engine(url: str, timeout: float) -> Engine:
-    """An engine for the check alone: no pool, a connect timeout (libpq's is whole seconds, at least 2)."""
-    connect_args: dict[str, Any] = {}
-    if url.startswith("postgresql"):
-        connect_args["connect_timeout"] = max(2, round(timeout))
-    elif url.startswith("sqlite"):
-        connect_args["timeout"] = timeout
-    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
-
-
 def check_store(url: str, timeout: float) -> tuple[list[Check], dict[str, int] | None]:
-    """Store reachable, migrations current; and the queued tasks per queue (None when the store cannot say)."""
+    """Store reachable, migrations current; and the queued tasks per queue (None when the store cannot say).
+    Nothing is created: an SQLite file that does not exist is reported, not made."""
     shown = safe_url(url)
-    sqlite_file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-    if sqlite_file is not None and not Path(sqlite_file).is_file():
+    not_checked = Check("migrations", False, "not checked: the store is unreachable")
+    if missing_sqlite_file(url) is not None:
         missing = Check("store", False, f"{shown}: no such database file (`orch db upgrade` creates it)")
-        return [missing, Check("migrations", False, "not checked: the store is unreachable")], None
-    engine = store_engine(url, timeout)
+        return [missing, not_checked], None
     try:
-        try:
-            revision = current_revision(engine)
-        except Exception as exc:
-            failed = Check("store", False, f"{shown}: unreachable: {first_line(exc)}")
-            return [failed, Check("migrations", False, "not checked: the store is unreachable")], None
-        reachable = Check("store", True, f"{shown}: reachable")
-        if revision != HEAD_REVISION:
-            found = "no schema" if revision is None else f"revision {revision}"
-            detail = f"{found}; this orch needs {HEAD_REVISION} (run `orch db upgrade`)"
-            return [reachable, Check("migrations", False, detail)], None
-        with Session(engine) as session:
-            rows = session.execute(
-                select(TaskRow.queue, func.count()).where(TaskRow.status == TaskStatus.QUEUED).group_by(TaskRow.queue)
-            ).all()
-        queued = {str(queue): int(count) for queue, count in rows}
-        return [reachable, Check("migrations", True, f"at revision {revision} (current)")], queued
-    finally:
-        engine.dispose()
+        engine = reader_engine(url, timeout)
+        revision = current_revision(engine)
+    except Exception as exc:
+        return [Check("store", False, f"{shown}: unreachable: {error_line(exc)}"), not_checked], None
+    reachable = Check("store", True, f"{shown}: reachable")
+    if revision != HEAD_REVISION:
+        found = "no schema" if revision is None else f"revision {revision}"
+        detail = f"{found}; this orch needs {HEAD_REVISION} (run `orch db upgrade`)"
+        return [reachable, Check("migrations", False, detail)], None
+    with Session(engine) as session:
+        queued = queued_tasks_by_queue(session)
+    return [reachable, Check("migrations", True, f"at revision {revision} (current)")], queued
 
 
 def check_broker(url: str, timeout: float) -> Check:
-    from kombu.connection import Connection
-
     shown = safe_url(url)
-    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "max_retries": 0}
     try:
-        with Connection(url, connect_timeout=timeout, transport_options=options) as conn:  # type: ignore[no-untyped-call]
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
-            client = getattr(conn.default_channel, "client", None)
-            if client is not None and hasattr(client, "ping"):  # Redis: the connection alone proves little
-                client.ping()
+        with connected(url, timeout):
+            pass
     except Exception as exc:
-        return Check("broker", False, f"{shown}: unreachable: {first_line(exc)}")
+        return Check("broker", False, f"{shown}: unreachable: {error_line(exc)}")
     return Check("broker", True, f"{shown}: reachable")
 
 

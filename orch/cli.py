@@ -19,6 +19,7 @@ from orch.agents import AgentRegistry, load_agents
 from orch.durations import format_duration
 from orch.errors import OrchError, PlanInvalid
 from orch.plan import Plan, load_plan
+from orch.redaction import safe_url
 from orch.routing import route
 from orch.settings import get_settings
 from orch.states import PlanStatus
@@ -49,13 +50,6 @@ def handle_errors(func: F) -> F:
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
-
-
-def safe_url(url: str) -> str:
-    """A URL fit to print: its password masked."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def registry() -> AgentRegistry:

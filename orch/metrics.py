@@ -6,55 +6,60 @@ multiprocess mode. What keeps a scrape's cost independent of how much history th
 
 - attempts: an attempt that finished more than `SETTLE_SECONDS` ago never changes again, so it is folded into
   running totals once, by primary-key range. A scrape reads only the attempts started since the last fold plus
-  those still unsettled (running ones), by primary key. The first scrape after the exporter starts reads the
-  history once; `serve` does it before it listens.
+  those still unsettled (running ones), by primary key. The first read after the exporter starts reads the
+  history once: `serve` opens its port first and starts that read in the background; until it is done a scrape
+  shows `orch_exporter_ready 0`, `orch_store_up 0` and the broker's figures.
 - tasks per plan: only plans that are running or held, plus the `ORCH_EXPORTER_RECENT_PLANS` most recently
   finished, whose counts are read once and kept while they stay among them.
+
+A scrape never waits long: the store is read in a thread of its own (one read at a time, shared by the scrapes
+that arrive meanwhile) while the scrape reads the broker, and the scrape waits for the store at most
+`STORE_WAIT_SECONDS`; a store or broker that does not answer in time is reported by its `_up` gauge as 0.
+The store queries live in orch/store/metrics_reads.py; this module turns them into metric families.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import ColumnElement, Float, Table, and_, case, false, func, not_, or_, select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from orch.agents import load_agents
 from orch.breaker import CIRCUIT_OPEN
+from orch.broker import QueueDepth, queue_depths
 from orch.budget import Budget, Spend
 from orch.celery import RUN_TASK
-from orch.errors import ConfigInvalid, ServiceUnavailable
+from orch.errors import ConfigInvalid
 from orch.log import get_logger
+from orch.redaction import error_line, safe_url
 from orch.settings import Settings
-from orch.states import PLAN_FINAL, AttemptStatus, PlanStatus, TaskStatus
+from orch.states import AttemptStatus, TaskStatus
+from orch.store import metrics_reads as reads
 from orch.store import repo
-from orch.store.db import read_session
-from orch.store.models import AttemptRow, PlanRow, TaskRow
+from orch.store.metrics_reads import AttemptSet, BucketCount, PlanRef, TaskCounts
 
 log = get_logger("orch.metrics")
-
-_TASKS = cast(Table, TaskRow.__table__)
-_ATTEMPTS = cast(Table, AttemptRow.__table__)
-_PLANS = cast(Table, PlanRow.__table__)
 
 # An attempt finished this long ago is final: folded into the totals and never read again. It also bounds how
 # long a claim's transaction may stay uncommitted while attempts after it are already visible.
 SETTLE_SECONDS = 60.0
-BROKER_TIMEOUT_SECONDS = 5.0
+# Prometheus' default scrape timeout is 10 s: a scrape answers well within it whatever the servers do.
+BROKER_TIMEOUT_SECONDS = 2.0
+STORE_CONNECT_TIMEOUT_SECONDS = 2.0
+STORE_WAIT_SECONDS = 4.0
+# Each statement of a read after the first (PostgreSQL); the first read of the history has no limit.
+STATEMENT_TIMEOUT_SECONDS = 60.0
 
 # Agent runs take seconds (shell) to hours (an AI agent); the wait for a worker is milliseconds to minutes.
 DURATION_BUCKETS = (
@@ -98,7 +103,16 @@ class MetricSpec:
 
 
 SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("orch_store_up", "gauge", "1 if the store answered this scrape, else 0 (its figures are then absent)"),
+    MetricSpec(
+        "orch_exporter_ready",
+        "gauge",
+        "1 once the exporter has read the store's history since it started; until then 0, with orch_store_up 0",
+    ),
+    MetricSpec(
+        "orch_store_up",
+        "gauge",
+        "1 if the store answered this scrape in time, else 0 (its figures are then absent)",
+    ),
     MetricSpec("orch_broker_up", "gauge", "1 if the broker answered this scrape, else 0 (queue lengths are absent)"),
     MetricSpec(
         "orch_plan_info",
@@ -122,16 +136,23 @@ SPECS: tuple[MetricSpec, ...] = (
         "Finished attempts with a failure class (orch/failures.py)",
         ("agent_type", "failure_class"),
     ),
-    MetricSpec(
-        "orch_tokens",
-        "counter",
-        "Tokens used by attempts (running ones as far as their heartbeats reported), by kind",
-        ("agent_type", "kind"),
-    ),
+    MetricSpec("orch_tokens", "counter", "Tokens used by finished attempts, by kind", ("agent_type", "kind")),
     MetricSpec(
         "orch_cost_usd",
         "counter",
-        "Cost in USD of attempts: the agent's own report, else tokens priced by config/prices.yaml (unpriced: 0)",
+        "USD of finished attempts: the agent's own report, else tokens priced by config/prices.yaml (unpriced: 0)",
+        ("agent_type",),
+    ),
+    MetricSpec(
+        "orch_tokens_in_flight",
+        "gauge",
+        "Tokens used so far by running attempts, as their heartbeats reported, by kind",
+        ("agent_type", "kind"),
+    ),
+    MetricSpec(
+        "orch_cost_usd_in_flight",
+        "gauge",
+        "USD spent so far by running attempts, as their heartbeats reported (the final figure may differ)",
         ("agent_type",),
     ),
     MetricSpec(
@@ -241,31 +262,6 @@ def cumulative_buckets(counts: Sequence[int], bounds: Sequence[float]) -> list[t
     return buckets
 
 
-def bucket_index(value: ColumnElement[float], bounds: Sequence[float]) -> ColumnElement[int]:
-    """SQL: the index of the first bucket whose bound is >= value (len(bounds) above them all)."""
-    return case(*((value <= bound, index) for index, bound in enumerate(bounds)), else_=len(bounds))
-
-
-class _Seconds(FunctionElement[float]):
-    """Seconds from the first timestamp to the second, in SQL."""
-
-    type = Float()
-    inherit_cache = True
-    name = "seconds_between"
-
-
-@compiles(_Seconds, "postgresql")
-def _postgres_seconds(element: _Seconds, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
-    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
-
-
-@compiles(_Seconds, "sqlite")
-def _sqlite_seconds(element: _Seconds, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
-    return f"((julianday({end}) - julianday({start})) * 86400.0)"
-
-
 # --- attempts: folded totals plus the live window ----------------------------------------------------------
 
 AgentQueue = tuple[str, str]
@@ -273,12 +269,15 @@ AgentQueue = tuple[str, str]
 
 @dataclass
 class AttemptTally:
-    """Sums over a set of attempts, keyed by their task's agent type and queue (spend: by plan)."""
+    """Sums over a set of attempts, keyed by their task's agent type and queue (spend: by plan). Tokens and cost
+    of finished attempts only (they never change again); running attempts' heartbeat figures apart."""
 
     outcomes: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)  # agent, queue, status, class
     retries: Counter[AgentQueue] = field(default_factory=Counter)
     tokens: Counter[tuple[str, str]] = field(default_factory=Counter)  # agent, kind
-    cost: dict[str, float] = field(default_factory=dict)
+    cost: Counter[str] = field(default_factory=Counter)  # agent -> nano-USD
+    tokens_in_flight: Counter[tuple[str, str]] = field(default_factory=Counter)
+    cost_in_flight: Counter[str] = field(default_factory=Counter)
     durations: dict[tuple[str, str, str], Buckets] = field(default_factory=dict)  # agent, queue, status
     latencies: dict[AgentQueue, Buckets] = field(default_factory=dict)
     spend: dict[str, Spend] = field(default_factory=dict)  # plan -> what its attempts spent (repo.plan_spend)
@@ -287,12 +286,13 @@ class AttemptTally:
         self.outcomes.update(other.outcomes)
         self.retries.update(other.retries)
         self.tokens.update(other.tokens)
-        for agent, usd in other.cost.items():
-            self.cost[agent] = self.cost.get(agent, 0.0) + usd
+        self.cost.update(other.cost)
+        self.tokens_in_flight.update(other.tokens_in_flight)
+        self.cost_in_flight.update(other.cost_in_flight)
         _add_buckets(self.durations, other.durations, DURATION_BUCKETS)
         _add_buckets(self.latencies, other.latencies, LATENCY_BUCKETS)
         for plan_id, spent in other.spend.items():
-            self.spend[plan_id] = _plus(self.spend.get(plan_id, Spend()), spent)
+            self.spend[plan_id] = self.spend.get(plan_id, Spend()) + spent
 
     def plus(self, other: AttemptTally) -> AttemptTally:
         total = AttemptTally()
@@ -301,89 +301,34 @@ class AttemptTally:
         return total
 
 
-def _plus(a: Spend, b: Spend) -> Spend:
-    return Spend(a.usd + b.usd, a.tokens + b.tokens)
-
-
 def _add_buckets(into: dict[Any, Buckets], other: Mapping[Any, Buckets], bounds: Sequence[float]) -> None:
     for key, buckets in other.items():
         into.setdefault(key, Buckets.empty(bounds)).add(buckets)
 
 
-_A, _T = _ATTEMPTS.c, _TASKS.c
-_OF_TASK = _T.pk == _A.task_pk
-_TOKENS = _A.input_tokens + _A.output_tokens + _A.cache_creation_tokens + _A.cache_read_tokens
-
-
-def tally_attempts(session: Session, which: ColumnElement[bool]) -> AttemptTally:
-    """Aggregate the attempts `which` selects: grouped queries, each joined to the task by primary key."""
+def tally_attempts(session: Session, attempts: AttemptSet) -> AttemptTally:
+    """Aggregate the attempts of `attempts`: grouped queries, each joined to the task by primary key."""
     tally = AttemptTally()
-    failure = func.coalesce(_A.failure_class, "")
-    rows = session.execute(
-        select(
-            _T.agent,
-            _T.queue,
-            _A.status,
-            failure,
-            func.count(),
-            func.sum(case((_A.number > 1, 1), else_=0)),
-            func.sum(_A.input_tokens),
-            func.sum(_A.output_tokens),
-            func.sum(_A.cache_creation_tokens),
-            func.sum(_A.cache_read_tokens),
-            func.sum(_A.cost_usd),
-        )
-        .join_from(_ATTEMPTS, _TASKS, _OF_TASK)
-        .where(which)
-        .group_by(_T.agent, _T.queue, _A.status, failure)
-    )
-    for agent, queue, status, failure_class, count, retries, *usage, cost in rows:
-        tally.outcomes[(agent, queue, str(status), failure_class)] += int(count)
-        tally.retries[(agent, queue)] += int(retries or 0)
-        for kind, tokens in zip(TOKEN_KINDS, usage, strict=True):
-            tally.tokens[(agent, kind)] += int(tokens or 0)
-        tally.cost[agent] = tally.cost.get(agent, 0.0) + float(cost or 0.0)
-
-    ran = _Seconds(_A.started_at, _A.finished_at)
-    ran_bucket = bucket_index(ran, DURATION_BUCKETS)
-    for agent, queue, status, index, count, total in session.execute(
-        select(_T.agent, _T.queue, _A.status, ran_bucket, func.count(), func.sum(ran))
-        .join_from(_ATTEMPTS, _TASKS, _OF_TASK)
-        .where(which, _A.finished_at.is_not(None))
-        .group_by(_T.agent, _T.queue, _A.status, ran_bucket)
-    ):
-        _observe(tally.durations, (agent, queue, str(status)), DURATION_BUCKETS, index, count, total)
-
-    waited = _Seconds(_A.queued_at, _A.started_at)
-    waited_bucket = bucket_index(waited, LATENCY_BUCKETS)
-    for agent, queue, index, count, total in session.execute(
-        select(_T.agent, _T.queue, waited_bucket, func.count(), func.sum(waited))
-        .join_from(_ATTEMPTS, _TASKS, _OF_TASK)
-        .where(which, _A.queued_at.is_not(None))
-        .group_by(_T.agent, _T.queue, waited_bucket)
-    ):
-        _observe(tally.latencies, (agent, queue), LATENCY_BUCKETS, index, count, total)
-
-    tally.spend = spend_by_plan(session, which)
+    for row in reads.attempt_outcomes(session, attempts):
+        tally.outcomes[(row.agent, row.queue, row.status.value, row.failure_class)] += row.count
+        tally.retries[(row.agent, row.queue)] += row.retries
+        running = row.status is AttemptStatus.RUNNING
+        tokens, cost = (tally.tokens_in_flight, tally.cost_in_flight) if running else (tally.tokens, tally.cost)
+        for kind, used in zip(TOKEN_KINDS, row.tokens, strict=True):
+            tokens[(row.agent, kind)] += used
+        cost[row.agent] += row.cost_nano_usd
+    for seen in reads.run_time_buckets(session, attempts, DURATION_BUCKETS):
+        _observe(tally.durations, (seen.agent, seen.queue, seen.status), DURATION_BUCKETS, seen)
+    for seen in reads.start_latency_buckets(session, attempts, LATENCY_BUCKETS):
+        _observe(tally.latencies, (seen.agent, seen.queue), LATENCY_BUCKETS, seen)
+    tally.spend = reads.spend_by_plan(session, attempts)
     return tally
 
 
-def spend_by_plan(session: Session, which: ColumnElement[bool]) -> dict[str, Spend]:
-    rows = session.execute(
-        select(_T.plan_id, func.sum(_A.cost_usd), func.sum(_TOKENS))
-        .join_from(_ATTEMPTS, _TASKS, _OF_TASK)
-        .where(which)
-        .group_by(_T.plan_id)
-    )
-    return {plan_id: Spend(float(usd or 0.0), int(tokens or 0)) for plan_id, usd, tokens in rows}
-
-
-def _observe(
-    into: dict[Any, Buckets], key: Any, bounds: Sequence[float], index: int, count: int, total: float | None
-) -> None:
+def _observe(into: dict[Any, Buckets], key: Any, bounds: Sequence[float], seen: BucketCount) -> None:
     buckets = into.setdefault(key, Buckets.empty(bounds))
-    buckets.counts[int(index)] += int(count)
-    buckets.total += float(total or 0.0)
+    buckets.counts[seen.index] += seen.count
+    buckets.total += seen.total
 
 
 @dataclass
@@ -407,22 +352,20 @@ class AttemptLedger:
         """Run in one snapshot (a repeatable-read transaction), so no attempt is counted twice or missed.
         `plans`: the plans whose spend to keep, with when each was created."""
         cutoff = now - self.settle
-        already_folded = and_(_A.pk <= self.folded_upto, not_(_pk_in(self.held)))
         # A plan new to the ledger but older than its last scrape (a failed plan reopened): what was folded of it,
         # read once. A plan created since has nothing folded yet (the settle period covers the submitter's clock).
-        recovered = {
-            plan_id: spend_by_plan(session, and_(already_folded, _T.plan_id == plan_id)).get(plan_id, Spend())
+        reopened = [
+            plan_id
             for plan_id, created in plans.items()
             if plan_id not in self.tracked and self.last_scrape is not None and created <= self.last_scrape
-        }
-        fold_end = session.scalar(
-            select(func.max(_A.pk)).where(_A.pk > self.folded_upto, _A.started_at < cutoff)
-        ) or int(self.folded_upto)
-        reviewed = or_(and_(_A.pk > self.folded_upto, _A.pk <= fold_end), _pk_in(self.held))
-        settled = and_(_A.finished_at.is_not(None), _A.finished_at < cutoff)
-        newly_folded = tally_attempts(session, and_(reviewed, settled))
-        still_held = frozenset(session.scalars(select(_A.pk).where(reviewed, not_(settled))))
-        live = tally_attempts(session, or_(_A.pk > fold_end, _pk_in(still_held)))
+        ]
+        already_folded = AttemptSet(upto=self.folded_upto, but_not=self.held)
+        recovered = reads.spend_by_plan(session, already_folded, reopened) if reopened else {}
+        fold_end = reads.last_started_before(session, self.folded_upto, cutoff) or self.folded_upto
+        reviewed = AttemptSet(after=self.folded_upto, upto=fold_end, also=self.held)
+        newly_folded = tally_attempts(session, replace(reviewed, finished_before=cutoff))
+        still_held = reads.unfinished_before(session, reviewed, cutoff)
+        live = tally_attempts(session, AttemptSet(after=fold_end, also=still_held))
         # Every query succeeded: only now does the ledger move on.
         self.folded.spend.update(recovered)
         self.folded.add(newly_folded)
@@ -431,62 +374,7 @@ class AttemptLedger:
         return self.folded.plus(live)
 
 
-def _pk_in(pks: frozenset[int]) -> ColumnElement[bool]:
-    return _A.pk.in_(sorted(pks)) if pks else false()
-
-
 # --- tasks per plan, for a bounded set of plans ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PlanRef:
-    id: str
-    name: str
-    status: PlanStatus
-    created_at: datetime
-    finished_at: datetime | None
-    budget: Budget
-
-    @property
-    def final(self) -> bool:
-        return self.status in PLAN_FINAL
-
-
-TaskCounts = dict[tuple[str, str], int]  # (agent type, task state) -> tasks
-_PLAN_COLUMNS = (
-    _PLANS.c.id, _PLANS.c.name, _PLANS.c.status, _PLANS.c.created_at, _PLANS.c.finished_at,
-    _PLANS.c.budget_usd, _PLANS.c.budget_tokens,
-)  # fmt: skip
-
-
-def plans_in_scope(session: Session, recent: int) -> list[PlanRef]:
-    """The plans whose tasks get a `plan` label: every running or held plan (by the status index), and the
-    `recent` most recently finished. Nothing else, however many plans the store holds."""
-    rows = list(session.execute(select(*_PLAN_COLUMNS).where(_PLANS.c.status.not_in(PLAN_FINAL))))
-    if recent > 0:
-        rows += session.execute(
-            select(*_PLAN_COLUMNS)
-            .where(_PLANS.c.status.in_(PLAN_FINAL))
-            .order_by(_PLANS.c.finished_at.desc(), _PLANS.c.id)
-            .limit(recent)
-        )
-    return [
-        PlanRef(plan_id, name, PlanStatus(status), created, finished, Budget(usd, tokens))
-        for plan_id, name, status, created, finished, usd, tokens in rows
-    ]
-
-
-def load_task_counts(session: Session, plan_ids: Sequence[str]) -> dict[str, TaskCounts]:
-    """Tasks per plan, agent type and state: one grouped query over the plans' rows (the plan_id index)."""
-    counts: dict[str, TaskCounts] = {plan_id: {} for plan_id in plan_ids}
-    if plan_ids:
-        for plan_id, agent, status, count in session.execute(
-            select(_T.plan_id, _T.agent, _T.status, func.count())
-            .where(_T.plan_id.in_(plan_ids))
-            .group_by(_T.plan_id, _T.agent, _T.status)
-        ):
-            counts[plan_id][(agent, str(status))] = int(count)
-    return counts
 
 
 @dataclass
@@ -519,71 +407,12 @@ def pause_cause(reason: str) -> str:
     return "circuit_breaker" if reason.startswith(CIRCUIT_OPEN) else "usage_limit"
 
 
-# --- the broker -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QueueDepth:
-    queue: str
-    messages: int
-    consumers: int | None  # None: the broker cannot tell (Redis)
-
-
-def queue_depths(broker_url: str, queues: Iterable[str], timeout: float = BROKER_TIMEOUT_SECONDS) -> list[QueueDepth]:
-    """Each queue's waiting messages by a passive declare: kombu sums Celery's priority sub-lists on Redis, and
-    RabbitMQ returns its ready count and consumers. A queue the broker does not hold has none waiting."""
-    with _connection(broker_url) as probe:
-        is_amqp = probe.transport.driver_type == "amqp"
-    options = {} if is_amqp else {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    with _connection(broker_url, connect_timeout=timeout, transport_options=options) as conn:
-        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, interval_max=0)
-        depths = []
-        channel = None
-        try:
-            for queue in queues:
-                channel = channel or conn.channel()
-                try:
-                    declared = channel.queue_declare(queue=queue, passive=True)
-                    messages, consumers = int(declared.message_count), int(declared.consumer_count)
-                except conn.channel_errors as exc:
-                    if not _not_found(exc):
-                        raise
-                    messages, consumers = 0, 0
-                    if is_amqp:  # RabbitMQ closes a channel on a failed declare
-                        _close(conn, channel)
-                        channel = None
-                depths.append(QueueDepth(queue, messages, consumers if is_amqp else None))
-        finally:
-            if channel is not None:
-                _close(conn, channel)
-        return depths
-
-
-def _close(conn: Any, channel: Any) -> None:
-    with contextlib.suppress(*conn.channel_errors, *conn.connection_errors):
-        channel.close()
-
-
-def _not_found(exc: BaseException) -> bool:
-    return getattr(exc, "code", None) == 404 or "NOT_FOUND" in str(exc)
-
-
-def _connection(url: str, **options: Any) -> Any:
-    from kombu import Connection  # type: ignore[attr-defined]
-
-    return Connection(url, **options)  # type: ignore[no-untyped-call]
-
-
-def safe_broker_url(url: str) -> str:
-    return str(_connection(url).as_uri())  # password masked
-
-
 # --- the collector ----------------------------------------------------------------------------------------
 
 
 @dataclass
 class StoreSnapshot:
-    """What one scrape read from the store."""
+    """What one read of the store found."""
 
     plans: list[PlanRef]
     task_counts: dict[str, TaskCounts]
@@ -593,22 +422,66 @@ class StoreSnapshot:
     active: Counter[str]  # worker -> running attempts
 
 
+class StoreRead:
+    """One read of the store, in a thread of its own; the scrapes that arrive while it runs share it."""
+
+    def __init__(self, read: Callable[[], StoreSnapshot | None]) -> None:
+        self.done = threading.Event()
+        self.snapshot: StoreSnapshot | None = None
+        threading.Thread(target=self._run, args=(read,), name="orch-exporter-store-read", daemon=True).start()
+
+    def _run(self, read: Callable[[], StoreSnapshot | None]) -> None:
+        try:
+            self.snapshot = read()
+        finally:
+            self.done.set()
+
+    def result(self, timeout: float) -> StoreSnapshot | None:
+        """The snapshot, once the read is done within `timeout` seconds; None if it failed or takes longer."""
+        return self.snapshot if self.done.wait(timeout) else None
+
+
 class StoreCollector(Collector):
     """A prometheus_client collector: every scrape reads the store and the broker and yields metric families."""
 
-    def __init__(self, settings: Settings, settle_seconds: float = SETTLE_SECONDS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        settle_seconds: float = SETTLE_SECONDS,
+        store_wait: float = STORE_WAIT_SECONDS,
+        broker_timeout: float = BROKER_TIMEOUT_SECONDS,
+    ) -> None:
         self.settings = settings
         self.registry = load_agents(settings.config_dir)
         self.ledger = AttemptLedger(settle=timedelta(seconds=settle_seconds))
         self.plan_counts = PlanCounts()
-        self._lock = threading.Lock()  # one scrape at a time: the ledger and caches move on with each
+        self.store_wait = store_wait
+        self.broker_timeout = broker_timeout
+        self.ready = threading.Event()  # the history has been read: the counters are complete
+        self._engine: Engine | None = None
+        self._guard = threading.Lock()
+        self._read: StoreRead | None = None
+
+    def start_read(self) -> tuple[StoreRead, bool]:
+        """The store read in progress, or a new one (True). Reads never overlap: the ledger and the caches
+        move on with each."""
+        with self._guard:
+            if self._read is not None and not self._read.done.is_set():
+                return self._read, False
+            self._read = StoreRead(self._read_store)
+            return self._read, True
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            snapshot = self._read_store()
-            depths = self._read_broker()
+        deadline = time.monotonic() + self.store_wait
+        read, started = self.start_read()
+        depths = self._read_broker()
+        # A scrape that finds the first read of the history under way does not wait for it.
+        waits = started or self.ready.is_set()
+        snapshot = read.result(max(0.0, deadline - time.monotonic()) if waits else 0.0)
+        if snapshot is None and self.ready.is_set() and not read.done.is_set():
+            log.warning("metrics: the store did not answer in time", seconds=self.store_wait)
         families = {spec.name: spec.family() for spec in SPECS}
-        self._add_up(families, snapshot is not None, depths is not None)
+        self._add_up(families, self.ready.is_set(), snapshot is not None, depths is not None)
         if snapshot is not None:
             self._add_store(families, snapshot)
         if depths is not None:
@@ -616,30 +489,31 @@ class StoreCollector(Collector):
         yield from families.values()
 
     def _read_store(self) -> StoreSnapshot | None:
+        url = self.settings.resolved_database_url
+        first = not self.ready.is_set()
+        began = time.monotonic()
         try:
-            with read_session() as session:
-                if session.get_bind().dialect.name == "postgresql":
-                    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-                return self._snapshot(session)
-        except (SQLAlchemyError, ServiceUnavailable) as exc:
-            log.warning("metrics: the store did not answer", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            if self._engine is None:
+                self._engine = reads.reader_engine(url, STORE_CONNECT_TIMEOUT_SECONDS)
+            with reads.snapshot_session(self._engine, None if first else STATEMENT_TIMEOUT_SECONDS) as session:
+                snapshot = self._snapshot(session)
+        except Exception as exc:  # any failure of the store part: the broker's figures must still be served
+            log.warning("metrics: the store did not answer", store=safe_url(url), error=error_line(exc))
             return None
+        if first:
+            log.info("metrics: read the store's history", seconds=round(time.monotonic() - began, 3))
+            self.ready.set()
+        return snapshot
 
     def _snapshot(self, session: Session) -> StoreSnapshot:
         now = repo.db_now(session)
-        plans = plans_in_scope(session, self.settings.exporter_recent_plans)
-        counts = self.plan_counts.refresh(plans, lambda ids: load_task_counts(session, ids))
+        plans = reads.plans_in_scope(session, self.settings.exporter_recent_plans)
+        counts = self.plan_counts.refresh(plans, lambda ids: reads.task_counts(session, ids))
         pauses = {
             agent: (pause_cause(row.reason), (row.until - now).total_seconds())
             for agent, row in repo.active_pauses(session, now).items()
         }
-        running_attempts = session.execute(
-            select(_A.worker, func.count())
-            .join_from(_TASKS, _ATTEMPTS, and_(_OF_TASK, _A.number == _T.attempt))
-            .where(_T.status == TaskStatus.RUNNING)
-            .group_by(_A.worker)
-        )
-        active: Counter[str] = Counter({worker: int(count) for worker, count in running_attempts})
+        active = reads.running_attempts_by_worker(session)
         attempts = self.ledger.totals(session, now, {plan.id: plan.created_at for plan in plans if not plan.final})
         budgets = {
             plan.id: (plan.budget, attempts.spend.get(plan.id, Spend()))
@@ -651,15 +525,14 @@ class StoreCollector(Collector):
     def _read_broker(self) -> list[QueueDepth] | None:
         url = self.settings.resolved_broker_url
         try:
-            return queue_depths(url, self.registry.queues)
+            return queue_depths(url, self.registry.queues, self.broker_timeout)
         except Exception as exc:  # any broker failure: the store's figures must still be served
-            log.warning(
-                "metrics: the broker did not answer", broker=safe_broker_url(url), error=f"{type(exc).__name__}: {exc}"
-            )
+            log.warning("metrics: the broker did not answer", broker=safe_url(url), error=error_line(exc))
             return None
 
     @staticmethod
-    def _add_up(families: dict[str, Metric], store_up: bool, broker_up: bool) -> None:
+    def _add_up(families: dict[str, Metric], ready: bool, store_up: bool, broker_up: bool) -> None:
+        _gauge(families["orch_exporter_ready"]).add_metric([], 1.0 if ready else 0.0)
         _gauge(families["orch_store_up"]).add_metric([], 1.0 if store_up else 0.0)
         _gauge(families["orch_broker_up"]).add_metric([], 1.0 if broker_up else 0.0)
 
@@ -689,6 +562,7 @@ class StoreCollector(Collector):
         for worker, running in sorted(snapshot.active.items()):
             _gauge(families["celery_worker_tasks_active"]).add_metric([worker], float(running))
         self._add_attempts(families, snapshot.attempts)
+        self._add_in_flight(families, snapshot.attempts)
 
     @staticmethod
     def _add_attempts(families: dict[str, Metric], tally: AttemptTally) -> None:
@@ -720,8 +594,8 @@ class StoreCollector(Collector):
             _counter(families["orch_attempt_failures"]).add_metric([agent, failure_class], float(count))
         for (agent, kind), tokens in sorted(tally.tokens.items()):
             _counter(families["orch_tokens"]).add_metric([agent, kind], float(tokens))
-        for agent, usd in sorted(tally.cost.items()):
-            _counter(families["orch_cost_usd"]).add_metric([agent], usd)
+        for agent, nano_usd in sorted(tally.cost.items()):
+            _counter(families["orch_cost_usd"]).add_metric([agent], _usd(nano_usd))
         for (queue, what, failure_class), count in sorted(celery.items()):
             labels = [RUN_TASK, queue, failure_class] if what == "failed" else [RUN_TASK, queue]
             _counter(families[f"celery_task_{what}"]).add_metric(labels, float(count))
@@ -743,6 +617,14 @@ class StoreCollector(Collector):
                     list(key), cumulative_buckets(buckets.counts, bounds), buckets.total
                 )
 
+    def _add_in_flight(self, families: dict[str, Metric], tally: AttemptTally) -> None:
+        """Every agent type, 0 when none of its attempts runs, so a panel shows the drop to 0."""
+        for agent in sorted({*self.registry.names, *tally.cost_in_flight}):
+            _gauge(families["orch_cost_usd_in_flight"]).add_metric([agent], _usd(tally.cost_in_flight[agent]))
+            for kind in TOKEN_KINDS:
+                tokens = float(tally.tokens_in_flight[(agent, kind)])
+                _gauge(families["orch_tokens_in_flight"]).add_metric([agent, kind], tokens)
+
     def _add_queues(self, families: dict[str, Metric], depths: Sequence[QueueDepth]) -> None:
         agent_of = {agent.queue: agent.name for agent in self.registry}
         for depth in depths:
@@ -763,6 +645,10 @@ def _merge(items: Iterable[tuple[tuple[str, ...], Buckets]]) -> dict[tuple[str, 
     return merged
 
 
+def _usd(nano_usd: int) -> float:
+    return nano_usd / reads.NANO_USD_PER_USD
+
+
 def _gauge(family: Metric) -> GaugeMetricFamily:
     return cast(GaugeMetricFamily, family)
 
@@ -779,11 +665,9 @@ def _histogram(family: Metric) -> HistogramMetricFamily:
 
 
 def serve(host: str, port: int, settings: Settings, on_listening: Callable[[str], None]) -> None:
-    """Serve /metrics on host:port until SIGTERM or SIGINT. The first pass over the store's history runs
-    before the port opens, so Prometheus' first scrape is as cheap as the rest."""
+    """Serve /metrics on host:port until SIGTERM or SIGINT. The port opens at once; the first read of the
+    store's history starts right after, in the background (`orch_exporter_ready` is 0 until it is done)."""
     collector = StoreCollector(settings)
-    for _ in collector.collect():
-        pass
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     try:
@@ -793,6 +677,7 @@ def serve(host: str, port: int, settings: Settings, on_listening: Callable[[str]
             f"cannot listen on {host}:{port} (--host/--port, ORCH_EXPORTER_HOST/ORCH_EXPORTER_PORT): "
             f"{exc.strerror or exc}"
         ) from None
+    collector.start_read()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -10,6 +10,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
     from orch.settings import Settings
 
 # Shorter values are not treated as secrets: masking every "1" or "abc" in output would garble it.
@@ -44,19 +46,36 @@ def secret_values(names: Iterable[str], environ: Mapping[str, str] | None = None
     return {name: environ[name] for name in names if environ.get(name)}
 
 
-def url_password(url: str | None) -> str | None:
-    """The password in a URL like scheme://user:password@host/..., if it has one."""
-    if not url:
-        return None
+def _parsed(url: str) -> URL | None:
+    """A database or broker URL as SQLAlchemy parses it (RFC 1738, so redis://:pw@host and amqp://u:pw@host//
+    too); None when it cannot (e.g. a broker failover list)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        password = make_url(url).password
-    except (ArgumentError, ValueError):
+        return make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return None
+
+
+def safe_url(url: str) -> str:
+    """A database or broker URL fit to print or log: its password masked (`redis://:***@host:6379/0`). Never
+    raises: a URL that does not parse is masked by shape."""
+    parsed = _parsed(url)
+    if parsed is None:
+        return URL_CREDENTIALS.sub(_MASKED_PASSWORD, url)
+    return parsed.render_as_string(hide_password=True)
+
+
+def url_password(url: str | None) -> str | None:
+    """The password in a URL like scheme://user:password@host/..., if it has one."""
+    if not url:
+        return None
+    parsed = _parsed(url)
+    if parsed is None:
         match = URL_CREDENTIALS.search(url)
         return match.group("password") if match else None
-    return None if password is None else str(password)
+    return None if parsed.password is None else str(parsed.password)
 
 
 def settings_secrets(settings: Settings) -> dict[str, str]:
@@ -94,6 +113,7 @@ def process_redactor() -> Redactor:
 
 # Log lines are also masked by shape, for secrets no setting names (a library's error quoting a URL, a key).
 URL_CREDENTIALS = re.compile(r"(?P<prefix>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<password>(?!\*+@)[^@\s/]+)@")
+_MASKED_PASSWORD = r"\g<prefix>***@"
 _API_KEY = re.compile(r"\bsk-(?:ant-)?[A-Za-z0-9_-]{16,}")
 _AUTH_HEADER = re.compile(r"(?i)\b(authorization[\"']?\s*[:=]\s*[\"']?(?:bearer|basic|token)\s+)[^\s\"',;]+")
 _KEY_VALUE = re.compile(
@@ -106,11 +126,18 @@ _SENSITIVE_KEY = re.compile(r"(?i)(password|passwd|secret|api[_-]?key|(^|_)token
 def redact_log_text(text: str) -> str:
     """Mask what looks like a credential: URL passwords, API keys, auth headers, password=… pairs."""
     if "://" in text:
-        text = URL_CREDENTIALS.sub(r"\g<prefix>***@", text)
+        text = URL_CREDENTIALS.sub(_MASKED_PASSWORD, text)
     if "sk-" in text:
         text = _API_KEY.sub("[redacted api key]", text)
     text = _AUTH_HEADER.sub(r"\1[redacted]", text)
     return _KEY_VALUE.sub(r"\1[redacted]", text)
+
+
+def error_line(exc: BaseException) -> str:
+    """An error as one line fit to log or print: its type and the first line of its message (a database
+    driver's own error, when SQLAlchemy wraps one), credentials masked by shape."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return redact_log_text(f"{type(exc).__name__}: {lines[0] if lines else ''}".strip())
 
 
 def is_sensitive_key(key: str) -> bool:

@@ -3,7 +3,10 @@ counted in Python from the store's rows (independent of the exporter's SQL)."""
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -66,3 +69,13 @@ def assert_attempts_match_store(samples: Samples) -> None:
         assert inf == count
     tokens = by(samples, "orch_tokens_total", "agent_type", "kind")
     assert {key: v for key, v in tokens.items() if key[1] == "input"} == dict(figures["tokens"])
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts connections (the kernel's backlog does) and never answers: a server that
+    hangs, as a frozen broker or database does."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield int(sock.getsockname()[1])

@@ -1135,10 +1135,12 @@ def plan_budget(plan: PlanRow) -> Budget:
 _TOKENS = (
     AttemptRow.input_tokens + AttemptRow.output_tokens + AttemptRow.cache_creation_tokens + AttemptRow.cache_read_tokens
 )
+# What attempts spent, dollars and tokens, as SQL sums; the exporter's per-plan budget figures use them too.
+SPENT = (func.coalesce(func.sum(AttemptRow.cost_usd), 0.0), func.coalesce(func.sum(_TOKENS), 0))
 
 
 def _spend(*where: Any) -> Any:
-    return select(func.coalesce(func.sum(AttemptRow.cost_usd), 0.0), func.coalesce(func.sum(_TOKENS), 0)).where(*where)
+    return select(*SPENT).where(*where)
 
 
 def plan_spend(session: Session, plan_id: str) -> Spend:

@@ -118,3 +118,11 @@ def test_a_store_behind_on_migrations_or_missing_is_reported(tmp_path: Path) -> 
     reachable, migrations = check_store(url, 2.0)[0]
     assert reachable.ok
     assert not migrations.ok and migrations.detail.startswith("revision 0001; this orch needs 0")
+
+
+def test_an_sqlite_store_named_with_its_driver_is_checked_not_created(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    (missing, migrations), queued = check_store(f"sqlite+pysqlite:///{path}", 2.0)
+    assert not missing.ok and "no such database file" in missing.detail and queued is None
+    assert not migrations.ok
+    assert not path.exists()

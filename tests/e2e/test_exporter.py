@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -14,7 +15,7 @@ from orch.store import repo
 from orch.store.db import read_session
 from tests.e2e.conftest import ORCH, Processes, orch_env, run_orch
 from tests.helpers import wait_for
-from tests.metrics_scrape import assert_attempts_match_store, by, matching, parse, value
+from tests.metrics_scrape import assert_attempts_match_store, by, matching, parse, silent_server, value
 
 PLAN = """\
 name: metered
@@ -34,6 +35,18 @@ tasks:
 CANARY = "hunter2-exporter-canary"
 
 
+def get_metrics(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return str(response.read().decode())
+
+
+def ready_scrape(url: str) -> str | None:
+    """A scrape's text once the exporter has read the store's history (before, its store figures are absent)."""
+    text = get_metrics(url)
+    return text if value(parse(text), "orch_exporter_ready") == 1.0 else None
+
+
 def test_the_exporter_reports_what_the_store_holds_after_orch_run(
     tmp_path: Path, store_url: str, redis_url: str, processes: Processes
 ) -> None:
@@ -47,9 +60,7 @@ def test_the_exporter_reports_what_the_store_holds_after_orch_run(
     log = tmp_path / "exporter.log"
     exporter = processes.start([ORCH, "exporter", "--port", "0"], tmp_path, {**env, "ORCH_BROKER_URL": redis_url}, log)
     url = wait_for(lambda: re.search(r"serving (http://\S+/metrics)", log.read_text()), 60, "the exporter").group(1)
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-        assert response.headers["Content-Type"].startswith("text/plain")
+    text = wait_for(lambda: ready_scrape(url), 60, "the exporter to have read the store's history")
     samples = parse(text)
 
     with read_session() as session:
@@ -89,3 +100,24 @@ def test_the_exporter_reports_what_the_store_holds_after_orch_run(
     exporter.send_signal(signal.SIGTERM)
     assert exporter.wait(timeout=15) == 0
     assert CANARY not in text + log.read_text()
+
+
+def test_the_exporter_listens_at_once_while_its_store_hangs(
+    tmp_path: Path, redis_url: str, processes: Processes
+) -> None:
+    """The port opens before the store answers (a TCP liveness probe passes), and a scrape meanwhile answers in
+    seconds: the exporter not ready, the store down, the broker's figures there."""
+    log = tmp_path / "exporter.log"
+    with silent_server() as port:
+        database_url = f"postgresql+psycopg://orch:{CANARY}@127.0.0.1:{port}/orch"
+        env = orch_env(tmp_path, ORCH_DATABASE_URL=database_url, ORCH_BROKER_URL=redis_url)
+        exporter = processes.start([ORCH, "exporter", "--port", "0"], tmp_path, env, log)
+        url = wait_for(lambda: re.search(r"serving (http://\S+/metrics)", log.read_text()), 30, "the port").group(1)
+        started = time.monotonic()
+        samples = parse(get_metrics(url))
+        assert time.monotonic() - started < 8.0
+    assert value(samples, "orch_exporter_ready") == 0.0 and value(samples, "orch_store_up") == 0.0
+    assert value(samples, "orch_broker_up") == 1.0 and matching(samples, "orch_queue_length")
+    exporter.send_signal(signal.SIGTERM)
+    assert exporter.wait(timeout=15) == 0
+    assert CANARY not in log.read_text()

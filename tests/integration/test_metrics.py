@@ -5,34 +5,43 @@ store, and queue depth comes from the broker."""
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from structlog.testing import capture_logs
 
+from orch.broker import queue_depths
 from orch.dispatch import reconcile_plans
 from orch.failures import FailureClass
-from orch.metrics import StoreCollector, queue_depths
+from orch.metrics import StoreCollector
 from orch.policy import Outcome
 from orch.prices import Usage
 from orch.settings import Settings
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
-from orch.store import repo
-from orch.store.db import read_session, write_session
+from orch.store import metrics_reads, repo
+from orch.store.db import ensure_schema, read_session, write_session
 from orch.store.models import AttemptRow, TaskRow
 from orch.store.repo import AttemptResult
 from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT, require_service
 from tests.helpers import make_plan, registry, wait_for
-from tests.metrics_scrape import Samples, assert_attempts_match_store, by, matching, parse, value
+from tests.metrics_scrape import Samples, assert_attempts_match_store, by, matching, parse, silent_server, value
 
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)  # settled, by the database's clock
 NO_BROKER = "redis://127.0.0.1:1/0"  # nothing listens: the store tests leave every shared broker alone
+# Prometheus' default scrape timeout is 10 s; a scrape with a server that hangs must answer well within it.
+SCRAPE_BOUND = 8.0
 
 
 def collector(broker_url: str = NO_BROKER, recent: int = 20, settle: float = 0.0) -> StoreCollector:
-    return StoreCollector(Settings(broker_url=broker_url, exporter_recent_plans=recent), settle_seconds=settle)
+    """A collector that waits for the store as long as a slow test machine needs (the figures are under test)."""
+    settings = Settings(broker_url=broker_url, exporter_recent_plans=recent)
+    return StoreCollector(settings, settle_seconds=settle, store_wait=60.0)
 
 
 def scrape(source: StoreCollector) -> Samples:
@@ -157,6 +166,7 @@ def test_a_reopened_plan_budget_counts_what_was_folded_before(store_url: str) ->
 
 
 def test_a_plan_submitted_between_scrapes_has_its_spend_counted_once(store_url: str) -> None:
+    ensure_schema()
     exporter = collector()
     scrape(exporter)
     with read_session() as session:
@@ -243,8 +253,6 @@ def test_queue_depth_counts_every_priority_sub_list_on_redis(sqlite_url: str, re
 
 
 def test_a_broker_that_does_not_answer_leaves_the_store_figures_and_no_password(sqlite_url: str) -> None:
-    from structlog.testing import capture_logs
-
     password = f"canary-{secrets.token_hex(6)}"
     submit([{"id": "t", "title": "t", "agent": "general-purpose", "command": "true"}])
     registry_ = CollectorRegistry(auto_describe=False)
@@ -253,9 +261,140 @@ def test_a_broker_that_does_not_answer_leaves_the_store_figures_and_no_password(
         text = generate_latest(registry_).decode()
     assert "orch_broker_up 0.0" in text and "orch_store_up 1.0" in text and "orch_tasks{" in text
     assert "queue_length{" not in text
-    assert [entry["event"] for entry in logs] == ["metrics: the broker did not answer"]
-    assert "127.0.0.1:1" in logs[0]["broker"]
+    broker_logs = [entry for entry in logs if "broker" in entry["event"]]
+    assert [entry["event"] for entry in broker_logs] == ["metrics: the broker did not answer"]
+    assert "127.0.0.1:1" in broker_logs[0]["broker"]
     assert password not in text + repr(logs)
+
+
+def bounded_scrape(exporter: StoreCollector) -> tuple[Samples, list[dict[str, Any]]]:
+    """A scrape, with its log lines, that must answer well within Prometheus' default scrape timeout."""
+    started = time.monotonic()
+    with capture_logs() as logs:
+        samples = scrape(exporter)
+    assert time.monotonic() - started < SCRAPE_BOUND
+    return samples, logs
+
+
+@pytest.mark.parametrize(
+    "broker",
+    ["redis://:{password}@127.0.0.1:{port}/0", "amqp://orch:{password}@127.0.0.1:{port}//"],
+    ids=["redis", "amqp"],
+)
+def test_a_broker_that_hangs_costs_a_scrape_seconds_and_leaves_the_store_figures(sqlite_url: str, broker: str) -> None:
+    password = f"canary-{secrets.token_hex(6)}"
+    submit([{"id": "t", "title": "t", "agent": "general-purpose", "command": "true"}])
+    with silent_server() as port:
+        samples, logs = bounded_scrape(StoreCollector(Settings(broker_url=broker.format(password=password, port=port))))
+    assert value(samples, "orch_broker_up") == 0.0 and value(samples, "orch_store_up") == 1.0
+    assert matching(samples, "orch_tasks") and not matching(samples, "orch_queue_length")
+    assert password not in repr(logs)
+
+
+def test_a_store_that_hangs_costs_a_scrape_seconds_and_leaves_the_broker_figures(redis_url: str) -> None:
+    password = f"canary-{secrets.token_hex(6)}"
+    with silent_server() as port:
+        database_url = f"postgresql+psycopg://orch:{password}@127.0.0.1:{port}/orch"
+        samples, logs = bounded_scrape(StoreCollector(Settings(database_url=database_url, broker_url=redis_url)))
+    assert value(samples, "orch_store_up") == 0.0 and value(samples, "orch_exporter_ready") == 0.0
+    assert value(samples, "orch_broker_up") == 1.0
+    assert len(matching(samples, "orch_queue_length")) == len(registry().queues)
+    assert not matching(samples, "orch_tasks")
+    assert [entry["event"] for entry in logs] == ["metrics: the store did not answer"]
+    assert f"127.0.0.1:{port}" in logs[0]["store"] and password not in repr(logs)
+
+
+def test_scrapes_during_the_first_read_of_the_history_answer_at_once(sqlite_url: str, monkeypatch: Any) -> None:
+    """`orch exporter` opens its port, then reads the history in the background: a scrape meanwhile shows
+    orch_exporter_ready 0 and orch_store_up 0 at once, and the store's figures once the read is done."""
+    submit([{"id": "t", "title": "t", "agent": "general-purpose", "command": "true"}])
+    exporter = collector()
+    history_read = threading.Event()
+    read_totals = exporter.ledger.totals
+
+    def slow_totals(*args: Any) -> Any:
+        history_read.wait(60)
+        return read_totals(*args)
+
+    monkeypatch.setattr(exporter.ledger, "totals", slow_totals)
+    exporter.start_read()  # what `serve` does once its port is open
+    started = time.monotonic()
+    during = scrape(exporter)
+    assert time.monotonic() - started < SCRAPE_BOUND / 2
+    assert value(during, "orch_exporter_ready") == 0.0 and value(during, "orch_store_up") == 0.0
+    assert value(during, "orch_broker_up") == 0.0 and not matching(during, "orch_tasks")
+
+    history_read.set()
+    wait_for(exporter.ready.is_set, 60, "the first read of the history")
+    after = scrape(exporter)
+    assert value(after, "orch_exporter_ready") == 1.0 and value(after, "orch_store_up") == 1.0
+    assert matching(after, "orch_tasks")
+
+
+def test_any_failure_of_the_store_part_gives_store_up_0_a_log_line_and_the_rest(
+    sqlite_url: str, redis_url: str, monkeypatch: Any
+) -> None:
+    from alembic.util import CommandError
+
+    password = f"canary-{secrets.token_hex(6)}"
+    submit([{"id": "t", "title": "t", "agent": "general-purpose", "command": "true"}])
+
+    def broken(*_args: Any) -> Any:
+        raise CommandError(f"Can't locate revision 0042 for postgresql://orch:{password}@db.internal/orch")
+
+    monkeypatch.setattr(metrics_reads, "plans_in_scope", broken)
+    registry_ = CollectorRegistry(auto_describe=False)
+    registry_.register(collector(redis_url))
+    with capture_logs() as logs:
+        text = generate_latest(registry_).decode()  # not a 500
+    samples = parse(text)
+    assert value(samples, "orch_store_up") == 0.0 and value(samples, "orch_broker_up") == 1.0
+    assert matching(samples, "orch_queue_length") and not matching(samples, "orch_tasks")
+    assert [entry["event"] for entry in logs] == ["metrics: the store did not answer"]
+    assert logs[0]["error"].startswith("CommandError: Can't locate revision 0042")
+    assert password not in text + repr(logs)
+
+
+def test_store_reads_on_postgresql_are_one_snapshot_with_a_statement_timeout(postgres_url: str) -> None:
+    engine = metrics_reads.reader_engine(postgres_url, 2.0)
+    with metrics_reads.snapshot_session(engine, 5.0) as session:
+        assert session.scalar(text("SHOW statement_timeout")) == "5s"
+        assert session.scalar(text("SHOW transaction_isolation")) == "repeatable read"
+    with metrics_reads.snapshot_session(engine, None) as session:  # the first read of the history: no limit
+        assert session.scalar(text("SHOW statement_timeout")) == "0"
+
+
+def test_the_exporter_never_creates_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "absent.db"
+    exporter = StoreCollector(Settings(database_url=f"sqlite+pysqlite:///{path}", broker_url=NO_BROKER))
+    samples = scrape(exporter)
+    assert value(samples, "orch_store_up") == 0.0
+    assert not path.exists()
+
+
+def test_counters_count_finished_attempts_only_so_they_never_go_down(store_url: str) -> None:
+    """A running attempt's heartbeats report its usage so far; its final result may report a lower cost. The
+    counters take an attempt once it has finished; the in-flight gauges show what running ones reported."""
+    submit([{"id": "a", "title": "api", "agent": "backend-development", "command": "true"}])
+    running_claim = claim(tick(BASE)["a"], BASE + timedelta(seconds=1))
+    with write_session() as session:
+        usage = Usage(input_tokens=9000, output_tokens=3000)
+        assert repo.renew_lease(session, running_claim, BASE + timedelta(seconds=2), 3600.0, usage, 0.9)
+    exporter = collector()
+    running = scrape(exporter)
+    assert value(running, "orch_cost_usd_in_flight", agent_type="backend-development") == pytest.approx(0.9)
+    assert value(running, "orch_tokens_in_flight", agent_type="backend-development", kind="input") == 9000
+    assert value(running, "orch_cost_usd_in_flight", agent_type="general-purpose") == 0.0
+
+    finish(running_claim, BASE + timedelta(seconds=5), DONE, cost=0.4, tokens=1000)
+    finished = scrape(exporter)
+    assert value(finished, "orch_cost_usd_total", agent_type="backend-development") == pytest.approx(0.4)
+    assert value(finished, "orch_tokens_total", agent_type="backend-development", kind="input") == 1000
+    assert value(finished, "orch_cost_usd_in_flight", agent_type="backend-development") == 0.0
+    assert value(finished, "orch_tokens_in_flight", agent_type="backend-development", kind="input") == 0.0
+    for (name, labels), before in running.items():
+        if name.endswith("_total"):
+            assert finished.get((name, labels), 0.0) >= before, (name, dict(labels))
 
 
 def test_queue_depth_on_rabbitmq() -> None:
@@ -273,7 +412,7 @@ def test_queue_depth_on_rabbitmq() -> None:
         try:
             for _ in range(2):
                 producer.publish({"n": 1}, exchange=exchange, routing_key=name, declare=[queue])
-            depths = {d.queue: d for d in queue_depths(url, [missing, name, missing])}
+            depths = {d.queue: d for d in queue_depths(url, [missing, name, missing], 2.0)}
         finally:
             queue(conn.default_channel).delete()
             exchange(conn.default_channel).delete()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from orch import log as orch_log
-from orch.redaction import process_redactor, redact_log_text, settings_secrets
+from orch.redaction import error_line, process_redactor, redact_log_text, safe_url, settings_secrets, url_password
 from orch.settings import Settings, get_settings
 
 DB_PASSWORD = "db-pass-0d9c2e71"
@@ -133,3 +133,36 @@ def test_settings_secrets_name_orch_s_own_passwords() -> None:
     assert found["ORCH_FLOWER_AUTH password #1"] == "fl-secret-333"
     assert settings_secrets(Settings()) == {}
     assert "fl-secret-333" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://orch:pw-4c1d9e@db.internal/orch", "postgresql+psycopg://orch:***@db.internal/orch"),
+        ("redis://:pw-4c1d9e@redis.internal:6379/0", "redis://:***@redis.internal:6379/0"),
+        (
+            "rediss://orch:pw-4c1d9e@redis.internal/1?ssl_cert_reqs=required",
+            "rediss://orch:***@redis.internal/1?ssl_cert_reqs=required",
+        ),
+        ("amqp://orch:pw-4c1d9e@rabbit:5672//", "amqp://orch:***@rabbit:5672//"),
+        (
+            "sentinel://:pw-4c1d9e@s1:26379;sentinel://:pw-4c1d9e@s2:26379",
+            "sentinel://:***@s1:26379;sentinel://:***@s2:26379",
+        ),
+        ("redis://redis.internal:6379/0", "redis://redis.internal:6379/0"),
+        ("sqlite:////var/lib/orch/orch.db", "sqlite:////var/lib/orch/orch.db"),
+    ],
+)
+def test_safe_url_masks_the_password_of_database_and_broker_urls(url: str, shown: str) -> None:
+    assert safe_url(url) == shown
+    assert url_password(url) in (None, "pw-4c1d9e")
+
+
+@pytest.mark.parametrize("url", ["", "not a url", "://", "redis://:pw-4c1d9e@host:port/0", "amqp://orch:pw-4c1d9e@"])
+def test_safe_url_never_raises_and_never_shows_a_password(url: str) -> None:
+    assert "pw-4c1d9e" not in safe_url(url)
+
+
+def test_error_line_is_one_line_with_credentials_masked() -> None:
+    error = RuntimeError("connection to postgresql://orch:pw-4c1d9e@db/orch failed\ndetail: more")
+    assert error_line(error) == "RuntimeError: connection to postgresql://orch:***@db/orch failed"

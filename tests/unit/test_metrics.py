@@ -21,13 +21,12 @@ from orch.metrics import (
     PlanCounts,
     PlanRef,
     TaskCounts,
-    _Seconds,
-    bucket_index,
     cumulative_buckets,
     exposed_sample_names,
     pause_cause,
 )
 from orch.states import PlanStatus
+from orch.store.metrics_reads import _Seconds, bucket_index
 from orch.store.models import UTCDateTime
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,334 @@
+"""What `orch exporter` and `orch check` read from the store: typed reads, each a grouped query over an index or a
+primary-key range, so what one costs does not grow with the store's history (orch/metrics.py combines them)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Engine,
+    Float,
+    Table,
+    and_,
+    case,
+    create_engine,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from orch.budget import Budget, Spend
+from orch.errors import ServiceUnavailable
+from orch.redaction import safe_url
+from orch.states import PLAN_FINAL, AttemptStatus, PlanStatus, TaskStatus
+from orch.store.db import get_engine
+from orch.store.models import AttemptRow, PlanRow, TaskRow
+from orch.store.repo import SPENT
+
+_TASKS = cast(Table, TaskRow.__table__)
+_ATTEMPTS = cast(Table, AttemptRow.__table__)
+_PLANS = cast(Table, PlanRow.__table__)
+_A, _T, _P = _ATTEMPTS.c, _TASKS.c, _PLANS.c
+_OF_TASK = _T.pk == _A.task_pk
+
+PLAN_OPEN = frozenset(PlanStatus) - PLAN_FINAL  # running or held
+# Costs are summed as whole nano-dollars: integer sums are the same whichever attempts they group, so a counter
+# built from them by parts (folded + live) cannot drop by a float rounding as attempts move between the parts.
+NANO_USD_PER_USD = 1_000_000_000
+
+
+# --- connecting -------------------------------------------------------------------------------------------
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL (any driver: sqlite://, sqlite+pysqlite://) when it does not exist; connecting
+    would create it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.query.get("uri") or parsed.database.startswith("file:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.is_file() else path
+
+
+def reader_engine(url: str, connect_timeout: float) -> Engine:
+    """An engine to read the store with, never creating or migrating it. PostgreSQL: no pool (a fresh connection
+    per use, so a server that hangs costs `connect_timeout`, libpq's whole seconds, at least 2); SQLite: the
+    process's engine, once its file exists."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if missing_sqlite_file(url) is not None:
+            raise ServiceUnavailable(f"{safe_url(url)}: no such database file (`orch db upgrade` creates it)")
+        return get_engine(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = max(2, round(connect_timeout))
+    return create_engine(url, poolclass=NullPool, connect_args=connect_args)
+
+
+@contextmanager
+def snapshot_session(engine: Engine, statement_timeout: float | None) -> Iterator[Session]:
+    """A read-only transaction in which every query sees the same snapshot: REPEATABLE READ on PostgreSQL, with
+    each statement cancelled after `statement_timeout` seconds (None: no limit); on SQLite a read transaction
+    (WAL) does that by itself."""
+    with Session(engine) as session:
+        if engine.dialect.name == "postgresql":
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            limit = "0" if statement_timeout is None else f"{max(1, round(statement_timeout * 1000))}ms"
+            session.execute(select(func.set_config("statement_timeout", limit, True)))
+        yield session
+
+
+# --- SQL helpers --------------------------------------------------------------------------------------------
+
+
+def bucket_index(value: ColumnElement[float], bounds: Sequence[float]) -> ColumnElement[int]:
+    """SQL: the index of the first bucket whose bound is >= value (len(bounds) above them all)."""
+    return case(*((value <= bound, index) for index, bound in enumerate(bounds)), else_=len(bounds))
+
+
+class _Seconds(FunctionElement[float]):
+    """Seconds from the first timestamp to the second, in SQL."""
+
+    type = Float()
+    inherit_cache = True
+    name = "seconds_between"
+
+
+@compiles(_Seconds, "postgresql")
+def _postgres_seconds(element: _Seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
+
+
+@compiles(_Seconds, "sqlite")
+def _sqlite_seconds(element: _Seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+# --- attempts -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptSet:
+    """Attempts by primary key: those in (after, upto] (upto None: every one after), plus `also`, except
+    `but_not`; with `finished_before`, only those that finished before that moment. Every read below is a scan
+    of the primary key, joined to the task by primary key."""
+
+    after: int = 0
+    upto: int | None = None
+    also: frozenset[int] = frozenset()
+    but_not: frozenset[int] = frozenset()
+    finished_before: datetime | None = None
+
+    def where(self) -> ColumnElement[bool]:
+        in_range = _A.pk > self.after if self.upto is None else and_(_A.pk > self.after, _A.pk <= self.upto)
+        conditions = [or_(in_range, _pk_in(self.also))]
+        if self.but_not:
+            conditions.append(not_(_pk_in(self.but_not)))
+        if self.finished_before is not None:
+            conditions.append(_A.finished_at < self.finished_before)
+        return and_(*conditions)
+
+
+def _pk_in(pks: frozenset[int]) -> ColumnElement[bool]:
+    return _A.pk.in_(sorted(pks)) if pks else false()
+
+
+@dataclass(frozen=True)
+class AttemptOutcomes:
+    """Attempts of one agent type and queue that are in one status with one failure class ("" for none)."""
+
+    agent: str
+    queue: str
+    status: AttemptStatus
+    failure_class: str
+    count: int
+    retries: int  # of them, attempts after their task's first
+    tokens: tuple[int, int, int, int]  # input, output, cache creation, cache read
+    cost_nano_usd: int
+
+
+def attempt_outcomes(session: Session, attempts: AttemptSet) -> list[AttemptOutcomes]:
+    failure = func.coalesce(_A.failure_class, "")
+    rows = session.execute(
+        select(
+            _T.agent,
+            _T.queue,
+            _A.status,
+            failure,
+            func.count(),
+            func.sum(case((_A.number > 1, 1), else_=0)),
+            func.sum(_A.input_tokens),
+            func.sum(_A.output_tokens),
+            func.sum(_A.cache_creation_tokens),
+            func.sum(_A.cache_read_tokens),
+            func.sum(sql_cast(func.round(_A.cost_usd * NANO_USD_PER_USD), BigInteger)),
+        )
+        .join_from(_ATTEMPTS, _TASKS, _OF_TASK)
+        .where(attempts.where())
+        .group_by(_T.agent, _T.queue, _A.status, failure)
+    )
+    return [
+        AttemptOutcomes(
+            agent,
+            queue,
+            AttemptStatus(status),
+            failure_class,
+            int(count),
+            int(retries or 0),
+            (int(inputs or 0), int(outputs or 0), int(created or 0), int(read or 0)),
+            int(cost or 0),
+        )
+        for agent, queue, status, failure_class, count, retries, inputs, outputs, created, read, cost in rows
+    ]
+
+
+@dataclass(frozen=True)
+class BucketCount:
+    """Observations of one agent type, queue and (for run times) status that fell into histogram bucket
+    `index`, and their sum."""
+
+    agent: str
+    queue: str
+    status: str  # "" for start latencies
+    index: int
+    count: int
+    total: float
+
+
+def run_time_buckets(session: Session, attempts: AttemptSet, bounds: Sequence[float]) -> list[BucketCount]:
+    """Finished attempts' run time, claim to recorded end."""
+    ran = _Seconds(_A.started_at, _A.finished_at)
+    index = bucket_index(ran, bounds)
+    rows = session.execute(
+        select(_T.agent, _T.queue, _A.status, index, func.count(), func.sum(ran))
+        .join_from(_ATTEMPTS, _TASKS, _OF_TASK)
+        .where(attempts.where(), _A.finished_at.is_not(None))
+        .group_by(_T.agent, _T.queue, _A.status, index)
+    )
+    return [BucketCount(a, q, str(s), int(i), int(c), float(t or 0.0)) for a, q, s, i, c, t in rows]
+
+
+def start_latency_buckets(session: Session, attempts: AttemptSet, bounds: Sequence[float]) -> list[BucketCount]:
+    """Ready to started: from dispatch queueing the task to a worker's claim."""
+    waited = _Seconds(_A.queued_at, _A.started_at)
+    index = bucket_index(waited, bounds)
+    rows = session.execute(
+        select(_T.agent, _T.queue, index, func.count(), func.sum(waited))
+        .join_from(_ATTEMPTS, _TASKS, _OF_TASK)
+        .where(attempts.where(), _A.queued_at.is_not(None))
+        .group_by(_T.agent, _T.queue, index)
+    )
+    return [BucketCount(a, q, "", int(i), int(c), float(t or 0.0)) for a, q, i, c, t in rows]
+
+
+def spend_by_plan(session: Session, attempts: AttemptSet, plan_ids: Collection[str] | None = None) -> dict[str, Spend]:
+    """What the attempts spent, per plan (running ones as far as their heartbeats reported), as
+    `repo.plan_spend` counts it; only the plans `plan_ids` when given."""
+    query = select(_T.plan_id, *SPENT).join_from(_ATTEMPTS, _TASKS, _OF_TASK).where(attempts.where())
+    if plan_ids is not None:
+        query = query.where(_T.plan_id.in_(sorted(plan_ids)))
+    rows = session.execute(query.group_by(_T.plan_id))
+    return {plan_id: Spend(float(usd or 0.0), int(tokens or 0)) for plan_id, usd, tokens in rows}
+
+
+def last_started_before(session: Session, after: int, moment: datetime) -> int | None:
+    """The highest primary key above `after` of an attempt claimed before `moment`."""
+    found = session.scalar(select(func.max(_A.pk)).where(_A.pk > after, _A.started_at < moment))
+    return None if found is None else int(found)
+
+
+def unfinished_before(session: Session, attempts: AttemptSet, moment: datetime) -> frozenset[int]:
+    """The attempts among `attempts` that had not finished before `moment` (running, or finished since)."""
+    late = or_(_A.finished_at.is_(None), _A.finished_at >= moment)
+    return frozenset(int(pk) for pk in session.scalars(select(_A.pk).where(attempts.where(), late)))
+
+
+# --- plans, tasks and workers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanRef:
+    id: str
+    name: str
+    status: PlanStatus
+    created_at: datetime
+    finished_at: datetime | None
+    budget: Budget
+
+    @property
+    def final(self) -> bool:
+        return self.status in PLAN_FINAL
+
+
+TaskCounts = dict[tuple[str, str], int]  # (agent type, task state) -> tasks
+_PLAN_COLUMNS = (_P.id, _P.name, _P.status, _P.created_at, _P.finished_at, _P.budget_usd, _P.budget_tokens)
+
+
+def plans_in_scope(session: Session, recent: int) -> list[PlanRef]:
+    """Every plan that is running or held (`status IN` those statuses: the status index), and the `recent` most
+    recently finished. Nothing else, however many plans the store holds."""
+    rows = list(session.execute(select(*_PLAN_COLUMNS).where(_P.status.in_(sorted(PLAN_OPEN)))))
+    if recent > 0:
+        rows += session.execute(
+            select(*_PLAN_COLUMNS)
+            .where(_P.status.in_(sorted(PLAN_FINAL)))
+            .order_by(_P.finished_at.desc(), _P.id)
+            .limit(recent)
+        )
+    return [
+        PlanRef(plan_id, name, PlanStatus(status), created, finished, Budget(usd, tokens))
+        for plan_id, name, status, created, finished, usd, tokens in rows
+    ]
+
+
+def task_counts(session: Session, plan_ids: Sequence[str]) -> dict[str, TaskCounts]:
+    """Tasks per plan, agent type and state: one grouped query over the plans' rows (the plan_id index)."""
+    counts: dict[str, TaskCounts] = {plan_id: {} for plan_id in plan_ids}
+    if plan_ids:
+        for plan_id, agent, status, count in session.execute(
+            select(_T.plan_id, _T.agent, _T.status, func.count())
+            .where(_T.plan_id.in_(plan_ids))
+            .group_by(_T.plan_id, _T.agent, _T.status)
+        ):
+            counts[plan_id][(agent, str(status))] = int(count)
+    return counts
+
+
+def running_attempts_by_worker(session: Session) -> Counter[str]:
+    """Attempts running on each worker (its Celery node name), by the running tasks' current attempts."""
+    rows = session.execute(
+        select(_A.worker, func.count())
+        .join_from(_TASKS, _ATTEMPTS, and_(_OF_TASK, _A.number == _T.attempt))
+        .where(_T.status == TaskStatus.RUNNING)
+        .group_by(_A.worker)
+    )
+    return Counter({str(worker): int(count) for worker, count in rows})
+
+
+def queued_tasks_by_queue(session: Session) -> dict[str, int]:
+    """Tasks in state `queued`, per broker queue (the status index)."""
+    rows = session.execute(
+        select(_T.queue, func.count()).where(_T.status == TaskStatus.QUEUED).group_by(_T.queue)
+    ).all()
+    return {str(queue): int(count) for queue, count in rows}
