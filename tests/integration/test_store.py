@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -252,3 +253,10 @@ def test_events_are_written_at_commit_in_order_and_dropped_on_rollback(store_url
         ("task", a, "succeeded"),
     ]
     assert sorted(new for _, _, new in logged[4:]) == ["queued", "queued"]
+
+
+def test_a_sqlite_url_with_a_driver_name_gets_the_same_store_set_up(tmp_path: Path) -> None:
+    url = f"sqlite+pysqlite:///{tmp_path / 'nested' / 'store.db'}"
+    with ensure_schema(url).connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
