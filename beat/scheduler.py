@@ -14,6 +14,7 @@ from celery.beat import Scheduler
 from beat.single import hold_single_beat_lock
 from beat.tick import run_tick
 from orch.errors import ConfigInvalid
+from orch.liveness import touch
 from orch.log import get_logger
 from orch.settings import get_settings
 from orch.store.db import STORE_UNAVAILABLE, ensure_schema
@@ -67,8 +68,7 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
         if self.liveness_file is not None:
             # touched from the beat's loop, so a beat hung in a tick stops touching it (a probe reads its age)
             if now >= self._next_alive:
-                self.liveness_file.parent.mkdir(parents=True, exist_ok=True)
-                self.liveness_file.touch()
+                touch(self.liveness_file)
                 self._next_alive = now + self.liveness_seconds
             next_wake = min(next_wake, self._next_alive)
         return max(_MIN_SLEEP, min(interval, next_wake - time.monotonic()))
