@@ -14,6 +14,7 @@ from celery.beat import Scheduler
 from beat.single import hold_single_beat_lock
 from beat.tick import run_tick
 from orch.errors import ConfigInvalid
+from orch.liveness import touch
 from orch.log import get_logger
 from orch.settings import get_settings
 from orch.store.db import STORE_UNAVAILABLE, ensure_schema
@@ -26,13 +27,16 @@ _MIN_SLEEP = 0.01
 class OrchScheduler(Scheduler):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = get_settings()
-        # SQLite: refuse a second beat. A beat limited to its own plans (`orch run`'s) dispatches nothing else.
-        scoped = bool(settings.beat_plan_ids)
+        # One beat per store (beat/single.py). A beat limited to its own plans (`orch run`'s) takes no lock, nor
+        # does the lazy scheduler `celery beat` builds only to print its banner.
+        unguarded = bool(settings.beat_plan_ids) or bool(kwargs.get("lazy"))
+        self._exit_code = 0
         try:
-            self._single_beat = None if scoped else hold_single_beat_lock(settings.resolved_database_url)
+            self._single_beat = None if unguarded else hold_single_beat_lock(settings.resolved_database_url)
         except ConfigInvalid as exc:
             print(f"orch: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
+        self._lock_held = True
         super().__init__(*args, **kwargs)
         self.tick_seconds = settings.tick_seconds
         self.lease_seconds = settings.lease_seconds
@@ -50,25 +54,61 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
         interval = float(super().tick(*args, **kwargs))
         now = time.monotonic()
         if now >= self._next_tick:
-            # Reap only once the store has been reachable for a whole lease period: after an outage (or a beat
-            # restart) workers get the chance to renew the leases they held, and to record results they kept.
-            reap = self._store_since is not None and now - self._store_since >= self.lease_seconds
-            try:
-                run_tick(reap=reap)
-                if self._store_since is None:
-                    self._store_since = now
-            except STORE_UNAVAILABLE:  # the store is away: reap again only a lease period after it returns
+            if self._holds_beat_lock():
+                self._tick(now)
+            else:
                 self._store_since = None
-                log.exception("tick failed: store unreachable; retrying next tick")
-            except Exception:  # e.g. the broker is away: the tick's store transaction (reaping too) committed
-                log.exception("tick failed; retrying next tick")
             self._next_tick = time.monotonic() + self.tick_seconds
         next_wake = self._next_tick
         if self.liveness_file is not None:
             # touched from the beat's loop, so a beat hung in a tick stops touching it (a probe reads its age)
             if now >= self._next_alive:
-                self.liveness_file.parent.mkdir(parents=True, exist_ok=True)
-                self.liveness_file.touch()
+                touch(self.liveness_file)
                 self._next_alive = now + self.liveness_seconds
             next_wake = min(next_wake, self._next_alive)
         return max(_MIN_SLEEP, min(interval, next_wake - time.monotonic()))
+
+    def _tick(self, now: float) -> None:
+        # Reap only once the store has been reachable for a whole lease period: after an outage (or a beat
+        # restart) workers get the chance to renew the leases they held, and to record results they kept.
+        reap = self._store_since is not None and now - self._store_since >= self.lease_seconds
+        try:
+            run_tick(reap=reap)
+            if self._store_since is None:
+                self._store_since = now
+        except STORE_UNAVAILABLE:  # the store is away: reap again only a lease period after it returns
+            self._store_since = None
+            log.exception("tick failed: store unreachable; retrying next tick")
+        except Exception:  # e.g. the broker is away: the tick's store transaction (reaping too) committed
+            log.exception("tick failed; retrying next tick")
+
+    def _holds_beat_lock(self) -> bool:
+        """Whether this beat may tick: it holds the store's beat lock (taking it again after losing its
+        connection). Stops the beat if another one took it."""
+        if self._single_beat is None:
+            return True
+        try:
+            held = self._single_beat.keep()
+        except ConfigInvalid as exc:
+            print(f"orch: {exc}", file=sys.stderr)
+            self._exit_code = exc.exit_code
+            raise SystemExit(exc.exit_code) from None  # Celery's loop ends, then calls close()
+        except Exception:
+            log.exception("the beat lock could not be checked; not ticking until it can")
+            held = False
+        if held != self._lock_held:
+            if not held:
+                log.warning("not ticking until the beat lock is held again (the store is unreachable)")
+            self._lock_held = held
+        return held
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._single_beat is not None:
+                self._single_beat.release()
+        if self._exit_code:
+            # Celery's beat loop swallows SystemExit and returns normally: raised here, after its cleanup,
+            # it reaches the command, so a beat that lost its lock to another exits 2.
+            raise SystemExit(self._exit_code)

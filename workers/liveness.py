@@ -6,8 +6,10 @@ that timer runs in the main process's event loop, which tasks never block, so a 
 touching it. (The solo pool runs tasks in that loop: a long task there would look like a hang.)
 
 While the worker has no broker connection (starting, or reconnecting after losing it) the loop does not run; a
-thread touches the file meanwhile. A worker waiting for its broker is not hung, restarting it would not bring the
-broker back, and Celery gives up by itself after `broker_connection_max_retries`."""
+thread touches the file meanwhile. It reads "no connection" as `consumer.connection is None`: Celery sets it so
+until it connects, and, from 5.7 on (pyproject's lower bound), again as soon as it loses the broker. A worker
+waiting for its broker is not hung, restarting it would not bring the broker back, and Celery gives up by itself
+after `broker_connection_max_retries`."""
 
 from __future__ import annotations
 
@@ -17,12 +19,8 @@ from typing import Any
 
 from celery import bootsteps
 
+from orch.liveness import touch
 from orch.settings import get_settings
-
-
-def touch(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch()
 
 
 class LivenessFile(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -1,5 +1,6 @@
 """The liveness file a Kubernetes probe reads (deploy/k8s): a real `celery worker` and a real `celery beat` keep
-touching it from their main process; a frozen one stops; a worker whose broker is away is not called hung."""
+touching it from their main process; a frozen one stops; a worker whose broker is away is not called hung, and
+its main loop touches the file again once the broker is back."""
 
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def test_worker_touches_the_liveness_file_until_its_loop_is_frozen(tmp_path: Pat
     broker = EmbeddedRedis(log_path=tmp_path / "redis.log")
     broker_url = broker.start()
     try:
-        worker, alive = start(["worker", "-Q", "agent.general-purpose", "-c", "1"], broker_url, tmp_path, processes)
+        worker, alive = start(
+            ["worker", "-Q", "agent.general-purpose", "-c", "1", "-l", "INFO"], broker_url, tmp_path, processes
+        )
         keeps_being_touched(alive)
 
         with frozen(worker):  # a hung main process
@@ -67,8 +70,16 @@ def test_worker_touches_the_liveness_file_until_its_loop_is_frozen(tmp_path: Pat
             frozen_at = alive.stat().st_mtime
         wait_for(lambda: alive.stat().st_mtime > frozen_at, 10, "the liveness file to be touched after SIGCONT")
 
+        log = tmp_path / "worker.log"
+        connected = log.read_text().count("Connected to ")
         broker.stop()  # a worker retrying its broker is waiting, not hung: a restart would not help
-        wait_for(lambda: "Trying again" in (tmp_path / "worker.log").read_text(), 30, "the worker to retry its broker")
+        wait_for(lambda: "Trying again" in log.read_text(), 30, "the worker to retry its broker")
+        keeps_being_touched(alive)
+
+        broker.folder.mkdir(parents=True, exist_ok=True)
+        broker.start()  # the same socket, so the worker's broker URL again
+        wait_for(lambda: log.read_text().count("Connected to ") > connected, 60, "the worker to reconnect")
+        # Connected, the thread no longer touches the file: the main loop's timer does, as before the outage.
         keeps_being_touched(alive)
     finally:
         broker.stop()

@@ -258,9 +258,9 @@ class Cluster:
         self._processes: dict[str, subprocess.Popen[bytes]] = {}  # those running on purpose: see `forget`
         self._logs: dict[str, Path] = {}  # every process's log, forgotten or not
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
         log = self.run.logs / f"{name}.log"
-        process = spawn(args, log, self.run.folder, self.env)
+        process = spawn(args, log, self.run.folder, {**self.env, **extra_env})
         self._processes[name] = process
         self._logs[name] = log
         return process
@@ -274,11 +274,11 @@ class Cluster:
             args += ["-l", loglevel]
         return self._spawn(name, [*args, "--without-mingle", "--without-gossip"])
 
-    def beat(self, name: str = "beat", schedule: Path | None = None) -> subprocess.Popen[bytes]:
+    def beat(self, name: str = "beat", schedule: Path | None = None, **extra_env: str) -> subprocess.Popen[bytes]:
         """A beat named `name`, with a schedule file of its own (by default `<name>-schedule` in the run's folder),
-        so that several may run at once."""
+        so that several may run at once (one for the whole store, others limited to plans by ORCH_BEAT_PLANS)."""
         schedule = schedule or self.run.folder / f"{name}-schedule"
-        return self._spawn(name, [*CELERY, "beat", "-s", str(schedule)])
+        return self._spawn(name, [*CELERY, "beat", "-s", str(schedule)], **extra_env)
 
     def start(
         self,

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,15 @@ import kubernetes_validate
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from orch.agents import load_agents
 from orch.settings import Settings
 from orch.states import TaskStatus
-from orch.store.db import ensure_schema
+from orch.store import repo
+from orch.store.db import ensure_schema, write_session
+from orch.store.models import TaskRow
+from tests.helpers import make_plan
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -252,6 +256,20 @@ def test_every_service_container_has_a_liveness_probe_and_none_asks_celery(rende
                 assert "inspect" not in json.dumps(container.get(probe, {})), f"{name(obj)}: {probe} runs celery"
 
 
+def startup_budget(probe: Obj) -> int:
+    """Seconds a startup probe lets a container take before its liveness probe may restart it."""
+    period, failures = int(probe.get("periodSeconds", 10)), int(probe.get("failureThreshold", 3))
+    return int(probe.get("initialDelaySeconds", 0)) + period * failures
+
+
+def test_the_exporter_may_start_slowly_on_a_large_store(rendered: list[Obj]) -> None:
+    """It opens its port after its first pass over the store: its TCP liveness probe must not restart it before."""
+    (exporter,) = containers(next(o for o in rendered if o["kind"] == "Deployment" and name(o) == "orch-exporter"))
+    startup = exporter["startupProbe"]
+    assert startup["tcpSocket"] == exporter["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
+    assert startup_budget(startup) >= 600, f"the exporter gets {startup_budget(startup)}s to open its port"
+
+
 def liveness_command(container: Obj) -> list[str]:
     return list(container["livenessProbe"]["exec"]["command"])
 
@@ -405,11 +423,46 @@ def test_each_worker_scales_on_its_queued_and_running_tasks(rendered: list[Obj])
         assert "replicas" not in worker["spec"], f"{name(worker)}: KEDA owns replicas; an apply would reset them"
 
 
-def test_the_scaling_query_runs_against_the_store(base: list[Obj], tmp_path: Path) -> None:
-    engine = ensure_schema(f"sqlite:///{tmp_path / 'store.db'}")
-    with engine.connect() as conn:
+OTHER_QUEUE = "agent.nobody-reads-this"
+
+
+def seed_every_status(url: str) -> Counter[tuple[str, TaskStatus]]:
+    """Tasks in every status on every agent type's queue and on a queue no worker reads, stored with the store's
+    own functions (then put in their status through the ORM); returns how many there are of each (queue, status).
+    The counts differ from one (queue, status) to the next, so a query counting the wrong ones cannot match."""
+    agents = load_agents(REPO / "config")
+    queues = [*agents.queues, OTHER_QUEUE]
+    planned: dict[str, tuple[str, TaskStatus]] = {}
+    for q, queue in enumerate(queues):
+        agent = agents.names[q % len(agents.names)]
+        for s, status in enumerate(TaskStatus):
+            for n in range(1 + (q + 2 * s) % 4):
+                planned[f"{agent}.{status}.{q}.{n}"] = (queue, status)
+    plan = make_plan([{"id": key, "title": key, "agent": key.split(".")[0], "command": "true"} for key in planned])
+    with write_session(url) as session:
+        plan_id = repo.submit_plan(session, plan, repo.db_now(session))
+    with write_session(url) as session:
+        for row in session.scalars(select(TaskRow).where(TaskRow.plan_id == plan_id)):
+            row.queue, row.status = planned[row.key]
+    return Counter(planned.values())
+
+
+@pytest.mark.parametrize("store", ["sqlite_url", pytest.param("postgres_url", marks=pytest.mark.postgres)])
+def test_the_scaling_query_counts_the_queued_and_running_tasks_of_its_queues(
+    base: list[Obj], store: str, request: pytest.FixtureRequest
+) -> None:
+    """KEDA runs each trigger's query against PostgreSQL; here it runs against a store holding tasks of every
+    status, on SQLite and PostgreSQL, and must count exactly its worker's queued and running tasks."""
+    url = str(request.getfixturevalue(store))
+    counts = seed_every_status(url)
+    deployments = {name(w): w for w in workers(base)}
+    in_flight = (TaskStatus.QUEUED, TaskStatus.RUNNING)
+    with ensure_schema(url).connect() as conn:
         for scaler in of_kind(base, "ScaledObject"):
-            assert conn.execute(text(scaler["spec"]["triggers"][0]["metadata"]["query"])).scalar_one() == 0
+            queues = worker_queues(deployments[scaler["spec"]["scaleTargetRef"]["name"]])
+            expected = sum(counts[(queue, status)] for queue in queues for status in in_flight)
+            found = conn.execute(text(scaler["spec"]["triggers"][0]["metadata"]["query"])).scalar_one()
+            assert found == expected > 0, f"{name(scaler)}: counted {found}, the store holds {expected}"
 
 
 def policies_for(objs: list[Obj], labels: dict[str, str]) -> list[Obj]:
