@@ -19,6 +19,9 @@ POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
 # Another checkout running its suite on this machine at the same time picks another database (TEST_REDIS_DB).
 REDIS_TEST_DB = int(os.environ.get("TEST_REDIS_DB", "11"))
+REDIS_FAULT_DB = 12  # the fault suite's (tests/faults/conftest.py): never flushed, so never a checkout's test DB
+if REDIS_TEST_DB == REDIS_FAULT_DB:
+    raise pytest.UsageError(f"TEST_REDIS_DB={REDIS_TEST_DB} is the fault suite's Redis database; pick another")
 
 
 def reachable(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT, REDIS_HOST, REDIS_PORT, require_service
+from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT, REDIS_FAULT_DB, REDIS_HOST, REDIS_PORT, require_service
 from tests.faults.harness import REPO, Cluster, FaultRun, Figures, clean_broker, format_figures
 
 REPORT_PATH = REPO / ".orch" / "faults-report.md"
-# Not the other tiers' Redis database: their fixtures flush it, which would drop a running scenario's messages.
-# Scenarios share this one without flushing it: each run has queues of its own (FaultRun.config_dir).
-REDIS_FAULT_DB = 12
+# REDIS_FAULT_DB is not the other tiers' Redis database: their fixtures flush it, which would drop a running
+# scenario's messages. Scenarios share it without flushing it: each run has queues of its own (FaultRun.config_dir).
 
 
 @dataclass
