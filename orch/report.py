@@ -227,9 +227,7 @@ class Progress:
     @classmethod
     def load(cls, session: Session, plan_id: str) -> Progress:
         plan = repo.find_plan(session, plan_id)
-        by_agent: dict[str, Counter[TaskStatus]] = {}
-        for (agent, status), count in reads.counts_by_agent(session, plan.id).items():
-            by_agent.setdefault(agent, Counter())[status] = count
+        by_agent = reads.counts_by_agent(session, plan.id)
         now = repo.db_now(session)
         pauses = {a: (p.until, p.reason) for a, p in repo.active_pauses(session, now).items() if a in by_agent}
         running = reads.running_tasks(session, plan.id, RUNNING_SHOWN)
@@ -237,10 +235,7 @@ class Progress:
 
     @property
     def counts(self) -> Counter[TaskStatus]:
-        total: Counter[TaskStatus] = Counter()
-        for counts in self.by_agent.values():
-            total.update(counts)
-        return total
+        return reads.status_totals(self.by_agent.values())
 
     @property
     def total_tokens(self) -> int:
@@ -300,7 +295,7 @@ def plans_table(session: Session, plans: list[PlanRow]) -> Table:
     for column in ("id", "name", "status", "tasks", "created"):
         table.add_column(column)
     for plan in plans:
-        counts = repo.count_by_status(session, plan.id)
+        counts = reads.count_by_status(session, plan.id)
         total = sum(counts.values())
         done = sum(n for s, n in counts.items() if s in TERMINAL)
         table.add_row(

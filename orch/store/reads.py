@@ -3,6 +3,8 @@ a 100,000-task plan, polled every second), and the whole plan with its attempts 
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,14 +23,30 @@ class RunningTask:
     started_at: datetime | None
 
 
-def counts_by_agent(session: Session, plan_id: str) -> dict[tuple[str, TaskStatus], int]:
-    """The plan's tasks counted per (agent type, status): one GROUP BY."""
+def counts_by_agent(session: Session, plan_id: str) -> dict[str, Counter[TaskStatus]]:
+    """The plan's tasks counted per agent type and status: one GROUP BY."""
     rows = session.execute(
         select(TaskRow.agent, TaskRow.status, func.count())
         .where(TaskRow.plan_id == plan_id)
         .group_by(TaskRow.agent, TaskRow.status)
     )
-    return {(agent, status): count for agent, status, count in rows}
+    by_agent: dict[str, Counter[TaskStatus]] = {}
+    for agent, status, count in rows:
+        by_agent.setdefault(agent, Counter())[status] = count
+    return by_agent
+
+
+def status_totals(counts: Iterable[Counter[TaskStatus]]) -> Counter[TaskStatus]:
+    """Counts per status added up (over agent types)."""
+    total: Counter[TaskStatus] = Counter()
+    for each in counts:
+        total.update(each)
+    return total
+
+
+def count_by_status(session: Session, plan_id: str) -> Counter[TaskStatus]:
+    """The plan's tasks counted per status."""
+    return status_totals(counts_by_agent(session, plan_id).values())
 
 
 def running_tasks(session: Session, plan_id: str, limit: int) -> list[RunningTask]:
