@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from orch.durations import format_duration
 from orch.prices import Usage
-from orch.report import iso, usage_json
+from orch.report import counted, format_cost, format_tokens, iso, sum_costs, usage_json
 from orch.states import DOOMING, PLAN_FINAL, TERMINAL, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import reads, repo
 from orch.store.models import AttemptRow, PlanRow, TaskRow
@@ -113,7 +113,7 @@ class TaskReport:
 
     @property
     def cost_usd(self) -> float | None:
-        return _sum_costs(a.cost_usd for a in self.attempts)
+        return sum_costs(a.cost_usd for a in self.attempts)
 
     @property
     def mark(self) -> str:
@@ -171,7 +171,7 @@ class CompletionReport:
 
     @property
     def cost_usd(self) -> float | None:
-        return _sum_costs(t.cost_usd for t in self.tasks)
+        return sum_costs(t.cost_usd for t in self.tasks)
 
     @property
     def files_changed(self) -> list[str] | None:
@@ -221,7 +221,7 @@ def _totals_json(tasks: list[TaskReport], wall: float | None, verification: dict
         "attempts_by_status": {s.value: attempt_statuses[s] for s in AttemptStatus},
         "run_s": round(sum(a.seconds for a in attempts), 3),
         "tokens": usage_json(sum((a.usage for a in attempts), Usage())),
-        "cost_usd": _usd(_sum_costs(a.cost_usd for a in attempts)),
+        "cost_usd": _usd(sum_costs(a.cost_usd for a in attempts)),
     }
     if verification is not None:
         totals["wall_s"] = _seconds(wall)
@@ -236,11 +236,6 @@ def _by_agent(tasks: list[TaskReport]) -> dict[str, list[TaskReport]]:
     for task in sorted(tasks, key=lambda t: t.agent):
         grouped.setdefault(task.agent, []).append(task)
     return grouped
-
-
-def _sum_costs(costs: Any) -> float | None:
-    known = [c for c in costs if c is not None]
-    return sum(known) if known else None
 
 
 def _usd(cost: float | None) -> float | None:
@@ -381,14 +376,6 @@ def _dur(seconds: float | None) -> str:
     return "—" if seconds is None else format_duration(seconds)
 
 
-def _tokens(usage: Usage) -> str:
-    return f"{usage.total:,}" if usage.total else "—"
-
-
-def _cost(cost: float | None) -> str:
-    return "—" if cost is None else f"${cost:,.4f}"
-
-
 def _files_cell(files: list[str] | None, shown: int = 3) -> str:
     if files is None:
         return "—"
@@ -400,10 +387,6 @@ def _files_cell(files: list[str] | None, shown: int = 3) -> str:
 
 def _status_counts(counts: Counter[Any], order: Any) -> str:
     return ", ".join(f"{counts[s]} {s.value}" for s in order if counts[s]) or "none"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _more(left: int) -> list[str]:
@@ -433,7 +416,7 @@ def render_markdown(report: CompletionReport, max_tasks: int = MD_MAX_TASKS) -> 
         f"- **Agent time:** {_dur(sum(a.seconds for a in attempts))} (every attempt's run time, added up)",
         f"- **Tokens:** {usage.total:,} (input {usage.input_tokens:,}, output {usage.output_tokens:,}, "
         f"cache write {usage.cache_creation_tokens:,}, cache read {usage.cache_read_tokens:,})",
-        f"- **Cost:** {_cost(report.cost_usd)}",
+        f"- **Cost:** {format_cost(report.cost_usd, '—')}",
     ]
     if any(verification.values()):
         lines.append(
@@ -463,8 +446,8 @@ def _agents_table(report: CompletionReport) -> list[str]:
         lines.append(
             f"| {md_text(agent)} | {len(tasks)} | {done} | {failed} | {sum(len(t.attempts) for t in tasks)} "
             f"| {_dur(sum(t.run_seconds for t in tasks)) if any(t.attempts for t in tasks) else '—'} "
-            f"| {_tokens(sum((t.usage for t in tasks), Usage()))} "
-            f"| {_cost(_sum_costs(t.cost_usd for t in tasks))} |"
+            f"| {format_tokens(sum((t.usage for t in tasks), Usage()), '—')} "
+            f"| {format_cost(sum_costs(t.cost_usd for t in tasks), '—')} |"
         )
     return lines
 
@@ -482,7 +465,8 @@ def _tasks_table(report: CompletionReport, max_tasks: int) -> list[str]:
         lines.append(
             f"| {md_code(task.key, in_table=True)} | {md_text(task.title, 80)} | {md_text(task.agent)} "
             f"| {task.mark} {task.status_text} | {len(task.attempts)} | {_dur(task.wall_seconds)} "
-            f"| {_dur(task.run_seconds) if task.attempts else '—'} | {_tokens(task.usage)} | {_cost(task.cost_usd)} "
+            f"| {_dur(task.run_seconds) if task.attempts else '—'} | {format_tokens(task.usage, '—')} "
+            f"| {format_cost(task.cost_usd, '—')} "
             f"| {verify} | {_files_cell(task.files_changed)} |"
         )
     return lines + _more(len(report.tasks) - max_tasks)
@@ -500,7 +484,7 @@ def _failures(report: CompletionReport, max_tasks: int) -> list[str]:
         return []
     lines = ["", "### Failures and retries", ""]
     for task in failing[:max_tasks]:
-        tries = f" after {_count(len(task.attempts), 'attempt')}" if task.attempts else ""
+        tries = f" after {counted(len(task.attempts), 'attempt')}" if task.attempts else ""
         head = f"- {task.mark} {md_code(task.key)} ({md_text(task.agent)}): {task.status_text}{tries}"
         if task.blocked_by:
             head += " — blocked by " + ", ".join(md_code(k) for k in task.blocked_by)

@@ -4,7 +4,7 @@ and its progress by aggregate (what the live views poll)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -79,8 +79,7 @@ class PlanSnapshot:
 
     @property
     def cost_usd(self) -> float | None:
-        costs = [s.cost_usd for s in self.stats.values() if s.cost_usd is not None]
-        return sum(costs) if costs else None
+        return sum_costs(s.cost_usd for s in self.stats.values())
 
     @property
     def counts(self) -> Counter[TaskStatus]:
@@ -143,12 +142,23 @@ def usage_json(usage: Usage) -> dict[str, int]:
     }
 
 
-def format_tokens(usage: Usage) -> str:
-    return f"{usage.total:,}" if usage.total else ""
+def format_tokens(usage: Usage, blank: str = "") -> str:
+    return f"{usage.total:,}" if usage.total else blank
 
 
-def format_cost(cost: float | None) -> str:
-    return "" if cost is None else f"${cost:.4f}"
+def format_cost(cost: float | None, blank: str = "") -> str:
+    return blank if cost is None else f"${cost:,.4f}"
+
+
+def sum_costs(costs: Iterable[float | None]) -> float | None:
+    """The known costs added up; None when none is known (no attempt had a price)."""
+    known = [c for c in costs if c is not None]
+    return sum(known) if known else None
+
+
+def counted(n: int, noun: str) -> str:
+    """`n` and a noun, plural unless n is 1: "1 task", "2,000 tasks"."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def task_duration(task: TaskRow, now: datetime) -> str:
@@ -201,7 +211,7 @@ def summary_line(snapshot: Summarised) -> Text:
     if snapshot.total_tokens:
         text.append(f"  tokens: {snapshot.total_tokens:,}")
     if snapshot.cost_usd is not None:
-        text.append(f"  cost: ${snapshot.cost_usd:.4f}")
+        text.append(f"  cost: {format_cost(snapshot.cost_usd)}")
     if snapshot.plan.held_reason:
         text.append(f"\n  held: {snapshot.plan.held_reason}", style="yellow")
     for agent, (until, reason) in snapshot.pauses.items():
