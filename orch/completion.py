@@ -18,7 +18,7 @@ from orch.prices import Usage
 from orch.report import counted, format_cost, format_tokens, iso, sum_costs, usage_json
 from orch.states import DOOMING, PLAN_FINAL, TERMINAL, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import reads, repo
-from orch.store.models import AttemptRow, PlanRow, TaskRow
+from orch.store.models import PlanRow
 
 SCHEMA = "orch.report/1"
 MD_MAX_TASKS = 500  # Markdown lists at most this many tasks in each section; JSON has them all
@@ -46,42 +46,24 @@ PLAN_MARK = {
 VERIFY_MARK = {"passed": "✅ passed", "failed": "❌ failed", "not_run": "not run"}
 
 
-@dataclass(frozen=True)
-class AttemptReport:
-    number: int
-    status: AttemptStatus
-    worker: str
-    queued_at: datetime | None
-    started_at: datetime
-    finished_at: datetime | None
-    seconds: float  # its run time (so far, while it runs)
-    exit_code: int | None
-    failure_class: str | None
-    error: str | None
-    model: str | None
-    usage: Usage
-    cost_usd: float | None
-    verified: bool | None
-    files_changed: list[str] | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "status": self.status.value,
-            "worker": self.worker,
-            "queued_at": iso(self.queued_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "seconds": round(self.seconds, 3),
-            "exit_code": self.exit_code,
-            "failure_class": self.failure_class,
-            "error": self.error,
-            "model": self.model,
-            "tokens": usage_json(self.usage),
-            "cost_usd": _usd(self.cost_usd),
-            "verified": self.verified,
-            "files_changed": self.files_changed,
-        }
+def attempt_json(attempt: reads.AttemptSummary) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "status": attempt.status.value,
+        "worker": attempt.worker,
+        "queued_at": iso(attempt.queued_at),
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "seconds": round(attempt.seconds, 3),
+        "exit_code": attempt.exit_code,
+        "failure_class": attempt.failure_class,
+        "error": attempt.error,
+        "model": attempt.model,
+        "tokens": usage_json(attempt.usage),
+        "cost_usd": _usd(attempt.cost_usd),
+        "verified": attempt.verified,
+        "files_changed": attempt.files_changed,
+    }
 
 
 @dataclass(frozen=True)
@@ -93,7 +75,7 @@ class TaskReport:
     skipped: bool  # succeeded by `orch skip`, without a succeeded attempt
     after: list[str]
     blocked_by: list[str]  # an upstream_failed task's dependencies that did not succeed
-    attempts: list[AttemptReport]
+    attempts: list[reads.AttemptSummary]
     finished_at: datetime | None
     wall_seconds: float | None  # first attempt's start to the task's end (or now)
     verify: str | None
@@ -146,7 +128,7 @@ class TaskReport:
             "error": self.error,
             "failure_class": self.failure_class,
             "result": self.result,
-            "history": [a.as_json() for a in self.attempts],
+            "history": [attempt_json(a) for a in self.attempts],
         }
 
 
@@ -162,7 +144,7 @@ class CompletionReport:
         return None if end is None else max(0.0, (end - self.plan.created_at).total_seconds())
 
     @property
-    def attempts(self) -> list[AttemptReport]:
+    def attempts(self) -> list[reads.AttemptSummary]:
         return [a for t in self.tasks for a in t.attempts]
 
     @property
@@ -251,56 +233,38 @@ def _seconds(seconds: float | None) -> float | None:
 
 def load_report(session: Session, plan_ref: str) -> CompletionReport:
     plan = repo.find_plan(session, plan_ref)
-    tasks = repo.plan_tasks(session, plan.id)
-    attempts: dict[int, list[AttemptRow]] = {}
-    for attempt in reads.plan_attempts(session, plan.id):
+    now = repo.db_now(session)
+    tasks = reads.task_summaries(session, plan.id)
+    attempts: dict[int, list[reads.AttemptSummary]] = {}
+    for attempt in reads.attempt_summaries(session, plan.id, now):
         attempts.setdefault(attempt.task_pk, []).append(attempt)
     deps: dict[int, list[int]] = {}
     for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):
         deps.setdefault(task_pk, []).append(dep_pk)
-    return build_report(plan, tasks, deps, attempts, repo.db_now(session))
+    return build_report(plan, tasks, deps, attempts, now)
 
 
 def build_report(
     plan: PlanRow,
-    tasks: list[TaskRow],
+    tasks: list[reads.TaskSummary],
     deps: dict[int, list[int]],
-    attempts: dict[int, list[AttemptRow]],
+    attempts: dict[int, list[reads.AttemptSummary]],
     now: datetime,
 ) -> CompletionReport:
-    """The report of `plan` read at `now` (the database's clock), which counts only for what is unfinished."""
-    by_pk = {t.pk: t for t in tasks}
+    """The report of `plan` (`tasks` in plan order) read at `now` (the database's clock), which counts only for
+    what is unfinished."""
+    position = {t.pk: i for i, t in enumerate(tasks)}
     reports = []
     for task in tasks:
-        after = sorted((by_pk[d] for d in deps.get(task.pk, ())), key=lambda t: t.seq)
+        after = [tasks[i] for i in sorted(position[d] for d in deps.get(task.pk, ()))]
         reports.append(_task_report(task, after, attempts.get(task.pk, []), now))
     return CompletionReport(plan, reports, None if plan.status in PLAN_FINAL else now)
 
 
-def _attempt_report(row: AttemptRow, now: datetime) -> AttemptReport:
-    end = row.finished_at or now
-    return AttemptReport(
-        number=row.number,
-        status=row.status,
-        worker=row.worker,
-        queued_at=row.queued_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        seconds=max(0.0, (end - row.started_at).total_seconds()),
-        exit_code=row.exit_code,
-        failure_class=row.failure_class,
-        error=row.error,
-        model=row.model,
-        usage=repo.reported_usage(row),
-        cost_usd=row.cost_usd,
-        verified=row.verified,
-        files_changed=None if row.files_changed is None else list(row.files_changed),
-    )
-
-
-def _task_report(task: TaskRow, after: list[TaskRow], rows: list[AttemptRow], now: datetime) -> TaskReport:
-    attempts = [_attempt_report(row, now) for row in rows]
-    succeeded = [a for a in rows if a.status is AttemptStatus.SUCCEEDED]
+def _task_report(
+    task: reads.TaskSummary, after: list[reads.TaskSummary], attempts: list[reads.AttemptSummary], now: datetime
+) -> TaskReport:
+    succeeded = [a for a in attempts if a.status is AttemptStatus.SUCCEEDED]
     failed = [a for a in attempts if a.status in (AttemptStatus.FAILED, AttemptStatus.LOST)]
     ok = task.status is TaskStatus.SUCCEEDED
     end = task.finished_at if task.status in TERMINAL else now
@@ -310,7 +274,7 @@ def _task_report(task: TaskRow, after: list[TaskRow], rows: list[AttemptRow], no
         title=task.title,
         agent=task.agent,
         status=task.status,
-        skipped=ok and not succeeded,
+        skipped=task.skipped,
         after=[t.key for t in after],
         blocked_by=[t.key for t in after if t.status in DOOMING] if task.status is TaskStatus.UPSTREAM_FAILED else [],
         attempts=attempts,
@@ -325,7 +289,7 @@ def _task_report(task: TaskRow, after: list[TaskRow], rows: list[AttemptRow], no
     )
 
 
-def _verification(verify: str | None, attempts: list[AttemptReport]) -> str | None:
+def _verification(verify: str | None, attempts: list[reads.AttemptSummary]) -> str | None:
     """The latest outcome of the task's `verify:` command: passed, failed, or not_run (no attempt got that far)."""
     if verify is None:
         return None

@@ -190,7 +190,7 @@ def fenced(text: str) -> str:
 def load_nodes(session: Session, plan_ref: str) -> tuple[PlanRow, list[Node]]:
     """A stored plan's tasks as nodes coloured by state, each task's dependencies in plan order."""
     plan = repo.find_plan(session, plan_ref)
-    tasks = reads.graph_tasks(session, plan.id)
+    tasks = reads.task_summaries(session, plan.id)
     position = {t.pk: i for i, t in enumerate(tasks)}
     after: dict[int, list[int]] = {}
     for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):
