@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from orch.durations import format_duration
 from orch.prices import Usage
-from orch.report import iso, usage_json
+from orch.report import counted, format_cost, format_tokens, iso, sum_costs, usage_json
 from orch.states import DOOMING, PLAN_FINAL, TERMINAL, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import reads, repo
-from orch.store.models import AttemptRow, PlanRow, TaskRow
+from orch.store.models import PlanRow
 
 SCHEMA = "orch.report/1"
 MD_MAX_TASKS = 500  # Markdown lists at most this many tasks in each section; JSON has them all
@@ -46,42 +46,24 @@ PLAN_MARK = {
 VERIFY_MARK = {"passed": "✅ passed", "failed": "❌ failed", "not_run": "not run"}
 
 
-@dataclass(frozen=True)
-class AttemptReport:
-    number: int
-    status: AttemptStatus
-    worker: str
-    queued_at: datetime | None
-    started_at: datetime
-    finished_at: datetime | None
-    seconds: float  # its run time (so far, while it runs)
-    exit_code: int | None
-    failure_class: str | None
-    error: str | None
-    model: str | None
-    usage: Usage
-    cost_usd: float | None
-    verified: bool | None
-    files_changed: list[str] | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "status": self.status.value,
-            "worker": self.worker,
-            "queued_at": iso(self.queued_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "seconds": round(self.seconds, 3),
-            "exit_code": self.exit_code,
-            "failure_class": self.failure_class,
-            "error": self.error,
-            "model": self.model,
-            "tokens": usage_json(self.usage),
-            "cost_usd": _usd(self.cost_usd),
-            "verified": self.verified,
-            "files_changed": self.files_changed,
-        }
+def attempt_json(attempt: reads.AttemptSummary) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "status": attempt.status.value,
+        "worker": attempt.worker,
+        "queued_at": iso(attempt.queued_at),
+        "started_at": iso(attempt.started_at),
+        "finished_at": iso(attempt.finished_at),
+        "seconds": round(attempt.seconds, 3),
+        "exit_code": attempt.exit_code,
+        "failure_class": attempt.failure_class,
+        "error": attempt.error,
+        "model": attempt.model,
+        "tokens": usage_json(attempt.usage),
+        "cost_usd": _usd(attempt.cost_usd),
+        "verified": attempt.verified,
+        "files_changed": attempt.files_changed,
+    }
 
 
 @dataclass(frozen=True)
@@ -93,7 +75,7 @@ class TaskReport:
     skipped: bool  # succeeded by `orch skip`, without a succeeded attempt
     after: list[str]
     blocked_by: list[str]  # an upstream_failed task's dependencies that did not succeed
-    attempts: list[AttemptReport]
+    attempts: list[reads.AttemptSummary]
     finished_at: datetime | None
     wall_seconds: float | None  # first attempt's start to the task's end (or now)
     verify: str | None
@@ -113,7 +95,7 @@ class TaskReport:
 
     @property
     def cost_usd(self) -> float | None:
-        return _sum_costs(a.cost_usd for a in self.attempts)
+        return sum_costs(a.cost_usd for a in self.attempts)
 
     @property
     def mark(self) -> str:
@@ -146,7 +128,7 @@ class TaskReport:
             "error": self.error,
             "failure_class": self.failure_class,
             "result": self.result,
-            "history": [a.as_json() for a in self.attempts],
+            "history": [attempt_json(a) for a in self.attempts],
         }
 
 
@@ -162,7 +144,7 @@ class CompletionReport:
         return None if end is None else max(0.0, (end - self.plan.created_at).total_seconds())
 
     @property
-    def attempts(self) -> list[AttemptReport]:
+    def attempts(self) -> list[reads.AttemptSummary]:
         return [a for t in self.tasks for a in t.attempts]
 
     @property
@@ -171,7 +153,7 @@ class CompletionReport:
 
     @property
     def cost_usd(self) -> float | None:
-        return _sum_costs(t.cost_usd for t in self.tasks)
+        return sum_costs(t.cost_usd for t in self.tasks)
 
     @property
     def files_changed(self) -> list[str] | None:
@@ -221,7 +203,7 @@ def _totals_json(tasks: list[TaskReport], wall: float | None, verification: dict
         "attempts_by_status": {s.value: attempt_statuses[s] for s in AttemptStatus},
         "run_s": round(sum(a.seconds for a in attempts), 3),
         "tokens": usage_json(sum((a.usage for a in attempts), Usage())),
-        "cost_usd": _usd(_sum_costs(a.cost_usd for a in attempts)),
+        "cost_usd": _usd(sum_costs(a.cost_usd for a in attempts)),
     }
     if verification is not None:
         totals["wall_s"] = _seconds(wall)
@@ -238,11 +220,6 @@ def _by_agent(tasks: list[TaskReport]) -> dict[str, list[TaskReport]]:
     return grouped
 
 
-def _sum_costs(costs: Any) -> float | None:
-    known = [c for c in costs if c is not None]
-    return sum(known) if known else None
-
-
 def _usd(cost: float | None) -> float | None:
     return None if cost is None else round(cost, 6)
 
@@ -256,56 +233,38 @@ def _seconds(seconds: float | None) -> float | None:
 
 def load_report(session: Session, plan_ref: str) -> CompletionReport:
     plan = repo.find_plan(session, plan_ref)
-    tasks = repo.plan_tasks(session, plan.id)
-    attempts: dict[int, list[AttemptRow]] = {}
-    for attempt in reads.plan_attempts(session, plan.id):
+    now = repo.db_now(session)
+    tasks = reads.task_summaries(session, plan.id)
+    attempts: dict[int, list[reads.AttemptSummary]] = {}
+    for attempt in reads.attempt_summaries(session, plan.id, now):
         attempts.setdefault(attempt.task_pk, []).append(attempt)
     deps: dict[int, list[int]] = {}
     for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):
         deps.setdefault(task_pk, []).append(dep_pk)
-    return build_report(plan, tasks, deps, attempts, repo.db_now(session))
+    return build_report(plan, tasks, deps, attempts, now)
 
 
 def build_report(
     plan: PlanRow,
-    tasks: list[TaskRow],
+    tasks: list[reads.TaskSummary],
     deps: dict[int, list[int]],
-    attempts: dict[int, list[AttemptRow]],
+    attempts: dict[int, list[reads.AttemptSummary]],
     now: datetime,
 ) -> CompletionReport:
-    """The report of `plan` read at `now` (the database's clock), which counts only for what is unfinished."""
-    by_pk = {t.pk: t for t in tasks}
+    """The report of `plan` (`tasks` in plan order) read at `now` (the database's clock), which counts only for
+    what is unfinished."""
+    position = {t.pk: i for i, t in enumerate(tasks)}
     reports = []
     for task in tasks:
-        after = sorted((by_pk[d] for d in deps.get(task.pk, ())), key=lambda t: t.seq)
+        after = [tasks[i] for i in sorted(position[d] for d in deps.get(task.pk, ()))]
         reports.append(_task_report(task, after, attempts.get(task.pk, []), now))
     return CompletionReport(plan, reports, None if plan.status in PLAN_FINAL else now)
 
 
-def _attempt_report(row: AttemptRow, now: datetime) -> AttemptReport:
-    end = row.finished_at or now
-    return AttemptReport(
-        number=row.number,
-        status=row.status,
-        worker=row.worker,
-        queued_at=row.queued_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        seconds=max(0.0, (end - row.started_at).total_seconds()),
-        exit_code=row.exit_code,
-        failure_class=row.failure_class,
-        error=row.error,
-        model=row.model,
-        usage=repo.reported_usage(row),
-        cost_usd=row.cost_usd,
-        verified=row.verified,
-        files_changed=None if row.files_changed is None else list(row.files_changed),
-    )
-
-
-def _task_report(task: TaskRow, after: list[TaskRow], rows: list[AttemptRow], now: datetime) -> TaskReport:
-    attempts = [_attempt_report(row, now) for row in rows]
-    succeeded = [a for a in rows if a.status is AttemptStatus.SUCCEEDED]
+def _task_report(
+    task: reads.TaskSummary, after: list[reads.TaskSummary], attempts: list[reads.AttemptSummary], now: datetime
+) -> TaskReport:
+    succeeded = [a for a in attempts if a.status is AttemptStatus.SUCCEEDED]
     failed = [a for a in attempts if a.status in (AttemptStatus.FAILED, AttemptStatus.LOST)]
     ok = task.status is TaskStatus.SUCCEEDED
     end = task.finished_at if task.status in TERMINAL else now
@@ -315,7 +274,7 @@ def _task_report(task: TaskRow, after: list[TaskRow], rows: list[AttemptRow], no
         title=task.title,
         agent=task.agent,
         status=task.status,
-        skipped=ok and not succeeded,
+        skipped=task.skipped,
         after=[t.key for t in after],
         blocked_by=[t.key for t in after if t.status in DOOMING] if task.status is TaskStatus.UPSTREAM_FAILED else [],
         attempts=attempts,
@@ -330,7 +289,7 @@ def _task_report(task: TaskRow, after: list[TaskRow], rows: list[AttemptRow], no
     )
 
 
-def _verification(verify: str | None, attempts: list[AttemptReport]) -> str | None:
+def _verification(verify: str | None, attempts: list[reads.AttemptSummary]) -> str | None:
     """The latest outcome of the task's `verify:` command: passed, failed, or not_run (no attempt got that far)."""
     if verify is None:
         return None
@@ -381,14 +340,6 @@ def _dur(seconds: float | None) -> str:
     return "—" if seconds is None else format_duration(seconds)
 
 
-def _tokens(usage: Usage) -> str:
-    return f"{usage.total:,}" if usage.total else "—"
-
-
-def _cost(cost: float | None) -> str:
-    return "—" if cost is None else f"${cost:,.4f}"
-
-
 def _files_cell(files: list[str] | None, shown: int = 3) -> str:
     if files is None:
         return "—"
@@ -400,10 +351,6 @@ def _files_cell(files: list[str] | None, shown: int = 3) -> str:
 
 def _status_counts(counts: Counter[Any], order: Any) -> str:
     return ", ".join(f"{counts[s]} {s.value}" for s in order if counts[s]) or "none"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _more(left: int) -> list[str]:
@@ -433,7 +380,7 @@ def render_markdown(report: CompletionReport, max_tasks: int = MD_MAX_TASKS) -> 
         f"- **Agent time:** {_dur(sum(a.seconds for a in attempts))} (every attempt's run time, added up)",
         f"- **Tokens:** {usage.total:,} (input {usage.input_tokens:,}, output {usage.output_tokens:,}, "
         f"cache write {usage.cache_creation_tokens:,}, cache read {usage.cache_read_tokens:,})",
-        f"- **Cost:** {_cost(report.cost_usd)}",
+        f"- **Cost:** {format_cost(report.cost_usd, '—')}",
     ]
     if any(verification.values()):
         lines.append(
@@ -463,8 +410,8 @@ def _agents_table(report: CompletionReport) -> list[str]:
         lines.append(
             f"| {md_text(agent)} | {len(tasks)} | {done} | {failed} | {sum(len(t.attempts) for t in tasks)} "
             f"| {_dur(sum(t.run_seconds for t in tasks)) if any(t.attempts for t in tasks) else '—'} "
-            f"| {_tokens(sum((t.usage for t in tasks), Usage()))} "
-            f"| {_cost(_sum_costs(t.cost_usd for t in tasks))} |"
+            f"| {format_tokens(sum((t.usage for t in tasks), Usage()), '—')} "
+            f"| {format_cost(sum_costs(t.cost_usd for t in tasks), '—')} |"
         )
     return lines
 
@@ -482,7 +429,8 @@ def _tasks_table(report: CompletionReport, max_tasks: int) -> list[str]:
         lines.append(
             f"| {md_code(task.key, in_table=True)} | {md_text(task.title, 80)} | {md_text(task.agent)} "
             f"| {task.mark} {task.status_text} | {len(task.attempts)} | {_dur(task.wall_seconds)} "
-            f"| {_dur(task.run_seconds) if task.attempts else '—'} | {_tokens(task.usage)} | {_cost(task.cost_usd)} "
+            f"| {_dur(task.run_seconds) if task.attempts else '—'} | {format_tokens(task.usage, '—')} "
+            f"| {format_cost(task.cost_usd, '—')} "
             f"| {verify} | {_files_cell(task.files_changed)} |"
         )
     return lines + _more(len(report.tasks) - max_tasks)
@@ -500,7 +448,7 @@ def _failures(report: CompletionReport, max_tasks: int) -> list[str]:
         return []
     lines = ["", "### Failures and retries", ""]
     for task in failing[:max_tasks]:
-        tries = f" after {_count(len(task.attempts), 'attempt')}" if task.attempts else ""
+        tries = f" after {counted(len(task.attempts), 'attempt')}" if task.attempts else ""
         head = f"- {task.mark} {md_code(task.key)} ({md_text(task.agent)}): {task.status_text}{tries}"
         if task.blocked_by:
             head += " — blocked by " + ", ".join(md_code(k) for k in task.blocked_by)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from orch.plan import Plan
+from orch.report import counted
 from orch.states import TaskStatus
 from orch.store import reads, repo
 from orch.store.models import PlanRow
@@ -135,7 +136,7 @@ def _task_chart(nodes: Sequence[Node], depth: dict[str, int], title: str, colour
     lines = _header(title, colour)
     for stage in sorted(by_stage):
         members = by_stage[stage]
-        lines.append(f'    subgraph stage{stage} ["stage {stage + 1} · {_count(len(members), "task")}"]')
+        lines.append(f'    subgraph stage{stage} ["stage {stage + 1} · {counted(len(members), "task")}"]')
         lines += [f'        {node_id[n.key]}["{escape(n.key)}<br/>{escape(n.title, TITLE_CHARS)}"]' for n in members]
         lines.append("    end")
     lines += [f"    {node_id[dep]} --> {node_id[n.key]}" for n in nodes for dep in n.after]
@@ -164,9 +165,9 @@ def _stage_chart(
     for stage, states in sorted(groups.items()):
         capped = stage == max_nodes - 1 and last_stage > stage
         name = f"stages {stage + 1} to {last_stage + 1}" if capped else f"stage {stage + 1}"
-        label = f"{name} · {_count(states.total(), 'task')}"
-        counted = _state_counts(states)
-        lines.append(f'    s{stage}["{escape(label)}' + (f"<br/>{escape(counted)}" if counted else "") + '"]')
+        label = f"{name} · {counted(states.total(), 'task')}"
+        by_state = _state_counts(states)
+        lines.append(f'    s{stage}["{escape(label)}' + (f"<br/>{escape(by_state)}" if by_state else "") + '"]')
         if stage:
             lines.append(f"    s{stage - 1} --> s{stage}")
         telling = next((s for s in STAGE_STATE_ORDER if states[s]), None)
@@ -181,10 +182,6 @@ def _state_counts(states: Counter[str]) -> str:
     return " · ".join(f"{states[s]:,} {s}" for s in STAGE_STATE_ORDER if states[s])
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
-
-
 def fenced(text: str) -> str:
     """The chart as a Markdown code block GitHub renders."""
     return f"```mermaid\n{text}```\n"
@@ -193,7 +190,7 @@ def fenced(text: str) -> str:
 def load_nodes(session: Session, plan_ref: str) -> tuple[PlanRow, list[Node]]:
     """A stored plan's tasks as nodes coloured by state, each task's dependencies in plan order."""
     plan = repo.find_plan(session, plan_ref)
-    tasks = reads.graph_tasks(session, plan.id)
+    tasks = reads.task_summaries(session, plan.id)
     position = {t.pk: i for i, t in enumerate(tasks)}
     after: dict[int, list[int]] = {}
     for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):

@@ -4,7 +4,7 @@ and its progress by aggregate (what the live views poll)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -79,8 +79,7 @@ class PlanSnapshot:
 
     @property
     def cost_usd(self) -> float | None:
-        costs = [s.cost_usd for s in self.stats.values() if s.cost_usd is not None]
-        return sum(costs) if costs else None
+        return sum_costs(s.cost_usd for s in self.stats.values())
 
     @property
     def counts(self) -> Counter[TaskStatus]:
@@ -143,12 +142,23 @@ def usage_json(usage: Usage) -> dict[str, int]:
     }
 
 
-def format_tokens(usage: Usage) -> str:
-    return f"{usage.total:,}" if usage.total else ""
+def format_tokens(usage: Usage, blank: str = "") -> str:
+    return f"{usage.total:,}" if usage.total else blank
 
 
-def format_cost(cost: float | None) -> str:
-    return "" if cost is None else f"${cost:.4f}"
+def format_cost(cost: float | None, blank: str = "") -> str:
+    return blank if cost is None else f"${cost:,.4f}"
+
+
+def sum_costs(costs: Iterable[float | None]) -> float | None:
+    """The known costs added up; None when none is known (no attempt had a price)."""
+    known = [c for c in costs if c is not None]
+    return sum(known) if known else None
+
+
+def counted(n: int, noun: str) -> str:
+    """`n` and a noun, plural unless n is 1: "1 task", "2,000 tasks"."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def task_duration(task: TaskRow, now: datetime) -> str:
@@ -201,7 +211,7 @@ def summary_line(snapshot: Summarised) -> Text:
     if snapshot.total_tokens:
         text.append(f"  tokens: {snapshot.total_tokens:,}")
     if snapshot.cost_usd is not None:
-        text.append(f"  cost: ${snapshot.cost_usd:.4f}")
+        text.append(f"  cost: {format_cost(snapshot.cost_usd)}")
     if snapshot.plan.held_reason:
         text.append(f"\n  held: {snapshot.plan.held_reason}", style="yellow")
     for agent, (until, reason) in snapshot.pauses.items():
@@ -227,9 +237,7 @@ class Progress:
     @classmethod
     def load(cls, session: Session, plan_id: str) -> Progress:
         plan = repo.find_plan(session, plan_id)
-        by_agent: dict[str, Counter[TaskStatus]] = {}
-        for (agent, status), count in reads.counts_by_agent(session, plan.id).items():
-            by_agent.setdefault(agent, Counter())[status] = count
+        by_agent = reads.counts_by_agent(session, plan.id)
         now = repo.db_now(session)
         pauses = {a: (p.until, p.reason) for a, p in repo.active_pauses(session, now).items() if a in by_agent}
         running = reads.running_tasks(session, plan.id, RUNNING_SHOWN)
@@ -237,10 +245,7 @@ class Progress:
 
     @property
     def counts(self) -> Counter[TaskStatus]:
-        total: Counter[TaskStatus] = Counter()
-        for counts in self.by_agent.values():
-            total.update(counts)
-        return total
+        return reads.status_totals(self.by_agent.values())
 
     @property
     def total_tokens(self) -> int:
@@ -300,7 +305,7 @@ def plans_table(session: Session, plans: list[PlanRow]) -> Table:
     for column in ("id", "name", "status", "tasks", "created"):
         table.add_column(column)
     for plan in plans:
-        counts = repo.count_by_status(session, plan.id)
+        counts = reads.count_by_status(session, plan.id)
         total = sum(counts.values())
         done = sum(n for s, n in counts.items() if s in TERMINAL)
         table.add_row(

@@ -56,6 +56,7 @@ from orch.states import (
 from orch.store.bulk import insert_rows, reserve_primary_keys
 from orch.store.db import DISPATCH_LOCK_KEY, refresh_planner_statistics
 from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow, UTCDateTime
+from orch.store.reads import count_by_status as count_by_status  # re-exported: orch/cli.py and bench/ call it here
 
 # Core tables for the per-attempt statements: built once below with bind parameters, so a worker's hot path
 # neither constructs statements nor goes through the ORM's unit of work (each would cost more than the query).
@@ -1253,13 +1254,6 @@ def _task_events(
     detail: str | None = None,
 ) -> None:
     _events(session, [_event_row(at, plan_id, task_pk=pk, old=old, new=new, detail=detail) for pk in task_pks])
-
-
-def count_by_status(session: Session, plan_id: str) -> dict[TaskStatus, int]:
-    rows = session.execute(
-        select(TaskRow.status, func.count()).where(TaskRow.plan_id == plan_id).group_by(TaskRow.status)
-    )
-    return {status: count for status, count in rows}
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,23 @@ def test_report_and_graph_of_a_finished_plan_match_their_golden_files(
         assert report["totals"]["tokens"]["total"] == spent(session, plan_id).tokens
 
 
+def test_report_of_an_open_plan_counts_a_running_attempt_up_to_now(store_url: str) -> None:
+    plan = make_plan([{"id": "slow", "title": "A slow task", "agent": "backend-development", "command": "true"}])
+    with write_session() as session:
+        started = repo.db_now(session) - timedelta(seconds=90)
+        plan_id = repo.submit_plan(session, plan, started)
+        (dispatch,) = reconcile_plans(session, [plan_id], registry(), started)
+        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "worker-1", 4242, started, 3600)
+
+    report = json.loads(orch("report", plan_id, "--format", "json"))
+    (task,) = report["tasks"]
+    (attempt,) = task["history"]
+    assert report["plan"]["as_of"] is not None and task["status"] == "running" and attempt["finished_at"] is None
+    assert 90 <= attempt["seconds"] < 90 + 60  # to the database's now, read with the report
+    assert task["run_s"] == attempt["seconds"] and task["wall_s"] == attempt["seconds"]
+    assert not task["skipped"]
+
+
 def test_graph_of_a_plan_file_is_validated_and_drawn_uncoloured(tmp_path: Path) -> None:
     plan = tmp_path / "accounts.yaml"
     plan.write_text(json.dumps({"name": "accounts", "tasks": TASKS}))
