@@ -26,7 +26,7 @@ from bench.sizes import Size
 from orch.agents import AgentRegistry
 from orch.plan import validate_plan
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
-from orch.store import repo
+from orch.store import reads, repo
 from orch.store.db import ensure_schema, read_session, write_session
 from orch.store.models import AttemptRow, TaskRow
 
@@ -90,13 +90,13 @@ def follow(
             break
         if time.monotonic() - started > timeout:
             with read_session() as session:
-                counts = {str(k): v for k, v in repo.count_by_status(session, plan_id).items()}
+                counts = {str(k): v for k, v in reads.count_by_status(session, plan_id).items()}
             raise BenchError(f"plan {plan_id} not final after {timeout:.0f}s: {counts}")
         time.sleep(0.2)
     elapsed = time.monotonic() - started
     if status is not PlanStatus.SUCCEEDED:
         with read_session() as session:
-            counts = {str(k): v for k, v in repo.count_by_status(session, plan_id).items()}
+            counts = {str(k): v for k, v in reads.count_by_status(session, plan_id).items()}
         raise BenchError(f"plan {plan_id} ended {status}: {counts}")
     return elapsed
 
@@ -241,7 +241,7 @@ def run_orch(
 
 def _succeeded(plan_id: str) -> int:
     with read_session() as session:
-        return repo.count_by_status(session, plan_id).get(TaskStatus.SUCCEEDED, 0)
+        return reads.count_by_status(session, plan_id).get(TaskStatus.SUCCEEDED, 0)
 
 
 def _slope(samples: list[tuple[float, int, float]], after_tasks: int) -> float | None:

@@ -259,14 +259,14 @@ def pause(plan_ref: str) -> None:
     """Stop dispatching PLAN's tasks; running ones finish. `orch resume` undoes it."""
     from orch.errors import TaskStateConflict
     from orch.states import PlanStatus, TaskStatus
-    from orch.store import repo
+    from orch.store import reads, repo
     from orch.store.db import write_session
 
     with write_session() as session:
         plan = repo.find_plan(session, plan_ref)
         if not repo.hold_plan(session, plan.id, PlanStatus.PAUSED, "paused by orch pause", repo.db_now(session)):
             raise TaskStateConflict(f"plan {plan.id} is {plan.status}; only a running plan can be paused")
-        running = repo.count_by_status(session, plan.id)
+        running = reads.count_by_status(session, plan.id)
     click.echo(f"plan {plan.id}: running -> paused; nothing new is dispatched")
     if running.get(TaskStatus.RUNNING):
         click.echo(f"{running[TaskStatus.RUNNING]} running tasks finish on their own")
@@ -411,7 +411,7 @@ def run_embedded(plan: Plan, concurrency: int) -> int:
 def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
     """Show progress until the plan is final (live view on a terminal, one line per change otherwise)."""
     from orch.report import run_is_over
-    from orch.store import repo
+    from orch.store import reads, repo
     from orch.store.db import read_session
     from orch.watch import watch_live
 
@@ -432,7 +432,7 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
                 for event in repo.events_after(session, plan_id, last_event):
                     last_event = event.pk
                     click.echo(format_event(event, key_of), err=True)
-                counts = repo.count_by_status(session, plan_id)
+                counts = reads.count_by_status(session, plan_id)
             if run_is_over(plan.status, counts):
                 break
             check_worker()

@@ -56,7 +56,6 @@ from orch.states import (
 from orch.store.bulk import insert_rows, reserve_primary_keys
 from orch.store.db import DISPATCH_LOCK_KEY, refresh_planner_statistics
 from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow, UTCDateTime
-from orch.store.reads import count_by_status as count_by_status  # re-exported: orch/cli.py and bench/ call it here
 
 # Core tables for the per-attempt statements: built once below with bind parameters, so a worker's hot path
 # neither constructs statements nor goes through the ORM's unit of work (each would cost more than the query).
