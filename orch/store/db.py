@@ -67,7 +67,10 @@ def get_engine(url: str | None = None) -> Engine:
                 engine = create_engine(url, connect_args={"timeout": 30})
                 _configure_sqlite(engine)
             else:
-                engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+                # No pre-ping: it is a round trip per transaction (two per attempt). A connection that died with
+                # the server fails its first statement instead; SQLAlchemy then drops every older pooled
+                # connection, and with_store_retry, the tick and the heartbeat run again on fresh ones.
+                engine = create_engine(url, pool_size=5, max_overflow=5)
             _engines[key] = engine
     return engine
 

@@ -260,3 +260,30 @@ def test_a_sqlite_url_with_a_driver_name_gets_the_same_store_set_up(tmp_path: Pa
     with ensure_schema(url).connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_a_worker_transaction_survives_the_servers_connections_dying(postgres_url: str) -> None:
+    """Pooled connections are not pinged before use: when the server drops them (a restart), the first
+    transaction fails with a store error, SQLAlchemy discards the pool's older connections, and the retry runs."""
+    from orch.store.db import get_engine, with_store_retry
+
+    plan_id = submit(DIAMOND)
+    engine = get_engine()
+    pooled, killer = engine.connect(), engine.connect()
+    pooled.close()  # back to the pool, alive for now
+    own = killer.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    killer.exec_driver_sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> %s",
+        (own,),
+    )
+    killer.invalidate()  # this one goes too: the pool holds only the dead connection
+    retries: list[float] = []
+
+    def dispatch() -> list[repo.Dispatch]:
+        with write_session() as session:
+            return reconcile_plans(session, [plan_id], registry(), NOW)
+
+    dispatched = with_store_retry(dispatch, 30, lambda exc, delay: retries.append(delay))
+    assert [d.plan_id for d in dispatched] == [plan_id]
+    assert retries == [0.5]  # one failure on the dead connection, then a fresh one
+    assert statuses(plan_id)["a"] == TaskStatus.QUEUED
