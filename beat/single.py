@@ -69,9 +69,10 @@ class BeatLock(Protocol):
 def hold_single_beat_lock(database_url: str) -> BeatLock | None:
     """Take the store's beat lock for this process's lifetime; raise ConfigInvalid naming the holder if another
     beat has it. None for a database orch has no guard for."""
-    if database_url.startswith("sqlite:///"):
-        return SqliteBeatLock(Path(database_url.removeprefix("sqlite:///")), database_url)
-    if database_url.startswith("postgresql"):
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return SqliteBeatLock(Path(url.database), database_url)
+    if url.get_backend_name() == "postgresql":
         return PostgresBeatLock(database_url)
     return None
 
@@ -159,7 +160,10 @@ class PostgresBeatLock:
             holder = self._try_lock(connection)
             if holder is not None and holder[1] == self.application_name:
                 # This beat's own former session, still alive on the server after the beat lost sight of it.
-                connection.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": holder[0]})
+                ended = connection.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": holder[0]})
+                if not ended.scalar_one():  # still ending: not another beat, so try again next tick
+                    connection.close()
+                    return False
                 holder = self._try_lock(connection)
         except STORE_UNAVAILABLE:
             connection.close()

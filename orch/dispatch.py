@@ -90,7 +90,8 @@ def dispatch_after_result(
     Its cost grows with the dependants, not with the plan: it reads at most `recorded.newly_ready` plus a slack
     of ready tasks, counts in-flight tasks only of their agent types and only when there is something to
     dispatch, and leaves failures' descendants, backoffs that passed and other plans to the beat's full pass."""
-    plan = repo.plan_gate(session, plan_id, take_dispatch_lock=True)
+    take_dispatch_lock(session)  # its own statement: the gate's read must see what the holder committed
+    plan = repo.plan_gate(session, plan_id)
     if plan is None or plan.status is not PlanStatus.RUNNING:
         return []
     if not repo.check_plan_budget(session, plan_id, plan.budget, now):

@@ -62,9 +62,10 @@ def safe_url(url: str) -> str:
     """A database or broker URL fit to print or log: its password masked (`redis://:***@host:6379/0`). Never
     raises: a URL that does not parse is masked by shape."""
     parsed = _parsed(url)
-    if parsed is None:
-        return URL_CREDENTIALS.sub(_MASKED_PASSWORD, url)
-    return parsed.render_as_string(hide_password=True)
+    shown = (
+        URL_CREDENTIALS.sub(_MASKED_PASSWORD, url) if parsed is None else parsed.render_as_string(hide_password=True)
+    )
+    return redact_log_text(shown)  # a password in the query string too (`?password=…`)
 
 
 def url_password(url: str | None) -> str | None:

@@ -1,6 +1,7 @@
 """Bulk writes for a submitted plan: primary keys reserved up front, rows streamed with the driver's fastest path
-(PostgreSQL's COPY, SQLite's executemany), inside the caller's transaction. SQLAlchemy's executemany builds
-parameters row by row, which costs more than the SQL once a plan has tens of thousands of tasks."""
+(PostgreSQL's COPY with psycopg 3, SQLite's executemany), inside the caller's transaction. SQLAlchemy's
+executemany builds parameters row by row, which costs more than the SQL once a plan has tens of thousands of
+tasks."""
 
 from __future__ import annotations
 
@@ -38,13 +39,17 @@ def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: It
     values) into `table` in the session's transaction."""
     connection = session.connection()
     names = ", ".join(columns)
-    if connection.dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
         dbapi_connection = cast(Any, connection.connection.dbapi_connection)
         with dbapi_connection.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         return
     values = list(rows)
-    if values:  # an empty list would be taken for a single statement without parameters
+    if not values:  # an empty list would be taken for a single statement without parameters
+        return
+    if connection.dialect.name == "sqlite":
         marks = ", ".join("?" for _ in columns)
         connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", values)
+    else:  # another driver: SQLAlchemy's own executemany
+        connection.execute(table.insert(), [dict(zip(columns, row, strict=True)) for row in values])

@@ -54,7 +54,7 @@ from orch.states import (
     TaskStatus,
 )
 from orch.store.bulk import insert_rows, reserve_primary_keys
-from orch.store.db import DISPATCH_LOCK_KEY, refresh_planner_statistics
+from orch.store.db import refresh_planner_statistics
 from orch.store.models import AgentPauseRow, AttemptRow, DependencyRow, EventRow, PlanRow, TaskRow, UTCDateTime
 
 # Core tables for the per-attempt statements: built once below with bind parameters, so a worker's hot path
@@ -865,16 +865,8 @@ _PLAN_GATE = select(_PLANS.c.status, _PLANS.c.workdir, _PLANS.c.budget_usd, _PLA
 )
 
 
-# PostgreSQL: the dispatch lock taken in the same round trip (SQLite's BEGIN IMMEDIATE has serialised already)
-_PLAN_GATE_LOCKED = _PLAN_GATE.add_columns(func.pg_advisory_xact_lock(DISPATCH_LOCK_KEY))
-
-
-def plan_gate(session: Session, plan_id: str, take_dispatch_lock: bool = False) -> PlanGate | None:
-    """The plan's status, workdir and budget. With `take_dispatch_lock`, the statement also serialises this
-    transaction with other dispatchers (`orch.store.db.take_dispatch_lock`), so the statements after it see
-    what they committed."""
-    locked = take_dispatch_lock and session.get_bind().dialect.name == "postgresql"
-    row = session.execute(_PLAN_GATE_LOCKED if locked else _PLAN_GATE, {"of_plan": plan_id}).first()
+def plan_gate(session: Session, plan_id: str) -> PlanGate | None:
+    row = session.execute(_PLAN_GATE, {"of_plan": plan_id}).first()
     return None if row is None else PlanGate(row.status, row.workdir, Budget(row.budget_usd, row.budget_tokens))
 
 
@@ -1228,15 +1220,20 @@ def _events(session: Session, rows: list[dict[str, Any]]) -> None:
 
 @event.listens_for(Session, "before_commit")
 def write_pending_events(session: Session) -> None:
-    """Write the events this transaction logged (readers of the log call it first, to see their own)."""
+    """Write the events this transaction logged (readers of the log call it first, to see their own). A
+    savepoint's commit leaves them to the outer transaction's."""
+    if session.in_nested_transaction():
+        return
     rows = session.info.pop(_PENDING_EVENTS, None)
     if rows:
         session.execute(_INSERT_EVENTS, rows)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_pending_events(session: Session) -> None:
-    session.info.pop(_PENDING_EVENTS, None)
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending_events(session: Session, previous_transaction: Any) -> None:
+    """The outer transaction's rollback drops them, even when the database's own rollback failed."""
+    if previous_transaction.parent is None:
+        session.info.pop(_PENDING_EVENTS, None)
 
 
 def _event(session: Session, at: datetime, plan_id: str, **fields: Any) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from beat.single import BEAT_LOCK_KEY, PostgresBeatLock, hold_single_beat_lock
+from beat.single import BEAT_LOCK_KEY, PostgresBeatLock, SqliteBeatLock, hold_single_beat_lock
 from orch.errors import ConfigInvalid
 
 pytestmark = pytest.mark.postgres
@@ -138,3 +139,14 @@ def test_a_beat_that_cannot_reach_the_store_waits_for_it(postgres_url: str, lock
     unreachable = take("postgresql+psycopg://postgres@127.0.0.1:1/nowhere")
     locks.append(unreachable)
     assert not unreachable.keep(), "no lock, no tick; and no refusal either"
+
+
+def test_a_sqlite_url_with_a_driver_name_is_guarded_too(tmp_path: Path) -> None:
+    url = f"sqlite+pysqlite:///{tmp_path / 'orch.db'}"
+    lock = hold_single_beat_lock(url)
+    assert isinstance(lock, SqliteBeatLock)
+    try:
+        with pytest.raises(ConfigInvalid, match="another beat"):
+            hold_single_beat_lock(url)
+    finally:
+        lock.release()

@@ -287,3 +287,14 @@ def test_a_worker_transaction_survives_the_servers_connections_dying(postgres_ur
     assert [d.plan_id for d in dispatched] == [plan_id]
     assert retries == [0.5]  # one failure on the dead connection, then a fresh one
     assert statuses(plan_id)["a"] == TaskStatus.QUEUED
+
+
+def test_a_savepoints_commit_leaves_its_events_to_the_outer_transaction(store_url: str) -> None:
+    plan_id = submit(DIAMOND)
+    with write_session() as session:
+        with session.begin_nested():
+            reconcile_plans(session, [plan_id], registry(), NOW)
+        kinds = [(e.kind, e.new) for e in repo.plan_events(session, plan_id)]
+    with read_session() as session:
+        assert [(e.kind, e.new) for e in repo.plan_events(session, plan_id)] == kinds
+    assert kinds == [("plan", "running"), ("task", "queued")]

@@ -151,6 +151,7 @@ def test_settings_secrets_name_orch_s_own_passwords() -> None:
         ),
         ("redis://redis.internal:6379/0", "redis://redis.internal:6379/0"),
         ("sqlite:////var/lib/orch/orch.db", "sqlite:////var/lib/orch/orch.db"),
+        ("redis://redis.internal:6379/0?password=pw-4c1d9e", "redis://redis.internal:6379/0?password=[redacted]"),
     ],
 )
 def test_safe_url_masks_the_password_of_database_and_broker_urls(url: str, shown: str) -> None:
