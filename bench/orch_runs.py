@@ -249,7 +249,7 @@ def _slope(samples: list[tuple[float, int, float]], after_tasks: int) -> float |
     worker has warmed up. A plan so short that no sample fell in between (the smoke test's) is measured from the
     start."""
     end = samples[-1]
-    start = next((s for s in samples[:-1] if s[1] >= after_tasks), samples[0])
+    start = next((s for s in samples if after_tasks <= s[1] < end[1]), samples[0])
     if end[1] <= start[1]:
         return None
     return (end[2] - start[2]) * 1024 / ((end[1] - start[1]) / 1000)
