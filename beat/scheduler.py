@@ -14,6 +14,7 @@ from celery.beat import Scheduler
 from beat.single import hold_single_beat_lock
 from beat.tick import run_tick
 from orch.errors import ConfigInvalid
+from orch.hardening import harden_process
 from orch.liveness import touch
 from orch.log import get_logger
 from orch.settings import get_settings
@@ -26,6 +27,7 @@ _MIN_SLEEP = 0.01
 
 class OrchScheduler(Scheduler):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        harden_process()
         settings = get_settings()
         # One beat per store (beat/single.py). A beat limited to its own plans (`orch run`'s) takes no lock, nor
         # does the lazy scheduler `celery beat` builds only to print its banner.

@@ -62,10 +62,24 @@ def read_plan(path: str) -> Plan:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="orch")
-def main() -> None:
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read ORCH_* settings from this file (as ORCH_ENV_FILE does); a .env in the current folder is never read.",
+)
+def main(env_file: str | None) -> None:
     """orch runs plans — DAGs of AI coding-agent tasks — on Celery workers, with an SQL store as the truth."""
-    from orch.log import configure_logging
+    import os
 
+    from orch.hardening import harden_process
+    from orch.log import configure_logging
+    from orch.settings import ENV_FILE_VARIABLE
+
+    harden_process()
+    if env_file is not None:
+        os.environ[ENV_FILE_VARIABLE] = str(Path(env_file).resolve())  # the workers `orch run` starts read it too
+        get_settings.cache_clear()
     configure_logging()  # log lines (not the commands' own output) as JSON or console text on stderr, redacted
 
 

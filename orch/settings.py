@@ -1,12 +1,20 @@
-"""The one Settings object: every knob is an `ORCH_*` environment variable (or a `.env` entry)."""
+"""The one Settings object: every knob is an `ORCH_*` environment variable, or an entry of the env file an operator
+named (`ORCH_ENV_FILE`, `orch --env-file`) or put in ORCH_HOME (`ORCH_HOME/.env`, read only when it is private to
+its owner). A `.env` in whatever folder a command runs in is never read: a cloned repository could carry one."""
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orch.errors import ConfigInvalid
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -16,7 +24,7 @@ def _repo_config_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORCH_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ORCH_", env_file=None, extra="ignore")
 
     home: Path = Field(Path(".orch"), description="State folder: embedded store, logs, embedded Redis")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/orch.db")
@@ -70,6 +78,29 @@ class Settings(BaseSettings):
         None, description="Flower's basic auth: user:password, several separated by commas"
     )
     flower_allow_no_auth: bool = Field(False, description="Let Flower start without auth (it prints a warning)")
+    sandbox: Literal["auto", "bwrap", "none"] = Field(
+        "auto",
+        description="How agents are isolated: bwrap (bubblewrap), none (an explicit opt-out, warned about), or auto "
+        "(bwrap wherever it works on this host, else none with a warning)",
+    )
+    agent_user: str = Field(
+        "orch-agent",
+        min_length=1,
+        description="The unprivileged user agents run as when the worker runs as root",
+    )
+    workdir_roots: str = Field(
+        "",
+        description="Folders (separated by ':') every plan's workdir must resolve inside; empty: the plan file's "
+        "folder for `orch run`/`submit`, and no check on workers",
+    )
+
+    @field_validator("claude_bin")
+    @classmethod
+    def _claude_bin_is_absolute_or_on_path(cls, value: str) -> str:
+        # A relative path would be looked up in whatever folder the worker runs in, which a repository controls.
+        if "/" in value and not value.startswith("/"):
+            raise ValueError(f"ORCH_CLAUDE_BIN={value!r}: give an absolute path, or a bare name looked up on PATH")
+        return value
 
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> Settings:
@@ -98,6 +129,10 @@ class Settings(BaseSettings):
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
+    @property
+    def workdir_root_paths(self) -> list[Path]:
+        return [Path(p).resolve() for p in self.workdir_roots.split(":") if p.strip()]
+
 
 def normalise_database_url(url: str) -> str:
     """Point bare `postgresql://` URLs at the psycopg 3 driver we ship."""
@@ -106,6 +141,50 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+ENV_FILE_VARIABLE = "ORCH_ENV_FILE"
+
+
+def operator_env_file(environ: os._Environ[str] | dict[str, str] | None = None) -> Path | None:
+    """The env file an operator chose: ORCH_ENV_FILE (it must exist), else ORCH_HOME/.env when that file is the
+    current user's and nobody else's to read (as an operator would keep a file of secrets; a repository checked
+    out by git never is). Never a `.env` of the current folder."""
+    environ = os.environ if environ is None else environ
+    explicit = environ.get(ENV_FILE_VARIABLE)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigInvalid(f"{ENV_FILE_VARIABLE}={explicit}: no such file")
+        return path
+    candidate = Path(environ.get("ORCH_HOME") or ".orch") / ".env"
+    try:
+        info = candidate.stat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        print(
+            f"orch: ignoring {candidate}: it is readable or writable by others, or not yours "
+            f"(chmod 600 it, or name it with {ENV_FILE_VARIABLE})",
+            file=sys.stderr,
+        )
+        return None
+    return candidate
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings(_env_file=operator_env_file())
+    except ValueError as exc:  # pydantic's ValidationError: name the setting and why, in one line
+        raise ConfigInvalid(_settings_error(exc)) from None
+
+
+def _settings_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    first = errors(include_url=False)[0]
+    name = "ORCH_" + "_".join(str(part) for part in first["loc"]).upper() if first["loc"] else "settings"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return message if message.startswith("ORCH_") else f"{name}: {message}"

@@ -9,6 +9,7 @@ from celery.signals import task_postrun, worker_init, worker_process_init, worke
 
 from orch.celery import RUN_TASK, app, check_visibility_timeout
 from orch.errors import ConfigInvalid
+from orch.hardening import harden_process
 from orch.log import forget_attempt
 from orch.settings import get_settings
 from orch.store.db import dispose_engines
@@ -32,6 +33,7 @@ def _forget_attempt(**_kwargs: Any) -> None:
 
 @worker_init.connect
 def _on_worker_start(**_kwargs: Any) -> None:
+    harden_process()  # before any pool process forks: they inherit it
     try:
         check_visibility_timeout(get_settings(), app.conf.broker_url)
     except ConfigInvalid as exc:  # refuse to start (Celery would only log an exception raised here)
@@ -41,6 +43,7 @@ def _on_worker_start(**_kwargs: Any) -> None:
 
 @worker_process_init.connect
 def _on_pool_process_start(**_kwargs: Any) -> None:
+    harden_process()
     dispose_engines()  # never reuse a database connection across fork
     install_pool_process_handlers()
 
