@@ -30,9 +30,19 @@ def check_scope(result: AttemptResult, files: tuple[str, ...], scope: str) -> At
 
 
 def run_verify(result: AttemptResult, ctx: AttemptContext, verify: str | None) -> AttemptResult:
+    """The task's `verify:` command, as a shell agent in the same sandbox, with none of the agent type's secrets (a
+    test command has no use for a model's key); its log is masked like the agent's, granted secrets included."""
     if not verify or not result.succeeded:
         return result
-    check = replace(ctx, command=verify, executor="shell", log_path=ctx.log_path.with_suffix(".verify.log"), secrets={})
+    check = replace(
+        ctx,
+        command=verify,
+        executor="shell",
+        log_path=ctx.log_path.with_suffix(".verify.log"),
+        secrets={},
+        masked=ctx.masked | frozenset(ctx.secrets),
+        env={},
+    )
     outcome = ShellExecutor().run(check)
     if outcome.succeeded:
         return replace(result, verified=True)

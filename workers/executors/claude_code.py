@@ -1,35 +1,39 @@
 """The `claude-code` executor: the Claude Code CLI run non-interactively in the task's workspace.
 
-`claude -p PROMPT --output-format stream-json --verbose` prints one JSON object per line as it works; any line
-(stdout or stderr) counts as progress. The final `{"type": "result"}` line carries the outcome, the cost and the
-usage. The CLI runs with stdin closed (it blocks on an open pipe) in its own process group; the task's timeout
-and the agent type's idle limit both end the whole group (SIGTERM, grace, SIGKILL).
+`claude -p --output-format stream-json --verbose` prints one JSON object per line as it works; any line (stdout or
+stderr) counts as progress. The final `{"type": "result"}` line carries the outcome, the cost and the usage. The
+prompt is the CLI's stdin: a 0600 file in the attempt's own folder, never an argument (argv is visible to every
+local user in `ps`, and one argument is capped at 128 KiB). A regular file ends, so the CLI does not block on it as
+it does on an open pipe. The CLI runs in its own process group, isolated as workers.sandbox decides; the task's
+timeout and the agent type's idle limit both end the whole group (SIGTERM, grace, SIGKILL).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from orch.durations import format_duration
-from orch.embedded import die_with_parent
 from orch.failures import FailureClass
 from orch.prices import Usage
+from orch.settings import get_settings
 from orch.store.repo import AttemptResult
-from workers.executors.base import AttemptContext
+from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
-from workers.executors.shell import agent_environment, describe_exit, last_line
+from workers.executors.shell import ISOLATION_ERRORS, describe_exit, isolation_failure, last_line
+from workers.sandbox import start_agent
 from workers.supervision import end_agent, register_group
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is cut (and then is not JSON): memory stays bounded
@@ -39,8 +43,9 @@ _RESET_EPOCH = re.compile(r"(?:\||resets? at\s*)(\d{10})\b", re.IGNORECASE)
 
 
 def claude_arguments(binary: str, ctx: AttemptContext) -> list[str]:
+    """The CLI's arguments: options from the agent type only (the prompt comes on stdin)."""
     args = [
-        binary, "-p", ctx.prompt,
+        binary, "-p",
         "--output-format", "stream-json", "--verbose",
         "--model", ctx.model,
         "--max-turns", str(ctx.max_turns),
@@ -113,26 +118,22 @@ class ClaudeCodeExecutor:
                 False, failure_class=FailureClass.WORKDIR_MISSING, error=f"workdir {ctx.workdir} does not exist"
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with ctx.log_path.open("wb") as log:
+        with with_scratch(ctx) as ctx, prompt_file(ctx) as prompt, ctx.log_path.open("wb") as log:
             sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
             state = StreamState()
-            code, limit = self._run(binary, ctx, sink, state)
-            sink.close()
+            try:
+                code, limit = self._run(binary, ctx, sink, state, prompt)
+            except ISOLATION_ERRORS as exc:
+                return isolation_failure(exc)
+            finally:
+                sink.close()
         return outcome(ctx, code, limit, state, sink.tail)
 
     def _run(
-        self, binary: str, ctx: AttemptContext, sink: OutputSink, state: StreamState
+        self, binary: str, ctx: AttemptContext, sink: OutputSink, state: StreamState, prompt: IO[bytes]
     ) -> tuple[int, FailureClass | None]:
-        process = subprocess.Popen(
-            claude_arguments(binary, ctx),
-            cwd=ctx.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=die_with_parent(signal.SIGKILL),  # a SIGKILLed worker takes its agent along
-            env=agent_environment(os.environ, ctx),
-        )
+        launch = ctx.launch(claude_arguments(binary, ctx), programs=cli_folders(binary))
+        process = start_agent(launch, get_settings(), stdin=prompt, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         register_group(process.pid)
         lines: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_LINES)
         readers = [
@@ -171,6 +172,27 @@ class ClaudeCodeExecutor:
             end_agent(process.pid, ctx.kill_grace_seconds, process)
             _drain(lines, readers)
         return process.returncode, limit
+
+
+@contextlib.contextmanager
+def prompt_file(ctx: AttemptContext) -> Iterator[IO[bytes]]:
+    """The prompt in a 0600 file (unlinked: only this descriptor reaches it), open for reading from its start: the
+    CLI's stdin."""
+    with tempfile.TemporaryFile(dir=ctx.scratch, prefix="prompt-") as handle:
+        handle.write(ctx.prompt.encode("utf-8"))
+        handle.flush()
+        handle.seek(0)
+        yield handle
+
+
+def cli_folders(binary: str) -> tuple[Path, ...]:
+    """The folders the CLI needs when they lie where a sandbox hides (a home folder, /tmp): its command's folder,
+    and the folder it resolves into — for an npm install the whole `node_modules` (the command links into its
+    package, whose native binary comes in a sibling package)."""
+    command = Path(binary)
+    real = command.resolve()
+    installed = next((folder for folder in real.parents if folder.name == "node_modules"), real.parent)
+    return (command.parent, installed)
 
 
 def _read_lines(stream: IO[bytes] | None, lines: queue.Queue[bytes | None]) -> None:
