@@ -33,6 +33,7 @@ from orch.errors import OrchError
 from orch.hardening import agent_umask
 from orch.log import get_logger
 from orch.settings import Settings
+from workers.supervision import register_group
 
 log = get_logger(__name__)
 
@@ -44,7 +45,7 @@ LOCALE_VARIABLES = (
 # /run holds the host's service sockets (PostgreSQL's, Docker's…); only the resolver's files are shown again.
 RESOLVER_FOLDERS = ("/run/systemd/resolve", "/run/resolvconf")
 _PROBE_TIMEOUT = 20.0
-_WORKDIR_PROBE = "[ -d . ] && [ -w . ] && [ -x . ]"
+_WORKDIR_PROBE = ["test", "-d", ".", "-a", "-w", ".", "-a", "-x", "."]  # as the agent user, in its sandbox
 
 
 class IsolationUnavailable(OrchError):
@@ -381,7 +382,7 @@ def runtime_folders() -> list[Path]:
 class Launch:
     """One agent process to start: its command, workdir, grant, and what else it must be able to read."""
 
-    argv: Sequence[str]
+    argv: list[str]  # a list, not any Sequence: a str would pass the type check and run letter by letter
     workdir: Path
     grant: Grant
     scratch: Path | None = None
@@ -396,8 +397,9 @@ def start_agent(
     stdout: IO[bytes] | int | None = subprocess.PIPE,
     stderr: IO[bytes] | int | None = subprocess.PIPE,
 ) -> subprocess.Popen[bytes]:
-    """Start the agent in its own session (its process group is the attempt's), isolated as configured; it dies
-    with the process that started it. Raises IsolationUnavailable / UnsafeWorkdir / WorkdirNotWritable."""
+    """Start the agent in its own session (its process group is the attempt's, registered for supervision), isolated
+    as configured; it dies with the process that started it. Raises IsolationUnavailable / UnsafeWorkdir /
+    WorkdirNotWritable."""
     isolation = current_isolation(settings)
     if isolation.problem is not None:
         raise IsolationUnavailable(isolation.problem)
@@ -406,7 +408,7 @@ def start_agent(
     if isolation.user is not None:
         ensure_writable(launch.workdir, isolation, kept)
     argv, cwd, as_user = _isolated(launch, isolation, kept)
-    return subprocess.Popen(
+    process = subprocess.Popen(
         argv,
         cwd=cwd,
         stdin=stdin,
@@ -420,6 +422,8 @@ def start_agent(
         group=as_user.gid if as_user else None,
         extra_groups=[] if as_user else None,
     )
+    register_group(process.pid, sandboxed=isolation.sandbox == "bwrap")
+    return process
 
 
 def _isolated(launch: Launch, isolation: Isolation, kept: WorkerSecrets) -> tuple[list[str], Path, AgentUser | None]:
@@ -445,7 +449,7 @@ def ensure_writable(workdir: Path, isolation: Isolation, kept: WorkerSecrets) ->
     key = (str(workdir.resolve()), user.uid)
     if key in _writable_workdirs:
         return
-    probe = Launch(["/bin/sh", "-c", _WORKDIR_PROBE], workdir, Grant(attempt_ids={}, network="none"))
+    probe = Launch(_WORKDIR_PROBE, workdir, Grant(attempt_ids={}, network="none"))
     argv, cwd, as_user = _isolated(probe, isolation, kept)
     try:
         done = subprocess.run(
@@ -462,6 +466,9 @@ def ensure_writable(workdir: Path, isolation: Isolation, kept: WorkerSecrets) ->
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise WorkdirNotWritable(f"could not check workdir {workdir} as user {user.name}: {exc}") from None
     if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip()
+        if said:  # the sandbox itself failed, not the test
+            raise WorkdirNotWritable(f"could not check workdir {workdir} as user {user.name}: {said[-300:]}")
         raise WorkdirNotWritable(
             f"agents run as user {user.name} (uid {user.uid}) because the worker runs as root, and {user.name} cannot "
             f"write workdir {workdir}: give it access (`chown -R {user.name} {workdir}`, or `setfacl -R -m "

@@ -19,17 +19,21 @@ from workers import control
 log = get_logger(__name__)
 
 _running_groups: set[int] = set()
+_sandboxes: set[int] = set()  # groups whose leader is bubblewrap, holding the agent in a pid namespace of its own
 _groups_lock = threading.Lock()
 
 
-def register_group(pgid: int) -> None:
+def register_group(pgid: int, sandboxed: bool = False) -> None:
     with _groups_lock:
         _running_groups.add(pgid)
+        if sandboxed:
+            _sandboxes.add(pgid)
 
 
 def unregister_group(pgid: int) -> None:
     with _groups_lock:
         _running_groups.discard(pgid)
+        _sandboxes.discard(pgid)
 
 
 def group_alive(pgid: int) -> bool:
@@ -43,9 +47,22 @@ def group_alive(pgid: int) -> bool:
 
 
 def kill_group(pgid: int, grace: float, leader: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGTERM the whole group, wait up to `grace` seconds, then SIGKILL what is left."""
+    """SIGTERM the whole group, wait up to `grace` seconds, then SIGKILL what is left.
+
+    A sandboxed agent's group is bubblewrap alone (the agent runs in new sessions inside its pid namespace), and
+    bubblewrap dies of SIGTERM at once, taking the namespace down with SIGKILL. So there SIGTERM goes to what runs
+    inside (bubblewrap's init ignores it), the sandbox ends when the agent's command does, and after the grace
+    SIGKILL to bubblewrap ends all that is left."""
+    with _groups_lock:
+        sandboxed = pgid in _sandboxes
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        if sandboxed:
+            os.kill(pgid, 0)
+            for pid in _descendants(pgid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+        else:
+            os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
@@ -76,9 +93,9 @@ def become_subreaper() -> bool:
     return _subreaper
 
 
-def _children() -> list[int]:
-    me = os.getpid()
-    found = []
+def _parents() -> dict[int, int]:
+    """pid → parent pid of every process, from /proc (the host's pids, whatever namespace a process runs in)."""
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -87,8 +104,25 @@ def _children() -> list[int]:
                 fields = stat.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == me:
-            found.append(int(entry))
+        parents[int(entry)] = int(fields[1])
+    return parents
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    return [pid for pid, parent in _parents().items() if parent == me]
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
     return found
 
 

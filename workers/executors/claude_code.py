@@ -34,7 +34,7 @@ from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
 from workers.executors.shell import ISOLATION_ERRORS, describe_exit, isolation_failure, last_line
 from workers.sandbox import start_agent
-from workers.supervision import end_agent, register_group
+from workers.supervision import end_agent
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is cut (and then is not JSON): memory stays bounded
 _QUEUED_LINES = 16  # at most this many lines wait between the readers and the executor
@@ -118,7 +118,7 @@ class ClaudeCodeExecutor:
                 False, failure_class=FailureClass.WORKDIR_MISSING, error=f"workdir {ctx.workdir} does not exist"
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with with_scratch(ctx) as ctx, prompt_file(ctx) as prompt, ctx.log_path.open("wb") as log:
+        with with_scratch(ctx) as ctx, prompt_file(ctx) as prompt, ctx.log_path.open("wb", buffering=0) as log:
             sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
             state = StreamState()
             try:
@@ -134,7 +134,6 @@ class ClaudeCodeExecutor:
     ) -> tuple[int, FailureClass | None]:
         launch = ctx.launch(claude_arguments(binary, ctx), programs=cli_folders(binary))
         process = start_agent(launch, get_settings(), stdin=prompt, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        register_group(process.pid)
         lines: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_LINES)
         readers = [
             threading.Thread(target=_read_lines, args=(stream, lines), daemon=True)

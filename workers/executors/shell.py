@@ -21,7 +21,7 @@ from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
 from workers.sandbox import IsolationUnavailable, UnsafeWorkdir, WorkdirNotWritable, start_agent
-from workers.supervision import end_agent, register_group
+from workers.supervision import end_agent
 
 _CHUNK = 65536
 _POLL_SECONDS = 0.1  # how soon a stop request (cancel, lost lease, shutdown) reaches a running agent
@@ -69,7 +69,7 @@ class ShellExecutor:
                 error=f"workdir {ctx.workdir} does not exist on this host",
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with with_scratch(ctx) as ctx, ctx.log_path.open("wb") as log:
+        with with_scratch(ctx) as ctx, ctx.log_path.open("wb", buffering=0) as log:
             sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
             try:
                 code, ended_by = self._run_process(ctx, sink)
@@ -116,7 +116,6 @@ class ShellExecutor:
             ctx.launch(["/bin/sh", "-c", ctx.command]), get_settings(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         pgid = process.pid
-        register_group(pgid)
         assert process.stdout is not None
         reader = threading.Thread(target=_pump, args=(process.stdout, sink), daemon=True)
         reader.start()
