@@ -124,19 +124,32 @@ class StateNotKnown(OrchError):
     Raised by the readers below; `find_repository` and `open_worktree_view` turn it into None."""
 
 
+def _absolute_path_entries() -> list[str]:
+    """This process' PATH without relative entries: git runs in the agent's workdir, where `.` is the agent's."""
+    return [entry for entry in os.get_exec_path() if os.path.isabs(entry)]
+
+
 def git_environment(home: Path) -> dict[str, str]:
     """The whole environment of a git process: PATH, the safe overrides above, HOME at a folder holding nothing.
     Nothing else of this process' environment (orch's secrets, GIT_*) is passed on."""
-    return {"PATH": os.environ.get("PATH", os.defpath), "HOME": str(home), **_SAFE_ENV}
+    return {"PATH": os.pathsep.join(_absolute_path_entries()), "HOME": str(home), **_SAFE_ENV}
+
+
+def git_executable() -> str:
+    """git's absolute path, from the absolute entries of PATH; GitFailed when there is none."""
+    found = shutil.which("git", path=os.pathsep.join(_absolute_path_entries()))
+    if found is None:
+        raise GitFailed("git is not installed (no `git` on PATH)")
+    return found
 
 
 def git_argv(args: Sequence[str]) -> list[str]:
-    """`git`, the config overrides, then `args` with the flags its subcommand must always have."""
+    """git, the config overrides, then `args` with the flags its subcommand must always have."""
     overrides = [item for key, value in SAFE_CONFIG for item in ("-c", f"{key}={value}")]
     if not args:
         raise ValueError("a git command needs a subcommand")
     subcommand, *rest = args
-    return ["git", "--no-pager", *overrides, subcommand, *_SUBCOMMAND_FLAGS.get(subcommand, ()), *rest]
+    return [git_executable(), "--no-pager", *overrides, subcommand, *_SUBCOMMAND_FLAGS.get(subcommand, ()), *rest]
 
 
 def run_git(
@@ -170,8 +183,8 @@ def run_git(
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
-            text=True,
-            errors="surrogateescape",
+            encoding="utf-8",
+            errors="surrogateescape",  # paths are bytes to git: any name an agent makes must survive a round trip
             timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:

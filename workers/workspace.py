@@ -97,7 +97,12 @@ def changed_since(before: Snapshot, workdir: Path) -> tuple[str, ...] | None:
             except git.GitFailed:
                 return None
             changed |= set(git.iter_nul(committed))
-    return tuple(sorted(changed))
+    return tuple(sorted(_printable(path) for path in changed))
+
+
+def _printable(path: str) -> str:
+    """A name that is no UTF-8 (git gives bytes) as text any store takes: its odd bytes as `\\xNN`."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def in_scope(path: str, patterns: tuple[str, ...] | list[str]) -> bool:

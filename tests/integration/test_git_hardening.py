@@ -10,6 +10,7 @@ AGENT_STEP=1, which the planted commands check, so only a run by orch's git coul
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pty
 import pwd
@@ -455,6 +456,19 @@ def test_a_kept_refresh_never_hides_a_change(tmp_path: Path) -> None:
     git(fresh, "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qam", "f3")
     committed = snapshot(fresh)  # a new index: the kept refresh of the old one must not be used
     assert committed is not None and committed.dirty == {}
+
+
+def test_names_that_are_no_utf8_survive_and_come_out_printable(repo: Path) -> None:
+    before = snapshot(repo)
+    assert before is not None
+    odd = os.fsdecode(b"bad\xff name.txt")
+    (repo / odd).write_text("x\n")
+    (repo / "caf\u00e9.txt").write_text("y\n")
+    changed = changed_since(before, repo)
+    assert changed == ("bad\\xff name.txt", "caf\u00e9.txt")
+    assert json.loads(json.dumps(changed)) == list(changed)
+    after = snapshot(repo)
+    assert after is not None and after.dirty[odd] != "-"  # hashed under its real name
 
 
 def test_no_private_folder_is_left_behind(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

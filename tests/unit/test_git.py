@@ -42,9 +42,22 @@ def test_the_environment_holds_no_worker_secret_and_no_inherited_git_setting(mon
     assert env["PATH"] == os.environ["PATH"]
 
 
+def test_relative_path_entries_are_dropped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """git runs in the agent's workdir: a `git` the agent drops there must never be the one that runs."""
+    planted = tmp_path / "git"
+    planted.write_text("#!/bin/sh\ntouch planted\n")
+    planted.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f".:{os.environ['PATH']}:")
+    assert git.git_environment(tmp_path)["PATH"].split(os.pathsep) == [
+        entry for entry in os.environ["PATH"].split(os.pathsep) if entry.startswith("/")
+    ]
+    assert git.git_executable() != str(planted) and os.path.isabs(git.git_executable())
+
+
 def test_every_command_carries_the_overrides_and_its_subcommands_flags() -> None:
     argv = git.git_argv(["diff", "--name-only", "a", "b"])
-    assert argv[:2] == ["git", "--no-pager"]
+    assert os.path.isabs(argv[0]) and Path(argv[0]).name == "git" and argv[1] == "--no-pager"
     overrides = dict(argv[i + 1].split("=", 1) for i, item in enumerate(argv) if item == "-c")
     for key in ("core.fsmonitor", "core.hooksPath", "core.untrackedCache", "diff.external", "credential.helper"):
         assert key in overrides
