@@ -5,6 +5,7 @@ statically (no Docker engine here)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -12,8 +13,10 @@ import shlex
 import shutil
 import subprocess
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from sqlalchemy import select, text
 
 from orch.agents import load_agents
@@ -593,3 +599,182 @@ def test_dockerfile_copies_what_exists_and_the_context_leaves_out_secrets_and_st
         for source in sources:
             assert (REPO / source).exists(), f"COPY {source}: not in the repository"
             assert source not in ignored and source.split("/")[0] not in ignored, f"COPY {source} is dockerignored"
+
+
+# ---------------------------------------------------------------- the image: pinned inputs, the sandbox's needs
+
+DIGEST = re.compile(r"^[a-z0-9./_-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}$")
+
+
+def dockerfile_args() -> dict[str, str]:
+    """Every ARG's default, global or in a stage (the names do not collide in this Dockerfile)."""
+    found = {}
+    for instruction in dockerfile():
+        if instruction["instruction"] == "ARG" and "=" in instruction["value"]:
+            key, value = instruction["value"].split("=", 1)
+            assert key not in found, f"ARG {key} twice"
+            found[key] = value
+    return found
+
+
+def stages() -> list[tuple[str, str]]:
+    """(image, stage name) of each FROM, its ARGs resolved to their defaults."""
+    args = dockerfile_args()
+    found = []
+    for instruction in dockerfile():
+        if instruction["instruction"] == "FROM":
+            image, _as, stage = instruction["value"].partition(" AS ")
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+            found.append((image, stage))
+    return found
+
+
+def test_every_base_image_is_pinned_by_digest() -> None:
+    """A tag moves; a digest does not. Every FROM is an earlier stage or an image by digest (the digests are
+    docker-library's records, not checked against the registry here: deploy/README.md, "Images")."""
+    seen = []
+    for image, stage in stages():
+        assert image in seen or DIGEST.match(image), f"FROM {image}: not pinned by digest"
+        seen.append(stage)
+    assert sum(1 for image, _stage in stages() if DIGEST.match(image)) == 3  # build, claude-code, runtime
+
+
+def test_the_claude_code_cli_is_pinned_to_an_exact_version() -> None:
+    version = dockerfile_args()["CLAUDE_CODE_VERSION"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"CLAUDE_CODE_VERSION={version}: not an exact version"
+
+
+def runtime_runs() -> list[list[str]]:
+    """The shell commands of the runtime stage's RUN instructions, each split at its `&&`s."""
+    instructions = dockerfile()
+    start = next(
+        i for i, ins in enumerate(instructions) if ins["instruction"] == "FROM" and " AS runtime" in ins["value"]
+    )
+    commands = []
+    for instruction in instructions[start + 1 :]:
+        if instruction["instruction"] == "FROM":
+            break
+        if instruction["instruction"] == "RUN":
+            commands += [shlex.split(part) for part in instruction["value"].split("&&")]
+    return commands
+
+
+def test_the_image_has_bubblewrap_and_the_agent_user() -> None:
+    runs = runtime_runs()
+    (install,) = [c for c in runs if c[:2] == ["apt-get", "install"]]
+    assert {"bubblewrap", "git", "--no-install-recommends"} <= set(install)
+    assert ["test", "!", "-u", "/usr/bin/bwrap"] in runs, "the build fails if bwrap is setuid"
+    (agent,) = [c for c in runs if c[0] == "useradd" and c[-1] == "orch-agent"]
+    assert {"--system", "--no-create-home"} <= set(agent)
+    assert agent[agent.index("--shell") + 1] == "/usr/sbin/nologin"
+    assert agent[agent.index("--home-dir") + 1] == "/nonexistent"
+    (orch,) = [c for c in runs if c[0] == "useradd" and c[-1] == "orch"]
+    assert orch[orch.index("--uid") + 1] == "10001" != agent[agent.index("--uid") + 1]
+    assert Settings(_env_file=None).agent_user == "orch-agent"  # type: ignore[call-arg]
+    (mkdir,) = [c for c in runs if c[:2] == ["mkdir", "-p"]]
+    assert "/run/orch" in mkdir, "the liveness folder exists (and is orch's) without Kubernetes' emptyDir too"
+
+
+def test_the_image_installs_exactly_the_lockfile() -> None:
+    runs = " ".join(i["value"] for i in dockerfile() if i["instruction"] == "RUN")
+    assert "pip install --require-hashes -r requirements.lock" in runs
+    assert "pip install --no-deps --no-index --no-build-isolation ." in runs
+    assert "pip check" in runs
+    assert "pip install ." not in runs, "nothing resolved from ranges at build time"
+
+
+# ---------------------------------------------------------------- requirements.lock
+
+LOCKFILE = REPO / "requirements.lock"
+# the command that wrote requirements.lock, as its header records it (deploy/README.md, "Images", runs it)
+REFRESH = (
+    "pip-compile --allow-unsafe --build-deps-for=wheel --generate-hashes --no-emit-index-url "
+    "--output-file=requirements.lock --strip-extras pyproject.toml"
+)
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    hashes: tuple[str, ...]
+
+
+def read_lock(text: str) -> dict[str, Pin]:
+    """requirements.lock's pins: `name==version`, each with its `--hash=sha256:…` lines."""
+    pins = {}
+    for entry in re.sub(r"\\\n", " ", text).splitlines():
+        entry = entry.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        requirement, *options = entry.split()
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)==([A-Za-z0-9.+!_-]+)", requirement)
+        assert match, f"requirements.lock: {requirement!r} is not pinned with =="
+        hashes = tuple(o.removeprefix("--hash=sha256:") for o in options if o.startswith("--hash=sha256:"))
+        assert len(hashes) == len(options), f"requirements.lock: {entry!r} has options other than sha256 hashes"
+        pins[canonicalize_name(match.group(1))] = Pin(match.group(1), match.group(2), hashes)
+    return pins
+
+
+def extra_requirements(requirement: Requirement) -> list[Requirement]:
+    """What `requirement`'s extras add, and their own extras in turn, as the installed distributions declare it
+    (their names: the installed versions need not be the locked ones)."""
+    found = []
+    for extra in requirement.extras:
+        for line in importlib.metadata.requires(requirement.name) or []:
+            added = Requirement(line)
+            marker = added.marker
+            if marker is not None and marker.evaluate({"extra": extra}) and not marker.evaluate({"extra": ""}):
+                found += [added, *extra_requirements(added)]
+    return found
+
+
+def lock_problems(requirements: list[str], pins: dict[str, Pin]) -> list[str]:
+    problems = []
+    for line in requirements:
+        requirement = Requirement(line)
+        pin = pins.get(canonicalize_name(requirement.name))
+        if pin is None:
+            problems.append(f"{requirement.name} is not in requirements.lock")
+            continue
+        if not SpecifierSet(str(requirement.specifier)).contains(pin.version, prereleases=True):
+            problems.append(f"{requirement.name}=={pin.version} does not satisfy {requirement.specifier}")
+        if not pin.hashes:
+            problems.append(f"{requirement.name} has no hash")
+        for added in extra_requirements(requirement):
+            if canonicalize_name(added.name) not in pins:
+                problems.append(f"{added.name} (for {requirement.name}[{','.join(requirement.extras)}]) is not pinned")
+    return problems
+
+
+def test_the_lockfile_pins_every_dependency_with_hashes() -> None:
+    """Every runtime dependency of pyproject.toml (and what its extras pull in), and the build backend, is pinned in
+    requirements.lock at a version its range allows, with hashes: a pyproject change without a refresh of the lock
+    fails here (the refresh: deploy/README.md, "Images")."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pins = read_lock(LOCKFILE.read_text())
+    assert all(len(h) == 64 for pin in pins.values() for h in pin.hashes)
+    assert not lock_problems(pyproject["project"]["dependencies"], pins)
+    assert not lock_problems(pyproject["build-system"]["requires"], pins), "the image builds orch without an index"
+    header = re.search(r"autogenerated by pip-compile with Python (\d+\.\d+)", LOCKFILE.read_text())
+    assert header, "requirements.lock: not pip-compile's output"
+    (python_image, _build) = stages()[0]
+    assert python_image.startswith(f"python:{header.group(1)}-"), (
+        f"locked for {header.group(1)}, built on {python_image}"
+    )
+    assert REFRESH in LOCKFILE.read_text() and REFRESH in (DEPLOY / "README.md").read_text()
+
+
+def test_the_lockfile_check_catches_a_missing_or_stale_pin() -> None:
+    pins = read_lock(LOCKFILE.read_text())
+    assert lock_problems(["notalib>=1"], pins) == ["notalib is not in requirements.lock"]
+    alembic = pins["alembic"].version
+    assert lock_problems(["alembic>=999"], pins) == [f"alembic=={alembic} does not satisfy >=999"]
+    without_redis = {k: v for k, v in pins.items() if k != "redis"}
+    assert lock_problems(["celery[redis]>=5"], without_redis) == ["redis (for celery[redis]) is not pinned"]
+    without_binary = {k: v for k, v in pins.items() if k != "psycopg-binary"}
+    assert lock_problems(["psycopg[binary]>=3"], without_binary) == [
+        "psycopg-binary (for psycopg[binary]) is not pinned"
+    ]
+    with pytest.raises(AssertionError, match="not pinned with =="):
+        read_lock("alembic>=1.13 \\\n    --hash=sha256:" + "0" * 64 + "\n")
