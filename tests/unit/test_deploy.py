@@ -5,7 +5,9 @@ statically (no Docker engine here)."""
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
+import ipaddress
 import json
 import os
 import re
@@ -16,7 +18,7 @@ import time
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -471,30 +473,6 @@ def test_the_scaling_query_counts_the_queued_and_running_tasks_of_its_queues(
             assert found == expected > 0, f"{name(scaler)}: counted {found}, the store holds {expected}"
 
 
-def policies_for(objs: list[Obj], labels: dict[str, str]) -> list[Obj]:
-    return [p for p in of_kind(objs, "NetworkPolicy") if selects(p["spec"]["podSelector"]["matchLabels"], labels)]
-
-
-def test_only_orch_reaches_redis_postgres_and_flower(rendered: list[Obj]) -> None:
-    orch_peer = {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "orch"}}}
-    guarded_names = {"orch-redis", "orch-postgres", "orch-flower"}
-    guarded = [
-        o for o in rendered if o["kind"] in LONG_RUNNING and pod_labels(o)["app.kubernetes.io/name"] in guarded_names
-    ]
-    assert any(pod_labels(o)["app.kubernetes.io/name"] == "orch-flower" for o in guarded)
-    for obj in guarded:
-        (policy,) = policies_for(rendered, pod_labels(obj))
-        assert policy["spec"]["policyTypes"] == ["Ingress"]
-        for rule in policy["spec"]["ingress"]:
-            assert rule["ports"], f"{name(policy)}: a rule open on every port"
-            for peer in rule["from"]:
-                keda = peer.get("namespaceSelector") == {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}
-                assert peer == orch_peer or (keda and name(obj) == "orch-postgres"), f"{name(policy)}: {peer}"
-    for obj in rendered:  # every pod that needs them carries the label the policies admit
-        if obj["kind"] in (*LONG_RUNNING, "Job"):
-            assert pod_labels(obj).get("app.kubernetes.io/part-of") == "orch", name(obj)
-
-
 def test_the_overlay_uses_managed_services_and_its_own_image(overlay: list[Obj]) -> None:
     assert not [o for o in overlay if o["metadata"].get("labels", {}).get("orch/bundled") == "true"]
     assert not of_kind(overlay, "StatefulSet")
@@ -518,7 +496,8 @@ def test_bundled_redis_keeps_its_messages(base: list[Obj]) -> None:
 def test_flower_exporter_and_migration_commands(rendered: list[Obj]) -> None:
     by_name = {name(o): o for o in rendered if o["kind"] in (*LONG_RUNNING, "Job")}
     (flower,) = containers(by_name["orch-flower"])
-    assert flower["command"] == ["celery", "-A", "orch", "flower", "--port=5555"]
+    # orch binds Flower to 127.0.0.1 unless given an address: the Service needs it on the pod's interfaces
+    assert flower["command"] == ["celery", "-A", "orch", "flower", "--address=0.0.0.0", "--port=5555"]
     auth = {e["name"]: e for e in flower["env"]}["ORCH_FLOWER_AUTH"]
     assert "secretKeyRef" in auth["valueFrom"]
     (exporter,) = containers(by_name["orch-exporter"])
@@ -599,6 +578,239 @@ def test_dockerfile_copies_what_exists_and_the_context_leaves_out_secrets_and_st
         for source in sources:
             assert (REPO / source).exists(), f"COPY {source}: not in the repository"
             assert source not in ignored and source.split("/")[0] not in ignored, f"COPY {source} is dockerignored"
+
+
+# ---------------------------------------------------------------- network policies, evaluated
+
+ORCH_NAMESPACE = "orch"  # the base has no namespace: its objects land in the one they are applied to
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    labels: dict[str, str] = field(hash=False)
+
+
+Peer = Pod | str  # a pod, or an IP address outside the cluster's pods
+
+# pods that are not orch's, as the policies expect to meet them
+KUBE_DNS = Pod("coredns", "kube-system", {"k8s-app": "kube-dns"})
+PROMETHEUS = Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+KEDA_OPERATOR = Pod("keda-operator", "keda", {"app.kubernetes.io/name": "keda-operator"})
+STRANGER = Pod("stranger", "default", {"app": "something-else"})
+NEIGHBOUR = Pod("neighbour", ORCH_NAMESPACE, {"app": "not-orch"})  # another workload in orch's namespace
+
+METADATA_ENDPOINTS = ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+PUBLIC_V4, PUBLIC_V6 = "93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
+
+
+def matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a set of labels."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def namespace_of(obj: Obj) -> str:
+    return str(obj["metadata"].get("namespace", ORCH_NAMESPACE))
+
+
+def orch_pods(objs: list[Obj]) -> dict[str, Pod]:
+    """Every pod template of the rendering, by its object's name."""
+    return {name(o): Pod(name(o), namespace_of(o), pod_labels(o)) for o in objs if o["kind"] in (*LONG_RUNNING, "Job")}
+
+
+def policies(objs: list[Obj], pod: Pod, direction: str) -> list[Obj]:
+    """The NetworkPolicies that select `pod` for `direction` (Ingress or Egress)."""
+    return [
+        p
+        for p in of_kind(objs, "NetworkPolicy")
+        if namespace_of(p) == pod.namespace
+        and direction in p["spec"].get("policyTypes", ["Ingress"])
+        and matches(p["spec"]["podSelector"], pod.labels)
+    ]
+
+
+def peer_matches(peer: Obj, policy_namespace: str, other: Peer) -> bool:
+    if "ipBlock" in peer:
+        if isinstance(other, Pod):
+            return False  # ipBlocks are for addresses outside the cluster's pods
+        address = ipaddress.ip_address(other)
+        block = peer["ipBlock"]
+        inside = address in ipaddress.ip_network(block["cidr"])
+        return inside and not any(address in ipaddress.ip_network(e) for e in block.get("except", []))
+    if not isinstance(other, Pod):
+        return False
+    if "namespaceSelector" in peer:
+        namespace_labels = {"kubernetes.io/metadata.name": other.namespace}
+        if not matches(peer["namespaceSelector"], namespace_labels):
+            return False
+    elif other.namespace != policy_namespace:
+        return False
+    return matches(peer.get("podSelector", {}), other.labels)
+
+
+def port_matches(rule: Obj, port: int, protocol: str) -> bool:
+    if not rule.get("ports"):
+        return True
+    for entry in rule["ports"]:
+        assert "endPort" not in entry and isinstance(entry.get("port", 0), int), f"unmodelled port entry {entry}"
+        if entry.get("protocol", "TCP") == protocol and entry.get("port") in (None, port):
+            return True
+    return False
+
+
+def allowed(objs: list[Obj], pod: Pod, direction: str, other: Peer, port: int, protocol: str) -> bool:
+    """Whether `pod`'s policies for `direction` let it talk to `other` on port/protocol (not isolated: yes)."""
+    selecting = policies(objs, pod, direction)
+    if not selecting:
+        return True
+    key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+    return any(
+        port_matches(rule, port, protocol)
+        and (peers_key not in rule or any(peer_matches(p, namespace_of(policy), other) for p in rule[peers_key]))
+        for policy in selecting
+        for rule in policy["spec"].get(key, [])
+    )
+
+
+def can_connect(objs: list[Obj], source: Pod, target: Peer, port: int, protocol: str = "TCP") -> bool:
+    """The source's egress policies and, for one of orch's pods, the target's ingress policies both admit it."""
+    if not allowed(objs, source, "Egress", target, port, protocol):
+        return False
+    if isinstance(target, Pod) and target.namespace == ORCH_NAMESPACE:
+        return allowed(objs, target, "Ingress", source, port, protocol)
+    return True
+
+
+def test_every_orch_pod_is_isolated_in_both_directions(rendered: list[Obj]) -> None:
+    """Deny by default: a pod no policy selects would be open to everything, in or out."""
+    for pod in orch_pods(rendered).values():
+        for direction in ("Ingress", "Egress"):
+            assert policies(rendered, pod, direction), f"{pod.name}: no {direction} policy selects it"
+
+
+# (source, target, port, protocol, expected). Sources and targets: orch's pods by object name, or the pods above.
+REACHABILITY = [
+    # workers: the store, the broker, DNS, the internet on 443; nothing else of orch's, nothing private
+    ("orch-worker-general", "orch-postgres", 5432, "TCP", True),
+    ("orch-worker-general", "orch-redis", 6379, "TCP", True),
+    ("orch-worker-general", KUBE_DNS, 53, "UDP", True),
+    ("orch-worker-general", KUBE_DNS, 53, "TCP", True),
+    ("orch-worker-general", PUBLIC_V4, 443, "TCP", True),
+    ("orch-worker-general", PUBLIC_V6, 443, "TCP", True),
+    ("orch-worker-general", PUBLIC_V4, 25, "TCP", False),
+    ("orch-worker-general", "10.0.0.1", 443, "TCP", False),
+    ("orch-worker-general", "172.20.0.10", 443, "TCP", False),
+    ("orch-worker-general", "192.168.1.1", 443, "TCP", False),
+    ("orch-worker-general", "100.64.0.10", 443, "TCP", False),
+    ("orch-worker-general", "fd12:3456::1", 443, "TCP", False),
+    ("orch-worker-general", "orch-flower", 5555, "TCP", False),
+    ("orch-worker-general", "orch-exporter", 9808, "TCP", False),
+    ("orch-worker-engineering", "orch-worker-platform", 8080, "TCP", False),
+    ("orch-worker-general", NEIGHBOUR, 8080, "TCP", False),
+    ("orch-worker-general", KEDA_OPERATOR, 8080, "TCP", False),
+    # the beat and the exporter: store and broker only
+    ("orch-beat", "orch-postgres", 5432, "TCP", True),
+    ("orch-beat", "orch-redis", 6379, "TCP", True),
+    ("orch-beat", PUBLIC_V4, 443, "TCP", False),
+    ("orch-exporter", "orch-postgres", 5432, "TCP", True),
+    ("orch-exporter", "orch-redis", 6379, "TCP", True),
+    ("orch-exporter", PUBLIC_V4, 443, "TCP", False),
+    # Flower: the broker only; the migration: the store only
+    ("orch-flower", "orch-redis", 6379, "TCP", True),
+    ("orch-flower", "orch-postgres", 5432, "TCP", False),
+    ("orch-flower", PUBLIC_V4, 443, "TCP", False),
+    ("orch-migrate", "orch-postgres", 5432, "TCP", True),
+    ("orch-migrate", "orch-redis", 6379, "TCP", False),
+    ("orch-migrate", PUBLIC_V4, 443, "TCP", False),
+    # the bundled services reach nothing
+    ("orch-postgres", PUBLIC_V4, 443, "TCP", False),
+    ("orch-redis", KUBE_DNS, 53, "UDP", False),
+    # who reaches orch's services
+    (PROMETHEUS, "orch-exporter", 9808, "TCP", True),
+    (PROMETHEUS, "orch-flower", 5555, "TCP", False),
+    (STRANGER, "orch-exporter", 9808, "TCP", False),
+    (STRANGER, "orch-flower", 5555, "TCP", False),
+    (NEIGHBOUR, "orch-flower", 5555, "TCP", False),
+    (STRANGER, "orch-postgres", 5432, "TCP", False),
+    (STRANGER, "orch-redis", 6379, "TCP", False),
+    (NEIGHBOUR, "orch-redis", 6379, "TCP", False),
+    (KEDA_OPERATOR, "orch-postgres", 5432, "TCP", True),
+    (KEDA_OPERATOR, "orch-redis", 6379, "TCP", False),
+    (STRANGER, "orch-worker-general", 8080, "TCP", False),
+]
+
+
+def resolve(pods: dict[str, Pod], who: Peer) -> Peer:
+    return pods[who] if isinstance(who, str) and who in pods else who
+
+
+def peer_id(value: object) -> str | None:
+    return value.name if isinstance(value, Pod) else None
+
+
+@pytest.mark.parametrize(("source", "target", "port", "protocol", "expected"), REACHABILITY, ids=peer_id)
+def test_who_reaches_whom(
+    base: list[Obj], source: Peer, target: Peer, port: int, protocol: str, expected: bool
+) -> None:
+    pods = orch_pods(base)
+    source_pod = resolve(pods, source)
+    assert isinstance(source_pod, Pod), source
+    assert can_connect(base, source_pod, resolve(pods, target), port, protocol) is expected
+
+
+def test_the_policy_evaluator_sees_an_open_door(base: list[Obj]) -> None:
+    """The table above means something: a policy that lets workers reach Flower, or a worker rule open on every
+    address and port, is seen as such."""
+    pods = orch_pods(base)
+    worker, flower = pods["orch-worker-general"], pods["orch-flower"]
+    opened = copy.deepcopy(base)
+    by_name = {name(p): p for p in of_kind(opened, "NetworkPolicy")}
+    by_name["orch-worker-egress"]["spec"]["egress"].append({"to": [{"podSelector": {}}]})
+    by_name["orch-flower"]["spec"]["ingress"] = [{"from": [{"podSelector": {}}]}]
+    assert can_connect(opened, worker, flower, 5555) and not can_connect(base, worker, flower, 5555)
+    by_name["orch-worker-egress"]["spec"]["egress"].append({})
+    assert can_connect(opened, worker, METADATA_ENDPOINTS[0], 80)
+
+
+def test_no_orch_pod_reaches_a_cloud_metadata_endpoint_on_any_port(rendered: list[Obj]) -> None:
+    """169.254.169.254 (AWS, GCP, Azure, OpenStack...), fd00:ec2::254 (AWS over IPv6), 100.100.100.200 (Alibaba):
+    node credentials on many clusters. No egress rule of any orch pod admits them, whatever the port."""
+    for pod in orch_pods(rendered).values():
+        for policy in policies(rendered, pod, "Egress"):
+            for rule in policy["spec"].get("egress", []):
+                assert "to" in rule, f"{name(policy)}: an egress rule open to every destination"
+                for endpoint in METADATA_ENDPOINTS:
+                    assert not any(peer_matches(p, namespace_of(policy), endpoint) for p in rule["to"]), (
+                        f"{name(policy)} lets {pod.name} reach {endpoint}"
+                    )
+
+
+def test_the_overlay_opens_its_managed_services_and_nothing_more(overlay: list[Obj]) -> None:
+    pods = orch_pods(overlay)
+    database, broker = "10.20.0.10", "10.20.0.11"
+    for component in ("orch-worker-general", "orch-beat", "orch-exporter", "orch-migrate"):
+        assert can_connect(overlay, pods[component], database, 5432), component
+    for component in ("orch-worker-general", "orch-beat", "orch-exporter", "orch-flower"):
+        assert can_connect(overlay, pods[component], broker, 6380), component
+    assert not can_connect(overlay, pods["orch-flower"], database, 5432)
+    assert not can_connect(overlay, pods["orch-migrate"], broker, 6380)
+    assert not can_connect(overlay, pods["orch-worker-general"], database, 22)
+    assert not can_connect(overlay, pods["orch-worker-general"], "10.20.0.12", 5432)
 
 
 # ---------------------------------------------------------------- the image: pinned inputs, the sandbox's needs
