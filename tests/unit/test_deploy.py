@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -234,10 +235,32 @@ def settings_of(objs: list[Obj], container: Obj) -> Settings:
 
 
 def all_containers(objs: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
+    """Every container of every pod template, init containers included."""
     for obj in objs:
         if obj["kind"] in (*LONG_RUNNING, "Job"):
-            for container in containers(obj):
+            for container in [*pod_spec(obj).get("initContainers", []), *containers(obj)]:
                 yield obj, container
+
+
+def one_named(objs: list[Obj], kind: str, wanted: str) -> Obj:
+    (found,) = [o for o in objs if o["kind"] == kind and name(o) == wanted]
+    return found
+
+
+def volume_mounts(obj: Obj, container: Obj) -> dict[str, Obj]:
+    """mountPath -> the volume mounted there, for one container of `obj`'s pod template."""
+    volumes = {v["name"]: v for v in pod_spec(obj).get("volumes", [])}
+    claims = {t["metadata"]["name"]: t for t in obj["spec"].get("volumeClaimTemplates", [])}
+    return {m["mountPath"]: volumes.get(m["name"]) or claims[m["name"]] for m in container.get("volumeMounts", [])}
+
+
+def mount_of(obj: Obj, container: Obj, path: str) -> tuple[str, Obj]:
+    """The mount a path in the container lives on: the longest mountPath that contains it."""
+    mounts = volume_mounts(obj, container)
+    holders = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+    assert holders, f"{name(obj)}/{container['name']}: {path} is on no volume (a read-only root filesystem)"
+    where = max(holders, key=len)
+    return where, mounts[where]
 
 
 # ---------------------------------------------------------------- invariants
@@ -811,6 +834,204 @@ def test_the_overlay_opens_its_managed_services_and_nothing_more(overlay: list[O
     assert not can_connect(overlay, pods["orch-migrate"], broker, 6380)
     assert not can_connect(overlay, pods["orch-worker-general"], database, 22)
     assert not can_connect(overlay, pods["orch-worker-general"], "10.20.0.12", 5432)
+
+
+# ---------------------------------------------------------------- agents in bubblewrap
+
+SECCOMP_PROFILE = DEPLOY / "seccomp" / "orch-worker.json"
+SECCOMP_LOCALHOST = "profiles/orch-worker.json"  # relative to the kubelet's seccomp folder
+# What bubblewrap (0.8, Debian bookworm's) calls beyond containerd's RuntimeDefault, for --unshare-all: a clone with
+# namespace flags, unshare(CLONE_NEWUSER) for its second user namespace, mount, umount2 and pivot_root.
+BWRAP_SYSCALLS = ["clone", "mount", "pivot_root", "umount2", "unshare"]
+# containerd's RuntimeDefault lets `clone` through only without namespace flags (CLONE_NEWNS|NEWUTS|NEWIPC|NEWUSER|
+# NEWPID|NEWNET|NEWCGROUP must all be clear).
+CLONE_NAMESPACE_FLAGS = 0x7E020000
+# Never allowed to the worker (RuntimeDefault refuses them too, to a container without capabilities).
+NEVER_ALLOWED = {
+    "acct", "add_key", "bpf", "clock_settime", "delete_module", "finit_module", "fsconfig", "fsmount", "fsopen",
+    "fspick", "init_module", "io_uring_enter", "io_uring_register", "io_uring_setup", "ioperm", "iopl",
+    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount_setattr", "move_mount", "open_by_handle_at",
+    "open_tree", "perf_event_open", "quotactl", "reboot", "request_key", "setdomainname", "settimeofday", "setns",
+    "swapoff", "swapon", "syslog", "userfaultfd", "chroot",
+}  # fmt: skip
+
+
+def seccomp_profile() -> Obj:
+    return dict(json.loads(SECCOMP_PROFILE.read_text()))
+
+
+def allowed_syscalls(profile: Obj) -> set[str]:
+    return {n for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW" for n in rule["names"]}
+
+
+def test_workers_run_agents_in_bubblewrap_or_not_at_all(rendered: list[Obj]) -> None:
+    """ORCH_SANDBOX=bwrap: a worker whose pod cannot run bubblewrap fails, instead of running agents unsandboxed;
+    the worker container alone gets the seccomp profile and AppArmor setting bubblewrap needs, and nothing more."""
+    for worker in workers(rendered):
+        (container,) = containers(worker)
+        env = {e["name"]: e for e in container["env"]}
+        assert env["ORCH_SANDBOX"] == {"name": "ORCH_SANDBOX", "value": "bwrap"}, name(worker)
+        assert settings_of(rendered, container).sandbox == "bwrap"
+        context = container["securityContext"]
+        assert context["seccompProfile"] == {"type": "Localhost", "localhostProfile": SECCOMP_LOCALHOST}
+        assert context["appArmorProfile"] == {"type": "Unconfined"}
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
+        assert context["readOnlyRootFilesystem"] is True
+        assert not {"privileged", "procMount"} & set(context), "bubblewrap needs neither"
+        spec = pod_spec(worker)
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+        assert "hostUsers" not in spec and not spec.get("hostPID") and not spec.get("hostNetwork")
+    for obj, container in all_containers(rendered):
+        if pod_labels(obj).get("app.kubernetes.io/component") != "worker":
+            context = container.get("securityContext", {})
+            assert "appArmorProfile" not in context, f"{name(obj)}: only workers leave AppArmor's default"
+            profile = context.get("seccompProfile", pod_spec(obj)["securityContext"]["seccompProfile"])
+            assert profile == {"type": "RuntimeDefault"}, f"{name(obj)}/{container['name']}: {profile}"
+
+
+def test_the_worker_seccomp_profile_is_runtime_default_plus_what_bubblewrap_needs() -> None:
+    profile = seccomp_profile()
+    assert set(profile) == {"defaultAction", "architectures", "syscalls"}, "plain OCI format (containerd, CRI-O)"
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert {"SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"} <= set(profile["architectures"])
+    *runtime_default, additions = profile["syscalls"]
+    assert additions == {"names": BWRAP_SYSCALLS, "action": "SCMP_ACT_ALLOW"}, "the additions come last, alone"
+    assert not set(BWRAP_SYSCALLS) & allowed_syscalls({"syscalls": runtime_default}), "RuntimeDefault lacks them"
+    assert allowed_syscalls(profile) & NEVER_ALLOWED == set()
+    (clone3,) = [r for r in profile["syscalls"] if "clone3" in r["names"]]
+    assert clone3 == {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}, "ENOSYS: glibc uses clone"
+    for rule in runtime_default:  # arguments are filtered only where RuntimeDefault filters them
+        if rule.get("args"):
+            assert set(rule["names"]) <= {"socket", "personality"}, rule
+
+
+def runtime_default_profile() -> Obj:
+    """The worker's profile without bubblewrap's additions: containerd's RuntimeDefault for a container without
+    capabilities (`clone` without namespace flags only)."""
+    profile = seccomp_profile()
+    profile["syscalls"][-1] = {
+        "names": ["clone"],
+        "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+    }
+    return profile
+
+
+# What containerd masks and makes read-only in /proc and /sys for procMount: Default; Unmasked clears both.
+MASKED_PATHS = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/sched_debug",
+    "/proc/scsi", "/proc/timer_list", "/proc/timer_stats", "/sys/devices/virtual/powercap", "/sys/firmware",
+]  # fmt: skip
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def runc_or_skip() -> str:
+    """runc runs a container much like the kubelet's runtime does: uid 10001, no capabilities, no_new_privs, a
+    read-only root, masked /proc, the given seccomp profile. It needs root, runc and bubblewrap on this machine."""
+    found, bwrap = shutil.which("runc"), shutil.which("bwrap")
+    if os.geteuid() != 0 or found is None or bwrap is None:
+        pytest.skip("needs root, runc and bwrap (apt: runc bubblewrap) to run bubblewrap in a container")
+    return found
+
+
+def run_in_container(tmp_path: Path, seccomp: Obj, argv: list[str], masked: bool = True) -> tuple[int, str]:
+    bundle = tmp_path / f"bundle-{secrets.token_hex(4)}"
+    rootfs, workspace = bundle / "rootfs", bundle / "workspace"
+    for folder in ("usr", "etc", "proc", "dev", "sys", "tmp", "workspace", "run/orch"):
+        (rootfs / folder).mkdir(parents=True)
+    for link in ("bin", "lib", "lib64", "sbin"):
+        if (Path("/usr") / link).exists():
+            (rootfs / link).symlink_to(f"usr/{link}")
+    workspace.mkdir()
+    os.chown(workspace, 10001, 10001)
+    config = {
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 10001, "gid": 10001},
+            "args": argv,
+            "env": ["PATH=/usr/bin:/bin"],
+            "cwd": "/",
+            "capabilities": {k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "ro"]},
+            {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
+            {"destination": "/etc", "type": "bind", "source": "/etc", "options": ["rbind", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+            {"destination": "/run/orch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+            {"destination": "/workspace", "type": "bind", "source": str(workspace), "options": ["rbind", "rw"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": MASKED_PATHS if masked else [],
+            "readonlyPaths": READONLY_PATHS if masked else [],
+            "seccomp": seccomp,
+        },
+    }
+    (bundle / "config.json").write_text(json.dumps(config))
+    container = f"orch-test-{secrets.token_hex(6)}"
+    done = subprocess.run(
+        [runc_or_skip(), "run", "--bundle", str(bundle), container], capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+BWRAP = [
+    "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+    "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+    "--symlink", "usr/lib64", "/lib64", "--dev", "/dev", "--tmpfs", "/tmp",
+    "--bind", "/workspace", "/workspace", "--chdir", "/workspace",
+]  # fmt: skip
+# inside: it writes its workdir, does not see /run/orch (the liveness file), and has no network but loopback
+AGENT = ["--", "sh", "-c", 'touch done && test ! -e /run/orch && test "$(grep -c : /proc/net/dev)" = 1 && echo OK']
+
+
+@pytest.mark.parametrize(
+    ("profile", "proc", "masked", "expected"),
+    [
+        pytest.param("runtime-default", "--proc", True, "No permissions to create new namespace", id="runtimedefault"),
+        pytest.param("orch-worker", "--proc", True, "Can't mount proc on /newroot/proc", id="worker-fresh-proc"),
+        pytest.param("orch-worker", "--ro-bind", True, "OK", id="worker-bound-proc"),
+        pytest.param("orch-worker", "--proc", False, "OK", id="worker-fresh-proc-unmasked"),
+    ],
+)
+def test_bubblewrap_in_a_container_under_the_worker_seccomp_profile(
+    tmp_path: Path, profile: str, proc: str, masked: bool, expected: str
+) -> None:
+    """RuntimeDefault refuses bubblewrap's namespaces; the worker's profile allows them. A fresh /proc (bwrap --proc,
+    needed for a pid namespace's own view) is refused under the runtime's masked /proc (procMount: Default), so in a
+    pod the sandbox must bind the container's /proc instead, or the pod needs procMount: Unmasked (which Kubernetes
+    allows only with hostUsers: false)."""
+    seccomp = runtime_default_profile() if profile == "runtime-default" else seccomp_profile()
+    proc_args = ["--proc", "/proc"] if proc == "--proc" else ["--ro-bind", "/proc", "/proc"]
+    returncode, output = run_in_container(tmp_path, seccomp, BWRAP + proc_args + AGENT, masked=masked)
+    assert expected in output, output
+    if expected == "OK":
+        assert returncode == 0, output
+    else:
+        assert returncode != 0, output
+
+
+# ---------------------------------------------------------------- the liveness file, away from agents
+
+
+def test_the_liveness_file_is_in_its_own_volume_not_in_tmp(rendered: list[Obj]) -> None:
+    """Agents write /tmp: an agent that deletes the file restarts the pod, one that touches it hides a hung worker.
+    The file lives alone in a small emptyDir that orch's sandbox does not give agents."""
+    for obj in [*workers(rendered), *with_component(rendered, "beat")]:
+        (container,) = containers(obj)
+        liveness = settings_of(rendered, container).liveness_file
+        assert liveness is not None and liveness.is_absolute()
+        assert not liveness.is_relative_to("/tmp") and not liveness.is_relative_to("/workspace"), liveness
+        where, volume = mount_of(obj, container, str(liveness))
+        assert where == str(liveness.parent), f"{name(obj)}: {liveness} shares {where} with other files"
+        assert "emptyDir" in volume and volume["emptyDir"].get("sizeLimit"), f"{name(obj)}: {where} is {volume}"
+        others = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert len(others) == 1, f"{name(obj)}: the liveness volume is mounted more than once"
 
 
 # ---------------------------------------------------------------- the image: pinned inputs, the sandbox's needs
