@@ -37,8 +37,9 @@ from orch.agents import load_agents
 from orch.settings import Settings
 from orch.states import TaskStatus
 from orch.store import repo
-from orch.store.db import ensure_schema, write_session
+from orch.store.db import dispose_engines, ensure_schema, write_session
 from orch.store.models import TaskRow
+from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_service
 from tests.helpers import make_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -361,7 +362,11 @@ def test_no_secret_value_outside_a_secret(rendered: list[Obj]) -> None:
     for obj, container in all_containers(rendered):
         for env in container.get("env", []):
             where = f"{name(obj)}/{container['name']}: {env['name']}"
-            if env["name"] in SECRET_ENV or SECRET_NAME.search(env["name"]):
+            if env["name"].endswith("_FILE") and "value" in env and SECRET_NAME.search(env["name"]):
+                # a password's file: it must be a file of a mounted Secret
+                _mount, volume = mount_of(obj, container, env["value"])
+                assert "secret" in volume, f"{where}: {env['value']} is not in a mounted Secret"
+            elif env["name"] in SECRET_ENV or SECRET_NAME.search(env["name"]):
                 assert "secretKeyRef" in env.get("valueFrom", {}), f"{where} must come from a Secret"
             assert not SECRET_VALUE.search(env.get("value", "")), f"{where} holds a credential"
         for source in container.get("envFrom", []):
@@ -369,13 +374,23 @@ def test_no_secret_value_outside_a_secret(rendered: list[Obj]) -> None:
 
 
 def secret_refs(objs: list[Obj]) -> list[tuple[str, str]]:
-    """(secret name, key) of every secretKeyRef and of KEDA's TriggerAuthentications."""
+    """(secret name, key) of every secretKeyRef, of every Secret volume's items, and of KEDA's
+    TriggerAuthentications."""
     refs = []
     for _obj, container in all_containers(objs):
         for env in container.get("env", []):
             ref = env.get("valueFrom", {}).get("secretKeyRef")
             if ref:
                 refs.append((ref["name"], ref["key"]))
+    for obj in objs:
+        if obj["kind"] in (*LONG_RUNNING, "Job"):
+            for volume in pod_spec(obj).get("volumes", []):
+                if "secret" in volume:
+                    items = volume["secret"].get("items")
+                    assert items, (
+                        f"{name(obj)}: Secret volume {volume['name']} mounts every key; list the ones it needs"
+                    )
+                    refs += [(volume["secret"]["secretName"], item["key"]) for item in items]
     for auth in of_kind(objs, "TriggerAuthentication"):
         refs += [(t["name"], t["key"]) for t in auth["spec"]["secretTargetRef"]]
     return refs
@@ -1032,6 +1047,138 @@ def test_the_liveness_file_is_in_its_own_volume_not_in_tmp(rendered: list[Obj]) 
         assert "emptyDir" in volume and volume["emptyDir"].get("sizeLimit"), f"{name(obj)}: {where} is {volume}"
         others = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
         assert len(others) == 1, f"{name(obj)}: the liveness volume is mounted more than once"
+
+
+def test_the_exporter_reads_the_store_as_the_read_only_role(rendered: list[Obj]) -> None:
+    """The exporter only reads: its ORCH_DATABASE_URL is the read-only role's. Flower reads no store at all. Every
+    other store user keeps the owner's URL (they write, and run migrations)."""
+    database_keys = {}
+    for obj, container in all_containers(rendered):
+        for env in container.get("env", []):
+            if env["name"] == "ORCH_DATABASE_URL":
+                database_keys[name(obj)] = env["valueFrom"]["secretKeyRef"]["key"]
+    assert database_keys.pop("orch-exporter") == "ORCH_READONLY_DATABASE_URL"
+    assert "orch-flower" not in database_keys
+    assert set(database_keys.values()) == {"ORCH_DATABASE_URL"}, database_keys
+    assert {"orch-beat", "orch-migrate"} <= set(database_keys)
+    (auth,) = of_kind(rendered, "TriggerAuthentication")
+    assert [t["key"] for t in auth["spec"]["secretTargetRef"]] == ["KEDA_POSTGRES_CONNECTION"]
+
+
+def config_map_data(objs: list[Obj], obj: Obj, volume_name: str) -> dict[str, str]:
+    (volume,) = [v for v in pod_spec(obj)["volumes"] if v["name"] == volume_name]
+    return dict(one_named(objs, "ConfigMap", volume["configMap"]["name"])["data"])
+
+
+def no_env_from_a_secret(obj: Obj) -> None:
+    for _o, container in all_containers([obj]):
+        for env in container.get("env", []):
+            assert "valueFrom" not in env, f"{name(obj)}/{container['name']}: {env['name']} from the Secret"
+
+
+def test_bundled_postgres_reads_its_passwords_from_files(base: list[Obj]) -> None:
+    postgres = one_named(base, "StatefulSet", "orch-postgres")
+    no_env_from_a_secret(postgres)
+    (pg,) = containers(postgres)
+    env = {e["name"]: e["value"] for e in pg["env"]}
+    for variable, key in (("POSTGRES_PASSWORD_FILE", "POSTGRES_PASSWORD"),
+                          ("POSTGRES_READONLY_PASSWORD_FILE", "POSTGRES_READONLY_PASSWORD")):  # fmt: skip
+        _where, volume = mount_of(postgres, pg, env[variable])
+        assert {"key": key, "path": Path(env[variable]).name} in volume["secret"]["items"]
+    _where, init = mount_of(postgres, pg, "/docker-entrypoint-initdb.d/10-readonly-role.sh")
+    assert init["configMap"]["defaultMode"] == 0o555, "the entrypoint runs executable scripts in their own shell"
+
+
+def psql_or_skip() -> str:
+    found = shutil.which("psql")
+    if found is None:
+        message = "psql is not installed, so the read-only role's script cannot run (apt: postgresql-client)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}, and CI=true requires this test to run")
+        pytest.skip(message)
+    return found
+
+
+@pytest.mark.postgres
+def test_the_read_only_role_reads_what_the_exporter_needs_and_writes_nothing(base: list[Obj], tmp_path: Path) -> None:
+    """The bundled PostgreSQL's init script, run here against a fresh database: it creates the read-only role before
+    orch's tables exist (as on a first start); the migrations then create them as the owner; the exporter's whole
+    read succeeds as the read-only role, and any write is refused, even in a read-write transaction."""
+    require_service("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    psql_or_skip()
+    import psycopg
+    from psycopg import sql
+
+    from orch.metrics import StoreCollector
+
+    postgres = one_named(base, "StatefulSet", "orch-postgres")
+    script = tmp_path / "10-readonly-role.sh"
+    script.write_text(config_map_data(base, postgres, "init")["10-readonly-role.sh"])
+    script.chmod(0o755)
+    suffix = secrets.token_hex(4)
+    owner, reader, database = f"orch_owner_{suffix}", f"orch_reader_{suffix}", f"orch_ro_test_{suffix}"
+    admin = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(sql.Identifier(owner)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(owner)))
+    try:
+        (tmp_path / "readonly-password").write_text(secrets.token_hex(12))
+        env = {
+            "PATH": os.environ["PATH"],
+            "PGHOST": POSTGRES_HOST,
+            "PGPORT": str(POSTGRES_PORT),
+            "POSTGRES_USER": owner,
+            "POSTGRES_DB": database,
+            "POSTGRES_READONLY_USER": reader,
+            "POSTGRES_READONLY_PASSWORD_FILE": str(tmp_path / "readonly-password"),
+        }
+        for _run in range(2):  # it may run again (a store created earlier, a new password)
+            done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+
+        host = f"{POSTGRES_HOST}:{POSTGRES_PORT}/{database}"
+        owner_url, reader_url = f"postgresql+psycopg://{owner}@{host}", f"postgresql+psycopg://{reader}@{host}"
+        plan = make_plan([{"id": "a", "title": "a task", "agent": "general-purpose", "command": "true"}])
+        with write_session(owner_url) as session:
+            repo.submit_plan(session, plan, repo.db_now(session))
+
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, database_url=reader_url, broker_url="redis://127.0.0.1:1/0", home=tmp_path / "home"
+        )
+        collector = StoreCollector(settings, broker_timeout=0.5)
+        families = {family.name: family for family in collector.collect()}
+        assert [s.value for s in families["orch_store_up"].samples] == [1.0], "the exporter's read failed"
+        assert [s.value for s in families["orch_exporter_ready"].samples] == [1.0]
+
+        conninfo = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user={reader} dbname={database}"
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (1,)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("UPDATE tasks SET title = 'changed'")
+            conn.execute("SET default_transaction_read_only = off")
+            for statement in ("UPDATE tasks SET title = 'changed'", "DELETE FROM plans", "CREATE TABLE t (i int)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+    finally:
+        dispose_engines()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            for role in (reader, owner):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_the_read_only_role_script_refuses_a_short_password(base: list[Obj], tmp_path: Path) -> None:
+    script = tmp_path / "10-readonly-role.sh"
+    script.write_text(config_map_data(base, one_named(base, "StatefulSet", "orch-postgres"), "init")[script.name])
+    (tmp_path / "pw").write_text("too-short")
+    env = {"PATH": os.environ["PATH"], "POSTGRES_USER": "orch", "POSTGRES_DB": "orch"}
+    env["POSTGRES_READONLY_PASSWORD_FILE"] = str(tmp_path / "pw")
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "orch-postgres: POSTGRES_READONLY_PASSWORD (Secret orch-secrets) has 9 characters; give at least 16, "
+        "e.g. openssl rand -hex 24"
+    )
 
 
 # ---------------------------------------------------------------- the image: pinned inputs, the sandbox's needs
