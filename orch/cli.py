@@ -427,11 +427,13 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
     from orch.report import run_is_over
     from orch.store import reads, repo
     from orch.store.db import read_session
+    from orch.terminal import inert
     from orch.watch import watch_live
 
     def check_worker() -> None:
         if not worker.alive():
-            raise OrchError(f"the worker exited unexpectedly; its log ends with:\n{worker.log_tail()}")
+            tail = inert(worker.log_tail(), keep_newlines=True)  # it may quote an agent's output
+            raise OrchError(f"the worker exited unexpectedly; its log ends with:\n{tail}")
 
     if err.is_terminal:
         watch_live(plan_id, err, poll, check_worker, transient=True)
@@ -455,12 +457,15 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
 
 
 def format_event(event: Any, key_of: dict[int, str]) -> str:
+    """One line per event; its detail (an agent's error, say) cannot break the line or drive the terminal."""
+    from orch.terminal import inert
+
     stamp = event.at.strftime("%H:%M:%S")
     subject = f"task {key_of.get(event.task_pk, event.task_pk)}" if event.task_pk else "plan"
     attempt = f" #{event.attempt}" if event.attempt else ""
     change = f"{event.old} -> {event.new}" if event.old else f"{event.new}"
     detail = f"  ({event.detail})" if event.detail else ""
-    return f"{stamp} {subject}{attempt}: {change}{detail}"
+    return inert(f"{stamp} {subject}{attempt}: {change}{detail}")
 
 
 def print_final(plan_id: str) -> PlanStatus:
@@ -508,11 +513,12 @@ def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
     verification, files changed and failure reasons, then the totals. Markdown (for an issue) or JSON."""
     from orch.completion import load_report, render_markdown
     from orch.store.db import read_session
+    from orch.terminal import inert_json
 
     with read_session() as session:
         completion = load_report(session, plan_ref)
     if fmt == "json":
-        click.echo(json.dumps(completion.as_json(), indent=2, ensure_ascii=False))
+        click.echo(inert_json(completion.as_json()))
     else:
         click.echo(render_markdown(completion, max_tasks), nl=False)
 

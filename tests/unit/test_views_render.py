@@ -64,3 +64,10 @@ def test_markdown_text_and_code_spans_escape_what_would_break_a_table() -> None:
     assert md_code("plain") == "`plain`"
     assert md_code("has `ticks`") == "`` has `ticks` ``"
     assert md_code("a|b", in_table=True) == r"`a\|b`"
+
+
+def test_mermaid_labels_and_comments_show_control_and_bidi_characters_as_escapes() -> None:
+    assert escape("T1 \x1b]0;SPOOFED\x07\x1b[2J \u202eevil") == "T1 \\x1b]0;SPOOFED\\x07\\x1b[2J \\u202eevil"
+    chart = render([Node("a", "ok", ())], "plan file \x1b]0;X\x07.json: \u202et")
+    assert "\x1b" not in chart.text and "\x07" not in chart.text and "\u202e" not in chart.text
+    assert "    %% plan file \\x1b]0;X\\x07.json: \\u202et" in chart.text.splitlines()
