@@ -180,15 +180,20 @@ def status(plan_ref: str | None, as_json: bool) -> None:
 @click.argument("task_id")
 @click.option("--attempt", "number", type=int, default=None, help="Attempt number (default: the latest).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing output until the attempt ends.")
+@click.option(
+    "--raw", is_flag=True, help="The log's bytes unchanged, escape sequences included (default: shown as escapes)."
+)
 @handle_errors
-def logs(plan_ref: str, task_id: str, number: int | None, follow: bool) -> None:
-    """Print a task attempt's output (its log file on this host, else the tail kept in the store)."""
+def logs(plan_ref: str, task_id: str, number: int | None, follow: bool, raw: bool) -> None:
+    """Print a task attempt's output (its log file on this host, else the tail kept in the store). The agent's
+    control and escape sequences are shown as visible escapes (\\x1b…), unless --raw."""
     from orch.errors import UserError
     from orch.states import AttemptStatus
     from orch.store import repo
     from orch.store.db import read_session
+    from orch.terminal import InertDecoder, inert
 
-    def load() -> Any:
+    def load() -> tuple[str, Any]:
         with read_session() as session:
             plan = repo.find_plan(session, plan_ref)
             task = next((t for t in repo.plan_tasks(session, plan.id) if t.key == task_id), None)
@@ -200,28 +205,45 @@ def logs(plan_ref: str, task_id: str, number: int | None, follow: bool) -> None:
         chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
         if chosen is None:
             raise UserError(f"task {task_id!r} has no attempt {number} (it has {len(attempts)})")
-        return chosen
+        return plan.id, chosen
 
-    attempt = load()
-    path = Path(attempt.log_path) if attempt.log_path else None
-    if path is None or not path.exists():
-        click.echo(f"[log file not on this host ({attempt.worker}); the last output kept in the store:]", err=True)
-        click.echo(attempt.output_tail, nl=False)
+    decoder = InertDecoder()
+
+    def write(data: bytes, final: bool = False) -> None:
+        sys.stdout.buffer.write(data if raw else decoder.feed(data, final).encode("utf-8"))
+        sys.stdout.flush()
+
+    def copy_from(path: Path, offset: int) -> int:
+        """Print the log from `offset` to its current end, a bounded chunk at a time; returns the new end."""
+        with path.open("rb") as log:
+            log.seek(offset)
+            while chunk := log.read(LOG_CHUNK_BYTES):
+                offset += len(chunk)
+                write(chunk)
+        return offset
+
+    plan_id, attempt = load()
+    # An attempt's log path is stored when it ends; while it runs, its log is where this host's workers write it.
+    path = Path(attempt.log_path or get_settings().logs_dir.resolve() / plan_id / f"{task_id}.{attempt.number}.log")
+    if not path.exists():
+        click.echo(
+            f"[log file not on this host ({inert(attempt.worker)}); the last output kept in the store:]", err=True
+        )
+        write(attempt.output_tail.encode("utf-8"), final=True)
         return
     offset = 0
     finished = not follow or attempt.status is not AttemptStatus.RUNNING
     while True:
-        with path.open("rb") as log:
-            log.seek(offset)
-            data = log.read()
-        offset += len(data)
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
+        offset = copy_from(path, offset)
         if finished:
+            write(b"", final=True)  # bytes of a character the log ends inside of: U+FFFD
             return
         time.sleep(0.25)
-        attempt = load()
+        _, attempt = load()
         finished = attempt.status is not AttemptStatus.RUNNING  # one more read after it ended
+
+
+LOG_CHUNK_BYTES = 64 * 1024  # what `orch logs` reads and prints at a time, however large the log
 
 
 # --- operator commands: each changes the store (compare-and-set) and prints what it changed -----------------
