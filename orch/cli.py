@@ -593,11 +593,14 @@ def exporter(host: str | None, port: int | None) -> None:
 
 @main.command("flower")
 @click.option("--port", type=int, default=None, help="Port to serve on (Flower's default: 5555).")
-@click.option("--address", default=None, help="Address to bind (Flower's default: every interface).")
+@click.option(
+    "--address", default=None, help="Address to bind (default: FLOWER_ADDRESS, else 127.0.0.1; 0.0.0.0: every one)."
+)
 @click.option("--no-auth", is_flag=True, help="Allow starting without ORCH_FLOWER_AUTH (prints a warning).")
 @handle_errors
 def flower_command(port: int | None, address: str | None, no_auth: bool) -> None:
-    """Run Flower (`celery -A orch flower`) behind basic auth from ORCH_FLOWER_AUTH (user:password[,…])."""
+    """Run Flower (`celery -A orch flower`) behind basic auth from ORCH_FLOWER_AUTH (user:password[,…], passwords of
+    12 characters or more), listening on 127.0.0.1 unless --address (or FLOWER_ADDRESS) says otherwise."""
     from orch.flower import exec_flower
 
     exec_flower(port, address, no_auth, get_settings())

@@ -512,7 +512,7 @@ def test_bundled_redis_keeps_its_messages(base: list[Obj]) -> None:
 def test_flower_exporter_and_migration_commands(rendered: list[Obj]) -> None:
     by_name = {name(o): o for o in rendered if o["kind"] in (*LONG_RUNNING, "Job")}
     (flower,) = containers(by_name["orch-flower"])
-    assert flower["command"] == ["celery", "-A", "orch", "flower", "--port=5555"]
+    assert flower["command"] == ["celery", "-A", "orch", "flower", "--port=5555", "--address=0.0.0.0"]
     auth = {e["name"]: e for e in flower["env"]}["ORCH_FLOWER_AUTH"]
     assert "secretKeyRef" in auth["valueFrom"]
     (exporter,) = containers(by_name["orch-exporter"])
