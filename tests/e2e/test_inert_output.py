@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import select
+import signal
 import subprocess
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ PLAN = {
         {"id": "plain", "title": "prints it and succeeds \u202e", "agent": "general-purpose", "command": PRINT_SPOOF},
     ],
 }
+FIRST_LINE = f"€ {SPOOF_SHOWN} a0\n"  # of the task that orch logs -f follows
 BIDI_CONTROLS = {"LRE", "RLE", "PDF", "LRO", "RLO", "LRI", "RLI", "FSI", "PDI"}
 
 
@@ -162,17 +163,40 @@ def test_the_report_and_status_as_json_are_valid_and_hold_nothing_raw(ran: Ran) 
     assert {t["title"] for t in json.loads(status.stdout)["tasks"]} == {TITLE, "prints it and succeeds \u202e"}
 
 
-@pytest.fixture
-def processes_here() -> Iterator[Processes]:
-    procs = Processes()
+def follow_the_log(folder: Path, env: dict[str, str]) -> tuple[bytes, bytes, subprocess.Popen[bytes]]:
+    """`orch logs -f` of the running task once its log has its first lines; the test's go is given once it has
+    printed the first. Returns the rest of what it printed, its stderr and the process."""
+
+    def first_lines_in_its_log() -> bool:
+        logs = run_orch(["logs", "follow", "slow"], folder, env)
+        return logs.returncode == 0 and logs.stdout.startswith(FIRST_LINE)
+
+    wait_for(first_lines_in_its_log, 120, "the running task's first lines in its log")
+    follow = subprocess.Popen(
+        [ORCH, "logs", "follow", "slow", "--follow"],
+        cwd=folder,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        bufsize=0,  # unbuffered: the first line read here leaves the rest to communicate()
+    )
     try:
-        yield procs
+        assert follow.stdout is not None
+        assert select.select([follow.stdout], [], [], 60)[0], "orch logs -f printed nothing in 60 s"
+        assert follow.stdout.readline() == FIRST_LINE.encode()
+        (folder / "go").touch()
+        rest, errors = follow.communicate(timeout=60)
     finally:
-        procs.stop_all()
+        if follow.poll() is None:
+            follow.kill()
+            follow.communicate(timeout=10)
+    return rest, errors, follow
 
 
 def test_logs_follow_stays_inert_across_reads_that_split_a_character_or_a_sequence(
-    tmp_path: Path, processes_here: Processes
+    tmp_path: Path, processes: Processes
 ) -> None:
     # Lines of a "€" and the spoof, enough that the worker's buffered log file is written in blocks that end
     # anywhere (inside a character, inside a sequence); the second half waits for the test's go, so that
@@ -186,34 +210,15 @@ def test_logs_follow_stays_inert_across_reads_that_split_a_character_or_a_sequen
     plan_file = tmp_path / "follow.json"
     plan_file.write_text(json.dumps(plan))
     env = orch_env(tmp_path)
-    processes_here.start([ORCH, "run", str(plan_file)], tmp_path, env, tmp_path / "run.log")
-    first_line = f"€ {SPOOF_SHOWN} a0\n"
-
-    def first_lines_in_its_log() -> bool:
-        logs = run_orch(["logs", "follow", "slow"], tmp_path, env)
-        return logs.returncode == 0 and logs.stdout.startswith(first_line)
-
-    wait_for(first_lines_in_its_log, 120, "the running task's first lines in its log")
-    follow = subprocess.Popen(
-        [ORCH, "logs", "follow", "slow", "--follow"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        bufsize=0,  # unbuffered: the first line read here leaves the rest to communicate()
-    )
+    run = processes.start([ORCH, "run", str(plan_file)], tmp_path, env, tmp_path / "run.log")
     try:
-        assert follow.stdout is not None
-        assert select.select([follow.stdout], [], [], 60)[0], "orch logs -f printed nothing in 60 s"
-        assert follow.stdout.readline() == first_line.encode()
-        (tmp_path / "go").touch()
-        rest, errors = follow.communicate(timeout=60)
+        rest, errors, follow = follow_the_log(tmp_path, env)
+        assert run.wait(120) == 0
     finally:
-        if follow.poll() is None:
-            follow.kill()
-            follow.communicate(timeout=10)
+        if run.poll() is None:  # a failure above: Ctrl-C, so that orch run cancels the plan and stops its worker
+            (tmp_path / "go").touch()
+            run.send_signal(signal.SIGINT)
+            run.wait(60)
     assert follow.returncode == 0, errors
     expected = "".join(f"€ {SPOOF_SHOWN} {half}{i}\n" for half in "ab" for i in range(400))
-    assert first_line.encode() + rest == expected.encode()
+    assert FIRST_LINE.encode() + rest == expected.encode()
