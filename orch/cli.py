@@ -180,15 +180,20 @@ def status(plan_ref: str | None, as_json: bool) -> None:
 @click.argument("task_id")
 @click.option("--attempt", "number", type=int, default=None, help="Attempt number (default: the latest).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing output until the attempt ends.")
+@click.option(
+    "--raw", is_flag=True, help="The log's bytes unchanged, escape sequences included (default: shown as escapes)."
+)
 @handle_errors
-def logs(plan_ref: str, task_id: str, number: int | None, follow: bool) -> None:
-    """Print a task attempt's output (its log file on this host, else the tail kept in the store)."""
+def logs(plan_ref: str, task_id: str, number: int | None, follow: bool, raw: bool) -> None:
+    """Print a task attempt's output (its log file on this host, else the tail kept in the store). The agent's
+    control and escape sequences are shown as visible escapes (\\x1b…), unless --raw."""
     from orch.errors import UserError
     from orch.states import AttemptStatus
     from orch.store import repo
     from orch.store.db import read_session
+    from orch.terminal import InertDecoder, inert
 
-    def load() -> Any:
+    def load() -> tuple[str, Any]:
         with read_session() as session:
             plan = repo.find_plan(session, plan_ref)
             task = next((t for t in repo.plan_tasks(session, plan.id) if t.key == task_id), None)
@@ -200,28 +205,45 @@ def logs(plan_ref: str, task_id: str, number: int | None, follow: bool) -> None:
         chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
         if chosen is None:
             raise UserError(f"task {task_id!r} has no attempt {number} (it has {len(attempts)})")
-        return chosen
+        return plan.id, chosen
 
-    attempt = load()
-    path = Path(attempt.log_path) if attempt.log_path else None
-    if path is None or not path.exists():
-        click.echo(f"[log file not on this host ({attempt.worker}); the last output kept in the store:]", err=True)
-        click.echo(attempt.output_tail, nl=False)
+    decoder = InertDecoder()
+
+    def write(data: bytes, final: bool = False) -> None:
+        sys.stdout.buffer.write(data if raw else decoder.feed(data, final).encode("utf-8"))
+        sys.stdout.flush()
+
+    def copy_from(path: Path, offset: int) -> int:
+        """Print the log from `offset` to its current end, a bounded chunk at a time; returns the new end."""
+        with path.open("rb") as log:
+            log.seek(offset)
+            while chunk := log.read(LOG_CHUNK_BYTES):
+                offset += len(chunk)
+                write(chunk)
+        return offset
+
+    plan_id, attempt = load()
+    # An attempt's log path is stored when it ends; while it runs, its log is where this host's workers write it.
+    path = Path(attempt.log_path or get_settings().logs_dir.resolve() / plan_id / f"{task_id}.{attempt.number}.log")
+    if not path.exists():
+        click.echo(
+            f"[log file not on this host ({inert(attempt.worker)}); the last output kept in the store:]", err=True
+        )
+        write(attempt.output_tail.encode("utf-8"), final=True)
         return
     offset = 0
     finished = not follow or attempt.status is not AttemptStatus.RUNNING
     while True:
-        with path.open("rb") as log:
-            log.seek(offset)
-            data = log.read()
-        offset += len(data)
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
+        offset = copy_from(path, offset)
         if finished:
+            write(b"", final=True)  # bytes of a character the log ends inside of: U+FFFD
             return
         time.sleep(0.25)
-        attempt = load()
+        _, attempt = load()
         finished = attempt.status is not AttemptStatus.RUNNING  # one more read after it ended
+
+
+LOG_CHUNK_BYTES = 64 * 1024  # what `orch logs` reads and prints at a time, however large the log
 
 
 # --- operator commands: each changes the store (compare-and-set) and prints what it changed -----------------
@@ -427,11 +449,13 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
     from orch.report import run_is_over
     from orch.store import reads, repo
     from orch.store.db import read_session
+    from orch.terminal import inert
     from orch.watch import watch_live
 
     def check_worker() -> None:
         if not worker.alive():
-            raise OrchError(f"the worker exited unexpectedly; its log ends with:\n{worker.log_tail()}")
+            tail = inert(worker.log_tail(), keep_newlines=True)  # it may quote an agent's output
+            raise OrchError(f"the worker exited unexpectedly; its log ends with:\n{tail}")
 
     if err.is_terminal:
         watch_live(plan_id, err, poll, check_worker, transient=True)
@@ -455,12 +479,15 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
 
 
 def format_event(event: Any, key_of: dict[int, str]) -> str:
+    """One line per event; its detail (an agent's error, say) cannot break the line or drive the terminal."""
+    from orch.terminal import inert
+
     stamp = event.at.strftime("%H:%M:%S")
     subject = f"task {key_of.get(event.task_pk, event.task_pk)}" if event.task_pk else "plan"
     attempt = f" #{event.attempt}" if event.attempt else ""
     change = f"{event.old} -> {event.new}" if event.old else f"{event.new}"
     detail = f"  ({event.detail})" if event.detail else ""
-    return f"{stamp} {subject}{attempt}: {change}{detail}"
+    return inert(f"{stamp} {subject}{attempt}: {change}{detail}")
 
 
 def print_final(plan_id: str) -> PlanStatus:
@@ -508,11 +535,12 @@ def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
     verification, files changed and failure reasons, then the totals. Markdown (for an issue) or JSON."""
     from orch.completion import load_report, render_markdown
     from orch.store.db import read_session
+    from orch.terminal import inert_json
 
     with read_session() as session:
         completion = load_report(session, plan_ref)
     if fmt == "json":
-        click.echo(json.dumps(completion.as_json(), indent=2, ensure_ascii=False))
+        click.echo(inert_json(completion.as_json()))
     else:
         click.echo(render_markdown(completion, max_tasks), nl=False)
 
@@ -565,11 +593,14 @@ def exporter(host: str | None, port: int | None) -> None:
 
 @main.command("flower")
 @click.option("--port", type=int, default=None, help="Port to serve on (Flower's default: 5555).")
-@click.option("--address", default=None, help="Address to bind (Flower's default: every interface).")
+@click.option(
+    "--address", default=None, help="Address to bind (default: FLOWER_ADDRESS, else 127.0.0.1; 0.0.0.0: every one)."
+)
 @click.option("--no-auth", is_flag=True, help="Allow starting without ORCH_FLOWER_AUTH (prints a warning).")
 @handle_errors
 def flower_command(port: int | None, address: str | None, no_auth: bool) -> None:
-    """Run Flower (`celery -A orch flower`) behind basic auth from ORCH_FLOWER_AUTH (user:password[,…])."""
+    """Run Flower (`celery -A orch flower`) behind basic auth from ORCH_FLOWER_AUTH (user:password[,…], passwords of
+    12 characters or more), listening on 127.0.0.1 unless --address (or FLOWER_ADDRESS) says otherwise."""
     from orch.flower import exec_flower
 
     exec_flower(port, address, no_auth, get_settings())

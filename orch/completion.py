@@ -19,6 +19,7 @@ from orch.report import counted, format_cost, format_tokens, iso, sum_costs, usa
 from orch.states import DOOMING, PLAN_FINAL, TERMINAL, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import reads, repo
 from orch.store.models import PlanRow
+from orch.terminal import inert
 
 SCHEMA = "orch.report/1"
 MD_MAX_TASKS = 500  # Markdown lists at most this many tasks in each section; JSON has them all
@@ -303,6 +304,14 @@ def _verification(verify: str | None, attempts: list[reads.AttemptSummary]) -> s
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~!&])")
 _WHITESPACE = re.compile(r"\s+")
+# GitHub finds @mentions in the text it has already rendered, after Markdown's backslash escapes and HTML entities
+# are decoded, so `\@octocat` and `&#64;octocat` still ping. A zero-width space after the "@" breaks the pattern
+# and shows the same text (Renovate and Dependabot quote changelogs so). The same space after "://"'s colon and
+# before "www."'s dot keeps a bare URL from being linked, whether the linker reads the Markdown (cmark-gfm's
+# autolinks) or the rendered text. It is written as an entity so the Markdown itself, on a terminal or in a
+# plain-text email, holds no invisible character.
+_ZERO_WIDTH_SPACE = "&#8203;"
+_WWW = re.compile(r"\b(www)\.", re.IGNORECASE)
 
 
 def _flat(text: str, limit: int | None = None) -> str:
@@ -310,14 +319,22 @@ def _flat(text: str, limit: int | None = None) -> str:
     return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def no_pings_or_links(text: str) -> str:
+    """Escaped Markdown or HTML text in which no @mention pings and no bare URL becomes a link on GitHub."""
+    text = text.replace("@", "@" + _ZERO_WIDTH_SPACE).replace("://", ":" + _ZERO_WIDTH_SPACE + "//")
+    return _WWW.sub(r"\1" + _ZERO_WIDTH_SPACE + ".", text)
+
+
 def md_text(text: str, limit: int | None = None) -> str:
-    """Plain text as one line of Markdown: whitespace collapsed, what Markdown or HTML would read escaped."""
-    return _MD_SPECIAL.sub(r"\\\1", _flat(text, limit))
+    """Plain text as one line of Markdown: whitespace collapsed, control and bidi characters as visible escapes,
+    what Markdown or HTML would read escaped, and no @mention or bare URL GitHub would act on."""
+    return no_pings_or_links(_MD_SPECIAL.sub(r"\\\1", inert(_flat(text, limit))))
 
 
 def md_code(text: str, in_table: bool = False) -> str:
-    """`text` as an inline code span (a longer fence when it holds backticks)."""
-    flat = _WHITESPACE.sub(" ", text).strip()
+    """`text` as an inline code span (a longer fence when it holds backticks), control and bidi characters as
+    visible escapes. (GitHub leaves mentions and URLs in code alone.)"""
+    flat = inert(_WHITESPACE.sub(" ", text).strip())
     longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
     fence = "`" * (longest + 1)
     padded = f" {flat} " if longest else flat
@@ -326,7 +343,9 @@ def md_code(text: str, in_table: bool = False) -> str:
 
 
 def _md_block(text: str, limit: int) -> list[str]:
-    body = text if len(text) <= limit else text[:limit] + "\n… (cut; the JSON report has all of it)"
+    body = inert(text if len(text) <= limit else text[:limit], keep_newlines=True)
+    if len(text) > limit:
+        body += "\n… (cut; the JSON report has all of it)"
     longest = max((len(run) for run in re.findall(r"`{3,}", body)), default=0)
     fence = "`" * max(3, longest + 1)
     return [f"{fence}text", body.rstrip("\n"), fence]
@@ -478,7 +497,8 @@ def _results(report: CompletionReport, max_tasks: int) -> list[str]:
     for task in reported[:max_tasks]:
         assert task.result is not None
         lines += [
-            f"<details><summary><code>{task.key}</code> — {html.escape(_flat(task.title, 80))}</summary>",
+            f"<details><summary><code>{html.escape(inert(task.key))}</code> — "
+            f"{no_pings_or_links(html.escape(inert(_flat(task.title, 80))))}</summary>",
             "",
             *_md_block(task.result, MD_RESULT_CHARS),
             "",

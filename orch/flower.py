@@ -4,7 +4,11 @@
 that sub-command is Flower, `guard_flower_command` wraps it so that, before Flower reads its options, the
 credentials in ORCH_FLOWER_AUTH become Flower's `basic_auth` option (never an argument or an environment
 variable another process could read). Without them Flower does not start, unless Flower's own auth options are
-given or ORCH_FLOWER_ALLOW_NO_AUTH=true opts out, with a warning. `celery worker`/`beat` are left alone."""
+given or ORCH_FLOWER_ALLOW_NO_AUTH=true opts out, with a warning. `celery worker`/`beat` are left alone.
+
+Flower holds those credentials (and the broker URL), so its process is hardened like every orch process, and it
+listens on 127.0.0.1 unless an address is given (Flower's own default is every interface): basic auth travels in
+clear over HTTP, so reaching Flower from elsewhere should go through a TLS proxy or `kubectl port-forward`."""
 
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ NO_AUTH_WARNING = (
 # Flower's own ways of requiring auth (its --basic-auth / --auth options and their FLOWER_* variables).
 _FLOWER_AUTH_OPTIONS = ("--basic-auth", "--basic_auth", "--auth")
 _FLOWER_AUTH_VARIABLES = ("FLOWER_BASIC_AUTH", "FLOWER_AUTH")
+MIN_PASSWORD_CHARS = 12
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -44,15 +50,19 @@ class FlowerAuth:
 
 
 def basic_auth_entries(value: str) -> tuple[str, ...]:
-    """ORCH_FLOWER_AUTH's `user:password` entries; a malformed one is named by position, never shown."""
+    """ORCH_FLOWER_AUTH's `user:password` entries; a malformed one, or one whose password is shorter than
+    MIN_PASSWORD_CHARS, is named by position, never shown."""
     entries = tuple(entry for entry in value.split(",") if entry.strip())
     if not entries:
         raise ConfigInvalid("ORCH_FLOWER_AUTH is empty; give user:password (several separated by commas)")
     for number, entry in enumerate(entries, 1):
         user, colon, password = entry.partition(":")
+        which = f"ORCH_FLOWER_AUTH entry {number} of {len(entries)}"
         if not (colon and user.strip() and password):
+            raise ConfigInvalid(f"{which} is not user:password (its value is not shown)")
+        if len(password) < MIN_PASSWORD_CHARS:
             raise ConfigInvalid(
-                f"ORCH_FLOWER_AUTH entry {number} of {len(entries)} is not user:password (its value is not shown)"
+                f"{which} has a password shorter than {MIN_PASSWORD_CHARS} characters (its value is not shown)"
             )
     return entries
 
@@ -74,21 +84,26 @@ def resolve_flower_auth(settings: Settings, flower_args: Sequence[str], environ:
     raise ConfigInvalid(MISSING_AUTH)
 
 
-def apply_flower_auth(auth: FlowerAuth) -> None:
-    """Hand the credentials to Flower through its (tornado) options, before Flower parses its own."""
+def apply_flower_options(auth: FlowerAuth) -> None:
+    """Hand the credentials and the loopback address to Flower through its (tornado) options, before Flower parses
+    its own: FLOWER_ADDRESS, its config file and --address, read after, still choose another address."""
     from tornado.options import options
 
-    importlib.import_module("flower.options")  # defines Flower's options, basic_auth among them
+    importlib.import_module("flower.options")  # defines Flower's options, basic_auth and address among them
 
+    options.address = LOOPBACK
     if auth.basic_auth:
         options.basic_auth = list(auth.basic_auth)
 
 
 def start_flower(flower_args: Sequence[str]) -> None:
-    """Logging and auth for a Flower about to start; one clear line and exit 2 when auth is missing."""
+    """Hardening, logging, auth and address for a Flower about to start; one clear line and exit 2 when auth is
+    missing or weak."""
+    from orch.hardening import harden_process
     from orch.log import configure_logging, get_logger
     from orch.settings import get_settings
 
+    harden_process()  # non-dumpable: its memory and /proc/<pid>/environ hold the credentials and the broker URL
     configure_logging()  # Flower's --logging option (default info) sets the level of Flower's own lines
     try:
         auth = resolve_flower_auth(get_settings(), flower_args, os.environ)
@@ -97,7 +112,7 @@ def start_flower(flower_args: Sequence[str]) -> None:
         raise SystemExit(exc.exit_code) from None
     if auth.warning:
         get_logger(__name__).warning(auth.warning)
-    apply_flower_auth(auth)
+    apply_flower_options(auth)
 
 
 def guard_flower_command() -> None:

@@ -19,6 +19,7 @@ from orch.report import counted
 from orch.states import TaskStatus
 from orch.store import reads, repo
 from orch.store.models import PlanRow
+from orch.terminal import inert
 
 MAX_NODES = 200  # more tasks than this: one node per stage
 MAX_EDGES = 500  # Mermaid's own default limit
@@ -88,12 +89,13 @@ def stages(nodes: Sequence[Node]) -> dict[str, int]:
 
 
 def escape(text: str, limit: int | None = None) -> str:
-    """Text for a quoted Mermaid label: one line, cut to `limit`, and what Mermaid or HTML would read as syntax
-    written as Mermaid's entity codes (`#35;` is "#", so "#" goes first)."""
+    """Text for a quoted Mermaid label: one line, cut to `limit`, control and bidi characters as visible escapes
+    (the chart is printed to a terminal), and what Mermaid or HTML would read as syntax written as Mermaid's
+    entity codes (`#35;` is "#", so "#" goes first)."""
     flat = " ".join(text.split())
     if limit is not None and len(flat) > limit:
         flat = flat[: limit - 1] + "…"
-    flat = flat.replace("#", "#35;")
+    flat = inert(flat).replace("#", "#35;")
     for char, code in (("&", "#amp;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;"), ("`", "#96;"), ("%", "#37;")):
         flat = flat.replace(char, code)
     return flat
@@ -114,7 +116,7 @@ def render(nodes: Sequence[Node], title: str, max_nodes: int = MAX_NODES) -> Cha
 
 
 def _comment(text: str) -> str:
-    return "    %% " + " ".join(text.split())
+    return "    %% " + inert(" ".join(text.split()))
 
 
 def _header(title: str, colour: bool) -> list[str]:

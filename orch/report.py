@@ -21,6 +21,7 @@ from orch.prices import Usage
 from orch.states import IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
 from orch.store import reads, repo
 from orch.store.models import PlanRow, TaskRow
+from orch.terminal import inert
 
 STATUS_STYLE = {
     TaskStatus.PENDING: "dim",
@@ -168,20 +169,26 @@ def task_duration(task: TaskRow, now: datetime) -> str:
     return format_duration(max(0.0, (end - task.started_at).total_seconds()))
 
 
+def line(text: str) -> Text:
+    """A string from a plan, an agent or the store as one line of plain text: no markup, no control or bidi
+    character (orch.terminal), whatever terminal or pipe it goes to."""
+    return Text(inert(text))
+
+
 def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
-    table = Table(title=f"plan {snapshot.plan.id}", title_justify="left", expand=False)
+    table = Table(title=line(f"plan {snapshot.plan.id}"), title_justify="left", expand=False)
     for column in ("task", "agent", "status", "attempts", "time", "tokens", "cost", "error"):
         table.add_column(column, overflow="fold")
     for task in snapshot.tasks:
         table.add_row(
-            task.key,
-            task.agent,
+            line(task.key),
+            line(task.agent),
             Text(task.status.value, style=STATUS_STYLE[task.status]),
             str(snapshot.stats_of(task).attempts),
             task_duration(task, now),
             format_tokens(snapshot.stats_of(task).usage),
             format_cost(snapshot.stats_of(task).cost_usd),
-            Text((task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else ""),  # verbatim, no markup
+            line((task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else ""),
         )
     return table
 
@@ -204,7 +211,7 @@ class Summarised(Protocol):
 def summary_line(snapshot: Summarised) -> Text:
     counts = snapshot.counts
     text = Text()
-    text.append(f"{snapshot.plan.name} ", style="bold")
+    text.append(f"{inert(snapshot.plan.name)} ", style="bold")
     text.append(snapshot.plan.status.value, style=PLAN_STYLE[snapshot.plan.status])
     text.append(f"  {sum(counts[s] for s in TERMINAL)}/{counts.total()} done  ")
     text.append("  ".join(f"{s.value}: {counts[s]}" for s in TaskStatus if counts[s]))
@@ -213,9 +220,9 @@ def summary_line(snapshot: Summarised) -> Text:
     if snapshot.cost_usd is not None:
         text.append(f"  cost: {format_cost(snapshot.cost_usd)}")
     if snapshot.plan.held_reason:
-        text.append(f"\n  held: {snapshot.plan.held_reason}", style="yellow")
+        text.append(f"\n  held: {inert(snapshot.plan.held_reason)}", style="yellow")
     for agent, (until, reason) in snapshot.pauses.items():
-        text.append(f"\n  paused: {agent} until {until:%H:%M:%S} UTC ({reason[:80]})", style="yellow")
+        text.append(f"\n  paused: {inert(agent)} until {until:%H:%M:%S} UTC ({inert(reason[:80])})", style="yellow")
     return text
 
 
@@ -288,12 +295,12 @@ def progress_view(progress: Progress) -> RenderableType:
     grid.add_column()
     _bar_row(grid, Text("all tasks", style="bold"), progress.counts)
     for agent, counts in sorted(progress.by_agent.items()):
-        _bar_row(grid, agent, counts)
+        _bar_row(grid, line(agent), counts)
     lines: list[RenderableType] = [summary_line(progress), grid]
     for task in progress.running:
         since = "" if task.started_at is None else format_duration((progress.now - task.started_at).total_seconds())
         attempt = f" attempt {task.attempt}" if task.attempt > 1 else ""
-        lines.append(Text(f"  ▶ {task.key} ({task.agent}{attempt}) {since}", style="blue"))
+        lines.append(Text(f"  ▶ {inert(task.key)} ({inert(task.agent)}{attempt}) {since}", style="blue"))
     more = progress.counts[TaskStatus.RUNNING] - len(progress.running)
     if more > 0:
         lines.append(Text(f"  … and {more} more running", style="blue"))
@@ -309,8 +316,8 @@ def plans_table(session: Session, plans: list[PlanRow]) -> Table:
         total = sum(counts.values())
         done = sum(n for s, n in counts.items() if s in TERMINAL)
         table.add_row(
-            plan.id,
-            plan.name,
+            line(plan.id),
+            line(plan.name),
             Text(plan.status.value, style=PLAN_STYLE[plan.status]),
             f"{done}/{total}",
             plan.created_at.strftime("%Y-%m-%d %H:%M:%S"),

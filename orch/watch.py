@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from orch.report import Progress, progress_view, summary_line
+from orch.report import Progress, line, progress_view, summary_line
 from orch.states import PlanStatus
 from orch.store import repo
 from orch.store.db import read_session
@@ -66,5 +66,5 @@ def follow(plan_ref: str, console: Console, interval: float) -> int:
             console.print(progress_view(final))
     except KeyboardInterrupt:
         return INTERRUPTED
-    console.print(f"details: orch report {plan_id}", style="dim")
+    console.print(line(f"details: orch report {plan_id}"), style="dim")
     return 0 if final.plan.status is PlanStatus.SUCCEEDED else 1

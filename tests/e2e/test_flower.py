@@ -4,6 +4,7 @@ from ORCH_FLOWER_AUTH by default, a refusal to start without it, and an explicit
 from __future__ import annotations
 
 import base64
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -48,6 +49,65 @@ def start_flower(
     return base, process
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses something listens on at TCP `port` (from /proc/net/tcp and tcp6)."""
+    found: set[str] = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        with open(table, encoding="ascii") as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, _, hex_port = local.partition(":")
+                if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                    continue
+                raw = bytes.fromhex(address)  # the kernel's words, each in host (little-endian) order
+                found.add(socket.inet_ntop(family, b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))))
+    return found
+
+
+def test_flower_listens_on_127_0_0_1_unless_an_address_is_given(
+    redis_url: str, tmp_path: Path, processes: Processes
+) -> None:
+    env = orch_env(tmp_path, ORCH_BROKER_URL=redis_url, ORCH_FLOWER_AUTH=FLOWER_AUTH)
+    ways = [  # how Flower is started, with what environment, and the one address it should listen on
+        (CELERY_FLOWER, env, "127.0.0.1"),
+        ([ORCH, "flower"], env, "127.0.0.1"),
+        (CELERY_FLOWER, {**env, "FLOWER_ADDRESS": "127.0.0.2"}, "127.0.0.2"),  # Flower's own variable
+        ([ORCH, "flower", "--address", "127.0.0.3"], env, "127.0.0.3"),
+    ]
+    started = []
+    for number, (command, environ, address) in enumerate(ways):
+        port = free_port()
+        process = processes.start([*command, f"--port={port}"], tmp_path, environ, tmp_path / f"flower-{number}.log")
+        started.append((port, address, process))
+
+    for port, address, process in started:
+        url = f"http://{address}:{port}/healthcheck"
+        wait_for(lambda: answering(url) or process.poll() is not None, 60, f"Flower on {address}:{port}")  # noqa: B023
+        assert process.poll() is None, (address, port)
+        assert listening_addresses(port) == {address}, (address, port)
+
+
+def test_the_flower_process_is_hardened(redis_url: str, tmp_path: Path, processes: Processes) -> None:
+    env = orch_env(tmp_path, ORCH_BROKER_URL=redis_url, ORCH_FLOWER_AUTH=FLOWER_AUTH)
+    port = free_port()
+    wrapped = ["sh", "-c", 'umask 022; exec "$@"', "sh", *CELERY_FLOWER, f"--port={port}"]  # a usual umask
+    process = processes.start(wrapped, tmp_path, env, tmp_path / "flower.log")
+    wait_for(lambda: answering(f"http://127.0.0.1:{port}/healthcheck"), 60, "Flower to answer")
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    assert "\nUmask:\t0077\n" in status, status
+
+    # Non-dumpable can only be read by the process itself: the same start, in a process that then reports it.
+    probe = (
+        "from orch.flower import start_flower; start_flower(()); "
+        "from orch.hardening import is_dumpable; print(is_dumpable())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def test_flower_requires_the_basic_auth_of_orch_flower_auth(
     redis_url: str, tmp_path: Path, processes: Processes
 ) -> None:
@@ -87,6 +147,20 @@ def test_a_malformed_orch_flower_auth_is_named_but_not_shown(redis_url: str, tmp
     assert result.returncode == 2
     assert result.stderr.strip() == "orch: ORCH_FLOWER_AUTH entry 2 of 2 is not user:password (its value is not shown)"
     assert VIEWER_PASSWORD not in result.stdout + result.stderr
+
+
+def test_a_short_password_is_refused_by_position_without_showing_it(redis_url: str, tmp_path: Path) -> None:
+    short = "eleven-char"
+    env = orch_env(tmp_path, ORCH_BROKER_URL=redis_url, ORCH_FLOWER_AUTH=f"ops:{OPS_PASSWORD},viewer:{short}")
+    for command in ([*CELERY_FLOWER, f"--port={free_port()}"], [ORCH, "flower", f"--port={free_port()}"]):
+        result = subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            "orch: ORCH_FLOWER_AUTH entry 2 of 2 has a password shorter than 12 characters (its value is not shown)"
+        ], (command, result.stderr)
+        assert short not in result.stdout + result.stderr
 
 
 def test_the_opt_out_warns_and_serves_without_auth(redis_url: str, tmp_path: Path, processes: Processes) -> None:

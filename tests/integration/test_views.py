@@ -11,6 +11,7 @@ and review the diff of tests/golden/ before committing it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -18,11 +19,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from orch.cli import main
 from orch.dispatch import reconcile_plans
 from orch.policy import Outcome
 from orch.prices import Usage, cost_usd, load_prices, price_for
+from orch.report import PlanSnapshot, summary_line, tasks_table
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo
 from orch.store.db import read_session, write_session
@@ -254,3 +257,55 @@ def test_graph_of_a_bad_plan_file_is_one_line_and_exit_2(tmp_path: Path) -> None
         assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"{path}: ")
     unknown = CliRunner().invoke(main, ["graph", "no-such-plan"])
     assert unknown.exit_code == 2 and unknown.stderr == "orch: no plan with id or name 'no-such-plan'\n"
+
+
+HOSTILE = (
+    "\x1b]0;PWNED\x07\x1b[2K\r\x1b[32msucceeded\x1b[0m thanks @octocat, see https://evil.example and www.evil.example"
+)
+
+
+def test_report_and_status_show_what_plans_and_agents_wrote_inert(store_url: str) -> None:
+    tasks: list[dict[str, object]] = [
+        {"id": "ok", "title": f"ok \u202eevil {HOSTILE}", "agent": "backend-development", "command": "true"},
+        {"id": "bad", "title": "fails", "agent": "backend-development", "command": "false", "retries": 0},
+    ]
+    plan = make_plan(tasks, name="hostile", description=f"plan text {HOSTILE}")
+    with write_session() as session:
+        plan_id = repo.submit_plan(session, plan, T0)
+    dispatched = tick(0)
+    finish(
+        claim(dispatched["ok"], 1),
+        AttemptResult(True, exit_code=0, result=f"done\n{HOSTILE}\n\u202e", files_changed=("evil\x1b[31m.py",)),
+        SUCCESS,
+        2,
+    )
+    failed = AttemptResult(False, exit_code=1, failure_class="exit_status", error=f"command failed: {HOSTILE}")
+    finish(claim(dispatched["bad"], 1), failed, Outcome(TaskStatus.FAILED, AttemptStatus.FAILED), 3)
+
+    markdown = orch("report", plan_id)
+    assert not [c for c in markdown if c not in "\n" and (c < " " or "\x7f" <= c <= "\x9f" or c == "\u202e")]
+    shown = r"\\x1b\]0;PWNED\\x07\\x1b\[2K \\x1b\[32msucceeded\\x1b\[0m thanks @&#8203;octocat, see "  # \r: a space
+    shown += "https:&#8203;//evil.example and www&#8203;.evil.example"
+    assert f"> plan text {shown}" in markdown  # the description
+    assert f"command failed: {shown}" in markdown  # the failure
+    assert "`evil\\x1b[31m.py`" in markdown  # a file name, in code
+    assert "\\x1b]0;PWNED\\x07\\x1b[2K\\r\\x1b[32msucceeded\\x1b[0m thanks @octocat" in markdown  # the result block
+    summary = next(line for line in markdown.splitlines() if line.startswith("<details><summary>"))
+    assert "\\u202eevil \\x1b]0;PWNED" in summary and "@&#8203;octocat" in summary and "https:&#8203;//" in summary
+
+    as_json = orch("report", plan_id, "--format", "json")
+    assert not [c for c in as_json if "\x7f" <= c <= "\x9f" or c == "\u202e" or (c < " " and c != "\n")]
+    report = {t["id"]: t for t in json.loads(as_json)["tasks"]}
+    assert report["ok"]["result"] == f"done\n{HOSTILE}\n\u202e" and report["bad"]["error"] == failed.error
+
+    status = orch("status", plan_id)
+    assert "\x1b" not in status and "\x07" not in status and "\r" not in status and "\u202e" not in status
+    # On a terminal, wide enough for the whole error: rich's own styles, and the agent's sequences only as text.
+    screen = Console(file=io.StringIO(), width=400, force_terminal=True, color_system="standard")
+    with read_session() as session:
+        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id), at(4))
+    screen.print(summary_line(snapshot), tasks_table(snapshot, at(4)))
+    drawn = screen.file.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b[" in drawn  # rich styled it
+    assert "\x07" not in drawn and "\x1b]" not in drawn and "\r" not in drawn and "\x1b[2K" not in drawn
+    assert "command failed: \\x1b]0;PWNED\\x07\\x1b[2K\\r\\x1b[32msucceeded\\x1b[0m thanks @octocat" in drawn

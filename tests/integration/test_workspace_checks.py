@@ -56,6 +56,21 @@ def test_changed_files_cover_edits_additions_deletions_commits_and_dirty_files(r
     assert changed_since(again, repo_dir) == ("dirty.txt",)
 
 
+def test_a_subfolder_workdir_sees_its_own_files_relative_to_itself(repo_dir: Path) -> None:
+    src = repo_dir / "src"
+    (src / "edit.py").write_text("dirty before\n")
+    before = snapshot(src)
+    assert before is not None and set(before.dirty) == {"edit.py"} and before.dirty["edit.py"] != "-"
+    (src / "edit.py").write_text("changed by the agent\n")
+    (src / "new.py").write_text("new\n")
+    (repo_dir / "outside.txt").write_text("not under the workdir\n")
+    (src / "sub").mkdir()
+    (src / "sub" / "c.py").write_text("committed\n")
+    git(repo_dir, "add", "src/sub/c.py", "outside.txt")
+    git(repo_dir, "commit", "-qm", "agent commit")
+    assert changed_since(before, src) == ("edit.py", "new.py", "sub/c.py")
+
+
 def test_no_repository_means_not_known(tmp_path: Path) -> None:
     assert snapshot(tmp_path) is None
 

