@@ -79,7 +79,7 @@ def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
         if before is not None:
             result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
         if result.succeeded or ctx.control.stop_request is None:
-            result = check_scope(result, ctx.files, ctx.scope)
+            result = check_scope(result, ctx.files, ctx.scope, known_before=before is not None)
             result = run_verify(result, ctx, ctx.verify)
     return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -31,13 +30,22 @@ from typing import IO, Literal
 from orch.embedded import die_with_parent
 from orch.errors import OrchError
 from orch.hardening import agent_umask
+from orch.isolation import (
+    SAFE_PATH,
+    AgentUser,
+    Isolation,
+    IsolationUnavailable,
+    current_isolation,
+    drop_privileges_to,
+    namespace_options,
+    proc_options,
+)
 from orch.log import get_logger
 from orch.settings import Settings
 from workers.supervision import register_group
 
 log = get_logger(__name__)
 
-SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 LOCALE_VARIABLES = (
     "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY", "LC_MESSAGES",
     "LC_PAPER", "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION", "TZ",
@@ -46,10 +54,6 @@ LOCALE_VARIABLES = (
 RESOLVER_FOLDERS = ("/run/systemd/resolve", "/run/resolvconf")
 _PROBE_TIMEOUT = 20.0
 _WORKDIR_PROBE = ["test", "-d", ".", "-a", "-w", ".", "-a", "-x", "."]  # as the agent user, in its sandbox
-
-
-class IsolationUnavailable(OrchError):
-    """The isolation this worker must give agents cannot be had here (no bubblewrap, no agent user…)."""
 
 
 class WorkdirNotWritable(OrchError):
@@ -94,100 +98,6 @@ def agent_environment(worker_env: Mapping[str, str], grant: Grant) -> dict[str, 
 # --- the isolation in force on this host ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AgentUser:
-    name: str
-    uid: int
-    gid: int
-
-
-@dataclass(frozen=True)
-class Isolation:
-    """How this worker isolates its agents; `problem` says why it cannot (attempts then fail with it)."""
-
-    sandbox: Literal["bwrap", "none"]
-    user: AgentUser | None  # None: agents run as the worker's own user
-    bwrap: str | None = None
-    warning: str | None = None  # said at start and by `orch check`: agents are not sandboxed, and why
-    problem: str | None = None
-    # A container's runtime masks parts of /proc, and the kernel then refuses a new procfs: there the sandbox shows
-    # the container's /proc read-only (the worker's own entries stay unreadable: it is non-dumpable).
-    own_proc: bool = True
-
-    def describe(self) -> str:
-        who = f"user {self.user.name} (uid {self.user.uid})" if self.user else f"the worker's user (uid {os.getuid()})"
-        how = "no sandbox"
-        if self.sandbox == "bwrap":
-            how = "bubblewrap sandbox" + ("" if self.own_proc else " (with the container's /proc, read-only)")
-        return f"agents run as {who}, {how}"
-
-
-def resolve_isolation(settings: Settings) -> Isolation:
-    """Decide (and, for bubblewrap, probe) the isolation ORCH_SANDBOX and ORCH_AGENT_USER ask for on this host."""
-    user: AgentUser | None = None
-    if os.geteuid() == 0:
-        try:
-            entry = pwd.getpwnam(settings.agent_user)
-        except KeyError:
-            return Isolation(
-                "none",
-                None,
-                problem=(
-                    f"the worker runs as root, so agents run as ORCH_AGENT_USER={settings.agent_user}, and no such "
-                    f"user exists on this host: create it (`useradd --system --no-create-home --shell "
-                    f"/usr/sbin/nologin {settings.agent_user}`) or set ORCH_AGENT_USER to an unprivileged user"
-                ),
-            )
-        if entry.pw_uid == 0:
-            return Isolation(
-                "none", None, problem=f"ORCH_AGENT_USER={settings.agent_user} is root; name an unprivileged user"
-            )
-        user = AgentUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
-    if settings.sandbox == "none":
-        return Isolation("none", user, warning="ORCH_SANDBOX=none: agents run without a sandbox")
-    bwrap = shutil.which("bwrap")
-    failure = "bubblewrap (bwrap) is not installed" if bwrap is None else probe_bwrap(bwrap, user, own_proc=True)
-    if failure is None:
-        return Isolation("bwrap", user, bwrap=bwrap)
-    if bwrap is not None and probe_bwrap(bwrap, user, own_proc=False) is None:
-        return Isolation("bwrap", user, bwrap=bwrap, own_proc=False)
-    if settings.sandbox == "bwrap":
-        return Isolation("none", user, problem=f"ORCH_SANDBOX=bwrap, but {failure}")
-    return Isolation(
-        "none",
-        user,
-        warning=f"ORCH_SANDBOX=auto found no usable sandbox ({failure}): agents run without one; install "
-        f"bubblewrap (Debian: apt-get install bubblewrap) where user namespaces are allowed",
-    )
-
-
-def probe_bwrap(bwrap: str, user: AgentUser | None, own_proc: bool) -> str | None:
-    """None when bubblewrap can build this module's sandbox here; else why not (its own message)."""
-    argv = [bwrap, *_namespace_options(user), "--ro-bind", "/", "/", "--dev", "/dev", *_proc_options(own_proc)]
-    argv += ["--", *_drop_to(user), "/bin/true"]
-    try:
-        done = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT, env={"PATH": SAFE_PATH}
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"bwrap could not run: {exc}"
-    if done.returncode != 0:
-        reason = done.stderr.decode(errors="replace").strip().splitlines()
-        return f"bwrap fails here: {reason[-1] if reason else f'exit status {done.returncode}'}"
-    return None
-
-
-_isolations: dict[tuple[str, str, int], Isolation] = {}
-
-
-def current_isolation(settings: Settings) -> Isolation:
-    """This process's isolation (probed once per setting)."""
-    key = (settings.sandbox, settings.agent_user, os.geteuid())
-    if key not in _isolations:
-        _isolations[key] = resolve_isolation(settings)
-    return _isolations[key]
-
-
 def announce_isolation(settings: Settings) -> Isolation:
     """At a worker's start: log the isolation in force, warn when agents are not sandboxed; raise when the
     isolation asked for cannot be had (the worker must not run agents unsandboxed by surprise)."""
@@ -218,18 +128,16 @@ class Layout:
 _Mount = tuple[str, Path]  # ("tmpfs" | "ro" | "rw" | "nofile", path)
 
 
-def _proc_options(own_proc: bool) -> list[str]:
-    return ["--proc", "/proc"] if own_proc else ["--ro-bind", "/proc", "/proc"]
-
-
-def bwrap_arguments(layout: Layout, user: AgentUser | None, own_proc: bool = True) -> list[str]:
-    """bubblewrap's options for `layout` (everything before `--`). Mounts go shallowest first, so a folder
-    hidden inside the workdir (ORCH_HOME beside a plan) is hidden after the workdir is bound, and a program shown
-    from inside a hidden folder after that folder is hidden."""
-    args = [*_namespace_options(user), "--die-with-parent", "--new-session"]
+def bwrap_arguments(layout: Layout, own_proc: bool = True, privileged: bool | None = None) -> list[str]:
+    """bubblewrap's options for `layout` (everything before `--`), for bwrap run by root (`privileged`, by default
+    whether this process is) or by another user. Mounts go shallowest first, so a folder hidden inside the workdir
+    (ORCH_HOME beside a plan) is hidden after the workdir is bound, and a program shown from inside a hidden folder
+    after that folder is hidden."""
+    privileged = os.geteuid() == 0 if privileged is None else privileged
+    args = [*namespace_options(privileged), "--die-with-parent", "--new-session"]
     if not layout.network:
         args.append("--unshare-net")
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", *_proc_options(own_proc)]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", *proc_options(own_proc)]
     args += ["--perms", "1777", "--tmpfs", "/tmp", "--perms", "0755", "--tmpfs", "/run"]
     mounts: list[_Mount] = [("tmpfs", Path("/tmp")), ("tmpfs", Path("/run"))]
     planned: list[_Mount] = [("ro", Path(folder)) for folder in RESOLVER_FOLDERS if Path(folder).is_dir()]
@@ -275,23 +183,6 @@ def _parent_folders(mounts: list[_Mount], path: Path) -> list[str]:
             args += ["--perms", "0755", "--dir", str(parent)]
             mounts.append(("tmpfs", parent))  # a folder of the tmpfs: what it holds is still out of sight
     return args
-
-
-def _namespace_options(user: AgentUser | None) -> list[str]:
-    # Run by root (user given), bwrap makes the namespaces itself and setpriv drops to the agent's user inside;
-    # run by another user, bwrap needs a user namespace, mapping that user to itself.
-    options = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    return options if os.geteuid() == 0 else ["--unshare-user", *options]
-
-
-def _drop_to(user: AgentUser | None) -> list[str]:
-    """setpriv's command line that becomes `user` with no capabilities and no way to regain any."""
-    if user is None or os.geteuid() != 0:
-        return []
-    return [
-        "setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
-        "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
-    ]  # fmt: skip
 
 
 # --- what the worker keeps from agents ------------------------------------------------------------------------
@@ -432,8 +323,8 @@ def _isolated(launch: Launch, isolation: Isolation, kept: WorkerSecrets) -> tupl
     if isolation.sandbox == "bwrap" and isolation.bwrap is not None:
         programs = [*runtime_folders(), *launch.programs]
         layout = layout_for(launch.workdir, launch.scratch, kept, launch.grant.network, programs)
-        options = bwrap_arguments(layout, isolation.user, isolation.own_proc)
-        sandboxed = [isolation.bwrap, *options, "--", *_drop_to(isolation.user)]
+        options = bwrap_arguments(layout, isolation.own_proc)
+        sandboxed = [isolation.bwrap, *options, "--", *drop_privileges_to(isolation.user)]
         return [*sandboxed, *launch.argv], Path("/"), None
     return list(launch.argv), launch.workdir, isolation.user
 

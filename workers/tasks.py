@@ -17,12 +17,13 @@ from celery.signals import (
 from orch.celery import RUN_TASK, app, check_visibility_timeout
 from orch.errors import ConfigInvalid
 from orch.hardening import harden_process
+from orch.isolation import IsolationUnavailable
 from orch.log import forget_attempt
 from orch.settings import get_settings
 from orch.store.db import dispose_engines
 from workers.liveness import LivenessFile
 from workers.runner import run_attempt
-from workers.sandbox import IsolationUnavailable, announce_isolation
+from workers.sandbox import announce_isolation
 from workers.supervision import install_pool_process_handlers, interrupt_after_grace
 
 app.steps["worker"].add(LivenessFile)

@@ -15,9 +15,22 @@ from workers.executors.shell import ShellExecutor
 from workers.workspace import in_scope
 
 
-def check_scope(result: AttemptResult, files: tuple[str, ...], scope: str) -> AttemptResult:
-    if scope != "strict" or not result.succeeded or result.files_changed is None:
+def check_scope(result: AttemptResult, files: tuple[str, ...], scope: str, known_before: bool = False) -> AttemptResult:
+    """`scope: strict` fails an attempt that changed files outside its `files`, or that made what it changed
+    unknowable (the workspace was a readable repository before the attempt and is not after it: an agent could
+    otherwise hide its edits by breaking the repository)."""
+    if scope != "strict" or not result.succeeded:
         return result
+    if result.files_changed is None:
+        if not known_before:
+            return result
+        return replace(
+            result,
+            succeeded=False,
+            failure_class=FailureClass.SCOPE_VIOLATION,
+            error="scope: strict, and what it changed cannot be known: its workspace's git repository was readable "
+            "before the attempt and is not after it",
+        )
     outside = [path for path in result.files_changed if not in_scope(path, files)]
     if not outside:
         return result

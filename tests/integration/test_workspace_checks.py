@@ -140,3 +140,18 @@ def test_verify_checks_done_and_scope_strict_rejects_stray_edits(worker: None, r
     assert stray.failure_class == "scope_violation" and "src/keep.py" in (stray.error or "")
     (tidy,) = attempts["tidy"]
     assert tidy.status == "succeeded" and tidy.files_changed == ["docs/t.md"]
+
+
+def test_scope_strict_fails_an_agent_that_breaks_the_repository_to_hide_its_edits(
+    worker: None, repo_dir: Path
+) -> None:
+    # An unknown repository format makes the after-snapshot "not known"; it was known before the attempt.
+    hide = "echo x > src/keep.py && printf '[core]\\n\\trepositoryformatversion = 9\\n' >> .git/config"
+    attempts = run(
+        [{"id": "hider", "title": "touch docs only", "command": hide, "files": ["docs/**"], "scope": "strict",
+          "retries": 0}],
+        repo_dir,
+    )  # fmt: skip
+    (hider,) = attempts["hider"]
+    assert hider.failure_class == "scope_violation", hider.error
+    assert "cannot be known" in (hider.error or "")

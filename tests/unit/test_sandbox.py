@@ -9,8 +9,8 @@ import pytest
 
 from orch.agents import agent_network, parse_agents
 from orch.errors import ConfigInvalid
+from orch.isolation import AgentUser, drop_privileges_to
 from workers.sandbox import (
-    AgentUser,
     Grant,
     Layout,
     UnsafeWorkdir,
@@ -116,7 +116,7 @@ def test_orch_home_inside_the_workdir_is_hidden_after_the_workdir_is_bound() -> 
         writable=(Path("/srv/plan"), Path("/tmp/orch-attempt-1")),
         hidden=(Path("/srv/plan/.orch"), Path("/etc/orch-config")),
     )
-    args = bwrap_arguments(layout, None)
+    args = bwrap_arguments(layout)
     found = mounts(args)
     assert index_of(found, "--bind", "/srv/plan") < index_of(found, "--tmpfs", "/srv/plan/.orch")
     assert ("--tmpfs", "/etc/orch-config") in found
@@ -135,7 +135,7 @@ def test_programs_inside_a_hidden_home_are_shown_again_read_only_with_walkable_p
         readable=(Path("/root/.pyenv/versions/3.11.7"), Path("/usr/lib/python3")),
         hidden=(Path("/root"),),
     )
-    found = mounts(bwrap_arguments(layout, None))
+    found = mounts(bwrap_arguments(layout))
     hide = index_of(found, "--tmpfs", "/root")
     assert hide < index_of(found, "--ro-bind", "/root/.pyenv/versions/3.11.7")
     assert hide < index_of(found, "--bind", "/root/code/app")
@@ -150,7 +150,7 @@ def test_what_lies_in_a_hidden_folder_or_the_private_tmp_needs_no_hiding() -> No
         hidden=(Path("/tmp/pytest/.orch"), Path("/home/w")),
         hidden_files=(Path("/home/w/orch.env"), Path("/srv/orch.db")),
     )
-    found = mounts(bwrap_arguments(layout, None))
+    found = mounts(bwrap_arguments(layout))
     assert not any(mount[-1] == "/tmp/pytest/.orch" for mount in found)
     assert not any(mount[-1] == "/home/w/orch.env" for mount in found)
     assert ("--ro-bind", "/dev/null", "/srv/orch.db") in found
@@ -158,8 +158,10 @@ def test_what_lies_in_a_hidden_folder_or_the_private_tmp_needs_no_hiding() -> No
 
 def test_network_none_unshares_the_network_and_root_drops_to_the_agent_user() -> None:
     layout = Layout(workdir=Path("/w"), writable=(Path("/w"),), network=False)
-    args = bwrap_arguments(layout, AgentUser("orch-agent", 999, 995))
-    assert "--unshare-net" in args
+    assert "--unshare-net" in bwrap_arguments(layout)
+    assert "--unshare-user" in bwrap_arguments(layout, privileged=False)
+    assert "--unshare-user" not in bwrap_arguments(layout, privileged=True)
+    assert drop_privileges_to(AgentUser("orch-agent", 999, 995))[:3] == ["setpriv", "--reuid=999", "--regid=995"]
 
 
 def worker_secrets(tmp_path: Path, store: Path | None = None) -> WorkerSecrets:

@@ -16,11 +16,12 @@ from typing import IO
 from orch.durations import format_duration
 from orch.errors import OrchError
 from orch.failures import FailureClass
+from orch.isolation import IsolationUnavailable
 from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
-from workers.sandbox import IsolationUnavailable, UnsafeWorkdir, WorkdirNotWritable, start_agent
+from workers.sandbox import UnsafeWorkdir, WorkdirNotWritable, start_agent
 from workers.supervision import end_agent
 
 _CHUNK = 65536
