@@ -11,6 +11,7 @@ demand. The prompt (on stdin, as orch gives it; or after -p) chooses the behavio
   error              an error result with api_error_status 401
   spend              an assistant message (1,000 tokens in and out each) every 0.05 s, forever
   env                a success result whose text is the JSON list of its environment's variable names
+  env-values         a success result whose text is its whole environment as JSON, values included
 
 Every process it starts appends its pid (as its own pid namespace sees it) to $FAKE_CLAUDE_PIDS (when set), so a
 test can count them; tests find what is left by a marker in the environment (`fake_claude_wrapper`).
@@ -101,6 +102,8 @@ def main() -> None:
             time.sleep(0.05)
     elif mode == "env":
         emit(result(json.dumps(sorted(os.environ))))
+    elif mode == "env-values":
+        emit(result(json.dumps(dict(sorted(os.environ.items())))))
     elif mode == "error":
         emit(result("Invalid API key · Please run /login", error=True, status=401))
     else:
