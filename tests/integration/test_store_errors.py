@@ -230,3 +230,36 @@ def test_the_plans_of_a_dead_orch_run_are_cancelled_and_a_live_ones_named(
     cancel_dead_runs()  # nothing left to do: no write, no line
     assert capsys.readouterr().err == ""
     assert ensure_schema()  # the store is whole
+
+
+def test_the_embedded_redis_folder_and_log_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    from orch.embedded import EmbeddedRedis
+
+    previous = os.umask(0)
+    try:
+        server = EmbeddedRedis(log_path=tmp_path / "logs" / "redis.log")
+        server.start()
+    finally:
+        os.umask(previous)
+    try:
+        assert server.folder.name.startswith(f"orch-redis-{os.getpid()}-")  # its owner, for the sweep
+        assert server.folder.stat().st_mode & 0o777 == 0o700
+        assert (tmp_path / "logs").stat().st_mode & 0o777 == 0o700
+        assert server.log_path.stat().st_mode & 0o777 == 0o600
+    finally:
+        server.stop()
+    assert not server.folder.exists()
+
+
+def test_the_next_start_sweeps_the_redis_folders_of_owners_that_are_gone(tmp_path: Path) -> None:
+    from orch.embedded import sweep_orphaned_folders
+
+    me, gone = ProcessIdentity.of_this_process(), gone_process()
+    assert me is not None
+    mine = tmp_path / f"orch-redis-{me.pid}-{me.start_ticks}-abc"
+    orphan = tmp_path / f"orch-redis-{gone.pid}-{gone.start_ticks}-def"
+    unnamed = tmp_path / "orch-redis-xyz"  # an older release's: its owner is unknown, so it stays
+    for folder in (mine, orphan, unnamed):
+        folder.mkdir()
+    assert sweep_orphaned_folders(tmp_path) == [orphan]
+    assert mine.exists() and unnamed.exists() and not orphan.exists()
