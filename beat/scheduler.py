@@ -5,6 +5,7 @@ Celery names it by string (`beat_scheduler = "beat.scheduler:OrchScheduler"`), s
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from typing import Any
@@ -13,7 +14,8 @@ from celery.beat import Scheduler
 
 from beat.single import hold_single_beat_lock
 from beat.tick import run_tick
-from orch.errors import ConfigInvalid
+from orch.embedded import die_with_worker_main, in_embedded_worker, stop_this_worker
+from orch.errors import ConfigInvalid, StoreUnusable
 from orch.hardening import harden_process
 from orch.liveness import touch
 from orch.log import get_logger
@@ -23,11 +25,13 @@ from orch.store.db import STORE_UNAVAILABLE, ensure_schema
 log = get_logger(__name__)
 
 _MIN_SLEEP = 0.01
+_REPEAT_PROBLEM_SECONDS = 60.0  # a store that stays unusable is logged again this often, not at every tick
 
 
 class OrchScheduler(Scheduler):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         harden_process()
+        die_with_worker_main(signal.SIGKILL)  # the `-B` beat of the worker `orch run` embeds only
         settings = get_settings()
         # One beat per store (beat/single.py). A beat limited to its own plans (`orch run`'s) takes no lock, nor
         # does the lazy scheduler `celery beat` builds only to print its banner.
@@ -47,6 +51,7 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
         self.liveness_file = settings.liveness_file
         self.liveness_seconds = settings.liveness_seconds
         self._next_alive = 0.0
+        self._problem_logged: tuple[str, float] | None = None
         try:
             ensure_schema()
         except Exception:  # the store may come up after the beat: the tick keeps trying
@@ -78,11 +83,28 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
             run_tick(reap=reap)
             if self._store_since is None:
                 self._store_since = now
+        except StoreUnusable as exc:  # full, read-only, corrupt: one line now and then, not a traceback per tick
+            self._store_since = None
+            self._store_unusable(exc, now)
         except STORE_UNAVAILABLE:  # the store is away: reap again only a lease period after it returns
             self._store_since = None
             log.exception("tick failed: store unreachable; retrying next tick")
         except Exception:  # e.g. the broker is away: the tick's store transaction (reaping too) committed
             log.exception("tick failed; retrying next tick")
+
+    def _store_unusable(self, problem: StoreUnusable, now: float) -> None:
+        message = str(problem)
+        last = self._problem_logged
+        if last is not None and last[0] == message and now - last[1] < _REPEAT_PROBLEM_SECONDS:
+            return
+        self._problem_logged = (message, now)
+        if in_embedded_worker():
+            # `orch run` watches its worker: stopping it ends the run with the store's problem, where a beat that
+            # cannot dispatch would leave it waiting in silence.
+            log.error(f"tick failed: {message}; stopping the worker")
+            stop_this_worker(message)
+        else:
+            log.error(f"tick failed: {message}; retrying")
 
     def _holds_beat_lock(self) -> bool:
         """Whether this beat may tick: it holds the store's beat lock (taking it again after losing its

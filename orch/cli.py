@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from orch.agents import AgentRegistry, load_agents
 from orch.durations import format_duration
-from orch.errors import OrchError, PlanInvalid
+from orch.errors import OrchError, PlanInvalid, StoreUnusable, WorkerStopped
 from orch.plan import Plan, load_plan
 from orch.redaction import safe_url
 from orch.routing import route
@@ -48,8 +49,26 @@ def handle_errors(func: F) -> F:
         except OrchError as exc:
             click.echo(f"orch: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except Exception as exc:
+            unusable = _store_problem(exc)
+            if unusable is None:
+                raise
+            click.echo(f"orch: {unusable}", err=True)
+            sys.exit(unusable.exit_code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _store_problem(exc: Exception) -> OrchError | None:
+    """A driver error the store layer did not translate (a module with an engine of its own) that says the store
+    is full, read-only or corrupt."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from sqlalchemy.exc import DBAPIError
+
+    from orch.store.db import store_problem
+
+    return store_problem(exc, get_settings().resolved_database_url) if isinstance(exc, DBAPIError) else None
 
 
 def registry() -> AgentRegistry:
@@ -139,6 +158,7 @@ def submit(plan_file: str) -> None:
     from orch.store.db import write_session
 
     plan = read_plan(plan_file)
+    cancel_dead_runs()
     with write_session() as session:
         plan_id = repo.submit_plan(session, plan, now_utc())
     click.echo(plan_id)
@@ -154,6 +174,7 @@ def status(plan_ref: str | None, as_json: bool) -> None:
     from orch.store import repo
     from orch.store.db import read_session
 
+    cancel_dead_runs()
     with read_session() as session:
         if plan_ref is None:
             plans = repo.list_plans(session)
@@ -269,6 +290,7 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
     from orch.store import repo
     from orch.store.db import write_session
 
+    cancel_dead_runs()
     with write_session() as session:
         plan_id = _plan_id(session, plan_ref)
         now = repo.db_now(session)
@@ -387,65 +409,205 @@ def run(plan_file: str, concurrency: int | None) -> None:
     sys.exit(code)
 
 
+INTERRUPTED = 130  # the shell's code for Ctrl-C
+
+
 def run_embedded(plan: Plan, concurrency: int) -> int:
-    from orch.embedded import EmbeddedRedis, EmbeddedWorker
+    """Start the embedded servers and worker, run `plan` to its end, stop them: 0 if it succeeded, 1 if not, 130
+    after Ctrl-C (the plan cancelled). Whatever happens, what was started is stopped."""
+    from orch.embedded import check_home
+
+    home = get_settings().home.resolve()
+    check_home(home)  # before anything starts: a read-only or full ORCH_HOME in one line
+    run = _EmbeddedRun()
+    code: int | None = None
+    with _CtrlC() as ctrl_c:
+        try:
+            code = _start_and_watch(plan, concurrency, home, run)
+        except KeyboardInterrupt:
+            code = INTERRUPTED
+        except WorkerStopped as stopped:
+            ctrl_c.stopping = True
+            raise _cancel_after_worker_stopped(run.plan_id, stopped) from None
+        finally:
+            ctrl_c.stopping = True  # from here on a Ctrl-C never cuts the clean-up short
+            if code == INTERRUPTED:
+                _cancel_after_ctrl_c(run)
+            run.stop()
+    return INTERRUPTED if ctrl_c.count else (code or 0)
+
+
+class _CtrlC:
+    """SIGINT while `orch run` runs: the first raises KeyboardInterrupt (the plan is cancelled, the worker stopped);
+    a later one, or one while it stops, only says it is stopping. Stopping is bounded (the worker is killed after
+    20 s) and must not be cut short: a worker killed while its pool processes end their agents' process groups
+    would make them start over, and leave behind what they had not ended yet."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.stopping = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        self._previous = signal.signal(signal.SIGINT, self._interrupted)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        # Once interrupted, what is left is the exit with 130: a later Ctrl-C (even one during the interpreter's
+        # finalization, which resets Python handlers to the default) must not turn it into a death by SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.count else self._previous)
+
+    def _interrupted(self, _signum: int, _frame: object) -> None:
+        self.count += 1
+        if self.count == 1 and not self.stopping:
+            raise KeyboardInterrupt
+        sys.stderr.write("interrupted again: still stopping the worker, which ends its agents first\n")
+
+
+class _EmbeddedRun:
+    """What `orch run` started, to be stopped whatever happens."""
+
+    def __init__(self) -> None:
+        self.redis: Any = None  # an EmbeddedRedis once one is started
+        self.worker: Any = None  # the EmbeddedWorker once started
+        self.plan_id: str | None = None
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.stop(cold=True)  # cold: the plan is over or cancelled, so whatever still runs must end
+            self.worker.close()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun) -> int:
+    from orch.embedded import EmbeddedRedis, EmbeddedWorker, ProcessIdentity
     from orch.store import repo
     from orch.store.db import ensure_schema, write_session
 
     settings = get_settings()
-    home = settings.home.resolve()
     logs = home / "logs"
-    redis: EmbeddedRedis | None = None
-    worker: EmbeddedWorker | None = None
-    plan_id: str | None = None
+    database_url = settings.resolved_database_url
+    ensure_schema(database_url)  # a store that is unreachable, corrupt or read-only stops us before Redis starts
+    cancel_dead_runs(warn_live=True)
+    broker_url = settings.broker_url
+    if broker_url is None:
+        run.redis = EmbeddedRedis(log_path=logs / "redis.log")
+        broker_url = run.redis.start()
+    runner = ProcessIdentity.of_this_process()
+    with write_session(database_url) as session:
+        run.plan_id = plan_id = repo.submit_plan(session, plan, now_utc())
+        if runner is not None:
+            repo.record_runner(session, plan_id, runner)
+    queues = sorted({t.queue for t in plan.tasks})
+    run.worker = worker = EmbeddedWorker(
+        queues=queues,
+        env={
+            "ORCH_BROKER_URL": broker_url,
+            "ORCH_DATABASE_URL": database_url,
+            "ORCH_HOME": str(home),
+            "ORCH_CONFIG_DIR": str(settings.config_dir.resolve()),
+            "ORCH_BEAT_PLANS": plan_id,
+        },
+        log_path=logs / f"worker-{plan_id}.log",
+        concurrency=concurrency,
+    )
+    worker.start()
+    err.print(
+        f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {len(plan.tasks)} tasks on "
+        f"{len(queues)} queues; store {safe_url(database_url)}; worker log {worker.log_path}"
+    )
+    final = watch_plan(plan_id, worker)
+    return 0 if final is PlanStatus.SUCCEEDED else 1
+
+
+def _cancel_after_ctrl_c(run: _EmbeddedRun) -> None:
+    err.print("[magenta]interrupted: cancelling the plan and stopping the worker[/]")
+    if run.plan_id is None:
+        return
+    problem = _record_cancel(run.plan_id, "cancelled by Ctrl-C of orch run")
+    if problem is not None:
+        click.echo(
+            f"orch: could not record the cancel: {problem}; run `orch cancel {run.plan_id}` once the store can be "
+            f"written",
+            err=True,
+        )
+        return
+    if run.worker is not None:
+        run.worker.stop(cold=True)
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
-        broker_url = settings.broker_url
-        if broker_url is None:
-            redis = EmbeddedRedis(log_path=logs / "redis.log")
-            broker_url = redis.start()
-        database_url = settings.resolved_database_url
-        ensure_schema(database_url)
-        with write_session(database_url) as session:
-            plan_id = repo.submit_plan(session, plan, now_utc())
-        queues = sorted({t.queue for t in plan.tasks})
-        worker = EmbeddedWorker(
-            queues=queues,
-            env={
-                "ORCH_BROKER_URL": broker_url,
-                "ORCH_DATABASE_URL": database_url,
-                "ORCH_HOME": str(home),
-                "ORCH_CONFIG_DIR": str(settings.config_dir.resolve()),
-                "ORCH_BEAT_PLANS": plan_id,
-            },
-            log_path=logs / f"worker-{plan_id}.log",
-            concurrency=concurrency,
-        )
-        worker.start()
-        err.print(
-            f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {len(plan.tasks)} tasks on "
-            f"{len(queues)} queues; store {safe_url(database_url)}; worker log {worker.log_path}"
-        )
-        final = watch_plan(plan_id, worker)
-        return 0 if final is PlanStatus.SUCCEEDED else 1
-    except KeyboardInterrupt:
-        err.print("[magenta]interrupted: cancelling the plan and stopping the worker[/]")
-        if plan_id is not None:
+        print_final(run.plan_id)
+    except (OrchError, SQLAlchemyError) as exc:  # the cancel is recorded: not being able to show it is no failure
+        click.echo(f"orch: {str(exc).splitlines()[0]}", err=True)
+
+
+def _cancel_after_worker_stopped(plan_id: str | None, stopped: WorkerStopped) -> WorkerStopped:
+    """The plan of a worker that stopped is cancelled; where the store refuses, the error says what to do."""
+    if plan_id is None:
+        return stopped
+    problem = _record_cancel(plan_id, "cancelled: the worker of orch run stopped")
+    if problem is None:
+        return stopped
+    message = str(stopped) if stopped.notice else f"the worker stopped: {problem}"
+    return WorkerStopped(f"{message}; run `orch cancel {plan_id}` once the store can be written")
+
+
+def _record_cancel(plan_id: str, reason: str) -> str | None:
+    """Cancel the plan; None once recorded, else why the store did not take it (one line)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from orch.store import repo
+    from orch.store.db import write_session
+
+    try:
+        with write_session() as session:
+            repo.cancel_plan(session, plan_id, now_utc(), reason)
+    except OrchError as exc:
+        return str(exc)
+    except DBAPIError as exc:  # e.g. still locked after busy_timeout, or the server went away
+        return (str(exc.orig).strip().splitlines() or [type(exc).__name__])[0]
+    return None
+
+
+def cancel_dead_runs(warn_live: bool = False) -> None:
+    """Cancel the unfinished plans of this host's `orch run`s that died (SIGKILL, OOM, a crash): their tasks held
+    their agent types' caps. With `warn_live`, name (in one line) those a live `orch run` here still runs."""
+    import socket
+
+    from orch.embedded import process_alive
+    from orch.store import repo
+    from orch.store.db import read_session, write_session
+
+    with read_session() as session:
+        runs = repo.unfinished_runner_plans(session, socket.gethostname())
+    alive = {run.plan_id: process_alive(run.runner) for run in runs}  # None: cannot tell (no /proc)
+    dead = [run for run in runs if alive[run.plan_id] is False]
+    live = [run for run in runs if alive[run.plan_id]]
+    if dead:
+        try:
             with write_session() as session:
-                repo.cancel_plan(session, plan_id, now_utc(), "cancelled by Ctrl-C of orch run")
-        if worker is not None:
-            worker.stop(cold=True)
-        if plan_id is not None:
-            print_final(plan_id)
-        return 130
-    finally:
-        if worker is not None:
-            worker.stop(cold=True)  # cold: the plan is over or cancelled, so whatever still runs must end
-        if redis is not None:
-            redis.stop()
+                now = repo.db_now(session)
+                for run in dead:
+                    repo.cancel_plan(session, run.plan_id, now, repo.dead_runner_reason(run.runner))
+        except StoreUnusable as exc:
+            click.echo(f"orch: could not cancel the plans of orch runs that died: {exc}", err=True)
+        else:
+            for run in dead:
+                click.echo(f"orch: plan {run.plan_id} cancelled: {repo.dead_runner_reason(run.runner)}", err=True)
+    if warn_live and live:
+        held = ", ".join(f"{run.plan_id} ({run.runner.describe()})" for run in live)
+        click.echo(
+            f"orch: note: orch run still runs {held} in this store; their tasks count against the same agent types' "
+            f"caps",
+            err=True,
+        )
 
 
 def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
-    """Show progress until the plan is final (live view on a terminal, one line per change otherwise)."""
+    """Show progress until the plan is final (live view on a terminal, one line per change otherwise). Raises
+    WorkerStopped if the worker exits, or says it stops, first."""
     from orch.report import run_is_over
     from orch.store import reads, repo
     from orch.store.db import read_session
@@ -453,9 +615,12 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
     from orch.watch import watch_live
 
     def check_worker() -> None:
+        notice = worker.notice()
+        if notice is not None:
+            raise WorkerStopped(f"the worker stopped: {notice}", notice=True)
         if not worker.alive():
             tail = inert(worker.log_tail(), keep_newlines=True)  # it may quote an agent's output
-            raise OrchError(f"the worker exited unexpectedly; its log ends with:\n{tail}")
+            raise WorkerStopped(f"the worker exited unexpectedly; its log ends with:\n{tail}")
 
     if err.is_terminal:
         watch_live(plan_id, err, poll, check_worker, transient=True)
@@ -516,6 +681,7 @@ def watch(plan_ref: str, interval: float) -> None:
     so far. Reads the store only. Exits 0 if the plan succeeded, 1 if not, 130 on Ctrl-C (the plan runs on)."""
     from orch.watch import follow
 
+    cancel_dead_runs()
     sys.exit(follow(plan_ref, out, interval))
 
 

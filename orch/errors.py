@@ -49,3 +49,33 @@ class ServiceUnavailable(OrchError):
 
 class ExecutorUnavailable(OrchError):
     """A task needs an executor that this worker cannot run."""
+
+
+class StoreUnusable(UserError):
+    """The store answers but cannot be used as it is (full, read-only, corrupt): retrying will not help; the
+    message names the store, the cause and what to do."""
+
+
+class StoreFull(StoreUnusable):
+    """The store's disk is full (SQLite SQLITE_FULL, PostgreSQL SQLSTATE 53100 disk_full)."""
+
+
+class StoreReadOnly(StoreUnusable):
+    """The store cannot be written: a read-only file or file system, a read-only PostgreSQL transaction."""
+
+
+class StoreCorrupt(StoreUnusable):
+    """The SQLite file is not a database, or a malformed one."""
+
+
+class HomeUnusable(UserError):
+    """ORCH_HOME (store, logs, the embedded Redis' log) cannot be written, or its disk is (nearly) full."""
+
+
+class WorkerStopped(OrchError):
+    """The worker `orch run` started exited, or told it why it stops (`notice`: e.g. its store is full), before the
+    plan ended."""
+
+    def __init__(self, message: str, notice: bool = False) -> None:
+        self.notice = notice
+        super().__init__(message)

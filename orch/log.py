@@ -8,6 +8,7 @@ attempt, bound with `bind_attempt`) and redaction as orch's."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -78,8 +79,7 @@ def configure_logging(
     )
     handler: logging.Handler
     if logfile is not None:
-        Path(logfile).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(logfile, encoding="utf-8")
+        handler = logging.FileHandler(private_log_file(Path(logfile)), encoding="utf-8")
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
     handler.name = HANDLER_NAME
@@ -99,6 +99,17 @@ def configure_logging(
         logging.getLogger(name).setLevel(orch_level)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # a line per plugin at every import
     _configured = True
+
+
+def private_log_file(path: Path) -> Path:
+    """`path` created 0600 (and an existing one made so) whatever the umask: a process that logs to a file before
+    it applies orch.hardening (a beat's --logfile) must not leave it readable by others."""
+    from orch.hardening import private_file
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    private_file(path)
+    return path
 
 
 def _configure_standalone() -> None:

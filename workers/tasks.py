@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -15,10 +16,11 @@ from celery.signals import (
 )
 
 from orch.celery import RUN_TASK, app, check_visibility_timeout
-from orch.errors import ConfigInvalid
+from orch.embedded import die_with_worker_main, remember_worker_main, stop_this_worker
+from orch.errors import ConfigInvalid, StoreUnusable
 from orch.hardening import harden_process
 from orch.isolation import IsolationUnavailable
-from orch.log import forget_attempt
+from orch.log import forget_attempt, get_logger
 from orch.settings import get_settings
 from orch.store.db import dispose_engines
 from workers.liveness import LivenessFile
@@ -27,11 +29,26 @@ from workers.sandbox import announce_isolation
 from workers.supervision import install_pool_process_handlers, interrupt_after_grace
 
 app.steps["worker"].add(LivenessFile)
+log = get_logger(__name__)
+
+STORE_UNUSABLE = "store unusable"
 
 
 @app.task(name=RUN_TASK, bind=True, acks_late=True, ignore_result=True)
 def run_task(self: Any, task_pk: int, attempt: int) -> str:
-    return run_attempt(task_pk, attempt, worker=self.request.hostname)
+    try:
+        return run_attempt(task_pk, attempt, worker=self.request.hostname)
+    except StoreUnusable as exc:
+        # Full, read-only or corrupt: no attempt here can record anything until someone mends the store, so the
+        # worker stops taking tasks rather than run agents whose work is lost. Its running attempts' leases expire
+        # and the beat retries them once the store can be written.
+        stop_worker_for(exc)
+        return STORE_UNUSABLE
+
+
+def stop_worker_for(problem: StoreUnusable) -> None:
+    log.error(f"{problem}; this worker stops taking tasks")
+    stop_this_worker(str(problem))
 
 
 @task_postrun.connect
@@ -49,6 +66,7 @@ def _on_worker_program_start(**_kwargs: Any) -> None:
 
 @worker_init.connect
 def _on_worker_start(**_kwargs: Any) -> None:
+    remember_worker_main()
     try:
         check_visibility_timeout(get_settings(), app.conf.broker_url)
     except ConfigInvalid as exc:  # refuse to start (Celery would only log an exception raised here)
@@ -72,6 +90,8 @@ def _on_pool_process_start(**_kwargs: Any) -> None:
     harden_process()
     dispose_engines()  # never reuse a database connection across fork
     install_pool_process_handlers()
+    # The worker `orch run` embeds only: SIGTERM, whose handler (above) takes the agents' process groups down too.
+    die_with_worker_main(signal.SIGTERM)
 
 
 @worker_shutting_down.connect

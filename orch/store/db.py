@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,28 +15,104 @@ from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from orch.errors import ServiceUnavailable
+from orch.errors import ServiceUnavailable, StoreCorrupt, StoreFull, StoreReadOnly, StoreUnusable
+from orch.hardening import private_dir, private_file
+from orch.redaction import safe_url
 from orch.settings import get_settings
 
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch"
 DISPATCH_LOCK_KEY = 0x6F726369
 
-# What an unreachable (or restarting) database raises: worth retrying, not a bug.
+# What an unreachable (or restarting) database raises: worth retrying, not a bug. A store that answers but cannot
+# be used as it is (full, read-only, corrupt: `store_problem`) raises StoreUnusable instead, which is not in here.
 STORE_UNAVAILABLE: tuple[type[Exception], ...] = (OperationalError, InterfaceError, ServiceUnavailable)
 
+# SQLite primary result codes (an extended code carries its primary one in the low byte).
+_SQLITE_READONLY = 8
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_NOTADB = 26
+# PostgreSQL SQLSTATEs.
+_PG_DISK_FULL = "53100"
+_PG_READ_ONLY_TRANSACTION = "25006"
+
 T = TypeVar("T")
+
+
+def store_name(url: str) -> str:
+    """How messages name a store: a SQLite store by its file, a server's by its URL with every password masked."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return f"store at {parsed.database}"
+    return f"store {safe_url(url)}"
+
+
+def store_problem(exc: BaseException, url: str) -> StoreUnusable | None:
+    """The StoreUnusable that `exc` (a driver error, or an OSError preparing a SQLite file) means, naming the store
+    and the cause; None for what is worth retrying (a lost connection, a lock) or not the store's state."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    name = store_name(url)
+    if isinstance(cause, sqlite3.Error):
+        code = getattr(cause, "sqlite_errorcode", None)
+        return None if code is None else _sqlite_problem(code & 0xFF, str(cause), name, url)
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate == _PG_DISK_FULL:
+        return StoreFull(f"{name} is full: {_first_line(cause)}; free space on the database server's disk")
+    if sqlstate == _PG_READ_ONLY_TRANSACTION:
+        return StoreReadOnly(f"{name} is read-only: {_first_line(cause)}; point ORCH_DATABASE_URL at the primary")
+    if isinstance(cause, OSError):
+        return _os_problem(cause, name)
+    return None
+
+
+def _sqlite_problem(code: int, why: str, name: str, url: str) -> StoreUnusable | None:
+    if code == _SQLITE_FULL:
+        return StoreFull(f"{name} is full: {why}; free space on its disk")
+    if code == _SQLITE_READONLY:
+        return StoreReadOnly(f"{name} is read-only: {why}; make it and its folder writable")
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return StoreCorrupt(f"{name} is not a valid orch store: {why}; move it aside (with its -wal and -shm files)")
+    if code == _SQLITE_CANTOPEN:
+        folder = Path(make_url(url).database or ".").parent
+        if _read_only_file_system(folder):
+            return StoreReadOnly(f"{name} cannot be opened: {why} (its folder {folder} is on a read-only file system)")
+        return StoreUnusable(f"{name} cannot be opened: {why} (check that {folder} exists and is writable)")
+    return None
+
+
+def _os_problem(error: OSError, name: str) -> StoreUnusable:
+    why = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(f"{name} is full: {why}{where}; free space on its disk")
+    if error.errno == errno.EROFS:
+        return StoreReadOnly(f"{name} is read-only: {why}{where}")
+    return StoreUnusable(f"{name} cannot be prepared: {why}{where}")
+
+
+def _read_only_file_system(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _first_line(error: BaseException | None) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
 
 _engines: dict[tuple[int, str], Engine] = {}
 _schema_ready: set[tuple[int, str]] = set()
 _lock = threading.Lock()
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, database: Path | None) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # We issue BEGIN ourselves (below), so the driver must not.
@@ -44,6 +123,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+        if database is not None:
+            _private_store_files(database)  # -wal and -shm exist now; a store made before 0600 is tightened
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
@@ -62,10 +143,11 @@ def get_engine(url: str | None = None) -> Engine:
         if engine is None:
             parsed = make_url(url)
             if parsed.get_backend_name() == "sqlite":  # sqlite:///, sqlite+pysqlite:///, …
-                if parsed.database and parsed.database != ":memory:":
-                    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                database = _sqlite_file(parsed)
+                if database is not None:
+                    _prepare_sqlite_file(database, url)
                 engine = create_engine(url, connect_args={"timeout": 30})
-                _configure_sqlite(engine)
+                _configure_sqlite(engine, database)
             else:
                 # No pre-ping: it is a round trip per transaction (two per attempt). A connection that died with
                 # the server fails its first statement instead; SQLAlchemy then drops every older pooled
@@ -75,23 +157,79 @@ def get_engine(url: str | None = None) -> Engine:
     return engine
 
 
+def _sqlite_file(parsed: URL) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database or a `file:` URI (whose options SQLite reads)."""
+    if not parsed.database or parsed.database == ":memory:" or parsed.query.get("uri"):
+        return None
+    return Path(parsed.database)
+
+
+def _prepare_sqlite_file(database: Path, url: str) -> None:
+    """The store's folder and file, private to this user whatever the umask: ORCH_HOME 0700 (an existing one
+    tightened), the file 0600 before SQLite makes its -wal and -shm alike. Another folder is only created."""
+    try:
+        folder = database.parent
+        if folder.resolve() == get_settings().home.resolve():
+            private_dir(folder)
+        else:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not database.exists():
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise _os_problem(exc, store_name(url)) from None
+    _private_store_files(database)
+
+
+def _private_store_files(database: Path) -> None:
+    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        private_file(path)
+
+
+def engine_url(engine: Engine) -> str:
+    """The engine's URL in full (passwords included): for `store_name` and `safe_url`, never to be shown as is."""
+    return engine.url.render_as_string(hide_password=False)
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
 def ensure_schema(url: str | None = None) -> Engine:
-    """Bring the store to the newest migration (once per process); safe when several processes race."""
+    """Bring the store to the newest migration (once per process); safe when several processes race. A SQLite
+    store is checked first (`PRAGMA quick_check`): a damaged file is refused with StoreCorrupt, where reads would
+    otherwise silently miss rows."""
+    url = url or get_settings().resolved_database_url
     engine = get_engine(url)
     key = (os.getpid(), str(engine.url))
     if key in _schema_ready:
         return engine
     try:
+        if is_sqlite(engine):
+            _check_sqlite_integrity(engine, url)
         if current_revision(engine) != HEAD_REVISION:
             upgrade(engine)
-    except OperationalError as exc:
-        raise ServiceUnavailable(f"database {engine.url.render_as_string()} unreachable: {exc.orig}") from None
+    except DBAPIError as exc:
+        problem = store_problem(exc, url)
+        if problem is not None:
+            raise problem from None
+        if not isinstance(exc, OperationalError):
+            raise
+        raise ServiceUnavailable(f"database {safe_url(url)} unreachable: {_first_line(exc.orig)}") from None
     _schema_ready.add(key)
     return engine
+
+
+def _check_sqlite_integrity(engine: Engine, url: str) -> None:
+    # About 0.1 s per 100,000 tasks, once per process: the price of never showing a partial store as whole.
+    with engine.connect() as conn:
+        found = [str(row[0]) for row in conn.exec_driver_sql("PRAGMA quick_check(1)")]
+    if found != ["ok"]:
+        why = " ".join(line for line in "\n".join(found).splitlines() if not line.startswith("***"))
+        raise StoreCorrupt(
+            f"{store_name(url)} is not a valid orch store: malformed ({why[:300]}); move it aside (with its -wal and "
+            f"-shm files)"
+        )
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -116,8 +254,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def write_session(url: str | None = None) -> Iterator[Session]:
     """A transaction that writes: committed on success, rolled back on error."""
     engine = _writer(ensure_schema(url))
-    with Session(engine, expire_on_commit=False) as session, session.begin():
-        yield session
+    try:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+    except DBAPIError as exc:
+        _raise_store_problem(exc, engine)
+        raise
 
 
 _writers: dict[int, tuple[Engine, Engine]] = {}
@@ -135,8 +277,18 @@ def _writer(engine: Engine) -> Engine:
 @contextmanager
 def read_session(url: str | None = None) -> Iterator[Session]:
     engine = ensure_schema(url)
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            yield session
+    except DBAPIError as exc:
+        _raise_store_problem(exc, engine)
+        raise
+
+
+def _raise_store_problem(exc: DBAPIError, engine: Engine) -> None:
+    problem = store_problem(exc, engine_url(engine))
+    if problem is not None:
+        raise problem from None
 
 
 def take_dispatch_lock(session: Session) -> None:
@@ -160,13 +312,18 @@ def with_store_retry(
     operation: Callable[[], T], give_up_after: float, on_retry: Callable[[Exception, float], None] | None = None
 ) -> T:
     """Run `operation` (a whole transaction), retrying while the store is unreachable, up to `give_up_after`
-    seconds (backoff 0.5 s doubling to 10 s). A worker's finished result must survive a database restart."""
+    seconds (backoff 0.5 s doubling to 10 s). A worker's finished result must survive a database restart. A store
+    that answers but cannot be used (full, read-only, corrupt) raises StoreUnusable at once: waiting will not
+    mend it."""
     deadline = time.monotonic() + give_up_after
     delay = 0.5
     while True:
         try:
             return operation()
         except STORE_UNAVAILABLE as exc:
+            problem = store_problem(exc, get_settings().resolved_database_url)
+            if problem is not None:  # an operation on an engine of its own, not through the sessions above
+                raise problem from None
             if time.monotonic() + delay > deadline:
                 raise
             if on_retry is not None:

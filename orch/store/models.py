@@ -53,6 +53,11 @@ class PlanRow(Base):
     budget_usd: Mapped[float | None]
     budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
     held_reason: Mapped[str | None] = mapped_column(Text)  # why a paused or budget_exhausted plan is held
+    # The `orch run` process that submitted the plan and runs its worker (None: submitted to a deployment). Once
+    # that process is gone, the next CLI command on its host cancels the plan, freeing the caps its tasks held.
+    runner_host: Mapped[str | None] = mapped_column(String(255))
+    runner_pid: Mapped[int | None]
+    runner_start_ticks: Mapped[int | None] = mapped_column(BigInteger)  # its start time: a reused pid is another
 
 
 class TaskRow(Base):

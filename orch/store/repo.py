@@ -33,6 +33,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from orch.alloc import collector_paused
 from orch.budget import Budget, Spend, describe, exhausted
+from orch.embedded import ProcessIdentity
 from orch.errors import PlanNotFound, TaskNotFound, TaskStateConflict
 from orch.failures import NOT_COUNTED, FailureClass
 from orch.plan import Plan
@@ -1115,6 +1116,45 @@ def resume_plan(session: Session, plan_id: str, now: datetime, budget: Budget | 
         raise TaskStateConflict(f"plan {plan_id} changed meanwhile; try again")
     _event(session, now, plan_id, kind="plan", old=old, new=PlanStatus.RUNNING, detail="orch resume")
     return old
+
+
+# --- the `orch run` behind a plan -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunnerPlan:
+    """An unfinished plan and the `orch run` process that runs it."""
+
+    plan_id: str
+    runner: ProcessIdentity
+
+
+def record_runner(session: Session, plan_id: str, runner: ProcessIdentity) -> None:
+    """The plan is run by `runner` (an `orch run`): once that process is gone, `unfinished_runner_plans` names it."""
+    session.execute(
+        update(PlanRow)
+        .where(PlanRow.id == plan_id)
+        .values(runner_host=runner.host, runner_pid=runner.pid, runner_start_ticks=runner.start_ticks)
+        .execution_options(**_no_sync())
+    )
+
+
+def unfinished_runner_plans(session: Session, host: str) -> list[RunnerPlan]:
+    """The plans not yet final that an `orch run` on `host` runs (or ran), oldest first."""
+    rows = session.execute(
+        select(PlanRow.id, PlanRow.runner_pid, PlanRow.runner_start_ticks)
+        .where(PlanRow.runner_host == host, PlanRow.status.not_in(PLAN_FINAL))
+        .order_by(PlanRow.created_at)
+    )
+    return [
+        RunnerPlan(plan_id, ProcessIdentity(host, pid, ticks))
+        for plan_id, pid, ticks in rows
+        if pid is not None and ticks is not None
+    ]
+
+
+def dead_runner_reason(runner: ProcessIdentity) -> str:
+    return f"its orch run ({runner.describe()}) died"
 
 
 # --- budgets --------------------------------------------------------------------------------------------

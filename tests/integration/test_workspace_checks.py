@@ -142,9 +142,7 @@ def test_verify_checks_done_and_scope_strict_rejects_stray_edits(worker: None, r
     assert tidy.status == "succeeded" and tidy.files_changed == ["docs/t.md"]
 
 
-def test_scope_strict_fails_an_agent_that_breaks_the_repository_to_hide_its_edits(
-    worker: None, repo_dir: Path
-) -> None:
+def test_scope_strict_fails_an_agent_that_breaks_the_repository_to_hide_its_edits(worker: None, repo_dir: Path) -> None:
     # An unknown repository format makes the after-snapshot "not known"; it was known before the attempt.
     hide = "echo x > src/keep.py && printf '[core]\\n\\trepositoryformatversion = 9\\n' >> .git/config"
     attempts = run(
