@@ -42,7 +42,7 @@ from orch.isolation import (
 )
 from orch.log import get_logger
 from orch.settings import Settings
-from workers.supervision import register_group
+from workers.supervision import register_group, spawning
 
 log = get_logger(__name__)
 
@@ -299,13 +299,27 @@ def start_agent(
     if isolation.user is not None:
         ensure_writable(launch.workdir, isolation, kept)
     argv, cwd, as_user = _isolated(launch, isolation, kept)
+    with spawning():
+        return _spawn(argv, cwd, as_user, launch.grant, isolation.sandbox == "bwrap", stdin, stdout, stderr)
+
+
+def _spawn(
+    argv: list[str],
+    cwd: Path,
+    as_user: AgentUser | None,
+    grant: Grant,
+    sandboxed: bool,
+    stdin: IO[bytes] | int | None,
+    stdout: IO[bytes] | int | None,
+    stderr: IO[bytes] | int | None,
+) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         argv,
         cwd=cwd,
         stdin=stdin,
         stdout=stdout,
         stderr=stderr,
-        env=agent_environment(os.environ, launch.grant),
+        env=agent_environment(os.environ, grant),
         start_new_session=True,  # its own process group: pgid == pid
         preexec_fn=die_with_parent(signal.SIGKILL),  # a SIGKILLed worker takes its agent along
         umask=agent_umask(),
@@ -313,7 +327,7 @@ def start_agent(
         group=as_user.gid if as_user else None,
         extra_groups=[] if as_user else None,
     )
-    register_group(process.pid, sandboxed=isolation.sandbox == "bwrap")
+    register_group(process.pid, sandboxed=sandboxed)
     return process
 
 

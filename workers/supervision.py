@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 
 import billiard.process
 
@@ -171,14 +172,41 @@ def kill_all_groups(grace: float = 2.0) -> None:
 INTERRUPT_SIGNAL = signal.SIGUSR2  # worker main process → its pool processes: interrupt your attempts now
 
 
+_spawning = 0  # agents being started in this process's main thread right now
+_term_pending: int | None = None  # a SIGTERM that came while one was being started
+
+
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """Around starting an agent and registering its process group: a SIGTERM meanwhile (its handler runs between
+    two bytecodes of this very thread, perhaps after the fork and before the registration) waits until the group
+    is registered, so the handler's clean-up ends that agent too instead of leaving it behind."""
+    global _spawning
+    _spawning += 1
+    try:
+        yield
+    finally:
+        _spawning -= 1
+        if _spawning == 0 and _term_pending is not None:
+            _terminate(_term_pending)
+
+
+def _terminate(signum: int) -> None:
+    kill_all_groups()
+    kill_escaped()
+    os._exit(128 + signum)
+
+
 def install_pool_process_handlers() -> None:
     """In a worker pool process: on SIGTERM (cold shutdown, pool terminate) take the agents down too; on
     INTERRUPT_SIGNAL (the shutdown grace is over) stop the running attempts, which re-queues them."""
 
     def _on_term(signum: int, _frame: object) -> None:
-        kill_all_groups()
-        kill_escaped()
-        os._exit(128 + signum)
+        global _term_pending
+        if _spawning:
+            _term_pending = signum
+            return
+        _terminate(signum)
 
     def _on_interrupt(_signum: int, _frame: object) -> None:
         control.stop_all(FailureClass.INTERRUPTED, SHUTDOWN_MESSAGE)
