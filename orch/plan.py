@@ -22,6 +22,7 @@ from orch.alloc import collector_paused
 from orch.budget import Budget
 from orch.durations import parse_duration
 from orch.errors import PlanInvalid
+from orch.files import char_sets
 from orch.routing import KeywordIndex, route
 
 # Limits: a plan beyond them is rejected as absurd. 100,000 tasks still validate in a few seconds.
@@ -29,6 +30,10 @@ MAX_PLAN_BYTES = 64 * 1024 * 1024
 MAX_TASKS = 100_000
 MAX_DEPENDENCIES_PER_TASK = 10_000
 MAX_FILES_PER_TASK = 1_000
+# File leases are checked while the dispatch lock is held; their cost grows with pattern length and `[...]` sets
+# (see orch.files), and these keep the costliest pattern pair found to some 9,000 steps (about 10 ms).
+MAX_FILE_PATTERN_CHARS = 256
+MAX_FILE_PATTERN_SETS = 8
 MAX_TEXT_CHARS = 100_000
 MAX_TITLE_CHARS = 500
 MAX_TIMEOUT_SECONDS = 86_400
@@ -51,14 +56,16 @@ Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS), AfterValidator(_no_nul)]
 
 
 def _check_file_pattern(pattern: str) -> str:
-    if not pattern or len(pattern) > 1024:
-        raise ValueError(f"file pattern {pattern[:40]!r} must be 1 to 1024 characters")
+    if not pattern or len(pattern) > MAX_FILE_PATTERN_CHARS:
+        raise ValueError(f"file pattern {pattern[:40]!r} must be 1 to {MAX_FILE_PATTERN_CHARS} characters")
     _no_nul(pattern)
     path = PurePosixPath(pattern.replace("\\", "/"))
     if path.is_absolute() or (len(pattern) > 1 and pattern[1] == ":"):
         raise ValueError(f"file pattern {pattern!r} is absolute; give it relative to workdir")
     if ".." in path.parts:
         raise ValueError(f"file pattern {pattern!r} contains '..'; it must stay inside workdir")
+    if (sets := char_sets(pattern)) > MAX_FILE_PATTERN_SETS:
+        raise ValueError(f"file pattern {pattern!r} has {sets} [...] character sets; at most {MAX_FILE_PATTERN_SETS}")
     return pattern
 
 
