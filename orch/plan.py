@@ -14,15 +14,16 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
+from yaml.constructor import SafeConstructor
 
 from orch.agents import EXECUTORS, NAME_PATTERN, AgentRegistry
 from orch.alloc import collector_paused
@@ -389,6 +390,7 @@ def _integer_digits(number: str) -> int:
 
 # YAML ---------------------------------------------------------------------------------------------
 
+_T = TypeVar("_T")
 _YAML_TAG = "tag:yaml.org,2002:"
 # YAML values JSON has no type for: they would pass validation as text or lists, then fail in the store
 _NOT_IN_JSON = ("binary", "set", "omap", "pairs", "timestamp")
@@ -454,14 +456,29 @@ class _PlanLoader(_SafeLoader):
         # checked first: a long base-60 integer ("1:2:3:…") takes quadratic time to build
         if len(node.value) > limit:
             raise _Refused(problem=f"an integer of more than {limit} digits", problem_mark=node.start_mark)
-        value: int = super().construct_yaml_int(node)
-        return value
+        return self._scalar(SafeConstructor.construct_yaml_int, node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        return self._scalar(SafeConstructor.construct_yaml_float, node)
+
+    def construct_yaml_bool(self, node: yaml.ScalarNode) -> bool:
+        return self._scalar(SafeConstructor.construct_yaml_bool, node)
+
+    def _scalar(self, construct: Callable[[SafeConstructor, yaml.ScalarNode], _T], node: yaml.ScalarNode) -> _T:
+        """A scalar an explicit tag (`!!int x`) may have put where its constructor cannot read it."""
+        try:
+            return construct(self, node)
+        except (ValueError, KeyError, TypeError):
+            problem = f"{quoted(node.value)} is not a valid {_shown_tag(node.tag)}"
+            raise _Refused(problem=problem, problem_mark=node.start_mark) from None
 
 
 for _tag in _NOT_IN_JSON:
     _PlanLoader.add_constructor(_YAML_TAG + _tag, _refuse_tag)
 _PlanLoader.add_constructor(None, _refuse_tag)
 _PlanLoader.add_constructor(_YAML_TAG + "int", _PlanLoader.construct_yaml_int)
+_PlanLoader.add_constructor(_YAML_TAG + "float", _PlanLoader.construct_yaml_float)
+_PlanLoader.add_constructor(_YAML_TAG + "bool", _PlanLoader.construct_yaml_bool)
 
 
 _NODE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)
@@ -481,10 +498,15 @@ def _parse_yaml(text: str, source: str) -> Any:
     except _Refused as exc:
         line = f"line {exc.problem_mark.line + 1}: " if exc.problem_mark is not None else ""
         raise PlanInvalid(source, [f"{source}: {line}{exc.problem}"]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; it says where by position
+        line_number = text.count("\n", 0, exc.position) + 1
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        problem = f"invalid YAML: character {quoted(char)} is not allowed ({exc.reason})"
+        raise PlanInvalid(source, [f"{source}: line {line_number}: {problem}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join((getattr(exc, "problem", None) or str(exc)).split())  # one line
         raise PlanInvalid(source, [f"{source}: {where}invalid YAML: {_clipped(problem)}"]) from None
 
 

@@ -158,6 +158,31 @@ def test_yaml_tags_for_values_json_lacks_are_refused_naming_the_line(tmp_path: P
     )
 
 
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("priority: !!int high", "'high' is not a valid !!int"),
+        ("timeout: !!float soon", "'soon' is not a valid !!float"),
+        ("retries: !!bool maybe", "'maybe' is not a valid !!bool"),
+    ],
+)
+def test_a_scalar_its_tag_cannot_read_names_its_line(tmp_path: Path, line: str, problem: str) -> None:
+    path = write(tmp_path, "plan.yaml", f"name: p\ntasks:\n{TASK}    {line}\n")
+    assert only_problem(path) == f"{path}: line 5: {problem}"
+
+
+def test_a_character_yaml_refuses_is_one_line_naming_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "plan.yaml", f"name: p\ntasks:\n{TASK}    description: a\x00b\n")
+    assert only_problem(path) == (
+        f"{path}: line 5: invalid YAML: character '\\x00' is not allowed (control characters are not allowed)"
+    )
+
+
+def test_a_list_that_holds_itself_is_refused_as_too_deep(tmp_path: Path) -> None:
+    path = write(tmp_path, "plan.yaml", f"name: p\ntasks:\n{TASK}    after: &a [x, *a]\n")
+    assert only_problem(path) == f"{path}: nested more than {MAX_NESTING} levels deep"
+
+
 def test_dates_and_equals_signs_stay_text(tmp_path: Path) -> None:
     path = write(tmp_path, "plan.yaml", "name: p\ntasks:\n  - id: a\n    title: 2024-01-01\n    command: =\n")
     (only,) = load_plan(path, REGISTRY).tasks
