@@ -37,8 +37,10 @@ Token = CharSet | _Star
 ANY_CHAR: CharSet = (True, ())
 
 # At most this much work per check unless the caller gives a budget: some 50 ms here, and far above what two
-# tasks with a few dozen patterns each take (a pattern pair of plain paths takes some 20 steps).
+# tasks with a few dozen patterns each take (a pair of plain paths takes a few steps, a pair of globs some 20).
 MAX_CHECK_STEPS = 50_000
+# At most this much for every check one dispatch decision makes (orch.readiness.reconcile): some 0.2 s.
+MAX_DECISION_STEPS = 4 * MAX_CHECK_STEPS
 # What setting up the comparison of two globs costs, in steps (about a microsecond each).
 GLOB_PAIR_STEPS = 4
 
@@ -58,7 +60,11 @@ class StepBudget:
 def files_conflict(a: Sequence[str], b: Sequence[str], budget: StepBudget | None = None) -> bool:
     """Whether any pattern of `a` overlaps any of `b`; an empty list conflicts with nothing. True as well once the
     budget (by default MAX_CHECK_STEPS for this check alone) is spent: waiting is always safe."""
+    if not a or not b:
+        return False
     budget = budget if budget is not None else StepBudget()
+    if budget.left <= 0:
+        return True
     plain_a = [forms for x in a if (forms := _plain_forms(x)) is not None]
     plain_b = [forms for y in b if (forms := _plain_forms(y)) is not None]
     if plain_a and plain_b and _plain_paths_meet(plain_a, plain_b, budget):
