@@ -274,6 +274,12 @@ def test_too_many_dependencies_are_one_line_not_one_per_dependency(tmp_path: Pat
     )
 
 
+def test_too_many_defaulted_file_patterns_are_one_line_for_the_defaults(tmp_path: Path) -> None:
+    document = tasks({"id": "a", "title": "t"}, {"id": "b", "title": "t"}, defaults={"files": ["x"] * 5000})
+    path = write_json(tmp_path, "plan.json", document)
+    assert only_problem(path) == f"{path}: defaults: files: 5000 file patterns, more than the 1000 allowed"
+
+
 def test_unknown_dependencies_past_the_shown_ones_are_only_counted(tmp_path: Path) -> None:
     document = tasks(*({"id": f"t{i}", "title": "t", "after": [f"g{j}" for j in range(1000)]} for i in range(20)))
     path = write_json(tmp_path, "plan.json", document)
