@@ -29,6 +29,8 @@ from itertools import chain
 class _Star(Enum):
     STAR = "*"
 
+    __hash__ = object.__hash__  # Enum's own hashes the name in Python, and globs are hashed all the time
+
 
 # A glob is a tuple of tokens: STAR (any string, "/" too) or one character of a set (negated?, (low, high) ranges).
 STAR = _Star.STAR
@@ -41,8 +43,10 @@ ANY_CHAR: CharSet = (True, ())
 MAX_CHECK_STEPS = 50_000
 # At most this much for every check one dispatch decision makes (orch.readiness.reconcile): some 0.2 s.
 MAX_DECISION_STEPS = 4 * MAX_CHECK_STEPS
-# What setting up the comparison of two globs costs, in steps (about a microsecond each).
+# What setting up the comparison of two globs costs, and reading a pattern into globs, in steps (a microsecond
+# or so each).
 GLOB_PAIR_STEPS = 4
+PARSE_STEPS_PER_CHAR = 2
 
 
 @dataclass
@@ -144,7 +148,7 @@ def patterns_overlap(a: str, b: str) -> bool:
 def pattern_overlap_steps(a: str, b: str) -> tuple[bool, int]:
     """Whether some path may be covered by both patterns, and the steps that took: a function of the patterns alone,
     so a check gives up at the same point whether or not its pairs were cached."""
-    steps = 1
+    steps = 1 + PARSE_STEPS_PER_CHAR * (len(a) + len(b))  # turning both into globs: charged even when cached
     for x in _globs(a):
         for y in _globs(b):
             meet, cost = _globs_meet(x, y)
