@@ -9,11 +9,12 @@ Where exactness would cost code (sets of characters with `!`), the answer is Tru
 assumption: no path holds a literal "*" or "?", so "*.py" does not also stand for a folder named "*.py" (in_scope's
 literal "dir" reading), or "*.py" and "*.md" would overlap.
 
-The check runs while the dispatch lock is held, so its cost is bounded whatever a plan holds. Two globs are
-compared a token of the first at a time, the positions the second may have reached held as the bits of an int: a
-step per token, one or more per set of characters compared, a few per pair of globs. A check that has spent its
-budget (MAX_CHECK_STEPS, or one the caller shares between checks) answers True. A pattern pair's steps depend on
-the two patterns alone, so whether it was cached changes no answer.
+The check runs while the dispatch lock is held, so its cost is bounded whatever a plan holds. Plain paths (no
+wildcard) are compared as sets of strings, a step per path and per "/" in it. Two globs are compared a token of
+the first at a time, the positions the second may have reached held as the bits of an int: a step per token, one
+or more per set of characters compared, a few per pair of globs and two per character read. A check that has
+spent its budget (MAX_CHECK_STEPS, or one the caller shares between checks) answers True. A pattern pair's steps
+depend on the two patterns alone, so whether it was cached changes no answer.
 """
 
 from __future__ import annotations
