@@ -44,7 +44,7 @@ MAX_TASKS = 100_000
 MAX_DEPENDENCIES_PER_TASK = 10_000
 MAX_FILES_PER_TASK = 1_000
 # File leases are checked while the dispatch lock is held; their cost grows with pattern length and `[...]` sets
-# (see orch.files), and these keep the costliest pattern pair found to some 9,000 steps (about 10 ms).
+# (see orch.files), and these keep the costliest pattern pair found to some 10,000 steps (about 10 ms).
 MAX_FILE_PATTERN_CHARS = 256
 MAX_FILE_PATTERN_SETS = 8
 MAX_TEXT_CHARS = 100_000
