@@ -76,7 +76,7 @@ def registry() -> AgentRegistry:
 
 
 def read_plan(path: str) -> Plan:
-    return load_plan(Path(path), registry())
+    return load_plan(Path(path), registry(), roots=get_settings().workdir_root_paths)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

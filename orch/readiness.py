@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orch.files import files_conflict
+from orch.files import MAX_DECISION_STEPS, StepBudget, files_conflict
 from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, TERMINAL, PlanStatus, TaskStatus
 
 
@@ -77,8 +77,9 @@ def reconcile(
     held += [t.files for t in tasks if t.files and status[t.pk] in IN_FLIGHT]
     ready: list[int] = []
     over_cap = on_files = 0
+    file_checks = StepBudget(MAX_DECISION_STEPS)  # spent, the rest wait for the next round: this runs under the lock
     for task in candidates:
-        if task.files and any(files_conflict(task.files, files) for files in held):
+        if task.files and any(files_conflict(task.files, files, file_checks) for files in held):
             on_files += 1
         elif slots.get(task.agent, 0) > 0:
             slots[task.agent] -= 1

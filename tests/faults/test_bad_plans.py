@@ -13,18 +13,21 @@ import ast
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from orch.plan import quoted
 from tests.faults.conftest import RecordFigures
-from tests.faults.harness import REPO, FaultRun, Store, run_orch
+from tests.faults.harness import ORCH, REPO, FaultRun, Store, run_orch
 
 pytestmark = [pytest.mark.faults]
 
@@ -80,40 +83,40 @@ def bad_plans(pwned: Path) -> list[BadPlan]:
             {"name": "huge", "tasks": [task("a", description="x" * (10 * 1024 * 1024))]},
             ("description",),
         ),
-        BadPlan("plan-name", {"name": f"$(touch {pwned})", "tasks": [task("a")]}, (repr(f"$(touch {pwned})"),)),
+        BadPlan("plan-name", {"name": f"$(touch {pwned})", "tasks": [task("a")]}, (quoted(f"$(touch {pwned})"),)),
         BadPlan(
             "agent-metachars",
             {"name": "agentmeta", "tasks": [task("a", agent=f"x; touch {pwned}")]},
-            (repr(f"x; touch {pwned}"),),
+            (quoted(f"x; touch {pwned}"),),
             problems=2,  # not a known agent type, and not a valid name at all
         ),
         BadPlan(
             "executor-metachars",
             {"name": "execmeta", "tasks": [task("a", executor=f"sh -c 'touch {pwned}'")]},
-            (repr(f"sh -c 'touch {pwned}'"),),
+            (quoted(f"sh -c 'touch {pwned}'"),),
         ),
         BadPlan(
             "call-metachars",
             {"name": "callmeta", "tasks": [{**task("a"), "executor": "python", "call": f"os:system;touch {pwned}"}]},
-            (repr(f"os:system;touch {pwned}"),),
+            (quoted(f"os:system;touch {pwned}"),),
         ),
         BadPlan(
             "after-metachars",
             {"name": "aftermeta", "tasks": [task("a", after=[f"$(touch {pwned})"])]},
-            (repr(f"$(touch {pwned})"),),
+            (quoted(f"$(touch {pwned})"),),
             problems=2,  # not a valid id, and no such task
         ),
     ]
     # Each hostile id alone, then all of them in one plan: one line each, in order, and the plan stored nowhere.
     plans += [
-        BadPlan(name, {"name": "ids", "tasks": [task(key)]}, (repr(key),), commands=("validate",))
+        BadPlan(name, {"name": "ids", "tasks": [task(key)]}, (quoted(key),), commands=("validate",))
         for name, key in hostile_ids.items()
     ]
     plans.append(
         BadPlan(
             "all-hostile-ids",
             {"name": "ids", "tasks": [task(key) for key in hostile_ids.values()]},
-            tuple(repr(key) for key in hostile_ids.values()),
+            tuple(quoted(key) for key in hostile_ids.values()),
             problems=len(hostile_ids),
             commands=("validate", "submit", "run"),
         )
@@ -209,6 +212,160 @@ def test_bad_plans_are_rejected_whole_with_one_line_per_problem(
     assert found and found.group(1) == found.group(4) and set(found.group(1, 2, 3)) == {"a", "b", "c"}, cycle.stderr
     assert stored == 0, "a rejected plan left rows in the store"
     assert not injected, injected
+
+
+# --- hostile plan files: what the parser and the reader see --------------------------------------------
+
+MEMORY_CAP = 2 * 1024**3  # address space per `orch`: a blow-up fails the test instead of the machine
+TASK_YAML = "  - id: a\n    title: t\n"
+
+
+@dataclass(frozen=True)
+class HostileFile:
+    name: str
+    text: str | None  # None: `make` creates it
+    says: str  # what its one problem line must hold
+    commands: tuple[str, ...] = ("validate",)
+
+
+def hostile_files() -> list[HostileFile]:
+    return [
+        HostileFile("fifo.yaml", None, "is a named pipe (FIFO), not a plan file", ("validate", "submit", "run")),
+        HostileFile("zero.yaml", None, "is a character device, not a plan file", ("validate", "submit")),
+        HostileFile("deep.json", "[" * 200_000, "nested more than 32 levels deep"),
+        HostileFile(
+            "bigint.json",
+            '{"name": "b", "tasks": [{"id": "a", "title": "t",\n"priority": ' + "9" * 5000 + "}]}",
+            "line 2: an integer of more than 4300 digits",
+        ),
+        HostileFile(
+            "bigint.yaml", f"name: b\ntasks:\n{TASK_YAML}    priority: {'9' * 5000}\n", "line 5: an integer of more"
+        ),
+        HostileFile(  # passed validate and crashed `orch submit` with the document in a traceback
+            "binary.yaml",
+            "name: b\ntasks:\n  - id: a\n    title: !!binary aGVsbG8=\n",
+            "line 4: the tag '!!binary' is not allowed",
+            ("validate", "submit", "run"),
+        ),
+        HostileFile(
+            "set.yaml",
+            f"name: b\ntasks:\n{TASK_YAML}    after: !!set {{a: null}}\n",
+            "line 5: the tag '!!set' is not allowed",
+            ("validate", "submit"),
+        ),
+        HostileFile(
+            "dupkey.json",
+            '{"name": "d", "tasks": [{"id": "a", "title": "t",\n"command": "true",\n"command": "rm -rf ~"}]}',
+            "line 3: duplicate key 'command' (first at line 2)",
+            ("validate", "submit"),
+        ),
+        HostileFile(
+            "dupkey.yaml",
+            f"name: d\ntasks:\n{TASK_YAML}    title: u\n",
+            "line 5: duplicate key 'title' (first at line 4)",
+        ),
+        HostileFile(  # the review's: 1 MB that reached 3 GB, each alias copied into a problem line
+            "aliases.yaml",
+            f'name: amp\ntasks:\n{TASK_YAML}    after: [&x "{"x" * (1 << 20)}", {", ".join(["*x"] * 3000)}]\n',
+            "holds more than 67,108,864 characters of text (counting each use of a YAML alias)",
+            ("validate", "submit"),
+        ),
+        HostileFile(  # 2 million problem lines were built before 50 were shown
+            "unknown-deps.json",
+            json.dumps({"name": "u", "tasks": [{"id": "a", "title": "t", "after": ["g"] * 2_000_000}]}),
+            "task 'a': after: 2000000 dependencies, more than the 10000 allowed",
+        ),
+        HostileFile(
+            "workdir-root.yaml",
+            f"name: w\nworkdir: /\ntasks:\n{TASK_YAML}",
+            "workdir '/' resolves to /, outside the allowed roots (the plan's folder ",
+            ("validate", "submit", "run"),
+        ),
+        HostileFile(
+            "workdir-up.yaml",
+            f"name: w\nworkdir: ../../../../../../../../etc\ntasks:\n{TASK_YAML}",
+            "resolves to /etc, outside the allowed roots",
+        ),
+    ]
+
+
+def run_orch_capped(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 60) -> CompletedProcess[str]:
+    """`orch` as run_orch runs it, its address space capped at MEMORY_CAP."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+    return subprocess.run(
+        [ORCH, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=cap,  # safe here: the runs are sequential, this process starts no threads
+    )
+
+
+@pytest.mark.timeout(600)
+def test_hostile_plan_files_are_one_line_and_exit_2_in_bounded_memory(
+    fault_run: FaultRun, cli: dict[str, str], record_figures: RecordFigures
+) -> None:
+    folder = fault_run.folder
+    cases = hostile_files()
+    for case in cases:
+        path = folder / case.name
+        if case.text is not None:
+            path.write_text(case.text, encoding="utf-8")
+    os.mkfifo(folder / "fifo.yaml")
+    (folder / "zero.yaml").symlink_to("/dev/zero")
+
+    failures: list[str] = []
+    runs = 0
+    for case in cases:
+        path = folder / case.name
+        for command in case.commands:
+            runs += 1
+            result = run_orch_capped([command, str(path)], folder, cli)
+            lines = result.stderr.splitlines()
+            why = []
+            if result.returncode != 2:
+                why.append(f"exit {result.returncode}")
+            if len(lines) != 1:
+                why.append(f"{len(lines)} lines")
+            elif not lines[0].startswith(f"{path}: ") or case.says not in lines[0] or len(lines[0]) > 1000:
+                why.append("the line does not name the file and the problem, briefly")
+            if result.stdout.strip():
+                why.append(f"stdout: {result.stdout[:200]!r}")
+            if why:
+                failures.append(f"orch {command} {case.name}: {'; '.join(why)}\n{result.stderr[-1500:]}")
+    with Store(cli["ORCH_DATABASE_URL"]) as store:
+        stored = store.plan_count()
+    record_figures(
+        "10 bad plans: hostile files",
+        {"orch runs exiting 2 with one line": (runs - len(failures), runs), "plans stored": stored},
+    )
+    assert not failures, "\n".join(failures)
+    assert stored == 0
+
+
+@pytest.mark.timeout(120)
+def test_orch_workdir_roots_widens_where_a_workdir_may_be(fault_run: FaultRun, cli: dict[str, str]) -> None:
+    folder = fault_run.folder
+    (folder / "plans").mkdir()
+    work = folder / "work"
+    plan_file = folder / "plans" / "plan.yaml"
+    plan_file.write_text(f"name: w\nworkdir: {work}\ntasks:\n{TASK_YAML}", encoding="utf-8")
+
+    refused = run_orch(["validate", str(plan_file)], folder, cli)
+    allowed = run_orch(["validate", str(plan_file)], folder, {**cli, "ORCH_WORKDIR_ROOTS": f"/nonexistent:{folder}"})
+
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip() == (
+        f"{plan_file}: workdir {str(work)!r} resolves to {work.resolve()}, outside the allowed roots "
+        f"(the plan's folder {plan_file.parent.resolve()}; ORCH_WORKDIR_ROOTS widens them)"
+    )
+    assert allowed.returncode == 0, allowed.stderr
 
 
 HOSTILE = (

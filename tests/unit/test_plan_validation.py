@@ -150,10 +150,13 @@ def test_default_workdir_is_the_plan_files_folder(tmp_path: Path) -> None:
     assert load_plan(path, REGISTRY).workdir == (tmp_path / "plans").resolve()
 
 
-def test_absolute_workdir_is_kept(tmp_path: Path) -> None:
+def test_absolute_workdir_is_kept_inside_the_allowed_roots(tmp_path: Path) -> None:
     target = (tmp_path / "abs").resolve()
     path = write_plan(tmp_path / "plans", plan(task("a"), workdir=str(target)))
-    assert load_plan(path, REGISTRY).workdir == target
+    assert load_plan(path, REGISTRY, roots=[tmp_path.resolve()]).workdir == target
+    inside = (tmp_path / "plans" / "abs").resolve()
+    path = write_plan(tmp_path / "plans", plan(task("a"), workdir=str(inside)))
+    assert load_plan(path, REGISTRY).workdir == inside
 
 
 # --- one line per problem ----------------------------------------------------------------------------
