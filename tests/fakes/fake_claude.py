@@ -59,7 +59,7 @@ def main() -> None:
     mode = prompt.split("FAKE:", 1)[1].split()[0] if "FAKE:" in prompt else "success"
     note_pid()
     init = {"type": "system", "subtype": "init", "model": "claude-sonnet-4-6", "cwd": os.getcwd(), "args": args}
-    emit({**init, "prompt_from": source, "prompt_bytes": len(prompt.encode())})
+    emit({**init, "prompt_from": source, "prompt_bytes": len(prompt.encode()), "prompt": prompt})
     if mode == "hang":
         time.sleep(3600)
     elif mode == "ignore-term":
