@@ -35,19 +35,26 @@ class Isolation:
 
     sandbox: Literal["bwrap", "none"]
     user: AgentUser | None  # None: agents run as the worker's own user
-    bwrap: str | None = None
+    bwrap: str | None = None  # absolute
+    setpriv: str | None = None  # absolute; where the worker is root, the sandbox drops to the agent's user with it
     warning: str | None = None  # said at start and by `orch check`: agents are not sandboxed, and why
     problem: str | None = None
-    # A container's runtime masks parts of /proc, and the kernel then refuses a new procfs: there the sandbox shows
-    # the container's /proc read-only (the worker's own entries stay unreadable: it is non-dumpable).
-    own_proc: bool = True
 
     def describe(self) -> str:
         who = f"user {self.user.name} (uid {self.user.uid})" if self.user else f"the worker's user (uid {os.getuid()})"
-        how = "no sandbox"
-        if self.sandbox == "bwrap":
-            how = "bubblewrap sandbox" + ("" if self.own_proc else " (with the container's /proc, read-only)")
-        return f"agents run as {who}, {how}"
+        return f"agents run as {who}, {'bubblewrap sandbox' if self.sandbox == 'bwrap' else 'no sandbox'}"
+
+
+def absolute_path(path: str | None) -> str:
+    """PATH without its relative and empty entries (which mean the current folder: an agent's workdir). orch looks
+    its own programs up only there, and gives agents only that."""
+    return ":".join(entry for entry in (path or "").split(":") if entry.startswith("/")) or SAFE_PATH
+
+
+def program(name: str) -> str | None:
+    """The absolute path of one of orch's own helper programs (bubblewrap, setpriv): PATH's absolute entries, then
+    the system's folders."""
+    return shutil.which(name, path=f"{absolute_path(os.environ.get('PATH'))}:{SAFE_PATH}")
 
 
 def resolve_isolation(settings: Settings) -> Isolation:
@@ -73,12 +80,16 @@ def resolve_isolation(settings: Settings) -> Isolation:
         user = AgentUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
     if settings.sandbox == "none":
         return Isolation("none", user, warning="ORCH_SANDBOX=none: agents run without a sandbox")
-    bwrap = shutil.which("bwrap")
-    failure = "bubblewrap (bwrap) is not installed" if bwrap is None else probe_bwrap(bwrap, user, own_proc=True)
+    bwrap, setpriv = program("bwrap"), program("setpriv") if user is not None else None
+    failure: str | None
+    if user is not None and setpriv is None:
+        failure = "setpriv (util-linux), which drops a root worker's agents to their user, is not installed"
+    elif bwrap is None:
+        failure = "bubblewrap (bwrap) is not installed"
+    else:
+        failure = probe_bwrap(bwrap, user, setpriv)
     if failure is None:
-        return Isolation("bwrap", user, bwrap=bwrap)
-    if bwrap is not None and probe_bwrap(bwrap, user, own_proc=False) is None:
-        return Isolation("bwrap", user, bwrap=bwrap, own_proc=False)
+        return Isolation("bwrap", user, bwrap=bwrap, setpriv=setpriv)
     if settings.sandbox == "bwrap":
         return Isolation("none", user, problem=f"ORCH_SANDBOX=bwrap, but {failure}")
     return Isolation(
@@ -89,11 +100,13 @@ def resolve_isolation(settings: Settings) -> Isolation:
     )
 
 
-def probe_bwrap(bwrap: str, user: AgentUser | None, own_proc: bool) -> str | None:
-    """None when bubblewrap can build this module's sandbox here; else why not (its own message)."""
+def probe_bwrap(bwrap: str, user: AgentUser | None, setpriv: str | None) -> str | None:
+    """None when bubblewrap can build this module's sandbox here; else why not (its own message). A sandbox needs
+    a /proc of its own: where a container's runtime masks /proc, the kernel refuses one, and showing the container's
+    instead would let agents read each other's environments, so there is then no sandbox (Kubernetes: run workers
+    with `hostUsers: false` and `procMount: Unmasked`, deploy/README.md)."""
     argv = [bwrap, *namespace_options(os.geteuid() == 0), "--unshare-net", "--ro-bind", "/", "/", "--dev", "/dev"]
-    argv += proc_options(own_proc)
-    argv += ["--", *drop_privileges_to(user), "/bin/true"]
+    argv += ["--proc", "/proc", "--", *drop_privileges_to(user, setpriv), "/bin/true"]
     try:
         done = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=_PROBE_TIMEOUT, env={"PATH": SAFE_PATH}
@@ -117,10 +130,6 @@ def current_isolation(settings: Settings) -> Isolation:
     return _isolations[key]
 
 
-def proc_options(own_proc: bool) -> list[str]:
-    return ["--proc", "/proc"] if own_proc else ["--ro-bind", "/proc", "/proc"]
-
-
 def namespace_options(privileged: bool) -> list[str]:
     # Run by root, bwrap makes the namespaces itself and setpriv drops to the agent's user inside; run by another
     # user, bwrap needs a user namespace, mapping that user to itself.
@@ -128,11 +137,12 @@ def namespace_options(privileged: bool) -> list[str]:
     return options if privileged else ["--unshare-user", *options]
 
 
-def drop_privileges_to(user: AgentUser | None) -> list[str]:
-    """setpriv's command line that becomes `user` with no capabilities and no way to regain any."""
-    if user is None or os.geteuid() != 0:
+def drop_privileges_to(user: AgentUser | None, setpriv: str | None) -> list[str]:
+    """setpriv's command line (by its absolute path: bwrap would look a bare name up in the agent's PATH, as root)
+    that becomes `user` with no capabilities and no way to regain any."""
+    if user is None or setpriv is None or os.geteuid() != 0:
         return []
     return [
-        "setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
+        setpriv, f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
         "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--",
     ]  # fmt: skip

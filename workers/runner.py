@@ -79,7 +79,8 @@ def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
         if before is not None:
             result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
         if result.succeeded or ctx.control.stop_request is None:
-            result = check_scope(result, ctx.files, ctx.scope, known_before=before is not None)
+            knowable = before is not None or (watch and workspace.holds_repository(ctx.workdir))
+            result = check_scope(result, ctx.files, ctx.scope, known_before=knowable)
             result = run_verify(result, ctx, ctx.verify)
     return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
 
@@ -100,6 +101,9 @@ def redact(result: AttemptResult, redactor: Redactor) -> AttemptResult:
         error=None if result.error is None else redactor.text(result.error),
         result=None if result.result is None else redactor.text(result.result),
         output_tail=redactor.text(result.output_tail),
+        # an agent names its files and its model too (`touch "$KEY"`, a forged result line)
+        files_changed=None if result.files_changed is None else tuple(map(redactor.text, result.files_changed)),
+        model=None if result.model is None else redactor.text(result.model),
     )
 
 

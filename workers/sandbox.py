@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -35,10 +35,10 @@ from orch.isolation import (
     AgentUser,
     Isolation,
     IsolationUnavailable,
+    absolute_path,
     current_isolation,
     drop_privileges_to,
     namespace_options,
-    proc_options,
 )
 from orch.log import get_logger
 from orch.settings import Settings
@@ -53,6 +53,8 @@ LOCALE_VARIABLES = (
 # /run holds the host's service sockets (PostgreSQL's, Docker's…); only the resolver's files are shown again.
 RESOLVER_FOLDERS = ("/run/systemd/resolve", "/run/resolvconf")
 _PROBE_TIMEOUT = 20.0
+# What a workdir may never be or hold: the kernel's and the host's own folders, which the sandbox replaces.
+SYSTEM_FOLDERS = tuple(Path(folder) for folder in ("/proc", "/dev", "/sys", "/run", "/tmp"))
 _WORKDIR_PROBE = ["test", "-d", ".", "-a", "-w", ".", "-a", "-x", "."]  # as the agent user, in its sandbox
 
 
@@ -82,7 +84,7 @@ class Grant:
 
 def agent_environment(worker_env: Mapping[str, str], grant: Grant) -> dict[str, str]:
     """The agent's whole environment: an allow-list, never the worker's environment less a deny-list."""
-    env = {"PATH": worker_env.get("PATH") or SAFE_PATH}
+    env = {"PATH": absolute_path(worker_env.get("PATH"))}
     env.update({name: worker_env[name] for name in LOCALE_VARIABLES if name in worker_env})
     env.update({name: worker_env[name] for name in grant.passthrough if name in worker_env})
     if grant.home is not None:
@@ -123,12 +125,13 @@ class Layout:
     hidden: tuple[Path, ...] = ()  # folders it must not see: ORCH_HOME, orch's configuration, the worker's home
     hidden_files: tuple[Path, ...] = ()  # files it must not see (an env file, a store file outside ORCH_HOME)
     network: bool = True
+    workdir_fd: int | None = None  # the workdir as opened and checked: bound by its descriptor, not its path again
 
 
 _Mount = tuple[str, Path]  # ("tmpfs" | "ro" | "rw" | "nofile", path)
 
 
-def bwrap_arguments(layout: Layout, own_proc: bool = True, privileged: bool | None = None) -> list[str]:
+def bwrap_arguments(layout: Layout, privileged: bool | None = None) -> list[str]:
     """bubblewrap's options for `layout` (everything before `--`), for bwrap run by root (`privileged`, by default
     whether this process is) or by another user. Mounts go shallowest first, so a folder hidden inside the workdir
     (ORCH_HOME beside a plan) is hidden after the workdir is bound, and a program shown from inside a hidden folder
@@ -137,7 +140,7 @@ def bwrap_arguments(layout: Layout, own_proc: bool = True, privileged: bool | No
     args = [*namespace_options(privileged), "--die-with-parent", "--new-session"]
     if not layout.network:
         args.append("--unshare-net")
-    args += ["--ro-bind", "/", "/", "--dev", "/dev", *proc_options(own_proc)]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     args += ["--perms", "1777", "--tmpfs", "/tmp", "--perms", "0755", "--tmpfs", "/run"]
     mounts: list[_Mount] = [("tmpfs", Path("/tmp")), ("tmpfs", Path("/run"))]
     planned: list[_Mount] = [("ro", Path(folder)) for folder in RESOLVER_FOLDERS if Path(folder).is_dir()]
@@ -150,8 +153,8 @@ def bwrap_arguments(layout: Layout, own_proc: bool = True, privileged: bool | No
         covering = _covering(mounts, path)
         if kind in ("tmpfs", "nofile") and covering in ("tmpfs", "nofile"):
             continue  # already out of sight
-        if kind == "ro" and covering != "tmpfs":
-            continue  # already visible, read-only or (inside the workdir) as the workdir is
+        if kind == "ro" and covering == "ro":
+            continue  # already visible read-only (inside the workdir it is bound again, read-only on top)
         if covering == "tmpfs":
             args += _parent_folders(mounts, path)
         mounts.append((kind, path))
@@ -159,6 +162,8 @@ def bwrap_arguments(layout: Layout, own_proc: bool = True, privileged: bool | No
             args += ["--perms", "0755", "--tmpfs", str(path)]
         elif kind == "nofile":
             args += ["--ro-bind", "/dev/null", str(path)]
+        elif kind == "rw" and path == layout.workdir and layout.workdir_fd is not None:
+            args += ["--bind-fd", str(layout.workdir_fd), str(path)]
         else:
             args += ["--bind" if kind == "rw" else "--ro-bind", str(path), str(path)]
     args += ["--chdir", str(layout.workdir)]
@@ -166,10 +171,11 @@ def bwrap_arguments(layout: Layout, own_proc: bool = True, privileged: bool | No
 
 
 def _covering(mounts: Sequence[_Mount], path: Path) -> str:
-    """The kind of the deepest mount so far that holds `path` ("ro" for the read-only root)."""
+    """The kind of the deepest mount so far that holds `path` ("ro" for the read-only root); of two on the same
+    folder, the later (it lies on top)."""
     best, depth = "ro", 0
     for kind, mounted in mounts:
-        if (path == mounted or mounted in path.parents) and len(mounted.parts) > depth:
+        if (path == mounted or mounted in path.parents) and len(mounted.parts) >= depth:
             best, depth = kind, len(mounted.parts)
     return best
 
@@ -222,13 +228,22 @@ class WorkerSecrets:
         )
 
 
-def check_workdir(workdir: Path, kept: WorkerSecrets, roots: Sequence[Path] = ()) -> None:
-    """An attempt's workdir may hold ORCH_HOME (it is hidden), but must not be inside it, nor hold the store; and
-    where this worker names allowed roots (ORCH_WORKDIR_ROOTS), it must lie inside one."""
-    workdir = workdir.resolve()
+def check_workdir(
+    workdir: Path, kept: WorkerSecrets, roots: Sequence[Path] = (), sandboxed: bool = True, other_user: bool = False
+) -> None:
+    """Whether agents may work in `workdir` (resolved): inside this worker's ORCH_WORKDIR_ROOTS where it names
+    any; never `/`, a system folder the sandbox replaces, the worker user's home or a folder holding it, nor
+    anything inside ORCH_HOME; and what must stay hidden (ORCH_HOME, orch's configuration, the env file, the store)
+    may lie in it only where the agent cannot move it: as a direct child, hidden by the sandbox (its mountpoint
+    cannot be renamed, but a folder holding it could be, with it); without a sandbox, not at all when the agent is
+    another user than the worker (it could move it, and the worker would write through what it left in its place).
+    """
     if roots and not any(workdir == root or root in workdir.parents for root in roots):
         shown = ", ".join(str(root) for root in roots)
         raise UnsafeWorkdir(f"workdir {workdir} is outside this worker's ORCH_WORKDIR_ROOTS ({shown})")
+    for folder in (*SYSTEM_FOLDERS, *([kept.user_home] if kept.user_home else [])):
+        if workdir == folder or workdir in folder.parents:
+            raise UnsafeWorkdir(f"workdir {workdir} is or holds {folder}, which agents are kept from")
     if workdir == kept.home or kept.home in workdir.parents:
         raise UnsafeWorkdir(f"workdir {workdir} is inside ORCH_HOME ({kept.home}), which agents must never reach")
     store = kept.store_file
@@ -237,10 +252,50 @@ def check_workdir(workdir: Path, kept: WorkerSecrets, roots: Sequence[Path] = ()
             f"the store {store} lies inside workdir {workdir}, where agents could write it; move the store "
             f"(ORCH_DATABASE_URL) or ORCH_HOME out of the workdir"
         )
+    for name, path in (
+        ("ORCH_HOME", kept.home),
+        ("orch's configuration", kept.config_dir),
+        ("the env file", kept.env_file),
+    ):
+        if path is None or workdir not in path.parents:
+            continue
+        if other_user and not sandboxed:
+            raise UnsafeWorkdir(
+                f"{name} ({path}) lies inside workdir {workdir}, and agents run without a sandbox as another user, "
+                f"who could move it; set ORCH_HOME (or the folder) outside the workdir"
+            )
+        if sandboxed and path.parent != workdir:
+            raise UnsafeWorkdir(
+                f"{name} ({path}) lies in a folder of workdir {workdir}, which an agent could move with it; keep it "
+                f"directly in the workdir (as .orch/ beside a plan) or outside it"
+            )
+
+
+def open_workdir(workdir: Path) -> int:
+    """The resolved workdir opened without following any link, component by component (O_PATH|O_NOFOLLOW): the
+    folder that was checked is the one bound, whatever an agent renames or links meanwhile."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in workdir.parts[1:]:
+            try:
+                child = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                raise UnsafeWorkdir(f"workdir {workdir} changed while it was checked: {exc.strerror}") from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def layout_for(
-    workdir: Path, scratch: Path | None, kept: WorkerSecrets, network: str, programs: Sequence[Path]
+    workdir: Path,
+    scratch: Path | None,
+    kept: WorkerSecrets,
+    network: str,
+    programs: Sequence[Path],
+    workdir_fd: int | None = None,
 ) -> Layout:
     workdir = workdir.resolve()
     hidden = [kept.home, kept.config_dir]
@@ -256,14 +311,17 @@ def layout_for(
         hidden=tuple(dict.fromkeys(path for path in hidden if path.exists())),  # nothing there, nothing to hide
         hidden_files=tuple(dict.fromkeys(path for path in files if path.exists())),
         network=network != "none",
+        workdir_fd=workdir_fd,
     )
 
 
 def runtime_folders() -> list[Path]:
     """What an agent may need to read from folders a sandbox hides: this Python (the python executor runs it) and
-    orch's own code (workers.python_entry)."""
-    code_root = Path(__file__).resolve().parent.parent
-    return [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), code_root]
+    orch's own packages (workers.python_entry), not the checkout around them."""
+    import orch
+
+    packages = [Path(orch.__file__).resolve().parent, Path(__file__).resolve().parent]
+    return [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), *packages]
 
 
 # --- starting an agent ----------------------------------------------------------------------------------------
@@ -295,17 +353,23 @@ def start_agent(
     if isolation.problem is not None:
         raise IsolationUnavailable(isolation.problem)
     kept = WorkerSecrets.of(settings)
-    check_workdir(launch.workdir, kept, settings.workdir_root_paths)
-    if isolation.user is not None:
-        ensure_writable(launch.workdir, isolation, kept)
-    argv, cwd, as_user = _isolated(launch, isolation, kept)
-    with spawning():
-        return _spawn(argv, cwd, as_user, launch.grant, isolation.sandbox == "bwrap", stdin, stdout, stderr)
+    workdir = launch.workdir.resolve()
+    fd = open_workdir(workdir)
+    try:
+        sandboxed = isolation.sandbox == "bwrap"
+        check_workdir(workdir, kept, settings.workdir_root_paths, sandboxed, isolation.user is not None)
+        if isolation.user is not None:
+            ensure_writable(workdir, fd, isolation, kept)
+        argv, as_user = _isolated(launch, workdir, fd, isolation, kept)
+        with spawning():
+            return _spawn(argv, fd, as_user, launch.grant, sandboxed, stdin, stdout, stderr)
+    finally:
+        os.close(fd)
 
 
 def _spawn(
     argv: list[str],
-    cwd: Path,
+    workdir_fd: int,
     as_user: AgentUser | None,
     grant: Grant,
     sandboxed: bool,
@@ -315,13 +379,13 @@ def _spawn(
 ) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         argv,
-        cwd=cwd,
         stdin=stdin,
         stdout=stdout,
         stderr=stderr,
         env=agent_environment(os.environ, grant),
         start_new_session=True,  # its own process group: pgid == pid
-        preexec_fn=die_with_parent(signal.SIGKILL),  # a SIGKILLed worker takes its agent along
+        preexec_fn=_child_setup(workdir_fd, sandboxed),
+        pass_fds=(workdir_fd,) if sandboxed else (),
         umask=agent_umask(),
         user=as_user.uid if as_user else None,
         group=as_user.gid if as_user else None,
@@ -331,44 +395,62 @@ def _spawn(
     return process
 
 
-def _isolated(launch: Launch, isolation: Isolation, kept: WorkerSecrets) -> tuple[list[str], Path, AgentUser | None]:
-    """The command line, folder and user to start `launch` with: inside bubblewrap (which starts in / and drops to
-    the agent's user itself), or as the agent's user directly."""
+def _child_setup(workdir_fd: int, sandboxed: bool) -> Callable[[], None]:
+    """In the child, before exec: die with the worker (SIGKILL), and start in the checked workdir (bubblewrap
+    starts in / and binds the workdir by its descriptor; without it, the agent starts in it by descriptor)."""
+    die = die_with_parent(signal.SIGKILL)
+
+    def setup() -> None:
+        die()
+        if sandboxed:
+            os.chdir("/")
+        else:
+            os.fchdir(workdir_fd)
+
+    return setup
+
+
+def _isolated(
+    launch: Launch, workdir: Path, workdir_fd: int, isolation: Isolation, kept: WorkerSecrets
+) -> tuple[list[str], AgentUser | None]:
+    """The command line and user to start `launch` with: inside bubblewrap (which drops to the agent's user
+    itself), or as the agent's user directly."""
     if isolation.sandbox == "bwrap" and isolation.bwrap is not None:
         programs = [*runtime_folders(), *launch.programs]
-        layout = layout_for(launch.workdir, launch.scratch, kept, launch.grant.network, programs)
-        options = bwrap_arguments(layout, isolation.own_proc)
-        sandboxed = [isolation.bwrap, *options, "--", *drop_privileges_to(isolation.user)]
-        return [*sandboxed, *launch.argv], Path("/"), None
-    return list(launch.argv), launch.workdir, isolation.user
+        layout = layout_for(workdir, launch.scratch, kept, launch.grant.network, programs, workdir_fd)
+        drop = drop_privileges_to(isolation.user, isolation.setpriv)
+        return [isolation.bwrap, *bwrap_arguments(layout), "--", *drop, *launch.argv], None
+    return list(launch.argv), isolation.user
 
 
 _writable_workdirs: set[tuple[str, int]] = set()
 
 
-def ensure_writable(workdir: Path, isolation: Isolation, kept: WorkerSecrets) -> None:
+def ensure_writable(workdir: Path, workdir_fd: int, isolation: Isolation, kept: WorkerSecrets) -> None:
     """Whether the agent's user can write `workdir`, asked of that user in the agent's own sandbox (permissions,
     ACLs and the sandbox's view all count); a yes is remembered for the process, a no raises WorkdirNotWritable."""
     user = isolation.user
     assert user is not None
-    key = (str(workdir.resolve()), user.uid)
+    key = (str(workdir), user.uid)
     if key in _writable_workdirs:
         return
-    probe = Launch(_WORKDIR_PROBE, workdir, Grant(attempt_ids={}, network="none"))
-    argv, cwd, as_user = _isolated(probe, isolation, kept)
+    probe = Launch(list(_WORKDIR_PROBE), workdir, Grant(attempt_ids={}, network="none"))
+    argv, as_user = _isolated(probe, workdir, workdir_fd, isolation, kept)
+    sandboxed = isolation.sandbox == "bwrap"
     try:
         done = subprocess.run(
             argv,
-            cwd=cwd,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=_PROBE_TIMEOUT,
             env={"PATH": SAFE_PATH},
+            preexec_fn=_child_setup(workdir_fd, sandboxed),
+            pass_fds=(workdir_fd,) if sandboxed else (),
             user=as_user.uid if as_user else None,
             group=as_user.gid if as_user else None,
             extra_groups=[] if as_user else None,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except (OSError, subprocess.TimeoutExpired, subprocess.SubprocessError) as exc:
         raise WorkdirNotWritable(f"could not check workdir {workdir} as user {user.name}: {exc}") from None
     if done.returncode != 0:
         said = done.stderr.decode(errors="replace").strip()
@@ -402,21 +484,25 @@ class Scratch:
 
 
 def give_to_agent(path: Path, settings: Settings) -> None:
-    """Make a file or folder orch wrote for an agent its agent user's (when agents run as another user)."""
+    """Make a file or folder orch wrote for an agent its agent user's (when agents run as another user). Never
+    through a link: orch writes these in a folder of its own, which no agent can write."""
     user = current_isolation(settings).user
     if user is not None:
-        os.chown(path, user.uid, user.gid)
+        os.chown(path, user.uid, user.gid, follow_symlinks=False)
 
 
 @contextlib.contextmanager
 def attempt_scratch(settings: Settings) -> Iterator[Scratch]:
-    """A fresh folder for one attempt (0700, its agent user's), removed afterwards with all the agent left."""
+    """A fresh folder for one attempt, removed afterwards with all the agent left. The folder is the worker's (0711:
+    the agent can pass, not write it), so what orch puts there for the agent (the python executor's files) is safe
+    from it; its `home` and `tmp` are the agent user's."""
     root = Path(tempfile.mkdtemp(prefix="orch-attempt-"))
     scratch = Scratch(root)
     try:
+        root.chmod(0o711)
         scratch.home.mkdir(mode=0o700)
         scratch.tmp.mkdir(mode=0o700)
-        for path in (root, scratch.home, scratch.tmp):
+        for path in (scratch.home, scratch.tmp):
             give_to_agent(path, settings)
         yield scratch
     finally:

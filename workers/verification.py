@@ -16,9 +16,9 @@ from workers.workspace import in_scope
 
 
 def check_scope(result: AttemptResult, files: tuple[str, ...], scope: str, known_before: bool = False) -> AttemptResult:
-    """`scope: strict` fails an attempt that changed files outside its `files`, or that made what it changed
-    unknowable (the workspace was a readable repository before the attempt and is not after it: an agent could
-    otherwise hide its edits by breaking the repository)."""
+    """`scope: strict` fails an attempt that changed files outside its `files`, or whose changes cannot be known
+    in a workspace that is a git repository (`known_before`): an agent, this one or an earlier one, could otherwise
+    hide its edits by breaking the repository."""
     if scope != "strict" or not result.succeeded:
         return result
     if result.files_changed is None:
@@ -28,8 +28,8 @@ def check_scope(result: AttemptResult, files: tuple[str, ...], scope: str, known
             result,
             succeeded=False,
             failure_class=FailureClass.SCOPE_VIOLATION,
-            error="scope: strict, and what it changed cannot be known: its workspace's git repository was readable "
-            "before the attempt and is not after it",
+            error="scope: strict, and what it changed cannot be known: its workspace's git repository cannot be read "
+            "(it was broken, by this attempt or an earlier one)",
         )
     outside = [path for path in result.files_changed if not in_scope(path, files)]
     if not outside:

@@ -3,13 +3,14 @@ functions, no process started."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from orch.agents import agent_network, parse_agents
 from orch.errors import ConfigInvalid
-from orch.isolation import AgentUser, drop_privileges_to
+from orch.isolation import AgentUser, absolute_path, drop_privileges_to
 from workers.sandbox import (
     Grant,
     Layout,
@@ -18,6 +19,7 @@ from workers.sandbox import (
     agent_environment,
     bwrap_arguments,
     check_workdir,
+    open_workdir,
 )
 
 IDS = {"ORCH_PLAN_ID": "plan-123", "ORCH_TASK_ID": "build", "ORCH_ATTEMPT": "2", "ORCH_AGENT": "devops-engineer"}
@@ -71,6 +73,13 @@ def test_the_attempt_ids_win_over_anything_else() -> None:
 
 def test_without_a_path_the_agent_gets_a_safe_one() -> None:
     assert agent_environment({}, Grant(attempt_ids={}))["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+
+
+def test_relative_and_empty_path_entries_never_reach_an_agent() -> None:
+    # An empty entry, or ./bin, means the current folder: the agent's workdir, where it can plant any program.
+    env = agent_environment({"PATH": "./node_modules/.bin::/usr/bin:bin:/bin:"}, Grant(attempt_ids={}))
+    assert env["PATH"] == "/usr/bin:/bin"
+    assert absolute_path("relative:also") == "/usr/local/bin:/usr/bin:/bin"
 
 
 def test_env_may_not_pass_what_orch_sets_or_what_undoes_the_sandbox() -> None:
@@ -143,6 +152,25 @@ def test_programs_inside_a_hidden_home_are_shown_again_read_only_with_walkable_p
     assert not any(mount[-1] == "/usr/lib/python3" for mount in found)  # visible already: not bound again
 
 
+def test_orchs_own_programs_inside_the_workdir_are_bound_again_read_only() -> None:
+    layout = Layout(
+        workdir=Path("/srv/orch"),
+        writable=(Path("/srv/orch"),),
+        readable=(Path("/srv/orch/.venv"), Path("/srv/orch/orch")),
+    )
+    found = mounts(bwrap_arguments(layout))
+    workdir = index_of(found, "--bind", "/srv/orch")
+    assert workdir < index_of(found, "--ro-bind", "/srv/orch/.venv")
+    assert workdir < index_of(found, "--ro-bind", "/srv/orch/orch")
+
+
+def test_the_workdir_is_bound_by_the_descriptor_it_was_checked_through() -> None:
+    layout = Layout(workdir=Path("/srv/plan"), writable=(Path("/srv/plan"),), workdir_fd=7)
+    args = bwrap_arguments(layout)
+    assert args[args.index("--bind-fd") : args.index("--bind-fd") + 3] == ["--bind-fd", "7", "/srv/plan"]
+    assert "--bind" not in args
+
+
 def test_what_lies_in_a_hidden_folder_or_the_private_tmp_needs_no_hiding() -> None:
     layout = Layout(
         workdir=Path("/srv/plan"),
@@ -161,12 +189,13 @@ def test_network_none_unshares_the_network_and_root_drops_to_the_agent_user() ->
     assert "--unshare-net" in bwrap_arguments(layout)
     assert "--unshare-user" in bwrap_arguments(layout, privileged=False)
     assert "--unshare-user" not in bwrap_arguments(layout, privileged=True)
-    assert drop_privileges_to(AgentUser("orch-agent", 999, 995))[:3] == ["setpriv", "--reuid=999", "--regid=995"]
+    drop = drop_privileges_to(AgentUser("orch-agent", 999, 995), "/usr/bin/setpriv")
+    assert drop[:3] == (["/usr/bin/setpriv", "--reuid=999", "--regid=995"] if os.geteuid() == 0 else [])
 
 
-def worker_secrets(tmp_path: Path, store: Path | None = None) -> WorkerSecrets:
+def worker_secrets(tmp_path: Path, store: Path | None = None, user_home: Path | None = None) -> WorkerSecrets:
     return WorkerSecrets(
-        home=tmp_path / ".orch", config_dir=tmp_path / "config", store_file=store, env_file=None, user_home=None
+        home=tmp_path / ".orch", config_dir=tmp_path / "config", store_file=store, env_file=None, user_home=user_home
     )
 
 
@@ -179,3 +208,56 @@ def test_a_workdir_inside_orch_home_or_holding_the_store_is_refused(tmp_path: Pa
     with pytest.raises(UnsafeWorkdir, match="outside this worker's ORCH_WORKDIR_ROOTS"):
         check_workdir(tmp_path / "w", worker_secrets(tmp_path), roots=[Path("/workspace")])
     check_workdir(tmp_path / "w", worker_secrets(tmp_path), roots=[tmp_path])
+
+
+def test_a_workdir_that_is_or_holds_what_the_sandbox_replaces_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "home" / "worker"
+    kept = worker_secrets(tmp_path / "x", user_home=home)
+    for workdir in (Path("/"), Path("/tmp"), Path("/run"), home, tmp_path / "home"):
+        with pytest.raises(UnsafeWorkdir, match="is or holds"):
+            check_workdir(workdir, kept)
+    check_workdir(home / "project", kept)  # a project in the worker's home is fine
+
+
+def test_what_orch_hides_may_lie_in_a_workdir_only_where_no_agent_can_move_it(tmp_path: Path) -> None:
+    nested = WorkerSecrets(
+        home=tmp_path / "sub" / ".orch", config_dir=tmp_path / "cfg", store_file=None, env_file=None, user_home=None
+    )
+    with pytest.raises(UnsafeWorkdir, match="in a folder of workdir"):  # `sub` could be renamed, .orch with it
+        check_workdir(tmp_path, nested, sandboxed=True)
+    beside = worker_secrets(tmp_path)  # .orch right in the workdir: a mountpoint, which cannot be renamed
+    check_workdir(tmp_path, beside, sandboxed=True)
+    with pytest.raises(UnsafeWorkdir, match="without a sandbox as another user"):
+        check_workdir(tmp_path, beside, sandboxed=False, other_user=True)
+    check_workdir(tmp_path, beside, sandboxed=False, other_user=False)  # one user: nothing to keep it from
+
+
+def test_a_workdir_whose_path_became_a_link_is_not_opened(tmp_path: Path) -> None:
+    (tmp_path / "real" / "work").mkdir(parents=True)
+    fd = open_workdir(tmp_path / "real" / "work")
+    os.close(fd)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafeWorkdir, match="changed while it was checked"):
+        os.close(open_workdir(tmp_path / "linked"))
+
+
+def test_the_cost_a_cli_reports_counts_only_when_it_is_a_real_one() -> None:
+    from workers.executors.claude_code import reported_cost
+
+    assert reported_cost(0.25) == 0.25 and reported_cost(0) == 0.0
+    for forged in (-5.0, float("nan"), float("inf"), "0.1", True, None, [1]):
+        assert reported_cost(forged) is None
+
+
+def test_what_an_agent_names_is_masked_too() -> None:
+    """`touch "$KEY"` makes a file named after a secret; a forged result line can name a model after one."""
+    from orch.redaction import Redactor
+    from orch.store.repo import AttemptResult
+    from workers.runner import redact
+
+    key = "sk-ant-granted-key-123456"
+    result = AttemptResult(True, files_changed=(f"{key}.txt", "a.py"), model=key, output_tail=key, result=key)
+    masked = redact(result, Redactor({"ANTHROPIC_API_KEY": key}))
+    assert masked.files_changed == ("[redacted ANTHROPIC_API_KEY].txt", "a.py")
+    assert key not in repr(masked)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import queue
 import re
 import shutil
@@ -27,6 +29,7 @@ from typing import IO, Any
 
 from orch.durations import format_duration
 from orch.failures import FailureClass
+from orch.isolation import absolute_path
 from orch.prices import Usage
 from orch.settings import get_settings
 from orch.store.repo import AttemptResult
@@ -103,7 +106,8 @@ class ClaudeCodeExecutor:
     name = "claude-code"
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
-        binary = shutil.which(ctx.claude_bin)
+        found = shutil.which(ctx.claude_bin, path=absolute_path(os.environ.get("PATH")))
+        binary = os.path.realpath(found) if found else None  # the file itself: a link's folder may be hidden
         if binary is None:
             return AttemptResult(
                 False,
@@ -185,13 +189,15 @@ def prompt_file(ctx: AttemptContext) -> Iterator[IO[bytes]]:
 
 
 def cli_folders(binary: str) -> tuple[Path, ...]:
-    """The folders the CLI needs when they lie where a sandbox hides (a home folder, /tmp): its command's folder,
-    and the folder it resolves into — for an npm install the whole `node_modules` (the command links into its
-    package, whose native binary comes in a sibling package)."""
+    """What the CLI needs when it lies where a sandbox hides (a home folder, /tmp): the command itself, and the
+    folder it resolves into — for an npm install the whole `node_modules` (the command links into its package, whose
+    native binary comes in a sibling package). Never a home folder whole: a CLI installed right in one shows only
+    itself."""
     command = Path(binary)
     real = command.resolve()
     installed = next((folder for folder in real.parents if folder.name == "node_modules"), real.parent)
-    return (command.parent, installed)
+    home = Path(os.path.expanduser("~")).resolve()
+    return (command, real) if installed == home or installed in home.parents else (command, installed)
 
 
 def _read_lines(stream: IO[bytes] | None, lines: queue.Queue[bytes | None]) -> None:
@@ -213,13 +219,21 @@ def _drain(lines: queue.Queue[bytes | None], readers: list[threading.Thread]) ->
 
 
 def _usage(final: dict[str, Any]) -> Usage:
-    usage = final.get("usage") or {}
+    usage = final.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     return Usage(
-        input_tokens=int(usage.get("input_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),
-        cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+        input_tokens=_tokens(usage.get("input_tokens")),
+        output_tokens=_tokens(usage.get("output_tokens")),
+        cache_creation_tokens=_tokens(usage.get("cache_creation_input_tokens")),
+        cache_read_tokens=_tokens(usage.get("cache_read_input_tokens")),
     )
+
+
+def _tokens(value: object) -> int:
+    """A token count as reported; anything but a whole number from 0 to 10^12 counts 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return value if 0 <= value <= 10**12 else 0
 
 
 def _model(final: dict[str, Any], state: StreamState, ctx: AttemptContext) -> str:
@@ -236,7 +250,7 @@ def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: S
         "output_tail": tail,
         "log_path": str(ctx.log_path),
         "usage": _usage(final) if final else state.usage_so_far(),  # a killed agent's spend still counts
-        "cost_usd": final.get("total_cost_usd"),
+        "cost_usd": reported_cost(final.get("total_cost_usd")),
         "model": _model(final, state, ctx) if final else ctx.model,
         "result": final.get("result") if isinstance(final.get("result"), str) else None,
     }
@@ -274,6 +288,14 @@ def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: S
             False, failure_class=failure_class, error=f"claude: {message[:500]}", retry_after=retry_after, **common
         )
     return AttemptResult(True, **common)
+
+
+def reported_cost(value: object) -> float | None:
+    """The CLI's own cost figure when it is one (a finite, non-negative number: the agent can print lines that
+    look like the CLI's, and a negative cost would give a budget back)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def classify_error(final: dict[str, Any]) -> FailureClass:

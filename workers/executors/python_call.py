@@ -45,10 +45,11 @@ class PythonExecutor:
         if not call:
             return AttemptResult(False, failure_class=FailureClass.INVALID_TASK, error="python executor: no `call:`")
         with with_scratch(ctx) as ctx, tempfile.TemporaryDirectory(prefix="call-", dir=ctx.scratch) as folder:
-            give_to_agent(Path(folder), get_settings())
+            # Written in the worker's own folder, then handed over: no agent can put a link in its place meanwhile.
             context_file, result_file = Path(folder) / "context.json", Path(folder) / "result.json"
             context_file.write_text(json.dumps(task_context(ctx)), encoding="utf-8")
             give_to_agent(context_file, get_settings())
+            give_to_agent(Path(folder), get_settings())
             command = f"{shlex.quote(sys.executable)} -m workers.python_entry {shlex.quote(call)}"
             child = replace(
                 ctx,
@@ -58,18 +59,23 @@ class PythonExecutor:
             outcome = ShellExecutor().run(child)
             if not outcome.succeeded:
                 return outcome
-            value = read_result(result_file)
+            value = read_result(Path(folder), result_file.name)
         return replace(outcome, result=value)
 
 
 MAX_RESULT_BYTES = 1024 * 1024
 
 
-def read_result(path: Path) -> str:
-    """The function's JSON result, as the agent left it: a regular file only (the agent could have put a link to
-    a file only the worker may read in its place), at most MAX_RESULT_BYTES."""
+def read_result(folder: Path, name: str) -> str:
+    """The function's JSON result, as the agent left it: a regular file in its folder, both opened without
+    following a link (the agent could have put one to a file only the worker may read in either's place), at most
+    MAX_RESULT_BYTES."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
     except FileNotFoundError:
         return "null"
     except OSError as exc:
