@@ -177,13 +177,13 @@ def shq(text: str) -> str:
     return shlex.quote(text)
 
 
-def test_a_worker_told_to_use_bwrap_where_it_cannot_refuses_to_start(tmp_path: Path) -> None:
+@ROOT_ONLY
+def test_a_worker_that_cannot_isolate_agents_as_told_refuses_to_start(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(
         ORCH_HOME=str(tmp_path / ".orch"),
         ORCH_BROKER_URL="redis://127.0.0.1:1/0",
-        ORCH_SANDBOX="bwrap",
-        PATH="/nonexistent",  # no bubblewrap to find
+        ORCH_AGENT_USER="no-such-agent-user",  # a root worker's agents would have no user to run as
     )
     log = tmp_path / "worker.log"
     with log.open("wb") as out:
@@ -198,5 +198,5 @@ def test_a_worker_told_to_use_bwrap_where_it_cannot_refuses_to_start(tmp_path: P
             worker.kill()
     said = log.read_text()
     assert code == 2, said
-    assert "orch: ORCH_SANDBOX=bwrap, but bubblewrap (bwrap) is not installed" in said
+    assert "orch: the worker runs as root, so agents run as ORCH_AGENT_USER=no-such-agent-user" in said
     wait_for(lambda: worker.poll() is not None, 5, "the worker to be gone")

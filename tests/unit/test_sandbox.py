@@ -261,3 +261,18 @@ def test_what_an_agent_names_is_masked_too() -> None:
     masked = redact(result, Redactor({"ANTHROPIC_API_KEY": key}))
     assert masked.files_changed == ("[redacted ANTHROPIC_API_KEY].txt", "a.py")
     assert key not in repr(masked)
+
+
+def test_without_bubblewrap_auto_warns_and_bwrap_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where bubblewrap is not installed (it is on this machine: the lookup stands in for a host without it)."""
+    from orch import isolation
+    from orch.settings import Settings
+
+    monkeypatch.setattr(isolation, "program", lambda name: None if name == "bwrap" else f"/usr/bin/{name}")
+    required = isolation.resolve_isolation(Settings(sandbox="bwrap"))
+    assert required.sandbox == "none" and required.problem is not None
+    assert required.problem.startswith("ORCH_SANDBOX=bwrap, but bubblewrap (bwrap) is not installed")
+    if os.geteuid() != 0 or isolation.pwd.getpwnam("orch-agent"):
+        automatic = isolation.resolve_isolation(Settings(sandbox="auto"))
+        assert automatic.problem is None and automatic.sandbox == "none"
+        assert automatic.warning is not None and "found no usable sandbox" in automatic.warning
