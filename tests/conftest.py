@@ -41,6 +41,18 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(f"{message} (start it to run this test; with CI=true this is a failure)")
 
 
+def require_bwrap() -> str:
+    """bubblewrap, the agents' sandbox (`make test` installs it with apt): skipped without it, failed with CI=true."""
+    import shutil
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("bubblewrap is not installed, and CI=true requires the sandbox tests to run")
+        pytest.skip("bubblewrap is not installed (make test installs it with apt)")
+    return bwrap
+
+
 AGENT_USER = "orch-agent"
 
 

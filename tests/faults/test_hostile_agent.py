@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_service
+from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_bwrap, require_service
 from tests.faults.conftest import RecordFigures
 from tests.faults.harness import REPO, FaultRun, Store, run_orch
 
@@ -82,6 +82,7 @@ def git_repository(folder: Path) -> None:
 
 
 def scenario(fault_run: FaultRun, database_url: str | None = None) -> Scenario:
+    require_bwrap()  # the scenario is the sandbox's: without bubblewrap there is none to try
     folder = fault_run.folder / "plan"
     folder.mkdir()
     (folder / "README.md").write_text("# a project an agent works on\n")

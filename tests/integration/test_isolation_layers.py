@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from orch.settings import get_settings
+from tests.conftest import require_bwrap
 from tests.e2e.conftest import BIN
 from tests.helpers import wait_for
 from workers.executors.base import AttemptContext
@@ -26,15 +27,6 @@ from workers.sandbox import Layout, bwrap_arguments
 AGENT_USER = "orch-agent"
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: agents switch user only under a root worker")
-
-
-def require_bwrap() -> str:
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("bubblewrap is not installed, and CI=true requires the sandbox tests to run")
-        pytest.skip("bubblewrap is not installed (make test installs it with apt)")
-    return bwrap
 
 
 def shell_context(tmp_path: Path, command: str) -> AttemptContext:
