@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from orch.durations import parse_duration
 from orch.errors import ConfigInvalid
@@ -37,6 +37,22 @@ class BreakerSpec(BaseModel):
 
 PermissionMode = Literal["default", "acceptEdits", "bypassPermissions", "plan", "dontAsk", "auto"]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# An agent's network: host (the worker's), none (no network at all, not even loopback services), or auto: host for
+# the executors that call a model's API (claude-code, anthropic), none for the rest (shell, python).
+Network = Literal["auto", "host", "none"]
+NETWORKED_EXECUTORS = frozenset({"claude-code", "anthropic"})
+# Variables an agent type's `env:` may not pass: orch's own settings, and what would undo the sandbox.
+RESERVED_ENV = re.compile(r"^(ORCH_.*|LD_.*|HOME|TMPDIR|PATH)$")
+
+
+def _grantable(names: tuple[str, ...]) -> tuple[str, ...]:
+    reserved = [name for name in names if RESERVED_ENV.match(name)]
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)} cannot be passed to agents (orch sets or withholds them itself)")
+    return names
+
+
+EnvNames = Annotated[tuple[EnvName, ...], AfterValidator(_grantable)]
 
 
 class _AgentDefaults(BaseModel):
@@ -48,7 +64,9 @@ class _AgentDefaults(BaseModel):
     retries: int = Field(2, ge=0, le=100)
     model: str = "claude-sonnet-4-6"
     max_tokens: int = Field(8000, ge=1, le=1_000_000)
-    secrets: tuple[EnvName, ...] = ()
+    secrets: EnvNames = ()
+    env: EnvNames = ()
+    network: Network = "auto"
     max_turns: int = Field(30, ge=1, le=10_000)
     permission_mode: PermissionMode = "acceptEdits"
     allowed_tools: tuple[str, ...] = ()
@@ -70,7 +88,9 @@ class AgentTypeSpec(BaseModel):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     system: str | None = None  # extra system-prompt text for this type
-    secrets: tuple[EnvName, ...] | None = None
+    secrets: EnvNames | None = None
+    env: EnvNames | None = None  # more of the worker's variables its agents get (not secrets: never masked)
+    network: Network | None = None
     max_turns: int | None = Field(None, ge=1, le=10_000)
     permission_mode: PermissionMode | None = None
     allowed_tools: tuple[str, ...] | None = None
@@ -92,7 +112,9 @@ class AgentType:
     model: str = "claude-sonnet-4-6"
     max_tokens: int = 8000
     system: str = ""
-    secrets: tuple[str, ...] = ()  # environment variables the worker passes to this type's agents
+    secrets: tuple[str, ...] = ()  # environment variables the worker passes to this type's agents, masked in output
+    env: tuple[str, ...] = ()  # other variables of the worker's its agents get, unmasked
+    network: str = "auto"
     max_turns: int = 30
     permission_mode: str = "acceptEdits"
     allowed_tools: tuple[str, ...] = ()
@@ -105,6 +127,13 @@ class _AgentsFile(BaseModel):
     fallback: str = "general-purpose"
     defaults: _AgentDefaults = _AgentDefaults()
     agent_types: list[AgentTypeSpec]
+
+
+def agent_network(network: str, executor: str) -> str:
+    """The network an agent gets: "host" or "none" (`auto` by what the executor calls)."""
+    if network == "auto":
+        return "host" if executor in NETWORKED_EXECUTORS else "none"
+    return network
 
 
 @dataclass(frozen=True)
@@ -174,6 +203,8 @@ def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
                 max_tokens=spec.max_tokens or defaults.max_tokens,
                 system=spec.system or "",
                 secrets=defaults.secrets if spec.secrets is None else spec.secrets,
+                env=defaults.env if spec.env is None else spec.env,
+                network=spec.network or defaults.network,
                 max_turns=spec.max_turns or defaults.max_turns,
                 permission_mode=spec.permission_mode or defaults.permission_mode,
                 allowed_tools=defaults.allowed_tools if spec.allowed_tools is None else spec.allowed_tools,

@@ -10,7 +10,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from orch.agents import AgentRegistry, agent_network, load_agents
 from orch.broker import connected
+from orch.isolation import resolve_isolation
 from orch.redaction import error_line, safe_url
 from orch.settings import Settings
 from orch.store.db import HEAD_REVISION, current_revision
@@ -24,9 +26,30 @@ class Check:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # ok, but said aloud (WARN): e.g. agents run without a sandbox, as configured
 
     def line(self, width: int) -> str:
-        return f"{'ok' if self.ok else 'FAIL':<4}  {self.name:<{width}}  {self.detail}"
+        word = "FAIL" if not self.ok else "WARN" if self.warning else "ok"
+        return f"{word:<4}  {self.name:<{width}}  {self.detail}"
+
+
+def check_isolation(settings: Settings, registry: AgentRegistry) -> Check:
+    """The isolation a worker on this host would give its agents (user, sandbox, network), probed as a worker
+    does. Agents without a sandbox are a warning when ORCH_SANDBOX asked for none or auto found none, a failure
+    when it cannot be had as asked (a worker would refuse to start)."""
+    isolation = resolve_isolation(settings)
+    if isolation.problem is not None:
+        return Check("isolation", False, isolation.problem)
+    networks = {agent.name: agent_network(agent.network, agent.executor) for agent in registry}
+    hosted = sorted(name for name, network in networks.items() if network == "host")
+    network = (
+        f"network: host for {len(hosted)} of {len(networks)} agent types' default executor"
+        f" ({', '.join(hosted) if hosted else 'none'}), none for shell and python tasks unless a type says host"
+    )
+    if isolation.sandbox == "none":
+        warning = isolation.warning or "agents run without a sandbox"
+        return Check("isolation", True, f"{isolation.describe()}; {warning}; network: not enforced", warning=True)
+    return Check("isolation", True, f"{isolation.describe()}; {network}")
 
 
 def check_store(url: str, timeout: float) -> tuple[list[Check], dict[str, int] | None]:
@@ -100,6 +123,7 @@ def inspect_active_queues(settings: Settings, timeout: float) -> Mapping[str, An
 
 def run_checks(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> list[Check]:
     checks, queued = check_store(settings.resolved_database_url, timeout)
+    checks.append(check_isolation(settings, load_agents(settings.config_dir)))
     broker = check_broker(settings.resolved_broker_url, timeout)
     checks.append(broker)
     if queued is None:

@@ -393,7 +393,7 @@ def db_upgrade() -> None:
     from orch.store.db import current_revision, ensure_schema
 
     engine = ensure_schema()
-    click.echo(f"{engine.url.render_as_string(hide_password=True)}: at revision {current_revision(engine)}")
+    click.echo(f"{safe_url(engine.url.render_as_string(hide_password=False))}: at revision {current_revision(engine)}")
 
 
 @main.command()
@@ -405,8 +405,28 @@ def run(plan_file: str, concurrency: int | None) -> None:
 
     ORCH_BROKER_URL / ORCH_DATABASE_URL use real servers instead."""
     plan = read_plan(plan_file)  # bad input: exit 2 before anything starts or is written
+    check_agent_isolation(plan)
     code = run_embedded(plan, concurrency or get_settings().embedded_concurrency)
     sys.exit(code)
+
+
+# Executors that start no agent process (a model's API is called from the worker itself).
+_IN_PROCESS_EXECUTORS = frozenset({"noop", "anthropic"})
+
+
+def check_agent_isolation(plan: Plan) -> None:
+    """Before `orch run` starts anything: the isolation its worker will give agents must be possible here (else one
+    line, exit 2), and agents that will run without a sandbox are said to."""
+    from orch.errors import ConfigInvalid
+    from orch.isolation import resolve_isolation
+
+    if all(task.executor in _IN_PROCESS_EXECUTORS for task in plan.tasks):
+        return
+    isolation = resolve_isolation(get_settings())
+    if isolation.problem is not None:
+        raise ConfigInvalid(isolation.problem)
+    if isolation.warning is not None:
+        err.print(f"orch run: {isolation.warning}", highlight=False, markup=False)
 
 
 INTERRUPTED = 130  # the shell's code for Ctrl-C

@@ -305,8 +305,10 @@ class EmbeddedWorker:
 
     def start(self) -> None:
         private_log_file(self.log_path)
+        # -P and a folder of orch's own as the current one: `python -m` and Celery's app loader both put the current
+        # folder first on sys.path, and the folder `orch run` is started in is often a repository an agent writes.
         args = [
-            sys.executable, "-m", "celery", "-A", "orch", "worker", "-B",
+            sys.executable, "-P", "-m", "celery", "-A", "orch", "worker", "-B",
             "-Q", ",".join(self.queues),
             "-c", str(self.concurrency),
             "-n", f"orch-run-{os.getpid()}@%h",
@@ -319,6 +321,7 @@ class EmbeddedWorker:
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
                     args,
+                    cwd=self.log_path.parent,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

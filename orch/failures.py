@@ -33,6 +33,8 @@ class FailureClass(StrEnum):
     EXECUTOR_UNAVAILABLE = "executor_unavailable"
     INVALID_TASK = "invalid_task"
     BUDGET_EXCEEDED = "budget_exceeded"  # the task's own budget is spent
+    UNSAFE_WORKDIR = "unsafe_workdir"  # the workdir is inside ORCH_HOME or holds the store: agents must not run there
+    WORKDIR_NOT_WRITABLE = "workdir_not_writable"  # the agent's user cannot write it (the worker runs as root)
 
 
 PERMANENT = frozenset(
@@ -44,6 +46,8 @@ PERMANENT = frozenset(
         FailureClass.EXECUTOR_UNAVAILABLE,
         FailureClass.INVALID_TASK,
         FailureClass.BUDGET_EXCEEDED,
+        FailureClass.UNSAFE_WORKDIR,
+        FailureClass.WORKDIR_NOT_WRITABLE,
     }
 )
 

@@ -141,11 +141,14 @@ def exec_flower(port: int | None, address: str | None, no_auth: bool, settings: 
         env["ORCH_FLOWER_ALLOW_NO_AUTH"] = "true"
     else:
         resolve_flower_auth(settings, (), env)
-    args = [sys.executable, "-m", "celery", "-A", "orch", FLOWER_COMMAND]
+    # -P and `/` as the current folder: `python -m` and Celery's app loader both put the current folder first on
+    # sys.path, and whatever folder Flower is started in must not supply its modules.
+    args = [sys.executable, "-P", "-m", "celery", "-A", "orch", FLOWER_COMMAND]
     if port is not None:
         args.append(f"--port={port}")
     if address is not None:
         args.append(f"--address={address}")
     sys.stdout.flush()
     sys.stderr.flush()
+    os.chdir("/")
     os.execve(sys.executable, args, env)

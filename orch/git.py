@@ -215,6 +215,17 @@ def find_repository(start: Path) -> Repository | None:
         return None
 
 
+def holds_repository(start: Path) -> bool:
+    """Whether `start` is in something that looks like a git worktree (a `.git` above it), readable or not: where it
+    is and cannot be read, what an attempt changed is unknown for want of a repository's state, not for want of
+    one."""
+    try:
+        here = start.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return any(os.path.lexists(folder / ".git") for folder in (here, *here.parents))
+
+
 def _find_repository(start: Path) -> Repository | None:
     try:
         here = start.resolve(strict=True)
@@ -564,12 +575,24 @@ def _build_view(workdir: Path, repository: Repository, private: Path) -> Worktre
     if head:
         (private / "HEAD").write_text(f"{head}\n")
     index = _copy_index(repository.git_dir / "index", private / "index")
-    exclude = _read_regular(repository.common_dir / "info" / "exclude", _MAX_SMALL_FILE)
-    if exclude:
-        (private / "info").mkdir()
-        (private / "info" / "exclude").write_bytes(exclude)
+    # Not the repository's info/exclude: the agent can write it, and would hide new files with it.
     _copy_regular(repository.common_dir / "shallow", private / "shallow", _MAX_PACKED_REFS)
-    return WorktreeView(workdir, repository, head, private, index)
+    view = WorktreeView(workdir, repository, head, private, index)
+    if index is not None:
+        _clear_hiding_bits(view)
+    return view
+
+
+def _clear_hiding_bits(view: WorktreeView) -> None:
+    """An agent can mark tracked files skip-worktree or assume-unchanged in the index, and git would then not look
+    at what it did to them: in the private copy, no entry carries either bit."""
+    entries = [entry for entry in iter_nul(view.git("ls-files", "-v", "-z")) if len(entry) > 2]
+    skipped = [entry[2:] for entry in entries if entry[0] == "S"]
+    assumed = [entry[2:] for entry in entries if entry[0].islower()]
+    # One flag a call: given both, update-index applies only one of them to the paths it reads.
+    for flag, paths in (("--no-skip-worktree", skipped), ("--no-assume-unchanged", assumed)):
+        if paths:
+            view.git("update-index", flag, "-z", "--stdin", stdin="".join(f"{path}\0" for path in paths))
 
 
 def _read_repository_format(repository: Repository, private: Path) -> RepositoryFormat:

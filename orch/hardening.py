@@ -3,7 +3,8 @@
 - Non-dumpable (PR_SET_DUMPABLE 0): another process of the same user cannot read this one's memory or
   `/proc/<pid>/environ`, where the database URL, the broker URL and every agent type's key live.
 - umask 077: what orch writes (store, logs, the embedded Redis' files) is its user's alone. Agents are given the
-  umask the process started with (`agent_umask`), so the files they write in a workdir are as the operator expects.
+  umask the first orch process started with (`agent_umask`; ORCH_AGENT_UMASK carries it to the worker `orch run`
+  starts, and may set it), so the files they write in a workdir are as the operator expects.
 """
 
 from __future__ import annotations
@@ -19,12 +20,20 @@ PRIVATE_UMASK = 0o077
 _agent_umask: int | None = None
 
 
+AGENT_UMASK_VARIABLE = "ORCH_AGENT_UMASK"
+
+
 def harden_process() -> None:
     """Non-dumpable, umask 077; remembers the umask it replaced for agents. Idempotent."""
     global _agent_umask
     previous = os.umask(PRIVATE_UMASK)
     if _agent_umask is None:
-        _agent_umask = previous
+        inherited = os.environ.get(AGENT_UMASK_VARIABLE, "")
+        try:
+            _agent_umask = int(inherited, 8) & 0o777 if inherited else previous
+        except ValueError:
+            _agent_umask = previous
+        os.environ[AGENT_UMASK_VARIABLE] = f"{_agent_umask:03o}"  # for the processes this one starts
     set_dumpable(False)
 
 

@@ -135,9 +135,15 @@ class Settings(BaseSettings):
 
 
 def normalise_database_url(url: str) -> str:
-    """Point bare `postgresql://` URLs at the psycopg 3 driver we ship."""
+    """Point bare `postgresql://` URLs at the psycopg 3 driver we ship, and a relative SQLite path at the file it
+    names from here (the worker `orch run` starts runs in another folder)."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite") and ":///" in url:
+        scheme, _, rest = url.partition(":///")
+        path, question, query = rest.partition("?")
+        if path and path != ":memory:" and not path.startswith("/"):
+            return f"{scheme}:///{Path(path).resolve()}{question}{query}"
     return url
 
 

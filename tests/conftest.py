@@ -41,9 +41,48 @@ def require_service(name: str, host: str, port: int) -> None:
     pytest.skip(f"{message} (start it to run this test; with CI=true this is a failure)")
 
 
+def require_bwrap() -> str:
+    """bubblewrap, the agents' sandbox (`make test` installs it with apt): skipped without it, failed with CI=true."""
+    import shutil
+
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("bubblewrap is not installed, and CI=true requires the sandbox tests to run")
+        pytest.skip("bubblewrap is not installed (make test installs it with apt)")
+    return bwrap
+
+
+AGENT_USER = "orch-agent"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As root (CI, containers) orch runs agents as an unprivileged user, `orch-agent` by default: the test set-up
+    creates it, as the image does."""
+    if os.geteuid() != 0:
+        return
+    import pwd
+    import subprocess
+
+    try:
+        pwd.getpwnam(AGENT_USER)
+    except KeyError:
+        done = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", AGENT_USER],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise pytest.UsageError(f"could not create the agents' user {AGENT_USER}: {done.stderr.strip()}") from None
+
+
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test gets its own ORCH_HOME and a fresh Settings; no ORCH_* leaks in from the environment."""
+    """Every test gets its own ORCH_HOME and a fresh Settings; no ORCH_* leaks in from the environment.
+
+    As root, agents run as `orch-agent`, which must be able to write the workdirs tests make in tmp_path: the test
+    folder is open to all and the test's own files are made with umask 0 (orch keeps its own files private itself:
+    ORCH_HOME 0700, files 0600)."""
     from orch.settings import get_settings
     from orch.store.db import dispose_engines
 
@@ -53,7 +92,13 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     monkeypatch.setenv("ORCH_HOME", str(tmp_path / ".orch"))
     monkeypatch.setenv("ORCH_CONFIG_DIR", str(CONFIG_DIR))
     get_settings.cache_clear()
+    umask = None
+    if os.geteuid() == 0:
+        tmp_path.chmod(0o777)
+        umask = os.umask(0)
     yield
+    if umask is not None:
+        os.umask(umask)
     dispose_engines()
     get_settings.cache_clear()
 
@@ -62,7 +107,9 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 def sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     from orch.settings import get_settings
 
-    url = f"sqlite:///{tmp_path / 'store.db'}"
+    # In ORCH_HOME (where orch keeps its own store): a store beside a plan's workdir would be inside it, and
+    # agents are refused a workdir that holds the store.
+    url = f"sqlite:///{tmp_path / '.orch' / 'store.db'}"
     monkeypatch.setenv("ORCH_DATABASE_URL", url)
     get_settings.cache_clear()
     return url

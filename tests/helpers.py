@@ -48,6 +48,43 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
         time.sleep(interval)
 
 
+FAKE_CLAUDE = REPO / "tests" / "fakes" / "fake_claude.py"
+
+
+def fake_claude_wrapper(path: Path, **env: str) -> Path:
+    """An executable `claude` at `path` that runs tests/fakes/fake_claude.py with `env` set. The variables are
+    written into the wrapper: orch gives an agent only the variables it grants, not the test's environment."""
+    import shlex
+    import sys
+
+    assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in env.items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f'#!/bin/sh\nexec env {assignments} {shlex.quote(sys.executable)} {shlex.quote(str(FAKE_CLAUDE))} "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Live processes (not zombies) whose environment or command line carries `marker`. An agent in a sandbox has
+    pids of its own namespace: this reads the host's /proc."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = Path(f"/proc/{entry}/environ").read_bytes() if cmdline else b""
+        except OSError:
+            continue
+        if cmdline and (marker.encode() in cmdline or marker.encode() in environ):
+            found.append(int(entry))
+    return found
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

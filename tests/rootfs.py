@@ -71,12 +71,13 @@ def fill(folder: Path) -> Path:
 @contextlib.contextmanager
 def shared_scratch(name: str) -> Iterator[Path]:
     """A folder another user may enter (a pytest tmp_path is under a 0700 folder of root's): /tmp/orch-perm-*,
-    0755, removed afterwards."""
+    removed afterwards. It is open to all (sticky, as /tmp is): as root, orch's agents run as orch-agent, which must
+    be able to write a plan's workdir there."""
     require_root("testing what another user can read")
     if shutil.which("runuser") is None:
         pytest.fail("runuser (util-linux) is missing")
     folder = Path(tempfile.mkdtemp(prefix=f"orch-perm-{name}-"))
-    folder.chmod(0o755)
+    folder.chmod(0o1777)
     try:
         yield folder
     finally:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from orch.errors import StoreUnusable
 from orch.failures import FailureClass
 from orch.log import attempt_context, get_logger
 from orch.prices import Usage
@@ -70,6 +71,9 @@ class Heartbeat:
                 over_budget = repo.over_budget(session, self.claim) if renewed else None
         except STORE_UNAVAILABLE as exc:  # the agent goes on; the lease holds until it expires
             log.warning("heartbeat: store unreachable", error=str(exc).splitlines()[0])
+            return None
+        except StoreUnusable as exc:  # full, read-only, corrupt: the worker is stopping; one line, no traceback
+            log.warning("heartbeat: store unusable", error=str(exc))
             return None
         self.beats += 1
         if not renewed and self.recording:

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from orch import breaker
-from orch.agents import load_agents
+from orch.agents import agent_network, load_agents
 from orch.dispatch import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
 from orch.failures import FailureClass
@@ -32,6 +32,7 @@ from orch.store.db import with_store_retry, write_session
 from orch.store.repo import AttemptResult, Claim, Dispatch, TaskSpec
 from workers import control, workspace
 from workers.executors import AttemptContext, get_executor
+from workers.executors.base import with_scratch
 from workers.heartbeat import Heartbeat
 from workers.verification import check_scope, run_verify
 
@@ -73,12 +74,14 @@ def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
     started = time.monotonic()
     watch = ctx.executor != "noop" and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
     before = workspace.snapshot(ctx.workdir) if watch else None
-    result = execute(ctx, claim)
-    if before is not None:
-        result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
-    if result.succeeded or ctx.control.stop_request is None:
-        result = check_scope(result, ctx.files, ctx.scope)
-        result = run_verify(result, ctx, ctx.verify)
+    with with_scratch(ctx) as ctx:  # the attempt's own folder (its agent's HOME and TMPDIR), verify's too
+        result = execute(ctx, claim)
+        if before is not None:
+            result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
+        if result.succeeded or ctx.control.stop_request is None:
+            knowable = before is not None or (watch and workspace.holds_repository(ctx.workdir))
+            result = check_scope(result, ctx.files, ctx.scope, known_before=knowable)
+            result = run_verify(result, ctx, ctx.verify)
     return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
 
 
@@ -98,6 +101,9 @@ def redact(result: AttemptResult, redactor: Redactor) -> AttemptResult:
         error=None if result.error is None else redactor.text(result.error),
         result=None if result.result is None else redactor.text(result.result),
         output_tail=redactor.text(result.output_tail),
+        # an agent names its files and its model too (`touch "$KEY"`, a forged result line)
+        files_changed=None if result.files_changed is None else tuple(map(redactor.text, result.files_changed)),
+        model=None if result.model is None else redactor.text(result.model),
     )
 
 
@@ -134,7 +140,6 @@ def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
             previous_failure=repo.previous_failure(session, claim.task_pk, claim.attempt),
         )
     granted = agent.secrets if agent else ()
-    every_secret = {name for a in registry for name in a.secrets}
     return AttemptContext(
         plan_id=claim.plan_id,
         task_key=claim.key,
@@ -153,7 +158,9 @@ def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
         log_max_bytes=settings.log_max_bytes,
         kill_grace_seconds=settings.kill_grace_seconds,
         secrets={name: os.environ[name] for name in granted if os.environ.get(name)},
-        hidden=frozenset(every_secret - set(granted)),
+        masked=frozenset(name for a in registry for name in a.secrets),
+        passthrough=agent.env if agent else (),
+        network=agent_network(agent.network if agent else "auto", task.executor),
         prompt=prompt,
         system_prompt=build_system_prompt(
             templates, task.agent, agent.description if agent else "", agent.system if agent else ""

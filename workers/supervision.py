@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 
 import billiard.process
 
@@ -19,17 +20,21 @@ from workers import control
 log = get_logger(__name__)
 
 _running_groups: set[int] = set()
+_sandboxes: set[int] = set()  # groups whose leader is bubblewrap, holding the agent in a pid namespace of its own
 _groups_lock = threading.Lock()
 
 
-def register_group(pgid: int) -> None:
+def register_group(pgid: int, sandboxed: bool = False) -> None:
     with _groups_lock:
         _running_groups.add(pgid)
+        if sandboxed:
+            _sandboxes.add(pgid)
 
 
 def unregister_group(pgid: int) -> None:
     with _groups_lock:
         _running_groups.discard(pgid)
+        _sandboxes.discard(pgid)
 
 
 def group_alive(pgid: int) -> bool:
@@ -43,9 +48,22 @@ def group_alive(pgid: int) -> bool:
 
 
 def kill_group(pgid: int, grace: float, leader: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGTERM the whole group, wait up to `grace` seconds, then SIGKILL what is left."""
+    """SIGTERM the whole group, wait up to `grace` seconds, then SIGKILL what is left.
+
+    A sandboxed agent's group is bubblewrap alone (the agent runs in new sessions inside its pid namespace), and
+    bubblewrap dies of SIGTERM at once, taking the namespace down with SIGKILL. So there SIGTERM goes to what runs
+    inside (bubblewrap's init ignores it), the sandbox ends when the agent's command does, and after the grace
+    SIGKILL to bubblewrap ends all that is left."""
+    with _groups_lock:
+        sandboxed = pgid in _sandboxes
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        if sandboxed:
+            os.kill(pgid, 0)
+            for pid in _descendants(pgid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGTERM)
+        else:
+            os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
@@ -76,9 +94,9 @@ def become_subreaper() -> bool:
     return _subreaper
 
 
-def _children() -> list[int]:
-    me = os.getpid()
-    found = []
+def _parents() -> dict[int, int]:
+    """pid → parent pid of every process, from /proc (the host's pids, whatever namespace a process runs in)."""
+    parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -87,8 +105,25 @@ def _children() -> list[int]:
                 fields = stat.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == me:
-            found.append(int(entry))
+        parents[int(entry)] = int(fields[1])
+    return parents
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    return [pid for pid, parent in _parents().items() if parent == me]
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for child, parent in _parents().items():
+        children.setdefault(parent, []).append(child)
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
     return found
 
 
@@ -137,14 +172,41 @@ def kill_all_groups(grace: float = 2.0) -> None:
 INTERRUPT_SIGNAL = signal.SIGUSR2  # worker main process → its pool processes: interrupt your attempts now
 
 
+_spawning = 0  # agents being started in this process's main thread right now
+_term_pending: int | None = None  # a SIGTERM that came while one was being started
+
+
+@contextlib.contextmanager
+def spawning() -> Iterator[None]:
+    """Around starting an agent and registering its process group: a SIGTERM meanwhile (its handler runs between
+    two bytecodes of this very thread, perhaps after the fork and before the registration) waits until the group
+    is registered, so the handler's clean-up ends that agent too instead of leaving it behind."""
+    global _spawning
+    _spawning += 1
+    try:
+        yield
+    finally:
+        _spawning -= 1
+        if _spawning == 0 and _term_pending is not None:
+            _terminate(_term_pending)
+
+
+def _terminate(signum: int) -> None:
+    kill_all_groups()
+    kill_escaped()
+    os._exit(128 + signum)
+
+
 def install_pool_process_handlers() -> None:
     """In a worker pool process: on SIGTERM (cold shutdown, pool terminate) take the agents down too; on
     INTERRUPT_SIGNAL (the shutdown grace is over) stop the running attempts, which re-queues them."""
 
     def _on_term(signum: int, _frame: object) -> None:
-        kill_all_groups()
-        kill_escaped()
-        os._exit(128 + signum)
+        global _term_pending
+        if _spawning:
+            _term_pending = signum
+            return
+        _terminate(signum)
 
     def _on_interrupt(_signum: int, _frame: object) -> None:
         control.stop_all(FailureClass.INTERRUPTED, SHUTDOWN_MESSAGE)

@@ -6,17 +6,26 @@ import signal
 import sys
 from typing import Any
 
-from celery.signals import task_postrun, worker_init, worker_process_init, worker_shutting_down
+from celery.signals import (
+    celeryd_after_setup,
+    celeryd_init,
+    task_postrun,
+    worker_init,
+    worker_process_init,
+    worker_shutting_down,
+)
 
 from orch.celery import RUN_TASK, app, check_visibility_timeout
 from orch.embedded import die_with_worker_main, remember_worker_main, stop_this_worker
 from orch.errors import ConfigInvalid, StoreUnusable
 from orch.hardening import harden_process
+from orch.isolation import IsolationUnavailable
 from orch.log import forget_attempt, get_logger
 from orch.settings import get_settings
 from orch.store.db import dispose_engines
 from workers.liveness import LivenessFile
 from workers.runner import run_attempt
+from workers.sandbox import announce_isolation
 from workers.supervision import install_pool_process_handlers, interrupt_after_grace
 
 app.steps["worker"].add(LivenessFile)
@@ -48,15 +57,32 @@ def _forget_attempt(**_kwargs: Any) -> None:
     forget_attempt()
 
 
+@celeryd_init.connect
+def _on_worker_program_start(**_kwargs: Any) -> None:
+    # `celery worker` only (not a worker embedded in another program, such as a test's): before any pool process
+    # forks, so they inherit it.
+    harden_process()
+
+
 @worker_init.connect
 def _on_worker_start(**_kwargs: Any) -> None:
-    harden_process()  # before any pool process forks: they inherit it
     remember_worker_main()
     try:
         check_visibility_timeout(get_settings(), app.conf.broker_url)
     except ConfigInvalid as exc:  # refuse to start (Celery would only log an exception raised here)
         print(f"orch: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+
+
+@celeryd_after_setup.connect
+def _on_worker_set_up(**_kwargs: Any) -> None:
+    # Logging is set up by now, and nothing is consumed yet: a worker that cannot isolate agents as asked runs
+    # none; one that runs them unsandboxed says so.
+    try:
+        announce_isolation(get_settings())
+    except IsolationUnavailable as exc:
+        print(f"orch: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @worker_process_init.connect

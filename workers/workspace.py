@@ -79,6 +79,12 @@ def _blob_hashes(view: git.WorktreeView, paths: list[str]) -> dict[str, str] | N
     return hashes
 
 
+def holds_repository(workdir: Path) -> bool:
+    """Whether the workdir is in a git worktree at all, readable or not (`scope: strict` fails when it is and what
+    changed cannot be read)."""
+    return git.holds_repository(workdir)
+
+
 def changed_since(before: Snapshot, workdir: Path) -> tuple[str, ...] | None:
     view = git.open_worktree_view(workdir)
     if view is None:

@@ -72,7 +72,8 @@ def processes() -> Iterator[Processes]:
 
 @pytest.fixture
 def demo_copy(tmp_path: Path) -> Path:
-    """examples/demo.yaml in a scratch folder, so its work lands there."""
+    """examples/demo.yaml in a scratch folder, so its work lands there (in `scratch/`, its workdir)."""
     target = tmp_path / "demo.yaml"
     shutil.copy(REPO / "examples" / "demo.yaml", target)
+    (tmp_path / "scratch").mkdir()
     return target

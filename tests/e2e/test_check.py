@@ -3,6 +3,7 @@ queue nobody reads named, exit 1; an unreachable broker or store reported at onc
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ def test_all_good_with_a_worker_then_a_queue_nobody_reads_is_named(
     assert lines_of(good.stdout) == {
         "store": "ok",
         "migrations": "ok",
+        "isolation": "ok",
         "broker": "ok",
         "queue agent.general-purpose": "ok",
     }, good.stdout
@@ -88,7 +90,9 @@ def test_an_unreachable_broker_is_reported_quickly(tmp_path: Path) -> None:
     result = run_orch(["check", "--timeout", "2"], tmp_path, env, timeout=60)
     assert time.monotonic() - started < 20
     assert result.returncode == 1, result.stdout + result.stderr
-    assert lines_of(result.stdout) == {"store": "ok", "migrations": "ok", "broker": "FAIL", "consumers": "FAIL"}
+    assert lines_of(result.stdout) == {
+        "store": "ok", "migrations": "ok", "isolation": "ok", "broker": "FAIL", "consumers": "FAIL"
+    }  # fmt: skip
     assert "unreachable" in result.stdout and "not checked: the broker is unreachable" in result.stdout
     assert "broker-pass-8c1d" not in result.stdout + result.stderr
 
@@ -104,7 +108,9 @@ def test_an_unreachable_store_and_broker_are_reported_quickly(tmp_path: Path) ->
     assert time.monotonic() - started < 20
     assert result.returncode == 1, result.stdout + result.stderr
     verdicts = lines_of(result.stdout)
-    assert verdicts == {"store": "FAIL", "migrations": "FAIL", "broker": "FAIL", "consumers": "FAIL"}, result.stdout
+    assert verdicts == {
+        "store": "FAIL", "migrations": "FAIL", "isolation": "ok", "broker": "FAIL", "consumers": "FAIL"
+    }, result.stdout  # fmt: skip
     assert "postgresql+psycopg://orch:***@127.0.0.1" in result.stdout
     assert "store-pass-4e2a" not in result.stdout + result.stderr
 
@@ -126,3 +132,23 @@ def test_an_sqlite_store_named_with_its_driver_is_checked_not_created(tmp_path: 
     assert not missing.ok and "no such database file" in missing.detail and queued is None
     assert not migrations.ok
     assert not path.exists()
+
+
+def test_the_isolation_in_force_is_reported_and_no_sandbox_is_a_warning(tmp_path: Path) -> None:
+    ensure_schema()
+    env = orch_env(tmp_path, ORCH_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    sandboxed = run_orch(["check", "--timeout", "1"], tmp_path, env, timeout=60)
+    line = next(line for line in sandboxed.stdout.splitlines() if line[6:].startswith("isolation"))
+    assert line.startswith("ok") and "bubblewrap sandbox" in line, sandboxed.stdout
+    assert ("user orch-agent" in line) is (os.geteuid() == 0)
+    assert "network: host for" in line and "none for shell and python tasks" in line
+
+    opted_out = run_orch(["check", "--timeout", "1"], tmp_path, {**env, "ORCH_SANDBOX": "none"}, timeout=60)
+    assert lines_of(opted_out.stdout)["isolation"] == "WARN", opted_out.stdout
+    assert "ORCH_SANDBOX=none: agents run without a sandbox" in opted_out.stdout
+
+    if os.geteuid() == 0:  # a root worker whose agents would have no user to run as
+        no_user = {**env, "ORCH_AGENT_USER": "no-such-agent-user"}
+        refused = run_orch(["check", "--timeout", "1"], tmp_path, no_user, timeout=60)
+        assert lines_of(refused.stdout)["isolation"] == "FAIL", refused.stdout
+        assert "ORCH_AGENT_USER=no-such-agent-user, and no such user exists" in refused.stdout

@@ -80,6 +80,7 @@ def on_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, b
 def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
     """The plan run twice by `orch run`: piped, then on a terminal (its live view)."""
     folder = tmp_path_factory.mktemp("inert")
+    folder.chmod(0o777)  # the plan's workdir: as root, agents run as orch-agent, which must be able to write it
     plan_file = folder / "inert.json"
     plan_file.write_text(json.dumps(PLAN))  # ASCII JSON: the control characters are \\u escapes in the file
     env = orch_env(folder, COLUMNS="200")

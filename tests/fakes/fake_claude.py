@@ -1,5 +1,5 @@
 """A fake `claude` CLI speaking the documented stream-json output, for what the real one can't be made to do on
-demand. The prompt (after -p) chooses the behaviour with a marker `FAKE:<mode>`:
+demand. The prompt (on stdin, as orch gives it; or after -p) chooses the behaviour with a marker `FAKE:<mode>`:
 
   success (default)  init, an assistant message, a success result with usage and cost
   hang               init, then silence forever
@@ -11,8 +11,10 @@ demand. The prompt (after -p) chooses the behaviour with a marker `FAKE:<mode>`:
   error              an error result with api_error_status 401
   spend              an assistant message (1,000 tokens in and out each) every 0.05 s, forever
   env                a success result whose text is the JSON list of its environment's variable names
+  env-values         a success result whose text is its whole environment as JSON, values included
 
-Every process it starts appends its pid to $FAKE_CLAUDE_PIDS (when set), so a test can check none is left.
+Every process it starts appends its pid (as its own pid namespace sees it) to $FAKE_CLAUDE_PIDS (when set), so a
+test can count them; tests find what is left by a marker in the environment (`fake_claude_wrapper`).
 """
 
 from __future__ import annotations
@@ -51,10 +53,13 @@ def result(text: str, *, error: bool = False, status: int | None = None) -> dict
 
 def main() -> None:
     args = sys.argv[1:]
-    prompt = args[args.index("-p") + 1] if "-p" in args else ""
+    after_p = args[args.index("-p") + 1] if "-p" in args and args.index("-p") + 1 < len(args) else "--"
+    source = "argv" if not after_p.startswith("--") else "stdin"
+    prompt = after_p if source == "argv" else sys.stdin.read()
     mode = prompt.split("FAKE:", 1)[1].split()[0] if "FAKE:" in prompt else "success"
     note_pid()
-    emit({"type": "system", "subtype": "init", "model": "claude-sonnet-4-6", "cwd": os.getcwd(), "args": args})
+    init = {"type": "system", "subtype": "init", "model": "claude-sonnet-4-6", "cwd": os.getcwd(), "args": args}
+    emit({**init, "prompt_from": source, "prompt_bytes": len(prompt.encode()), "prompt": prompt})
     if mode == "hang":
         time.sleep(3600)
     elif mode == "ignore-term":
@@ -97,6 +102,8 @@ def main() -> None:
             time.sleep(0.05)
     elif mode == "env":
         emit(result(json.dumps(sorted(os.environ))))
+    elif mode == "env-values":
+        emit(result(json.dumps(dict(sorted(os.environ.items())))))
     elif mode == "error":
         emit(result("Invalid API key · Please run /login", error=True, status=401))
     else:

@@ -84,11 +84,13 @@ def alive(pid: int) -> bool:
 @dataclass(frozen=True)
 class WorkerTree:
     """A Celery worker's processes: its main process, its pool processes (same process group), and the agents
-    they run (each in a process group of its own)."""
+    they run (each in a process group of its own). An agent in a sandbox is several processes (bubblewrap, its
+    init, the command): `agents` holds them all, `agent_roots` the one a pool process started per agent."""
 
     main: int
     pool: tuple[int, ...]
     agents: tuple[int, ...]
+    agent_roots: tuple[int, ...] = ()
 
     @property
     def worker_pids(self) -> tuple[int, ...]:
@@ -103,7 +105,8 @@ def worker_tree(process: subprocess.Popen[bytes]) -> WorkerTree:
     below = descendants(process.pid)
     pool = tuple(p.pid for p in below if p.pgid == process.pid)
     agents = tuple(p.pid for p in below if p.pgid != process.pid)
-    return WorkerTree(process.pid, pool, agents)
+    roots = tuple(p.pid for p in below if p.pgid != process.pid and p.ppid in (process.pid, *pool))
+    return WorkerTree(process.pid, pool, agents, roots)
 
 
 def signal_pids(pids: Iterable[int], sig: int) -> int:

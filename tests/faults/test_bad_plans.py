@@ -14,6 +14,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +131,7 @@ def cli_env(folder: Path) -> dict[str, str]:
     env.update(
         ORCH_HOME=str(folder / ".orch"),
         ORCH_CONFIG_DIR=str(REPO / "config"),
-        ORCH_DATABASE_URL=f"sqlite:///{folder / 'store.db'}",
+        ORCH_DATABASE_URL=f"sqlite:///{folder / '.orch' / 'store.db'}",  # in ORCH_HOME: agents never see it
         ORCH_TICK_SECONDS="0.2",
         ORCH_RETRY_BACKOFF_BASE="0.1",
     )
@@ -396,7 +397,7 @@ def hostile_plan(text: str) -> dict[str, Any]:
                 "id": "python-text",
                 "title": text,
                 "description": text + "\nsecond line",
-                "call": "tests.faults.hostile_call:echo",
+                "call": "hostile_call:echo",  # copied into the workdir, where the python executor imports from
                 "retries": 0,
             },
             {"id": "claude-text", "title": text, "description": text, "executor": "claude-code", "retries": 0},
@@ -428,12 +429,14 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> HostileRun:
     """One `orch run` of the hostile-text plan (the embedded default: private Redis, SQLite), shared by the tests
     that judge it."""
     folder = tmp_path_factory.mktemp("hostile")
+    folder.chmod(0o777)  # the plan's workdir: as root, agents run as orch-agent, which must be able to write it
     text = HOSTILE.format(pwned=folder / "pwned")
     plan_file = folder / "hostile.json"
     plan_file.write_text(json.dumps(hostile_plan(text)), encoding="utf-8")
     claude = python_wrapper(folder / "claude", FAKE_CLAUDE)
+    shutil.copy(REPO / "tests" / "faults" / "hostile_call.py", folder / "hostile_call.py")
     # wide enough that the final table does not fold the error cell, so it can be found whole
-    env = {**cli_env(folder), "ORCH_CLAUDE_BIN": str(claude), "PYTHONPATH": str(REPO), "COLUMNS": "400"}
+    env = {**cli_env(folder), "ORCH_CLAUDE_BIN": str(claude), "COLUMNS": "400"}
     validated = run_orch(["validate", str(plan_file)], folder, env)
     assert validated.returncode == 0, validated.stderr
     ran = run_orch(["run", str(plan_file)], folder, env, timeout=90)
@@ -467,7 +470,8 @@ def test_hostile_text_is_stored_and_shown_verbatim_and_never_executed(
     echoed = json.loads(results["python-text"] or "null")
     claude_log = next(a.log_path for a in snapshot.attempts if a.log_path and "claude-text" in a.log_path)
     init = json.loads(Path(claude_log).read_text().splitlines()[0])
-    prompt = init["args"][init["args"].index("-p") + 1]
+    assert init["prompt_from"] == "stdin" and text not in " ".join(init["args"])  # never in argv
+    prompt = init["prompt"]
     injected = pwned_files(folder)
     figures = {
         "tasks": len(shown),

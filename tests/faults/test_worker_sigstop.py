@@ -58,7 +58,7 @@ def test_a_frozen_worker_loses_its_attempt_and_its_late_result_is_rejected_when_
             wait_until(running_on_frozen, 60, "the long agent to run on worker `frozen`")
             cluster.worker("thawed", [queue], concurrency=1)
             tree = worker_tree(frozen)
-            assert len(tree.agents) == 1, f"expected one agent process under the worker: {tree}"
+            assert len(tree.agent_roots) == 1, f"expected one agent under the worker: {tree}"
 
             # Freeze the pool process (its heartbeat thread) first, then the main process, then the agent.
             signal_pids([*tree.pool, tree.main, *tree.agents], signal.SIGSTOP)

@@ -64,8 +64,9 @@ def test_sigterm_interrupts_running_attempts_which_finish_on_another_worker_with
 
         wait_until(all_three_run_on_leaving, 60, "the three long agents to run on worker `leaving`")
         cluster.worker("staying", [queue], concurrency=3)
-        agents = worker_tree(leaving).agents
-        assert len(agents) == len(TASKS), f"expected {len(TASKS)} agent processes under the worker, got {agents}"
+        tree = worker_tree(leaving)
+        agents = tree.agents
+        assert len(tree.agent_roots) == len(TASKS), f"expected {len(TASKS)} agents under the worker, got {tree}"
 
         signalled = time.monotonic()
         leaving.send_signal(signal.SIGTERM)

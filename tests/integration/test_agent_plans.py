@@ -97,7 +97,7 @@ def test_an_agent_plan_hands_off_retries_and_accounts_for_cost(api: MessagesAPI,
     assert report["plan"]["tokens"]["total"] == 1200 + 2900 + 400
 
     # The API key reached the provider, and nowhere else: not the store, not the logs.
-    db_file = tmp_path / "store.db"
+    db_file = tmp_path / ".orch" / "store.db"
     for path in [db_file, *db_file.parent.glob("store.db*"), *(tmp_path / ".orch").rglob("*")]:
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), f"the API key leaked into {path}"

@@ -1,33 +1,30 @@
-"""The `claude-code` executor with a fake `claude` (tests/fakes/fake_claude.py): results, limits, and that no
-process of an attempt is ever left behind."""
+"""The `claude-code` executor with a fake `claude` (tests/fakes/fake_claude.py): results, limits, the prompt on
+stdin (never in argv), and that no process of an attempt is ever left behind."""
 
 from __future__ import annotations
 
 import json
-import os
 import resource
-import sys
+import secrets
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orch.failures import FailureClass
-from tests.helpers import wait_for
+from tests.helpers import fake_claude_wrapper, marked_processes, wait_for
 from workers.executors.base import AttemptContext
 from workers.executors.claude_code import ClaudeCodeExecutor, claude_arguments
 
-FAKE = Path(__file__).resolve().parents[1] / "fakes" / "fake_claude.py"
+MARKER = f"fake-claude-{secrets.token_hex(6)}"
 
 
 @pytest.fixture
-def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    wrapper = tmp_path / "bin" / "claude"
-    wrapper.parent.mkdir()
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
-    wrapper.chmod(0o755)
-    monkeypatch.setenv("FAKE_CLAUDE_PIDS", str(tmp_path / "pids"))
-    return wrapper
+def fake_claude(tmp_path: Path) -> Path:
+    # The pid file lies in the workdir: an agent writes nowhere else.
+    (tmp_path / "work").mkdir()
+    pids = tmp_path / "work" / ".pids"
+    return fake_claude_wrapper(tmp_path / "bin" / "claude", FAKE_CLAUDE_PIDS=str(pids), FAKE_CLAUDE_MARKER=MARKER)
 
 
 def context(tmp_path: Path, claude: Path, mode: str = "success", **overrides: Any) -> AttemptContext:
@@ -41,24 +38,20 @@ def context(tmp_path: Path, claude: Path, mode: str = "success", **overrides: An
         "system_prompt": "You are the backend agent.", "model": "claude-sonnet-4-6", "idle_timeout": 30.0,
         "max_turns": 7, "permission_mode": "acceptEdits", "allowed_tools": ("Read", "Write"),
         "disallowed_tools": ("WebFetch",), "claude_bin": str(claude),
-        "secrets": {"ANTHROPIC_API_KEY": "sk-canary"}, "hidden": frozenset({"GITHUB_TOKEN"}),
+        "secrets": {"ANTHROPIC_API_KEY": "sk-canary"}, "masked": frozenset({"ANTHROPIC_API_KEY", "GITHUB_TOKEN"}),
     }  # fmt: skip
     values.update(overrides)
     return AttemptContext(**values)
 
 
 def pids_left(tmp_path: Path) -> list[int]:
-    path = tmp_path / "pids"
-    alive = []
-    for pid in (int(p) for p in path.read_text().split()) if path.exists() else ():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().split()[2] != "Z":
-                alive.append(pid)
-    return alive
+    """Processes of the fake CLI still alive anywhere on the host (found by its marker, whatever pid namespace
+    they ran in)."""
+    return marked_processes(MARKER)
+
+
+def pid_lines(tmp_path: Path) -> list[str]:
+    return (tmp_path / "work" / ".pids").read_text().split()
 
 
 def test_a_successful_run_reports_result_usage_cost_and_model(tmp_path: Path, fake_claude: Path) -> None:
@@ -72,7 +65,9 @@ def test_a_successful_run_reports_result_usage_cost_and_model(tmp_path: Path, fa
     assert result.model == "claude-sonnet-4-6"
     init = json.loads(ctx.log_path.read_text().splitlines()[0])
     assert init["cwd"] == str(ctx.workdir)
+    assert init["prompt_from"] == "stdin" and init["prompt_bytes"] == len(ctx.prompt.encode())
     args = init["args"]
+    assert ctx.prompt not in args
     for flag, value in [
         ("--output-format", "stream-json"),
         ("--model", "claude-sonnet-4-6"),
@@ -109,7 +104,7 @@ def test_an_agent_that_ignores_sigterm_and_forks_is_killed_whole_at_the_time_lim
 ) -> None:
     result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "ignore-term", timeout=1.5))
     assert result.failure_class == FailureClass.TIMEOUT
-    assert len((tmp_path / "pids").read_text().split()) == 3  # the CLI and its two grandchildren
+    assert len(pid_lines(tmp_path)) == 3  # the CLI and its two grandchildren
     wait_for(lambda: not pids_left(tmp_path), 5, "every process of the attempt to be gone")
 
 
@@ -152,12 +147,22 @@ def test_a_missing_cli_is_a_clear_permanent_failure(tmp_path: Path) -> None:
     assert "npm install -g @anthropic-ai/claude-code" in (result.error or "")
 
 
-def test_arguments_never_pass_through_a_shell(tmp_path: Path, fake_claude: Path) -> None:
+def test_the_prompt_never_passes_through_a_shell_nor_argv(tmp_path: Path, fake_claude: Path) -> None:
     hostile = "$(touch pwned); `rm -rf /`; 'quoted' \"double\" FAKE:success"
     args = claude_arguments("claude", context(tmp_path, fake_claude, prompt=hostile))
-    assert args[args.index("-p") + 1] == hostile
+    assert hostile not in args and args[args.index("-p") + 1].startswith("--")
     result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, prompt=hostile))
     assert result.succeeded and not (tmp_path / "work" / "pwned").exists()
+    assert result.result == f"did: {hostile}"
+
+
+def test_a_prompt_over_argvs_128_kib_limit_reaches_the_cli_whole(tmp_path: Path, fake_claude: Path) -> None:
+    prompt = "é" * 100_000 + " FAKE:success"  # 200 KB of UTF-8: E2BIG as one argument (the review's finding 5)
+    ctx = context(tmp_path, fake_claude, prompt=prompt)
+    result = ClaudeCodeExecutor().run(ctx)
+    assert result.succeeded, result.error
+    init = json.loads(ctx.log_path.read_text().splitlines()[0])
+    assert init["prompt_bytes"] == len(prompt.encode())
 
 
 def test_error_results_are_classified() -> None:

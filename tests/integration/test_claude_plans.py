@@ -4,7 +4,6 @@ pauses the agent type (its other tasks wait for the reset) and spends no retry."
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +19,7 @@ from orch.report import PlanSnapshot
 from orch.states import PlanStatus
 from orch.store import repo
 from orch.store.db import read_session, write_session
-from tests.helpers import REPO, make_plan, wait_for
-
-FAKE = REPO / "tests" / "fakes" / "fake_claude.py"
+from tests.helpers import REPO, fake_claude_wrapper, make_plan, wait_for
 
 
 @pytest.fixture
@@ -37,14 +34,10 @@ def claude_env(
         if agent["name"] == "backend-development":
             agent["concurrency"] = 1
     (config / "agents.yaml").write_text(yaml.safe_dump(agents))
-    wrapper = tmp_path / "bin" / "claude"
-    wrapper.parent.mkdir()
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
-    wrapper.chmod(0o755)
-    (tmp_path / "state").mkdir()
+    (tmp_path / "state").mkdir()  # in the plan's workdir: the only folder an agent may write
+    wrapper = fake_claude_wrapper(tmp_path / "bin" / "claude", FAKE_CLAUDE_STATE=str(tmp_path / "state"))
     monkeypatch.setenv("ORCH_CONFIG_DIR", str(config))
     monkeypatch.setenv("ORCH_CLAUDE_BIN", str(wrapper))
-    monkeypatch.setenv("FAKE_CLAUDE_STATE", str(tmp_path / "state"))
     from orch.settings import get_settings
 
     get_settings.cache_clear()

@@ -5,8 +5,8 @@ and hold plans, the circuit breaker pauses a failing agent type, and the operato
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,10 +26,8 @@ from orch.settings import get_settings
 from orch.states import LEGAL_TRANSITIONS, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo
 from orch.store.db import read_session, write_session
-from tests.helpers import REPO, make_plan, registry, wait_for
+from tests.helpers import REPO, fake_claude_wrapper, make_plan, marked_processes, registry, wait_for
 from workers.runner import run_attempt
-
-FAKE = REPO / "tests" / "fakes" / "fake_claude.py"
 
 
 @pytest.fixture
@@ -68,14 +66,6 @@ def run_in_thread(dispatch: repo.Dispatch) -> tuple[threading.Thread, list[str]]
     thread = threading.Thread(target=lambda: outcome.append(run_attempt(dispatch.task_pk, dispatch.attempt, "w1")))
     thread.start()
     return thread, outcome
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_the_lease_is_judged_by_the_database_clock_and_renewed_by_heartbeats(
@@ -138,15 +128,15 @@ def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
 
 
 def test_a_worker_whose_lease_is_gone_kills_its_agent(store_url: str, fast_leases: str, tmp_path: Path) -> None:
-    pid_file = tmp_path / "agent.pid"
-    plan_id = submit([{"id": "a", "title": "long", "command": f"echo $$ > {pid_file}; exec sleep 60"}], tmp_path)
+    marker = f"lease-gone-{secrets.token_hex(4)}"  # an agent in a sandbox has pids of its own: found by a marker
+    plan_id = submit([{"id": "a", "title": "long", "command": f"exec env MARK={marker} sleep 60"}], tmp_path)
     thread, outcome = run_in_thread(dispatch_all(plan_id)["a"])
-    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the agent to start"))
+    wait_for(lambda: marked_processes(marker), 10, "the agent to start")
     with write_session() as session:
         repo.cancel_task(session, plan_id, "a", repo.db_now(session), "cancelled by a test")
     thread.join(10)
     assert outcome == ["rejected"]
-    assert not pid_alive(pid)
+    assert not marked_processes(marker)
     (cancelled,) = attempts(plan_id, "a")
     assert cancelled.status is AttemptStatus.CANCELLED
     assert task(plan_id, "a").status is TaskStatus.CANCELLED
@@ -154,10 +144,7 @@ def test_a_worker_whose_lease_is_gone_kills_its_agent(store_url: str, fast_lease
 
 @pytest.fixture
 def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    wrapper = tmp_path / "bin" / "claude"
-    wrapper.parent.mkdir()
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
-    wrapper.chmod(0o755)
+    wrapper = fake_claude_wrapper(tmp_path / "bin" / "claude")
     monkeypatch.setenv("ORCH_CLAUDE_BIN", str(wrapper))
     get_settings.cache_clear()
     return wrapper

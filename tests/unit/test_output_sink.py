@@ -1,13 +1,10 @@
-"""The shell executor's pure helpers: the capped log with its in-memory tail, and the agent's environment."""
+"""The executors' capped log with its in-memory tail, masked as it is written."""
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
-from workers.executors.base import AttemptContext
 from workers.executors.output import OutputSink
-from workers.executors.shell import agent_environment
 
 MARKER = b"\n[orch: log truncated at the ORCH_LOG_MAX_BYTES cap]\n"
 
@@ -74,63 +71,6 @@ def test_tail_cut_inside_a_utf8_character_still_decodes() -> None:
     assert out.tail == "€"
     out.write(b"ab")  # tail now starts in the middle of the euro sign
     assert out.tail == "\ufffdab"
-
-
-def context(tmp_path: Path, env: dict[str, str] | None = None) -> AttemptContext:
-    return AttemptContext(
-        plan_id="plan-123",
-        task_key="build",
-        attempt=2,
-        title="Build",
-        description="",
-        success="",
-        command="make",
-        workdir=tmp_path,
-        files=(),
-        timeout=60.0,
-        agent="devops-engineer",
-        executor="shell",
-        log_path=tmp_path / "log.txt",
-        output_tail_bytes=1024,
-        log_max_bytes=1024,
-        kill_grace_seconds=1.0,
-        env=env or {},
-    )
-
-
-def test_agent_environment_hides_the_workers_orch_variables(tmp_path: Path) -> None:
-    base = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": "/home/worker",
-        "ORCH_DATABASE_URL": "postgresql://orch:s3cret@db/orch",
-        "ORCH_BROKER_URL": "redis://:s3cret@broker:6379/0",
-        "ORCH_PLAN_ID": "stale",
-    }
-    env = agent_environment(base, context(tmp_path))
-
-    assert "ORCH_DATABASE_URL" not in env
-    assert "ORCH_BROKER_URL" not in env
-    assert not any("s3cret" in value for value in env.values())
-    assert env["PATH"] == "/usr/bin:/bin"
-    assert env["HOME"] == "/home/worker"
-    assert base["ORCH_DATABASE_URL"]  # the worker's own mapping is untouched
-
-
-def test_agent_environment_describes_the_attempt(tmp_path: Path) -> None:
-    env = agent_environment({"ORCH_PLAN_ID": "stale"}, context(tmp_path))
-    assert env["ORCH_PLAN_ID"] == "plan-123"
-    assert env["ORCH_TASK_ID"] == "build"
-    assert env["ORCH_ATTEMPT"] == "2"
-    assert env["ORCH_WORKDIR"] == str(tmp_path)
-    assert env["ORCH_AGENT"] == "devops-engineer"
-
-
-def test_agent_environment_adds_the_tasks_own_variables_but_not_over_orchs(tmp_path: Path) -> None:
-    own = {"FOO": "bar", "LANG": "C.UTF-8", "ORCH_TASK_ID": "x"}
-    env = agent_environment({"LANG": "C"}, context(tmp_path, env=own))
-    assert env["FOO"] == "bar"
-    assert env["LANG"] == "C.UTF-8"
-    assert env["ORCH_TASK_ID"] == "build"
 
 
 def test_a_secret_split_across_chunks_is_still_masked() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -10,6 +12,7 @@ from orch.redaction import Redactor, secret_values, settings_secrets
 from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.control import AttemptControl
+from workers.sandbox import Grant, Launch, Scratch, attempt_scratch
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,12 @@ class AttemptContext:
     output_tail_bytes: int
     log_max_bytes: int
     kill_grace_seconds: float
-    env: dict[str, str] = field(default_factory=dict)  # extra variables for the agent
+    env: dict[str, str] = field(default_factory=dict)  # extra variables the executor gives its agent
     secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the agent type's secrets, by name
-    hidden: frozenset[str] = frozenset()  # variables no agent of this type may see (others' secrets, ORCH_*)
+    masked: frozenset[str] = frozenset()  # every agent type's secret names: their values are masked in output
+    passthrough: tuple[str, ...] = ()  # the worker's variables the agent type's `env:` grants its agents
+    network: str = "host"  # "host" or "none" (decided from the agent type's `network:` and the executor)
+    scratch: Path | None = None  # the attempt's own folder (its agent's HOME and TMPDIR), outside the workdir
     prompt: str = ""
     system_prompt: str = ""
     model: str = ""
@@ -52,9 +58,43 @@ class AttemptContext:
     lease: str = ""  # the attempt's lease token (ORCH_LEASE for the agent: an execution ledger may record it)
 
     def redactor(self) -> Redactor:
-        """Masks this attempt's secrets (and the worker's, orch's own passwords among them) in whatever the agent
-        prints."""
-        return Redactor({**settings_secrets(get_settings()), **secret_values(self.hidden), **self.secrets})
+        """Masks every secret this worker knows (every agent type's, orch's own passwords) in whatever the agent
+        prints, whether or not this attempt was given it."""
+        return Redactor({**settings_secrets(get_settings()), **secret_values(self.masked), **self.secrets})
+
+    def grant(self) -> Grant:
+        """What the agent process gets: its ids, its type's secrets and `env:` variables, its own folders."""
+        ids = {
+            "ORCH_PLAN_ID": self.plan_id,
+            "ORCH_TASK_ID": self.task_key,
+            "ORCH_ATTEMPT": str(self.attempt),
+            "ORCH_LEASE": self.lease,
+            "ORCH_WORKDIR": str(self.workdir),
+            "ORCH_AGENT": self.agent,
+        }
+        scratch = Scratch(self.scratch) if self.scratch is not None else None
+        return Grant(
+            attempt_ids=ids,
+            secrets=self.secrets,
+            passthrough=self.passthrough,
+            extra=self.env,
+            home=scratch.home if scratch else None,
+            tmp=scratch.tmp if scratch else None,
+            network="none" if self.network == "none" else "host",
+        )
+
+    def launch(self, argv: list[str], programs: tuple[Path, ...] = ()) -> Launch:
+        return Launch(argv, self.workdir, self.grant(), scratch=self.scratch, programs=programs)
+
+
+@contextlib.contextmanager
+def with_scratch(ctx: AttemptContext) -> Iterator[AttemptContext]:
+    """`ctx` with its own attempt folder: the runner's, or a fresh one for an executor called on its own."""
+    if ctx.scratch is not None:
+        yield ctx
+        return
+    with attempt_scratch(get_settings()) as scratch:
+        yield replace(ctx, scratch=scratch.root)
 
 
 class Executor(Protocol):

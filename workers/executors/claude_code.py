@@ -1,36 +1,43 @@
 """The `claude-code` executor: the Claude Code CLI run non-interactively in the task's workspace.
 
-`claude -p PROMPT --output-format stream-json --verbose` prints one JSON object per line as it works; any line
-(stdout or stderr) counts as progress. The final `{"type": "result"}` line carries the outcome, the cost and the
-usage. The CLI runs with stdin closed (it blocks on an open pipe) in its own process group; the task's timeout
-and the agent type's idle limit both end the whole group (SIGTERM, grace, SIGKILL).
+`claude -p --output-format stream-json --verbose` prints one JSON object per line as it works; any line (stdout or
+stderr) counts as progress. The final `{"type": "result"}` line carries the outcome, the cost and the usage. The
+prompt is the CLI's stdin: a 0600 file in the attempt's own folder, never an argument (argv is visible to every
+local user in `ps`, and one argument is capped at 128 KiB). A regular file ends, so the CLI does not block on it as
+it does on an open pipe. The CLI runs in its own process group, isolated as workers.sandbox decides; the task's
+timeout and the agent type's idle limit both end the whole group (SIGTERM, grace, SIGKILL).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 from orch.durations import format_duration
-from orch.embedded import die_with_parent
 from orch.failures import FailureClass
+from orch.isolation import absolute_path
 from orch.prices import Usage
+from orch.settings import get_settings
 from orch.store.repo import AttemptResult
-from workers.executors.base import AttemptContext
+from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
-from workers.executors.shell import agent_environment, describe_exit, last_line
-from workers.supervision import end_agent, register_group
+from workers.executors.shell import ISOLATION_ERRORS, describe_exit, isolation_failure, last_line
+from workers.sandbox import start_agent
+from workers.supervision import end_agent
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is cut (and then is not JSON): memory stays bounded
 _QUEUED_LINES = 16  # at most this many lines wait between the readers and the executor
@@ -39,8 +46,9 @@ _RESET_EPOCH = re.compile(r"(?:\||resets? at\s*)(\d{10})\b", re.IGNORECASE)
 
 
 def claude_arguments(binary: str, ctx: AttemptContext) -> list[str]:
+    """The CLI's arguments: options from the agent type only (the prompt comes on stdin)."""
     args = [
-        binary, "-p", ctx.prompt,
+        binary, "-p",
         "--output-format", "stream-json", "--verbose",
         "--model", ctx.model,
         "--max-turns", str(ctx.max_turns),
@@ -98,7 +106,8 @@ class ClaudeCodeExecutor:
     name = "claude-code"
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
-        binary = shutil.which(ctx.claude_bin)
+        found = shutil.which(ctx.claude_bin, path=absolute_path(os.environ.get("PATH")))
+        binary = os.path.realpath(found) if found else None  # the file itself: a link's folder may be hidden
         if binary is None:
             return AttemptResult(
                 False,
@@ -113,27 +122,22 @@ class ClaudeCodeExecutor:
                 False, failure_class=FailureClass.WORKDIR_MISSING, error=f"workdir {ctx.workdir} does not exist"
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with ctx.log_path.open("wb") as log:
+        with with_scratch(ctx) as ctx, prompt_file(ctx) as prompt, ctx.log_path.open("wb", buffering=0) as log:
             sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
             state = StreamState()
-            code, limit = self._run(binary, ctx, sink, state)
-            sink.close()
+            try:
+                code, limit = self._run(binary, ctx, sink, state, prompt)
+            except ISOLATION_ERRORS as exc:
+                return isolation_failure(exc)
+            finally:
+                sink.close()
         return outcome(ctx, code, limit, state, sink.tail)
 
     def _run(
-        self, binary: str, ctx: AttemptContext, sink: OutputSink, state: StreamState
+        self, binary: str, ctx: AttemptContext, sink: OutputSink, state: StreamState, prompt: IO[bytes]
     ) -> tuple[int, FailureClass | None]:
-        process = subprocess.Popen(
-            claude_arguments(binary, ctx),
-            cwd=ctx.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=die_with_parent(signal.SIGKILL),  # a SIGKILLed worker takes its agent along
-            env=agent_environment(os.environ, ctx),
-        )
-        register_group(process.pid)
+        launch = ctx.launch(claude_arguments(binary, ctx), programs=cli_folders(binary))
+        process = start_agent(launch, get_settings(), stdin=prompt, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         lines: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_LINES)
         readers = [
             threading.Thread(target=_read_lines, args=(stream, lines), daemon=True)
@@ -173,6 +177,29 @@ class ClaudeCodeExecutor:
         return process.returncode, limit
 
 
+@contextlib.contextmanager
+def prompt_file(ctx: AttemptContext) -> Iterator[IO[bytes]]:
+    """The prompt in a 0600 file (unlinked: only this descriptor reaches it), open for reading from its start: the
+    CLI's stdin."""
+    with tempfile.TemporaryFile(dir=ctx.scratch, prefix="prompt-") as handle:
+        handle.write(ctx.prompt.encode("utf-8"))
+        handle.flush()
+        handle.seek(0)
+        yield handle
+
+
+def cli_folders(binary: str) -> tuple[Path, ...]:
+    """What the CLI needs when it lies where a sandbox hides (a home folder, /tmp): the command itself, and the
+    folder it resolves into — for an npm install the whole `node_modules` (the command links into its package, whose
+    native binary comes in a sibling package). Never a home folder whole: a CLI installed right in one shows only
+    itself."""
+    command = Path(binary)
+    real = command.resolve()
+    installed = next((folder for folder in real.parents if folder.name == "node_modules"), real.parent)
+    home = Path(os.path.expanduser("~")).resolve()
+    return (command, real) if installed == home or installed in home.parents else (command, installed)
+
+
 def _read_lines(stream: IO[bytes] | None, lines: queue.Queue[bytes | None]) -> None:
     if stream is None:
         lines.put(None)
@@ -192,13 +219,21 @@ def _drain(lines: queue.Queue[bytes | None], readers: list[threading.Thread]) ->
 
 
 def _usage(final: dict[str, Any]) -> Usage:
-    usage = final.get("usage") or {}
+    usage = final.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     return Usage(
-        input_tokens=int(usage.get("input_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),
-        cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+        input_tokens=_tokens(usage.get("input_tokens")),
+        output_tokens=_tokens(usage.get("output_tokens")),
+        cache_creation_tokens=_tokens(usage.get("cache_creation_input_tokens")),
+        cache_read_tokens=_tokens(usage.get("cache_read_input_tokens")),
     )
+
+
+def _tokens(value: object) -> int:
+    """A token count as reported; anything but a whole number from 0 to 10^12 counts 0."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return value if 0 <= value <= 10**12 else 0
 
 
 def _model(final: dict[str, Any], state: StreamState, ctx: AttemptContext) -> str:
@@ -215,7 +250,7 @@ def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: S
         "output_tail": tail,
         "log_path": str(ctx.log_path),
         "usage": _usage(final) if final else state.usage_so_far(),  # a killed agent's spend still counts
-        "cost_usd": final.get("total_cost_usd"),
+        "cost_usd": reported_cost(final.get("total_cost_usd")),
         "model": _model(final, state, ctx) if final else ctx.model,
         "result": final.get("result") if isinstance(final.get("result"), str) else None,
     }
@@ -253,6 +288,14 @@ def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: S
             False, failure_class=failure_class, error=f"claude: {message[:500]}", retry_after=retry_after, **common
         )
     return AttemptResult(True, **common)
+
+
+def reported_cost(value: object) -> float | None:
+    """The CLI's own cost figure when it is one (a finite, non-negative number: the agent can print lines that
+    look like the CLI's, and a negative cost would give a budget back)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def classify_error(final: dict[str, Any]) -> FailureClass:

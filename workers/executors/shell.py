@@ -1,4 +1,5 @@
-"""The shell executor: runs a task's `command` in its workdir, in its own process group, stdin closed.
+"""The shell executor: runs a task's `command` in its workdir, in its own process group, stdin closed, isolated
+as workers.sandbox decides (its granted environment only, its agent user, bubblewrap).
 
 Output (stdout and stderr together) goes to a log file up to a size cap; its tail is kept for the store.
 The time limit, and the end of the command itself, end the whole process group.
@@ -6,44 +7,38 @@ The time limit, and the end of the command itself, end the whole process group.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
 from typing import IO
 
 from orch.durations import format_duration
-from orch.embedded import die_with_parent
+from orch.errors import OrchError
 from orch.failures import FailureClass
+from orch.isolation import IsolationUnavailable
+from orch.settings import get_settings
 from orch.store.repo import AttemptResult
-from workers.executors.base import AttemptContext
+from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
-from workers.supervision import end_agent, register_group
+from workers.sandbox import UnsafeWorkdir, WorkdirNotWritable, start_agent
+from workers.supervision import end_agent
 
 _CHUNK = 65536
 _POLL_SECONDS = 0.1  # how soon a stop request (cancel, lost lease, shutdown) reaches a running agent
-# Variables of orch's own deployment (database and broker URLs with passwords) never reach an agent.
-_HIDDEN_PREFIX = "ORCH_"
 
 
-def agent_environment(base: Mapping[str, str], ctx: AttemptContext) -> dict[str, str]:
-    """The worker's environment less orch's own settings and secrets not granted to this agent type."""
-    env = {k: v for k, v in base.items() if not k.startswith(_HIDDEN_PREFIX) and k not in ctx.hidden}
-    env.update(ctx.env)
-    env.update(ctx.secrets)
-    env.update(
-        {
-            "ORCH_PLAN_ID": ctx.plan_id,
-            "ORCH_TASK_ID": ctx.task_key,
-            "ORCH_ATTEMPT": str(ctx.attempt),
-            "ORCH_LEASE": ctx.lease,
-            "ORCH_WORKDIR": str(ctx.workdir),
-            "ORCH_AGENT": ctx.agent,
-        }
-    )
-    return env
+def isolation_failure(exc: OrchError) -> AttemptResult:
+    """An agent that could not be started isolated as it must be: failed at once, with the reason and the fix."""
+    failure_class = FailureClass.EXECUTOR_UNAVAILABLE
+    if isinstance(exc, UnsafeWorkdir):
+        failure_class = FailureClass.UNSAFE_WORKDIR
+    elif isinstance(exc, WorkdirNotWritable):
+        failure_class = FailureClass.WORKDIR_NOT_WRITABLE
+    return AttemptResult(False, failure_class=failure_class, error=str(exc))
+
+
+ISOLATION_ERRORS = (IsolationUnavailable, UnsafeWorkdir, WorkdirNotWritable)
 
 
 def describe_exit(code: int) -> str:
@@ -75,10 +70,14 @@ class ShellExecutor:
                 error=f"workdir {ctx.workdir} does not exist on this host",
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with ctx.log_path.open("wb") as log:
+        with with_scratch(ctx) as ctx, ctx.log_path.open("wb", buffering=0) as log:
             sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
-            code, ended_by = self._run_process(ctx, sink)
-            sink.close()
+            try:
+                code, ended_by = self._run_process(ctx, sink)
+            except ISOLATION_ERRORS as exc:
+                return isolation_failure(exc)
+            finally:
+                sink.close()
         tail = sink.tail
         if ended_by == "stop" and (stop := ctx.control.stop_request) is not None:
             return AttemptResult(
@@ -114,18 +113,10 @@ class ShellExecutor:
         """Run the command to its end, its time limit or a stop request; returns its exit code and what
         ended it early ("timeout", "stop") if anything did."""
         assert ctx.command is not None
-        process = subprocess.Popen(
-            ["/bin/sh", "-c", ctx.command],
-            cwd=ctx.workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: pgid == pid
-            preexec_fn=die_with_parent(signal.SIGKILL),  # a SIGKILLed worker takes its agent along
-            env=agent_environment(os.environ, ctx),
+        process = start_agent(
+            ctx.launch(["/bin/sh", "-c", ctx.command]), get_settings(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         pgid = process.pid
-        register_group(pgid)
         assert process.stdout is not None
         reader = threading.Thread(target=_pump, args=(process.stdout, sink), daemon=True)
         reader.start()
