@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         min_length=1,
         description="The unprivileged user agents run as when the worker runs as root",
     )
+    sandbox_read: str = Field(
+        "",
+        description="Folders (separated by ':') agents may also read inside the sandbox, where it would hide them "
+        "(tools installed in a home folder or under /tmp)",
+    )
     workdir_roots: str = Field(
         "",
         description="Folders (separated by ':') every plan's workdir must resolve inside; empty: the plan file's "
@@ -128,6 +133,10 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def sandbox_read_paths(self) -> list[Path]:
+        return [Path(p).resolve() for p in self.sandbox_read.split(":") if p.strip()]
 
     @property
     def workdir_root_paths(self) -> list[Path]:

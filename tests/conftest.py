@@ -13,6 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "config"
+# The suite's fake agents (tests/faults/ledger_agent.py, tests/fakes/fake_claude.py…) live in the checkout, which a
+# sandbox hides when it lies under /tmp or a home folder (a fresh clone in CI): agents may read it.
+SANDBOX_READ = {"ORCH_SANDBOX_READ": str(REPO / "tests")}
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
@@ -91,6 +94,8 @@ def _isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
             monkeypatch.delenv(key)
     monkeypatch.setenv("ORCH_HOME", str(tmp_path / ".orch"))
     monkeypatch.setenv("ORCH_CONFIG_DIR", str(CONFIG_DIR))
+    for key, value in SANDBOX_READ.items():
+        monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     umask = None
     if os.geteuid() == 0:

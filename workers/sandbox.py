@@ -203,6 +203,7 @@ class WorkerSecrets:
     store_file: Path | None  # an SQLite store
     env_file: Path | None
     user_home: Path | None  # the worker user's home folder
+    readable: tuple[Path, ...] = ()  # what the operator lets agents read where the sandbox would hide it
 
     @classmethod
     def of(cls, settings: Settings) -> WorkerSecrets:
@@ -225,6 +226,7 @@ class WorkerSecrets:
             store_file=store,
             env_file=Path(env_file).resolve() if env_file else None,
             user_home=None if user_home == Path("/") else user_home,
+            readable=tuple(settings.sandbox_read_paths),
         )
 
 
@@ -416,7 +418,7 @@ def _isolated(
     """The command line and user to start `launch` with: inside bubblewrap (which drops to the agent's user
     itself), or as the agent's user directly."""
     if isolation.sandbox == "bwrap" and isolation.bwrap is not None:
-        programs = [*runtime_folders(), *launch.programs]
+        programs = [*runtime_folders(), *kept.readable, *launch.programs]
         layout = layout_for(workdir, launch.scratch, kept, launch.grant.network, programs, workdir_fd)
         drop = drop_privileges_to(isolation.user, isolation.setpriv)
         return [isolation.bwrap, *bwrap_arguments(layout), "--", *drop, *launch.argv], None

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from orch.embedded import die_with_parent, stop_process
+from tests.conftest import SANDBOX_READ
 
 BIN = Path(sys.executable).parent
 ORCH = str(BIN / "orch")
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def orch_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update({"ORCH_HOME": str(tmp_path / ".orch"), "ORCH_CONFIG_DIR": str(REPO / "config")})
+    env.update({"ORCH_HOME": str(tmp_path / ".orch"), "ORCH_CONFIG_DIR": str(REPO / "config"), **SANDBOX_READ})
     env.update(extra)
     return env
 

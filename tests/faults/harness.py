@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from orch.embedded import die_with_parent, stop_process
 from orch.settings import normalise_database_url
 from orch.states import LEGAL_TRANSITIONS, PLAN_FINAL, TERMINAL, TaskStatus
+from tests.conftest import SANDBOX_READ
 from tests.helpers import layered_dag, wait_for
 
 FAULTS = Path(__file__).resolve().parent
@@ -204,6 +205,7 @@ def cluster_env(run: FaultRun, database_url: str, broker_url: str, **extra: str)
             "ORCH_CONFIG_DIR": str(run.config_dir),
             "ORCH_DATABASE_URL": database_url,
             "ORCH_BROKER_URL": broker_url,
+            **SANDBOX_READ,
             **FAST_SETTINGS,
         }
     )

@@ -27,6 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from orch.plan import quoted
+from tests.conftest import SANDBOX_READ
 from tests.faults.conftest import RecordFigures
 from tests.faults.harness import ORCH, REPO, FaultRun, Store, run_orch
 
@@ -134,6 +135,7 @@ def cli_env(folder: Path) -> dict[str, str]:
         ORCH_DATABASE_URL=f"sqlite:///{folder / '.orch' / 'store.db'}",  # in ORCH_HOME: agents never see it
         ORCH_TICK_SECONDS="0.2",
         ORCH_RETRY_BACKOFF_BASE="0.1",
+        **SANDBOX_READ,
     )
     upgraded = run_orch(["db", "upgrade"], folder, env)
     assert upgraded.returncode == 0, upgraded.stderr

@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_bwrap, require_service
+from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, SANDBOX_READ, require_bwrap, require_service
 from tests.faults.conftest import RecordFigures
 from tests.faults.harness import REPO, FaultRun, Store, run_orch
 
@@ -102,6 +102,7 @@ def scenario(fault_run: FaultRun, database_url: str | None = None) -> Scenario:
         ORCH_CONFIG_DIR=str(config),
         ORCH_SANDBOX="auto",
         ORCH_TICK_SECONDS="0.2",
+        **SANDBOX_READ,  # the agent's own script lives in the checkout
         ANTHROPIC_API_KEY=canaries["ANTHROPIC_API_KEY (other types' key)"],
         OTHER_TEAM_TOKEN=canaries["OTHER_TEAM_TOKEN (another type's secret)"],
         AWS_SECRET_ACCESS_KEY=canaries["AWS_SECRET_ACCESS_KEY (named by no type)"],
