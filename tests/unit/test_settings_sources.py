@@ -1,0 +1,79 @@
+"""Where settings come from: the environment, and an env file an operator chose (ORCH_ENV_FILE, `orch --env-file`,
+or ORCH_HOME/.env when it is private), never a `.env` in the folder a command runs in (a cloned repository could
+carry one: the review's finding 12 set ORCH_CLAUDE_BIN to the repository's own script)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orch.errors import ConfigInvalid
+from orch.settings import Settings, get_settings, operator_env_file
+
+HOSTILE_DOT_ENV = "ORCH_CLAUDE_BIN=/tmp/repo/tools/claude\nORCH_TICK_SECONDS=7\nORCH_SANDBOX=none\n"
+
+
+def settings_in(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    monkeypatch.chdir(folder)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def test_a_dot_env_in_the_current_folder_is_never_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text(HOSTILE_DOT_ENV)
+    settings = settings_in(tmp_path, monkeypatch)
+    assert settings.claude_bin == "claude" and settings.tick_seconds == 1.0 and settings.sandbox == "auto"
+
+
+def test_orch_env_file_is_read_and_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = tmp_path / "orch.env"
+    chosen.write_text("ORCH_TICK_SECONDS=3\n")
+    monkeypatch.setenv("ORCH_ENV_FILE", str(chosen))
+    assert settings_in(tmp_path, monkeypatch).tick_seconds == 3.0
+    monkeypatch.setenv("ORCH_ENV_FILE", str(tmp_path / "missing.env"))
+    with pytest.raises(ConfigInvalid, match=r"ORCH_ENV_FILE=.*missing\.env: no such file"):
+        settings_in(tmp_path, monkeypatch)
+
+
+def test_orch_home_dot_env_is_read_only_when_it_is_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("ORCH_HOME", str(home))
+    (home / ".env").write_text("ORCH_TICK_SECONDS=9\n")
+    (home / ".env").chmod(0o644)  # as a checkout leaves a file: readable by others
+    assert settings_in(tmp_path, monkeypatch).tick_seconds == 1.0
+    assert "ignoring" in capsys.readouterr().err
+    (home / ".env").chmod(0o600)
+    assert settings_in(tmp_path, monkeypatch).tick_seconds == 9.0
+    assert operator_env_file({"ORCH_HOME": str(home)}) == home / ".env"
+
+
+def test_a_relative_claude_bin_is_refused_naming_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_CLAUDE_BIN", "./tools/claude")
+    with pytest.raises(ConfigInvalid, match=r"ORCH_CLAUDE_BIN='./tools/claude': give an absolute path"):
+        settings_in(tmp_path, monkeypatch)
+    monkeypatch.setenv("ORCH_CLAUDE_BIN", "/opt/claude/bin/claude")
+    assert settings_in(tmp_path, monkeypatch).claude_bin == "/opt/claude/bin/claude"
+
+
+def test_orch_env_file_option_reaches_the_command(tmp_path: Path) -> None:
+    chosen = tmp_path / "orch.env"
+    chosen.write_text("ORCH_CLAUDE_BIN=./relative/claude\n")
+    (tmp_path / ".env").write_text(HOSTILE_DOT_ENV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    orch = [sys.executable, "-m", "orch.cli"]
+    ignored = subprocess.run([*orch, "agents"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert ignored.returncode == 0, ignored.stderr  # the folder's .env: not read
+    chosen_run = subprocess.run(
+        [*orch, "--env-file", str(chosen), "agents"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert chosen_run.returncode == 2  # the chosen file is read: its bad setting is one line, exit 2
+    assert chosen_run.stderr.strip() == (
+        "orch: ORCH_CLAUDE_BIN='./relative/claude': give an absolute path, or a bare name looked up on PATH"
+    )
