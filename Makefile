@@ -19,18 +19,8 @@ demo: $(STAMP) agent-host
 	@if [ "$$(id -u)" = 0 ]; then chown $(AGENT_USER) examples/scratch; fi  # as root, agents run as orch-agent
 	$(BIN)/orch run examples/demo.yaml
 
-# The fault suite runs beside the rest: its scenarios mostly wait on real processes, so on two cores the two halves
-# take little more than the longer one. Its RabbitMQ scenario stays with the rest, whose RabbitMQ fixtures reset the
-# exchanges it would use. Its output follows the rest's; the exit code is non-zero if either half failed.
-FAULTS_LOG := .orch/faults-run.log
 test: $(STAMP) agent-host
-	@mkdir -p .orch
-	@( $(BIN)/pytest tests/faults -m "faults and not rabbitmq" -p no:cacheprovider > $(FAULTS_LOG) 2>&1; \
-	   echo $$? > $(FAULTS_LOG).rc ) & \
-	$(BIN)/pytest tests -m "not faults or rabbitmq"; rest=$$?; \
-	wait; echo; echo "--- the fault suite (beside the rest) ---"; cat $(FAULTS_LOG); \
-	faults=$$(cat $(FAULTS_LOG).rc); rm -f $(FAULTS_LOG).rc; \
-	[ $$rest -eq 0 ] && [ $$faults -eq 0 ]
+	$(BIN)/pytest
 
 # What agents need on this host: bubblewrap, their sandbox (Debian's package, installed with apt when missing),
 # and, where orch runs as root, the unprivileged user they run as.
