@@ -14,11 +14,11 @@ from celery.beat import Scheduler
 
 from beat.single import hold_single_beat_lock
 from beat.tick import run_tick
-from orch.embedded import die_with_worker_main, in_embedded_worker, stop_this_worker
 from orch.errors import ConfigInvalid, StoreUnusable
-from orch.hardening import harden_process
-from orch.liveness import touch
 from orch.log import get_logger
+from orch.services.embedded import die_with_worker_main, in_embedded_worker, stop_this_worker
+from orch.services.hardening import harden_process
+from orch.services.liveness import touch
 from orch.settings import get_settings
 from orch.store.db import STORE_UNAVAILABLE, ensure_schema
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from orch.agents import load_agents
-from orch.dispatch import publish, reconcile_plans
+from orch.decisions.retry import Backoff
+from orch.dispatch.reaper import reap_expired
+from orch.dispatch.reconcile import publish, reconcile_plans
+from orch.intake.agents import load_agents
 from orch.log import attempt_context, get_logger
-from orch.policy import Backoff
-from orch.reaper import reap_expired
 from orch.settings import get_settings
 from orch.store import repo
 from orch.store.db import write_session

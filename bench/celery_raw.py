@@ -13,8 +13,8 @@ from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from bench.infra import RUN_ID
-from orch.agents import load_agents
 from orch.celery import EXCHANGE, celery_config
+from orch.intake.agents import load_agents
 from orch.settings import get_settings
 
 RAW_QUEUE = f"bench.{RUN_ID}.raw"

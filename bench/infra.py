@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import event
 
-from orch.embedded import die_with_parent, stop_process
+from orch.services.embedded import die_with_parent, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -268,7 +268,7 @@ class Broker:
 
 
 def embedded_broker(folder: Path) -> Broker:
-    from orch.embedded import EmbeddedRedis
+    from orch.services.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(log_path=folder / "redis.log")
     return Broker("embedded", server.start(), server)

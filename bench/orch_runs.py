@@ -23,8 +23,8 @@ from sqlalchemy import select
 from bench.infra import AGENT, PYTHON, RUN_ID, BenchError, Child, Fleet, idle_cpu, pss_mib, rss_mib, summary
 from bench.raw import worker_args
 from bench.sizes import Size
-from orch.agents import AgentRegistry
-from orch.plan import validate_plan
+from orch.intake.agents import AgentRegistry
+from orch.intake.plan import validate_plan
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import reads, repo
 from orch.store.db import ensure_schema, read_session, write_session

@@ -227,8 +227,8 @@ def run_store(
     from bench.raw import run_raw
     from bench.scale import run_scale
     from bench.worker_path import run_worker_path
-    from orch.agents import load_agents
     from orch.celery import use_broker
+    from orch.intake.agents import load_agents
     from orch.settings import get_settings
 
     folder.mkdir(parents=True)

@@ -4,10 +4,10 @@
   before) read, validated and stored, timed in three steps;
 - readiness per completion: what a worker's `finish` does after an attempt, replayed (on PostgreSQL after the
   vacuum that autovacuum would run after the insert): one queued task is claimed (`repo.claim_attempt`), then in
-  one transaction its success is recorded (`repo.record_result`) and `orch.dispatch.dispatch_after_result` finds
-  and claims its newly ready dependants — that call is the readiness cost (the transaction's total is reported
-  too). Tasks complete in plan order, so each finished task has the same number of dependants whatever the plan's
-  size; the same is timed on a small and a large plan;
+  one transaction its success is recorded (`repo.record_result`) and
+  `orch.dispatch.reconcile.dispatch_after_result` finds and claims its newly ready dependants — that call is the
+  readiness cost (the transaction's total is reported too). Tasks complete in plan order, so each finished task has
+  the same number of dependants whatever the plan's size; the same is timed on a small and a large plan;
 - full reconcile pass: `beat.tick.run_tick()` (reap, re-send, reconcile) on the large plan mid-run, with nothing
   left to dispatch (the workers' fast path has dispatched it): the beat's steady-state cost per tick.
 """
@@ -27,8 +27,8 @@ from sqlalchemy import Engine
 from bench.infra import BenchError, Stores, environ, next_queued, ranked_statements, summary, timed_statements
 from bench.orch_runs import DEFAULTS
 from bench.sizes import Size
-from orch.agents import AgentRegistry
-from orch.policy import Backoff, decide_outcome
+from orch.decisions.retry import Backoff, decide_outcome
+from orch.intake.agents import AgentRegistry
 from orch.store import repo
 from orch.store.db import ensure_schema, write_session
 from orch.store.repo import AttemptResult
@@ -115,7 +115,7 @@ def _submit(
 ) -> tuple[dict[str, Any], str]:
     """Read, validate and store a plan file, each step timed; the store's statements are timed too (a few
     hundred bulk statements: their timing costs nothing measurable)."""
-    from orch.plan import read_plan_document, validate_plan
+    from orch.intake.plan import read_plan_document, validate_plan
 
     path = folder / f"scale-{count}.json"
     path.write_text(json.dumps({"name": f"bench-scale-{count}", "defaults": DEFAULTS, "tasks": layered(count, width)}))
@@ -143,7 +143,7 @@ def _submit(
 def _completions(
     plan_id: str, registry: AgentRegistry, warmup: int, completions: int, first: bool = True
 ) -> dict[str, Any]:
-    from orch.dispatch import dispatch_after_result, reconcile_plans
+    from orch.dispatch.reconcile import dispatch_after_result, reconcile_plans
 
     if first:  # dispatch the first layer
         with write_session() as session:

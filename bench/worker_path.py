@@ -20,7 +20,7 @@ from typing import Any
 from bench.infra import BenchError, Stores, environ, next_queued, ranked_statements, summary, timed_statements
 from bench.orch_runs import deep_plan, submit, wide_plan
 from bench.sizes import Size
-from orch.agents import AgentRegistry
+from orch.intake.agents import AgentRegistry
 from orch.store import repo
 from orch.store.db import ensure_schema, read_session, write_session
 
@@ -81,7 +81,7 @@ _PICK = "SELECT tasks.pk, tasks.attempt FROM tasks"
 
 def _dispatch(plan_id: str, registry: AgentRegistry) -> int:
     """What the beat's tick does for a new plan (without publishing: the messages would only sit in the queue)."""
-    from orch.dispatch import reconcile_plans
+    from orch.dispatch.reconcile import reconcile_plans
 
     with write_session() as session:
         return len(reconcile_plans(session, [plan_id], registry, repo.db_now(session)))

@@ -9,11 +9,11 @@ from celery import Celery
 from celery.signals import setup_logging
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
-from orch.agents import AgentRegistry, load_agents
 from orch.errors import ConfigInvalid
-from orch.flower import guard_flower_command
+from orch.intake.agents import AgentRegistry, load_agents
+from orch.intake.plan import MAX_TIMEOUT_SECONDS
 from orch.log import configure_logging
-from orch.plan import MAX_TIMEOUT_SECONDS
+from orch.services.flower import guard_flower_command
 from orch.settings import Settings, get_settings
 
 RUN_TASK = "orch.run_task"

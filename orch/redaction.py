@@ -97,7 +97,7 @@ def settings_secrets(settings: Settings) -> dict[str, str]:
 def process_redactor() -> Redactor:
     """This process's redactor: every secret any agent type names, as set in its environment, and orch's own
     (database and broker passwords, Flower's credentials)."""
-    from orch.agents import load_agents
+    from orch.intake.agents import load_agents
     from orch.settings import get_settings
 
     try:

@@ -178,7 +178,7 @@ def rabbitmq_url() -> str:
     require_service("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
     from kombu import Connection, Queue
 
-    from orch.agents import load_agents_file
+    from orch.intake.agents import load_agents_file
 
     url = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
     with Connection(url) as conn:
@@ -194,7 +194,7 @@ def rabbitmq_url() -> str:
 
 @pytest.fixture
 def embedded_redis_url(tmp_path: Path) -> Iterator[str]:
-    from orch.embedded import EmbeddedRedis
+    from orch.services.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(log_path=tmp_path / "redis.log")
     url = server.start()

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orch.agents import AgentRegistry, load_agents_file
-from orch.plan import Plan, validate_plan
-from orch.policy import Outcome
+from orch.decisions.retry import Outcome
+from orch.intake.agents import AgentRegistry, load_agents_file
+from orch.intake.plan import Plan, validate_plan
 from orch.states import AttemptStatus, TaskStatus
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from orch.failures import FailureClass
-from orch.prices import Usage
+from orch.intake.prices import Usage
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from types import TracebackType
 
 from orch.errors import StoreUnusable
 from orch.failures import FailureClass
+from orch.intake.prices import Usage
 from orch.log import attempt_context, get_logger
-from orch.prices import Usage
 from orch.store import repo
 from orch.store.db import STORE_UNAVAILABLE, write_session
 from orch.store.repo import Claim

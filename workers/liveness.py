@@ -19,7 +19,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from orch.liveness import touch
+from orch.services.liveness import touch
 from orch.settings import get_settings
 
 

@@ -15,15 +15,15 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from orch import breaker
-from orch.agents import agent_network, load_agents
-from orch.dispatch import dispatch_after_result, publish, reconcile_plans
+from orch.decisions import breaker
+from orch.decisions.retry import Backoff, Outcome, decide_outcome
+from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
 from orch.failures import FailureClass
+from orch.intake.agents import agent_network, load_agents
+from orch.intake.prices import Usage, cost_usd, load_prices, price_for
+from orch.intake.prompts import build_prompt, build_system_prompt, load_templates
 from orch.log import bind_attempt, get_logger
-from orch.policy import Backoff, Outcome, decide_outcome
-from orch.prices import Usage, cost_usd, load_prices, price_for
-from orch.prompts import build_prompt, build_system_prompt, load_templates
 from orch.redaction import Redactor
 from orch.settings import get_settings
 from orch.states import DOOMING

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-from orch.embedded import die_with_parent
 from orch.errors import OrchError
-from orch.hardening import agent_umask
-from orch.isolation import (
+from orch.log import get_logger
+from orch.services.embedded import die_with_parent
+from orch.services.hardening import agent_umask
+from orch.services.isolation import (
     SAFE_PATH,
     AgentUser,
     Isolation,
@@ -40,7 +41,6 @@ from orch.isolation import (
     drop_privileges_to,
     namespace_options,
 )
-from orch.log import get_logger
 from orch.settings import Settings
 from workers.supervision import register_group, spawning
 

@@ -4,7 +4,7 @@ Before the agent runs, the dirty and untracked files (with their blob hashes) an
 file counts as changed when its state differs, and commits the agent made add the files they touch. Paths are
 relative to the workdir; a workspace that is no git repository gives None ("not known"), never a guess.
 
-The agent can write the repository, so git reads it only through `orch.git.open_worktree_view`: none of its
+The agent can write the repository, so git reads it only through `orch.services.git.open_worktree_view`: none of its
 config, hooks or attribute drivers, none of the worker's secrets.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from orch import git
+from orch.services import git
 
 
 @dataclass(frozen=True)

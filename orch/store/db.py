@@ -20,8 +20,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from orch.errors import ServiceUnavailable, StoreCorrupt, StoreFull, StoreReadOnly, StoreUnusable
-from orch.hardening import private_dir, private_file
 from orch.redaction import safe_url
+from orch.services.hardening import private_dir, private_file
 from orch.settings import get_settings
 
 HEAD_REVISION = "0008"
@@ -242,7 +242,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = AlembicConfig()
-    config.set_main_option("script_location", "orch:migrations")
+    config.set_main_option("script_location", "orch.store:migrations")
     with engine.execution_options(orch_write=True).begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})

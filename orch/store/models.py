@@ -1,4 +1,4 @@
-"""The SQL store's tables (SQLAlchemy 2 typed ORM). Alembic migrations in orch/migrations create them."""
+"""The SQL store's tables (SQLAlchemy 2 typed ORM). Alembic migrations in orch/store/migrations create them."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, exists, func, literal, select
 from sqlalchemy.orm import Session
 
-from orch.prices import Usage
+from orch.intake.prices import Usage
 from orch.states import AttemptStatus, TaskStatus
 from orch.store.models import AttemptRow, Base, TaskRow, UTCDateTime
 

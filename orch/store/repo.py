@@ -31,16 +31,16 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from orch.alloc import collector_paused
 from orch.budget import Budget, Spend, describe, exhausted
-from orch.embedded import ProcessIdentity
+from orch.decisions.readiness import Reconciliation, TaskView
+from orch.decisions.retry import Outcome
 from orch.errors import PlanNotFound, TaskNotFound, TaskStateConflict
 from orch.failures import NOT_COUNTED, FailureClass
-from orch.plan import Plan
-from orch.policy import Outcome
-from orch.prices import Usage
-from orch.prompts import Handoff, PreviousFailure
-from orch.readiness import Reconciliation, TaskView
+from orch.intake.gc_pause import collector_paused
+from orch.intake.plan import Plan
+from orch.intake.prices import Usage
+from orch.intake.prompts import Handoff, PreviousFailure
+from orch.services.embedded import ProcessIdentity
 from orch.states import (
     CANCELLABLE,
     DISPATCHABLE,

@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import text
 
-from orch.check import check_store
-from orch.dispatch import reconcile_plans
+from orch.dispatch.reconcile import reconcile_plans
+from orch.services.check import check_store
 from orch.settings import get_settings
 from orch.store import repo
 from orch.store.db import ensure_schema, write_session

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.prices import Usage, cost_usd, load_prices
+from orch.intake.prices import Usage, cost_usd, load_prices
 from tests.e2e.conftest import REPO, orch_env, run_orch
 from tests.fakes.messages_api import MessagesAPI, Reply
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from orch.celery import use_broker
-from orch.dispatch import publish
+from orch.dispatch.reconcile import publish
 from orch.store import repo
 from orch.store.db import read_session
 from orch.store.repo import Dispatch

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from orch.embedded import EmbeddedRedis
+from orch.services.embedded import EmbeddedRedis
 from tests.e2e.conftest import Processes, orch_env
 from tests.helpers import wait_for
 

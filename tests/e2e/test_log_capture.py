@@ -92,6 +92,6 @@ def test_no_secret_in_anything_orch_run_writes_and_task_lines_carry_their_ids(
     assert "[redacted ANTHROPIC_API_KEY] [redacted ORCH_DATABASE_URL]" in str(finished[("leak", 1)]["error"])
     loggers = {entry["logger"] for entry in about_tasks}
     # Celery's own line about a task's end, and the dispatcher's line about sending it, carry the ids too.
-    assert {"celery.app.trace", "orch.dispatch", "workers.runner"} <= loggers, loggers
+    assert {"celery.app.trace", "orch.dispatch.reconcile", "workers.runner"} <= loggers, loggers
     succeeded = [e for e in about_tasks if e["logger"] == "celery.app.trace" and "succeeded in" in e["event"]]
     assert {(e["task"], e["attempt"]) for e in succeeded} == started

@@ -15,8 +15,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from orch.dispatch import reconcile_plans
-from orch.policy import Outcome
+from orch.decisions.retry import Outcome
+from orch.dispatch.reconcile import reconcile_plans
 from orch.states import AttemptStatus, TaskStatus
 from orch.store import repo
 from orch.store.db import write_session

@@ -35,7 +35,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orch.embedded import die_with_parent, stop_process
+from orch.services.embedded import die_with_parent, stop_process
 from orch.settings import normalise_database_url
 from orch.states import LEGAL_TRANSITIONS, PLAN_FINAL, TERMINAL, TaskStatus
 from tests.conftest import SANDBOX_READ
@@ -900,7 +900,7 @@ def clean_broker(broker_url: str, run: FaultRun) -> None:
     elif broker_url.startswith("amqp"):
         from kombu.connection import Connection
 
-        from orch.agents import load_agents_file
+        from orch.intake.agents import load_agents_file
 
         with Connection(broker_url) as conn:  # type: ignore[no-untyped-call]
             for queue in load_agents_file(run.config_dir / "agents.yaml").queues:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from orch.plan import quoted
+from orch.intake.plan import quoted
 from tests.conftest import SANDBOX_READ
 from tests.faults.conftest import RecordFigures
 from tests.faults.harness import ORCH, REPO, FaultRun, Store, run_orch

@@ -12,10 +12,10 @@ from celery.contrib.testing.worker import start_worker
 
 import workers.tasks  # noqa: F401  (registers orch.run_task)
 from orch.celery import app, use_broker
-from orch.prices import Usage, cost_usd, load_prices
-from orch.report import PlanSnapshot
+from orch.intake.prices import Usage, cost_usd, load_prices
 from orch.store import repo
 from orch.store.db import read_session, write_session
+from orch.views.status import PlanSnapshot
 from tests.fakes.messages_api import MessagesAPI, Reply
 from tests.helpers import REPO, drive_until_final, make_plan
 

@@ -15,10 +15,10 @@ from celery.contrib.testing.worker import start_worker
 import workers.tasks  # noqa: F401  (registers orch.run_task)
 from beat.tick import run_tick
 from orch.celery import app, use_broker
-from orch.report import PlanSnapshot
 from orch.states import PlanStatus
 from orch.store import repo
 from orch.store.db import read_session, write_session
+from orch.views.status import PlanSnapshot
 from tests.helpers import REPO, fake_claude_wrapper, make_plan, wait_for
 
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import event
 
-from orch.agents import AgentRegistry
-from orch.dispatch import dispatch_after_result, reconcile_plans
+from orch.dispatch.reconcile import dispatch_after_result, reconcile_plans
+from orch.intake.agents import AgentRegistry
 from orch.states import PlanStatus, TaskStatus
 from orch.store import repo
 from orch.store.db import get_engine, read_session, write_session

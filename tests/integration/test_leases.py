@@ -19,9 +19,9 @@ import yaml
 from beat.tick import run_tick
 from orch.budget import Budget
 from orch.celery import use_broker
-from orch.dispatch import reconcile_plans
+from orch.decisions.retry import Outcome
+from orch.dispatch.reconcile import reconcile_plans
 from orch.errors import ConfigInvalid, TaskNotFound, TaskStateConflict
-from orch.policy import Outcome
 from orch.settings import get_settings
 from orch.states import LEGAL_TRANSITIONS, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo

@@ -16,15 +16,15 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import select, text
 from structlog.testing import capture_logs
 
-from orch.broker import queue_depths
-from orch.dispatch import reconcile_plans
+from orch.decisions.retry import Outcome
+from orch.dispatch.reconcile import reconcile_plans
 from orch.failures import FailureClass
-from orch.metrics import StoreCollector
-from orch.policy import Outcome
-from orch.prices import Usage
+from orch.intake.prices import Usage
+from orch.services.broker_probe import queue_depths
+from orch.services.exporter.collector import StoreCollector
 from orch.settings import Settings
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
-from orch.store import metrics_reads, repo
+from orch.store import exporter_reads, repo
 from orch.store.db import ensure_schema, read_session, write_session
 from orch.store.models import AttemptRow, TaskRow
 from orch.store.repo import AttemptResult
@@ -342,7 +342,7 @@ def test_any_failure_of_the_store_part_gives_store_up_0_a_log_line_and_the_rest(
     def broken(*_args: Any) -> Any:
         raise CommandError(f"Can't locate revision 0042 for postgresql://orch:{password}@db.internal/orch")
 
-    monkeypatch.setattr(metrics_reads, "plans_in_scope", broken)
+    monkeypatch.setattr(exporter_reads, "plans_in_scope", broken)
     registry_ = CollectorRegistry(auto_describe=False)
     registry_.register(collector(redis_url))
     with capture_logs() as logs:
@@ -356,11 +356,11 @@ def test_any_failure_of_the_store_part_gives_store_up_0_a_log_line_and_the_rest(
 
 
 def test_store_reads_on_postgresql_are_one_snapshot_with_a_statement_timeout(postgres_url: str) -> None:
-    engine = metrics_reads.reader_engine(postgres_url, 2.0)
-    with metrics_reads.snapshot_session(engine, 5.0) as session:
+    engine = exporter_reads.reader_engine(postgres_url, 2.0)
+    with exporter_reads.snapshot_session(engine, 5.0) as session:
         assert session.scalar(text("SHOW statement_timeout")) == "5s"
         assert session.scalar(text("SHOW transaction_isolation")) == "repeatable read"
-    with metrics_reads.snapshot_session(engine, None) as session:  # the first read of the history: no limit
+    with exporter_reads.snapshot_session(engine, None) as session:  # the first read of the history: no limit
         assert session.scalar(text("SHOW statement_timeout")) == "0"
 
 

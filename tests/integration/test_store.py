@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select
 
-from orch.dispatch import reconcile_plans
-from orch.policy import Outcome
+from orch.decisions.retry import Outcome
+from orch.dispatch.reconcile import reconcile_plans
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo
 from orch.store.db import ensure_schema, read_session, write_session
@@ -224,7 +224,7 @@ def test_unmet_dependencies_count_down_as_dependencies_succeed(store_url: str) -
         assert repo.skip_task(session, plan_id, "c", NOW) == ["c"]
     assert unmet(plan_id)["d"] == 0 and [d.key for d in tick()] == ["d"]
     # The migration's backfill computes the same counts from the tasks' statuses.
-    backfill = importlib.import_module("orch.migrations.versions.0006_unmet_dependencies").BACKFILL
+    backfill = importlib.import_module("orch.store.migrations.versions.0006_unmet_dependencies").BACKFILL
     with write_session() as session:
         session.execute(text("UPDATE tasks SET unmet_deps = 99"))
         session.execute(text(backfill))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from orch.cli import cancel_dead_runs
-from orch.embedded import ProcessIdentity, process_alive, process_start_ticks
 from orch.errors import StoreCorrupt, StoreFull, StoreReadOnly
+from orch.services.embedded import ProcessIdentity, process_alive, process_start_ticks
 from orch.settings import get_settings
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo
@@ -201,7 +201,7 @@ def test_runner_plans_are_the_unfinished_ones_of_this_host(store_url: str) -> No
 def test_the_plans_of_a_dead_orch_run_are_cancelled_and_a_live_ones_named(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from orch.dispatch import reconcile_plans
+    from orch.dispatch.reconcile import reconcile_plans
 
     dead, alive = gone_process(), ProcessIdentity.of_this_process()
     assert alive is not None
@@ -233,7 +233,7 @@ def test_the_plans_of_a_dead_orch_run_are_cancelled_and_a_live_ones_named(
 
 
 def test_the_embedded_redis_folder_and_log_are_private_whatever_the_umask(tmp_path: Path) -> None:
-    from orch.embedded import EmbeddedRedis
+    from orch.services.embedded import EmbeddedRedis
 
     previous = os.umask(0)
     try:
@@ -252,7 +252,7 @@ def test_the_embedded_redis_folder_and_log_are_private_whatever_the_umask(tmp_pa
 
 
 def test_the_next_start_sweeps_the_redis_folders_of_owners_that_are_gone(tmp_path: Path) -> None:
-    from orch.embedded import sweep_orphaned_folders
+    from orch.services.embedded import sweep_orphaned_folders
 
     me, gone = ProcessIdentity.of_this_process(), gone_process()
     assert me is not None

@@ -22,14 +22,14 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from orch.cli import main
-from orch.dispatch import reconcile_plans
-from orch.policy import Outcome
-from orch.prices import Usage, cost_usd, load_prices, price_for
-from orch.report import PlanSnapshot, summary_line, tasks_table
+from orch.decisions.retry import Outcome
+from orch.dispatch.reconcile import reconcile_plans
+from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo
 from orch.store.db import read_session, write_session
 from orch.store.repo import AttemptResult
+from orch.views.status import PlanSnapshot, summary_line, tasks_table
 from tests.conftest import CONFIG_DIR
 from tests.helpers import make_plan, registry
 

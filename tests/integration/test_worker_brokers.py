@@ -16,7 +16,7 @@ from celery.signals import task_postrun
 import workers.tasks  # noqa: F401  (registers orch.run_task on the app)
 from beat.tick import run_tick
 from orch.celery import app, use_broker
-from orch.dispatch import publish
+from orch.dispatch.reconcile import publish
 from orch.states import PlanStatus, TaskStatus
 from orch.store import repo
 from orch.store.db import read_session, write_session
@@ -86,7 +86,7 @@ def test_duplicate_deliveries_are_dropped(broker: str, tmp_path: Path, outcomes:
     with write_session() as session:
         plan_id = repo.submit_plan(session, make_plan(tasks, workdir=tmp_path), datetime.now(UTC))
     with write_session() as session:
-        from orch.dispatch import reconcile_plans
+        from orch.dispatch.reconcile import reconcile_plans
         from tests.helpers import registry
 
         dispatches = reconcile_plans(session, [plan_id], registry(), datetime.now(UTC))

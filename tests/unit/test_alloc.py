@@ -2,7 +2,7 @@ import gc
 
 import pytest
 
-from orch.alloc import collector_paused
+from orch.intake.gc_pause import collector_paused
 
 
 def test_the_collector_is_paused_inside_and_back_after_even_on_error() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orch.check import Check, check_consumers, queue_readers, render
+from orch.services.check import Check, check_consumers, queue_readers, render
 
 REPLIES = {
     "alpha@h1": [{"name": "agent.backend-development"}, {"name": "agent.testing-specialist"}],

@@ -39,7 +39,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from sqlalchemy import select, text
 
-from orch.agents import load_agents
+from orch.intake.agents import load_agents
 from orch.settings import Settings
 from orch.states import TaskStatus
 from orch.store import repo
@@ -1235,7 +1235,7 @@ def test_the_read_only_role_reads_what_the_exporter_needs_and_writes_nothing(bas
     import psycopg
     from psycopg import sql
 
-    from orch.metrics import StoreCollector
+    from orch.services.exporter.collector import StoreCollector
 
     postgres = one_named(base, "StatefulSet", "orch-postgres")
     script = tmp_path / "10-readonly-role.sh"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from orch.breaker import is_open
 from orch.budget import Budget, Spend, describe, exhausted
 from orch.celery import check_visibility_timeout
+from orch.decisions.breaker import is_open
+from orch.decisions.retry import Backoff, Outcome, decide_outcome
 from orch.errors import ConfigInvalid
 from orch.failures import FailureClass
-from orch.policy import Backoff, Outcome, decide_outcome
 from orch.settings import Settings
 from orch.states import LEGAL_TRANSITIONS, AttemptStatus, TaskStatus
 

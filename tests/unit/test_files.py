@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from orch.files import (
+from orch.decisions.file_leases import (
     MAX_CHECK_STEPS,
     STAR,
     StepBudget,
@@ -21,7 +21,7 @@ from orch.files import (
     pattern_overlap_steps,
     patterns_overlap,
 )
-from orch.plan import MAX_FILE_PATTERN_CHARS, MAX_FILE_PATTERN_SETS, MAX_FILES_PER_TASK
+from orch.intake.plan import MAX_FILE_PATTERN_CHARS, MAX_FILE_PATTERN_SETS, MAX_FILES_PER_TASK
 from workers.workspace import in_scope
 
 OVERLAPS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orch.errors import ConfigInvalid
-from orch.flower import (
+from orch.services.flower import (
     MIN_PASSWORD_CHARS,
     MISSING_AUTH,
     NO_AUTH_WARNING,

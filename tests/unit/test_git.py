@@ -1,5 +1,5 @@
-"""orch.git without running git: the environment and argv it builds, and what it reads from a repository's files
-(discovery, HEAD, the config's format) — including the odd files an agent could plant."""
+"""orch.services.git without running git: the environment and argv it builds, and what it reads from a repository's
+files (discovery, HEAD, the config's format) — including the odd files an agent could plant."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orch import git
-from orch.git import Repository, StateNotKnown
+from orch.services import git
+from orch.services.git import Repository, StateNotKnown
 
 SHA1 = "a" * 40
 SHA256 = "b" * 64

@@ -66,7 +66,7 @@ def test_orch_and_foreign_lines_are_json_with_the_attempt_ids(captured: io.Strin
 
 def test_orch_lines_keep_orch_s_level_whatever_the_host_s(captured: io.StringIO) -> None:
     orch_log.configure_logging("json", "DEBUG", root_level="WARNING", stream=captured)
-    orch_log.get_logger("orch.dispatch").debug("dispatched")
+    orch_log.get_logger("orch.dispatch.reconcile").debug("dispatched")
     logging.getLogger("kombu").info("chatter below Celery's --loglevel")
     assert [entry["event"] for entry in lines(captured)] == ["dispatched"]
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Float, create_engine, literal, select
 
-from orch.breaker import CIRCUIT_OPEN
 from orch.budget import Budget
-from orch.metrics import (
+from orch.decisions.breaker import CIRCUIT_OPEN
+from orch.services.exporter.collector import (
     DURATION_BUCKETS,
     LATENCY_BUCKETS,
     SPECS,
@@ -26,7 +26,7 @@ from orch.metrics import (
     pause_cause,
 )
 from orch.states import PlanStatus
-from orch.store.metrics_reads import _Seconds, bucket_index
+from orch.store.exporter_reads import _Seconds, bucket_index
 from orch.store.models import UTCDateTime
 
 REPO = Path(__file__).resolve().parents[2]

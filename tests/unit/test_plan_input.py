@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from orch import plan as plan_module
-from orch.agents import load_agents_file
 from orch.errors import PlanInvalid
-from orch.plan import (
+from orch.intake import plan as plan_module
+from orch.intake.agents import load_agents_file
+from orch.intake.plan import (
     MAX_DEPENDENCIES_PER_TASK,
     MAX_DOCUMENT_CHARS,
     MAX_FILE_PATTERN_CHARS,

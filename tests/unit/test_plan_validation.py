@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from orch.agents import load_agents_file, parse_agents
 from orch.errors import PlanInvalid
-from orch.plan import MAX_TASKS, find_cycle, load_plan, validate_plan
+from orch.intake.agents import load_agents_file, parse_agents
+from orch.intake.plan import MAX_TASKS, find_cycle, load_plan, validate_plan
 
 REGISTRY = load_agents_file(Path(__file__).parents[2] / "config" / "agents.yaml")
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orch.policy import Backoff, decide_retry
+from orch.decisions.retry import Backoff, decide_retry
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orch.prices import Price, Usage, cost_usd, load_prices, price_for
-from orch.prompts import Handoff, PreviousFailure, build_prompt, build_system_prompt, load_templates
+from orch.intake.prices import Price, Usage, cost_usd, load_prices, price_for
+from orch.intake.prompts import Handoff, PreviousFailure, build_prompt, build_system_prompt, load_templates
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -67,7 +67,7 @@ def test_dated_model_ids_take_their_undated_price_and_unknown_models_get_none() 
 
 
 def test_the_shipped_agent_types_default_to_a_priced_model() -> None:
-    from orch.agents import load_agents_file
+    from orch.intake.agents import load_agents_file
 
     prices = load_prices(CONFIG)
     for agent in load_agents_file(CONFIG / "agents.yaml"):

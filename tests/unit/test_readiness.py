@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orch.readiness import TaskView, free_slots, reconcile
+from orch.decisions.readiness import TaskView, free_slots, reconcile
 from orch.states import IN_FLIGHT, PlanStatus, TaskStatus
 
 S = TaskStatus

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from orch.files import MAX_CHECK_STEPS, MAX_DECISION_STEPS, StepBudget, files_conflict
-from orch.readiness import TaskView, reconcile
+from orch.decisions.file_leases import MAX_CHECK_STEPS, MAX_DECISION_STEPS, StepBudget, files_conflict
+from orch.decisions.readiness import TaskView, reconcile
 from orch.states import TaskStatus
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orch.agents import load_agents_file, parse_agents
-from orch.routing import KeywordIndex, count_keywords, route
+from orch.intake.agents import load_agents_file, parse_agents
+from orch.intake.routing import KeywordIndex, count_keywords, route
 
 REGISTRY = load_agents_file(Path(__file__).parents[2] / "config" / "agents.yaml")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orch.agents import agent_network, parse_agents
 from orch.errors import ConfigInvalid
-from orch.isolation import AgentUser, absolute_path, drop_privileges_to
+from orch.intake.agents import agent_network, parse_agents
+from orch.services.isolation import AgentUser, absolute_path, drop_privileges_to
 from workers.sandbox import (
     Grant,
     Layout,
@@ -265,7 +265,7 @@ def test_what_an_agent_names_is_masked_too() -> None:
 
 def test_without_bubblewrap_auto_warns_and_bwrap_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where bubblewrap is not installed (it is on this machine: the lookup stands in for a host without it)."""
-    from orch import isolation
+    from orch.services import isolation
     from orch.settings import Settings
 
     monkeypatch.setattr(isolation, "program", lambda name: None if name == "bwrap" else f"/usr/bin/{name}")

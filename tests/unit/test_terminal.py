@@ -1,4 +1,4 @@
-"""orch.terminal: text from plans and agents made inert (no control, escape or bidi character reaches a terminal),
+"""orch.views.terminal: text from plans and agents made inert (no control, escape or bidi character reaches a terminal),
 checked against Unicode's own character data rather than the module's tables."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import unicodedata
 
 import pytest
 
-from orch.terminal import InertDecoder, inert, inert_json
+from orch.views.terminal import InertDecoder, inert, inert_json
 
 # The review's payload: retitles the window, erases the line, then prints a green "succeeded".
 PAYLOAD = "\x1b]0;PWNED\x07\x1b[2K\r\x1b[32msucceeded\x1b[0m"

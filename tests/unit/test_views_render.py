@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from orch.completion import md_code, md_text
-from orch.graph import Node, escape, render, stages
+from orch.views.mermaid import Node, escape, render, stages
+from orch.views.report import md_code, md_text
 from tests.helpers import DIAMOND, layered_dag
 
 

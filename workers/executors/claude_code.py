@@ -29,8 +29,8 @@ from typing import IO, Any
 
 from orch.durations import format_duration
 from orch.failures import FailureClass
-from orch.isolation import absolute_path
-from orch.prices import Usage
+from orch.intake.prices import Usage
+from orch.services.isolation import absolute_path
 from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch

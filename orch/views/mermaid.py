@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from orch.plan import Plan
-from orch.report import counted
+from orch.intake.plan import Plan
 from orch.states import TaskStatus
 from orch.store import reads, repo
 from orch.store.models import PlanRow
-from orch.terminal import inert
+from orch.views.status import counted
+from orch.views.terminal import inert
 
 MAX_NODES = 200  # more tasks than this: one node per stage
 MAX_EDGES = 500  # Mermaid's own default limit

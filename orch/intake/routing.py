@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from orch.agents import AgentRegistry, normalise_phrase
+from orch.intake.agents import AgentRegistry, normalise_phrase
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orch.agents import AgentRegistry, load_agents
 from orch.durations import format_duration
 from orch.errors import OrchError, PlanInvalid, StoreUnusable, WorkerStopped
-from orch.plan import Plan, load_plan
+from orch.intake.agents import AgentRegistry, load_agents
+from orch.intake.plan import Plan, load_plan
+from orch.intake.routing import route
 from orch.redaction import safe_url
-from orch.routing import route
 from orch.settings import get_settings
 from orch.states import PlanStatus
 
@@ -91,8 +91,8 @@ def main(env_file: str | None) -> None:
     """orch runs plans — DAGs of AI coding-agent tasks — on Celery workers, with an SQL store as the truth."""
     import os
 
-    from orch.hardening import harden_process
     from orch.log import configure_logging
+    from orch.services.hardening import harden_process
     from orch.settings import ENV_FILE_VARIABLE
 
     harden_process()
@@ -170,9 +170,9 @@ def submit(plan_file: str) -> None:
 @handle_errors
 def status(plan_ref: str | None, as_json: bool) -> None:
     """Show recent plans, or one plan's tasks (PLAN_REF: a plan id, or a name for its latest plan)."""
-    from orch.report import PlanSnapshot, plans_table, summary_line, tasks_table
     from orch.store import repo
     from orch.store.db import read_session
+    from orch.views.status import PlanSnapshot, plans_table, summary_line, tasks_table
 
     cancel_dead_runs()
     with read_session() as session:
@@ -212,7 +212,7 @@ def logs(plan_ref: str, task_id: str, number: int | None, follow: bool, raw: boo
     from orch.states import AttemptStatus
     from orch.store import repo
     from orch.store.db import read_session
-    from orch.terminal import InertDecoder, inert
+    from orch.views.terminal import InertDecoder, inert
 
     def load() -> tuple[str, Any]:
         with read_session() as session:
@@ -418,7 +418,7 @@ def check_agent_isolation(plan: Plan) -> None:
     """Before `orch run` starts anything: the isolation its worker will give agents must be possible here (else one
     line, exit 2), and agents that will run without a sandbox are said to."""
     from orch.errors import ConfigInvalid
-    from orch.isolation import resolve_isolation
+    from orch.services.isolation import resolve_isolation
 
     if all(task.executor in _IN_PROCESS_EXECUTORS for task in plan.tasks):
         return
@@ -435,7 +435,7 @@ INTERRUPTED = 130  # the shell's code for Ctrl-C
 def run_embedded(plan: Plan, concurrency: int) -> int:
     """Start the embedded servers and worker, run `plan` to its end, stop them: 0 if it succeeded, 1 if not, 130
     after Ctrl-C (the plan cancelled). Whatever happens, what was started is stopped."""
-    from orch.embedded import check_home
+    from orch.services.embedded import check_home
 
     home = get_settings().home.resolve()
     check_home(home)  # before anything starts: a read-only or full ORCH_HOME in one line
@@ -501,7 +501,7 @@ class _EmbeddedRun:
 
 
 def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun) -> int:
-    from orch.embedded import EmbeddedRedis, EmbeddedWorker, ProcessIdentity
+    from orch.services.embedded import EmbeddedRedis, EmbeddedWorker, ProcessIdentity
     from orch.store import repo
     from orch.store.db import ensure_schema, write_session
 
@@ -596,7 +596,7 @@ def cancel_dead_runs(warn_live: bool = False) -> None:
     their agent types' caps. With `warn_live`, name (in one line) those a live `orch run` here still runs."""
     import socket
 
-    from orch.embedded import process_alive
+    from orch.services.embedded import process_alive
     from orch.store import repo
     from orch.store.db import read_session, write_session
 
@@ -628,11 +628,11 @@ def cancel_dead_runs(warn_live: bool = False) -> None:
 def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
     """Show progress until the plan is final (live view on a terminal, one line per change otherwise). Raises
     WorkerStopped if the worker exits, or says it stops, first."""
-    from orch.report import run_is_over
     from orch.store import reads, repo
     from orch.store.db import read_session
-    from orch.terminal import inert
-    from orch.watch import watch_live
+    from orch.views.progress import watch_live
+    from orch.views.status import run_is_over
+    from orch.views.terminal import inert
 
     def check_worker() -> None:
         notice = worker.notice()
@@ -665,7 +665,7 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
 
 def format_event(event: Any, key_of: dict[int, str]) -> str:
     """One line per event; its detail (an agent's error, say) cannot break the line or drive the terminal."""
-    from orch.terminal import inert
+    from orch.views.terminal import inert
 
     stamp = event.at.strftime("%H:%M:%S")
     subject = f"task {key_of.get(event.task_pk, event.task_pk)}" if event.task_pk else "plan"
@@ -676,9 +676,9 @@ def format_event(event: Any, key_of: dict[int, str]) -> str:
 
 
 def print_final(plan_id: str) -> PlanStatus:
-    from orch.report import PlanSnapshot, summary_line, tasks_table
     from orch.store import repo
     from orch.store.db import read_session
+    from orch.views.status import PlanSnapshot, summary_line, tasks_table
 
     with read_session() as session:
         snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id), now_utc())
@@ -699,7 +699,7 @@ def print_final(plan_id: str) -> PlanStatus:
 def watch(plan_ref: str, interval: float) -> None:
     """Live progress of PLAN_REF until it ends: a bar per agent type and overall, the running tasks and their time
     so far. Reads the store only. Exits 0 if the plan succeeded, 1 if not, 130 on Ctrl-C (the plan runs on)."""
-    from orch.watch import follow
+    from orch.views.progress import follow
 
     cancel_dead_runs()
     sys.exit(follow(plan_ref, out, interval))
@@ -719,9 +719,9 @@ def watch(plan_ref: str, interval: float) -> None:
 def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
     """PLAN_REF's completion report: per task its status, agent type, attempts, durations, tokens, cost,
     verification, files changed and failure reasons, then the totals. Markdown (for an issue) or JSON."""
-    from orch.completion import load_report, render_markdown
     from orch.store.db import read_session
-    from orch.terminal import inert_json
+    from orch.views.report import load_report, render_markdown
+    from orch.views.terminal import inert_json
 
     with read_session() as session:
         completion = load_report(session, plan_ref)
@@ -741,8 +741,8 @@ def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
 def graph(plan: str, max_nodes: int, fenced: bool) -> None:
     """Print a plan's DAG as a Mermaid flowchart, one subgraph per stage: a stored plan (id or name) coloured by
     its tasks' states, or a plan FILE (validated first) uncoloured."""
-    from orch import graph as mermaid
     from orch.store.db import read_session
+    from orch.views import mermaid
 
     path = Path(plan)
     if path.exists() or path.suffix.lower() in (".yaml", ".yml", ".json"):
@@ -765,7 +765,7 @@ def graph(plan: str, max_nodes: int, fenced: bool) -> None:
 @handle_errors
 def exporter(host: str | None, port: int | None) -> None:
     """Serve Prometheus metrics at /metrics, computed from the store (and the broker's queues) at each scrape."""
-    from orch.metrics import serve
+    from orch.services.exporter.collector import serve
 
     settings = get_settings()
     listen_port = settings.exporter_port if port is None else port
@@ -787,7 +787,7 @@ def exporter(host: str | None, port: int | None) -> None:
 def flower_command(port: int | None, address: str | None, no_auth: bool) -> None:
     """Run Flower (`celery -A orch flower`) behind basic auth from ORCH_FLOWER_AUTH (user:password[,…], passwords of
     12 characters or more), listening on 127.0.0.1 unless --address (or FLOWER_ADDRESS) says otherwise."""
-    from orch.flower import exec_flower
+    from orch.services.flower import exec_flower
 
     exec_flower(port, address, no_auth, get_settings())
 
@@ -798,16 +798,12 @@ def flower_command(port: int | None, address: str | None, no_auth: bool) -> None
 def check_command(timeout: float) -> None:
     """Check the store (reachable, migrations current), the broker, and a worker for every queue with queued
     tasks; one line per check, exit 0 if all are ok, 1 otherwise."""
-    from orch.check import render, run_checks
+    from orch.services.check import render, run_checks
 
     checks = run_checks(get_settings(), timeout)
     for line in render(checks):
         click.echo(line)
     sys.exit(0 if all(check.ok for check in checks) else 1)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 __all__ = ["main"]

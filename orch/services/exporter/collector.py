@@ -15,7 +15,7 @@ multiprocess mode. What keeps a scrape's cost independent of how much history th
 A scrape never waits long: the store is read in a thread of its own (one read at a time, shared by the scrapes
 that arrive meanwhile) while the scrape reads the broker, and the scrape waits for the store at most
 `STORE_WAIT_SECONDS`; a store or broker that does not answer in time is reported by its `_up` gauge as 0.
-The store queries live in orch/store/metrics_reads.py; this module turns them into metric families.
+The store queries live in orch/store/exporter_reads.py; this module turns them into metric families.
 """
 
 from __future__ import annotations
@@ -35,21 +35,20 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from orch.agents import load_agents
-from orch.breaker import CIRCUIT_OPEN
-from orch.broker import QueueDepth, queue_depths
 from orch.budget import Budget, Spend
 from orch.celery import RUN_TASK
+from orch.decisions.breaker import CIRCUIT_OPEN
 from orch.errors import ConfigInvalid
+from orch.intake.agents import load_agents
 from orch.log import get_logger
 from orch.redaction import error_line, safe_url
+from orch.services.broker_probe import QueueDepth, queue_depths
 from orch.settings import Settings
 from orch.states import AttemptStatus, TaskStatus
-from orch.store import metrics_reads as reads
-from orch.store import repo
-from orch.store.metrics_reads import AttemptSet, BucketCount, PlanRef, TaskCounts
+from orch.store import exporter_reads, repo
+from orch.store.exporter_reads import AttemptSet, BucketCount, PlanRef, TaskCounts
 
-log = get_logger("orch.metrics")
+log = get_logger(__name__)
 
 # An attempt finished this long ago is final: folded into the totals and never read again. It also bounds how
 # long a claim's transaction may stay uncommitted while attempts after it are already visible.
@@ -309,7 +308,7 @@ def _add_buckets(into: dict[Any, Buckets], other: Mapping[Any, Buckets], bounds:
 def tally_attempts(session: Session, attempts: AttemptSet) -> AttemptTally:
     """Aggregate the attempts of `attempts`: grouped queries, each joined to the task by primary key."""
     tally = AttemptTally()
-    for row in reads.attempt_outcomes(session, attempts):
+    for row in exporter_reads.attempt_outcomes(session, attempts):
         tally.outcomes[(row.agent, row.queue, row.status.value, row.failure_class)] += row.count
         tally.retries[(row.agent, row.queue)] += row.retries
         running = row.status is AttemptStatus.RUNNING
@@ -317,11 +316,11 @@ def tally_attempts(session: Session, attempts: AttemptSet) -> AttemptTally:
         for kind, used in zip(TOKEN_KINDS, row.tokens, strict=True):
             tokens[(row.agent, kind)] += used
         cost[row.agent] += row.cost_nano_usd
-    for seen in reads.run_time_buckets(session, attempts, DURATION_BUCKETS):
+    for seen in exporter_reads.run_time_buckets(session, attempts, DURATION_BUCKETS):
         _observe(tally.durations, (seen.agent, seen.queue, seen.status), DURATION_BUCKETS, seen)
-    for seen in reads.start_latency_buckets(session, attempts, LATENCY_BUCKETS):
+    for seen in exporter_reads.start_latency_buckets(session, attempts, LATENCY_BUCKETS):
         _observe(tally.latencies, (seen.agent, seen.queue), LATENCY_BUCKETS, seen)
-    tally.spend = reads.spend_by_plan(session, attempts)
+    tally.spend = exporter_reads.spend_by_plan(session, attempts)
     return tally
 
 
@@ -360,11 +359,11 @@ class AttemptLedger:
             if plan_id not in self.tracked and self.last_scrape is not None and created <= self.last_scrape
         ]
         already_folded = AttemptSet(upto=self.folded_upto, but_not=self.held)
-        recovered = reads.spend_by_plan(session, already_folded, reopened) if reopened else {}
-        fold_end = reads.last_started_before(session, self.folded_upto, cutoff) or self.folded_upto
+        recovered = exporter_reads.spend_by_plan(session, already_folded, reopened) if reopened else {}
+        fold_end = exporter_reads.last_started_before(session, self.folded_upto, cutoff) or self.folded_upto
         reviewed = AttemptSet(after=self.folded_upto, upto=fold_end, also=self.held)
         newly_folded = tally_attempts(session, replace(reviewed, finished_before=cutoff))
-        still_held = reads.unfinished_before(session, reviewed, cutoff)
+        still_held = exporter_reads.unfinished_before(session, reviewed, cutoff)
         live = tally_attempts(session, AttemptSet(after=fold_end, also=still_held))
         # Every query succeeded: only now does the ledger move on.
         self.folded.spend.update(recovered)
@@ -403,7 +402,7 @@ class PlanCounts:
 
 
 def pause_cause(reason: str) -> str:
-    """circuit_breaker for a pause the breaker set (orch/breaker.py), else usage_limit (a provider's quota)."""
+    """circuit_breaker for a pause the breaker set (orch.decisions.breaker), else usage_limit (a provider's quota)."""
     return "circuit_breaker" if reason.startswith(CIRCUIT_OPEN) else "usage_limit"
 
 
@@ -494,8 +493,8 @@ class StoreCollector(Collector):
         began = time.monotonic()
         try:
             if self._engine is None:
-                self._engine = reads.reader_engine(url, STORE_CONNECT_TIMEOUT_SECONDS)
-            with reads.snapshot_session(self._engine, None if first else STATEMENT_TIMEOUT_SECONDS) as session:
+                self._engine = exporter_reads.reader_engine(url, STORE_CONNECT_TIMEOUT_SECONDS)
+            with exporter_reads.snapshot_session(self._engine, None if first else STATEMENT_TIMEOUT_SECONDS) as session:
                 snapshot = self._snapshot(session)
         except Exception as exc:  # any failure of the store part: the broker's figures must still be served
             log.warning("metrics: the store did not answer", store=safe_url(url), error=error_line(exc))
@@ -507,13 +506,13 @@ class StoreCollector(Collector):
 
     def _snapshot(self, session: Session) -> StoreSnapshot:
         now = repo.db_now(session)
-        plans = reads.plans_in_scope(session, self.settings.exporter_recent_plans)
-        counts = self.plan_counts.refresh(plans, lambda ids: reads.task_counts(session, ids))
+        plans = exporter_reads.plans_in_scope(session, self.settings.exporter_recent_plans)
+        counts = self.plan_counts.refresh(plans, lambda ids: exporter_reads.task_counts(session, ids))
         pauses = {
             agent: (pause_cause(row.reason), (row.until - now).total_seconds())
             for agent, row in repo.active_pauses(session, now).items()
         }
-        active = reads.running_attempts_by_worker(session)
+        active = exporter_reads.running_attempts_by_worker(session)
         attempts = self.ledger.totals(session, now, {plan.id: plan.created_at for plan in plans if not plan.final})
         budgets = {
             plan.id: (plan.budget, attempts.spend.get(plan.id, Spend()))
@@ -646,7 +645,7 @@ def _merge(items: Iterable[tuple[tuple[str, ...], Buckets]]) -> dict[tuple[str, 
 
 
 def _usd(nano_usd: int) -> float:
-    return nano_usd / reads.NANO_USD_PER_USD
+    return nano_usd / exporter_reads.NANO_USD_PER_USD
 
 
 def _gauge(family: Metric) -> GaugeMetricFamily:

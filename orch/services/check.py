@@ -10,13 +10,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orch.agents import AgentRegistry, agent_network, load_agents
-from orch.broker import connected
-from orch.isolation import resolve_isolation
+from orch.intake.agents import AgentRegistry, agent_network, load_agents
 from orch.redaction import error_line, safe_url
+from orch.services.broker_probe import connected
+from orch.services.isolation import resolve_isolation
 from orch.settings import Settings
 from orch.store.db import HEAD_REVISION, current_revision
-from orch.store.metrics_reads import missing_sqlite_file, queued_tasks_by_queue, reader_engine
+from orch.store.exporter_reads import missing_sqlite_file, queued_tasks_by_queue, reader_engine
 
 DEFAULT_TIMEOUT = 3.0
 

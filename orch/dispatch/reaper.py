@@ -9,10 +9,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from orch.decisions.retry import Backoff, decide_outcome
 from orch.durations import format_duration
 from orch.failures import FailureClass
-from orch.policy import Backoff, decide_outcome
-from orch.prices import Usage
+from orch.intake.prices import Usage
 from orch.store import repo
 from orch.store.repo import AttemptResult
 

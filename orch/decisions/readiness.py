@@ -10,7 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from orch.files import MAX_DECISION_STEPS, StepBudget, files_conflict
+from orch.decisions.file_leases import MAX_DECISION_STEPS, StepBudget, files_conflict
 from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, TERMINAL, PlanStatus, TaskStatus
 
 

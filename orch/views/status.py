@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session
 
 from orch.budget import Spend
 from orch.durations import format_duration
-from orch.prices import Usage
+from orch.intake.prices import Usage
 from orch.states import IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
 from orch.store import reads, repo
 from orch.store.models import PlanRow, TaskRow
-from orch.terminal import inert
+from orch.views.terminal import inert
 
 STATUS_STYLE = {
     TaskStatus.PENDING: "dim",
@@ -171,7 +171,7 @@ def task_duration(task: TaskRow, now: datetime) -> str:
 
 def line(text: str) -> Text:
     """A string from a plan, an agent or the store as one line of plain text: no markup, no control or bidi
-    character (orch.terminal), whatever terminal or pipe it goes to."""
+    character (orch.views.terminal), whatever terminal or pipe it goes to."""
     return Text(inert(text))
 
 

@@ -1,5 +1,5 @@
 """`orch watch` (and `orch run`'s live view): a plan's progress polled from the store, read-only, until the plan
-is over. Each refresh is a few aggregate queries (orch.report.Progress), so a 100,000-task plan costs no more."""
+is over. Each refresh is a few aggregate queries (orch.views.status.Progress), so a 100,000-task plan costs no more."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from orch.report import Progress, line, progress_view, summary_line
 from orch.states import PlanStatus
 from orch.store import repo
 from orch.store.db import read_session
+from orch.views.status import Progress, line, progress_view, summary_line
 
 INTERRUPTED = 130  # the shell's code for Ctrl-C
 

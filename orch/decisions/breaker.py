@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from orch.agents import BreakerSpec
 from orch.failures import FailureClass
+from orch.intake.agents import BreakerSpec
 from orch.states import AttemptStatus
 from orch.store import repo
 

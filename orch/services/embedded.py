@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orch.errors import HomeUnusable, ServiceUnavailable
-from orch.hardening import private_dir
 from orch.log import private_log_file
+from orch.services.hardening import private_dir
 
 _PR_SET_PDEATHSIG = 1
 

@@ -14,12 +14,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from orch.durations import format_duration
-from orch.prices import Usage
-from orch.report import counted, format_cost, format_tokens, iso, sum_costs, usage_json
+from orch.intake.prices import Usage
 from orch.states import DOOMING, PLAN_FINAL, TERMINAL, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import reads, repo
 from orch.store.models import PlanRow
-from orch.terminal import inert
+from orch.views.status import counted, format_cost, format_tokens, iso, sum_costs, usage_json
+from orch.views.terminal import inert
 
 SCHEMA = "orch.report/1"
 MD_MAX_TASKS = 500  # Markdown lists at most this many tasks in each section; JSON has them all

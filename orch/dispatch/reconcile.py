@@ -11,10 +11,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from orch.agents import AgentRegistry
 from orch.celery import RUN_TASK, TIME_LIMIT_MARGIN, app
+from orch.decisions.readiness import Reconciliation, TaskView, free_slots, reconcile
+from orch.intake.agents import AgentRegistry
 from orch.log import attempt_context, get_logger
-from orch.readiness import Reconciliation, TaskView, free_slots, reconcile
 from orch.settings import get_settings
 from orch.states import PlanStatus
 from orch.store import repo

@@ -42,7 +42,7 @@ ANY_CHAR: CharSet = (True, ())
 # At most this much work per check unless the caller gives a budget: some 50 ms here, and far above what two
 # tasks with a few dozen patterns each take (a pair of plain paths takes a few steps, a pair of globs some 20).
 MAX_CHECK_STEPS = 50_000
-# At most this much for every check one dispatch decision makes (orch.readiness.reconcile): some 0.2 s.
+# At most this much for every check one dispatch decision makes (orch.decisions.readiness.reconcile): some 0.2 s.
 MAX_DECISION_STEPS = 4 * MAX_CHECK_STEPS
 # What setting up the comparison of two globs costs, and reading a pattern into globs, in steps (a microsecond
 # or so each).

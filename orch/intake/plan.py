@@ -25,13 +25,13 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import ErrorDetails
 from yaml.constructor import SafeConstructor
 
-from orch.agents import EXECUTORS, NAME_PATTERN, AgentRegistry
-from orch.alloc import collector_paused
 from orch.budget import Budget
+from orch.decisions.file_leases import char_sets
 from orch.durations import parse_duration
 from orch.errors import PlanInvalid
-from orch.files import char_sets
-from orch.routing import KeywordIndex, route
+from orch.intake.agents import EXECUTORS, NAME_PATTERN, AgentRegistry
+from orch.intake.gc_pause import collector_paused
+from orch.intake.routing import KeywordIndex, route
 
 try:
     from yaml import CSafeLoader as _SafeLoader
@@ -44,7 +44,7 @@ MAX_TASKS = 100_000
 MAX_DEPENDENCIES_PER_TASK = 10_000
 MAX_FILES_PER_TASK = 1_000
 # File leases are checked while the dispatch lock is held; their cost grows with pattern length and `[...]` sets
-# (see orch.files), and these keep the costliest pattern pair found to some 10,000 steps (about 10 ms).
+# (see orch.decisions.file_leases), and these keep the costliest pattern pair found to some 10,000 steps (about 10 ms).
 MAX_FILE_PATTERN_CHARS = 256
 MAX_FILE_PATTERN_SETS = 8
 MAX_TEXT_CHARS = 100_000

@@ -1,5 +1,6 @@
 """What `orch exporter` and `orch check` read from the store: typed reads, each a grouped query over an index or a
-primary-key range, so what one costs does not grow with the store's history (orch/metrics.py combines them)."""
+primary-key range, so what one costs does not grow with the store's history (orch.services.exporter combines
+them)."""
 
 from __future__ import annotations
 

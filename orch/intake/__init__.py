@@ -1,0 +1,1 @@
+"""Input: a plan as written (YAML/JSON) becomes a validated, routed plan; agent types, prompts, prices."""

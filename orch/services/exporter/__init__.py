@@ -1,0 +1,1 @@
+"""`orch exporter`: Prometheus metrics read from the store."""
