@@ -19,7 +19,8 @@ from rich.table import Table
 from orch.durations import format_duration
 from orch.errors import OrchError, PlanInvalid, StoreUnusable, WorkerStopped
 from orch.intake.agents import AgentRegistry, load_agents
-from orch.intake.plan import Plan, load_plan
+from orch.intake.plan import Plan
+from orch.intake.plan_validation import load_plan
 from orch.intake.routing import route
 from orch.redaction import safe_url
 from orch.settings import get_settings
