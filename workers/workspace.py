@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from orch.services import git
+from orch.services.git import repository as git
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.services import git as orch_git
+from orch.services.git import repository as orch_git
 from workers.workspace import changed_since, snapshot
 
 AGENT_ENV = {**os.environ, "AGENT_STEP": "1"}

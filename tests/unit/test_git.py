@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orch.services import git
-from orch.services.git import Repository, StateNotKnown
+from orch.services.git import repository as git
+from orch.services.git.repository import Repository, StateNotKnown
 
 SHA1 = "a" * 40
 SHA256 = "b" * 64
