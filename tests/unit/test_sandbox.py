@@ -11,7 +11,7 @@ import pytest
 from orch.errors import ConfigInvalid
 from orch.intake.agents import agent_network, parse_agents
 from orch.services.isolation import AgentUser, absolute_path, drop_privileges_to
-from workers.sandbox import (
+from workers.sandbox.launch import (
     Grant,
     Layout,
     UnsafeWorkdir,

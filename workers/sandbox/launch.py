@@ -321,8 +321,9 @@ def runtime_folders() -> list[Path]:
     """What an agent may need to read from folders a sandbox hides: this Python (the python executor runs it) and
     orch's own packages (workers.python_entry), not the checkout around them."""
     import orch
+    import workers
 
-    packages = [Path(orch.__file__).resolve().parent, Path(__file__).resolve().parent]
+    packages = [Path(orch.__file__).resolve().parent, Path(workers.__file__).resolve().parent]
     return [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), *packages]
 
 
