@@ -766,7 +766,7 @@ def graph(plan: str, max_nodes: int, fenced: bool) -> None:
 @handle_errors
 def exporter(host: str | None, port: int | None) -> None:
     """Serve Prometheus metrics at /metrics, computed from the store (and the broker's queues) at each scrape."""
-    from orch.services.exporter.collector import serve
+    from orch.services.exporter.server import serve
 
     settings = get_settings()
     listen_port = settings.exporter_port if port is None else port
