@@ -721,7 +721,8 @@ def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
     """PLAN_REF's completion report: per task its status, agent type, attempts, durations, tokens, cost,
     verification, files changed and failure reasons, then the totals. Markdown (for an issue) or JSON."""
     from orch.store.db import read_session
-    from orch.views.report import load_report, render_markdown
+    from orch.views.report import load_report
+    from orch.views.report_markdown import render_markdown
     from orch.views.terminal import inert_json
 
     with read_session() as session:
