@@ -24,7 +24,7 @@ from bench.infra import AGENT, PYTHON, RUN_ID, BenchError, Child, Fleet, idle_cp
 from bench.raw import worker_args
 from bench.sizes import Size
 from orch.intake.agents import AgentRegistry
-from orch.intake.plan import validate_plan
+from orch.intake.plan_validation import validate_plan
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import reads, repo
 from orch.store.db import ensure_schema, read_session, write_session

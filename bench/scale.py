@@ -115,7 +115,8 @@ def _submit(
 ) -> tuple[dict[str, Any], str]:
     """Read, validate and store a plan file, each step timed; the store's statements are timed too (a few
     hundred bulk statements: their timing costs nothing measurable)."""
-    from orch.intake.plan import read_plan_document, validate_plan
+    from orch.intake.plan_document import read_plan_document
+    from orch.intake.plan_validation import validate_plan
 
     path = folder / f"scale-{count}.json"
     path.write_text(json.dumps({"name": f"bench-scale-{count}", "defaults": DEFAULTS, "tasks": layered(count, width)}))

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 from orch.decisions.retry import Outcome
 from orch.intake.agents import AgentRegistry, load_agents_file
-from orch.intake.plan import Plan, validate_plan
+from orch.intake.plan import Plan
+from orch.intake.plan_validation import validate_plan
 from orch.states import AttemptStatus, TaskStatus
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ from orch.settings import get_settings
 from orch.store.db import dispose_engines
 from workers.liveness import LivenessFile
 from workers.runner import run_attempt
-from workers.sandbox import announce_isolation
+from workers.sandbox.launch import announce_isolation
 from workers.supervision import install_pool_process_handlers, interrupt_after_grace
 
 app.steps["worker"].add(LivenessFile)

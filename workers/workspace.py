@@ -4,7 +4,7 @@ Before the agent runs, the dirty and untracked files (with their blob hashes) an
 file counts as changed when its state differs, and commits the agent made add the files they touch. Paths are
 relative to the workdir; a workspace that is no git repository gives None ("not known"), never a guess.
 
-The agent can write the repository, so git reads it only through `orch.services.git.open_worktree_view`: none of its
+The agent can write the repository, so git reads it only through `orch.services.git.worktree_view`: none of its
 config, hooks or attribute drivers, none of the worker's secrets.
 """
 
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from orch.services import git
+from orch.services.git import repository
+from orch.services.git.command import GitFailed, iter_nul
+from orch.services.git.worktree_view import WorktreeView, open_worktree_view
 
 
 @dataclass(frozen=True)
@@ -26,19 +28,19 @@ class Snapshot:
 
 
 def snapshot(workdir: Path) -> Snapshot | None:
-    view = git.open_worktree_view(workdir)
+    view = open_worktree_view(workdir)
     if view is None:
         return None
     with view:
         return _snapshot(view)
 
 
-def _snapshot(view: git.WorktreeView) -> Snapshot | None:
+def _snapshot(view: WorktreeView) -> Snapshot | None:
     try:
         status = view.git("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames", "--", ".")
         paths = [p.removeprefix(view.prefix) for p in _status_paths(status)]
         blobs = _blob_hashes(view, paths)
-    except git.GitFailed:
+    except GitFailed:
         return None
     if blobs is None:
         return None
@@ -47,10 +49,10 @@ def _snapshot(view: git.WorktreeView) -> Snapshot | None:
 
 def _status_paths(status: str) -> list[str]:
     """Paths (from the repository's root) of `git status --porcelain=v1 -z --no-renames`."""
-    return [entry[3:] for entry in git.iter_nul(status) if len(entry) > 3]
+    return [entry[3:] for entry in iter_nul(status) if len(entry) > 3]
 
 
-def _blob_hashes(view: git.WorktreeView, paths: list[str]) -> dict[str, str] | None:
+def _blob_hashes(view: WorktreeView, paths: list[str]) -> dict[str, str] | None:
     """Regular files by their blob hash (unfiltered content); a symlink by its target, which is what git stores
     for one, so no file outside the workdir is ever read. Paths that are neither, or lie beyond a symlinked
     folder (git too sees those as deleted), are left out."""
@@ -82,11 +84,11 @@ def _blob_hashes(view: git.WorktreeView, paths: list[str]) -> dict[str, str] | N
 def holds_repository(workdir: Path) -> bool:
     """Whether the workdir is in a git worktree at all, readable or not (`scope: strict` fails when it is and what
     changed cannot be read)."""
-    return git.holds_repository(workdir)
+    return repository.holds_repository(workdir)
 
 
 def changed_since(before: Snapshot, workdir: Path) -> tuple[str, ...] | None:
-    view = git.open_worktree_view(workdir)
+    view = open_worktree_view(workdir)
     if view is None:
         return None
     with view:
@@ -100,9 +102,9 @@ def changed_since(before: Snapshot, workdir: Path) -> tuple[str, ...] | None:
                 committed = view.git(
                     "diff", "--name-only", "-z", "--no-renames", "--relative", before.head, after.head, "--", "."
                 )
-            except git.GitFailed:
+            except GitFailed:
                 return None
-            changed |= set(git.iter_nul(committed))
+            changed |= set(iter_nul(committed))
     return tuple(sorted(_printable(path) for path in changed))
 
 

@@ -19,7 +19,8 @@ from rich.table import Table
 from orch.durations import format_duration
 from orch.errors import OrchError, PlanInvalid, StoreUnusable, WorkerStopped
 from orch.intake.agents import AgentRegistry, load_agents
-from orch.intake.plan import Plan, load_plan
+from orch.intake.plan import Plan
+from orch.intake.plan_validation import load_plan
 from orch.intake.routing import route
 from orch.redaction import safe_url
 from orch.settings import get_settings
@@ -720,7 +721,8 @@ def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
     """PLAN_REF's completion report: per task its status, agent type, attempts, durations, tokens, cost,
     verification, files changed and failure reasons, then the totals. Markdown (for an issue) or JSON."""
     from orch.store.db import read_session
-    from orch.views.report import load_report, render_markdown
+    from orch.views.report import load_report
+    from orch.views.report_markdown import render_markdown
     from orch.views.terminal import inert_json
 
     with read_session() as session:
@@ -765,7 +767,7 @@ def graph(plan: str, max_nodes: int, fenced: bool) -> None:
 @handle_errors
 def exporter(host: str | None, port: int | None) -> None:
     """Serve Prometheus metrics at /metrics, computed from the store (and the broker's queues) at each scrape."""
-    from orch.services.exporter.collector import serve
+    from orch.services.exporter.server import serve
 
     settings = get_settings()
     listen_port = settings.exporter_port if port is None else port

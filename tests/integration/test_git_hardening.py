@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from orch.services import git as orch_git
+from orch.services.git import command as git_command
+from orch.services.git import worktree_view
 from workers.workspace import changed_since, snapshot
 
 AGENT_ENV = {**os.environ, "AGENT_STEP": "1"}
@@ -445,7 +446,7 @@ def test_a_kept_refresh_never_hides_a_change(tmp_path: Path) -> None:
     os.utime(fresh / ".git" / "index", ns=(newest, newest))
     before = snapshot(fresh)
     assert before is not None and before.dirty == {}
-    assert (fresh / ".git" / "index").resolve() in orch_git._refreshed_indexes
+    assert (fresh / ".git" / "index").resolve() in worktree_view._refreshed_indexes
     changed = fresh / "src" / "f3.txt"
     mtime = changed.stat().st_mtime_ns
     changed.write_text("9999\n")  # same size, and the same mtime again
@@ -519,8 +520,8 @@ def test_run_git_overrides_program_keys_of_a_repository_it_reads(
     shutil.rmtree(markers)
     markers.mkdir()
 
-    with contextlib.suppress(orch_git.GitFailed):  # credentials and remotes are refused: nothing planted may run
-        orch_git.run_git(argv, git_dir=repo / ".git", work_tree=repo, cwd=repo, stdin=stdin)
+    with contextlib.suppress(git_command.GitFailed):  # credentials and remotes are refused: nothing planted may run
+        git_command.run_git(argv, git_dir=repo / ".git", work_tree=repo, cwd=repo, stdin=stdin)
     assert left_markers(markers) == []
 
 
@@ -532,7 +533,7 @@ def _fill(value: str, markers: Path, scripts: dict[str, str]) -> str:
 
 
 def test_the_private_git_dir_is_private(repo: Path) -> None:
-    view = orch_git.open_worktree_view(repo)
+    view = worktree_view.open_worktree_view(repo)
     assert view is not None
     with view:
         private = Path(view.git("rev-parse", "--absolute-git-dir").strip())

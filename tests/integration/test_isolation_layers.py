@@ -22,7 +22,7 @@ from tests.e2e.conftest import BIN
 from tests.helpers import wait_for
 from workers.executors.base import AttemptContext
 from workers.executors.shell import ShellExecutor
-from workers.sandbox import Layout, bwrap_arguments
+from workers.sandbox.bwrap import Layout, bwrap_arguments
 
 AGENT_USER = "orch-agent"
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]

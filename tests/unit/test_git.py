@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orch.services import git
-from orch.services.git import Repository, StateNotKnown
+from orch.services.git import command, repository
+from orch.services.git.repository import Repository, StateNotKnown
 
 SHA1 = "a" * 40
 SHA256 = "b" * 64
@@ -29,7 +29,7 @@ def test_the_environment_holds_no_worker_secret_and_no_inherited_git_setting(mon
     }
     for key, value in secrets.items():
         monkeypatch.setenv(key, value)
-    env = git.git_environment(Path("/nonexistent/home"))
+    env = command.git_environment(Path("/nonexistent/home"))
     assert set(env) <= {"PATH", "HOME", "LANG", "LC_ALL"} | {key for key in env if key.startswith("GIT_")}
     assert not set(secrets) & set(env)
     assert not any(value in env.values() for value in secrets.values())
@@ -49,14 +49,14 @@ def test_relative_path_entries_are_dropped(monkeypatch: pytest.MonkeyPatch, tmp_
     planted.chmod(0o755)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PATH", f".:{os.environ['PATH']}:")
-    assert git.git_environment(tmp_path)["PATH"].split(os.pathsep) == [
+    assert command.git_environment(tmp_path)["PATH"].split(os.pathsep) == [
         entry for entry in os.environ["PATH"].split(os.pathsep) if entry.startswith("/")
     ]
-    assert git.git_executable() != str(planted) and os.path.isabs(git.git_executable())
+    assert command.git_executable() != str(planted) and os.path.isabs(command.git_executable())
 
 
 def test_every_command_carries_the_overrides_and_its_subcommands_flags() -> None:
-    argv = git.git_argv(["diff", "--name-only", "a", "b"])
+    argv = command.git_argv(["diff", "--name-only", "a", "b"])
     assert os.path.isabs(argv[0]) and Path(argv[0]).name == "git" and argv[1] == "--no-pager"
     overrides = dict(argv[i + 1].split("=", 1) for i, item in enumerate(argv) if item == "-c")
     for key in ("core.fsmonitor", "core.hooksPath", "core.untrackedCache", "diff.external", "credential.helper"):
@@ -64,10 +64,10 @@ def test_every_command_carries_the_overrides_and_its_subcommands_flags() -> None
     assert overrides["core.fsmonitor"] == "false" and overrides["core.hooksPath"] == "/dev/null"
     assert overrides["credential.helper"] == "" and overrides["protocol.ext.allow"] == "never"
     assert argv[argv.index("diff") + 1 :] == ["--no-ext-diff", "--no-textconv", "--name-only", "a", "b"]
-    assert "--ignore-submodules=all" in git.git_argv(["status"])
-    assert git.git_argv(["hash-object", "--stdin-paths"])[-2:] == ["--no-filters", "--stdin-paths"]
+    assert "--ignore-submodules=all" in command.git_argv(["status"])
+    assert command.git_argv(["hash-object", "--stdin-paths"])[-2:] == ["--no-filters", "--stdin-paths"]
     with pytest.raises(ValueError):
-        git.git_argv([])
+        command.git_argv([])
 
 
 def make_git_dir(folder: Path, head: str = "ref: refs/heads/main\n") -> Path:
@@ -82,17 +82,17 @@ def test_discovery_walks_up_to_the_nearest_git_folder(tmp_path: Path) -> None:
     make_git_dir(top / ".git")
     (top / "a" / "b").mkdir(parents=True)
     expected = Repository(top, top / ".git", top / ".git")
-    assert git.find_repository(top) == expected
-    assert git.find_repository(top / "a" / "b") == expected
-    assert git.find_repository(top / ".git") is None  # inside the git dir: no worktree
-    assert git.find_repository(tmp_path / "missing") is None
+    assert repository.find_repository(top) == expected
+    assert repository.find_repository(top / "a" / "b") == expected
+    assert repository.find_repository(top / ".git") is None  # inside the git dir: no worktree
+    assert repository.find_repository(tmp_path / "missing") is None
 
 
 def test_a_git_folder_that_is_no_repository_is_walked_past(tmp_path: Path) -> None:
     top = tmp_path / "top"
     make_git_dir(top / ".git")
     (top / "inner" / ".git").mkdir(parents=True)  # no HEAD, objects or refs: git ignores it too
-    assert git.find_repository(top / "inner") == Repository(top, top / ".git", top / ".git")
+    assert repository.find_repository(top / "inner") == Repository(top, top / ".git", top / ".git")
 
 
 def test_a_gitdir_file_and_a_linked_worktrees_commondir(tmp_path: Path) -> None:
@@ -104,13 +104,15 @@ def test_a_gitdir_file_and_a_linked_worktrees_commondir(tmp_path: Path) -> None:
     worktree = tmp_path / "wt"
     worktree.mkdir()
     (worktree / ".git").write_text(f"gitdir: {linked_git_dir}\n")
-    assert git.find_repository(worktree) == Repository(worktree, linked_git_dir, main)
+    assert repository.find_repository(worktree) == Repository(worktree, linked_git_dir, main)
 
     submodule = tmp_path / "main" / "sub"
     submodule.mkdir()
     make_git_dir(main / "modules" / "sub")
     (submodule / ".git").write_text("gitdir: ../.git/modules/sub\n")
-    assert git.find_repository(submodule) == Repository(submodule, main / "modules" / "sub", main / "modules" / "sub")
+    assert repository.find_repository(submodule) == Repository(
+        submodule, main / "modules" / "sub", main / "modules" / "sub"
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,24 +138,24 @@ def test_an_odd_git_file_means_not_known(tmp_path: Path, plant: str | bytes) -> 
         dot_git.write_bytes(plant)
     else:
         dot_git.write_text(plant)
-    assert git.find_repository(worktree) is None
+    assert repository.find_repository(worktree) is None
 
 
 def test_head_through_a_loose_ref_a_packed_ref_a_symref_or_detached(tmp_path: Path) -> None:
     git_dir = make_git_dir(tmp_path / ".git")
-    assert git.resolve_head(git_dir, git_dir) is None  # unborn
+    assert repository.resolve_head(git_dir, git_dir) is None  # unborn
     (git_dir / "packed-refs").write_text(
         f"# pack-refs with: peeled fully-peeled sorted \n{'c' * 40} refs/heads/feature/main\n{SHA1} refs/heads/main\n"
         f"^{'d' * 40}\n"
     )
-    assert git.resolve_head(git_dir, git_dir) == SHA1
+    assert repository.resolve_head(git_dir, git_dir) == SHA1
     (git_dir / "refs" / "heads" / "main").write_text("e" * 40 + "\n")
-    assert git.resolve_head(git_dir, git_dir) == "e" * 40
+    assert repository.resolve_head(git_dir, git_dir) == "e" * 40
     (git_dir / "refs" / "heads" / "main").write_text("ref: refs/heads/other\n")
     (git_dir / "refs" / "heads" / "other").write_text("f" * 40 + "\n")
-    assert git.resolve_head(git_dir, git_dir) == "f" * 40
+    assert repository.resolve_head(git_dir, git_dir) == "f" * 40
     (git_dir / "HEAD").write_text(SHA256 + "\n")
-    assert git.resolve_head(git_dir, git_dir, hex_length=64) == SHA256
+    assert repository.resolve_head(git_dir, git_dir, hex_length=64) == SHA256
 
 
 def test_a_linked_worktrees_head_reads_shared_refs_from_the_common_dir(tmp_path: Path) -> None:
@@ -162,7 +164,7 @@ def test_a_linked_worktrees_head_reads_shared_refs_from_the_common_dir(tmp_path:
     own.mkdir()
     (own / "HEAD").write_text("ref: refs/heads/side\n")
     (common / "refs" / "heads" / "side").write_text(SHA1 + "\n")
-    assert git.resolve_head(own, common) == SHA1
+    assert repository.resolve_head(own, common) == SHA1
 
 
 @pytest.mark.parametrize(
@@ -173,39 +175,39 @@ def test_a_linked_worktrees_head_reads_shared_refs_from_the_common_dir(tmp_path:
 def test_a_head_that_names_no_ref_or_commit_is_not_known(tmp_path: Path, head: str) -> None:
     git_dir = make_git_dir(tmp_path / ".git", head)
     with pytest.raises(StateNotKnown):
-        git.resolve_head(git_dir, git_dir)
+        repository.resolve_head(git_dir, git_dir)
 
 
 def test_odd_ref_files_are_not_known(tmp_path: Path) -> None:
     git_dir = make_git_dir(tmp_path / ".git")
     (git_dir / "refs" / "heads" / "main").write_text("ref: refs/heads/main\n")
     with pytest.raises(StateNotKnown, match="symbolic refs"):
-        git.resolve_head(git_dir, git_dir)
+        repository.resolve_head(git_dir, git_dir)
     (git_dir / "refs" / "heads" / "main").unlink()
     os.mkfifo(git_dir / "refs" / "heads" / "main")
     with pytest.raises(StateNotKnown):
-        git.resolve_head(git_dir, git_dir)
+        repository.resolve_head(git_dir, git_dir)
     (git_dir / "refs" / "heads" / "main").unlink()
     (git_dir / "packed-refs").write_text("not-a-commit refs/heads/main\n")
     with pytest.raises(StateNotKnown):
-        git.resolve_head(git_dir, git_dir)
+        repository.resolve_head(git_dir, git_dir)
     (git_dir / "HEAD").unlink()
     (git_dir / "HEAD").symlink_to("/dev/zero")
     with pytest.raises(StateNotKnown):
-        git.resolve_head(git_dir, git_dir)
+        repository.resolve_head(git_dir, git_dir)
 
 
 def test_config_listing_and_format() -> None:
-    entries = git.parse_config_list(
+    entries = repository.parse_config_list(
         "core.repositoryformatversion\n1\0extensions.objectformat\nsha256\0core.bare\nfalse\0core.filemode\0"
         "core.filemode\nfalse\0core.fsmonitor\ntouch /tmp/x\0core.checkstat\n$(touch /tmp/x)\0core.autocrlf\nInput\0"
     )
     assert ("core.filemode", None) in entries
-    repo_format = git.read_format(entries)
+    repo_format = repository.read_format(entries)
     assert repo_format.object_format == "sha256"
     # Only the data-only keys, and only with values from their short lists.
     assert repo_format.mirrored == (("core.filemode", "false"), ("core.autocrlf", "input"))
-    assert git.read_format([]).object_format == "sha1"
+    assert repository.read_format([]).object_format == "sha1"
 
 
 @pytest.mark.parametrize(
@@ -216,4 +218,4 @@ def test_config_listing_and_format() -> None:
 )  # fmt: skip
 def test_a_format_git_would_refuse_is_not_known(entries: list[tuple[str, str | None]]) -> None:
     with pytest.raises(StateNotKnown):
-        git.read_format(entries)
+        repository.read_format(entries)

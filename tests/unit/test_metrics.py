@@ -14,19 +14,11 @@ from sqlalchemy import Float, create_engine, literal, select
 
 from orch.budget import Budget
 from orch.decisions.breaker import CIRCUIT_OPEN
-from orch.services.exporter.collector import (
-    DURATION_BUCKETS,
-    LATENCY_BUCKETS,
-    SPECS,
-    PlanCounts,
-    PlanRef,
-    TaskCounts,
-    cumulative_buckets,
-    exposed_sample_names,
-    pause_cause,
-)
+from orch.services.exporter.collector import pause_cause
+from orch.services.exporter.specs import DURATION_BUCKETS, LATENCY_BUCKETS, SPECS, exposed_sample_names
+from orch.services.exporter.tally import PlanCounts, cumulative_buckets
 from orch.states import PlanStatus
-from orch.store.exporter_reads import _Seconds, bucket_index
+from orch.store.exporter_reads import PlanRef, TaskCounts, _Seconds, bucket_index
 from orch.store.models import UTCDateTime
 
 REPO = Path(__file__).resolve().parents[2]

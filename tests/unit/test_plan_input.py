@@ -13,22 +13,11 @@ import pytest
 import yaml
 
 from orch.errors import PlanInvalid
-from orch.intake import plan as plan_module
+from orch.intake import plan_document
 from orch.intake.agents import load_agents_file
-from orch.intake.plan import (
-    MAX_DEPENDENCIES_PER_TASK,
-    MAX_DOCUMENT_CHARS,
-    MAX_FILE_PATTERN_CHARS,
-    MAX_FILE_PATTERN_SETS,
-    MAX_MAPPING_KEYS,
-    MAX_NESTING,
-    MAX_PLAN_BYTES,
-    MAX_PROBLEMS_SHOWN,
-    MAX_QUOTED_CHARS,
-    WorkdirRoots,
-    load_plan,
-    validate_plan,
-)
+from orch.intake.plan import MAX_DEPENDENCIES_PER_TASK, MAX_FILE_PATTERN_CHARS, MAX_FILE_PATTERN_SETS, MAX_QUOTED_CHARS
+from orch.intake.plan_document import MAX_DOCUMENT_CHARS, MAX_MAPPING_KEYS, MAX_NESTING, MAX_PLAN_BYTES
+from orch.intake.plan_validation import MAX_PROBLEMS_SHOWN, WorkdirRoots, load_plan, validate_plan
 
 REGISTRY = load_agents_file(Path(__file__).parents[2] / "config" / "agents.yaml")
 TASK = "  - id: a\n    title: t\n"
@@ -251,7 +240,7 @@ def test_values_reached_through_aliases_are_counted_each_time(tmp_path: Path, mo
     lines = ["name: p", "deps: &d [" + ", ".join(f"t{i}" for i in range(100)) + "]", "tasks:"]
     lines += [f"  - {{id: t{i}, title: t, after: *d}}" for i in range(100)]
     path = write(tmp_path, "plan.yaml", "\n".join(lines) + "\n")
-    monkeypatch.setattr(plan_module, "MAX_DOCUMENT_VALUES", 5_000)  # 100 tasks of 100 shared entries pass it
+    monkeypatch.setattr(plan_document, "MAX_DOCUMENT_VALUES", 5_000)  # 100 tasks of 100 shared entries pass it
     assert only_problem(path) == f"{path}: holds more than 5,000 values (counting each use of a YAML alias)"
 
 
@@ -259,7 +248,7 @@ def test_a_yaml_plan_of_too_many_nodes_is_refused_before_they_are_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path, "plan.yaml", "name: p\ntasks:\n" + TASK + "description: [" + "a, " * 1000 + "a]\n")
-    monkeypatch.setattr(plan_module, "MAX_YAML_NODES", 500)
+    monkeypatch.setattr(plan_document, "MAX_YAML_NODES", 500)
     assert only_problem(path) == f"{path}: line 5: more than 500 YAML nodes; give a plan this large as JSON"
 
 
@@ -396,7 +385,7 @@ def test_file_patterns_are_bounded_in_length_and_sets(tmp_path: Path) -> None:
 
 
 def test_a_value_json_cannot_hold_is_refused_by_the_walk() -> None:
-    assert plan_module._document_size_problem({"tasks": [{"title": {1, 2}}]}) == (
+    assert plan_document._document_size_problem({"tasks": [{"title": {1, 2}}]}) == (
         "holds a value of type set, which a plan cannot hold"
     )
 

@@ -11,7 +11,8 @@ import yaml
 
 from orch.errors import PlanInvalid
 from orch.intake.agents import load_agents_file, parse_agents
-from orch.intake.plan import MAX_TASKS, find_cycle, load_plan, validate_plan
+from orch.intake.plan import MAX_TASKS
+from orch.intake.plan_validation import find_cycle, load_plan, validate_plan
 
 REGISTRY = load_agents_file(Path(__file__).parents[2] / "config" / "agents.yaml")
 

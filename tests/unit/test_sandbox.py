@@ -11,16 +11,9 @@ import pytest
 from orch.errors import ConfigInvalid
 from orch.intake.agents import agent_network, parse_agents
 from orch.services.isolation import AgentUser, absolute_path, drop_privileges_to
-from workers.sandbox import (
-    Grant,
-    Layout,
-    UnsafeWorkdir,
-    WorkerSecrets,
-    agent_environment,
-    bwrap_arguments,
-    check_workdir,
-    open_workdir,
-)
+from workers.sandbox.bwrap import Layout, bwrap_arguments
+from workers.sandbox.grant import Grant, agent_environment
+from workers.sandbox.workdir import UnsafeWorkdir, WorkerSecrets, check_workdir, open_workdir
 
 IDS = {"ORCH_PLAN_ID": "plan-123", "ORCH_TASK_ID": "build", "ORCH_ATTEMPT": "2", "ORCH_AGENT": "devops-engineer"}
 WORKER_ENV = {

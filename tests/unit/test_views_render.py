@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from orch.views.mermaid import Node, escape, render, stages
-from orch.views.report import md_code, md_text
+from orch.views.report_markdown import md_code, md_text
 from tests.helpers import DIAMOND, layered_dag
 
 

@@ -12,7 +12,8 @@ from orch.redaction import Redactor, secret_values, settings_secrets
 from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.control import AttemptControl
-from workers.sandbox import Grant, Launch, Scratch, attempt_scratch
+from workers.sandbox.grant import Grant, Scratch, attempt_scratch
+from workers.sandbox.launch import Launch
 
 
 @dataclass(frozen=True)

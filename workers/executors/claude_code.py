@@ -36,7 +36,7 @@ from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
 from workers.executors.shell import ISOLATION_ERRORS, describe_exit, isolation_failure, last_line
-from workers.sandbox import start_agent
+from workers.sandbox.launch import start_agent
 from workers.supervision import end_agent
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a longer line is cut (and then is not JSON): memory stays bounded

@@ -19,7 +19,7 @@ from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.shell import ShellExecutor
-from workers.sandbox import give_to_agent
+from workers.sandbox.grant import give_to_agent
 
 
 def task_context(ctx: AttemptContext) -> dict[str, object]:

@@ -21,7 +21,8 @@ from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
-from workers.sandbox import UnsafeWorkdir, WorkdirNotWritable, start_agent
+from workers.sandbox.launch import start_agent
+from workers.sandbox.workdir import UnsafeWorkdir, WorkdirNotWritable
 from workers.supervision import end_agent
 
 _CHUNK = 65536

@@ -1,0 +1,305 @@
+"""Validating a plan: a document read from a plan file becomes the plan orch runs, each task's agent type, queue,
+executor and limits resolved. Validation reports every problem, one line each, naming the file and the task;
+nothing is half-accepted.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from orch.budget import Budget
+from orch.errors import PlanInvalid
+from orch.intake.agents import AgentRegistry
+from orch.intake.gc_pause import collector_paused
+from orch.intake.plan import (
+    CALL_PATTERN,
+    ID_PATTERN,
+    MAX_DEPENDENCIES_PER_TASK,
+    MAX_FILES_PER_TASK,
+    BudgetSpec,
+    Plan,
+    PlanHeader,
+    ResolvedTask,
+    TaskFields,
+    TaskSpec,
+    clipped,
+    quoted,
+)
+from orch.intake.plan_document import read_plan_document
+from orch.intake.routing import KeywordIndex, route
+
+# How many problem lines a message lists, and how many tasks of a dependency cycle it names.
+MAX_PROBLEMS_SHOWN = 50
+MAX_CYCLE_SHOWN = 20
+
+_ID = re.compile(ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class WorkdirRoots:
+    """The folders a plan's workdir must resolve inside, and how a message names them."""
+
+    paths: tuple[Path, ...]
+    named: str
+
+
+def load_plan(path: Path, registry: AgentRegistry, roots: Sequence[Path] = ()) -> Plan:
+    """Read, validate and resolve a plan file; raises PlanInvalid listing every problem. The workdir must resolve
+    inside one of `roots` (ORCH_WORKDIR_ROOTS), or without them inside the plan file's folder."""
+    document = read_plan_document(path)
+    base_dir = path.resolve().parent
+    if roots:
+        allowed = WorkdirRoots(tuple(roots), f"ORCH_WORKDIR_ROOTS: {', '.join(map(str, roots))}")
+    else:
+        allowed = WorkdirRoots((base_dir,), f"the plan's folder {base_dir}; ORCH_WORKDIR_ROOTS widens them")
+    return validate_plan(document, registry, source=str(path), base_dir=base_dir, roots=allowed)
+
+
+class _Problems:
+    """The first MAX_PROBLEMS_SHOWN problem lines, and a count of the rest (never built)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.lines: list[str] = []
+        self.hidden = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.lines) >= MAX_PROBLEMS_SHOWN
+
+    def add(self, problem: str) -> None:
+        if self.full:
+            self.hidden += 1
+        else:
+            self.lines.append(f"{self.where}{problem}")
+
+    def add_errors(self, exc: ValidationError, prefix: str) -> None:
+        room = MAX_PROBLEMS_SHOWN - len(self.lines)
+        if room <= 0:
+            self.hidden += exc.error_count()
+            return
+        errors = exc.errors(include_url=False)
+        self.lines.extend(_describe_error(error, f"{self.where}{prefix}") for error in errors[:room])
+        self.hidden += max(0, len(errors) - room)
+
+    def report(self) -> list[str]:
+        return [*self.lines, f"{self.where}... and {self.hidden} more problems"] if self.hidden else self.lines
+
+    def raise_any(self, source: str) -> None:
+        if self.lines:
+            raise PlanInvalid(source, self.report())
+
+
+def _describe_error(error: ErrorDetails, prefix: str) -> str:
+    field = ""
+    for part in error["loc"]:
+        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{prefix}unknown field {quoted(field)}"
+    if kind == "missing":
+        return f"{prefix}missing required field {quoted(field)}"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if kind == "string_pattern_mismatch":
+        pattern = str(error.get("ctx", {}).get("pattern", ""))
+        if pattern == CALL_PATTERN:
+            message = f"{quoted(error['input'])} is not allowed: give package.module:function"
+        else:
+            longest = re.search(r"\{1,(\d+)\}", pattern)
+            limit = f" (at most {longest.group(1)})" if longest else ""
+            message = f"{quoted(error['input'])} is not allowed: use letters, digits, '.', '_' or '-'{limit}"
+    message = clipped(message)
+    return f"{prefix}{field}: {message}" if field else f"{prefix}{message}"
+
+
+def validate_plan(
+    document: Any, registry: AgentRegistry, source: str, base_dir: Path, roots: WorkdirRoots | None = None
+) -> Plan:
+    """The plan as orch runs it; raises PlanInvalid listing every problem (the first MAX_PROBLEMS_SHOWN). A relative
+    workdir is taken from `base_dir`; with `roots`, the workdir must resolve inside one of them (plans built in
+    memory, by tests and benchmarks, leave it out)."""
+    with collector_paused():
+        return _validate_plan(document, registry, source, base_dir, roots)
+
+
+def _too_many(fields: Mapping[Any, Any]) -> str | None:
+    """A list too long to hand to pydantic, which would build an error for each bad entry before checking length."""
+    for name, limit, what in (
+        ("after", MAX_DEPENDENCIES_PER_TASK, "dependencies"),
+        ("files", MAX_FILES_PER_TASK, "file patterns"),
+    ):
+        value = fields.get(name)
+        if isinstance(value, list) and len(value) > limit:
+            return f"{name}: {len(value)} {what}, more than the {limit} allowed"
+    return None
+
+
+def _validate_plan(
+    document: Any, registry: AgentRegistry, source: str, base_dir: Path, roots: WorkdirRoots | None
+) -> Plan:
+    where = f"{source}: "
+    problems = _Problems(where)
+    if not isinstance(document, dict):
+        raise PlanInvalid(source, [f"{where}a plan is a mapping with 'name' and 'tasks'"])
+    try:
+        header = PlanHeader.model_validate(document)
+    except ValidationError as exc:
+        problems.add_errors(exc, "")
+        raise PlanInvalid(source, problems.report()) from None
+
+    workdir, problem = _workdir(header.workdir, base_dir, roots)
+    if problem:
+        problems.add(problem)
+    defaults = header.defaults
+    too_many = _too_many(defaults)
+    if too_many:
+        problems.add(f"defaults: {too_many}")
+        problems.raise_any(source)
+    try:
+        TaskFields.model_validate(defaults)
+    except ValidationError as exc:
+        problems.add_errors(exc, "defaults: ")
+    if "id" in defaults:
+        problems.add("defaults: 'id' cannot be defaulted")
+
+    specs: list[TaskSpec] = []
+    first_index: dict[str, int] = {}
+    # The graph is checked over every task whose id and `after` can be read, valid or not, so one bad task
+    # does not make its dependants report it as unknown.
+    graph: dict[str, list[str]] = {}
+    for index, raw in enumerate(header.tasks):
+        if not isinstance(raw, dict):
+            problems.add(f"tasks[{index}]: a task is a mapping with 'id' and 'title'")
+            continue
+        merged = {**defaults, **raw} if defaults else raw
+        too_many = _too_many(merged)
+        task_id = raw.get("id")
+        label = f"task {quoted(task_id)}" if isinstance(task_id, str) else f"tasks[{index}]"
+        if isinstance(task_id, str):
+            if task_id in first_index:
+                problems.add(
+                    f"tasks[{index}]: duplicate task id {quoted(task_id)} (first at tasks[{first_index[task_id]}])"
+                )
+                continue
+            first_index[task_id] = index
+            after = merged.get("after", [])
+            readable = isinstance(after, list) and not too_many
+            graph[task_id] = [d for d in after if isinstance(d, str)] if readable else []
+        if too_many:
+            problems.add(f"{label}: {too_many}")
+            continue
+        agent = merged.get("agent")
+        if isinstance(agent, str) and agent not in registry:
+            problems.add(f"{label}: unknown agent type {quoted(agent)} (known: {', '.join(registry.names)})")
+        try:
+            specs.append(TaskSpec.model_validate(merged))
+        except ValidationError as exc:
+            problems.add_errors(exc, f"{label}: ")
+
+    unknown = False
+    for task_id, after in graph.items():
+        for dep in after:
+            if dep not in graph:
+                unknown = True
+                if problems.full:  # only counted: a list of millions would not be built
+                    problems.hidden += 1
+                else:
+                    problems.add(f"task {quoted(task_id)}: depends on unknown task {quoted(dep)}")
+    if unknown:
+        graph = {task: [d for d in after if d in graph] for task, after in graph.items()}
+    cycle = find_cycle(graph)
+    if cycle:
+        problems.add(f"dependency cycle: {_describe_cycle(cycle)}")
+    problems.raise_any(source)
+
+    keywords = KeywordIndex.build(registry)
+    tasks = tuple(_resolve(spec, seq, registry, keywords) for seq, spec in enumerate(specs))
+    return Plan(header.name, header.description, workdir, source, tasks, document, _budget(header.budget))
+
+
+def _workdir(written: str, base_dir: Path, roots: WorkdirRoots | None) -> tuple[Path, str | None]:
+    """The workdir resolved (symbolic links too, relative to `base_dir`), and why it is refused if it is."""
+    try:
+        workdir = (base_dir / written).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop, on older Pythons
+        return base_dir / written, f"workdir {quoted(written)} cannot be resolved: {exc}"
+    if roots is None or any(workdir.is_relative_to(root) for root in roots.paths):
+        return workdir, None
+    shown = str(workdir) if str(workdir).isprintable() else quoted(str(workdir))
+    return workdir, f"workdir {quoted(written)} resolves to {shown}, outside the allowed roots ({roots.named})"
+
+
+def _describe_cycle(cycle: list[str]) -> str:
+    """A cycle in run order, ids that are not valid ids quoted, a long one cut in the middle."""
+    shown = [task if _ID.fullmatch(task) else quoted(task) for task in cycle]
+    if len(shown) > MAX_CYCLE_SHOWN:
+        left = len(shown) - MAX_CYCLE_SHOWN
+        shown = [*shown[: MAX_CYCLE_SHOWN - 1], f"… ({left} more)", shown[-1]]
+    return " -> ".join(shown)
+
+
+_NO_BUDGET = Budget()
+
+
+def _budget(spec: BudgetSpec | None) -> Budget:
+    return _NO_BUDGET if spec is None else Budget(spec.usd, spec.tokens)
+
+
+def find_cycle(after: Mapping[str, list[str]]) -> list[str] | None:
+    """One dependency cycle in run order (`a -> b` means b runs after a), or None."""
+    listed: set[str] = set()
+    for task, dependencies in after.items():
+        if not listed.issuperset(dependencies):
+            break
+        listed.add(task)
+    else:
+        return None  # every task is listed after its dependencies: that order is a topological one
+    try:
+        graphlib.TopologicalSorter(after).prepare()
+    except graphlib.CycleError as exc:
+        return list(exc.args[1])
+    return None
+
+
+def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIndex) -> ResolvedTask:
+    decision = route(f"{spec.title}\n{spec.description}", registry, explicit=spec.agent, index=index)
+    agent = registry.get(decision.agent)
+    if spec.executor:
+        executor = spec.executor
+    elif spec.command:
+        executor = "shell"
+    elif spec.call:
+        executor = "python"
+    else:
+        executor = agent.executor
+    return ResolvedTask(
+        key=spec.id,
+        title=spec.title,
+        description=spec.description,
+        agent=agent.name,
+        route_reason=decision.reason,
+        queue=agent.queue,
+        executor=executor,
+        command=spec.command,
+        after=tuple(dict.fromkeys(spec.after)),
+        priority=spec.priority,
+        files=tuple(spec.files),
+        success=spec.success,
+        timeout=spec.timeout if spec.timeout is not None else agent.timeout,
+        retries=spec.retries if spec.retries is not None else agent.retries,
+        seq=seq,
+        verify=spec.verify,
+        scope=spec.scope,
+        call=spec.call,
+        budget=_budget(spec.budget),
+    )
