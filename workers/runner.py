@@ -19,6 +19,7 @@ from orch.decisions import breaker
 from orch.decisions.retry import Backoff, Outcome, decide_outcome
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
+from orch.executors import PROMPTED, ExecutorName
 from orch.failures import FailureClass
 from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
@@ -37,10 +38,6 @@ from workers.heartbeat import Heartbeat
 from workers.verification import check_scope, run_verify
 
 log = get_logger(__name__)
-
-
-# Executors that give the agent a prompt (handoff and retry reason included); shell and noop do not read one.
-PROMPTED_EXECUTORS = frozenset({"claude-code", "anthropic", "python"})
 
 
 def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
@@ -72,7 +69,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
 def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
     """The executor, then the checks of its work: files changed, scope, the task's `verify:` command."""
     started = time.monotonic()
-    watch = ctx.executor != "noop" and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
+    watch = ctx.executor != ExecutorName.NOOP and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
     before = workspace.snapshot(ctx.workdir) if watch else None
     with with_scratch(ctx) as ctx:  # the attempt's own folder (its agent's HOME and TMPDIR), verify's too
         result = execute(ctx, claim)
@@ -128,7 +125,7 @@ def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
     agent = registry.by_name.get(task.agent)
     templates = load_templates(settings.config_dir)
     prompt = ""
-    if task.executor in PROMPTED_EXECUTORS:
+    if task.executor in PROMPTED:
         prompt = build_prompt(
             templates,
             task_id=task.key,

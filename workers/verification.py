@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext
@@ -50,7 +51,7 @@ def run_verify(result: AttemptResult, ctx: AttemptContext, verify: str | None) -
     check = replace(
         ctx,
         command=verify,
-        executor="shell",
+        executor=ExecutorName.SHELL,
         log_path=ctx.log_path.with_suffix(".verify.log"),
         secrets={},
         masked=ctx.masked | frozenset(ctx.secrets),

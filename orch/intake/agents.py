@@ -14,9 +14,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from orch.durations import parse_duration
 from orch.errors import ConfigInvalid
+from orch.executors import KNOWN, NETWORKED, ExecutorName
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-EXECUTORS = ("claude-code", "anthropic", "python", "shell", "noop")
 _WORD = re.compile(r"[a-z0-9]+")
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=86400)]
@@ -40,7 +40,6 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 # An agent's network: host (the worker's), none (no network at all, not even loopback services), or auto: host for
 # the executors that call a model's API (claude-code, anthropic), none for the rest (shell, python).
 Network = Literal["auto", "host", "none"]
-NETWORKED_EXECUTORS = frozenset({"claude-code", "anthropic"})
 # Variables an agent type's `env:` may not pass: orch's own settings, and what would undo the sandbox.
 RESERVED_ENV = re.compile(r"^(ORCH_.*|LD_.*|HOME|TMPDIR|PATH)$")
 
@@ -57,7 +56,7 @@ EnvNames = Annotated[tuple[EnvName, ...], AfterValidator(_grantable)]
 
 class _AgentDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    executor: str = "claude-code"
+    executor: str = ExecutorName.CLAUDE_CODE
     concurrency: int = Field(4, ge=1, le=10_000)
     timeout: Seconds = 1800.0
     idle_timeout: Seconds = 300.0
@@ -104,7 +103,7 @@ class AgentType:
     description: str
     keywords: tuple[str, ...]
     queue: str
-    executor: str
+    executor: ExecutorName
     concurrency: int
     timeout: float
     retries: int
@@ -132,7 +131,7 @@ class _AgentsFile(BaseModel):
 def agent_network(network: str, executor: str) -> str:
     """The network an agent gets: "host" or "none" (`auto` by what the executor calls)."""
     if network == "auto":
-        return "host" if executor in NETWORKED_EXECUTORS else "none"
+        return "host" if executor in NETWORKED else "none"
     return network
 
 
@@ -184,9 +183,9 @@ def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
             raise ConfigInvalid(f"{source}: agent type {spec.name!r} is declared twice")
         seen.add(spec.name)
         executor = spec.executor or defaults.executor
-        if executor not in EXECUTORS:
+        if executor not in KNOWN:
             raise ConfigInvalid(
-                f"{source}: agent type {spec.name!r}: unknown executor {executor!r} (known: {', '.join(EXECUTORS)})"
+                f"{source}: agent type {spec.name!r}: unknown executor {executor!r} (known: {', '.join(ExecutorName)})"
             )
         types.append(
             AgentType(
@@ -194,7 +193,7 @@ def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
                 description=spec.description,
                 keywords=tuple(k for k in (normalise_phrase(k) for k in spec.keywords) if k),
                 queue=spec.queue or f"agent.{spec.name}",
-                executor=executor,
+                executor=ExecutorName(executor),
                 concurrency=spec.concurrency or defaults.concurrency,
                 timeout=spec.timeout or defaults.timeout,
                 retries=defaults.retries if spec.retries is None else spec.retries,

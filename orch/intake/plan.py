@@ -29,7 +29,8 @@ from orch.budget import Budget
 from orch.decisions.file_leases import char_sets
 from orch.durations import parse_duration
 from orch.errors import PlanInvalid
-from orch.intake.agents import EXECUTORS, NAME_PATTERN, AgentRegistry
+from orch.executors import KNOWN, ExecutorName
+from orch.intake.agents import NAME_PATTERN, AgentRegistry
 from orch.intake.gc_pause import collector_paused
 from orch.intake.routing import KeywordIndex, route
 
@@ -153,8 +154,8 @@ class TaskFields(BaseModel):
     @field_validator("executor")
     @classmethod
     def _known_executor(cls, executor: str | None) -> str | None:
-        if executor is not None and executor not in EXECUTORS:
-            raise ValueError(f"unknown executor {quoted(executor)} (known: {', '.join(EXECUTORS)})")
+        if executor is not None and executor not in KNOWN:
+            raise ValueError(f"unknown executor {quoted(executor)} (known: {', '.join(ExecutorName)})")
         return executor
 
 
@@ -184,7 +185,7 @@ class ResolvedTask:
     agent: str
     route_reason: str
     queue: str
-    executor: str
+    executor: ExecutorName
     command: str | None
     after: tuple[str, ...]
     priority: int
@@ -745,11 +746,11 @@ def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIn
     decision = route(f"{spec.title}\n{spec.description}", registry, explicit=spec.agent, index=index)
     agent = registry.get(decision.agent)
     if spec.executor:
-        executor = spec.executor
+        executor = ExecutorName(spec.executor)
     elif spec.command:
-        executor = "shell"
+        executor = ExecutorName.SHELL
     elif spec.call:
-        executor = "python"
+        executor = ExecutorName.PYTHON
     else:
         executor = agent.executor
     return ResolvedTask(

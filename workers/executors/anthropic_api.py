@@ -15,6 +15,7 @@ import anthropic
 import httpx2  # the anthropic SDK's HTTP client: mid-stream read errors surface as its exceptions
 
 from orch.durations import format_duration
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
 from orch.store.repo import AttemptResult
@@ -34,7 +35,7 @@ class _DeadlineExceeded(Exception):
 
 
 class AnthropicExecutor:
-    name = "anthropic"
+    name = ExecutorName.ANTHROPIC
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
         key = ctx.secrets.get(API_KEY)

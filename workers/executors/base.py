@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from orch.executors import ExecutorName
 from orch.redaction import Redactor, secret_values, settings_secrets
 from orch.settings import get_settings
 from orch.store.repo import AttemptResult
@@ -98,6 +99,6 @@ def with_scratch(ctx: AttemptContext) -> Iterator[AttemptContext]:
 
 
 class Executor(Protocol):
-    name: str
+    name: ExecutorName
 
     def run(self, ctx: AttemptContext) -> AttemptResult: ...

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orch.durations import format_duration
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
 from orch.services.isolation import absolute_path
@@ -103,7 +104,7 @@ class StreamState:
 
 
 class ClaudeCodeExecutor:
-    name = "claude-code"
+    name = ExecutorName.CLAUDE_CODE
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
         found = shutil.which(ctx.claude_bin, path=absolute_path(os.environ.get("PATH")))

@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.settings import get_settings
 from orch.store.repo import AttemptResult
@@ -38,7 +39,7 @@ def task_context(ctx: AttemptContext) -> dict[str, object]:
 
 
 class PythonExecutor:
-    name = "python"
+    name = ExecutorName.PYTHON
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
         call = ctx.call

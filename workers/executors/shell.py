@@ -15,6 +15,7 @@ from typing import IO
 
 from orch.durations import format_duration
 from orch.errors import OrchError
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.services.isolation import IsolationUnavailable
 from orch.settings import get_settings
@@ -56,7 +57,7 @@ def last_line(text: str) -> str:
 
 
 class ShellExecutor:
-    name = "shell"
+    name = ExecutorName.SHELL
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
         if not ctx.command:
