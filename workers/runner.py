@@ -122,7 +122,7 @@ def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
     settings = get_settings()
     log_path = _logs_dir(settings.logs_dir) / claim.plan_id / f"{claim.key}.{claim.attempt}.log"
     registry = load_agents(settings.config_dir)
-    agent = registry.by_name.get(task.agent)
+    agent = registry.get_or_default(task.agent)
     templates = load_templates(settings.config_dir)
     prompt = ""
     if task.executor in PROMPTED:
@@ -136,7 +136,6 @@ def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
             handoffs=repo.handoffs(session, claim.task_pk),
             previous_failure=repo.previous_failure(session, claim.task_pk, claim.attempt),
         )
-    granted = agent.secrets if agent else ()
     return AttemptContext(
         plan_id=claim.plan_id,
         task_key=claim.key,
@@ -154,21 +153,19 @@ def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
         output_tail_bytes=settings.output_tail_bytes,
         log_max_bytes=settings.log_max_bytes,
         kill_grace_seconds=settings.kill_grace_seconds,
-        secrets={name: os.environ[name] for name in granted if os.environ.get(name)},
+        secrets={name: os.environ[name] for name in agent.secrets if os.environ.get(name)},
         masked=frozenset(name for a in registry for name in a.secrets),
-        passthrough=agent.env if agent else (),
-        network=agent_network(agent.network if agent else "auto", task.executor),
+        passthrough=agent.env,
+        network=agent_network(agent.network, task.executor),
         prompt=prompt,
-        system_prompt=build_system_prompt(
-            templates, task.agent, agent.description if agent else "", agent.system if agent else ""
-        ),
-        model=agent.model if agent else "",
-        max_tokens=agent.max_tokens if agent else 8000,
-        idle_timeout=agent.idle_timeout if agent else 300.0,
-        max_turns=agent.max_turns if agent else 30,
-        permission_mode=agent.permission_mode if agent else "acceptEdits",
-        allowed_tools=agent.allowed_tools if agent else (),
-        disallowed_tools=agent.disallowed_tools if agent else (),
+        system_prompt=build_system_prompt(templates, task.agent, agent.description, agent.system),
+        model=agent.model,
+        max_tokens=agent.max_tokens,
+        idle_timeout=agent.idle_timeout,
+        max_turns=agent.max_turns,
+        permission_mode=agent.permission_mode,
+        allowed_tools=agent.allowed_tools,
+        disallowed_tools=agent.disallowed_tools,
         claude_bin=settings.claude_bin,
         verify=task.verify,
         scope=task.scope,
@@ -221,7 +218,7 @@ def finish(claim: Claim, result: AttemptResult) -> str:
                 until = now + timedelta(seconds=result.retry_after)
                 repo.pause_agent(session, claim.agent, until, result.error or "usage limit", now)
             if not result.succeeded:
-                breaker.trip_if_open(session, claim.agent, registry.get(claim.agent).breaker, now)
+                breaker.trip_if_open(session, claim.agent, registry.get_or_default(claim.agent).breaker, now)
             if outcome.task_status in DOOMING:  # rare: carry the failure to its descendants now, not at the next tick
                 return True, outcome, reconcile_plans(session, [claim.plan_id], registry, now)
             return True, outcome, dispatch_after_result(session, claim.plan_id, recorded, registry, now)

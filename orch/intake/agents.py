@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,7 +55,9 @@ EnvNames = Annotated[tuple[EnvName, ...], AfterValidator(_grantable)]
 
 
 class _AgentDefaults(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """The one definition of an agent type's defaults (as config/agents.yaml's `defaults:` may change them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
     executor: str = ExecutorName.CLAUDE_CODE
     concurrency: int = Field(4, ge=1, le=10_000)
     timeout: Seconds = 1800.0
@@ -107,18 +109,18 @@ class AgentType:
     concurrency: int
     timeout: float
     retries: int
-    idle_timeout: float = 300.0
-    model: str = "claude-sonnet-4-6"
-    max_tokens: int = 8000
-    system: str = ""
-    secrets: tuple[str, ...] = ()  # environment variables the worker passes to this type's agents, masked in output
-    env: tuple[str, ...] = ()  # other variables of the worker's its agents get, unmasked
-    network: str = "auto"
-    max_turns: int = 30
-    permission_mode: str = "acceptEdits"
-    allowed_tools: tuple[str, ...] = ()
-    disallowed_tools: tuple[str, ...] = ()
-    breaker: BreakerSpec = field(default_factory=BreakerSpec)
+    idle_timeout: float
+    model: str
+    max_tokens: int
+    system: str
+    secrets: tuple[str, ...]  # environment variables the worker passes to this type's agents, masked in output
+    env: tuple[str, ...]  # other variables of the worker's its agents get, unmasked
+    network: str
+    max_turns: int
+    permission_mode: str
+    allowed_tools: tuple[str, ...]
+    disallowed_tools: tuple[str, ...]
+    breaker: BreakerSpec
 
 
 class _AgentsFile(BaseModel):
@@ -137,10 +139,12 @@ def agent_network(network: str, executor: str) -> str:
 
 @dataclass(frozen=True)
 class AgentRegistry:
-    """The agent types in file order (the order breaks routing ties) and the fallback type."""
+    """The agent types in file order (the order breaks routing ties), the fallback type, and the file's defaults
+    (what a type no longer declared is run with)."""
 
     types: tuple[AgentType, ...]
     fallback: str
+    defaults: _AgentDefaults
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {t.name: t for t in self.types})
@@ -159,6 +163,12 @@ class AgentRegistry:
     def get(self, name: str) -> AgentType:
         return self.by_name[name]
 
+    def get_or_default(self, name: str) -> AgentType:
+        """The type `name`; for one no longer declared (config/agents.yaml changed since its tasks were submitted),
+        a type of that name with the file's defaults, as if declared with its name alone."""
+        known = self.by_name.get(name)
+        return known if known is not None else _agent_type(AgentTypeSpec.model_construct(name=name), self.defaults)
+
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.types]
@@ -166,6 +176,32 @@ class AgentRegistry:
     @property
     def queues(self) -> list[str]:
         return [t.queue for t in self.types]
+
+
+def _agent_type(spec: AgentTypeSpec, defaults: _AgentDefaults) -> AgentType:
+    """A type as its spec declares it, the rest from the file's defaults."""
+    return AgentType(
+        name=spec.name,
+        description=spec.description,
+        keywords=tuple(k for k in (normalise_phrase(k) for k in spec.keywords) if k),
+        queue=spec.queue or f"agent.{spec.name}",
+        executor=ExecutorName(spec.executor or defaults.executor),
+        concurrency=spec.concurrency or defaults.concurrency,
+        timeout=spec.timeout or defaults.timeout,
+        retries=defaults.retries if spec.retries is None else spec.retries,
+        idle_timeout=spec.idle_timeout or defaults.idle_timeout,
+        model=spec.model or defaults.model,
+        max_tokens=spec.max_tokens or defaults.max_tokens,
+        system=spec.system or "",
+        secrets=defaults.secrets if spec.secrets is None else spec.secrets,
+        env=defaults.env if spec.env is None else spec.env,
+        network=spec.network or defaults.network,
+        max_turns=spec.max_turns or defaults.max_turns,
+        permission_mode=spec.permission_mode or defaults.permission_mode,
+        allowed_tools=defaults.allowed_tools if spec.allowed_tools is None else spec.allowed_tools,
+        disallowed_tools=defaults.disallowed_tools if spec.disallowed_tools is None else spec.disallowed_tools,
+        breaker=spec.breaker or defaults.breaker,
+    )
 
 
 def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
@@ -187,33 +223,14 @@ def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
             raise ConfigInvalid(
                 f"{source}: agent type {spec.name!r}: unknown executor {executor!r} (known: {', '.join(ExecutorName)})"
             )
-        types.append(
-            AgentType(
-                name=spec.name,
-                description=spec.description,
-                keywords=tuple(k for k in (normalise_phrase(k) for k in spec.keywords) if k),
-                queue=spec.queue or f"agent.{spec.name}",
-                executor=ExecutorName(executor),
-                concurrency=spec.concurrency or defaults.concurrency,
-                timeout=spec.timeout or defaults.timeout,
-                retries=defaults.retries if spec.retries is None else spec.retries,
-                idle_timeout=spec.idle_timeout or defaults.idle_timeout,
-                model=spec.model or defaults.model,
-                max_tokens=spec.max_tokens or defaults.max_tokens,
-                system=spec.system or "",
-                secrets=defaults.secrets if spec.secrets is None else spec.secrets,
-                env=defaults.env if spec.env is None else spec.env,
-                network=spec.network or defaults.network,
-                max_turns=spec.max_turns or defaults.max_turns,
-                permission_mode=spec.permission_mode or defaults.permission_mode,
-                allowed_tools=defaults.allowed_tools if spec.allowed_tools is None else spec.allowed_tools,
-                disallowed_tools=defaults.disallowed_tools if spec.disallowed_tools is None else spec.disallowed_tools,
-                breaker=spec.breaker or defaults.breaker,
-            )
+        types.append(_agent_type(spec, defaults))
+    if defaults.executor not in KNOWN:  # every type names its own; a type no longer declared would run with it
+        raise ConfigInvalid(
+            f"{source}: defaults: unknown executor {defaults.executor!r} (known: {', '.join(ExecutorName)})"
         )
     if parsed.fallback not in seen:
         raise ConfigInvalid(f"{source}: fallback agent type {parsed.fallback!r} is not declared")
-    return AgentRegistry(types=tuple(types), fallback=parsed.fallback)
+    return AgentRegistry(types=tuple(types), fallback=parsed.fallback, defaults=defaults)
 
 
 def load_agents_file(path: Path) -> AgentRegistry:
