@@ -26,7 +26,7 @@ from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.intake.prompts import build_prompt, build_system_prompt, load_templates
 from orch.log import bind_attempt, get_logger
 from orch.redaction import Redactor
-from orch.settings import get_settings
+from orch.settings import Settings, get_settings
 from orch.states import DOOMING
 from orch.store import repo
 from orch.store.db import with_store_retry, write_session
@@ -49,7 +49,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     def claim_it() -> tuple[Claim, AttemptContext] | None:
         with write_session() as session:
             claimed = repo.claim_and_load(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
-            return None if claimed is None else (claimed[0], _context(session, *claimed))
+            return None if claimed is None else (claimed[0], _context(session, *claimed, settings))
 
     claimed = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))
     if claimed is None:
@@ -58,12 +58,13 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     claim, ctx = claimed
     bind_attempt(plan_id=claim.plan_id, task=claim.key, attempt=claim.attempt, task_pk=task_pk)
     log.info("attempt started", executor=ctx.executor)
-    heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, usage_cost)
+    price = functools.partial(usage_cost, settings=settings)
+    heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, price)
     with control.active(ctx.control), heartbeat:
         result = run_checked(ctx, claim)
         # The lease is renewed until the result is recorded: writing it may wait out a store outage.
         heartbeat.recording = True
-        return finish(claim, redact(result, ctx.redactor()))
+        return finish(claim, redact(result, ctx.redactor()), settings)
 
 
 def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
@@ -79,7 +80,7 @@ def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
             knowable = before is not None or (watch and workspace.holds_repository(ctx.workdir))
             result = check_scope(result, ctx.files, ctx.scope, known_before=knowable)
             result = run_verify(result, ctx, ctx.verify)
-    return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
+    return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result, ctx.settings))
 
 
 def _store_wait(what: str, task_pk: int) -> Callable[[Exception, float], None]:
@@ -104,22 +105,21 @@ def redact(result: AttemptResult, redactor: Redactor) -> AttemptResult:
     )
 
 
-def attempt_cost(result: AttemptResult) -> float | None:
+def attempt_cost(result: AttemptResult, settings: Settings) -> float | None:
     """The executor's own figure (e.g. the CLI's total_cost_usd), else tokens priced by config/prices.yaml."""
     if result.cost_usd is not None:
         return result.cost_usd
-    return usage_cost(result.usage, result.model)
+    return usage_cost(result.usage, result.model, settings)
 
 
-def usage_cost(usage: Usage, model: str | None) -> float | None:
+def usage_cost(usage: Usage, model: str | None, settings: Settings) -> float | None:
     if not model or not usage.total:
         return None
-    price = price_for(model, load_prices(get_settings().config_dir))
+    price = price_for(model, load_prices(settings.config_dir))
     return None if price is None else round(cost_usd(usage, price), 6)
 
 
-def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
-    settings = get_settings()
+def _context(session: Session, claim: Claim, task: TaskSpec, settings: Settings) -> AttemptContext:
     log_path = _logs_dir(settings.logs_dir) / claim.plan_id / f"{claim.key}.{claim.attempt}.log"
     registry = load_agents(settings.config_dir)
     agent = registry.get_or_default(task.agent)
@@ -150,9 +150,7 @@ def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
         agent=task.agent,
         executor=task.executor,
         log_path=log_path,
-        output_tail_bytes=settings.output_tail_bytes,
-        log_max_bytes=settings.log_max_bytes,
-        kill_grace_seconds=settings.kill_grace_seconds,
+        settings=settings,
         secrets={name: os.environ[name] for name in agent.secrets if os.environ.get(name)},
         masked=frozenset(name for a in registry for name in a.secrets),
         passthrough=agent.env,
@@ -166,7 +164,6 @@ def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
         permission_mode=agent.permission_mode,
         allowed_tools=agent.allowed_tools,
         disallowed_tools=agent.disallowed_tools,
-        claude_bin=settings.claude_bin,
         verify=task.verify,
         scope=task.scope,
         call=task.call,
@@ -190,10 +187,9 @@ def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:
         return AttemptResult(False, failure_class=FailureClass.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
-def finish(claim: Claim, result: AttemptResult) -> str:
+def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     """Record the outcome under the claim's lease, then dispatch what it made ready — one transaction, retried
     while the store is away (a finished agent's work is not thrown away for a database restart)."""
-    settings = get_settings()
     registry = load_agents(settings.config_dir)
     draw = random.random()
 

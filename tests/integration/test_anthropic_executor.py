@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from orch.failures import FailureClass
+from orch.settings import get_settings
 from tests.fakes.messages_api import MessagesAPI, Reply
 from workers.executors.anthropic_api import AnthropicExecutor
 from workers.executors.base import AttemptContext
@@ -23,17 +24,17 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[MessagesAPI]:
         yield server
 
 
-def context(tmp_path: Path, **overrides: Any) -> AttemptContext:
+def context(tmp_path: Path, settings: dict[str, Any] | None = None, **overrides: Any) -> AttemptContext:
     values: dict[str, Any] = {
         "plan_id": "p-1", "task_key": "design", "attempt": 1, "title": "Design it", "description": "",
         "success": "", "command": None, "workdir": tmp_path, "files": (), "timeout": 30.0,
         "agent": "security-specialist", "executor": "anthropic", "log_path": tmp_path / "logs" / "design.1.log",
-        "output_tail_bytes": 4096, "log_max_bytes": 1 << 20, "kill_grace_seconds": 1.0,
         "secrets": {"ANTHROPIC_API_KEY": KEY}, "prompt": "Design the JWT flow.", "system_prompt": "You are careful.",
         "model": "claude-sonnet-4-6", "max_tokens": 1234, "idle_timeout": 10.0,
     }  # fmt: skip
     values.update(overrides)
-    return AttemptContext(**values)
+    limits = {"output_tail_bytes": 4096, "log_max_bytes": 1 << 20, "kill_grace_seconds": 1.0, **(settings or {})}
+    return AttemptContext(settings=get_settings().model_copy(update=limits), **values)
 
 
 def test_a_streamed_reply_becomes_the_result_with_its_usage(api: MessagesAPI, tmp_path: Path) -> None:

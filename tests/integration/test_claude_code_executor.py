@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from orch.failures import FailureClass
+from orch.settings import get_settings
 from tests.helpers import fake_claude_wrapper, marked_processes, wait_for
 from workers.executors.base import AttemptContext
 from workers.executors.claude_code import ClaudeCodeExecutor, claude_arguments
@@ -27,21 +28,23 @@ def fake_claude(tmp_path: Path) -> Path:
     return fake_claude_wrapper(tmp_path / "bin" / "claude", FAKE_CLAUDE_PIDS=str(pids), FAKE_CLAUDE_MARKER=MARKER)
 
 
-def context(tmp_path: Path, claude: Path, mode: str = "success", **overrides: Any) -> AttemptContext:
+def context(
+    tmp_path: Path, claude: Path, mode: str = "success", settings: dict[str, Any] | None = None, **overrides: Any
+) -> AttemptContext:
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
     values: dict[str, Any] = {
         "plan_id": "p-1", "task_key": "build", "attempt": 1, "title": "Build it", "description": "", "success": "",
         "command": None, "workdir": workdir, "files": (), "timeout": 60.0, "agent": "backend-development",
-        "executor": "claude-code", "log_path": tmp_path / "logs" / "build.1.log", "output_tail_bytes": 4096,
-        "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5, "prompt": f"Build the API FAKE:{mode}",
-        "system_prompt": "You are the backend agent.", "model": "claude-sonnet-4-6", "idle_timeout": 30.0,
-        "max_turns": 7, "permission_mode": "acceptEdits", "allowed_tools": ("Read", "Write"),
-        "disallowed_tools": ("WebFetch",), "claude_bin": str(claude),
+        "executor": "claude-code", "log_path": tmp_path / "logs" / "build.1.log",
+        "prompt": f"Build the API FAKE:{mode}", "system_prompt": "You are the backend agent.",
+        "model": "claude-sonnet-4-6", "idle_timeout": 30.0, "max_turns": 7, "permission_mode": "acceptEdits",
+        "allowed_tools": ("Read", "Write"), "disallowed_tools": ("WebFetch",),
         "secrets": {"ANTHROPIC_API_KEY": "sk-canary"}, "masked": frozenset({"ANTHROPIC_API_KEY", "GITHUB_TOKEN"}),
     }  # fmt: skip
     values.update(overrides)
-    return AttemptContext(**values)
+    limits = {"output_tail_bytes": 4096, "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5, "claude_bin": str(claude)}
+    return AttemptContext(settings=get_settings().model_copy(update={**limits, **(settings or {})}), **values)
 
 
 def pids_left(tmp_path: Path) -> list[int]:
@@ -110,7 +113,7 @@ def test_an_agent_that_ignores_sigterm_and_forks_is_killed_whole_at_the_time_lim
 
 def test_a_flood_of_output_is_capped_on_disk_and_in_memory(tmp_path: Path, fake_claude: Path) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
-    ctx = context(tmp_path, fake_claude, "flood", log_max_bytes=1 << 20, output_tail_bytes=8192)
+    ctx = context(tmp_path, fake_claude, "flood", settings={"log_max_bytes": 1 << 20, "output_tail_bytes": 8192})
     result = ClaudeCodeExecutor().run(ctx)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert result.succeeded and result.result == "flooded and done"  # 1 GiB went by, the result still counts

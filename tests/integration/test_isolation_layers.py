@@ -35,8 +35,10 @@ def shell_context(tmp_path: Path, command: str) -> AttemptContext:
     return AttemptContext(
         plan_id="p-1", task_key="probe", attempt=1, title="probe", description="", success="", command=command,
         workdir=work, files=(), timeout=30.0, agent="general-purpose", executor="shell",
-        log_path=tmp_path / "logs" / "probe.1.log", output_tail_bytes=65536, log_max_bytes=1 << 20,
-        kill_grace_seconds=1.0, network="none",
+        log_path=tmp_path / "logs" / "probe.1.log", network="none",
+        settings=get_settings().model_copy(
+            update={"output_tail_bytes": 65536, "log_max_bytes": 1 << 20, "kill_grace_seconds": 1.0}
+        ),
     )  # fmt: skip
 
 

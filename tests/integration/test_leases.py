@@ -116,7 +116,7 @@ def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
         assert not repo.renew_lease(session, claim, repo.db_now(session), 10, repo.Usage(), None)
     from workers.runner import finish
 
-    assert finish(claim, repo.AttemptResult(True, exit_code=0)) == "rejected"
+    assert finish(claim, repo.AttemptResult(True, exit_code=0), get_settings()) == "rejected"
     # A second loss spends the last retry: the task fails and its dependant is doomed.
     with write_session() as session:
         later = repo.db_now(session)

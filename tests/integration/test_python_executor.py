@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orch.failures import FailureClass
+from orch.settings import get_settings
 from tests.helpers import make_plan
 from workers.executors.base import AttemptContext
 from workers.executors.python_call import PythonExecutor
@@ -28,16 +29,16 @@ AGENT = textwrap.dedent(
 )
 
 
-def context(tmp_path: Path, call: str, **overrides: Any) -> AttemptContext:
+def context(tmp_path: Path, call: str, settings: dict[str, Any] | None = None, **overrides: Any) -> AttemptContext:
     (tmp_path / "myagents.py").write_text(AGENT)
     values: dict[str, Any] = {
         "plan_id": "p", "task_key": "sum", "attempt": 1, "title": "Summarise", "description": "", "success": "",
         "command": None, "workdir": tmp_path, "files": ("a.py",), "timeout": 30.0, "agent": "general-purpose",
-        "executor": "python", "log_path": tmp_path / "logs" / "sum.1.log", "output_tail_bytes": 4096,
-        "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5, "call": call,
+        "executor": "python", "log_path": tmp_path / "logs" / "sum.1.log", "call": call,
     }  # fmt: skip
     values.update(overrides)
-    return AttemptContext(**values)
+    limits = {"output_tail_bytes": 4096, "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5, **(settings or {})}
+    return AttemptContext(settings=get_settings().model_copy(update=limits), **values)
 
 
 def test_the_return_value_is_recorded_as_json(tmp_path: Path) -> None:

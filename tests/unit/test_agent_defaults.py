@@ -10,6 +10,7 @@ import pytest
 from orch.errors import ConfigInvalid
 from orch.executors import ExecutorName
 from orch.intake.agents import parse_agents
+from orch.settings import get_settings
 from orch.store.repo import Claim, TaskSpec
 from workers import runner
 
@@ -55,7 +56,7 @@ def test_an_attempt_of_a_type_no_longer_declared_asks_for_the_default_model(
         key="design", title="Design it", description="", success="", command=None, files=[], timeout=60.0,
         agent="retired-type", executor="anthropic", verify=None, scope="loose", call=None, workdir=str(tmp_path),
     )  # fmt: skip
-    ctx = runner._context(None, claim, task)  # type: ignore[arg-type]
+    ctx = runner._context(None, claim, task, get_settings())  # type: ignore[arg-type]
     assert ctx.model == "claude-sonnet-4-6"
     assert (ctx.max_tokens, ctx.idle_timeout, ctx.max_turns, ctx.permission_mode) == (8000, 300.0, 30, "acceptEdits")
     assert ctx.network == "host" and "Design it" in ctx.prompt

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from orch.executors import ExecutorName
 from orch.redaction import Redactor, secret_values, settings_secrets
-from orch.settings import get_settings
+from orch.settings import Settings
 from orch.store.repo import AttemptResult
 from workers.control import AttemptControl
 from workers.sandbox import Grant, Launch, Scratch, attempt_scratch
@@ -33,9 +33,7 @@ class AttemptContext:
     agent: str
     executor: str
     log_path: Path
-    output_tail_bytes: int
-    log_max_bytes: int
-    kill_grace_seconds: float
+    settings: Settings = field(compare=False, repr=False)  # the worker's, passed by the runner: limits, isolation
     env: dict[str, str] = field(default_factory=dict)  # extra variables the executor gives its agent
     secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the agent type's secrets, by name
     masked: frozenset[str] = frozenset()  # every agent type's secret names: their values are masked in output
@@ -51,7 +49,6 @@ class AttemptContext:
     permission_mode: str = "acceptEdits"
     allowed_tools: tuple[str, ...] = ()
     disallowed_tools: tuple[str, ...] = ()
-    claude_bin: str = "claude"
     call: str | None = None  # python executor: "package.module:function"
     verify: str | None = None  # checked by the runner after the executor reports success
     scope: str = "loose"
@@ -61,7 +58,7 @@ class AttemptContext:
     def redactor(self) -> Redactor:
         """Masks every secret this worker knows (every agent type's, orch's own passwords) in whatever the agent
         prints, whether or not this attempt was given it."""
-        return Redactor({**settings_secrets(get_settings()), **secret_values(self.masked), **self.secrets})
+        return Redactor({**settings_secrets(self.settings), **secret_values(self.masked), **self.secrets})
 
     def grant(self) -> Grant:
         """What the agent process gets: its ids, its type's secrets and `env:` variables, its own folders."""
@@ -94,7 +91,7 @@ def with_scratch(ctx: AttemptContext) -> Iterator[AttemptContext]:
     if ctx.scratch is not None:
         yield ctx
         return
-    with attempt_scratch(get_settings()) as scratch:
+    with attempt_scratch(ctx.settings) as scratch:
         yield replace(ctx, scratch=scratch.root)
 
 

@@ -32,7 +32,6 @@ from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
 from orch.services.isolation import absolute_path
-from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
@@ -107,14 +106,15 @@ class ClaudeCodeExecutor:
     name = ExecutorName.CLAUDE_CODE
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
-        found = shutil.which(ctx.claude_bin, path=absolute_path(os.environ.get("PATH")))
+        claude_bin = ctx.settings.claude_bin
+        found = shutil.which(claude_bin, path=absolute_path(os.environ.get("PATH")))
         binary = os.path.realpath(found) if found else None  # the file itself: a link's folder may be hidden
         if binary is None:
             return AttemptResult(
                 False,
                 failure_class=FailureClass.EXECUTOR_UNAVAILABLE,
                 error=(
-                    f"the Claude Code CLI ({ctx.claude_bin!r}) is not installed on worker {socket.gethostname()}: "
+                    f"the Claude Code CLI ({claude_bin!r}) is not installed on worker {socket.gethostname()}: "
                     f"`npm install -g @anthropic-ai/claude-code`, or point ORCH_CLAUDE_BIN at it"
                 ),
             )
@@ -124,7 +124,7 @@ class ClaudeCodeExecutor:
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with with_scratch(ctx) as ctx, prompt_file(ctx) as prompt, ctx.log_path.open("wb", buffering=0) as log:
-            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
+            sink = OutputSink(log, ctx.settings.log_max_bytes, ctx.settings.output_tail_bytes, ctx.redactor())
             state = StreamState()
             try:
                 code, limit = self._run(binary, ctx, sink, state, prompt)
@@ -138,7 +138,7 @@ class ClaudeCodeExecutor:
         self, binary: str, ctx: AttemptContext, sink: OutputSink, state: StreamState, prompt: IO[bytes]
     ) -> tuple[int, FailureClass | None]:
         launch = ctx.launch(claude_arguments(binary, ctx), programs=cli_folders(binary))
-        process = start_agent(launch, get_settings(), stdin=prompt, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = start_agent(launch, ctx.settings, stdin=prompt, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         lines: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_LINES)
         readers = [
             threading.Thread(target=_read_lines, args=(stream, lines), daemon=True)
@@ -173,7 +173,7 @@ class ClaudeCodeExecutor:
                 if state.take(line):
                     ctx.control.report_usage(state.usage_so_far(), state.model)
         finally:
-            end_agent(process.pid, ctx.kill_grace_seconds, process)
+            end_agent(process.pid, ctx.settings.kill_grace_seconds, process)
             _drain(lines, readers)
         return process.returncode, limit
 

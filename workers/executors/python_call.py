@@ -16,7 +16,6 @@ from pathlib import Path
 
 from orch.executors import ExecutorName
 from orch.failures import FailureClass
-from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.shell import ShellExecutor
@@ -49,8 +48,8 @@ class PythonExecutor:
             # Written in the worker's own folder, then handed over: no agent can put a link in its place meanwhile.
             context_file, result_file = Path(folder) / "context.json", Path(folder) / "result.json"
             context_file.write_text(json.dumps(task_context(ctx)), encoding="utf-8")
-            give_to_agent(context_file, get_settings())
-            give_to_agent(Path(folder), get_settings())
+            give_to_agent(context_file, ctx.settings)
+            give_to_agent(Path(folder), ctx.settings)
             command = f"{shlex.quote(sys.executable)} -m workers.python_entry {shlex.quote(call)}"
             child = replace(
                 ctx,

@@ -18,7 +18,6 @@ from orch.errors import OrchError
 from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.services.isolation import IsolationUnavailable
-from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
@@ -72,7 +71,7 @@ class ShellExecutor:
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with with_scratch(ctx) as ctx, ctx.log_path.open("wb", buffering=0) as log:
-            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
+            sink = OutputSink(log, ctx.settings.log_max_bytes, ctx.settings.output_tail_bytes, ctx.redactor())
             try:
                 code, ended_by = self._run_process(ctx, sink)
             except ISOLATION_ERRORS as exc:
@@ -115,7 +114,7 @@ class ShellExecutor:
         ended it early ("timeout", "stop") if anything did."""
         assert ctx.command is not None
         process = start_agent(
-            ctx.launch(["/bin/sh", "-c", ctx.command]), get_settings(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            ctx.launch(["/bin/sh", "-c", ctx.command]), ctx.settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         pgid = process.pid
         assert process.stdout is not None
@@ -127,8 +126,8 @@ class ShellExecutor:
             ended_by = wait_for_exit(process, deadline, ctx)
         finally:
             # The command is over (or out of time): nothing it started may outlive the attempt.
-            end_agent(pgid, ctx.kill_grace_seconds, process)
-        reader.join(timeout=ctx.kill_grace_seconds + 5)
+            end_agent(pgid, ctx.settings.kill_grace_seconds, process)
+        reader.join(timeout=ctx.settings.kill_grace_seconds + 5)
         return process.returncode, ended_by
 
 
