@@ -23,7 +23,7 @@ from orch.executors import PROMPTED, ExecutorName
 from orch.failures import FailureClass
 from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
-from orch.intake.prompts import build_prompt, build_system_prompt, load_templates
+from orch.intake.prompts import PromptTemplates, build_prompt, build_system_prompt, load_templates
 from orch.log import bind_attempt, get_logger
 from orch.redaction import Redactor
 from orch.settings import Settings, get_settings
@@ -57,7 +57,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
         return "dropped"
     claim, ctx = claimed
     bind_attempt(plan_id=claim.plan_id, task=claim.key, attempt=claim.attempt, task_pk=task_pk)
-    log.info("attempt started", executor=ctx.executor)
+    log.info("attempt started", executor=ctx.task.executor)
     price = functools.partial(usage_cost, settings=settings)
     heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, price)
     with control.active(ctx.control), heartbeat:
@@ -70,7 +70,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
 def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
     """The executor, then the checks of its work: files changed, scope, the task's `verify:` command."""
     started = time.monotonic()
-    watch = ctx.executor != ExecutorName.NOOP and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
+    watch = ctx.task.executor != ExecutorName.NOOP and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
     before = workspace.snapshot(ctx.workdir) if watch else None
     with with_scratch(ctx) as ctx:  # the attempt's own folder (its agent's HOME and TMPDIR), verify's too
         result = execute(ctx, claim)
@@ -78,8 +78,8 @@ def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
             result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
         if result.succeeded or ctx.control.stop_request is None:
             knowable = before is not None or (watch and workspace.holds_repository(ctx.workdir))
-            result = check_scope(result, ctx.files, ctx.scope, known_before=knowable)
-            result = run_verify(result, ctx, ctx.verify)
+            result = check_scope(result, ctx.task.files, ctx.task.scope, known_before=knowable)
+            result = run_verify(result, ctx, ctx.task.verify)
     return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result, ctx.settings))
 
 
@@ -120,54 +120,36 @@ def usage_cost(usage: Usage, model: str | None, settings: Settings) -> float | N
 
 
 def _context(session: Session, claim: Claim, task: TaskSpec, settings: Settings) -> AttemptContext:
-    log_path = _logs_dir(settings.logs_dir) / claim.plan_id / f"{claim.key}.{claim.attempt}.log"
     registry = load_agents(settings.config_dir)
     agent = registry.get_or_default(task.agent)
     templates = load_templates(settings.config_dir)
-    prompt = ""
-    if task.executor in PROMPTED:
-        prompt = build_prompt(
-            templates,
-            task_id=task.key,
-            title=task.title,
-            description=task.description,
-            success=task.success,
-            files=task.files,
-            handoffs=repo.handoffs(session, claim.task_pk),
-            previous_failure=repo.previous_failure(session, claim.task_pk, claim.attempt),
-        )
     return AttemptContext(
+        task=task,
+        agent=agent,
+        settings=settings,
         plan_id=claim.plan_id,
-        task_key=claim.key,
         attempt=claim.attempt,
+        lease=claim.lease,
+        log_path=_logs_dir(settings.logs_dir) / claim.plan_id / f"{claim.key}.{claim.attempt}.log",
+        network=agent_network(agent.network, task.executor),
+        secrets={name: os.environ[name] for name in agent.secrets if os.environ.get(name)},
+        masked=frozenset(name for a in registry for name in a.secrets),
+        prompt=_prompt(session, claim, task, templates) if task.executor in PROMPTED else "",
+        system_prompt=build_system_prompt(templates, task.agent, agent.description, agent.system),
+    )
+
+
+def _prompt(session: Session, claim: Claim, task: TaskSpec, templates: PromptTemplates) -> str:
+    """The task's prompt, with its dependencies' handoffs and why its previous attempt failed."""
+    return build_prompt(
+        templates,
+        task_id=task.key,
         title=task.title,
         description=task.description,
         success=task.success,
-        command=task.command,
-        workdir=Path(task.workdir),
-        files=tuple(task.files),
-        timeout=task.timeout,
-        agent=task.agent,
-        executor=task.executor,
-        log_path=log_path,
-        settings=settings,
-        secrets={name: os.environ[name] for name in agent.secrets if os.environ.get(name)},
-        masked=frozenset(name for a in registry for name in a.secrets),
-        passthrough=agent.env,
-        network=agent_network(agent.network, task.executor),
-        prompt=prompt,
-        system_prompt=build_system_prompt(templates, task.agent, agent.description, agent.system),
-        model=agent.model,
-        max_tokens=agent.max_tokens,
-        idle_timeout=agent.idle_timeout,
-        max_turns=agent.max_turns,
-        permission_mode=agent.permission_mode,
-        allowed_tools=agent.allowed_tools,
-        disallowed_tools=agent.disallowed_tools,
-        verify=task.verify,
-        scope=task.scope,
-        call=task.call,
-        lease=claim.lease,
+        files=task.files,
+        handoffs=repo.handoffs(session, claim.task_pk),
+        previous_failure=repo.previous_failure(session, claim.task_pk, claim.attempt),
     )
 
 
@@ -178,7 +160,7 @@ def _logs_dir(configured: Path) -> Path:
 
 def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:
     try:
-        executor = get_executor(ctx.executor, ctx.agent)
+        executor = get_executor(ctx.task.executor, ctx.agent.name)
         return executor.run(ctx)
     except ExecutorUnavailable as exc:
         return AttemptResult(False, failure_class=FailureClass.EXECUTOR_UNAVAILABLE, error=str(exc))

@@ -57,6 +57,8 @@ def test_an_attempt_of_a_type_no_longer_declared_asks_for_the_default_model(
         agent="retired-type", executor="anthropic", verify=None, scope="loose", call=None, workdir=str(tmp_path),
     )  # fmt: skip
     ctx = runner._context(None, claim, task, get_settings())  # type: ignore[arg-type]
-    assert ctx.model == "claude-sonnet-4-6"
-    assert (ctx.max_tokens, ctx.idle_timeout, ctx.max_turns, ctx.permission_mode) == (8000, 300.0, 30, "acceptEdits")
+    assert ctx.agent.model == "claude-sonnet-4-6"
+    assert (ctx.agent.max_tokens, ctx.agent.idle_timeout, ctx.agent.max_turns, ctx.agent.permission_mode) == (
+        8000, 300.0, 30, "acceptEdits"
+    )  # fmt: skip
     assert ctx.network == "host" and "Design it" in ctx.prompt

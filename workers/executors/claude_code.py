@@ -50,16 +50,16 @@ def claude_arguments(binary: str, ctx: AttemptContext) -> list[str]:
     args = [
         binary, "-p",
         "--output-format", "stream-json", "--verbose",
-        "--model", ctx.model,
-        "--max-turns", str(ctx.max_turns),
-        "--permission-mode", ctx.permission_mode,
+        "--model", ctx.agent.model,
+        "--max-turns", str(ctx.agent.max_turns),
+        "--permission-mode", ctx.agent.permission_mode,
     ]  # fmt: skip
     if ctx.system_prompt:
         args += ["--append-system-prompt", ctx.system_prompt]
-    if ctx.allowed_tools:
-        args += ["--allowedTools", ",".join(ctx.allowed_tools)]
-    if ctx.disallowed_tools:
-        args += ["--disallowedTools", ",".join(ctx.disallowed_tools)]
+    if ctx.agent.allowed_tools:
+        args += ["--allowedTools", ",".join(ctx.agent.allowed_tools)]
+    if ctx.agent.disallowed_tools:
+        args += ["--disallowedTools", ",".join(ctx.agent.disallowed_tools)]
     return args
 
 
@@ -146,7 +146,7 @@ class ClaudeCodeExecutor:
         ]
         for reader in readers:
             reader.start()
-        deadline = time.monotonic() + ctx.timeout
+        deadline = time.monotonic() + ctx.task.timeout
         open_streams = len(readers)
         limit: FailureClass | None = None
         try:
@@ -155,13 +155,13 @@ class ClaudeCodeExecutor:
                 if now >= deadline:
                     limit = FailureClass.TIMEOUT
                     break
-                if now - state.last_activity >= ctx.idle_timeout:
+                if now - state.last_activity >= ctx.agent.idle_timeout:
                     limit = FailureClass.IDLE_TIMEOUT
                     break
                 if ctx.control.stop_request is not None:
                     limit = ctx.control.stop_request.failure_class
                     break
-                wait = min(deadline - now, ctx.idle_timeout - (now - state.last_activity), 0.2)
+                wait = min(deadline - now, ctx.agent.idle_timeout - (now - state.last_activity), 0.2)
                 try:
                     line = lines.get(timeout=max(wait, 0.01))
                 except queue.Empty:
@@ -241,7 +241,7 @@ def _model(final: dict[str, Any], state: StreamState, ctx: AttemptContext) -> st
     models = final.get("modelUsage")
     if isinstance(models, dict) and models:
         return str(max(models, key=lambda m: (models[m] or {}).get("costUSD") or 0))
-    return state.model or ctx.model
+    return state.model or ctx.agent.model
 
 
 def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: StreamState, tail: str) -> AttemptResult:
@@ -252,18 +252,18 @@ def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: S
         "log_path": str(ctx.log_path),
         "usage": _usage(final) if final else state.usage_so_far(),  # a killed agent's spend still counts
         "cost_usd": reported_cost(final.get("total_cost_usd")),
-        "model": _model(final, state, ctx) if final else ctx.model,
+        "model": _model(final, state, ctx) if final else ctx.agent.model,
         "result": final.get("result") if isinstance(final.get("result"), str) else None,
     }
     if limit is FailureClass.TIMEOUT:
         return AttemptResult(
-            False, failure_class=limit, error=f"timed out after {format_duration(ctx.timeout)}; "
+            False, failure_class=limit, error=f"timed out after {format_duration(ctx.task.timeout)}; "
             f"its process group was killed", **common,
         )  # fmt: skip
     if limit is FailureClass.IDLE_TIMEOUT:
         return AttemptResult(
-            False, failure_class=limit, error=f"no output for {format_duration(ctx.idle_timeout)} (idle_timeout); "
-            f"its process group was killed", **common,
+            False, failure_class=limit, error=f"no output for {format_duration(ctx.agent.idle_timeout)} "
+            f"(idle_timeout); its process group was killed", **common,
         )  # fmt: skip
     stop = ctx.control.stop_request
     if stop is not None and limit is stop.failure_class:

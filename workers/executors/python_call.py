@@ -25,14 +25,14 @@ from workers.sandbox import give_to_agent
 def task_context(ctx: AttemptContext) -> dict[str, object]:
     return {
         "plan_id": ctx.plan_id,
-        "task_id": ctx.task_key,
+        "task_id": ctx.task.key,
         "attempt": ctx.attempt,
-        "title": ctx.title,
-        "description": ctx.description,
-        "success": ctx.success,
-        "files": list(ctx.files),
+        "title": ctx.task.title,
+        "description": ctx.task.description,
+        "success": ctx.task.success,
+        "files": list(ctx.task.files),
         "workdir": str(ctx.workdir),
-        "agent": ctx.agent,
+        "agent": ctx.agent.name,
         "prompt": ctx.prompt,
     }
 
@@ -41,7 +41,7 @@ class PythonExecutor:
     name = ExecutorName.PYTHON
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
-        call = ctx.call
+        call = ctx.task.call
         if not call:
             return AttemptResult(False, failure_class=FailureClass.INVALID_TASK, error="python executor: no `call:`")
         with with_scratch(ctx) as ctx, tempfile.TemporaryDirectory(prefix="call-", dir=ctx.scratch) as folder:
@@ -53,7 +53,7 @@ class PythonExecutor:
             command = f"{shlex.quote(sys.executable)} -m workers.python_entry {shlex.quote(call)}"
             child = replace(
                 ctx,
-                command=command,
+                task=replace(ctx.task, command=command),
                 env={**ctx.env, "ORCH_CONTEXT_FILE": str(context_file), "ORCH_RESULT_FILE": str(result_file)},
             )
             outcome = ShellExecutor().run(child)

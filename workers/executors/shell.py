@@ -59,7 +59,7 @@ class ShellExecutor:
     name = ExecutorName.SHELL
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
-        if not ctx.command:
+        if not ctx.task.command:
             return AttemptResult(
                 False, failure_class=FailureClass.INVALID_TASK, error="shell executor: task has no command"
             )
@@ -93,7 +93,7 @@ class ShellExecutor:
                 False,
                 exit_code=code,
                 failure_class=FailureClass.TIMEOUT,
-                error=f"timed out after {format_duration(ctx.timeout)}; its process group was killed",
+                error=f"timed out after {format_duration(ctx.task.timeout)}; its process group was killed",
                 output_tail=tail,
                 log_path=str(ctx.log_path),
             )
@@ -112,16 +112,15 @@ class ShellExecutor:
     def _run_process(self, ctx: AttemptContext, sink: OutputSink) -> tuple[int, str | None]:
         """Run the command to its end, its time limit or a stop request; returns its exit code and what
         ended it early ("timeout", "stop") if anything did."""
-        assert ctx.command is not None
-        process = start_agent(
-            ctx.launch(["/bin/sh", "-c", ctx.command]), ctx.settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        assert ctx.task.command is not None
+        launch = ctx.launch(["/bin/sh", "-c", ctx.task.command])
+        process = start_agent(launch, ctx.settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         pgid = process.pid
         assert process.stdout is not None
         reader = threading.Thread(target=_pump, args=(process.stdout, sink), daemon=True)
         reader.start()
         ended_by = None
-        deadline = time.monotonic() + ctx.timeout
+        deadline = time.monotonic() + ctx.task.timeout
         try:
             ended_by = wait_for_exit(process, deadline, ctx)
         finally:
