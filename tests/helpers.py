@@ -5,14 +5,18 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orch.decisions.retry import Outcome
 from orch.intake.agents import AgentRegistry, load_agents_file
 from orch.intake.plan import Plan
 from orch.intake.plan_validation import validate_plan
 from orch.states import AttemptStatus, TaskStatus
+
+if TYPE_CHECKING:
+    from workers.executors.base import AttemptContext
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -47,6 +51,36 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def attempt_context(
+    tmp_path: Path,
+    task: dict[str, Any],
+    agent: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+    **attempt: Any,
+) -> AttemptContext:
+    """An AttemptContext as the runner builds one, for an executor run on its own: the claimed task (`task` over a
+    shell task in tmp_path), its agent type (`agent` over the defaults, under the task's agent name), this test's
+    Settings (`settings` over them) and the attempt's own fields (`attempt`: secrets=, prompt=, network=…)."""
+    from orch.intake.agents import agent_network, parse_agents
+    from orch.settings import get_settings
+    from orch.store.repo import TaskSpec
+    from workers.executors.base import AttemptContext
+
+    claimed = TaskSpec(**{
+        "key": "t", "title": "t", "description": "", "success": "", "command": None, "files": [], "timeout": 30.0,
+        "agent": "general-purpose", "executor": "shell", "verify": None, "scope": "loose", "call": None,
+        "workdir": str(tmp_path), **task,
+    })  # fmt: skip
+    declared = parse_agents({"agent_types": [{"name": "general-purpose"}]})
+    agent_type = replace(declared.get_or_default(claimed.agent), **(agent or {}))
+    values: dict[str, Any] = {
+        "plan_id": "p-1", "attempt": 1, "log_path": tmp_path / "logs" / f"{claimed.key}.1.log",
+        "network": agent_network(agent_type.network, claimed.executor), **attempt,
+    }  # fmt: skip
+    worker_settings = get_settings().model_copy(update=settings or {})
+    return AttemptContext(task=claimed, agent=agent_type, settings=worker_settings, **values)
 
 
 FAKE_CLAUDE = REPO / "tests" / "fakes" / "fake_claude.py"

@@ -19,13 +19,14 @@ from orch.decisions import breaker
 from orch.decisions.retry import Backoff, Outcome, decide_outcome
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
+from orch.executors import PROMPTED, ExecutorName
 from orch.failures import FailureClass
 from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
-from orch.intake.prompts import build_prompt, build_system_prompt, load_templates
+from orch.intake.prompts import PromptTemplates, build_prompt, build_system_prompt, load_templates
 from orch.log import bind_attempt, get_logger
 from orch.redaction import Redactor
-from orch.settings import get_settings
+from orch.settings import Settings, get_settings
 from orch.states import DOOMING
 from orch.store import repo
 from orch.store.db import with_store_retry, write_session
@@ -39,10 +40,6 @@ from workers.verification import check_scope, run_verify
 log = get_logger(__name__)
 
 
-# Executors that give the agent a prompt (handoff and retry reason included); shell and noop do not read one.
-PROMPTED_EXECUTORS = frozenset({"claude-code", "anthropic", "python"})
-
-
 def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     """Run attempt `attempt` of task `task_pk`; returns what became of it (for the worker's log)."""
     settings = get_settings()
@@ -52,7 +49,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     def claim_it() -> tuple[Claim, AttemptContext] | None:
         with write_session() as session:
             claimed = repo.claim_and_load(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
-            return None if claimed is None else (claimed[0], _context(session, *claimed))
+            return None if claimed is None else (claimed[0], _context(session, *claimed, settings))
 
     claimed = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))
     if claimed is None:
@@ -60,19 +57,20 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
         return "dropped"
     claim, ctx = claimed
     bind_attempt(plan_id=claim.plan_id, task=claim.key, attempt=claim.attempt, task_pk=task_pk)
-    log.info("attempt started", executor=ctx.executor)
-    heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, usage_cost)
+    log.info("attempt started", executor=ctx.task.executor)
+    price = functools.partial(usage_cost, settings=settings)
+    heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, price)
     with control.active(ctx.control), heartbeat:
         result = run_checked(ctx, claim)
         # The lease is renewed until the result is recorded: writing it may wait out a store outage.
         heartbeat.recording = True
-        return finish(claim, redact(result, ctx.redactor()))
+        return finish(claim, redact(result, ctx.redactor()), settings)
 
 
 def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
     """The executor, then the checks of its work: files changed, scope, the task's `verify:` command."""
     started = time.monotonic()
-    watch = ctx.executor != "noop" and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
+    watch = ctx.task.executor != ExecutorName.NOOP and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
     before = workspace.snapshot(ctx.workdir) if watch else None
     with with_scratch(ctx) as ctx:  # the attempt's own folder (its agent's HOME and TMPDIR), verify's too
         result = execute(ctx, claim)
@@ -80,9 +78,9 @@ def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
             result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
         if result.succeeded or ctx.control.stop_request is None:
             knowable = before is not None or (watch and workspace.holds_repository(ctx.workdir))
-            result = check_scope(result, ctx.files, ctx.scope, known_before=knowable)
-            result = run_verify(result, ctx, ctx.verify)
-    return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result))
+            result = check_scope(result, ctx.task.files, ctx.task.scope, known_before=knowable)
+            result = run_verify(result, ctx, ctx.task.verify)
+    return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result, ctx.settings))
 
 
 def _store_wait(what: str, task_pk: int) -> Callable[[Exception, float], None]:
@@ -107,76 +105,51 @@ def redact(result: AttemptResult, redactor: Redactor) -> AttemptResult:
     )
 
 
-def attempt_cost(result: AttemptResult) -> float | None:
+def attempt_cost(result: AttemptResult, settings: Settings) -> float | None:
     """The executor's own figure (e.g. the CLI's total_cost_usd), else tokens priced by config/prices.yaml."""
     if result.cost_usd is not None:
         return result.cost_usd
-    return usage_cost(result.usage, result.model)
+    return usage_cost(result.usage, result.model, settings)
 
 
-def usage_cost(usage: Usage, model: str | None) -> float | None:
+def usage_cost(usage: Usage, model: str | None, settings: Settings) -> float | None:
     if not model or not usage.total:
         return None
-    price = price_for(model, load_prices(get_settings().config_dir))
+    price = price_for(model, load_prices(settings.config_dir))
     return None if price is None else round(cost_usd(usage, price), 6)
 
 
-def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
-    settings = get_settings()
-    log_path = _logs_dir(settings.logs_dir) / claim.plan_id / f"{claim.key}.{claim.attempt}.log"
+def _context(session: Session, claim: Claim, task: TaskSpec, settings: Settings) -> AttemptContext:
     registry = load_agents(settings.config_dir)
-    agent = registry.by_name.get(task.agent)
+    agent = registry.get_or_default(task.agent)
     templates = load_templates(settings.config_dir)
-    prompt = ""
-    if task.executor in PROMPTED_EXECUTORS:
-        prompt = build_prompt(
-            templates,
-            task_id=task.key,
-            title=task.title,
-            description=task.description,
-            success=task.success,
-            files=task.files,
-            handoffs=repo.handoffs(session, claim.task_pk),
-            previous_failure=repo.previous_failure(session, claim.task_pk, claim.attempt),
-        )
-    granted = agent.secrets if agent else ()
     return AttemptContext(
+        task=task,
+        agent=agent,
+        settings=settings,
         plan_id=claim.plan_id,
-        task_key=claim.key,
         attempt=claim.attempt,
+        lease=claim.lease,
+        log_path=_logs_dir(settings.logs_dir) / claim.plan_id / f"{claim.key}.{claim.attempt}.log",
+        network=agent_network(agent.network, task.executor),
+        secrets={name: os.environ[name] for name in agent.secrets if os.environ.get(name)},
+        masked=frozenset(name for a in registry for name in a.secrets),
+        prompt=_prompt(session, claim, task, templates) if task.executor in PROMPTED else "",
+        system_prompt=build_system_prompt(templates, task.agent, agent.description, agent.system),
+    )
+
+
+def _prompt(session: Session, claim: Claim, task: TaskSpec, templates: PromptTemplates) -> str:
+    """The task's prompt, with its dependencies' handoffs and why its previous attempt failed."""
+    return build_prompt(
+        templates,
+        task_id=task.key,
         title=task.title,
         description=task.description,
         success=task.success,
-        command=task.command,
-        workdir=Path(task.workdir),
-        files=tuple(task.files),
-        timeout=task.timeout,
-        agent=task.agent,
-        executor=task.executor,
-        log_path=log_path,
-        output_tail_bytes=settings.output_tail_bytes,
-        log_max_bytes=settings.log_max_bytes,
-        kill_grace_seconds=settings.kill_grace_seconds,
-        secrets={name: os.environ[name] for name in granted if os.environ.get(name)},
-        masked=frozenset(name for a in registry for name in a.secrets),
-        passthrough=agent.env if agent else (),
-        network=agent_network(agent.network if agent else "auto", task.executor),
-        prompt=prompt,
-        system_prompt=build_system_prompt(
-            templates, task.agent, agent.description if agent else "", agent.system if agent else ""
-        ),
-        model=agent.model if agent else "",
-        max_tokens=agent.max_tokens if agent else 8000,
-        idle_timeout=agent.idle_timeout if agent else 300.0,
-        max_turns=agent.max_turns if agent else 30,
-        permission_mode=agent.permission_mode if agent else "acceptEdits",
-        allowed_tools=agent.allowed_tools if agent else (),
-        disallowed_tools=agent.disallowed_tools if agent else (),
-        claude_bin=settings.claude_bin,
-        verify=task.verify,
-        scope=task.scope,
-        call=task.call,
-        lease=claim.lease,
+        files=task.files,
+        handoffs=repo.handoffs(session, claim.task_pk),
+        previous_failure=repo.previous_failure(session, claim.task_pk, claim.attempt),
     )
 
 
@@ -187,7 +160,7 @@ def _logs_dir(configured: Path) -> Path:
 
 def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:
     try:
-        executor = get_executor(ctx.executor, ctx.agent)
+        executor = get_executor(ctx.task.executor, ctx.agent.name)
         return executor.run(ctx)
     except ExecutorUnavailable as exc:
         return AttemptResult(False, failure_class=FailureClass.EXECUTOR_UNAVAILABLE, error=str(exc))
@@ -196,10 +169,9 @@ def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:
         return AttemptResult(False, failure_class=FailureClass.INTERNAL_ERROR, error=f"{type(exc).__name__}: {exc}")
 
 
-def finish(claim: Claim, result: AttemptResult) -> str:
+def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     """Record the outcome under the claim's lease, then dispatch what it made ready — one transaction, retried
     while the store is away (a finished agent's work is not thrown away for a database restart)."""
-    settings = get_settings()
     registry = load_agents(settings.config_dir)
     draw = random.random()
 
@@ -224,7 +196,7 @@ def finish(claim: Claim, result: AttemptResult) -> str:
                 until = now + timedelta(seconds=result.retry_after)
                 repo.pause_agent(session, claim.agent, until, result.error or "usage limit", now)
             if not result.succeeded:
-                breaker.trip_if_open(session, claim.agent, registry.get(claim.agent).breaker, now)
+                breaker.trip_if_open(session, claim.agent, registry.get_or_default(claim.agent).breaker, now)
             if outcome.task_status in DOOMING:  # rare: carry the failure to its descendants now, not at the next tick
                 return True, outcome, reconcile_plans(session, [claim.plan_id], registry, now)
             return True, outcome, dispatch_after_result(session, claim.plan_id, recorded, registry, now)

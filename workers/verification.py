@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext
@@ -15,7 +16,9 @@ from workers.executors.shell import ShellExecutor
 from workers.workspace import in_scope
 
 
-def check_scope(result: AttemptResult, files: tuple[str, ...], scope: str, known_before: bool = False) -> AttemptResult:
+def check_scope(
+    result: AttemptResult, files: tuple[str, ...] | list[str], scope: str, known_before: bool = False
+) -> AttemptResult:
     """`scope: strict` fails an attempt that changed files outside its `files`, or whose changes cannot be known
     in a workspace that is a git repository (`known_before`): an agent, this one or an earlier one, could otherwise
     hide its edits by breaking the repository."""
@@ -49,8 +52,7 @@ def run_verify(result: AttemptResult, ctx: AttemptContext, verify: str | None) -
         return result
     check = replace(
         ctx,
-        command=verify,
-        executor="shell",
+        task=replace(ctx.task, command=verify, executor=ExecutorName.SHELL),
         log_path=ctx.log_path.with_suffix(".verify.log"),
         secrets={},
         masked=ctx.masked | frozenset(ctx.secrets),

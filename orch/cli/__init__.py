@@ -411,17 +411,14 @@ def run(plan_file: str, concurrency: int | None) -> None:
     sys.exit(code)
 
 
-# Executors that start no agent process (a model's API is called from the worker itself).
-_IN_PROCESS_EXECUTORS = frozenset({"noop", "anthropic"})
-
-
 def check_agent_isolation(plan: Plan) -> None:
     """Before `orch run` starts anything: the isolation its worker will give agents must be possible here (else one
     line, exit 2), and agents that will run without a sandbox are said to."""
     from orch.errors import ConfigInvalid
+    from orch.executors import IN_PROCESS
     from orch.services.isolation import resolve_isolation
 
-    if all(task.executor in _IN_PROCESS_EXECUTORS for task in plan.tasks):
+    if all(task.executor in IN_PROCESS for task in plan.tasks):
         return
     isolation = resolve_isolation(get_settings())
     if isolation.problem is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,9 +14,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from orch.durations import parse_duration
 from orch.errors import ConfigInvalid
+from orch.executors import KNOWN, NETWORKED, ExecutorName
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
-EXECUTORS = ("claude-code", "anthropic", "python", "shell", "noop")
 _WORD = re.compile(r"[a-z0-9]+")
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=86400)]
@@ -40,7 +40,6 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 # An agent's network: host (the worker's), none (no network at all, not even loopback services), or auto: host for
 # the executors that call a model's API (claude-code, anthropic), none for the rest (shell, python).
 Network = Literal["auto", "host", "none"]
-NETWORKED_EXECUTORS = frozenset({"claude-code", "anthropic"})
 # Variables an agent type's `env:` may not pass: orch's own settings, and what would undo the sandbox.
 RESERVED_ENV = re.compile(r"^(ORCH_.*|LD_.*|HOME|TMPDIR|PATH)$")
 
@@ -56,8 +55,10 @@ EnvNames = Annotated[tuple[EnvName, ...], AfterValidator(_grantable)]
 
 
 class _AgentDefaults(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    executor: str = "claude-code"
+    """The one definition of an agent type's defaults (as config/agents.yaml's `defaults:` may change them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    executor: str = ExecutorName.CLAUDE_CODE
     concurrency: int = Field(4, ge=1, le=10_000)
     timeout: Seconds = 1800.0
     idle_timeout: Seconds = 300.0
@@ -104,22 +105,22 @@ class AgentType:
     description: str
     keywords: tuple[str, ...]
     queue: str
-    executor: str
+    executor: ExecutorName
     concurrency: int
     timeout: float
     retries: int
-    idle_timeout: float = 300.0
-    model: str = "claude-sonnet-4-6"
-    max_tokens: int = 8000
-    system: str = ""
-    secrets: tuple[str, ...] = ()  # environment variables the worker passes to this type's agents, masked in output
-    env: tuple[str, ...] = ()  # other variables of the worker's its agents get, unmasked
-    network: str = "auto"
-    max_turns: int = 30
-    permission_mode: str = "acceptEdits"
-    allowed_tools: tuple[str, ...] = ()
-    disallowed_tools: tuple[str, ...] = ()
-    breaker: BreakerSpec = field(default_factory=BreakerSpec)
+    idle_timeout: float
+    model: str
+    max_tokens: int
+    system: str
+    secrets: tuple[str, ...]  # environment variables the worker passes to this type's agents, masked in output
+    env: tuple[str, ...]  # other variables of the worker's its agents get, unmasked
+    network: str
+    max_turns: int
+    permission_mode: str
+    allowed_tools: tuple[str, ...]
+    disallowed_tools: tuple[str, ...]
+    breaker: BreakerSpec
 
 
 class _AgentsFile(BaseModel):
@@ -132,16 +133,18 @@ class _AgentsFile(BaseModel):
 def agent_network(network: str, executor: str) -> str:
     """The network an agent gets: "host" or "none" (`auto` by what the executor calls)."""
     if network == "auto":
-        return "host" if executor in NETWORKED_EXECUTORS else "none"
+        return "host" if executor in NETWORKED else "none"
     return network
 
 
 @dataclass(frozen=True)
 class AgentRegistry:
-    """The agent types in file order (the order breaks routing ties) and the fallback type."""
+    """The agent types in file order (the order breaks routing ties), the fallback type, and the file's defaults
+    (what a type no longer declared is run with)."""
 
     types: tuple[AgentType, ...]
     fallback: str
+    defaults: _AgentDefaults
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {t.name: t for t in self.types})
@@ -160,6 +163,12 @@ class AgentRegistry:
     def get(self, name: str) -> AgentType:
         return self.by_name[name]
 
+    def get_or_default(self, name: str) -> AgentType:
+        """The type `name`; for one no longer declared (config/agents.yaml changed since its tasks were submitted),
+        a type of that name with the file's defaults, as if declared with its name alone."""
+        known = self.by_name.get(name)
+        return known if known is not None else _agent_type(AgentTypeSpec.model_construct(name=name), self.defaults)
+
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.types]
@@ -167,6 +176,32 @@ class AgentRegistry:
     @property
     def queues(self) -> list[str]:
         return [t.queue for t in self.types]
+
+
+def _agent_type(spec: AgentTypeSpec, defaults: _AgentDefaults) -> AgentType:
+    """A type as its spec declares it, the rest from the file's defaults."""
+    return AgentType(
+        name=spec.name,
+        description=spec.description,
+        keywords=tuple(k for k in (normalise_phrase(k) for k in spec.keywords) if k),
+        queue=spec.queue or f"agent.{spec.name}",
+        executor=ExecutorName(spec.executor or defaults.executor),
+        concurrency=spec.concurrency or defaults.concurrency,
+        timeout=spec.timeout or defaults.timeout,
+        retries=defaults.retries if spec.retries is None else spec.retries,
+        idle_timeout=spec.idle_timeout or defaults.idle_timeout,
+        model=spec.model or defaults.model,
+        max_tokens=spec.max_tokens or defaults.max_tokens,
+        system=spec.system or "",
+        secrets=defaults.secrets if spec.secrets is None else spec.secrets,
+        env=defaults.env if spec.env is None else spec.env,
+        network=spec.network or defaults.network,
+        max_turns=spec.max_turns or defaults.max_turns,
+        permission_mode=spec.permission_mode or defaults.permission_mode,
+        allowed_tools=defaults.allowed_tools if spec.allowed_tools is None else spec.allowed_tools,
+        disallowed_tools=defaults.disallowed_tools if spec.disallowed_tools is None else spec.disallowed_tools,
+        breaker=spec.breaker or defaults.breaker,
+    )
 
 
 def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
@@ -184,37 +219,18 @@ def parse_agents(data: Any, source: str = "agents.yaml") -> AgentRegistry:
             raise ConfigInvalid(f"{source}: agent type {spec.name!r} is declared twice")
         seen.add(spec.name)
         executor = spec.executor or defaults.executor
-        if executor not in EXECUTORS:
+        if executor not in KNOWN:
             raise ConfigInvalid(
-                f"{source}: agent type {spec.name!r}: unknown executor {executor!r} (known: {', '.join(EXECUTORS)})"
+                f"{source}: agent type {spec.name!r}: unknown executor {executor!r} (known: {', '.join(ExecutorName)})"
             )
-        types.append(
-            AgentType(
-                name=spec.name,
-                description=spec.description,
-                keywords=tuple(k for k in (normalise_phrase(k) for k in spec.keywords) if k),
-                queue=spec.queue or f"agent.{spec.name}",
-                executor=executor,
-                concurrency=spec.concurrency or defaults.concurrency,
-                timeout=spec.timeout or defaults.timeout,
-                retries=defaults.retries if spec.retries is None else spec.retries,
-                idle_timeout=spec.idle_timeout or defaults.idle_timeout,
-                model=spec.model or defaults.model,
-                max_tokens=spec.max_tokens or defaults.max_tokens,
-                system=spec.system or "",
-                secrets=defaults.secrets if spec.secrets is None else spec.secrets,
-                env=defaults.env if spec.env is None else spec.env,
-                network=spec.network or defaults.network,
-                max_turns=spec.max_turns or defaults.max_turns,
-                permission_mode=spec.permission_mode or defaults.permission_mode,
-                allowed_tools=defaults.allowed_tools if spec.allowed_tools is None else spec.allowed_tools,
-                disallowed_tools=defaults.disallowed_tools if spec.disallowed_tools is None else spec.disallowed_tools,
-                breaker=spec.breaker or defaults.breaker,
-            )
+        types.append(_agent_type(spec, defaults))
+    if defaults.executor not in KNOWN:  # every type names its own; a type no longer declared would run with it
+        raise ConfigInvalid(
+            f"{source}: defaults: unknown executor {defaults.executor!r} (known: {', '.join(ExecutorName)})"
         )
     if parsed.fallback not in seen:
         raise ConfigInvalid(f"{source}: fallback agent type {parsed.fallback!r} is not declared")
-    return AgentRegistry(types=tuple(types), fallback=parsed.fallback)
+    return AgentRegistry(types=tuple(types), fallback=parsed.fallback, defaults=defaults)
 
 
 def load_agents_file(path: Path) -> AgentRegistry:

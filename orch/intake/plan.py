@@ -17,7 +17,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from orch.budget import Budget
 from orch.decisions.file_leases import char_sets
 from orch.durations import parse_duration
-from orch.intake.agents import EXECUTORS, NAME_PATTERN
+from orch.executors import KNOWN, ExecutorName
+from orch.intake.agents import NAME_PATTERN
 
 # Limits: a plan beyond them is rejected as absurd. 100,000 tasks still validate in a few seconds.
 MAX_TASKS = 100_000
@@ -122,8 +123,8 @@ class TaskFields(BaseModel):
     @field_validator("executor")
     @classmethod
     def _known_executor(cls, executor: str | None) -> str | None:
-        if executor is not None and executor not in EXECUTORS:
-            raise ValueError(f"unknown executor {quoted(executor)} (known: {', '.join(EXECUTORS)})")
+        if executor is not None and executor not in KNOWN:
+            raise ValueError(f"unknown executor {quoted(executor)} (known: {', '.join(ExecutorName)})")
         return executor
 
 
@@ -153,7 +154,7 @@ class ResolvedTask:
     agent: str
     route_reason: str
     queue: str
-    executor: str
+    executor: ExecutorName
     command: str | None
     after: tuple[str, ...]
     priority: int

@@ -17,6 +17,7 @@ from pydantic_core import ErrorDetails
 
 from orch.budget import Budget
 from orch.errors import PlanInvalid
+from orch.executors import ExecutorName
 from orch.intake.agents import AgentRegistry
 from orch.intake.gc_pause import collector_paused
 from orch.intake.plan import (
@@ -275,11 +276,11 @@ def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIn
     decision = route(f"{spec.title}\n{spec.description}", registry, explicit=spec.agent, index=index)
     agent = registry.get(decision.agent)
     if spec.executor:
-        executor = spec.executor
+        executor = ExecutorName(spec.executor)
     elif spec.command:
-        executor = "shell"
+        executor = ExecutorName.SHELL
     elif spec.call:
-        executor = "python"
+        executor = ExecutorName.PYTHON
     else:
         executor = agent.executor
     return ResolvedTask(

@@ -10,6 +10,7 @@ import pytest
 
 from orch.failures import FailureClass
 from tests.fakes.messages_api import MessagesAPI, Reply
+from tests.helpers import attempt_context
 from workers.executors.anthropic_api import AnthropicExecutor
 from workers.executors.base import AttemptContext
 
@@ -23,17 +24,18 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[MessagesAPI]:
         yield server
 
 
-def context(tmp_path: Path, **overrides: Any) -> AttemptContext:
-    values: dict[str, Any] = {
-        "plan_id": "p-1", "task_key": "design", "attempt": 1, "title": "Design it", "description": "",
-        "success": "", "command": None, "workdir": tmp_path, "files": (), "timeout": 30.0,
-        "agent": "security-specialist", "executor": "anthropic", "log_path": tmp_path / "logs" / "design.1.log",
-        "output_tail_bytes": 4096, "log_max_bytes": 1 << 20, "kill_grace_seconds": 1.0,
-        "secrets": {"ANTHROPIC_API_KEY": KEY}, "prompt": "Design the JWT flow.", "system_prompt": "You are careful.",
-        "model": "claude-sonnet-4-6", "max_tokens": 1234, "idle_timeout": 10.0,
-    }  # fmt: skip
-    values.update(overrides)
-    return AttemptContext(**values)
+def context(
+    tmp_path: Path, task: dict[str, Any] | None = None, agent: dict[str, Any] | None = None, **attempt: Any
+) -> AttemptContext:
+    return attempt_context(
+        tmp_path,
+        task={"key": "design", "title": "Design it", "timeout": 30.0, "agent": "security-specialist",
+              "executor": "anthropic", **(task or {})},
+        agent={"model": "claude-sonnet-4-6", "max_tokens": 1234, "idle_timeout": 10.0, **(agent or {})},
+        settings={"output_tail_bytes": 4096, "log_max_bytes": 1 << 20, "kill_grace_seconds": 1.0},
+        **{"secrets": {"ANTHROPIC_API_KEY": KEY}, "prompt": "Design the JWT flow.",
+           "system_prompt": "You are careful.", **attempt},
+    )  # fmt: skip
 
 
 def test_a_streamed_reply_becomes_the_result_with_its_usage(api: MessagesAPI, tmp_path: Path) -> None:
@@ -92,13 +94,13 @@ def test_provider_errors_are_classified(
 
 def test_a_stream_that_goes_quiet_hits_the_idle_limit(api: MessagesAPI, tmp_path: Path) -> None:
     api.add(Reply(text="x" * 64, event_delay=1.5))
-    result = AnthropicExecutor().run(context(tmp_path, idle_timeout=0.5))
+    result = AnthropicExecutor().run(context(tmp_path, agent={"idle_timeout": 0.5}))
     assert result.failure_class == FailureClass.IDLE_TIMEOUT and "idle_timeout" in (result.error or "")
 
 
 def test_a_slow_but_steady_stream_hits_the_task_time_limit(api: MessagesAPI, tmp_path: Path) -> None:
     api.add(Reply(text="y" * 400, event_delay=0.2))
-    result = AnthropicExecutor().run(context(tmp_path, timeout=1.0))
+    result = AnthropicExecutor().run(context(tmp_path, task={"timeout": 1.0}))
     assert result.failure_class == FailureClass.TIMEOUT
     assert result.output_tail.startswith("y")  # what streamed before the limit is kept
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from orch.failures import FailureClass
-from tests.helpers import fake_claude_wrapper, marked_processes, wait_for
+from tests.helpers import attempt_context, fake_claude_wrapper, marked_processes, wait_for
 from workers.executors.base import AttemptContext
 from workers.executors.claude_code import ClaudeCodeExecutor, claude_arguments
 
@@ -27,21 +27,29 @@ def fake_claude(tmp_path: Path) -> Path:
     return fake_claude_wrapper(tmp_path / "bin" / "claude", FAKE_CLAUDE_PIDS=str(pids), FAKE_CLAUDE_MARKER=MARKER)
 
 
-def context(tmp_path: Path, claude: Path, mode: str = "success", **overrides: Any) -> AttemptContext:
+def context(
+    tmp_path: Path,
+    claude: Path,
+    mode: str = "success",
+    task: dict[str, Any] | None = None,
+    agent: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+    **attempt: Any,
+) -> AttemptContext:
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
-    values: dict[str, Any] = {
-        "plan_id": "p-1", "task_key": "build", "attempt": 1, "title": "Build it", "description": "", "success": "",
-        "command": None, "workdir": workdir, "files": (), "timeout": 60.0, "agent": "backend-development",
-        "executor": "claude-code", "log_path": tmp_path / "logs" / "build.1.log", "output_tail_bytes": 4096,
-        "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5, "prompt": f"Build the API FAKE:{mode}",
-        "system_prompt": "You are the backend agent.", "model": "claude-sonnet-4-6", "idle_timeout": 30.0,
-        "max_turns": 7, "permission_mode": "acceptEdits", "allowed_tools": ("Read", "Write"),
-        "disallowed_tools": ("WebFetch",), "claude_bin": str(claude),
-        "secrets": {"ANTHROPIC_API_KEY": "sk-canary"}, "masked": frozenset({"ANTHROPIC_API_KEY", "GITHUB_TOKEN"}),
-    }  # fmt: skip
-    values.update(overrides)
-    return AttemptContext(**values)
+    return attempt_context(
+        tmp_path,
+        task={"key": "build", "title": "Build it", "timeout": 60.0, "agent": "backend-development",
+              "executor": "claude-code", "workdir": str(workdir), **(task or {})},
+        agent={"model": "claude-sonnet-4-6", "idle_timeout": 30.0, "max_turns": 7, "permission_mode": "acceptEdits",
+               "allowed_tools": ("Read", "Write"), "disallowed_tools": ("WebFetch",), **(agent or {})},
+        settings={"output_tail_bytes": 4096, "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5,
+                  "claude_bin": str(claude), **(settings or {})},
+        **{"prompt": f"Build the API FAKE:{mode}", "system_prompt": "You are the backend agent.",
+           "secrets": {"ANTHROPIC_API_KEY": "sk-canary"},
+           "masked": frozenset({"ANTHROPIC_API_KEY", "GITHUB_TOKEN"}), **attempt},
+    )  # fmt: skip
 
 
 def pids_left(tmp_path: Path) -> list[int]:
@@ -94,7 +102,7 @@ def test_the_agent_gets_its_secrets_and_not_orchs_settings_or_others_secrets(
 
 
 def test_silence_past_the_idle_limit_kills_the_agent(tmp_path: Path, fake_claude: Path) -> None:
-    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "hang", idle_timeout=1.0))
+    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "hang", agent={"idle_timeout": 1.0}))
     assert result.failure_class == FailureClass.IDLE_TIMEOUT and "idle_timeout" in (result.error or "")
     assert not pids_left(tmp_path)
 
@@ -102,7 +110,7 @@ def test_silence_past_the_idle_limit_kills_the_agent(tmp_path: Path, fake_claude
 def test_an_agent_that_ignores_sigterm_and_forks_is_killed_whole_at_the_time_limit(
     tmp_path: Path, fake_claude: Path
 ) -> None:
-    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "ignore-term", timeout=1.5))
+    result = ClaudeCodeExecutor().run(context(tmp_path, fake_claude, "ignore-term", task={"timeout": 1.5}))
     assert result.failure_class == FailureClass.TIMEOUT
     assert len(pid_lines(tmp_path)) == 3  # the CLI and its two grandchildren
     wait_for(lambda: not pids_left(tmp_path), 5, "every process of the attempt to be gone")
@@ -110,7 +118,7 @@ def test_an_agent_that_ignores_sigterm_and_forks_is_killed_whole_at_the_time_lim
 
 def test_a_flood_of_output_is_capped_on_disk_and_in_memory(tmp_path: Path, fake_claude: Path) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
-    ctx = context(tmp_path, fake_claude, "flood", log_max_bytes=1 << 20, output_tail_bytes=8192)
+    ctx = context(tmp_path, fake_claude, "flood", settings={"log_max_bytes": 1 << 20, "output_tail_bytes": 8192})
     result = ClaudeCodeExecutor().run(ctx)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert result.succeeded and result.result == "flooded and done"  # 1 GiB went by, the result still counts

@@ -54,7 +54,7 @@ def plan_status(plan_id: str) -> PlanStatus:
 def with_cap(agent: str, cap: int) -> AgentRegistry:
     agents = registry()
     types = tuple(replace(t, concurrency=cap) if t.name == agent else t for t in agents.types)
-    return AgentRegistry(types, agents.fallback)
+    return replace(agents, types=types)
 
 
 def test_a_success_claims_its_newly_ready_dependants_and_the_last_one_finishes_the_plan(store_url: str) -> None:
@@ -112,7 +112,7 @@ def test_the_fast_path_runs_the_same_statements_on_a_small_and_a_large_plan(stor
     timed) for the first task of a 2-layer and of a 60-layer plan."""
 
     agents = registry()
-    roomy = AgentRegistry(tuple(replace(t, concurrency=1000) for t in agents.types), agents.fallback)
+    roomy = replace(agents, types=tuple(replace(t, concurrency=1000) for t in agents.types))
 
     def statements_of_first_completion(depth: int) -> list[str]:
         plan_id = submit(layered_dag(width=5, depth=depth, command="true"), name=f"layers{depth}")

@@ -19,7 +19,7 @@ import pytest
 from orch.settings import get_settings
 from tests.conftest import require_bwrap
 from tests.e2e.conftest import BIN
-from tests.helpers import wait_for
+from tests.helpers import attempt_context, wait_for
 from workers.executors.base import AttemptContext
 from workers.executors.shell import ShellExecutor
 from workers.sandbox.bwrap import Layout, bwrap_arguments
@@ -32,11 +32,12 @@ ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: agents swi
 def shell_context(tmp_path: Path, command: str) -> AttemptContext:
     work = tmp_path / "work"
     work.mkdir(parents=True, exist_ok=True)
-    return AttemptContext(
-        plan_id="p-1", task_key="probe", attempt=1, title="probe", description="", success="", command=command,
-        workdir=work, files=(), timeout=30.0, agent="general-purpose", executor="shell",
-        log_path=tmp_path / "logs" / "probe.1.log", output_tail_bytes=65536, log_max_bytes=1 << 20,
-        kill_grace_seconds=1.0, network="none",
+    return attempt_context(
+        tmp_path,
+        task={"key": "probe", "title": "probe", "command": command, "workdir": str(work), "timeout": 30.0,
+              "agent": "general-purpose", "executor": "shell"},
+        settings={"output_tail_bytes": 65536, "log_max_bytes": 1 << 20, "kill_grace_seconds": 1.0},
+        network="none",
     )  # fmt: skip
 
 

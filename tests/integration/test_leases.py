@@ -22,6 +22,7 @@ from orch.celery import use_broker
 from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
 from orch.errors import ConfigInvalid, TaskNotFound, TaskStateConflict
+from orch.intake.agents import load_agents
 from orch.settings import get_settings
 from orch.states import LEGAL_TRANSITIONS, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo
@@ -115,7 +116,7 @@ def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
         assert not repo.renew_lease(session, claim, repo.db_now(session), 10, repo.Usage(), None)
     from workers.runner import finish
 
-    assert finish(claim, repo.AttemptResult(True, exit_code=0)) == "rejected"
+    assert finish(claim, repo.AttemptResult(True, exit_code=0), get_settings()) == "rejected"
     # A second loss spends the last retry: the task fails and its dependant is doomed.
     with write_session() as session:
         later = repo.db_now(session)
@@ -224,6 +225,27 @@ def test_consecutive_failures_open_the_agent_types_circuit(
     assert pause.reason == "circuit open: 2 consecutive failures"
     assert pause.until - pause.created_at == timedelta(hours=1)
     assert run_attempt(dispatches["docs"].task_pk, 1) == "succeeded"  # other types keep running
+
+
+def test_a_type_no_longer_declared_fails_and_trips_its_circuit_at_the_defaults(
+    store_url: str, fast_leases: str, breaker_config: None, tmp_path: Path
+) -> None:
+    """agents.yaml loses a type while its tasks are queued: their failures are recorded, and its circuit opens as
+    the file's defaults say (before, recording the result raised KeyError: the attempt was left for the reaper)."""
+    failing = {"title": "fails", "command": "exit 3", "retries": 0, "agent": "testing-specialist"}
+    tasks = [{"id": f"f{i}", **failing} for i in range(2)]
+    plan_id = submit(tasks, tmp_path)
+    dispatches = dispatch_all(plan_id)
+    config = Path(get_settings().config_dir)
+    agents = yaml.safe_load((config / "agents.yaml").read_text())
+    agents["agent_types"] = [t for t in agents["agent_types"] if t["name"] != "testing-specialist"]
+    (config / "agents.yaml").write_text(yaml.safe_dump(agents))
+    load_agents.cache_clear()
+    assert run_attempt(dispatches["f0"].task_pk, 1) == "failed"
+    assert run_attempt(dispatches["f1"].task_pk, 1) == "failed"
+    with read_session() as session:
+        pause = repo.active_pauses(session, repo.db_now(session))["testing-specialist"]
+    assert pause.reason == "circuit open: 2 consecutive failures"
 
 
 def test_retry_and_skip_reopen_tasks_and_their_descendants(store_url: str, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from orch.failures import FailureClass
-from tests.helpers import make_plan
+from tests.helpers import attempt_context, make_plan
 from workers.executors.base import AttemptContext
 from workers.executors.python_call import PythonExecutor
 
@@ -28,16 +28,15 @@ AGENT = textwrap.dedent(
 )
 
 
-def context(tmp_path: Path, call: str, **overrides: Any) -> AttemptContext:
+def context(tmp_path: Path, call: str, task: dict[str, Any] | None = None) -> AttemptContext:
     (tmp_path / "myagents.py").write_text(AGENT)
-    values: dict[str, Any] = {
-        "plan_id": "p", "task_key": "sum", "attempt": 1, "title": "Summarise", "description": "", "success": "",
-        "command": None, "workdir": tmp_path, "files": ("a.py",), "timeout": 30.0, "agent": "general-purpose",
-        "executor": "python", "log_path": tmp_path / "logs" / "sum.1.log", "output_tail_bytes": 4096,
-        "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5, "call": call,
-    }  # fmt: skip
-    values.update(overrides)
-    return AttemptContext(**values)
+    return attempt_context(
+        tmp_path,
+        task={"key": "sum", "title": "Summarise", "files": ["a.py"], "timeout": 30.0, "agent": "general-purpose",
+              "executor": "python", "call": call, **(task or {})},
+        settings={"output_tail_bytes": 4096, "log_max_bytes": 1 << 20, "kill_grace_seconds": 0.5},
+        plan_id="p", network="host",
+    )  # fmt: skip
 
 
 def test_the_return_value_is_recorded_as_json(tmp_path: Path) -> None:
@@ -53,7 +52,7 @@ def test_an_exception_is_a_failure_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_function_that_overruns_is_killed_at_the_time_limit(tmp_path: Path) -> None:
-    result = PythonExecutor().run(context(tmp_path, "myagents:dawdle", timeout=1.0))
+    result = PythonExecutor().run(context(tmp_path, "myagents:dawdle", task={"timeout": 1.0}))
     assert result.failure_class == FailureClass.TIMEOUT
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from orch.errors import ExecutorUnavailable
+from orch.executors import ExecutorName
 from workers.executors.anthropic_api import AnthropicExecutor
 from workers.executors.base import AttemptContext, Executor
 from workers.executors.claude_code import ClaudeCodeExecutor
@@ -10,19 +11,16 @@ from workers.executors.noop import NoopExecutor
 from workers.executors.python_call import PythonExecutor
 from workers.executors.shell import ShellExecutor
 
-EXECUTORS: dict[str, Executor] = {
-    "shell": ShellExecutor(),
-    "noop": NoopExecutor(),
-    "anthropic": AnthropicExecutor(),
-    "claude-code": ClaudeCodeExecutor(),
-    "python": PythonExecutor(),
+EXECUTORS: dict[ExecutorName, Executor] = {
+    executor.name: executor
+    for executor in (ShellExecutor(), NoopExecutor(), AnthropicExecutor(), ClaudeCodeExecutor(), PythonExecutor())
 }
 
 
 def get_executor(name: str, agent: str) -> Executor:
     try:
-        return EXECUTORS[name]
-    except KeyError:
+        return EXECUTORS[ExecutorName(name)]
+    except (ValueError, KeyError):  # not a name orch knows, or not an executor this worker has
         raise ExecutorUnavailable(
             f"executor {name!r} (default of agent type {agent!r}) is not available on this worker "
             f"(available: {', '.join(sorted(EXECUTORS))}); give the task a `command:` to run it with the "

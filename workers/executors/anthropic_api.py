@@ -15,6 +15,7 @@ import anthropic
 import httpx2  # the anthropic SDK's HTTP client: mid-stream read errors surface as its exceptions
 
 from orch.durations import format_duration
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
 from orch.store.repo import AttemptResult
@@ -34,7 +35,7 @@ class _DeadlineExceeded(Exception):
 
 
 class AnthropicExecutor:
-    name = "anthropic"
+    name = ExecutorName.ANTHROPIC
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
         key = ctx.secrets.get(API_KEY)
@@ -43,27 +44,28 @@ class AnthropicExecutor:
                 False,
                 failure_class=FailureClass.MISSING_CREDENTIALS,
                 error=(
-                    f"{API_KEY} is not set for agent type {ctx.agent!r} on worker {socket.gethostname()}: export it "
-                    f"in the worker's environment and list it under `secrets:` of the type in config/agents.yaml"
+                    f"{API_KEY} is not set for agent type {ctx.agent.name!r} on worker {socket.gethostname()}: "
+                    f"export it in the worker's environment and list it under `secrets:` of the type in "
+                    f"config/agents.yaml"
                 ),
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with ctx.log_path.open("wb", buffering=0) as log:
-            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
+            sink = OutputSink(log, ctx.settings.log_max_bytes, ctx.settings.output_tail_bytes, ctx.redactor())
             try:
                 return self._call(ctx, key, sink)
             finally:
                 sink.close()
 
     def _call(self, ctx: AttemptContext, key: str, sink: OutputSink) -> AttemptResult:
-        deadline = time.monotonic() + ctx.timeout
-        timeout = anthropic.Timeout(connect=30.0, read=ctx.idle_timeout, write=60.0, pool=30.0)
+        deadline = time.monotonic() + ctx.task.timeout
+        timeout = anthropic.Timeout(connect=30.0, read=ctx.agent.idle_timeout, write=60.0, pool=30.0)
         client = anthropic.Anthropic(api_key=key, max_retries=0, timeout=timeout)
-        common: dict[str, Any] = {"log_path": str(ctx.log_path), "model": ctx.model}
+        common: dict[str, Any] = {"log_path": str(ctx.log_path), "model": ctx.agent.model}
         try:
             with client.messages.stream(
-                model=ctx.model,
-                max_tokens=ctx.max_tokens,
+                model=ctx.agent.model,
+                max_tokens=ctx.agent.max_tokens,
                 system=ctx.system_prompt,
                 messages=[{"role": "user", "content": ctx.prompt}],
             ) as stream:
@@ -71,7 +73,7 @@ class AnthropicExecutor:
                     if event.type == "text":
                         sink.write(event.text.encode())
                     elif event.type in ("message_start", "message_delta"):
-                        ctx.control.report_usage(_usage(stream.current_message_snapshot.usage), ctx.model)
+                        ctx.control.report_usage(_usage(stream.current_message_snapshot.usage), ctx.agent.model)
                     if time.monotonic() > deadline:
                         raise _DeadlineExceeded
                     if ctx.control.stop_request is not None:
@@ -88,12 +90,13 @@ class AnthropicExecutor:
         except _DeadlineExceeded:
             return AttemptResult(
                 False, failure_class=FailureClass.TIMEOUT, output_tail=sink.tail,
-                error=f"timed out after {format_duration(ctx.timeout)}; the stream was closed", **common,
+                error=f"timed out after {format_duration(ctx.task.timeout)}; the stream was closed", **common,
             )  # fmt: skip
         except (anthropic.APITimeoutError, httpx2.TimeoutException):
             return AttemptResult(
                 False, failure_class=FailureClass.IDLE_TIMEOUT, output_tail=sink.tail,
-                error=f"no response from the API for {format_duration(ctx.idle_timeout)} (idle_timeout)", **common,
+                error=f"no response from the API for {format_duration(ctx.agent.idle_timeout)} (idle_timeout)",
+                **common,
             )  # fmt: skip
         except (anthropic.APIConnectionError, httpx2.TransportError) as exc:
             return AttemptResult(
@@ -110,7 +113,7 @@ class AnthropicExecutor:
         usage = _usage(final.usage)
         return AttemptResult(
             True, exit_code=0, output_tail=sink.tail, result=text, usage=usage,
-            log_path=str(ctx.log_path), model=final.model or ctx.model,
+            log_path=str(ctx.log_path), model=final.model or ctx.agent.model,
         )  # fmt: skip
 
 

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from orch.executors import ExecutorName
+from orch.intake.agents import AgentType
 from orch.redaction import Redactor, secret_values, settings_secrets
-from orch.settings import get_settings
-from orch.store.repo import AttemptResult
+from orch.settings import Settings
+from orch.store.repo import AttemptResult, TaskSpec
 from workers.control import AttemptControl
 from workers.sandbox.grant import Grant, Scratch, attempt_scratch
 from workers.sandbox.launch import Launch
@@ -18,66 +20,50 @@ from workers.sandbox.launch import Launch
 
 @dataclass(frozen=True)
 class AttemptContext:
-    """Everything an executor may know of the attempt it runs (read from the store by id)."""
+    """Everything an executor may know of the attempt it runs: the claimed task (read from the store by id), its
+    agent type, the worker's settings, and what is this attempt's own."""
 
+    task: TaskSpec
+    agent: AgentType  # the task's type (a type no longer declared: the file's defaults, under its name)
+    settings: Settings = field(compare=False, repr=False)  # the worker's, passed by the runner: limits, isolation
     plan_id: str
-    task_key: str
     attempt: int
-    title: str
-    description: str
-    success: str
-    command: str | None
-    workdir: Path
-    files: tuple[str, ...]
-    timeout: float
-    agent: str
-    executor: str
     log_path: Path
-    output_tail_bytes: int
-    log_max_bytes: int
-    kill_grace_seconds: float
+    # "host" or "none": decided once from the agent type's `network:` and the task's executor (verify's shell too)
+    network: str
+    lease: str = ""  # the attempt's lease token (ORCH_LEASE for the agent: an execution ledger may record it)
     env: dict[str, str] = field(default_factory=dict)  # extra variables the executor gives its agent
     secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the agent type's secrets, by name
     masked: frozenset[str] = frozenset()  # every agent type's secret names: their values are masked in output
-    passthrough: tuple[str, ...] = ()  # the worker's variables the agent type's `env:` grants its agents
-    network: str = "host"  # "host" or "none" (decided from the agent type's `network:` and the executor)
     scratch: Path | None = None  # the attempt's own folder (its agent's HOME and TMPDIR), outside the workdir
     prompt: str = ""
     system_prompt: str = ""
-    model: str = ""
-    max_tokens: int = 8000
-    idle_timeout: float = 300.0
-    max_turns: int = 30
-    permission_mode: str = "acceptEdits"
-    allowed_tools: tuple[str, ...] = ()
-    disallowed_tools: tuple[str, ...] = ()
-    claude_bin: str = "claude"
-    call: str | None = None  # python executor: "package.module:function"
-    verify: str | None = None  # checked by the runner after the executor reports success
-    scope: str = "loose"
     control: AttemptControl = field(default_factory=AttemptControl, compare=False, repr=False)
-    lease: str = ""  # the attempt's lease token (ORCH_LEASE for the agent: an execution ledger may record it)
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.task.workdir)
 
     def redactor(self) -> Redactor:
         """Masks every secret this worker knows (every agent type's, orch's own passwords) in whatever the agent
         prints, whether or not this attempt was given it."""
-        return Redactor({**settings_secrets(get_settings()), **secret_values(self.masked), **self.secrets})
+        return Redactor({**settings_secrets(self.settings), **secret_values(self.masked), **self.secrets})
 
     def grant(self) -> Grant:
         """What the agent process gets: its ids, its type's secrets and `env:` variables, its own folders."""
         ids = {
             "ORCH_PLAN_ID": self.plan_id,
-            "ORCH_TASK_ID": self.task_key,
+            "ORCH_TASK_ID": self.task.key,
             "ORCH_ATTEMPT": str(self.attempt),
             "ORCH_LEASE": self.lease,
             "ORCH_WORKDIR": str(self.workdir),
-            "ORCH_AGENT": self.agent,
+            "ORCH_AGENT": self.agent.name,
         }
         scratch = Scratch(self.scratch) if self.scratch is not None else None
         return Grant(
             attempt_ids=ids,
             secrets=self.secrets,
-            passthrough=self.passthrough,
+            passthrough=self.agent.env,
             extra=self.env,
             home=scratch.home if scratch else None,
             tmp=scratch.tmp if scratch else None,
@@ -94,11 +80,11 @@ def with_scratch(ctx: AttemptContext) -> Iterator[AttemptContext]:
     if ctx.scratch is not None:
         yield ctx
         return
-    with attempt_scratch(get_settings()) as scratch:
+    with attempt_scratch(ctx.settings) as scratch:
         yield replace(ctx, scratch=scratch.root)
 
 
 class Executor(Protocol):
-    name: str
+    name: ExecutorName
 
     def run(self, ctx: AttemptContext) -> AttemptResult: ...

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from orch.durations import format_duration
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
 from orch.services.isolation import absolute_path
-from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
@@ -50,16 +50,16 @@ def claude_arguments(binary: str, ctx: AttemptContext) -> list[str]:
     args = [
         binary, "-p",
         "--output-format", "stream-json", "--verbose",
-        "--model", ctx.model,
-        "--max-turns", str(ctx.max_turns),
-        "--permission-mode", ctx.permission_mode,
+        "--model", ctx.agent.model,
+        "--max-turns", str(ctx.agent.max_turns),
+        "--permission-mode", ctx.agent.permission_mode,
     ]  # fmt: skip
     if ctx.system_prompt:
         args += ["--append-system-prompt", ctx.system_prompt]
-    if ctx.allowed_tools:
-        args += ["--allowedTools", ",".join(ctx.allowed_tools)]
-    if ctx.disallowed_tools:
-        args += ["--disallowedTools", ",".join(ctx.disallowed_tools)]
+    if ctx.agent.allowed_tools:
+        args += ["--allowedTools", ",".join(ctx.agent.allowed_tools)]
+    if ctx.agent.disallowed_tools:
+        args += ["--disallowedTools", ",".join(ctx.agent.disallowed_tools)]
     return args
 
 
@@ -103,17 +103,18 @@ class StreamState:
 
 
 class ClaudeCodeExecutor:
-    name = "claude-code"
+    name = ExecutorName.CLAUDE_CODE
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
-        found = shutil.which(ctx.claude_bin, path=absolute_path(os.environ.get("PATH")))
+        claude_bin = ctx.settings.claude_bin
+        found = shutil.which(claude_bin, path=absolute_path(os.environ.get("PATH")))
         binary = os.path.realpath(found) if found else None  # the file itself: a link's folder may be hidden
         if binary is None:
             return AttemptResult(
                 False,
                 failure_class=FailureClass.EXECUTOR_UNAVAILABLE,
                 error=(
-                    f"the Claude Code CLI ({ctx.claude_bin!r}) is not installed on worker {socket.gethostname()}: "
+                    f"the Claude Code CLI ({claude_bin!r}) is not installed on worker {socket.gethostname()}: "
                     f"`npm install -g @anthropic-ai/claude-code`, or point ORCH_CLAUDE_BIN at it"
                 ),
             )
@@ -123,7 +124,7 @@ class ClaudeCodeExecutor:
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with with_scratch(ctx) as ctx, prompt_file(ctx) as prompt, ctx.log_path.open("wb", buffering=0) as log:
-            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
+            sink = OutputSink(log, ctx.settings.log_max_bytes, ctx.settings.output_tail_bytes, ctx.redactor())
             state = StreamState()
             try:
                 code, limit = self._run(binary, ctx, sink, state, prompt)
@@ -137,7 +138,7 @@ class ClaudeCodeExecutor:
         self, binary: str, ctx: AttemptContext, sink: OutputSink, state: StreamState, prompt: IO[bytes]
     ) -> tuple[int, FailureClass | None]:
         launch = ctx.launch(claude_arguments(binary, ctx), programs=cli_folders(binary))
-        process = start_agent(launch, get_settings(), stdin=prompt, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        process = start_agent(launch, ctx.settings, stdin=prompt, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         lines: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_LINES)
         readers = [
             threading.Thread(target=_read_lines, args=(stream, lines), daemon=True)
@@ -145,7 +146,7 @@ class ClaudeCodeExecutor:
         ]
         for reader in readers:
             reader.start()
-        deadline = time.monotonic() + ctx.timeout
+        deadline = time.monotonic() + ctx.task.timeout
         open_streams = len(readers)
         limit: FailureClass | None = None
         try:
@@ -154,13 +155,13 @@ class ClaudeCodeExecutor:
                 if now >= deadline:
                     limit = FailureClass.TIMEOUT
                     break
-                if now - state.last_activity >= ctx.idle_timeout:
+                if now - state.last_activity >= ctx.agent.idle_timeout:
                     limit = FailureClass.IDLE_TIMEOUT
                     break
                 if ctx.control.stop_request is not None:
                     limit = ctx.control.stop_request.failure_class
                     break
-                wait = min(deadline - now, ctx.idle_timeout - (now - state.last_activity), 0.2)
+                wait = min(deadline - now, ctx.agent.idle_timeout - (now - state.last_activity), 0.2)
                 try:
                     line = lines.get(timeout=max(wait, 0.01))
                 except queue.Empty:
@@ -172,7 +173,7 @@ class ClaudeCodeExecutor:
                 if state.take(line):
                     ctx.control.report_usage(state.usage_so_far(), state.model)
         finally:
-            end_agent(process.pid, ctx.kill_grace_seconds, process)
+            end_agent(process.pid, ctx.settings.kill_grace_seconds, process)
             _drain(lines, readers)
         return process.returncode, limit
 
@@ -240,7 +241,7 @@ def _model(final: dict[str, Any], state: StreamState, ctx: AttemptContext) -> st
     models = final.get("modelUsage")
     if isinstance(models, dict) and models:
         return str(max(models, key=lambda m: (models[m] or {}).get("costUSD") or 0))
-    return state.model or ctx.model
+    return state.model or ctx.agent.model
 
 
 def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: StreamState, tail: str) -> AttemptResult:
@@ -251,18 +252,18 @@ def outcome(ctx: AttemptContext, code: int, limit: FailureClass | None, state: S
         "log_path": str(ctx.log_path),
         "usage": _usage(final) if final else state.usage_so_far(),  # a killed agent's spend still counts
         "cost_usd": reported_cost(final.get("total_cost_usd")),
-        "model": _model(final, state, ctx) if final else ctx.model,
+        "model": _model(final, state, ctx) if final else ctx.agent.model,
         "result": final.get("result") if isinstance(final.get("result"), str) else None,
     }
     if limit is FailureClass.TIMEOUT:
         return AttemptResult(
-            False, failure_class=limit, error=f"timed out after {format_duration(ctx.timeout)}; "
+            False, failure_class=limit, error=f"timed out after {format_duration(ctx.task.timeout)}; "
             f"its process group was killed", **common,
         )  # fmt: skip
     if limit is FailureClass.IDLE_TIMEOUT:
         return AttemptResult(
-            False, failure_class=limit, error=f"no output for {format_duration(ctx.idle_timeout)} (idle_timeout); "
-            f"its process group was killed", **common,
+            False, failure_class=limit, error=f"no output for {format_duration(ctx.agent.idle_timeout)} "
+            f"(idle_timeout); its process group was killed", **common,
         )  # fmt: skip
     stop = ctx.control.stop_request
     if stop is not None and limit is stop.failure_class:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from orch.executors import ExecutorName
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext
 
 
 class NoopExecutor:
-    name = "noop"
+    name = ExecutorName.NOOP
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
         return AttemptResult(succeeded=True, exit_code=0)

@@ -14,8 +14,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
-from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.shell import ShellExecutor
@@ -25,35 +25,35 @@ from workers.sandbox.grant import give_to_agent
 def task_context(ctx: AttemptContext) -> dict[str, object]:
     return {
         "plan_id": ctx.plan_id,
-        "task_id": ctx.task_key,
+        "task_id": ctx.task.key,
         "attempt": ctx.attempt,
-        "title": ctx.title,
-        "description": ctx.description,
-        "success": ctx.success,
-        "files": list(ctx.files),
+        "title": ctx.task.title,
+        "description": ctx.task.description,
+        "success": ctx.task.success,
+        "files": list(ctx.task.files),
         "workdir": str(ctx.workdir),
-        "agent": ctx.agent,
+        "agent": ctx.agent.name,
         "prompt": ctx.prompt,
     }
 
 
 class PythonExecutor:
-    name = "python"
+    name = ExecutorName.PYTHON
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
-        call = ctx.call
+        call = ctx.task.call
         if not call:
             return AttemptResult(False, failure_class=FailureClass.INVALID_TASK, error="python executor: no `call:`")
         with with_scratch(ctx) as ctx, tempfile.TemporaryDirectory(prefix="call-", dir=ctx.scratch) as folder:
             # Written in the worker's own folder, then handed over: no agent can put a link in its place meanwhile.
             context_file, result_file = Path(folder) / "context.json", Path(folder) / "result.json"
             context_file.write_text(json.dumps(task_context(ctx)), encoding="utf-8")
-            give_to_agent(context_file, get_settings())
-            give_to_agent(Path(folder), get_settings())
+            give_to_agent(context_file, ctx.settings)
+            give_to_agent(Path(folder), ctx.settings)
             command = f"{shlex.quote(sys.executable)} -m workers.python_entry {shlex.quote(call)}"
             child = replace(
                 ctx,
-                command=command,
+                task=replace(ctx.task, command=command),
                 env={**ctx.env, "ORCH_CONTEXT_FILE": str(context_file), "ORCH_RESULT_FILE": str(result_file)},
             )
             outcome = ShellExecutor().run(child)

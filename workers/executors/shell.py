@@ -15,9 +15,9 @@ from typing import IO
 
 from orch.durations import format_duration
 from orch.errors import OrchError
+from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.services.isolation import IsolationUnavailable
-from orch.settings import get_settings
 from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
@@ -57,10 +57,10 @@ def last_line(text: str) -> str:
 
 
 class ShellExecutor:
-    name = "shell"
+    name = ExecutorName.SHELL
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
-        if not ctx.command:
+        if not ctx.task.command:
             return AttemptResult(
                 False, failure_class=FailureClass.INVALID_TASK, error="shell executor: task has no command"
             )
@@ -72,7 +72,7 @@ class ShellExecutor:
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
         with with_scratch(ctx) as ctx, ctx.log_path.open("wb", buffering=0) as log:
-            sink = OutputSink(log, ctx.log_max_bytes, ctx.output_tail_bytes, ctx.redactor())
+            sink = OutputSink(log, ctx.settings.log_max_bytes, ctx.settings.output_tail_bytes, ctx.redactor())
             try:
                 code, ended_by = self._run_process(ctx, sink)
             except ISOLATION_ERRORS as exc:
@@ -94,7 +94,7 @@ class ShellExecutor:
                 False,
                 exit_code=code,
                 failure_class=FailureClass.TIMEOUT,
-                error=f"timed out after {format_duration(ctx.timeout)}; its process group was killed",
+                error=f"timed out after {format_duration(ctx.task.timeout)}; its process group was killed",
                 output_tail=tail,
                 log_path=str(ctx.log_path),
             )
@@ -113,22 +113,21 @@ class ShellExecutor:
     def _run_process(self, ctx: AttemptContext, sink: OutputSink) -> tuple[int, str | None]:
         """Run the command to its end, its time limit or a stop request; returns its exit code and what
         ended it early ("timeout", "stop") if anything did."""
-        assert ctx.command is not None
-        process = start_agent(
-            ctx.launch(["/bin/sh", "-c", ctx.command]), get_settings(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        assert ctx.task.command is not None
+        launch = ctx.launch(["/bin/sh", "-c", ctx.task.command])
+        process = start_agent(launch, ctx.settings, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         pgid = process.pid
         assert process.stdout is not None
         reader = threading.Thread(target=_pump, args=(process.stdout, sink), daemon=True)
         reader.start()
         ended_by = None
-        deadline = time.monotonic() + ctx.timeout
+        deadline = time.monotonic() + ctx.task.timeout
         try:
             ended_by = wait_for_exit(process, deadline, ctx)
         finally:
             # The command is over (or out of time): nothing it started may outlive the attempt.
-            end_agent(pgid, ctx.kill_grace_seconds, process)
-        reader.join(timeout=ctx.kill_grace_seconds + 5)
+            end_agent(pgid, ctx.settings.kill_grace_seconds, process)
+        reader.join(timeout=ctx.settings.kill_grace_seconds + 5)
         return process.returncode, ended_by
 
 
