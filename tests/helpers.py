@@ -126,13 +126,13 @@ def drive_until_final(plan_id: str, timeout: float) -> None:
     """Run the beat tick in this process until the plan is final (a worker must be consuming)."""
     from beat.tick import run_tick
     from orch.states import PlanStatus
-    from orch.store import repo
+    from orch.store import plans
     from orch.store.db import read_session
 
     def final() -> bool:
         run_tick()
         with read_session() as session:
-            plan = repo.get_plan(session, plan_id)
+            plan = plans.get_plan(session, plan_id)
             return plan is not None and plan.status is not PlanStatus.RUNNING
 
     wait_for(final, timeout, f"plan {plan_id} to finish", interval=0.1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from orch.failures import FailureClass
-from orch.store.repo import AttemptResult
+from orch.records import AttemptResult
 from workers.executors.base import AttemptContext
 from workers.executors.shell import ShellExecutor
 from workers.workspace import in_scope

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -338,3 +339,16 @@ def refresh_planner_statistics(session: Session) -> None:
     thousands of rows."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("ANALYZE tasks, dependencies"))
+
+
+_PG_NOW = text("SELECT clock_timestamp()")
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock: leases are judged by it, never by a worker's own clock. A SQLite store lives on
+    this host, and its clock ('now') is this host's: it is read here without a statement."""
+    if session.get_bind().dialect.name == "postgresql":
+        value = session.scalar(_PG_NOW)
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+    return datetime.now(UTC)

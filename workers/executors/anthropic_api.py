@@ -17,7 +17,7 @@ import httpx2  # the anthropic SDK's HTTP client: mid-stream read errors surface
 from orch.durations import format_duration
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
-from orch.store.repo import AttemptResult
+from orch.records import AttemptResult
 from workers.executors.base import AttemptContext
 from workers.executors.output import OutputSink
 

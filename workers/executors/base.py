@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from orch.records import AttemptResult
 from orch.redaction import Redactor, secret_values, settings_secrets
 from orch.settings import get_settings
-from orch.store.repo import AttemptResult
 from workers.control import AttemptControl
 from workers.sandbox import Grant, Launch, Scratch, attempt_scratch
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orch.store.repo import AttemptResult
+from orch.records import AttemptResult
 from workers.executors.base import AttemptContext
 
 

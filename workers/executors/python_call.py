@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from orch.failures import FailureClass
+from orch.records import AttemptResult
 from orch.settings import get_settings
-from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.shell import ShellExecutor
 from workers.sandbox import give_to_agent

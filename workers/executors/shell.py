@@ -16,9 +16,9 @@ from typing import IO
 from orch.durations import format_duration
 from orch.errors import OrchError
 from orch.failures import FailureClass
+from orch.records import AttemptResult
 from orch.services.isolation import IsolationUnavailable
 from orch.settings import get_settings
-from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
 from workers.sandbox import UnsafeWorkdir, WorkdirNotWritable, start_agent
