@@ -15,11 +15,11 @@ from orch.budget import Budget
 from orch.decisions.readiness import Reconciliation, TaskView
 from orch.records import AgentLoad, Dispatch, PlanGate
 from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, TERMINAL, PlanStatus, TaskStatus
-from orch.store._sql import ANALYZE_FROM_TASKS, PAUSES, PLANS, TASKS, chunks, no_sync, rowcount
+from orch.store._sql import ANALYZE_FROM_TASKS, PAUSES, PLANS, TASKS, chunks, no_sync
 from orch.store.db import refresh_planner_statistics
-from orch.store.events import event_row, log_event, log_events, log_task_events
+from orch.store.events import event_row, log_events, log_task_events
 from orch.store.models import DependencyRow, PlanRow, TaskRow
-from orch.store.plans import plan_dependencies
+from orch.store.plans import plan_dependencies, set_plan_status
 
 
 def task_views(session: Session, plan_id: str) -> list[TaskView]:
@@ -245,17 +245,8 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
 
 
 def finish_plan(session: Session, plan_id: str, outcome: PlanStatus, now: datetime) -> bool:
-    changed = rowcount(
-        session.execute(
-            update(PlanRow)
-            .where(PlanRow.id == plan_id, PlanRow.status == PlanStatus.RUNNING)
-            .values(status=outcome, finished_at=now)
-            .execution_options(**no_sync())
-        )
-    )
-    if changed:
-        log_event(session, now, plan_id, kind="plan", old=PlanStatus.RUNNING, new=outcome)
-    return bool(changed)
+    """running → succeeded or failed, once every task of the plan is final."""
+    return set_plan_status(session, plan_id, {PlanStatus.RUNNING}, outcome, now, None, finished_at=now)
 
 
 def stale_dispatches(

@@ -14,10 +14,12 @@ from orch.errors import PlanNotFound, TaskStateConflict
 from orch.states import CANCELLABLE, PLAN_FINAL, PLAN_HELD, RETRIABLE, AttemptStatus, PlanStatus, TaskStatus
 from orch.store._sql import chunks, no_sync, rowcount
 from orch.store.attempts import dependency_met
-from orch.store.events import log_event, log_task_events
+from orch.store.events import log_task_events
 from orch.store.models import AttemptRow, PlanRow, TaskRow
-from orch.store.plans import plan_dependencies, task_by_key
+from orch.store.plans import plan_dependencies, set_plan_status, task_by_key
 from orch.store.spend import plan_budget, plan_spend
+
+_UNFINISHED = frozenset(PlanStatus) - PLAN_FINAL  # a plan cancel_plan still cancels
 
 
 def cancel_plan(session: Session, plan_id: str, now: datetime, reason: str) -> dict[TaskStatus, int]:
@@ -44,18 +46,7 @@ def cancel_plan(session: Session, plan_id: str, now: datetime, reason: str) -> d
         .values(status=AttemptStatus.CANCELLED, finished_at=now, error=reason)
         .execution_options(**no_sync())
     )
-    plan = session.get(PlanRow, plan_id)
-    old_status = plan.status if plan else PlanStatus.RUNNING
-    changed = rowcount(
-        session.execute(
-            update(PlanRow)
-            .where(PlanRow.id == plan_id, PlanRow.status.not_in(PLAN_FINAL))
-            .values(status=PlanStatus.CANCELLED, finished_at=now, held_reason=None)
-            .execution_options(**no_sync())
-        )
-    )
-    if changed:
-        log_event(session, now, plan_id, kind="plan", old=old_status, new=PlanStatus.CANCELLED, detail=reason)
+    set_plan_status(session, plan_id, _UNFINISHED, PlanStatus.CANCELLED, now, reason, finished_at=now, held_reason=None)
     return counts
 
 
@@ -128,16 +119,7 @@ def _reopen(session: Session, plan_id: str, task_pks: Sequence[int], now: dateti
 
 def _reopen_plan(session: Session, plan_id: str, now: datetime, detail: str) -> None:
     """A failed plan whose tasks were reopened runs again (a cancelled one stays cancelled)."""
-    changed = rowcount(
-        session.execute(
-            update(PlanRow)
-            .where(PlanRow.id == plan_id, PlanRow.status == PlanStatus.FAILED)
-            .values(status=PlanStatus.RUNNING, finished_at=None)
-            .execution_options(**no_sync())
-        )
-    )
-    if changed:
-        log_event(session, now, plan_id, kind="plan", old=PlanStatus.FAILED, new=PlanStatus.RUNNING, detail=detail)
+    set_plan_status(session, plan_id, {PlanStatus.FAILED}, PlanStatus.RUNNING, now, detail, finished_at=None)
 
 
 def retry_task(session: Session, plan_id: str, key: str, now: datetime) -> list[str]:
@@ -202,17 +184,7 @@ def _keys(session: Session, task_pks: Sequence[int]) -> list[str]:
 
 def hold_plan(session: Session, plan_id: str, status: PlanStatus, reason: str, now: datetime) -> bool:
     """running → paused or budget_exhausted: nothing new is dispatched until `resume_plan`."""
-    changed = rowcount(
-        session.execute(
-            update(PlanRow)
-            .where(PlanRow.id == plan_id, PlanRow.status == PlanStatus.RUNNING)
-            .values(status=status, held_reason=reason)
-            .execution_options(**no_sync())
-        )
-    )
-    if changed:
-        log_event(session, now, plan_id, kind="plan", old=PlanStatus.RUNNING, new=status, detail=reason)
-    return bool(changed)
+    return set_plan_status(session, plan_id, {PlanStatus.RUNNING}, status, now, reason, held_reason=reason)
 
 
 def resume_plan(session: Session, plan_id: str, now: datetime, budget: Budget | None = None) -> PlanStatus:
@@ -235,15 +207,6 @@ def resume_plan(session: Session, plan_id: str, now: datetime, budget: Budget | 
             f"plan {plan_id} has spent {describe(plan_spend(session, plan_id), plan_budget(plan))}: "
             f"raise it with --budget-usd / --budget-tokens"
         )
-    changed = rowcount(
-        session.execute(
-            update(PlanRow)
-            .where(PlanRow.id == plan_id, PlanRow.status == old)
-            .values(status=PlanStatus.RUNNING, held_reason=None)
-            .execution_options(**no_sync())
-        )
-    )
-    if not changed:
+    if not set_plan_status(session, plan_id, {old}, PlanStatus.RUNNING, now, "orch resume", held_reason=None):
         raise TaskStateConflict(f"plan {plan_id} changed meanwhile; try again")
-    log_event(session, now, plan_id, kind="plan", old=old, new=PlanStatus.RUNNING, detail="orch resume")
     return old

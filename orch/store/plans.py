@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Collection
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from orch.errors import PlanNotFound, TaskNotFound
 from orch.intake.gc_pause import collector_paused
 from orch.intake.plan import Plan
 from orch.states import PlanStatus, TaskStatus
-from orch.store._sql import ANALYZE_FROM_TASKS, DEPENDENCIES, TASKS
+from orch.store._sql import ANALYZE_FROM_TASKS, DEPENDENCIES, TASKS, no_sync, rowcount
 from orch.store.bulk import insert_rows, reserve_primary_keys
 from orch.store.db import refresh_planner_statistics
 from orch.store.events import log_event
@@ -82,6 +84,35 @@ def _insert_plan(session: Session, plan: Plan, now: datetime) -> str:
     if len(plan.tasks) >= ANALYZE_FROM_TASKS:
         refresh_planner_statistics(session)  # PostgreSQL counts this transaction's own rows in the sample
     return plan_id
+
+
+def set_plan_status(
+    session: Session,
+    plan_id: str,
+    allowed: Collection[PlanStatus],
+    new: PlanStatus,
+    now: datetime,
+    detail: str | None,
+    **values: Any,
+) -> bool:
+    """The plan → `new` (with the other columns in `values`) if its status is one of `allowed`: a compare-and-set
+    that logs the plan event only when it won. Returns whether it did. The event's old status is the allowed one;
+    of several, the one read just before (the compare-and-set, not that read, decides the change)."""
+    if len(allowed) == 1:
+        old: PlanStatus | None = next(iter(allowed))
+    else:
+        old = session.scalar(select(PlanRow.status).where(PlanRow.id == plan_id))
+    changed = rowcount(
+        session.execute(
+            update(PlanRow)
+            .where(PlanRow.id == plan_id, PlanRow.status.in_(sorted(allowed)))
+            .values(status=new, **values)
+            .execution_options(**no_sync())
+        )
+    )
+    if changed:
+        log_event(session, now, plan_id, kind="plan", old=old, new=new, detail=detail)
+    return bool(changed)
 
 
 def find_plan(session: Session, ref: str) -> PlanRow:
