@@ -3,7 +3,7 @@
 - validate + submit: a plan file of N tasks (layers of `scale_width` tasks, each after two tasks of the layer
   before) read, validated and stored, timed in three steps;
 - readiness per completion: what a worker's `finish` does after an attempt, replayed (on PostgreSQL after the
-  vacuum that autovacuum would run after the insert): one queued task is claimed (`attempts.claim_attempt`), then in
+  vacuum that autovacuum would run after the insert): one queued task is claimed (`attempts.claim`), then in
   one transaction its success is recorded (`attempts.record_result`) and
   `orch.dispatch.reconcile.dispatch_after_result` finds and claims its newly ready dependants — that call is the
   readiness cost (the transaction's total is reported too). Tasks complete in plan order, so each finished task has
@@ -158,9 +158,10 @@ def _completions(
             if row is None:
                 raise BenchError("no queued task left to complete")
             now = db_now(session)
-            claim = attempts.claim_attempt(session, row[0], row[1], "bench", os.getpid(), now, LEASE_SECONDS)
-        if claim is None:
+            claimed = attempts.claim(session, row[0], row[1], "bench", os.getpid(), LEASE_SECONDS, now=now)
+        if claimed is None:
             raise BenchError("the claim of a queued task failed")
+        claim, _ = claimed
         began = time.perf_counter()
         with write_session() as session:
             now = db_now(session)

@@ -51,7 +51,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
 
     def claim_it() -> tuple[Claim, AttemptContext] | None:
         with write_session() as session:
-            claimed = attempts.claim_and_load(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
+            claimed = attempts.claim(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
             return None if claimed is None else (claimed[0], _context(session, *claimed))
 
     claimed = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))

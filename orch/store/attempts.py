@@ -79,26 +79,20 @@ _CLAIM_NOW = _claim_statement(DbClock(literal(0.0, Float)), DbClock(_LEASE_SECON
 _INSERT_ATTEMPT = insert(ATTEMPTS)
 
 
-def claim_attempt(
-    session: Session, task_pk: int, attempt: int, worker: str, pid: int | None, now: datetime, lease_seconds: float
-) -> Claim | None:
-    """queued → running for this attempt, with a fresh lease that expires unless renewed (by `now`, the
-    database's clock); None when the message is a duplicate or stale."""
-    claimed = claim_and_load(session, task_pk, attempt, worker, pid, lease_seconds, now)
-    return None if claimed is None else claimed[0]
-
-
-def claim_and_load(
+def claim(
     session: Session,
     task_pk: int,
     attempt: int,
     worker: str,
     pid: int | None,
     lease_seconds: float,
+    *,
     now: datetime | None = None,
 ) -> tuple[Claim, TaskSpec] | None:
-    """`claim_attempt`, also returning what the worker needs to run the task; without `now`, the claim reads the
-    database's clock itself (one round trip fewer)."""
+    """queued → running for this attempt, with a fresh lease that expires unless renewed; None when the message
+    is a duplicate or stale. Returns the claim and what the worker needs to run the task. The lease is stamped by
+    the database's clock, read by the claim itself (one round trip fewer), or at `now` when given (tests, replays:
+    `now` is then the database's clock as the caller read it)."""
     lease = str(uuid.uuid4())
     params: dict[str, Any] = {"of_task": task_pk, "of_number": attempt, "new_lease": lease, "lease_s": lease_seconds}
     if now is not None:

@@ -44,8 +44,9 @@ def dispatch() -> dict[str, Dispatch]:
 
 def start(task: Dispatch) -> Claim:
     with write_session() as session:
-        claim = attempts.claim_attempt(session, task.task_pk, task.attempt, "worker-1", 1, now(), 60)
-    assert claim is not None
+        claimed = attempts.claim(session, task.task_pk, task.attempt, "worker-1", 1, 60, now=now())
+    assert claimed is not None
+    claim, _ = claimed
     return claim
 
 

@@ -34,8 +34,9 @@ def tick(agents: AgentRegistry | None = None) -> list[Dispatch]:
 def succeed(dispatch: Dispatch, agents: AgentRegistry | None = None) -> tuple[int, list[Dispatch]]:
     """Claim, then record a success and take the fast path in one transaction, as a worker does."""
     with write_session() as session:
-        claim = attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w1", 1, NOW, LEASE)
-    assert claim is not None
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w1", 1, LEASE, now=NOW)
+    assert claimed is not None
+    claim, _ = claimed
     with write_session() as session:
         recorded = attempts.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
         assert recorded is not None
@@ -89,8 +90,9 @@ def test_a_held_plan_or_a_paused_agent_type_gets_nothing(store_url: str) -> None
     plan_id = submit(DIAMOND)
     (a,) = tick()
     with write_session() as session:
-        claim = attempts.claim_attempt(session, a.task_pk, a.attempt, "w1", 1, NOW, LEASE)
-        assert claim is not None
+        claimed = attempts.claim(session, a.task_pk, a.attempt, "w1", 1, LEASE, now=NOW)
+        assert claimed is not None
+        claim, _ = claimed
         assert operator.hold_plan(session, plan_id, PlanStatus.PAUSED, "operator paused", NOW)
     with write_session() as session:
         recorded = attempts.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
@@ -119,8 +121,9 @@ def test_the_fast_path_runs_the_same_statements_on_a_small_and_a_large_plan(stor
         dispatches = [d for d in tick(roomy) if d.key == "t0-0" and d.plan_id == plan_id]
         (first,) = dispatches
         with write_session() as session:
-            claim = attempts.claim_attempt(session, first.task_pk, first.attempt, "w1", 1, NOW, LEASE)
-        assert claim is not None
+            claimed = attempts.claim(session, first.task_pk, first.attempt, "w1", 1, LEASE, now=NOW)
+        assert claimed is not None
+        claim, _ = claimed
         seen: list[str] = []
 
         def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:

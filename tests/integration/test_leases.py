@@ -102,8 +102,9 @@ def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
     dispatch = dispatch_all(plan_id)["a"]
     with write_session() as session:
         now = db_now(session)
-        claim = attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "frozen-host", 4242, now, 0.2)
-    assert claim is not None
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "frozen-host", 4242, 0.2, now=now)
+    assert claimed is not None
+    claim, _ = claimed
     with write_session() as session:  # not yet expired: nothing to reap
         assert attempts.expired_claims(session, now) == []
     report = run_tick(now=now + timedelta(seconds=1), reap=True)
@@ -122,7 +123,7 @@ def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
     # A second loss spends the last retry: the task fails and its dependant is doomed.
     with write_session() as session:
         later = db_now(session)
-        assert attempts.claim_attempt(session, again.pk, 2, "w", 1, later, 0.1) is not None
+        assert attempts.claim(session, again.pk, 2, "w", 1, 0.1, now=later) is not None
     run_tick(now=later + timedelta(seconds=1))
     assert task(plan_id, "a").status is TaskStatus.FAILED
     assert task(plan_id, "b").status is TaskStatus.UPSTREAM_FAILED
@@ -185,8 +186,9 @@ def test_a_spent_plan_budget_holds_dispatch(store_url: str, tmp_path: Path) -> N
     dispatch = dispatch_all(plan_id)["a"]
     with write_session() as session:
         now = db_now(session)
-        claim = attempts.claim_attempt(session, dispatch.task_pk, 1, "w", 1, now, 60)
-        assert claim is not None
+        claimed = attempts.claim(session, dispatch.task_pk, 1, "w", 1, 60, now=now)
+        assert claimed is not None
+        claim, _ = claimed
         result = AttemptResult(True, exit_code=0, usage=Usage(input_tokens=90, output_tokens=20))
         attempts.record_result(session, claim, result, Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED), now)
     assert dispatch_all(plan_id) == {}
@@ -306,8 +308,9 @@ def test_tasks_whose_files_overlap_never_run_together(store_url: str, tmp_path: 
         now = db_now(session)
         for key in ("api", "docs"):
             row = plans.task_by_key(session, plan_id, key)
-            claim = attempts.claim_attempt(session, row.pk, 1, "w", 1, now, 60)
-            assert claim is not None
+            claimed = attempts.claim(session, row.pk, 1, "w", 1, 60, now=now)
+            assert claimed is not None
+            claim, _ = claimed
             done = Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED)
             attempts.record_result(session, claim, AttemptResult(True, exit_code=0), done, now)
     assert set(dispatch_all(plan_id)) == {"all"}

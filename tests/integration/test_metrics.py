@@ -66,9 +66,9 @@ def tick(at: datetime) -> dict[str, Dispatch]:
 
 def claim(dispatch: Dispatch, at: datetime, worker: str = "w1@host") -> Claim:
     with write_session() as session:
-        found = attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt, worker, 1, at, 3600.0)
+        found = attempts.claim(session, dispatch.task_pk, dispatch.attempt, worker, 1, 3600.0, now=at)
     assert found is not None
-    return found
+    return found[0]
 
 
 def finish(

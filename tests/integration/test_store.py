@@ -42,8 +42,9 @@ def tick(at: datetime = NOW) -> list[Dispatch]:
 
 def run_to_result(dispatch: Dispatch, ok: bool, at: datetime = NOW, retry_at: datetime | None = None) -> bool:
     with write_session() as session:
-        claim = attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w1", 1, at, LEASE)
-    assert claim is not None
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w1", 1, LEASE, now=at)
+    assert claimed is not None
+    claim, _ = claimed
     new = TaskStatus.SUCCEEDED if ok else (TaskStatus.RETRY_WAIT if retry_at else TaskStatus.FAILED)
     done = AttemptStatus.SUCCEEDED if ok else AttemptStatus.FAILED
     result = AttemptResult(ok, exit_code=0 if ok else 1, error=None if ok else "boom")
@@ -87,11 +88,11 @@ def test_claim_is_a_compare_and_set_and_duplicates_are_dropped(store_url: str) -
     submit(DIAMOND)
     (dispatch,) = tick()
     with write_session() as session:
-        assert attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt + 1, "w", 1, NOW, LEASE) is None
-        claim = attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW, LEASE)
-        assert claim is not None
+        assert attempts.claim(session, dispatch.task_pk, dispatch.attempt + 1, "w", 1, LEASE, now=NOW) is None
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w", 1, LEASE, now=NOW)
+        assert claimed is not None
     with write_session() as session:
-        assert attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w2", 2, NOW, LEASE) is None
+        assert attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w2", 2, LEASE, now=NOW) is None
         rows = session.scalars(select(AttemptRow).where(AttemptRow.task_pk == dispatch.task_pk)).all()
         assert [(a.number, a.worker, a.status) for a in rows] == [(1, "w", AttemptStatus.RUNNING)]
 
@@ -100,8 +101,9 @@ def test_a_result_under_a_stale_lease_is_rejected(store_url: str) -> None:
     plan_id = submit(DIAMOND)
     (dispatch,) = tick()
     with write_session() as session:
-        claim = attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW, LEASE)
-    assert claim is not None
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w", 1, LEASE, now=NOW)
+    assert claimed is not None
+    claim, _ = claimed
     with write_session() as session:
         operator.cancel_plan(session, plan_id, NOW, "operator cancelled")
     with write_session() as session:

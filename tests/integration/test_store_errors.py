@@ -212,7 +212,7 @@ def test_the_plans_of_a_dead_orch_run_are_cancelled_and_a_live_ones_named(
         runners.record_runner(session, live, alive)
         (first,) = [d for d in reconcile_plans(session, [orphan], registry(), NOW) if d.plan_id == orphan]
     with write_session() as session:
-        assert attempts.claim_attempt(session, first.task_pk, first.attempt, "w", 1, NOW, 60.0) is not None
+        assert attempts.claim(session, first.task_pk, first.attempt, "w", 1, 60.0, now=NOW) is not None
     cancel_dead_runs(warn_live=True)
     reason = f"its orch run (pid {dead.pid} on {dead.host}) died"
     with read_session() as session:

@@ -75,9 +75,9 @@ def tick(seconds: float) -> dict[str, Dispatch]:
 
 def claim(dispatch: Dispatch, seconds: float) -> Claim:
     with write_session() as session:
-        claimed = attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "worker-1", 4242, at(seconds), 60)
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "worker-1", 4242, 60, now=at(seconds))
     assert claimed is not None
-    return claimed
+    return claimed[0]
 
 
 def finish(claimed: Claim, result: AttemptResult, outcome: Outcome, seconds: float) -> None:
@@ -225,7 +225,7 @@ def test_report_of_an_open_plan_counts_a_running_attempt_up_to_now(store_url: st
         started = db_now(session) - timedelta(seconds=90)
         plan_id = plans.submit_plan(session, plan, started)
         (dispatch,) = reconcile_plans(session, [plan_id], registry(), started)
-        assert attempts.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "worker-1", 4242, started, 3600)
+        assert attempts.claim(session, dispatch.task_pk, dispatch.attempt, "worker-1", 4242, 3600, now=started)
 
     report = json.loads(orch("report", plan_id, "--format", "json"))
     (task,) = report["tasks"]
