@@ -64,7 +64,7 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class TaskSpec:
+class ClaimedTask:
     """What a worker needs of a claimed task to run it (one indexed read, no ORM objects)."""
 
     key: str

@@ -24,7 +24,7 @@ from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.intake.prompts import build_prompt, build_system_prompt, load_templates
 from orch.log import bind_attempt, get_logger
-from orch.records import AttemptResult, Claim, Dispatch, TaskSpec
+from orch.records import AttemptResult, Claim, ClaimedTask, Dispatch
 from orch.redaction import Redactor
 from orch.settings import get_settings
 from orch.states import DOOMING
@@ -121,7 +121,7 @@ def usage_cost(usage: Usage, model: str | None) -> float | None:
     return None if price is None else round(cost_usd(usage, price), 6)
 
 
-def _context(session: Session, claim: Claim, task: TaskSpec) -> AttemptContext:
+def _context(session: Session, claim: Claim, task: ClaimedTask) -> AttemptContext:
     settings = get_settings()
     log_path = _logs_dir(settings.logs_dir) / claim.plan_id / f"{claim.key}.{claim.attempt}.log"
     registry = load_agents(settings.config_dir)

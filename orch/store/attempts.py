@@ -16,7 +16,7 @@ from orch.decisions.retry import Outcome
 from orch.failures import NOT_COUNTED
 from orch.intake.prices import Usage
 from orch.intake.prompts import Handoff, PreviousFailure
-from orch.records import AttemptResult, Claim, Recorded, TaskSpec
+from orch.records import AttemptResult, Claim, ClaimedTask, Recorded
 from orch.states import AttemptStatus, TaskStatus
 from orch.store._sql import ATTEMPTS, DEPENDENCIES, PLANS, TASKS, DbClock, no_sync, rowcount
 from orch.store.events import log_event
@@ -88,7 +88,7 @@ def claim(
     lease_seconds: float,
     *,
     now: datetime | None = None,
-) -> tuple[Claim, TaskSpec] | None:
+) -> tuple[Claim, ClaimedTask] | None:
     """queued → running for this attempt, with a fresh lease that expires unless renewed; None when the message
     is a duplicate or stale. Returns the claim and what the worker needs to run the task. The lease is stamped by
     the database's clock, read by the claim itself (one round trip fewer), or at `now` when given (tests, replays:
@@ -103,7 +103,7 @@ def claim(
     plan_id, retries, queued_at, started, dependants, *spec = row
     now = started
     assert now is not None
-    task = TaskSpec(*spec)
+    task = ClaimedTask(*spec)
     key, agent = task.key, task.agent
     session.execute(
         _INSERT_ATTEMPT,
