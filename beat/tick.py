@@ -13,8 +13,8 @@ from orch.dispatch.reconcile import publish, reconcile_plans
 from orch.intake.agents import load_agents
 from orch.log import attempt_context, get_logger
 from orch.settings import get_settings
-from orch.store import repo
-from orch.store.db import write_session
+from orch.store import dispatching, plans
+from orch.store.db import db_now, write_session
 
 log = get_logger(__name__)
 
@@ -35,13 +35,13 @@ def run_tick(now: datetime | None = None, reap: bool = True) -> TickReport:
     only = settings.beat_plan_ids
     backoff = Backoff(settings.retry_backoff_base, settings.retry_backoff_max)
     with write_session() as session:
-        now = now or repo.db_now(session)
+        now = now or db_now(session)
         reaped = reap_expired(session, now, backoff, only or None) if reap else []
-        plan_ids = repo.active_plan_ids(session)
+        plan_ids = plans.active_plan_ids(session)
         if only:
             plan_ids = [p for p in plan_ids if p in only]
         cutoff = now - timedelta(seconds=settings.redeliver_seconds)
-        resend = repo.stale_dispatches(session, cutoff, now, plan_ids if only else None)
+        resend = dispatching.stale_dispatches(session, cutoff, now, plan_ids if only else None)
         dispatches = reconcile_plans(session, plan_ids, registry, now)
     for lost in reaped:
         with attempt_context(lost.plan_id, lost.key, lost.attempt):

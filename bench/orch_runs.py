@@ -26,8 +26,8 @@ from bench.sizes import Size
 from orch.intake.agents import AgentRegistry
 from orch.intake.plan_validation import validate_plan
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
-from orch.store import reads, repo
-from orch.store.db import ensure_schema, read_session, write_session
+from orch.store import plans, reads
+from orch.store.db import db_now, ensure_schema, read_session, write_session
 from orch.store.models import AttemptRow, TaskRow
 
 DEFAULTS = {"agent": AGENT, "executor": "noop"}
@@ -64,7 +64,7 @@ def submit(name: str, tasks: list[dict[str, Any]], registry: AgentRegistry, work
     document = {"name": f"bench-{name}", "defaults": DEFAULTS, "tasks": tasks}
     plan = validate_plan(document, registry, source=f"bench:{name}", base_dir=workdir)
     with write_session() as session:
-        return repo.submit_plan(session, plan, repo.db_now(session))
+        return plans.submit_plan(session, plan, db_now(session))
 
 
 def follow(
@@ -84,7 +84,7 @@ def follow(
             sample()
             next_sample += every
         with read_session() as session:
-            plan = repo.get_plan(session, plan_id)
+            plan = plans.get_plan(session, plan_id)
             status = plan.status if plan else None
         if status is not PlanStatus.RUNNING:
             break
@@ -119,7 +119,7 @@ class Timings:
                 .join(AttemptRow, AttemptRow.task_pk == TaskRow.pk)
                 .where(TaskRow.plan_id == plan_id)
             ).all()
-            edges = repo.plan_dependencies(session, plan_id)
+            edges = plans.plan_dependencies(session, plan_id)
         self.attempts = len(rows)
         self.key: dict[int, str] = {}
         self.queued: dict[int, float] = {}

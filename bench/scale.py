@@ -3,8 +3,8 @@
 - validate + submit: a plan file of N tasks (layers of `scale_width` tasks, each after two tasks of the layer
   before) read, validated and stored, timed in three steps;
 - readiness per completion: what a worker's `finish` does after an attempt, replayed (on PostgreSQL after the
-  vacuum that autovacuum would run after the insert): one queued task is claimed (`repo.claim_attempt`), then in
-  one transaction its success is recorded (`repo.record_result`) and
+  vacuum that autovacuum would run after the insert): one queued task is claimed (`attempts.claim`), then in
+  one transaction its success is recorded (`attempts.record_result`) and
   `orch.dispatch.reconcile.dispatch_after_result` finds and claims its newly ready dependants — that call is the
   readiness cost (the transaction's total is reported too). Tasks complete in plan order, so each finished task has
   the same number of dependants whatever the plan's size; the same is timed on a small and a large plan;
@@ -29,9 +29,9 @@ from bench.orch_runs import DEFAULTS
 from bench.sizes import Size
 from orch.decisions.retry import Backoff, decide_outcome
 from orch.intake.agents import AgentRegistry
-from orch.store import repo
-from orch.store.db import ensure_schema, write_session
-from orch.store.repo import AttemptResult
+from orch.records import AttemptResult
+from orch.store import attempts, plans
+from orch.store.db import db_now, ensure_schema, write_session
 
 LEASE_SECONDS = 45.0
 
@@ -126,7 +126,7 @@ def _submit(
     plan = validate_plan(document, registry, source=str(path), base_dir=folder)
     validated = time.perf_counter()
     with timed_statements(engine) as times, write_session() as session:
-        plan_id = repo.submit_plan(session, plan, repo.db_now(session))
+        plan_id = plans.submit_plan(session, plan, db_now(session))
     stored = time.perf_counter()
     file_mib = path.stat().st_size / (1024 * 1024)
     path.unlink()
@@ -148,7 +148,7 @@ def _completions(
 
     if first:  # dispatch the first layer
         with write_session() as session:
-            reconcile_plans(session, [plan_id], registry, repo.db_now(session))
+            reconcile_plans(session, [plan_id], registry, db_now(session))
     readiness: list[float] = []
     transaction: list[float] = []
     dispatched: list[int] = []
@@ -158,15 +158,16 @@ def _completions(
             row = next_queued(session, plan_id)
             if row is None:
                 raise BenchError("no queued task left to complete")
-            now = repo.db_now(session)
-            claim = repo.claim_attempt(session, row[0], row[1], "bench", os.getpid(), now, LEASE_SECONDS)
-        if claim is None:
+            now = db_now(session)
+            claimed = attempts.claim(session, row[0], row[1], "bench", os.getpid(), LEASE_SECONDS, now=now)
+        if claimed is None:
             raise BenchError("the claim of a queued task failed")
+        claim, _ = claimed
         began = time.perf_counter()
         with write_session() as session:
-            now = repo.db_now(session)
+            now = db_now(session)
             outcome = decide_outcome(True, None, None, 0, claim.retries, now, 0.5, backoff)
-            recorded = repo.record_result(session, claim, AttemptResult(True, exit_code=0), outcome, now)
+            recorded = attempts.record_result(session, claim, AttemptResult(True, exit_code=0), outcome, now)
             if recorded is None:
                 raise BenchError("the result of a claimed attempt was rejected")
             ready_began = time.perf_counter()

@@ -21,8 +21,7 @@ from bench.infra import BenchError, Stores, environ, next_queued, ranked_stateme
 from bench.orch_runs import deep_plan, submit, wide_plan
 from bench.sizes import Size
 from orch.intake.agents import AgentRegistry
-from orch.store import repo
-from orch.store.db import ensure_schema, read_session, write_session
+from orch.store.db import db_now, ensure_schema, read_session, write_session
 
 
 def run_worker_path(
@@ -84,7 +83,7 @@ def _dispatch(plan_id: str, registry: AgentRegistry) -> int:
     from orch.dispatch.reconcile import reconcile_plans
 
     with write_session() as session:
-        return len(reconcile_plans(session, [plan_id], registry, repo.db_now(session)))
+        return len(reconcile_plans(session, [plan_id], registry, db_now(session)))
 
 
 def _run(plan_id: str, count: int) -> list[float]:

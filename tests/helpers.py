@@ -64,11 +64,11 @@ def attempt_context(
     shell task in tmp_path), its agent type (`agent` over the defaults, under the task's agent name), this test's
     Settings (`settings` over them) and the attempt's own fields (`attempt`: secrets=, prompt=, network=…)."""
     from orch.intake.agents import agent_network, parse_agents
+    from orch.records import ClaimedTask
     from orch.settings import get_settings
-    from orch.store.repo import TaskSpec
     from workers.executors.base import AttemptContext
 
-    claimed = TaskSpec(**{
+    claimed = ClaimedTask(**{
         "key": "t", "title": "t", "description": "", "success": "", "command": None, "files": [], "timeout": 30.0,
         "agent": "general-purpose", "executor": "shell", "verify": None, "scope": "loose", "call": None,
         "workdir": str(tmp_path), **task,
@@ -161,13 +161,13 @@ def drive_until_final(plan_id: str, timeout: float) -> None:
     """Run the beat tick in this process until the plan is final (a worker must be consuming)."""
     from beat.tick import run_tick
     from orch.states import PlanStatus
-    from orch.store import repo
+    from orch.store import plans
     from orch.store.db import read_session
 
     def final() -> bool:
         run_tick()
         with read_session() as session:
-            plan = repo.get_plan(session, plan_id)
+            plan = plans.get_plan(session, plan_id)
             return plan is not None and plan.status is not PlanStatus.RUNNING
 
     wait_for(final, timeout, f"plan {plan_id} to finish", interval=0.1)

@@ -13,9 +13,9 @@ from orch.errors import StoreUnusable
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
 from orch.log import attempt_context, get_logger
-from orch.store import repo
-from orch.store.db import STORE_UNAVAILABLE, write_session
-from orch.store.repo import Claim
+from orch.records import Claim
+from orch.store import attempts, budget_stops
+from orch.store.db import STORE_UNAVAILABLE, db_now, write_session
 from workers.control import AttemptControl
 
 log = get_logger(__name__)
@@ -66,9 +66,9 @@ class Heartbeat:
             cost = self.price(usage, model)
         try:
             with write_session() as session:
-                now = repo.db_now(session)
-                renewed = repo.renew_lease(session, self.claim, now, self.lease_seconds, usage, cost)
-                over_budget = repo.over_budget(session, self.claim) if renewed else None
+                now = db_now(session)
+                renewed = attempts.renew_lease(session, self.claim, now, self.lease_seconds, usage, cost)
+                over_budget = budget_stops.over_budget(session, self.claim) if renewed else None
         except STORE_UNAVAILABLE as exc:  # the agent goes on; the lease holds until it expires
             log.warning("heartbeat: store unreachable", error=str(exc).splitlines()[0])
             return None

@@ -25,12 +25,12 @@ from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.intake.prompts import PromptTemplates, build_prompt, build_system_prompt, load_templates
 from orch.log import bind_attempt, get_logger
+from orch.records import AttemptResult, Claim, ClaimedTask, Dispatch
 from orch.redaction import Redactor
 from orch.settings import Settings, get_settings
 from orch.states import DOOMING
-from orch.store import repo
-from orch.store.db import with_store_retry, write_session
-from orch.store.repo import AttemptResult, Claim, Dispatch, TaskSpec
+from orch.store import attempts, pauses
+from orch.store.db import db_now, with_store_retry, write_session
 from workers import control, workspace
 from workers.executors import AttemptContext, get_executor
 from workers.executors.base import with_scratch
@@ -48,7 +48,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
 
     def claim_it() -> tuple[Claim, AttemptContext] | None:
         with write_session() as session:
-            claimed = repo.claim_and_load(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
+            claimed = attempts.claim(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
             return None if claimed is None else (claimed[0], _context(session, *claimed, settings))
 
     claimed = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))
@@ -119,7 +119,7 @@ def usage_cost(usage: Usage, model: str | None, settings: Settings) -> float | N
     return None if price is None else round(cost_usd(usage, price), 6)
 
 
-def _context(session: Session, claim: Claim, task: TaskSpec, settings: Settings) -> AttemptContext:
+def _context(session: Session, claim: Claim, task: ClaimedTask, settings: Settings) -> AttemptContext:
     registry = load_agents(settings.config_dir)
     agent = registry.get_or_default(task.agent)
     templates = load_templates(settings.config_dir)
@@ -139,7 +139,7 @@ def _context(session: Session, claim: Claim, task: TaskSpec, settings: Settings)
     )
 
 
-def _prompt(session: Session, claim: Claim, task: TaskSpec, templates: PromptTemplates) -> str:
+def _prompt(session: Session, claim: Claim, task: ClaimedTask, templates: PromptTemplates) -> str:
     """The task's prompt, with its dependencies' handoffs and why its previous attempt failed."""
     return build_prompt(
         templates,
@@ -148,8 +148,8 @@ def _prompt(session: Session, claim: Claim, task: TaskSpec, templates: PromptTem
         description=task.description,
         success=task.success,
         files=task.files,
-        handoffs=repo.handoffs(session, claim.task_pk),
-        previous_failure=repo.previous_failure(session, claim.task_pk, claim.attempt),
+        handoffs=attempts.handoffs(session, claim.task_pk),
+        previous_failure=attempts.previous_failure(session, claim.task_pk, claim.attempt),
     )
 
 
@@ -177,7 +177,7 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
 
     def record() -> tuple[bool, Outcome, list[Dispatch]]:
         with write_session() as session:
-            now = repo.db_now(session)
+            now = db_now(session)
             outcome = decide_outcome(
                 result.succeeded,
                 result.failure_class,
@@ -189,12 +189,12 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
                 Backoff(settings.retry_backoff_base, settings.retry_backoff_max),
                 retry_after=result.retry_after,
             )
-            recorded = repo.record_result(session, claim, result, outcome, now)
+            recorded = attempts.record_result(session, claim, result, outcome, now)
             if recorded is None:
                 return False, outcome, []
             if result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
                 until = now + timedelta(seconds=result.retry_after)
-                repo.pause_agent(session, claim.agent, until, result.error or "usage limit", now)
+                pauses.pause_agent(session, claim.agent, until, result.error or "usage limit", now)
             if not result.succeeded:
                 breaker.trip_if_open(session, claim.agent, registry.get_or_default(claim.agent).breaker, now)
             if outcome.task_status in DOOMING:  # rare: carry the failure to its descendants now, not at the next tick

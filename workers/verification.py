@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from orch.executors import ExecutorName
 from orch.failures import FailureClass
-from orch.store.repo import AttemptResult
+from orch.records import AttemptResult
 from workers.executors.base import AttemptContext
 from workers.executors.shell import ShellExecutor
 from workers.workspace import in_scope

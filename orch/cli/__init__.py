@@ -155,13 +155,13 @@ def route_command(text: tuple[str, ...]) -> None:
 @handle_errors
 def submit(plan_file: str) -> None:
     """Store PLAN_FILE for a running deployment (its beat dispatches it); prints the plan id."""
-    from orch.store import repo
+    from orch.store import plans
     from orch.store.db import write_session
 
     plan = read_plan(plan_file)
     cancel_dead_runs()
     with write_session() as session:
-        plan_id = repo.submit_plan(session, plan, now_utc())
+        plan_id = plans.submit_plan(session, plan, now_utc())
     click.echo(plan_id)
 
 
@@ -171,25 +171,25 @@ def submit(plan_file: str) -> None:
 @handle_errors
 def status(plan_ref: str | None, as_json: bool) -> None:
     """Show recent plans, or one plan's tasks (PLAN_REF: a plan id, or a name for its latest plan)."""
-    from orch.store import repo
+    from orch.store import plans
     from orch.store.db import read_session
     from orch.views.status import PlanSnapshot, plans_table, summary_line, tasks_table
 
     cancel_dead_runs()
     with read_session() as session:
         if plan_ref is None:
-            plans = repo.list_plans(session)
+            recent = plans.list_plans(session)
             if as_json:
                 click.echo(
                     json.dumps(
-                        {"plans": [{"id": p.id, "name": p.name, "status": p.status.value} for p in plans]},
+                        {"plans": [{"id": p.id, "name": p.name, "status": p.status.value} for p in recent]},
                         indent=2,
                     )
                 )
             else:
-                out.print(plans_table(session, plans) if plans else "no plans yet")
+                out.print(plans_table(session, recent) if recent else "no plans yet")
             return
-        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_ref), now_utc())
+        snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_ref), now_utc())
     if as_json:
         click.echo(json.dumps(snapshot.as_json(), indent=2))
     else:
@@ -211,17 +211,17 @@ def logs(plan_ref: str, task_id: str, number: int | None, follow: bool, raw: boo
     control and escape sequences are shown as visible escapes (\\x1b…), unless --raw."""
     from orch.errors import UserError
     from orch.states import AttemptStatus
-    from orch.store import repo
+    from orch.store import plans
     from orch.store.db import read_session
     from orch.views.terminal import InertDecoder, inert
 
     def load() -> tuple[str, Any]:
         with read_session() as session:
-            plan = repo.find_plan(session, plan_ref)
-            task = next((t for t in repo.plan_tasks(session, plan.id) if t.key == task_id), None)
+            plan = plans.find_plan(session, plan_ref)
+            task = next((t for t in plans.plan_tasks(session, plan.id) if t.key == task_id), None)
             if task is None:
                 raise UserError(f"plan {plan.id} has no task {task_id!r}")
-            attempts = repo.task_attempts(session, task.pk)
+            attempts = plans.task_attempts(session, task.pk)
         if not attempts:
             raise UserError(f"task {task_id!r} of plan {plan.id} has not started yet")
         chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
@@ -274,9 +274,9 @@ _STOP_NOTE = "their agents are stopped at their next heartbeat (ORCH_HEARTBEAT_S
 
 
 def _plan_id(session: Any, plan_ref: str) -> str:
-    from orch.store import repo
+    from orch.store import plans
 
-    return str(repo.find_plan(session, plan_ref).id)
+    return str(plans.find_plan(session, plan_ref).id)
 
 
 @main.command()
@@ -288,20 +288,20 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
 
     Nothing more is dispatched; running agents are killed, process group and all, on whichever host runs them."""
     from orch.states import TaskStatus
-    from orch.store import repo
-    from orch.store.db import write_session
+    from orch.store import operator
+    from orch.store.db import db_now, write_session
 
     cancel_dead_runs()
     with write_session() as session:
         plan_id = _plan_id(session, plan_ref)
-        now = repo.db_now(session)
+        now = db_now(session)
         if task_id is not None:
-            task = repo.cancel_task(session, plan_id, task_id, now, "cancelled by orch cancel")
+            task = operator.cancel_task(session, plan_id, task_id, now, "cancelled by orch cancel")
             click.echo(f"plan {plan_id}: task {task_id} {task.status} -> cancelled")
             if task.status is TaskStatus.RUNNING:
                 click.echo(f"its running agent ({task.attempt}. attempt): {_STOP_NOTE}")
             return
-        counts = repo.cancel_plan(session, plan_id, now, "cancelled by orch cancel")
+        counts = operator.cancel_plan(session, plan_id, now, "cancelled by orch cancel")
     if not counts:
         click.echo(f"plan {plan_id}: no unfinished task; plan cancelled")
         return
@@ -318,12 +318,12 @@ def pause(plan_ref: str) -> None:
     """Stop dispatching PLAN's tasks; running ones finish. `orch resume` undoes it."""
     from orch.errors import TaskStateConflict
     from orch.states import PlanStatus, TaskStatus
-    from orch.store import reads, repo
-    from orch.store.db import write_session
+    from orch.store import operator, plans, reads
+    from orch.store.db import db_now, write_session
 
     with write_session() as session:
-        plan = repo.find_plan(session, plan_ref)
-        if not repo.hold_plan(session, plan.id, PlanStatus.PAUSED, "paused by orch pause", repo.db_now(session)):
+        plan = plans.find_plan(session, plan_ref)
+        if not operator.hold_plan(session, plan.id, PlanStatus.PAUSED, "paused by orch pause", db_now(session)):
             raise TaskStateConflict(f"plan {plan.id} is {plan.status}; only a running plan can be paused")
         running = reads.count_by_status(session, plan.id)
     click.echo(f"plan {plan.id}: running -> paused; nothing new is dispatched")
@@ -339,14 +339,14 @@ def pause(plan_ref: str) -> None:
 def resume(plan_ref: str, budget_usd: float | None, budget_tokens: int | None) -> None:
     """Dispatch a paused (or budget_exhausted) PLAN again, with a higher budget if given."""
     from orch.budget import Budget, describe
-    from orch.store import repo
-    from orch.store.db import write_session
+    from orch.store import operator, plans, spend
+    from orch.store.db import db_now, write_session
 
     budget = Budget(budget_usd, budget_tokens) if budget_usd or budget_tokens else None
     with write_session() as session:
-        plan = repo.find_plan(session, plan_ref)
-        old = repo.resume_plan(session, plan.id, repo.db_now(session), budget)
-        spent = describe(repo.plan_spend(session, plan.id), repo.plan_budget(plan))
+        plan = plans.find_plan(session, plan_ref)
+        old = operator.resume_plan(session, plan.id, db_now(session), budget)
+        spent = describe(spend.plan_spend(session, plan.id), spend.plan_budget(plan))
     click.echo(f"plan {plan.id}: {old} -> running" + (f"; budget now {spent}" if spent else ""))
 
 
@@ -356,12 +356,12 @@ def resume(plan_ref: str, budget_usd: float | None, budget_tokens: int | None) -
 @handle_errors
 def retry(plan_ref: str, task_id: str) -> None:
     """Run a failed, upstream_failed or cancelled TASK_ID again, with its unfinished descendants (fresh retries)."""
-    from orch.store import repo
-    from orch.store.db import write_session
+    from orch.store import operator
+    from orch.store.db import db_now, write_session
 
     with write_session() as session:
         plan_id = _plan_id(session, plan_ref)
-        reopened = repo.retry_task(session, plan_id, task_id, repo.db_now(session))
+        reopened = operator.retry_task(session, plan_id, task_id, db_now(session))
     click.echo(f"plan {plan_id}: {len(reopened)} tasks -> pending: {', '.join(reopened)}")
 
 
@@ -371,12 +371,12 @@ def retry(plan_ref: str, task_id: str) -> None:
 @handle_errors
 def skip(plan_ref: str, task_id: str) -> None:
     """Mark TASK_ID done without running it (a running agent is stopped), so its dependants may run."""
-    from orch.store import repo
-    from orch.store.db import write_session
+    from orch.store import operator
+    from orch.store.db import db_now, write_session
 
     with write_session() as session:
         plan_id = _plan_id(session, plan_ref)
-        changed = repo.skip_task(session, plan_id, task_id, repo.db_now(session))
+        changed = operator.skip_task(session, plan_id, task_id, db_now(session))
     click.echo(f"plan {plan_id}: task {task_id} -> succeeded (skipped)")
     if changed[1:]:
         click.echo(f"{len(changed) - 1} dependants it had doomed -> pending: {', '.join(changed[1:])}")
@@ -500,7 +500,7 @@ class _EmbeddedRun:
 
 def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun) -> int:
     from orch.services.embedded import EmbeddedRedis, EmbeddedWorker, ProcessIdentity
-    from orch.store import repo
+    from orch.store import plans, runners
     from orch.store.db import ensure_schema, write_session
 
     settings = get_settings()
@@ -514,9 +514,9 @@ def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun
         broker_url = run.redis.start()
     runner = ProcessIdentity.of_this_process()
     with write_session(database_url) as session:
-        run.plan_id = plan_id = repo.submit_plan(session, plan, now_utc())
+        run.plan_id = plan_id = plans.submit_plan(session, plan, now_utc())
         if runner is not None:
-            repo.record_runner(session, plan_id, runner)
+            runners.record_runner(session, plan_id, runner)
     queues = sorted({t.queue for t in plan.tasks})
     run.worker = worker = EmbeddedWorker(
         queues=queues,
@@ -576,12 +576,12 @@ def _record_cancel(plan_id: str, reason: str) -> str | None:
     """Cancel the plan; None once recorded, else why the store did not take it (one line)."""
     from sqlalchemy.exc import DBAPIError
 
-    from orch.store import repo
+    from orch.store import operator
     from orch.store.db import write_session
 
     try:
         with write_session() as session:
-            repo.cancel_plan(session, plan_id, now_utc(), reason)
+            operator.cancel_plan(session, plan_id, now_utc(), reason)
     except OrchError as exc:
         return str(exc)
     except DBAPIError as exc:  # e.g. still locked after busy_timeout, or the server went away
@@ -595,25 +595,25 @@ def cancel_dead_runs(warn_live: bool = False) -> None:
     import socket
 
     from orch.services.embedded import process_alive
-    from orch.store import repo
-    from orch.store.db import read_session, write_session
+    from orch.store import operator, runners
+    from orch.store.db import db_now, read_session, write_session
 
     with read_session() as session:
-        runs = repo.unfinished_runner_plans(session, socket.gethostname())
+        runs = runners.unfinished_runner_plans(session, socket.gethostname())
     alive = {run.plan_id: process_alive(run.runner) for run in runs}  # None: cannot tell (no /proc)
     dead = [run for run in runs if alive[run.plan_id] is False]
     live = [run for run in runs if alive[run.plan_id]]
     if dead:
         try:
             with write_session() as session:
-                now = repo.db_now(session)
+                now = db_now(session)
                 for run in dead:
-                    repo.cancel_plan(session, run.plan_id, now, repo.dead_runner_reason(run.runner))
+                    operator.cancel_plan(session, run.plan_id, now, runners.dead_runner_reason(run.runner))
         except StoreUnusable as exc:
             click.echo(f"orch: could not cancel the plans of orch runs that died: {exc}", err=True)
         else:
             for run in dead:
-                click.echo(f"orch: plan {run.plan_id} cancelled: {repo.dead_runner_reason(run.runner)}", err=True)
+                click.echo(f"orch: plan {run.plan_id} cancelled: {runners.dead_runner_reason(run.runner)}", err=True)
     if warn_live and live:
         held = ", ".join(f"{run.plan_id} ({run.runner.describe()})" for run in live)
         click.echo(
@@ -626,7 +626,7 @@ def cancel_dead_runs(warn_live: bool = False) -> None:
 def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
     """Show progress until the plan is final (live view on a terminal, one line per change otherwise). Raises
     WorkerStopped if the worker exits, or says it stops, first."""
-    from orch.store import reads, repo
+    from orch.store import events, plans, reads
     from orch.store.db import read_session
     from orch.views.progress import watch_live
     from orch.views.status import run_is_over
@@ -647,10 +647,10 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
         key_of: dict[int, str] = {}
         while True:
             with read_session() as session:
-                plan = repo.find_plan(session, plan_id)
+                plan = plans.find_plan(session, plan_id)
                 if not key_of:
-                    key_of = {t.pk: t.key for t in repo.plan_tasks(session, plan_id)}
-                for event in repo.events_after(session, plan_id, last_event):
+                    key_of = {t.pk: t.key for t in plans.plan_tasks(session, plan_id)}
+                for event in events.events_after(session, plan_id, last_event):
                     last_event = event.pk
                     click.echo(format_event(event, key_of), err=True)
                 counts = reads.count_by_status(session, plan_id)
@@ -674,12 +674,12 @@ def format_event(event: Any, key_of: dict[int, str]) -> str:
 
 
 def print_final(plan_id: str) -> PlanStatus:
-    from orch.store import repo
+    from orch.store import plans
     from orch.store.db import read_session
     from orch.views.status import PlanSnapshot, summary_line, tasks_table
 
     with read_session() as session:
-        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id), now_utc())
+        snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_id), now_utc())
     out.print(tasks_table(snapshot, now_utc()))
     out.print(summary_line(snapshot))
     return snapshot.plan.status

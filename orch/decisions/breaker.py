@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from orch.failures import FailureClass
 from orch.intake.agents import BreakerSpec
 from orch.states import AttemptStatus
-from orch.store import repo
+from orch.store import pauses
 
 CIRCUIT_OPEN = "circuit open"  # how a pause the breaker set begins its reason
 
@@ -31,8 +31,8 @@ def is_open(recent: Sequence[tuple[AttemptStatus, str | None]], threshold: int) 
 
 def trip_if_open(session: Session, agent: str, spec: BreakerSpec, now: datetime) -> bool:
     """After a failed attempt of `agent`: pause the type for its cool-down if its circuit is now open."""
-    if not is_open(repo.recent_outcomes(session, agent, spec.failures * 2), spec.failures):
+    if not is_open(pauses.recent_outcomes(session, agent, spec.failures * 2), spec.failures):
         return False
     until = now + timedelta(seconds=spec.cooldown)
-    repo.pause_agent(session, agent, until, f"{CIRCUIT_OPEN}: {spec.failures} consecutive failures", now)
+    pauses.pause_agent(session, agent, until, f"{CIRCUIT_OPEN}: {spec.failures} consecutive failures", now)
     return True

@@ -13,8 +13,8 @@ from orch.decisions.retry import Backoff, decide_outcome
 from orch.durations import format_duration
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
-from orch.store import repo
-from orch.store.repo import AttemptResult
+from orch.records import AttemptResult
+from orch.store import attempts
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,8 @@ def reap_expired(session: Session, now: datetime, backoff: Backoff, plan_ids: li
 
     Each is a compare-and-set on the expired lease: a worker that renews it first keeps its attempt."""
     reaped: list[Reaped] = []
-    for claim in repo.expired_claims(session, now, plan_ids):
-        attempt = repo.get_attempt(session, claim)
+    for claim in attempts.expired_claims(session, now, plan_ids):
+        attempt = attempts.get_attempt(session, claim)
         worker = attempt.worker if attempt else "?"
         pid = attempt.pid if attempt else None
         silent = ""
@@ -44,13 +44,13 @@ def reap_expired(session: Session, now: datetime, backoff: Backoff, plan_ids: li
             failure_class=FailureClass.WORKER_LOST,
             error=error,
             # what the agent spent, as its heartbeats reported it, stays on the record
-            usage=repo.reported_usage(attempt) if attempt else Usage(),
+            usage=attempts.reported_usage(attempt) if attempt else Usage(),
             cost_usd=attempt.cost_usd if attempt else None,
             model=attempt.model if attempt else None,
         )
         outcome = decide_outcome(
             False, FailureClass.WORKER_LOST, error, claim.counted_failures, claim.retries, now, random.random(), backoff
         )
-        if repo.record_result(session, claim, result, outcome, now):
+        if attempts.record_result(session, claim, result, outcome, now):
             reaped.append(Reaped(claim.plan_id, claim.key, claim.attempt, worker, outcome.not_before is not None))
     return reaped

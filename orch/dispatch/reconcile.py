@@ -15,11 +15,11 @@ from orch.celery import RUN_TASK, TIME_LIMIT_MARGIN, app
 from orch.decisions.readiness import Reconciliation, TaskView, free_slots, reconcile
 from orch.intake.agents import AgentRegistry
 from orch.log import attempt_context, get_logger
+from orch.records import Dispatch, Recorded
 from orch.settings import get_settings
 from orch.states import PlanStatus
-from orch.store import repo
+from orch.store import budget_stops, dispatching
 from orch.store.db import take_dispatch_lock
-from orch.store.repo import Dispatch, Recorded
 
 log = get_logger(__name__)
 
@@ -37,17 +37,17 @@ def reconcile_plans(
     Runs inside the caller's write transaction; the caller commits, then calls `publish`."""
     take_dispatch_lock(session)
     caps = {agent.name: agent.concurrency for agent in registry}
-    load = repo.agent_load(session, now)
+    load = dispatching.agent_load(session, now)
     slots = free_slots(caps, load.in_flight, load.paused)
     dispatches: list[Dispatch] = []
     for plan_id in plan_ids:
-        plan = repo.plan_gate(session, plan_id)
+        plan = dispatching.plan_gate(session, plan_id)
         if plan is None or plan.status is not PlanStatus.RUNNING:
             continue
-        if not repo.check_plan_budget(session, plan_id, plan.budget, now):
+        if not budget_stops.check_plan_budget(session, plan_id, plan.budget, now):
             continue
         decision, agent_of = _decide(session, plan_id, plan.workdir, slots, now)
-        claimed = repo.apply_reconciliation(session, plan_id, decision, now)
+        claimed = dispatching.apply_reconciliation(session, plan_id, decision, now)
         for dispatch in claimed:
             slots[agent_of[dispatch.task_pk]] -= 1
         dispatches.extend(claimed)
@@ -59,13 +59,13 @@ def _decide(
 ) -> tuple[Reconciliation, dict[int, str]]:
     """Readiness for one plan. The database finds the ready tasks (their cost grows with what is ready, not with
     the plan's size); only when a failure must be carried to pending descendants is the whole plan loaded."""
-    if repo.has_doomed_pending(session, plan_id):
-        views = repo.task_views(session, plan_id)
-        held = repo.held_files(session, workdir, plan_id) if any(v.files for v in views) else []
+    if dispatching.has_doomed_pending(session, plan_id):
+        views = dispatching.task_views(session, plan_id)
+        held = dispatching.held_files(session, workdir, plan_id) if any(v.files for v in views) else []
         decision = reconcile(views, slots, now, held_files=held)
         return decision, {view.pk: view.agent for view in views}
     open_agents = [agent for agent, free in slots.items() if free > 0]
-    candidates = repo.ready_views(session, plan_id, open_agents, now, sum(slots.values()) + _READY_SLACK)
+    candidates = dispatching.ready_views(session, plan_id, open_agents, now, sum(slots.values()) + _READY_SLACK)
     return _decide_among(session, plan_id, workdir, candidates, slots, now)
 
 
@@ -74,10 +74,10 @@ def _decide_among(
 ) -> tuple[Reconciliation, dict[int, str]]:
     held = []
     if any(view.files for view in candidates):  # file leases held by in-flight tasks of this plan and others
-        held = repo.held_files(session, workdir, plan_id) + repo.in_flight_files(session, plan_id)
+        held = dispatching.held_files(session, workdir, plan_id) + dispatching.in_flight_files(session, plan_id)
     decision = reconcile(candidates, slots, now, held_files=held)
     # `candidates` is not the whole plan: whether the plan is over is asked of the store.
-    outcome = None if decision.ready else repo.plan_outcome(session, plan_id)
+    outcome = None if decision.ready else dispatching.plan_outcome(session, plan_id)
     return replace(decision, plan_outcome=outcome), {view.pk: view.agent for view in candidates}
 
 
@@ -91,20 +91,20 @@ def dispatch_after_result(
     of ready tasks, counts in-flight tasks only of their agent types and only when there is something to
     dispatch, and leaves failures' descendants, backoffs that passed and other plans to the beat's full pass."""
     take_dispatch_lock(session)  # its own statement: the gate's read must see what the holder committed
-    plan = repo.plan_gate(session, plan_id)
+    plan = dispatching.plan_gate(session, plan_id)
     if plan is None or plan.status is not PlanStatus.RUNNING:
         return []
-    if not repo.check_plan_budget(session, plan_id, plan.budget, now):
+    if not budget_stops.check_plan_budget(session, plan_id, plan.budget, now):
         return []
-    candidates = repo.pending_ready_views(session, plan_id, recorded.newly_ready + _READY_SLACK)
+    candidates = dispatching.pending_ready_views(session, plan_id, recorded.newly_ready + _READY_SLACK)
     slots: dict[str, int] = {}
     if candidates:
         agents = {view.agent for view in candidates}
         caps = {name: registry.get(name).concurrency for name in agents if name in registry}
-        load = repo.agent_load(session, now, agents)
+        load = dispatching.agent_load(session, now, agents)
         slots = free_slots(caps, load.in_flight, load.paused)
     decision, _agent_of = _decide_among(session, plan_id, plan.workdir, candidates, slots, now)
-    return repo.apply_reconciliation(session, plan_id, decision, now)
+    return dispatching.apply_reconciliation(session, plan_id, decision, now)
 
 
 def publish(dispatches: Sequence[Dispatch]) -> None:

@@ -15,7 +15,7 @@ from orch.redaction import error_line, safe_url
 from orch.services.broker_probe import connected
 from orch.services.isolation import resolve_isolation
 from orch.settings import Settings
-from orch.store.db import HEAD_REVISION, current_revision
+from orch.store.db import current_revision, head_revision
 from orch.store.exporter_reads import missing_sqlite_file, queued_tasks_by_queue, reader_engine
 
 DEFAULT_TIMEOUT = 3.0
@@ -66,9 +66,9 @@ def check_store(url: str, timeout: float) -> tuple[list[Check], dict[str, int] |
     except Exception as exc:
         return [Check("store", False, f"{shown}: unreachable: {error_line(exc)}"), not_checked], None
     reachable = Check("store", True, f"{shown}: reachable")
-    if revision != HEAD_REVISION:
+    if revision != head_revision():
         found = "no schema" if revision is None else f"revision {revision}"
-        detail = f"{found}; this orch needs {HEAD_REVISION} (run `orch db upgrade`)"
+        detail = f"{found}; this orch needs {head_revision()} (run `orch db upgrade`)"
         return [reachable, Check("migrations", False, detail)], None
     with Session(engine) as session:
         queued = queued_tasks_by_queue(session)

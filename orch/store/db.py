@@ -10,11 +10,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
@@ -24,7 +27,6 @@ from orch.redaction import safe_url
 from orch.services.hardening import private_dir, private_file
 from orch.settings import get_settings
 
-HEAD_REVISION = "0008"
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch"
 DISPATCH_LOCK_KEY = 0x6F726369
 
@@ -207,7 +209,7 @@ def ensure_schema(url: str | None = None) -> Engine:
     try:
         if is_sqlite(engine):
             _check_sqlite_integrity(engine, url)
-        if current_revision(engine) != HEAD_REVISION:
+        if current_revision(engine) != head_revision():
             upgrade(engine)
     except DBAPIError as exc:
         problem = store_problem(exc, url)
@@ -232,6 +234,21 @@ def _check_sqlite_integrity(engine: Engine, url: str) -> None:
         )
 
 
+def _alembic_config() -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", "orch.store:migrations")
+    return config
+
+
+@lru_cache(maxsize=1)
+def head_revision() -> str:
+    """The newest migration in orch/store/migrations, as Alembic finds it: the revision this orch needs. Read on
+    first use and kept (it loads every migration script, some milliseconds), so importing this module stays cheap."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None, "orch/store/migrations has no migration"
+    return head
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         if not inspect(conn).has_table("alembic_version"):
@@ -241,8 +258,7 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    config = AlembicConfig()
-    config.set_main_option("script_location", "orch.store:migrations")
+    config = _alembic_config()
     with engine.execution_options(orch_write=True).begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
@@ -338,3 +354,16 @@ def refresh_planner_statistics(session: Session) -> None:
     thousands of rows."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("ANALYZE tasks, dependencies"))
+
+
+_PG_NOW = text("SELECT clock_timestamp()")
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock: leases are judged by it, never by a worker's own clock. A SQLite store lives on
+    this host, and its clock ('now') is this host's: it is read here without a statement."""
+    if session.get_bind().dialect.name == "postgresql":
+        value = session.scalar(_PG_NOW)
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+    return datetime.now(UTC)

@@ -41,7 +41,7 @@ from orch.redaction import safe_url
 from orch.states import PLAN_FINAL, AttemptStatus, PlanStatus, TaskStatus
 from orch.store.db import get_engine
 from orch.store.models import AttemptRow, PlanRow, TaskRow
-from orch.store.repo import SPENT
+from orch.store.spend import SPENT
 
 _TASKS = cast(Table, TaskRow.__table__)
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
@@ -245,7 +245,7 @@ def start_latency_buckets(session: Session, attempts: AttemptSet, bounds: Sequen
 
 def spend_by_plan(session: Session, attempts: AttemptSet, plan_ids: Collection[str] | None = None) -> dict[str, Spend]:
     """What the attempts spent, per plan (running ones as far as their heartbeats reported), as
-    `repo.plan_spend` counts it; only the plans `plan_ids` when given."""
+    `spend.plan_spend` counts it; only the plans `plan_ids` when given."""
     query = select(_T.plan_id, *SPENT).join_from(_ATTEMPTS, _TASKS, _OF_TASK).where(attempts.where())
     if plan_ids is not None:
         query = query.where(_T.plan_id.in_(sorted(plan_ids)))

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from orch.intake.plan import Plan
 from orch.states import TaskStatus
-from orch.store import reads, repo
+from orch.store import plans, reads
 from orch.store.models import PlanRow
 from orch.views.status import counted
 from orch.views.terminal import inert
@@ -191,11 +191,11 @@ def fenced(text: str) -> str:
 
 def load_nodes(session: Session, plan_ref: str) -> tuple[PlanRow, list[Node]]:
     """A stored plan's tasks as nodes coloured by state, each task's dependencies in plan order."""
-    plan = repo.find_plan(session, plan_ref)
+    plan = plans.find_plan(session, plan_ref)
     tasks = reads.task_summaries(session, plan.id)
     position = {t.pk: i for i, t in enumerate(tasks)}
     after: dict[int, list[int]] = {}
-    for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):
+    for task_pk, dep_pk in plans.plan_dependencies(session, plan.id):
         after.setdefault(task_pk, []).append(dep_pk)
     nodes = [
         Node(

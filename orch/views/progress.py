@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.text import Text
 
 from orch.states import PlanStatus
-from orch.store import repo
+from orch.store import plans
 from orch.store.db import read_session
 from orch.views.status import Progress, line, progress_view, summary_line
 
@@ -57,7 +57,7 @@ def follow(plan_ref: str, console: Console, interval: float) -> int:
     """`orch watch`: progress until the plan is over, then its final bars. The exit code is `orch run`'s: 0 if
     the plan succeeded, 1 otherwise, 130 on Ctrl-C (the plan itself is left alone)."""
     with read_session() as session:
-        plan_id = repo.find_plan(session, plan_ref).id  # a name is resolved once: a later plan of it is another
+        plan_id = plans.find_plan(session, plan_ref).id  # a name is resolved once: a later plan of it is another
     try:
         if console.is_terminal:
             final = watch_live(plan_id, console, interval)

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from orch.intake.prices import Usage
 from orch.states import DOOMING, PLAN_FINAL, TERMINAL, AttemptStatus, TaskStatus
-from orch.store import reads, repo
+from orch.store import plans, reads
+from orch.store.db import db_now
 from orch.store.models import PlanRow
 from orch.views.status import iso, sum_costs, usage_json
 
@@ -220,14 +221,14 @@ def _seconds(seconds: float | None) -> float | None:
 
 
 def load_report(session: Session, plan_ref: str) -> CompletionReport:
-    plan = repo.find_plan(session, plan_ref)
-    now = repo.db_now(session)
+    plan = plans.find_plan(session, plan_ref)
+    now = db_now(session)
     tasks = reads.task_summaries(session, plan.id)
     attempts: dict[int, list[reads.AttemptSummary]] = {}
     for attempt in reads.attempt_summaries(session, plan.id, now):
         attempts.setdefault(attempt.task_pk, []).append(attempt)
     deps: dict[int, list[int]] = {}
-    for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):
+    for task_pk, dep_pk in plans.plan_dependencies(session, plan.id):
         deps.setdefault(task_pk, []).append(dep_pk)
     return build_report(plan, tasks, deps, attempts, now)
 

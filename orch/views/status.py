@@ -18,9 +18,12 @@ from sqlalchemy.orm import Session
 from orch.budget import Spend
 from orch.durations import format_duration
 from orch.intake.prices import Usage
+from orch.records import AttemptStats
 from orch.states import IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
-from orch.store import reads, repo
+from orch.store import plans, reads, spend
+from orch.store.db import db_now
 from orch.store.models import PlanRow, TaskRow
+from orch.store.pauses import active_pauses
 from orch.views.terminal import inert
 
 STATUS_STYLE = {
@@ -51,24 +54,24 @@ def iso(moment: datetime | None) -> str | None:
 class PlanSnapshot:
     plan: PlanRow
     tasks: list[TaskRow]
-    stats: dict[int, repo.AttemptStats]
+    stats: dict[int, AttemptStats]
     deps: dict[int, list[str]]
     pauses: dict[str, tuple[datetime, str]]  # agent types of this plan paused now: until, why
 
     @classmethod
     def load(cls, session: Session, plan: PlanRow, now: datetime) -> PlanSnapshot:
-        tasks = repo.plan_tasks(session, plan.id)
+        tasks = plans.plan_tasks(session, plan.id)
         key_of = {t.pk: t.key for t in tasks}
         deps: dict[int, list[str]] = {}
-        for task_pk, dep_pk in repo.plan_dependencies(session, plan.id):
+        for task_pk, dep_pk in plans.plan_dependencies(session, plan.id):
             deps.setdefault(task_pk, []).append(key_of[dep_pk])
         agents = {t.agent for t in tasks}
         pauses = {
-            agent: (row.until, row.reason) for agent, row in repo.active_pauses(session, now).items() if agent in agents
+            agent: (row.until, row.reason) for agent, row in active_pauses(session, now).items() if agent in agents
         }
-        return cls(plan, tasks, repo.attempt_stats(session, plan.id), deps, pauses)
+        return cls(plan, tasks, spend.attempt_stats(session, plan.id), deps, pauses)
 
-    def stats_of(self, task: TaskRow) -> repo.AttemptStats:
+    def stats_of(self, task: TaskRow) -> AttemptStats:
         return self.stats.get(task.pk, _NO_ATTEMPTS)
 
     @property
@@ -130,7 +133,7 @@ class PlanSnapshot:
         }
 
 
-_NO_ATTEMPTS = repo.AttemptStats(0, Usage(), None)
+_NO_ATTEMPTS = AttemptStats(0, Usage(), None)
 
 
 def usage_json(usage: Usage) -> dict[str, int]:
@@ -243,12 +246,12 @@ class Progress:
 
     @classmethod
     def load(cls, session: Session, plan_id: str) -> Progress:
-        plan = repo.find_plan(session, plan_id)
+        plan = plans.find_plan(session, plan_id)
         by_agent = reads.counts_by_agent(session, plan.id)
-        now = repo.db_now(session)
-        pauses = {a: (p.until, p.reason) for a, p in repo.active_pauses(session, now).items() if a in by_agent}
+        now = db_now(session)
+        pauses = {a: (p.until, p.reason) for a, p in active_pauses(session, now).items() if a in by_agent}
         running = reads.running_tasks(session, plan.id, RUNNING_SHOWN)
-        return cls(plan, by_agent, running, repo.plan_spend(session, plan.id), pauses, now)
+        return cls(plan, by_agent, running, spend.plan_spend(session, plan.id), pauses, now)
 
     @property
     def counts(self) -> Counter[TaskStatus]:

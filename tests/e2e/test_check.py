@@ -14,8 +14,8 @@ from sqlalchemy import text
 from orch.dispatch.reconcile import reconcile_plans
 from orch.services.check import check_store
 from orch.settings import get_settings
-from orch.store import repo
-from orch.store.db import ensure_schema, write_session
+from orch.store import plans
+from orch.store.db import db_now, ensure_schema, write_session
 from tests.e2e.conftest import Processes, orch_env, run_orch
 from tests.helpers import free_port, make_plan, registry, wait_for
 
@@ -38,8 +38,8 @@ WORKER = [
 def queue_in_store(tasks: list[dict[str, Any]], name: str) -> str:
     """A plan whose ready tasks are `queued` in the store; no message is sent, so they stay queued."""
     with write_session() as session:
-        plan_id = repo.submit_plan(session, make_plan(tasks, name=name), repo.db_now(session))
-        dispatches = reconcile_plans(session, [plan_id], registry(), repo.db_now(session))
+        plan_id = plans.submit_plan(session, make_plan(tasks, name=name), db_now(session))
+        dispatches = reconcile_plans(session, [plan_id], registry(), db_now(session))
     assert len(dispatches) == len(tasks)
     return plan_id
 

@@ -13,9 +13,9 @@ import yaml
 
 from orch.celery import use_broker
 from orch.dispatch.reconcile import publish
-from orch.store import repo
+from orch.records import Dispatch
+from orch.store import plans
 from orch.store.db import read_session
-from orch.store.repo import Dispatch
 from tests.e2e.conftest import Processes, orch_env, run_orch
 from tests.helpers import check_ledger_order, free_port, layered_dag, wait_for
 
@@ -85,9 +85,9 @@ def test_two_workers_and_a_beat_run_a_210_task_plan(
 
     check_ledger_order(ledger, tasks)
     with read_session() as session:
-        rows = repo.plan_tasks(session, plan_id)
+        rows = plans.plan_tasks(session, plan_id)
         for task in rows:
-            (attempt,) = repo.task_attempts(session, task.pk)
+            (attempt,) = plans.task_attempts(session, task.pk)
             expected = "alpha@" if task.queue in QUEUES_A else "beta@"
             assert attempt.worker.startswith(expected), (task.key, task.queue, attempt.worker)
 
@@ -105,7 +105,7 @@ def test_two_workers_and_a_beat_run_a_210_task_plan(
     )
     assert len(ledger.read_text().split()) == len(tasks)
     with read_session() as session:
-        assert all(len(repo.task_attempts(session, t.pk)) == 1 for t in rows)
+        assert all(len(plans.task_attempts(session, t.pk)) == 1 for t in rows)
 
     # Flower saw the task events of both workers.
     metrics = http_get(f"http://127.0.0.1:{flower_port}/metrics")

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from orch.states import TaskStatus
-from orch.store import repo
+from orch.store import plans
 from orch.store.db import read_session
 from tests.e2e.conftest import ORCH, Processes, orch_env, run_orch
 from tests.helpers import wait_for
@@ -64,8 +64,8 @@ def test_the_exporter_reports_what_the_store_holds_after_orch_run(
     samples = parse(text)
 
     with read_session() as session:
-        plan = repo.find_plan(session, "metered")
-        tasks = repo.plan_tasks(session, plan.id)
+        plan = plans.find_plan(session, "metered")
+        tasks = plans.plan_tasks(session, plan.id)
     assert value(samples, "orch_store_up") == 1.0 and value(samples, "orch_broker_up") == 1.0
     assert value(samples, "orch_plan_info", plan=plan.id, name="metered", status="failed") == 1.0
     states = Counter((t.agent, t.status.value) for t in tasks)

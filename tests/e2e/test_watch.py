@@ -17,10 +17,10 @@ from pathlib import Path
 
 from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
+from orch.records import AttemptResult, Claim, Dispatch
 from orch.states import AttemptStatus, TaskStatus
-from orch.store import repo
+from orch.store import attempts, plans
 from orch.store.db import write_session
-from orch.store.repo import AttemptResult
 from tests.e2e.conftest import ORCH, orch_env
 from tests.helpers import SUCCESS, make_plan, registry, wait_for
 
@@ -34,25 +34,26 @@ def now() -> datetime:
 
 def submit(tasks: list[dict[str, object]]) -> str:
     with write_session() as session:
-        return repo.submit_plan(session, make_plan(tasks, name="watched"), now())
+        return plans.submit_plan(session, make_plan(tasks, name="watched"), now())
 
 
-def dispatch() -> dict[str, repo.Dispatch]:
+def dispatch() -> dict[str, Dispatch]:
     with write_session() as session:
-        return {d.key: d for d in reconcile_plans(session, repo.active_plan_ids(session), registry(), now())}
+        return {d.key: d for d in reconcile_plans(session, plans.active_plan_ids(session), registry(), now())}
 
 
-def start(task: repo.Dispatch) -> repo.Claim:
+def start(task: Dispatch) -> Claim:
     with write_session() as session:
-        claim = repo.claim_attempt(session, task.task_pk, task.attempt, "worker-1", 1, now(), 60)
-    assert claim is not None
+        claimed = attempts.claim(session, task.task_pk, task.attempt, "worker-1", 1, 60, now=now())
+    assert claimed is not None
+    claim, _ = claimed
     return claim
 
 
-def finish(claim: repo.Claim, ok: bool) -> None:
+def finish(claim: Claim, ok: bool) -> None:
     result = AttemptResult(ok, exit_code=0 if ok else 1, error=None if ok else "command failed: exit 1")
     with write_session() as session:
-        assert repo.record_result(session, claim, result, SUCCESS if ok else FAILURE, now()) is not None
+        assert attempts.record_result(session, claim, result, SUCCESS if ok else FAILURE, now()) is not None
 
 
 class Terminal:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from orch.store import repo
+from orch.store import plans
 from orch.store.db import ensure_schema, write_session
 from tests.faults.harness import FaultRun, Store, examine
 from tests.helpers import make_plan
@@ -45,7 +45,7 @@ class History:
             for i, k in enumerate(keys)
         ]
         with write_session(url) as session:
-            self.plan_id = repo.submit_plan(session, make_plan(tasks, name="oracle", workdir=run.folder), NOW)
+            self.plan_id = plans.submit_plan(session, make_plan(tasks, name="oracle", workdir=run.folder), NOW)
         self.store = Store(url)
         self.run = run
         with self.store.engine.connect() as conn:

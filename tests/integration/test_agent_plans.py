@@ -13,7 +13,7 @@ from celery.contrib.testing.worker import start_worker
 import workers.tasks  # noqa: F401  (registers orch.run_task)
 from orch.celery import app, use_broker
 from orch.intake.prices import Usage, cost_usd, load_prices
-from orch.store import repo
+from orch.store import plans
 from orch.store.db import read_session, write_session
 from orch.views.status import PlanSnapshot
 from tests.fakes.messages_api import MessagesAPI, Reply
@@ -56,14 +56,14 @@ def test_an_agent_plan_hands_off_retries_and_accounts_for_cost(api: MessagesAPI,
     ]  # fmt: skip
     plan = make_plan(tasks, name="agents", workdir=tmp_path, defaults={"executor": "anthropic", "retries": 2})
     with write_session() as session:
-        plan_id = repo.submit_plan(session, plan, datetime.now(UTC))
+        plan_id = plans.submit_plan(session, plan, datetime.now(UTC))
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, queues=QUEUES):
         drive_until_final(plan_id, 60)
 
     with read_session() as session:
-        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id), datetime.now(UTC))
+        snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_id), datetime.now(UTC))
         tasks_by_key = {t.key: t for t in snapshot.tasks}
-        docs_attempts = repo.task_attempts(session, tasks_by_key["docs"].pk)
+        docs_attempts = plans.task_attempts(session, tasks_by_key["docs"].pk)
     report = snapshot.as_json()
     status = {t["id"]: t for t in report["tasks"]}
     assert report["plan"]["status"] == "failed"  # audit failed for good

@@ -9,7 +9,7 @@ from typing import cast
 from sqlalchemy import Table, func, select
 
 from orch.states import TaskStatus
-from orch.store import repo
+from orch.store import plans
 from orch.store.bulk import reserve_primary_keys
 from orch.store.db import read_session, write_session
 from orch.store.models import DependencyRow, TaskRow
@@ -27,15 +27,15 @@ TASKS: list[dict[str, object]] = [
 
 def submit(name: str) -> str:
     with write_session() as session:
-        return repo.submit_plan(session, make_plan(TASKS, name=name), NOW)
+        return plans.submit_plan(session, make_plan(TASKS, name=name), NOW)
 
 
 def test_bulk_rows_hold_every_field_the_plan_gave(store_url: str) -> None:
     plan_id = submit("fields")
     with read_session() as session:
-        tasks = {t.key: t for t in repo.plan_tasks(session, plan_id)}
+        tasks = {t.key: t for t in plans.plan_tasks(session, plan_id)}
         key_of = {t.pk: t.key for t in tasks.values()}
-        edges = {(key_of[t], key_of[d]) for t, d in repo.plan_dependencies(session, plan_id)}
+        edges = {(key_of[t], key_of[d]) for t, d in plans.plan_dependencies(session, plan_id)}
     assert edges == {("later", "first"), ("verify", "first"), ("verify", "later")}
     later, first, verify = tasks["later"], tasks["first"], tasks["verify"]
     assert [later.seq, first.seq, verify.seq] == [0, 1, 2]
@@ -62,7 +62,7 @@ def test_keys_never_collide_across_plans_or_with_rows_the_database_numbers(store
     third = submit("three")
     with read_session() as session:
         stored = list(session.scalars(select(TaskRow.pk)))
-        by_plan = {p: [t.pk for t in repo.plan_tasks(session, p)] for p in (first, second, third)}
+        by_plan = {p: [t.pk for t in plans.plan_tasks(session, p)] for p in (first, second, third)}
         edge_count = session.scalar(select(func.count()).select_from(DependencyRow))
     assert len(stored) == len(set(stored)) == 10
     assert orm_pk in stored

@@ -16,7 +16,7 @@ import workers.tasks  # noqa: F401  (registers orch.run_task)
 from beat.tick import run_tick
 from orch.celery import app, use_broker
 from orch.states import PlanStatus
-from orch.store import repo
+from orch.store import pauses, plans
 from orch.store.db import read_session, write_session
 from orch.views.status import PlanSnapshot
 from tests.helpers import REPO, fake_claude_wrapper, make_plan, wait_for
@@ -54,7 +54,7 @@ def test_a_usage_limit_pauses_the_agent_type_until_its_reset(claude_env: Path, t
     for task in tasks:
         task["agent"] = "backend-development"
     with write_session() as session:
-        plan_id = repo.submit_plan(session, make_plan(tasks, name="limits", workdir=tmp_path), datetime.now(UTC))
+        plan_id = plans.submit_plan(session, make_plan(tasks, name="limits", workdir=tmp_path), datetime.now(UTC))
     seen_pause = []
     with start_worker(
         app, pool="threads", concurrency=2, perform_ping_check=False, queues=["agent.backend-development"]
@@ -63,7 +63,7 @@ def test_a_usage_limit_pauses_the_agent_type_until_its_reset(claude_env: Path, t
         def finished() -> bool:
             run_tick()
             with read_session() as session:
-                snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id), datetime.now(UTC))
+                snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_id), datetime.now(UTC))
             if snapshot.pauses:
                 seen_pause.append(snapshot.as_json()["plan"]["paused_agents"])
             return snapshot.plan.status is not PlanStatus.RUNNING
@@ -71,11 +71,11 @@ def test_a_usage_limit_pauses_the_agent_type_until_its_reset(claude_env: Path, t
         wait_for(finished, 60, "the plan to finish", interval=0.1)
 
     with read_session() as session:
-        rows = {t.key: t for t in repo.plan_tasks(session, plan_id)}
-        login = repo.task_attempts(session, rows["login"].pk)
-        others = [repo.task_attempts(session, rows[k].pk) for k in ("logout", "refresh")]
-        pause = repo.active_pauses(session, datetime(2000, 1, 1, tzinfo=UTC))["backend-development"]
-        plan = repo.get_plan(session, plan_id)
+        rows = {t.key: t for t in plans.plan_tasks(session, plan_id)}
+        login = plans.task_attempts(session, rows["login"].pk)
+        others = [plans.task_attempts(session, rows[k].pk) for k in ("logout", "refresh")]
+        pause = pauses.active_pauses(session, datetime(2000, 1, 1, tzinfo=UTC))["backend-development"]
+        plan = plans.get_plan(session, plan_id)
     assert plan is not None and plan.status is PlanStatus.SUCCEEDED
     # retries: 0, yet login ran twice: the usage limit spent no retry.
     assert [a.failure_class for a in login] == ["usage_limit", None]

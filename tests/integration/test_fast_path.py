@@ -11,10 +11,10 @@ from sqlalchemy import event
 
 from orch.dispatch.reconcile import dispatch_after_result, reconcile_plans
 from orch.intake.agents import AgentRegistry
+from orch.records import AttemptResult, Dispatch
 from orch.states import PlanStatus, TaskStatus
-from orch.store import repo
+from orch.store import attempts, dispatching, operator, pauses, plans
 from orch.store.db import get_engine, read_session, write_session
-from orch.store.repo import AttemptResult, Dispatch
 from tests.helpers import DIAMOND, SUCCESS, layered_dag, make_plan, registry
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -23,21 +23,22 @@ LEASE = 60.0
 
 def submit(tasks: list[dict[str, object]], name: str = "p") -> str:
     with write_session() as session:
-        return repo.submit_plan(session, make_plan(tasks, name=name), NOW)
+        return plans.submit_plan(session, make_plan(tasks, name=name), NOW)
 
 
 def tick(agents: AgentRegistry | None = None) -> list[Dispatch]:
     with write_session() as session:
-        return reconcile_plans(session, repo.active_plan_ids(session), agents or registry(), NOW)
+        return reconcile_plans(session, plans.active_plan_ids(session), agents or registry(), NOW)
 
 
 def succeed(dispatch: Dispatch, agents: AgentRegistry | None = None) -> tuple[int, list[Dispatch]]:
     """Claim, then record a success and take the fast path in one transaction, as a worker does."""
     with write_session() as session:
-        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w1", 1, NOW, LEASE)
-    assert claim is not None
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w1", 1, LEASE, now=NOW)
+    assert claimed is not None
+    claim, _ = claimed
     with write_session() as session:
-        recorded = repo.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
+        recorded = attempts.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
         assert recorded is not None
         return recorded.newly_ready, dispatch_after_result(
             session, dispatch.plan_id, recorded, agents or registry(), NOW
@@ -46,7 +47,7 @@ def succeed(dispatch: Dispatch, agents: AgentRegistry | None = None) -> tuple[in
 
 def plan_status(plan_id: str) -> PlanStatus:
     with read_session() as session:
-        gate = repo.plan_gate(session, plan_id)
+        gate = dispatching.plan_gate(session, plan_id)
     assert gate is not None
     return gate.status
 
@@ -89,11 +90,12 @@ def test_a_held_plan_or_a_paused_agent_type_gets_nothing(store_url: str) -> None
     plan_id = submit(DIAMOND)
     (a,) = tick()
     with write_session() as session:
-        claim = repo.claim_attempt(session, a.task_pk, a.attempt, "w1", 1, NOW, LEASE)
-        assert claim is not None
-        assert repo.hold_plan(session, plan_id, PlanStatus.PAUSED, "operator paused", NOW)
+        claimed = attempts.claim(session, a.task_pk, a.attempt, "w1", 1, LEASE, now=NOW)
+        assert claimed is not None
+        claim, _ = claimed
+        assert operator.hold_plan(session, plan_id, PlanStatus.PAUSED, "operator paused", NOW)
     with write_session() as session:
-        recorded = repo.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
+        recorded = attempts.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
         assert recorded is not None and recorded.newly_ready == 2
         assert dispatch_after_result(session, plan_id, recorded, registry(), NOW) == []
 
@@ -101,10 +103,10 @@ def test_a_held_plan_or_a_paused_agent_type_gets_nothing(store_url: str) -> None
     (root,) = [d for d in tick() if d.plan_id == other]
     with write_session() as session:
         for name in registry().by_name:
-            repo.pause_agent(session, name, NOW + timedelta(hours=1), "usage limit", NOW)
+            pauses.pause_agent(session, name, NOW + timedelta(hours=1), "usage limit", NOW)
     assert succeed(root) == (2, [])
     with read_session() as session:
-        assert {t.key: t.status for t in repo.plan_tasks(session, other)}["b"] is TaskStatus.PENDING
+        assert {t.key: t.status for t in plans.plan_tasks(session, other)}["b"] is TaskStatus.PENDING
 
 
 def test_the_fast_path_runs_the_same_statements_on_a_small_and_a_large_plan(store_url: str) -> None:
@@ -119,8 +121,9 @@ def test_the_fast_path_runs_the_same_statements_on_a_small_and_a_large_plan(stor
         dispatches = [d for d in tick(roomy) if d.key == "t0-0" and d.plan_id == plan_id]
         (first,) = dispatches
         with write_session() as session:
-            claim = repo.claim_attempt(session, first.task_pk, first.attempt, "w1", 1, NOW, LEASE)
-        assert claim is not None
+            claimed = attempts.claim(session, first.task_pk, first.attempt, "w1", 1, LEASE, now=NOW)
+        assert claimed is not None
+        claim, _ = claimed
         seen: list[str] = []
 
         def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -130,13 +133,13 @@ def test_the_fast_path_runs_the_same_statements_on_a_small_and_a_large_plan(stor
         event.listen(engine, "before_cursor_execute", count)
         try:
             with write_session() as session:
-                recorded = repo.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
+                recorded = attempts.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
                 assert recorded is not None
                 dispatch_after_result(session, first.plan_id, recorded, roomy, NOW)
         finally:
             event.remove(engine, "before_cursor_execute", count)
         with write_session() as session:  # leave nothing running for the next plan's tick
-            repo.cancel_plan(session, first.plan_id, NOW, "measured")
+            operator.cancel_plan(session, first.plan_id, NOW, "measured")
         return seen
 
     small = statements_of_first_completion(2)

@@ -23,10 +23,13 @@ from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
 from orch.errors import ConfigInvalid, TaskNotFound, TaskStateConflict
 from orch.intake.agents import load_agents
+from orch.intake.prices import Usage
+from orch.records import AttemptResult, Dispatch
 from orch.settings import get_settings
 from orch.states import LEGAL_TRANSITIONS, AttemptStatus, PlanStatus, TaskStatus
-from orch.store import repo
-from orch.store.db import read_session, write_session
+from orch.store import attempts, db, operator, pauses, plans
+from orch.store.db import db_now, read_session, write_session
+from orch.store.events import plan_events
 from tests.helpers import REPO, fake_claude_wrapper, make_plan, marked_processes, registry, wait_for
 from workers.runner import run_attempt
 
@@ -43,26 +46,26 @@ def fast_leases(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> str:
 
 def submit(tasks: list[dict[str, Any]], workdir: Path, **extra: Any) -> str:
     with write_session() as session:
-        return repo.submit_plan(session, make_plan(tasks, workdir=workdir, **extra), datetime.now(UTC))
+        return plans.submit_plan(session, make_plan(tasks, workdir=workdir, **extra), datetime.now(UTC))
 
 
-def dispatch_all(plan_id: str) -> dict[str, repo.Dispatch]:
+def dispatch_all(plan_id: str) -> dict[str, Dispatch]:
     with write_session() as session:
-        dispatches = reconcile_plans(session, [plan_id], registry(), repo.db_now(session))
+        dispatches = reconcile_plans(session, [plan_id], registry(), db_now(session))
     return {d.key: d for d in dispatches}
 
 
 def task(plan_id: str, key: str) -> Any:
     with read_session() as session:
-        return repo.task_by_key(session, plan_id, key)
+        return plans.task_by_key(session, plan_id, key)
 
 
-def attempts(plan_id: str, key: str) -> list[Any]:
+def attempt_rows(plan_id: str, key: str) -> list[Any]:
     with read_session() as session:
-        return repo.task_attempts(session, repo.task_by_key(session, plan_id, key).pk)
+        return plans.task_attempts(session, plans.task_by_key(session, plan_id, key).pk)
 
 
-def run_in_thread(dispatch: repo.Dispatch) -> tuple[threading.Thread, list[str]]:
+def run_in_thread(dispatch: Dispatch) -> tuple[threading.Thread, list[str]]:
     outcome: list[str] = []
     thread = threading.Thread(target=lambda: outcome.append(run_attempt(dispatch.task_pk, dispatch.attempt, "w1")))
     thread.start()
@@ -77,12 +80,12 @@ def test_the_lease_is_judged_by_the_database_clock_and_renewed_by_heartbeats(
     thread, outcome = run_in_thread(dispatch)
     first = wait_for(lambda: task(plan_id, "a").lease_expires_at, 5, "the claim")
     with read_session() as session:
-        assert abs((first - repo.db_now(session)).total_seconds() - 1.0) < 0.5  # claimed "now" + ORCH_LEASE_SECONDS
+        assert abs((first - db_now(session)).total_seconds() - 1.0) < 0.5  # claimed "now" + ORCH_LEASE_SECONDS
     wait_for(lambda: (t := task(plan_id, "a").lease_expires_at) is not None and t > first, 5, "a renewal")
     thread.join(15)
     # The command outlived its 1 s lease several times over and still succeeded: heartbeats kept the lease.
     assert outcome == ["succeeded"]
-    (only,) = attempts(plan_id, "a")
+    (only,) = attempt_rows(plan_id, "a")
     assert only.status is AttemptStatus.SUCCEEDED and only.heartbeat_at is not None
     assert task(plan_id, "a").lease_expires_at is None
 
@@ -99,33 +102,34 @@ def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
     )
     dispatch = dispatch_all(plan_id)["a"]
     with write_session() as session:
-        now = repo.db_now(session)
-        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "frozen-host", 4242, now, 0.2)
-    assert claim is not None
+        now = db_now(session)
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "frozen-host", 4242, 0.2, now=now)
+    assert claimed is not None
+    claim, _ = claimed
     with write_session() as session:  # not yet expired: nothing to reap
-        assert repo.expired_claims(session, now) == []
+        assert attempts.expired_claims(session, now) == []
     report = run_tick(now=now + timedelta(seconds=1), reap=True)
     assert report.reaped == 1
-    (lost,) = attempts(plan_id, "a")
+    (lost,) = attempt_rows(plan_id, "a")
     assert lost.status is AttemptStatus.LOST and lost.failure_class == "worker_lost"
     assert "frozen-host (pid 4242)" in (lost.error or "")
     again = task(plan_id, "a")  # retried at once (ORCH_RETRY_BACKOFF_BASE=0) by the same tick
     assert again.status is TaskStatus.QUEUED and again.attempt == 2
     # The frozen worker wakes up: its renewal and its result are both refused.
     with write_session() as session:
-        assert not repo.renew_lease(session, claim, repo.db_now(session), 10, repo.Usage(), None)
+        assert not attempts.renew_lease(session, claim, db_now(session), 10, Usage(), None)
     from workers.runner import finish
 
-    assert finish(claim, repo.AttemptResult(True, exit_code=0), get_settings()) == "rejected"
+    assert finish(claim, AttemptResult(True, exit_code=0), get_settings()) == "rejected"
     # A second loss spends the last retry: the task fails and its dependant is doomed.
     with write_session() as session:
-        later = repo.db_now(session)
-        assert repo.claim_attempt(session, again.pk, 2, "w", 1, later, 0.1) is not None
+        later = db_now(session)
+        assert attempts.claim(session, again.pk, 2, "w", 1, 0.1, now=later) is not None
     run_tick(now=later + timedelta(seconds=1))
     assert task(plan_id, "a").status is TaskStatus.FAILED
     assert task(plan_id, "b").status is TaskStatus.UPSTREAM_FAILED
     with read_session() as session:
-        assert repo.get_plan(session, plan_id).status is PlanStatus.FAILED  # type: ignore[union-attr]
+        assert plans.get_plan(session, plan_id).status is PlanStatus.FAILED  # type: ignore[union-attr]
 
 
 def test_a_worker_whose_lease_is_gone_kills_its_agent(store_url: str, fast_leases: str, tmp_path: Path) -> None:
@@ -134,11 +138,11 @@ def test_a_worker_whose_lease_is_gone_kills_its_agent(store_url: str, fast_lease
     thread, outcome = run_in_thread(dispatch_all(plan_id)["a"])
     wait_for(lambda: marked_processes(marker), 10, "the agent to start")
     with write_session() as session:
-        repo.cancel_task(session, plan_id, "a", repo.db_now(session), "cancelled by a test")
+        operator.cancel_task(session, plan_id, "a", db_now(session), "cancelled by a test")
     thread.join(10)
     assert outcome == ["rejected"]
     assert not marked_processes(marker)
-    (cancelled,) = attempts(plan_id, "a")
+    (cancelled,) = attempt_rows(plan_id, "a")
     assert cancelled.status is AttemptStatus.CANCELLED
     assert task(plan_id, "a").status is TaskStatus.CANCELLED
 
@@ -159,18 +163,18 @@ def test_a_plan_over_budget_stops_its_agent_and_resumes_with_a_higher_one(
     thread, outcome = run_in_thread(dispatch_all(plan_id)["a"])
     thread.join(20)
     assert outcome == ["retry_wait"]
-    (stopped,) = attempts(plan_id, "a")
+    (stopped,) = attempt_rows(plan_id, "a")
     assert stopped.status is AttemptStatus.INTERRUPTED and stopped.failure_class == "interrupted"
     assert (stopped.cost_usd or 0) >= 0.05 and stopped.output_tokens > 0  # its spend stays on the record
     with read_session() as session:
-        plan = repo.get_plan(session, plan_id)
+        plan = plans.get_plan(session, plan_id)
         assert plan is not None and plan.status is PlanStatus.BUDGET_EXHAUSTED
         assert "plan budget spent: $" in (plan.held_reason or "") and "of $0.05" in (plan.held_reason or "")
     assert dispatch_all(plan_id) == {}  # held: nothing dispatched
     with write_session() as session, pytest.raises(TaskStateConflict, match="raise it"):
-        repo.resume_plan(session, plan_id, repo.db_now(session))
+        operator.resume_plan(session, plan_id, db_now(session))
     with write_session() as session:
-        assert repo.resume_plan(session, plan_id, repo.db_now(session), Budget(usd=100)) is PlanStatus.BUDGET_EXHAUSTED
+        assert operator.resume_plan(session, plan_id, db_now(session), Budget(usd=100)) is PlanStatus.BUDGET_EXHAUSTED
     assert set(dispatch_all(plan_id)) == {"a"}
 
 
@@ -182,14 +186,15 @@ def test_a_spent_plan_budget_holds_dispatch(store_url: str, tmp_path: Path) -> N
     )
     dispatch = dispatch_all(plan_id)["a"]
     with write_session() as session:
-        now = repo.db_now(session)
-        claim = repo.claim_attempt(session, dispatch.task_pk, 1, "w", 1, now, 60)
-        assert claim is not None
-        result = repo.AttemptResult(True, exit_code=0, usage=repo.Usage(input_tokens=90, output_tokens=20))
-        repo.record_result(session, claim, result, Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED), now)
+        now = db_now(session)
+        claimed = attempts.claim(session, dispatch.task_pk, 1, "w", 1, 60, now=now)
+        assert claimed is not None
+        claim, _ = claimed
+        result = AttemptResult(True, exit_code=0, usage=Usage(input_tokens=90, output_tokens=20))
+        attempts.record_result(session, claim, result, Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED), now)
     assert dispatch_all(plan_id) == {}
     with read_session() as session:
-        plan = repo.get_plan(session, plan_id)
+        plan = plans.get_plan(session, plan_id)
         assert plan is not None and plan.status is PlanStatus.BUDGET_EXHAUSTED
         assert plan.held_reason == "plan budget spent: 110 of 100 tokens"
 
@@ -218,10 +223,10 @@ def test_consecutive_failures_open_the_agent_types_circuit(
     dispatches = dispatch_all(plan_id)
     assert run_attempt(dispatches["f0"].task_pk, 1) == "failed"
     with read_session() as session:
-        assert "testing-specialist" not in repo.active_pauses(session, repo.db_now(session))
+        assert "testing-specialist" not in pauses.active_pauses(session, db_now(session))
     assert run_attempt(dispatches["f1"].task_pk, 1) == "failed"
     with read_session() as session:
-        pause = repo.active_pauses(session, repo.db_now(session))["testing-specialist"]
+        pause = pauses.active_pauses(session, db_now(session))["testing-specialist"]
     assert pause.reason == "circuit open: 2 consecutive failures"
     assert pause.until - pause.created_at == timedelta(hours=1)
     assert run_attempt(dispatches["docs"].task_pk, 1) == "succeeded"  # other types keep running
@@ -244,7 +249,7 @@ def test_a_type_no_longer_declared_fails_and_trips_its_circuit_at_the_defaults(
     assert run_attempt(dispatches["f0"].task_pk, 1) == "failed"
     assert run_attempt(dispatches["f1"].task_pk, 1) == "failed"
     with read_session() as session:
-        pause = repo.active_pauses(session, repo.db_now(session))["testing-specialist"]
+        pause = pauses.active_pauses(session, db.db_now(session))["testing-specialist"]
     assert pause.reason == "circuit open: 2 consecutive failures"
 
 
@@ -261,25 +266,25 @@ def test_retry_and_skip_reopen_tasks_and_their_descendants(store_url: str, tmp_p
     assert run_attempt(dispatch.task_pk, 1) == "failed"
     assert task(plan_id, "c").status is TaskStatus.UPSTREAM_FAILED
     with read_session() as session:
-        assert repo.get_plan(session, plan_id).status is PlanStatus.FAILED  # type: ignore[union-attr]
+        assert plans.get_plan(session, plan_id).status is PlanStatus.FAILED  # type: ignore[union-attr]
     with write_session() as session, pytest.raises(TaskNotFound, match=f"plan {plan_id} has no task 'zz'"):
-        repo.retry_task(session, plan_id, "zz", repo.db_now(session))
+        operator.retry_task(session, plan_id, "zz", db_now(session))
     with write_session() as session:
-        assert repo.retry_task(session, plan_id, "a", repo.db_now(session)) == ["a", "b", "c"]
+        assert operator.retry_task(session, plan_id, "a", db_now(session)) == ["a", "b", "c"]
     assert task(plan_id, "a").retry_floor == 1
     with read_session() as session:
-        assert repo.get_plan(session, plan_id).status is PlanStatus.RUNNING  # type: ignore[union-attr]
-        assert repo.counted_failures(session, task(plan_id, "a").pk) == 0  # a fresh retry budget
+        assert plans.get_plan(session, plan_id).status is PlanStatus.RUNNING  # type: ignore[union-attr]
+        assert attempts.counted_failures(session, task(plan_id, "a").pk) == 0  # a fresh retry budget
     again = dispatch_all(plan_id)["a"]
     assert again.attempt == 2 and run_attempt(again.task_pk, 2) == "failed"
     with write_session() as session:
-        assert repo.skip_task(session, plan_id, "a", repo.db_now(session)) == ["a", "b", "c"]
+        assert operator.skip_task(session, plan_id, "a", db_now(session)) == ["a", "b", "c"]
     assert task(plan_id, "a").status is TaskStatus.SUCCEEDED
     assert set(dispatch_all(plan_id)) == {"b"}
     with write_session() as session, pytest.raises(TaskStateConflict, match="already succeeded"):
-        repo.skip_task(session, plan_id, "a", repo.db_now(session))
+        operator.skip_task(session, plan_id, "a", db_now(session))
     with read_session() as session:
-        events = repo.plan_events(session, plan_id)
+        events = plan_events(session, plan_id)
     changes = {(e.old, e.new) for e in events if e.kind == "task" and e.old}
     assert changes <= {(str(old), str(new)) for old, new in LEGAL_TRANSITIONS}
 
@@ -287,10 +292,10 @@ def test_retry_and_skip_reopen_tasks_and_their_descendants(store_url: str, tmp_p
 def test_pause_holds_dispatch_until_resume(store_url: str, tmp_path: Path) -> None:
     plan_id = submit([{"id": "a", "title": "a", "command": "true"}], tmp_path)
     with write_session() as session:
-        assert repo.hold_plan(session, plan_id, PlanStatus.PAUSED, "orch pause", repo.db_now(session))
+        assert operator.hold_plan(session, plan_id, PlanStatus.PAUSED, "orch pause", db_now(session))
     assert dispatch_all(plan_id) == {}
     with write_session() as session:
-        assert repo.resume_plan(session, plan_id, repo.db_now(session)) is PlanStatus.PAUSED
+        assert operator.resume_plan(session, plan_id, db_now(session)) is PlanStatus.PAUSED
     assert set(dispatch_all(plan_id)) == {"a"}
 
 
@@ -322,12 +327,13 @@ def test_tasks_whose_files_overlap_never_run_together(store_url: str, tmp_path: 
     assert set(dispatch_all(plan_id)) == {"api", "docs"}  # `all` waits for `api`
     assert dispatch_all(other) == {}  # another plan in the same workdir waits for `docs`
     with write_session() as session:
-        now = repo.db_now(session)
+        now = db_now(session)
         for key in ("api", "docs"):
-            row = repo.task_by_key(session, plan_id, key)
-            claim = repo.claim_attempt(session, row.pk, 1, "w", 1, now, 60)
-            assert claim is not None
+            row = plans.task_by_key(session, plan_id, key)
+            claimed = attempts.claim(session, row.pk, 1, "w", 1, 60, now=now)
+            assert claimed is not None
+            claim, _ = claimed
             done = Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED)
-            repo.record_result(session, claim, repo.AttemptResult(True, exit_code=0), done, now)
+            attempts.record_result(session, claim, AttemptResult(True, exit_code=0), done, now)
     assert set(dispatch_all(plan_id)) == {"all"}
     assert set(dispatch_all(other)) == {"x"}

@@ -20,14 +20,14 @@ from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
+from orch.records import AttemptResult, Claim, Dispatch
 from orch.services.broker_probe import queue_depths
 from orch.services.exporter.collector import StoreCollector
 from orch.settings import Settings
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
-from orch.store import exporter_reads, repo
-from orch.store.db import ensure_schema, read_session, write_session
+from orch.store import attempts, exporter_reads, operator, pauses, plans, spend
+from orch.store.db import db_now, ensure_schema, read_session, write_session
 from orch.store.models import AttemptRow, TaskRow
-from orch.store.repo import AttemptResult
 from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT, require_service
 from tests.helpers import make_plan, registry, wait_for
 from tests.metrics_scrape import Samples, assert_attempts_match_store, by, matching, parse, silent_server, value
@@ -53,26 +53,26 @@ def scrape(source: StoreCollector) -> Samples:
 
 def submit(tasks: list[dict[str, Any]], name: str = "m", **extra: Any) -> str:
     with write_session() as session:
-        return repo.submit_plan(session, make_plan(tasks, name=name, **extra), BASE)
+        return plans.submit_plan(session, make_plan(tasks, name=name, **extra), BASE)
 
 
-def tick(at: datetime) -> dict[str, repo.Dispatch]:
+def tick(at: datetime) -> dict[str, Dispatch]:
     with write_session() as session:
-        dispatches = reconcile_plans(session, repo.active_plan_ids(session), registry(), at)
+        dispatches = reconcile_plans(session, plans.active_plan_ids(session), registry(), at)
     with read_session() as session:
         keys = {t.pk: t.key for t in session.scalars(select(TaskRow))}
     return {keys[d.task_pk]: d for d in dispatches}
 
 
-def claim(dispatch: repo.Dispatch, at: datetime, worker: str = "w1@host") -> repo.Claim:
+def claim(dispatch: Dispatch, at: datetime, worker: str = "w1@host") -> Claim:
     with write_session() as session:
-        found = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, worker, 1, at, 3600.0)
+        found = attempts.claim(session, dispatch.task_pk, dispatch.attempt, worker, 1, 3600.0, now=at)
     assert found is not None
-    return found
+    return found[0]
 
 
 def finish(
-    found: repo.Claim, at: datetime, outcome: Outcome, failure: str | None = None, cost: float = 0.0, tokens: int = 0
+    found: Claim, at: datetime, outcome: Outcome, failure: str | None = None, cost: float = 0.0, tokens: int = 0
 ) -> None:
     result = AttemptResult(
         outcome.attempt_status is AttemptStatus.SUCCEEDED,
@@ -84,7 +84,7 @@ def finish(
         model="claude-sonnet-4-5",
     )
     with write_session() as session:
-        assert repo.record_result(session, found, result, outcome, at)
+        assert attempts.record_result(session, found, result, outcome, at)
 
 
 DONE = Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED)
@@ -134,7 +134,7 @@ def test_running_totals_equal_a_fresh_read_as_attempts_start_and_finish(store_ur
     assert value(second, "celery_task_retried_total", name="orch.run_task", queue_name="agent.devops-engineer") == 1.0
     assert value(second, "orch_cost_usd_total", agent_type="backend-development") == pytest.approx(0.75)
     with read_session() as session:
-        spent = repo.plan_spend(session, plan_id)
+        spent = spend.plan_spend(session, plan_id)
     assert spent.usd == pytest.approx(0.875)
     assert value(second, "orch_plan_budget_remaining_usd", plan=plan_id) == pytest.approx(1.0 - spent.usd)
     assert value(second, "orch_plan_budget_remaining_tokens", plan=plan_id) == 10_000 - spent.tokens
@@ -160,7 +160,7 @@ def test_a_reopened_plan_budget_counts_what_was_folded_before(store_url: str) ->
     assert value(samples, "orch_plan_info", plan=plan_id, name="m", status="failed") == 1.0
     assert value(samples, "orch_plan_budget_remaining_usd", plan=plan_id) is None  # finished: no budget gauge
     with write_session() as session:
-        repo.retry_task(session, plan_id, "x", BASE + timedelta(seconds=3))
+        operator.retry_task(session, plan_id, "x", BASE + timedelta(seconds=3))
     samples = scrape(exporter)
     assert value(samples, "orch_plan_budget_remaining_usd", plan=plan_id) == pytest.approx(1.5)
 
@@ -170,17 +170,17 @@ def test_a_plan_submitted_between_scrapes_has_its_spend_counted_once(store_url: 
     exporter = collector()
     scrape(exporter)
     with read_session() as session:
-        created = repo.db_now(session)
+        created = db_now(session)
     with write_session() as session:
         task = [{"id": "y", "title": "y", "agent": "general-purpose", "command": "true"}]
-        plan_id = repo.submit_plan(session, make_plan(task, name="late", budget={"usd": 3.0}), created)
+        plan_id = plans.submit_plan(session, make_plan(task, name="late", budget={"usd": 3.0}), created)
     ready = tick(created)
     ended = created + timedelta(milliseconds=20)
     finish(claim(ready["y"], created + timedelta(milliseconds=10)), ended, DONE, cost=0.75, tokens=100)
 
     def past(moment: datetime) -> bool:
         with read_session() as session:
-            return repo.db_now(session) > moment
+            return db_now(session) > moment
 
     wait_for(lambda: past(ended), 10, "the database clock to pass the attempt's end")
     samples = scrape(exporter)  # its attempt is settled (settle 0): folded, not read live
@@ -195,12 +195,12 @@ def test_plan_labels_are_bounded_to_live_plans_and_the_most_recent_finished(stor
     for minute in range(4):
         plan_id = submit(task, name=f"done{minute}")
         with write_session() as session:
-            repo.cancel_plan(session, plan_id, BASE + timedelta(minutes=minute), "test")
+            operator.cancel_plan(session, plan_id, BASE + timedelta(minutes=minute), "test")
         finished.append(plan_id)
     running = submit(task, name="running")
     paused = submit(task, name="paused")
     with write_session() as session:
-        repo.hold_plan(session, paused, PlanStatus.PAUSED, "orch pause", BASE)
+        operator.hold_plan(session, paused, PlanStatus.PAUSED, "orch pause", BASE)
     samples = scrape(collector(recent=2))
     in_scope = {dict(labels)["plan"] for labels in matching(samples, "orch_plan_info")}
     assert in_scope == {running, paused, finished[3], finished[2]}
@@ -215,10 +215,10 @@ def test_plan_labels_are_bounded_to_live_plans_and_the_most_recent_finished(stor
 
 def test_pauses_by_cause(store_url: str) -> None:
     with write_session() as session:
-        now = repo.db_now(session)
-        repo.pause_agent(session, "backend-development", now + timedelta(minutes=10), "circuit open: 5 fails", now)
-        repo.pause_agent(session, "devops-engineer", now + timedelta(minutes=5), "usage limit; resets 14:00", now)
-        repo.pause_agent(session, "observability", now - timedelta(minutes=1), "circuit open: over", now)
+        now = db_now(session)
+        pauses.pause_agent(session, "backend-development", now + timedelta(minutes=10), "circuit open: 5 fails", now)
+        pauses.pause_agent(session, "devops-engineer", now + timedelta(minutes=5), "usage limit; resets 14:00", now)
+        pauses.pause_agent(session, "observability", now - timedelta(minutes=1), "circuit open: over", now)
     samples = scrape(collector())
     assert value(samples, "orch_agent_paused", agent_type="backend-development", cause="circuit_breaker") == 1.0
     assert value(samples, "orch_agent_paused", agent_type="backend-development", cause="usage_limit") == 0.0
@@ -379,7 +379,7 @@ def test_counters_count_finished_attempts_only_so_they_never_go_down(store_url: 
     running_claim = claim(tick(BASE)["a"], BASE + timedelta(seconds=1))
     with write_session() as session:
         usage = Usage(input_tokens=9000, output_tokens=3000)
-        assert repo.renew_lease(session, running_claim, BASE + timedelta(seconds=2), 3600.0, usage, 0.9)
+        assert attempts.renew_lease(session, running_claim, BASE + timedelta(seconds=2), 3600.0, usage, 0.9)
     exporter = collector()
     running = scrape(exporter)
     assert value(running, "orch_cost_usd_in_flight", agent_type="backend-development") == pytest.approx(0.9)

@@ -14,11 +14,11 @@ from sqlalchemy import select
 
 from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
+from orch.records import AttemptResult, Dispatch
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
-from orch.store import repo
+from orch.store import attempts, dispatching, events, operator, plans
 from orch.store.db import ensure_schema, read_session, write_session
 from orch.store.models import AttemptRow, Base, TaskRow
-from orch.store.repo import AttemptResult
 from tests.helpers import DIAMOND, SUCCESS, layered_dag, make_plan, registry
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -27,28 +27,29 @@ LEASE = 60.0
 
 def submit(tasks: list[dict[str, object]], name: str = "p", at: datetime = NOW) -> str:
     with write_session() as session:
-        return repo.submit_plan(session, make_plan(tasks, name=name), at)
+        return plans.submit_plan(session, make_plan(tasks, name=name), at)
 
 
 def statuses(plan_id: str) -> dict[str, TaskStatus]:
     with read_session() as session:
-        return {t.key: t.status for t in repo.plan_tasks(session, plan_id)}
+        return {t.key: t.status for t in plans.plan_tasks(session, plan_id)}
 
 
-def tick(at: datetime = NOW) -> list[repo.Dispatch]:
+def tick(at: datetime = NOW) -> list[Dispatch]:
     with write_session() as session:
-        return reconcile_plans(session, repo.active_plan_ids(session), registry(), at)
+        return reconcile_plans(session, plans.active_plan_ids(session), registry(), at)
 
 
-def run_to_result(dispatch: repo.Dispatch, ok: bool, at: datetime = NOW, retry_at: datetime | None = None) -> bool:
+def run_to_result(dispatch: Dispatch, ok: bool, at: datetime = NOW, retry_at: datetime | None = None) -> bool:
     with write_session() as session:
-        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w1", 1, at, LEASE)
-    assert claim is not None
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w1", 1, LEASE, now=at)
+    assert claimed is not None
+    claim, _ = claimed
     new = TaskStatus.SUCCEEDED if ok else (TaskStatus.RETRY_WAIT if retry_at else TaskStatus.FAILED)
     done = AttemptStatus.SUCCEEDED if ok else AttemptStatus.FAILED
     result = AttemptResult(ok, exit_code=0 if ok else 1, error=None if ok else "boom")
     with write_session() as session:
-        return repo.record_result(session, claim, result, Outcome(new, done, retry_at), at)
+        return attempts.record_result(session, claim, result, Outcome(new, done, retry_at), at)
 
 
 def test_migrations_match_the_models(store_url: str) -> None:
@@ -61,13 +62,13 @@ def test_submit_stores_tasks_edges_and_finds_by_id_or_latest_name(store_url: str
     first = submit(DIAMOND, name="diamond")
     second = submit(DIAMOND, name="diamond", at=NOW + timedelta(seconds=1))
     with read_session() as session:
-        assert repo.find_plan(session, first).id == first
-        assert repo.find_plan(session, "diamond").id == second
-        tasks = repo.plan_tasks(session, first)
+        assert plans.find_plan(session, first).id == first
+        assert plans.find_plan(session, "diamond").id == second
+        tasks = plans.plan_tasks(session, first)
         assert [t.key for t in tasks] == ["a", "b", "c", "d"]
         assert {t.status for t in tasks} == {TaskStatus.PENDING}
         key_of = {t.pk: t.key for t in tasks}
-        edges = {(key_of[t], key_of[d]) for t, d in repo.plan_dependencies(session, first)}
+        edges = {(key_of[t], key_of[d]) for t, d in plans.plan_dependencies(session, first)}
         assert edges == {("b", "a"), ("c", "a"), ("d", "b"), ("d", "c")}
         assert tasks[0].queue == "agent.backend-development"
 
@@ -87,29 +88,30 @@ def test_claim_is_a_compare_and_set_and_duplicates_are_dropped(store_url: str) -
     submit(DIAMOND)
     (dispatch,) = tick()
     with write_session() as session:
-        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt + 1, "w", 1, NOW, LEASE) is None
-        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW, LEASE)
-        assert claim is not None
+        assert attempts.claim(session, dispatch.task_pk, dispatch.attempt + 1, "w", 1, LEASE, now=NOW) is None
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w", 1, LEASE, now=NOW)
+        assert claimed is not None
     with write_session() as session:
-        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w2", 2, NOW, LEASE) is None
-        attempts = session.scalars(select(AttemptRow).where(AttemptRow.task_pk == dispatch.task_pk)).all()
-        assert [(a.number, a.worker, a.status) for a in attempts] == [(1, "w", AttemptStatus.RUNNING)]
+        assert attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w2", 2, LEASE, now=NOW) is None
+        rows = session.scalars(select(AttemptRow).where(AttemptRow.task_pk == dispatch.task_pk)).all()
+        assert [(a.number, a.worker, a.status) for a in rows] == [(1, "w", AttemptStatus.RUNNING)]
 
 
 def test_a_result_under_a_stale_lease_is_rejected(store_url: str) -> None:
     plan_id = submit(DIAMOND)
     (dispatch,) = tick()
     with write_session() as session:
-        claim = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "w", 1, NOW, LEASE)
-    assert claim is not None
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w", 1, LEASE, now=NOW)
+    assert claimed is not None
+    claim, _ = claimed
     with write_session() as session:
-        repo.cancel_plan(session, plan_id, NOW, "operator cancelled")
+        operator.cancel_plan(session, plan_id, NOW, "operator cancelled")
     with write_session() as session:
-        accepted = repo.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
+        accepted = attempts.record_result(session, claim, AttemptResult(True, exit_code=0), SUCCESS, NOW)
     assert accepted is None
     assert statuses(plan_id)["a"] is TaskStatus.CANCELLED
     with read_session() as session:
-        assert repo.get_plan(session, plan_id).status is PlanStatus.CANCELLED  # type: ignore[union-attr]
+        assert plans.get_plan(session, plan_id).status is PlanStatus.CANCELLED  # type: ignore[union-attr]
 
 
 def test_a_failure_dooms_descendants_and_fails_the_plan(store_url: str) -> None:
@@ -119,9 +121,9 @@ def test_a_failure_dooms_descendants_and_fails_the_plan(store_url: str) -> None:
     assert tick() == []
     assert statuses(plan_id) == {"a": "failed", "b": "upstream_failed", "c": "upstream_failed", "d": "upstream_failed"}
     with read_session() as session:
-        plan = repo.get_plan(session, plan_id)
+        plan = plans.get_plan(session, plan_id)
         assert plan is not None and plan.status is PlanStatus.FAILED
-        kinds = Counter((e.kind, e.old, e.new) for e in repo.plan_events(session, plan_id))
+        kinds = Counter((e.kind, e.old, e.new) for e in events.plan_events(session, plan_id))
     assert kinds[("task", "pending", "upstream_failed")] == 3
     assert kinds[("task", "running", "failed")] == 1
     assert kinds[("plan", "running", "failed")] == 1
@@ -146,7 +148,7 @@ def test_the_plan_succeeds_when_every_task_did(store_url: str) -> None:
             assert run_to_result(dispatch, ok=True)
     tick()
     with read_session() as session:
-        plan = repo.get_plan(session, plan_id)
+        plan = plans.get_plan(session, plan_id)
         assert plan is not None and plan.status is PlanStatus.SUCCEEDED and plan.finished_at is not None
 
 
@@ -161,8 +163,8 @@ def test_stale_queued_tasks_are_sent_again(store_url: str) -> None:
     submit(DIAMOND)
     (dispatch,) = tick()
     with write_session() as session:
-        assert repo.stale_dispatches(session, NOW, NOW) == []
-        again = repo.stale_dispatches(session, NOW + timedelta(seconds=1), NOW + timedelta(seconds=1))
+        assert dispatching.stale_dispatches(session, NOW, NOW) == []
+        again = dispatching.stale_dispatches(session, NOW + timedelta(seconds=1), NOW + timedelta(seconds=1))
     assert [(d.task_pk, d.attempt) for d in again] == [(dispatch.task_pk, dispatch.attempt)]
 
 
@@ -204,7 +206,7 @@ def test_concurrent_dispatchers_never_claim_a_task_twice(store_url: str) -> None
 
 def unmet(plan_id: str) -> dict[str, int]:
     with read_session() as session:
-        return {t.key: t.unmet_deps for t in repo.plan_tasks(session, plan_id)}
+        return {t.key: t.unmet_deps for t in plans.plan_tasks(session, plan_id)}
 
 
 def test_unmet_dependencies_count_down_as_dependencies_succeed(store_url: str) -> None:
@@ -221,7 +223,7 @@ def test_unmet_dependencies_count_down_as_dependencies_succeed(store_url: str) -
     assert run_to_result(b, ok=True)
     assert unmet(plan_id)["d"] == 1 and [d.key for d in tick()] == []  # d still waits for c
     with write_session() as session:
-        assert repo.skip_task(session, plan_id, "c", NOW) == ["c"]
+        assert operator.skip_task(session, plan_id, "c", NOW) == ["c"]
     assert unmet(plan_id)["d"] == 0 and [d.key for d in tick()] == ["d"]
     # The migration's backfill computes the same counts from the tasks' statuses.
     backfill = importlib.import_module("orch.store.migrations.versions.0006_unmet_dependencies").BACKFILL
@@ -235,16 +237,16 @@ def test_events_are_written_at_commit_in_order_and_dropped_on_rollback(store_url
     plan_id = submit(DIAMOND)
     with pytest.raises(RuntimeError), write_session() as session:
         tick_claims = reconcile_plans(session, [plan_id], registry(), NOW)
-        assert [e.new for e in repo.plan_events(session, plan_id)][-1] == "queued"  # a reader sees its own
+        assert [e.new for e in events.plan_events(session, plan_id)][-1] == "queued"  # a reader sees its own
         raise RuntimeError("the transaction fails after logging")
     with read_session() as session:
-        assert [(e.kind, e.new) for e in repo.plan_events(session, plan_id)] == [("plan", "running")]
+        assert [(e.kind, e.new) for e in events.plan_events(session, plan_id)] == [("plan", "running")]
     (dispatch,) = tick()
     assert tick_claims[0].task_pk == dispatch.task_pk
     assert run_to_result(dispatch, ok=True)
     assert len(tick()) == 2
     with read_session() as session:
-        logged = [(e.kind, e.task_pk, e.new) for e in repo.plan_events(session, plan_id)]
+        logged = [(e.kind, e.task_pk, e.new) for e in events.plan_events(session, plan_id)]
     a = dispatch.task_pk
     assert logged[:4] == [
         ("plan", None, "running"),
@@ -279,7 +281,7 @@ def test_a_worker_transaction_survives_the_servers_connections_dying(postgres_ur
     killer.invalidate()  # this one goes too: the pool holds only the dead connection
     retries: list[float] = []
 
-    def dispatch() -> list[repo.Dispatch]:
+    def dispatch() -> list[Dispatch]:
         with write_session() as session:
             return reconcile_plans(session, [plan_id], registry(), NOW)
 
@@ -294,7 +296,7 @@ def test_a_savepoints_commit_leaves_its_events_to_the_outer_transaction(store_ur
     with write_session() as session:
         with session.begin_nested():
             reconcile_plans(session, [plan_id], registry(), NOW)
-        kinds = [(e.kind, e.new) for e in repo.plan_events(session, plan_id)]
+        kinds = [(e.kind, e.new) for e in events.plan_events(session, plan_id)]
     with read_session() as session:
-        assert [(e.kind, e.new) for e in repo.plan_events(session, plan_id)] == kinds
+        assert [(e.kind, e.new) for e in events.plan_events(session, plan_id)] == kinds
     assert kinds == [("plan", "running"), ("task", "queued")]

@@ -16,10 +16,11 @@ import pytest
 
 from orch.cli import cancel_dead_runs
 from orch.errors import StoreCorrupt, StoreFull, StoreReadOnly
+from orch.records import RunnerPlan
 from orch.services.embedded import ProcessIdentity, process_alive, process_start_ticks
 from orch.settings import get_settings
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
-from orch.store import repo
+from orch.store import attempts, operator, plans, runners
 from orch.store.db import dispose_engines, ensure_schema, read_session, with_store_retry, write_session
 from orch.store.models import AttemptRow
 from tests.helpers import DIAMOND, make_plan, registry
@@ -30,7 +31,7 @@ NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 def submit(name: str = "p") -> str:
     with write_session() as session:
-        return repo.submit_plan(session, make_plan(DIAMOND, name=name), NOW)
+        return plans.submit_plan(session, make_plan(DIAMOND, name=name), NOW)
 
 
 def use_store(monkeypatch: pytest.MonkeyPatch, database: Path) -> str:
@@ -64,7 +65,7 @@ def test_a_full_disk_is_store_full_at_once_not_retried_as_unreachable(
     assert time.monotonic() - started < 5 and retries == []
     assert str(raised.value) == f"store at {database} is full: database or disk is full; free space on its disk"
     with read_session() as session:  # reading a full store still works
-        assert [p.id for p in repo.list_plans(session)] == [plan_id]
+        assert [p.id for p in plans.list_plans(session)] == [plan_id]
     filler.unlink()
     assert submit("more")
 
@@ -77,7 +78,7 @@ def test_a_store_on_a_read_only_file_system_is_store_read_only(tmpfs: Path, monk
     remount(tmpfs, "ro")
     try:
         with pytest.raises(StoreReadOnly) as raised, write_session() as session:
-            repo.submit_plan(session, make_plan(DIAMOND, name="q"), NOW)
+            plans.submit_plan(session, make_plan(DIAMOND, name="q"), NOW)
         assert str(raised.value).startswith(f"store at {database} ")
         assert "read-only file system" in str(raised.value)
     finally:
@@ -91,7 +92,7 @@ def test_a_read_only_database_is_store_read_only(tmp_path: Path, monkeypatch: py
     submit()
     read_only = f"sqlite:///file:{database}?mode=ro&uri=true"
     with pytest.raises(StoreReadOnly) as raised, write_session(read_only) as session:
-        repo.submit_plan(session, make_plan(DIAMOND, name="q"), NOW)
+        plans.submit_plan(session, make_plan(DIAMOND, name="q"), NOW)
     assert "is read-only: attempt to write a readonly database" in str(raised.value)
     assert not (Path.cwd() / "file:").exists()  # a URI is SQLite's to read, not a folder to create
 
@@ -101,7 +102,7 @@ def test_a_file_that_is_not_a_database_is_store_corrupt(tmp_path: Path, monkeypa
     database.write_bytes(b"this is not a database, but a text file long enough to have a header\n" * 20)
     use_store(monkeypatch, database)
     with pytest.raises(StoreCorrupt) as raised, read_session() as session:
-        repo.list_plans(session)
+        plans.list_plans(session)
     assert str(raised.value) == (
         f"store at {database} is not a valid orch store: file is not a database; move it aside (with its -wal and "
         f"-shm files)"
@@ -123,7 +124,7 @@ def test_a_partly_damaged_store_is_refused_rather_than_read_in_part(
         file.seek((root - 1) * page_size)
         file.write(b"\x0a\x00\x00\x00\x01\x0f\xf0\x00" + b"\x00" * (page_size - 8))
     with pytest.raises(StoreCorrupt) as raised, read_session() as session:
-        repo.find_plan(session, "two")
+        plans.find_plan(session, "two")
     assert f"store at {database} is not a valid orch store: malformed (" in str(raised.value)
     assert str(raised.value).endswith("; move it aside (with its -wal and -shm files)")
 
@@ -189,13 +190,13 @@ def test_runner_plans_are_the_unfinished_ones_of_this_host(store_url: str) -> No
     assert me is not None
     running, finished, elsewhere, submitted = (submit(name) for name in ("running", "finished", "elsewhere", "sub"))
     with write_session() as session:
-        repo.record_runner(session, running, me)
-        repo.record_runner(session, finished, me)
-        repo.record_runner(session, elsewhere, ProcessIdentity("another-host", me.pid, me.start_ticks))
-        repo.cancel_plan(session, finished, NOW, "done")
+        runners.record_runner(session, running, me)
+        runners.record_runner(session, finished, me)
+        runners.record_runner(session, elsewhere, ProcessIdentity("another-host", me.pid, me.start_ticks))
+        operator.cancel_plan(session, finished, NOW, "done")
     with read_session() as session:
-        assert repo.unfinished_runner_plans(session, me.host) == [repo.RunnerPlan(running, me)]
-        assert repo.get_plan(session, submitted).runner_pid is None  # type: ignore[union-attr]
+        assert runners.unfinished_runner_plans(session, me.host) == [RunnerPlan(running, me)]
+        assert plans.get_plan(session, submitted).runner_pid is None  # type: ignore[union-attr]
 
 
 def test_the_plans_of_a_dead_orch_run_are_cancelled_and_a_live_ones_named(
@@ -207,20 +208,20 @@ def test_the_plans_of_a_dead_orch_run_are_cancelled_and_a_live_ones_named(
     assert alive is not None
     orphan, live = submit("orphan"), submit("live")
     with write_session() as session:
-        repo.record_runner(session, orphan, dead)
-        repo.record_runner(session, live, alive)
+        runners.record_runner(session, orphan, dead)
+        runners.record_runner(session, live, alive)
         (first,) = [d for d in reconcile_plans(session, [orphan], registry(), NOW) if d.plan_id == orphan]
     with write_session() as session:
-        assert repo.claim_attempt(session, first.task_pk, first.attempt, "w", 1, NOW, 60.0) is not None
+        assert attempts.claim(session, first.task_pk, first.attempt, "w", 1, 60.0, now=NOW) is not None
     cancel_dead_runs(warn_live=True)
     reason = f"its orch run (pid {dead.pid} on {dead.host}) died"
     with read_session() as session:
-        assert repo.get_plan(session, orphan).status is PlanStatus.CANCELLED  # type: ignore[union-attr]
-        tasks = repo.plan_tasks(session, orphan)
+        assert plans.get_plan(session, orphan).status is PlanStatus.CANCELLED  # type: ignore[union-attr]
+        tasks = plans.plan_tasks(session, orphan)
         assert {(t.status, t.error) for t in tasks} == {(TaskStatus.CANCELLED, reason)}
         (attempt,) = session.query(AttemptRow).filter(AttemptRow.task_pk == first.task_pk).all()
         assert attempt.status is AttemptStatus.CANCELLED and attempt.finished_at is not None
-        assert repo.get_plan(session, live).status is PlanStatus.RUNNING  # type: ignore[union-attr]
+        assert plans.get_plan(session, live).status is PlanStatus.RUNNING  # type: ignore[union-attr]
     err = capsys.readouterr().err.splitlines()
     assert err == [
         f"orch: plan {orphan} cancelled: {reason}",

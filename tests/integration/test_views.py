@@ -25,10 +25,10 @@ from orch.cli import main
 from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
+from orch.records import AttemptResult, Claim, Dispatch
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
-from orch.store import repo
-from orch.store.db import read_session, write_session
-from orch.store.repo import AttemptResult
+from orch.store import attempts, operator, plans, spend
+from orch.store.db import db_now, read_session, write_session
 from orch.views.status import PlanSnapshot, summary_line, tasks_table
 from tests.conftest import CONFIG_DIR
 from tests.helpers import make_plan, registry
@@ -68,21 +68,21 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def tick(seconds: float) -> dict[str, repo.Dispatch]:
+def tick(seconds: float) -> dict[str, Dispatch]:
     with write_session() as session:
-        return {d.key: d for d in reconcile_plans(session, repo.active_plan_ids(session), registry(), at(seconds))}
+        return {d.key: d for d in reconcile_plans(session, plans.active_plan_ids(session), registry(), at(seconds))}
 
 
-def claim(dispatch: repo.Dispatch, seconds: float) -> repo.Claim:
+def claim(dispatch: Dispatch, seconds: float) -> Claim:
     with write_session() as session:
-        claimed = repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "worker-1", 4242, at(seconds), 60)
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "worker-1", 4242, 60, now=at(seconds))
     assert claimed is not None
-    return claimed
+    return claimed[0]
 
 
-def finish(claimed: repo.Claim, result: AttemptResult, outcome: Outcome, seconds: float) -> None:
+def finish(claimed: Claim, result: AttemptResult, outcome: Outcome, seconds: float) -> None:
     with write_session() as session:
-        assert repo.record_result(session, claimed, result, outcome, at(seconds)) is not None
+        assert attempts.record_result(session, claimed, result, outcome, at(seconds)) is not None
 
 
 def priced(usage: Usage) -> float:
@@ -99,10 +99,10 @@ SUCCESS = Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED)
 
 
 def build_finished_plan(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(repo, "new_plan_id", lambda name: f"{name}-0123abcd")
+    monkeypatch.setattr(plans, "new_plan_id", lambda name: f"{name}-0123abcd")
     plan = make_plan(TASKS, name="accounts", workdir=Path("/srv/accounts"), description="Accounts service, v2.")
     with write_session() as session:
-        plan_id = repo.submit_plan(session, plan, T0)
+        plan_id = plans.submit_plan(session, plan, T0)
 
     first = tick(0)
     assert set(first) == {"design", "cleanup"}
@@ -116,12 +116,12 @@ def build_finished_plan(monkeypatch: pytest.MonkeyPatch) -> str:
         61,
     )
     with write_session() as session:
-        repo.cancel_task(session, plan_id, "cleanup", at(70), "cancelled by orch cancel")
+        operator.cancel_task(session, plan_id, "cleanup", at(70), "cancelled by orch cancel")
 
     second = tick(62)
     assert set(second) == {"api", "lint", "docs"}
     with write_session() as session:
-        repo.skip_task(session, plan_id, "lint", at(63))
+        operator.skip_task(session, plan_id, "lint", at(63))
     api = claim(second["api"], 65)
     docs = claim(second["docs"], 65)
     finish(
@@ -165,8 +165,8 @@ def build_finished_plan(monkeypatch: pytest.MonkeyPatch) -> str:
     finish(deploy, AttemptResult(True, exit_code=0, files_changed=()), SUCCESS, 284)
     assert tick(285) == {}
     with read_session() as session:
-        stored = repo.find_plan(session, plan_id)
-        statuses = {t.key: t.status for t in repo.plan_tasks(session, plan_id)}
+        stored = plans.find_plan(session, plan_id)
+        statuses = {t.key: t.status for t in plans.plan_tasks(session, plan_id)}
     assert stored.status is PlanStatus.FAILED
     assert statuses == {
         "design": TaskStatus.SUCCEEDED,
@@ -213,7 +213,7 @@ def test_report_and_graph_of_a_finished_plan_match_their_golden_files(
     assert tasks["docs"]["error"] == "command failed: exit 3" and tasks["docs"]["failure_class"] == "exit_status"
     assert tasks["publish"]["blocked_by"] == ["docs"]
     assert tasks["lint"]["skipped"] and tasks["lint"]["attempts"] == 0
-    spent = repo.plan_spend
+    spent = spend.plan_spend
     with read_session() as session:
         assert report["totals"]["cost_usd"] == pytest.approx(spent(session, plan_id).usd)
         assert report["totals"]["tokens"]["total"] == spent(session, plan_id).tokens
@@ -222,10 +222,10 @@ def test_report_and_graph_of_a_finished_plan_match_their_golden_files(
 def test_report_of_an_open_plan_counts_a_running_attempt_up_to_now(store_url: str) -> None:
     plan = make_plan([{"id": "slow", "title": "A slow task", "agent": "backend-development", "command": "true"}])
     with write_session() as session:
-        started = repo.db_now(session) - timedelta(seconds=90)
-        plan_id = repo.submit_plan(session, plan, started)
+        started = db_now(session) - timedelta(seconds=90)
+        plan_id = plans.submit_plan(session, plan, started)
         (dispatch,) = reconcile_plans(session, [plan_id], registry(), started)
-        assert repo.claim_attempt(session, dispatch.task_pk, dispatch.attempt, "worker-1", 4242, started, 3600)
+        assert attempts.claim(session, dispatch.task_pk, dispatch.attempt, "worker-1", 4242, 3600, now=started)
 
     report = json.loads(orch("report", plan_id, "--format", "json"))
     (task,) = report["tasks"]
@@ -271,7 +271,7 @@ def test_report_and_status_show_what_plans_and_agents_wrote_inert(store_url: str
     ]
     plan = make_plan(tasks, name="hostile", description=f"plan text {HOSTILE}")
     with write_session() as session:
-        plan_id = repo.submit_plan(session, plan, T0)
+        plan_id = plans.submit_plan(session, plan, T0)
     dispatched = tick(0)
     finish(
         claim(dispatched["ok"], 1),
@@ -303,7 +303,7 @@ def test_report_and_status_show_what_plans_and_agents_wrote_inert(store_url: str
     # On a terminal, wide enough for the whole error: rich's own styles, and the agent's sequences only as text.
     screen = Console(file=io.StringIO(), width=400, force_terminal=True, color_system="standard")
     with read_session() as session:
-        snapshot = PlanSnapshot.load(session, repo.find_plan(session, plan_id), at(4))
+        snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_id), at(4))
     screen.print(summary_line(snapshot), tasks_table(snapshot, at(4)))
     drawn = screen.file.getvalue()  # type: ignore[attr-defined]
     assert "\x1b[" in drawn  # rich styled it

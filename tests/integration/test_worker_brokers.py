@@ -17,10 +17,10 @@ import workers.tasks  # noqa: F401  (registers orch.run_task on the app)
 from beat.tick import run_tick
 from orch.celery import app, use_broker
 from orch.dispatch.reconcile import publish
+from orch.records import Dispatch
 from orch.states import PlanStatus, TaskStatus
-from orch.store import repo
+from orch.store import plans
 from orch.store.db import read_session, write_session
-from orch.store.repo import Dispatch
 from tests.helpers import check_ledger_order, drive_until_final, layered_dag, make_plan, wait_for
 
 AGENTS = ["backend-development", "testing-specialist", "documentation-writer"]
@@ -53,7 +53,7 @@ def outcomes() -> Iterator[list[str]]:
 
 def run_plan(tasks: list[dict[str, Any]], workdir: Path, timeout: float = 60) -> str:
     with write_session() as session:
-        plan_id = repo.submit_plan(session, make_plan(tasks, workdir=workdir), datetime.now(UTC))
+        plan_id = plans.submit_plan(session, make_plan(tasks, workdir=workdir), datetime.now(UTC))
     drive_until_final(plan_id, timeout)
     return plan_id
 
@@ -70,9 +70,9 @@ def test_a_dag_runs_in_dependency_order_on_each_broker(broker: str, tmp_path: Pa
     with worker_on([f"agent.{a}" for a in AGENTS]):
         plan_id = run_plan(tasks, tmp_path)
     with read_session() as session:
-        plan = repo.get_plan(session, plan_id)
+        plan = plans.get_plan(session, plan_id)
         assert plan is not None and plan.status is PlanStatus.SUCCEEDED
-        assert {t.status for t in repo.plan_tasks(session, plan_id)} == {TaskStatus.SUCCEEDED}
+        assert {t.status for t in plans.plan_tasks(session, plan_id)} == {TaskStatus.SUCCEEDED}
     check_ledger_order(ledger, tasks)
     assert outcomes.count("succeeded") == len(tasks)
 
@@ -84,7 +84,7 @@ def test_duplicate_deliveries_are_dropped(broker: str, tmp_path: Path, outcomes:
         for i in range(6)
     ]
     with write_session() as session:
-        plan_id = repo.submit_plan(session, make_plan(tasks, workdir=tmp_path), datetime.now(UTC))
+        plan_id = plans.submit_plan(session, make_plan(tasks, workdir=tmp_path), datetime.now(UTC))
     with write_session() as session:
         from orch.dispatch.reconcile import reconcile_plans
         from tests.helpers import registry
@@ -101,18 +101,18 @@ def test_duplicate_deliveries_are_dropped(broker: str, tmp_path: Path, outcomes:
         )
         done: list[Dispatch] = []
         with read_session() as session:
-            for task in repo.plan_tasks(session, plan_id):
+            for task in plans.plan_tasks(session, plan_id):
                 done.append(Dispatch(task.pk, task.attempt, task.queue, task.timeout, plan_id, task.key))
         publish(done)  # already-succeeded tasks published again
         wait_for(lambda: outcomes.count("dropped") >= 4 + len(done), 30, "re-published messages to be dropped")
     lines = ledger.read_text().split()
     assert sorted(lines) == sorted(t["id"] for t in tasks)  # each ran exactly once
     with read_session() as session:
-        for task in repo.plan_tasks(session, plan_id):
-            assert len(repo.task_attempts(session, task.pk)) == 1
+        for task in plans.plan_tasks(session, plan_id):
+            assert len(plans.task_attempts(session, task.pk)) == 1
 
 
 def _final(plan_id: str) -> bool:
     with read_session() as session:
-        plan = repo.get_plan(session, plan_id)
+        plan = plans.get_plan(session, plan_id)
         return plan is not None and plan.status is PlanStatus.SUCCEEDED

@@ -12,8 +12,9 @@ from celery.contrib.testing.worker import start_worker
 
 import workers.tasks  # noqa: F401  (registers orch.run_task)
 from orch.celery import app, use_broker
-from orch.store import repo
+from orch.store import plans
 from orch.store.db import read_session, write_session
+from orch.store.models import AttemptRow
 from tests.helpers import drive_until_final, make_plan
 from workers.workspace import changed_since, in_scope, snapshot
 
@@ -92,14 +93,14 @@ def worker(embedded_redis_url: str, sqlite_url: str) -> Iterator[None]:
         yield
 
 
-def run(tasks: list[dict[str, object]], workdir: Path) -> dict[str, list[repo.AttemptRow]]:
+def run(tasks: list[dict[str, object]], workdir: Path) -> dict[str, list[AttemptRow]]:
     for task in tasks:
         task["agent"] = "general-purpose"
     with write_session() as session:
-        plan_id = repo.submit_plan(session, make_plan(tasks, workdir=workdir), datetime.now(UTC))
+        plan_id = plans.submit_plan(session, make_plan(tasks, workdir=workdir), datetime.now(UTC))
     drive_until_final(plan_id, 60)
     with read_session() as session:
-        return {t.key: repo.task_attempts(session, t.pk) for t in repo.plan_tasks(session, plan_id)}
+        return {t.key: plans.task_attempts(session, t.pk) for t in plans.plan_tasks(session, plan_id)}
 
 
 def test_verify_checks_done_and_scope_strict_rejects_stray_edits(worker: None, repo_dir: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 from orch.errors import ConfigInvalid
 from orch.executors import ExecutorName
 from orch.intake.agents import parse_agents
+from orch.records import Claim, ClaimedTask
 from orch.settings import get_settings
-from orch.store.repo import Claim, TaskSpec
 from workers import runner
 
 DECLARED = {"agent_types": [{"name": "general-purpose", "model": "claude-opus-4-1", "max_tokens": 500}]}
@@ -49,10 +49,10 @@ def test_an_attempt_of_a_type_no_longer_declared_asks_for_the_default_model(
 ) -> None:
     """Before, the runner gave it model "" where the defaults say claude-sonnet-4-6 (and spelled out the other
     defaults a second time)."""
-    monkeypatch.setattr(runner.repo, "handoffs", lambda session, task_pk: [])
-    monkeypatch.setattr(runner.repo, "previous_failure", lambda session, task_pk, attempt: None)
+    monkeypatch.setattr(runner.attempts, "handoffs", lambda session, task_pk: [])
+    monkeypatch.setattr(runner.attempts, "previous_failure", lambda session, task_pk, attempt: None)
     claim = Claim(task_pk=1, plan_id="p-1", key="design", attempt=1, lease="l", retries=0, agent="retired-type")
-    task = TaskSpec(
+    task = ClaimedTask(
         key="design", title="Design it", description="", success="", command=None, files=[], timeout=60.0,
         agent="retired-type", executor="anthropic", verify=None, scope="loose", call=None, workdir=str(tmp_path),
     )  # fmt: skip

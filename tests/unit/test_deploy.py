@@ -42,8 +42,8 @@ from sqlalchemy import select, text
 from orch.intake.agents import load_agents
 from orch.settings import Settings
 from orch.states import TaskStatus
-from orch.store import repo
-from orch.store.db import dispose_engines, ensure_schema, write_session
+from orch.store import plans
+from orch.store.db import db_now, dispose_engines, ensure_schema, write_session
 from orch.store.models import TaskRow
 from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_service
 from tests.helpers import make_plan, wait_for
@@ -492,7 +492,7 @@ def seed_every_status(url: str) -> Counter[tuple[str, TaskStatus]]:
                 planned[f"{agent}.{status}.{q}.{n}"] = (queue, status)
     plan = make_plan([{"id": key, "title": key, "agent": key.split(".")[0], "command": "true"} for key in planned])
     with write_session(url) as session:
-        plan_id = repo.submit_plan(session, plan, repo.db_now(session))
+        plan_id = plans.submit_plan(session, plan, db_now(session))
     with write_session(url) as session:
         for row in session.scalars(select(TaskRow).where(TaskRow.plan_id == plan_id)):
             row.queue, row.status = planned[row.key]
@@ -1266,7 +1266,7 @@ def test_the_read_only_role_reads_what_the_exporter_needs_and_writes_nothing(bas
         owner_url, reader_url = f"postgresql+psycopg://{owner}@{host}", f"postgresql+psycopg://{reader}@{host}"
         plan = make_plan([{"id": "a", "title": "a task", "agent": "general-purpose", "command": "true"}])
         with write_session(owner_url) as session:
-            repo.submit_plan(session, plan, repo.db_now(session))
+            plans.submit_plan(session, plan, db_now(session))
 
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None, database_url=reader_url, broker_url="redis://127.0.0.1:1/0", home=tmp_path / "home"

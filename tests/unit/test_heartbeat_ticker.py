@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from orch.store.repo import Claim
+from orch.records import Claim
 from tests.helpers import wait_for
 from workers.control import AttemptControl
 from workers.heartbeat import Heartbeat

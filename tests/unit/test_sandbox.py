@@ -245,8 +245,8 @@ def test_the_cost_a_cli_reports_counts_only_when_it_is_a_real_one() -> None:
 
 def test_what_an_agent_names_is_masked_too() -> None:
     """`touch "$KEY"` makes a file named after a secret; a forged result line can name a model after one."""
+    from orch.records import AttemptResult
     from orch.redaction import Redactor
-    from orch.store.repo import AttemptResult
     from workers.runner import redact
 
     key = "sk-ant-granted-key-123456"

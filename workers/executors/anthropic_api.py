@@ -18,7 +18,7 @@ from orch.durations import format_duration
 from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
-from orch.store.repo import AttemptResult
+from orch.records import AttemptResult
 from workers.executors.base import AttemptContext
 from workers.executors.output import OutputSink
 

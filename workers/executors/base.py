@@ -10,9 +10,9 @@ from typing import Protocol
 
 from orch.executors import ExecutorName
 from orch.intake.agents import AgentType
+from orch.records import AttemptResult, ClaimedTask
 from orch.redaction import Redactor, secret_values, settings_secrets
 from orch.settings import Settings
-from orch.store.repo import AttemptResult, TaskSpec
 from workers.control import AttemptControl
 from workers.sandbox.grant import Grant, Scratch, attempt_scratch
 from workers.sandbox.launch import Launch
@@ -23,7 +23,7 @@ class AttemptContext:
     """Everything an executor may know of the attempt it runs: the claimed task (read from the store by id), its
     agent type, the worker's settings, and what is this attempt's own."""
 
-    task: TaskSpec
+    task: ClaimedTask
     agent: AgentType  # the task's type (a type no longer declared: the file's defaults, under its name)
     settings: Settings = field(compare=False, repr=False)  # the worker's, passed by the runner: limits, isolation
     plan_id: str

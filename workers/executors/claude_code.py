@@ -31,8 +31,8 @@ from orch.durations import format_duration
 from orch.executors import ExecutorName
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
+from orch.records import AttemptResult
 from orch.services.isolation import absolute_path
-from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
 from workers.executors.shell import ISOLATION_ERRORS, describe_exit, isolation_failure, last_line

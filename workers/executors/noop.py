@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orch.executors import ExecutorName
-from orch.store.repo import AttemptResult
+from orch.records import AttemptResult
 from workers.executors.base import AttemptContext
 
 

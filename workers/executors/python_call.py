@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orch.executors import ExecutorName
 from orch.failures import FailureClass
-from orch.store.repo import AttemptResult
+from orch.records import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.shell import ShellExecutor
 from workers.sandbox.grant import give_to_agent

@@ -17,8 +17,8 @@ from orch.durations import format_duration
 from orch.errors import OrchError
 from orch.executors import ExecutorName
 from orch.failures import FailureClass
+from orch.records import AttemptResult
 from orch.services.isolation import IsolationUnavailable
-from orch.store.repo import AttemptResult
 from workers.executors.base import AttemptContext, with_scratch
 from workers.executors.output import OutputSink
 from workers.sandbox.launch import start_agent

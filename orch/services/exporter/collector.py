@@ -42,8 +42,10 @@ from orch.services.exporter.tally import (
 )
 from orch.settings import Settings
 from orch.states import AttemptStatus, TaskStatus
-from orch.store import exporter_reads, repo
+from orch.store import exporter_reads
+from orch.store.db import db_now
 from orch.store.exporter_reads import PlanRef, TaskCounts
+from orch.store.pauses import active_pauses
 
 log = get_logger(__name__)
 
@@ -162,12 +164,12 @@ class StoreCollector(Collector):
         return snapshot
 
     def _snapshot(self, session: Session) -> StoreSnapshot:
-        now = repo.db_now(session)
+        now = db_now(session)
         plans = exporter_reads.plans_in_scope(session, self.settings.exporter_recent_plans)
         counts = self.plan_counts.refresh(plans, lambda ids: exporter_reads.task_counts(session, ids))
         pauses = {
             agent: (pause_cause(row.reason), (row.until - now).total_seconds())
-            for agent, row in repo.active_pauses(session, now).items()
+            for agent, row in active_pauses(session, now).items()
         }
         active = exporter_reads.running_attempts_by_worker(session)
         attempts = self.ledger.totals(session, now, {plan.id: plan.created_at for plan in plans if not plan.final})

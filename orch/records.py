@@ -1,0 +1,134 @@
+"""The values the store hands out and takes in: plain frozen dataclasses, with no SQL and no SQLAlchemy, so a
+worker's executors, the dispatcher and the views can use them without importing the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orch.budget import Budget
+from orch.failures import FailureClass
+from orch.intake.prices import Usage
+from orch.services.embedded import ProcessIdentity
+from orch.states import PlanStatus
+
+# --- dispatch --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AgentLoad:
+    in_flight: dict[str, int]  # queued and running tasks per agent type, across every plan
+    paused: set[str]  # agent types whose dispatch is held (a usage limit, an open circuit breaker)
+
+
+@dataclass(frozen=True)
+class PlanGate:
+    """What dispatch asks of a plan before claiming its tasks: may it run, and within what budget."""
+
+    status: PlanStatus
+    workdir: str
+    budget: Budget
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One message to send: the task's id and attempt, to its agent type's queue."""
+
+    task_pk: int
+    attempt: int
+    queue: str
+    timeout: float
+    plan_id: str
+    key: str
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.plan_id}.{self.key}.{self.attempt}"
+
+
+# --- a worker's attempt ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on one attempt: every later write names the lease."""
+
+    task_pk: int
+    plan_id: str
+    key: str
+    attempt: int
+    lease: str
+    retries: int
+    agent: str
+    counted_failures: int = 0  # earlier failed attempts that spent the retry budget
+    dependants: int | None = None  # tasks that depend on this one (None: not known, so look)
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """What a worker needs of a claimed task to run it (one indexed read, no ORM objects)."""
+
+    key: str
+    title: str
+    description: str
+    success: str
+    command: str | None
+    files: list[str]
+    timeout: float
+    agent: str
+    executor: str
+    verify: str | None
+    scope: str
+    call: str | None
+    workdir: str
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    succeeded: bool
+    exit_code: int | None = None
+    failure_class: str | None = None
+    error: str | None = None
+    output_tail: str = ""
+    log_path: str | None = None
+    model: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+    result: str | None = None  # the agent's final answer / summary
+    retry_after: float | None = None  # the provider asked us to wait at least this long (seconds)
+    files_changed: tuple[str, ...] | None = None
+    duration_s: float | None = None
+    verified: bool | None = None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A result the store accepted; `newly_ready` dependants have no unmet dependency left because of it."""
+
+    newly_ready: int = 0
+
+
+# --- budgets and stats -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetStop:
+    failure_class: FailureClass
+    message: str
+
+
+@dataclass(frozen=True)
+class AttemptStats:
+    attempts: int
+    usage: Usage
+    cost_usd: float | None  # None when no attempt had a known price
+
+
+# --- the `orch run` behind a plan ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunnerPlan:
+    """An unfinished plan and the `orch run` process that runs it."""
+
+    plan_id: str
+    runner: ProcessIdentity

@@ -1,0 +1,325 @@
+"""A worker's attempt: the claim (queued → running, with a lease), the heartbeat that renews the lease, the
+result (running → its outcome, only while the lease holds), the leases that expired, and the inputs of the
+attempt's prompt (its dependencies' handoffs, why its previous attempt failed)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Float, and_, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from orch.decisions.retry import Outcome
+from orch.failures import NOT_COUNTED
+from orch.intake.prices import Usage
+from orch.intake.prompts import Handoff, PreviousFailure
+from orch.records import AttemptResult, Claim, ClaimedTask, Recorded
+from orch.states import AttemptStatus, TaskStatus
+from orch.store._sql import ATTEMPTS, DEPENDENCIES, PLANS, TASKS, DbClock, no_sync, rowcount
+from orch.store.events import log_event
+from orch.store.models import AttemptRow, DependencyRow, TaskRow
+
+# Attempts that spend a task's retry budget: failed for a reason of the task's own, or lost with their worker.
+_SPENDS_RETRIES = and_(
+    AttemptRow.status.in_((AttemptStatus.FAILED, AttemptStatus.LOST)),
+    or_(AttemptRow.failure_class.is_(None), AttemptRow.failure_class.not_in(NOT_COUNTED)),
+)
+
+
+def counted_failures(session: Session, task_pk: int) -> int:
+    """Attempts of a task that spent its retry budget (since the operator last ran `orch retry` on it)."""
+    floor = select(TaskRow.retry_floor).where(TaskRow.pk == task_pk).scalar_subquery()
+    return int(
+        session.scalar(
+            select(func.count()).where(AttemptRow.task_pk == task_pk, AttemptRow.number > floor, _SPENDS_RETRIES)
+        )
+        or 0
+    )
+
+
+_OF_TASK = TASKS.c.pk == bindparam("of_task")
+_SPEC_COLUMNS = (
+    *(TASKS.c[name] for name in ("key", "title", "description", "success", "command", "files", "timeout")),
+    *(TASKS.c[name] for name in ("agent", "executor", "verify", "scope", "call")),
+)
+_WORKDIR = select(PLANS.c.workdir).where(PLANS.c.id == TASKS.c.plan_id).scalar_subquery()
+_DEPENDANTS = select(func.count()).where(DEPENDENCIES.c.depends_on_pk == TASKS.c.pk).scalar_subquery()
+
+
+def _claim_statement(started: Any, expires: Any) -> Any:
+    return (
+        update(TASKS)
+        .where(_OF_TASK, TASKS.c.status == TaskStatus.QUEUED, TASKS.c.attempt == bindparam("of_number"))
+        .values(
+            status=TaskStatus.RUNNING,
+            lease=bindparam("new_lease"),
+            lease_expires_at=expires,
+            started_at=started,
+            finished_at=None,
+        )
+        .returning(
+            TASKS.c.plan_id,
+            TASKS.c.retries,
+            TASKS.c.queued_at,
+            TASKS.c.started_at,
+            _DEPENDANTS,
+            *_SPEC_COLUMNS,
+            _WORKDIR.label("workdir"),
+        )
+    )
+
+
+_LEASE_SECONDS = bindparam("lease_s", type_=Float)
+# At a time the caller gives (tests, replays), or at the database's clock read by the claim itself (a worker).
+_CLAIM_AT = _claim_statement(bindparam("now"), bindparam("expires"))
+_CLAIM_NOW = _claim_statement(DbClock(literal(0.0, Float)), DbClock(_LEASE_SECONDS))
+_INSERT_ATTEMPT = insert(ATTEMPTS)
+
+
+def claim(
+    session: Session,
+    task_pk: int,
+    attempt: int,
+    worker: str,
+    pid: int | None,
+    lease_seconds: float,
+    *,
+    now: datetime | None = None,
+) -> tuple[Claim, ClaimedTask] | None:
+    """queued → running for this attempt, with a fresh lease that expires unless renewed; None when the message
+    is a duplicate or stale. Returns the claim and what the worker needs to run the task. The lease is stamped by
+    the database's clock, read by the claim itself (one round trip fewer), or at `now` when given (tests, replays:
+    `now` is then the database's clock as the caller read it)."""
+    lease = str(uuid.uuid4())
+    params: dict[str, Any] = {"of_task": task_pk, "of_number": attempt, "new_lease": lease, "lease_s": lease_seconds}
+    if now is not None:
+        params.update(now=now, expires=now + timedelta(seconds=lease_seconds))
+    row = session.execute(_CLAIM_NOW if now is None else _CLAIM_AT, params).first()
+    if row is None:
+        return None
+    plan_id, retries, queued_at, started, dependants, *spec = row
+    now = started
+    assert now is not None
+    task = ClaimedTask(*spec)
+    key, agent = task.key, task.agent
+    session.execute(
+        _INSERT_ATTEMPT,
+        {
+            "task_pk": task_pk,
+            "number": attempt,
+            "lease": lease,
+            "status": AttemptStatus.RUNNING,
+            "worker": worker,
+            "pid": pid,
+            "queued_at": queued_at,
+            "started_at": now,
+            "heartbeat_at": now,
+            "output_tail": "",
+        },
+    )
+    log_event(
+        session,
+        now,
+        plan_id,
+        task_pk=task_pk,
+        attempt=attempt,
+        kind="task",
+        old=TaskStatus.QUEUED,
+        new=TaskStatus.RUNNING,
+        detail=f"on {worker}",
+    )
+    earlier = counted_failures(session, task_pk) if attempt > 1 else 0  # a first attempt has none
+    return Claim(task_pk, plan_id, key, attempt, lease, retries, agent, earlier, dependants), task
+
+
+_OF_LEASE = and_(_OF_TASK, TASKS.c.status == TaskStatus.RUNNING, TASKS.c.lease == bindparam("held_lease"))
+_END_RUNNING = (
+    update(TASKS)
+    .where(_OF_LEASE)
+    .values(
+        status=bindparam("new_status"),
+        lease=None,
+        lease_expires_at=None,
+        not_before=bindparam("retry_at"),
+        finished_at=bindparam("ended_at"),
+        error=bindparam("task_error"),
+    )
+)
+_FINISH_ATTEMPT = (
+    update(ATTEMPTS)
+    .where(
+        ATTEMPTS.c.task_pk == bindparam("of_task"),
+        ATTEMPTS.c.number == bindparam("of_number"),
+        ATTEMPTS.c.lease == bindparam("held_lease"),
+    )
+    .values(
+        {
+            column: bindparam(f"v_{column}")
+            for column in (
+                "status",
+                "finished_at",
+                "exit_code",
+                "failure_class",
+                "error",
+                "output_tail",
+                "log_path",
+                "model",
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_tokens",
+                "cache_read_tokens",
+                "cost_usd",
+                "result",
+                "duration_s",
+                "files_changed",
+                "verified",
+            )
+        }
+    )
+)
+# A success decrements its dependants' unmet count; those that reach zero while pending are ready.
+_DEPENDENCY_MET = (
+    update(TASKS)
+    .where(TASKS.c.pk.in_(select(DEPENDENCIES.c.task_pk).where(DEPENDENCIES.c.depends_on_pk == bindparam("of_task"))))
+    .values(unmet_deps=TASKS.c.unmet_deps - 1)
+    .returning(TASKS.c.unmet_deps, TASKS.c.status)
+)
+
+
+def record_result(
+    session: Session, claim: Claim, result: AttemptResult, outcome: Outcome, now: datetime
+) -> Recorded | None:
+    """running → the outcome's status, only while this claim's lease still holds. None: the result is stale."""
+    new_status = outcome.task_status
+    of_claim = {"of_task": claim.task_pk, "of_number": claim.attempt, "held_lease": claim.lease}
+    ended = {
+        "new_status": new_status,
+        "retry_at": outcome.not_before,
+        "ended_at": None if new_status is TaskStatus.RETRY_WAIT else now,
+        "task_error": None if result.succeeded else result.error,
+    }
+    if not rowcount(session.execute(_END_RUNNING, {**of_claim, **ended})):
+        return None
+    newly_ready = 0
+    if new_status is TaskStatus.SUCCEEDED and claim.dependants != 0:
+        newly_ready = dependency_met(session, claim.task_pk)
+    usage = result.usage
+    values = {
+        "status": outcome.attempt_status,
+        "finished_at": now,
+        "exit_code": result.exit_code,
+        "failure_class": result.failure_class,
+        "error": result.error,
+        "output_tail": result.output_tail,
+        "log_path": result.log_path,
+        "model": result.model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_creation_tokens": usage.cache_creation_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cost_usd": result.cost_usd,
+        "result": result.result,
+        "duration_s": result.duration_s,
+        "files_changed": None if result.files_changed is None else list(result.files_changed),
+        "verified": result.verified,
+    }
+    session.execute(_FINISH_ATTEMPT, {**of_claim, **{f"v_{name}": value for name, value in values.items()}})
+    log_event(
+        session,
+        now,
+        claim.plan_id,
+        task_pk=claim.task_pk,
+        attempt=claim.attempt,
+        kind="task",
+        old=TaskStatus.RUNNING,
+        new=new_status,
+        detail=outcome.detail or result.error,
+    )
+    return Recorded(newly_ready)
+
+
+def dependency_met(session: Session, task_pk: int) -> int:
+    """`task_pk` succeeded (it never un-succeeds): each of its dependants has one unmet dependency fewer.
+    Returns how many are now ready."""
+    rows = session.execute(_DEPENDENCY_MET, {"of_task": task_pk})
+    return sum(1 for unmet, status in rows if unmet == 0 and status == TaskStatus.PENDING)
+
+
+_RENEW = update(TASKS).where(_OF_LEASE).values(lease_expires_at=bindparam("expires"))
+
+
+def renew_lease(
+    session: Session, claim: Claim, now: datetime, lease_seconds: float, usage: Usage, cost: float | None
+) -> bool:
+    """A heartbeat: push the lease's expiry out and record the attempt's usage so far. False: the lease is gone
+    (the attempt was cancelled, skipped or reaped) and the agent must stop."""
+    of_claim = {"of_task": claim.task_pk, "held_lease": claim.lease}
+    renewed = rowcount(session.execute(_RENEW, {**of_claim, "expires": now + timedelta(seconds=lease_seconds)}))
+    if renewed:
+        session.execute(
+            update(AttemptRow)
+            .where(AttemptRow.task_pk == claim.task_pk, AttemptRow.lease == claim.lease)
+            .values(
+                heartbeat_at=now,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_creation_tokens=usage.cache_creation_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cost_usd=cost,
+            )
+            .execution_options(**no_sync())
+        )
+    return bool(renewed)
+
+
+def expired_claims(session: Session, now: datetime, plan_ids: Sequence[str] | None = None) -> list[Claim]:
+    """Running attempts whose lease expired by `now` (the database's clock): their workers are gone."""
+    query = select(
+        TaskRow.pk, TaskRow.plan_id, TaskRow.key, TaskRow.attempt, TaskRow.lease, TaskRow.retries, TaskRow.agent
+    ).where(TaskRow.status == TaskStatus.RUNNING, TaskRow.lease_expires_at < now)
+    if plan_ids is not None:
+        query = query.where(TaskRow.plan_id.in_(plan_ids))
+    claims = []
+    for pk, plan_id, key, attempt, lease, retries, agent in session.execute(query).all():
+        claims.append(Claim(pk, plan_id, key, attempt, lease or "", retries, agent, counted_failures(session, pk)))
+    return claims
+
+
+def get_attempt(session: Session, claim: Claim) -> AttemptRow | None:
+    return session.scalars(
+        select(AttemptRow).where(AttemptRow.task_pk == claim.task_pk, AttemptRow.number == claim.attempt)
+    ).first()
+
+
+def reported_usage(attempt: AttemptRow) -> Usage:
+    return Usage(attempt.input_tokens, attempt.output_tokens, attempt.cache_creation_tokens, attempt.cache_read_tokens)
+
+
+def handoffs(session: Session, task_pk: int) -> list[Handoff]:
+    """What each dependency's succeeded attempt reported: the handoff into this task's prompt."""
+    dep_pks = list(session.scalars(select(DependencyRow.depends_on_pk).where(DependencyRow.task_pk == task_pk)))
+    found: list[Handoff] = []
+    for dep in session.scalars(select(TaskRow).where(TaskRow.pk.in_(dep_pks)).order_by(TaskRow.seq)):
+        attempt = session.scalars(
+            select(AttemptRow)
+            .where(AttemptRow.task_pk == dep.pk, AttemptRow.status == AttemptStatus.SUCCEEDED)
+            .order_by(AttemptRow.number.desc())
+            .limit(1)
+        ).first()
+        result = (attempt.result or attempt.output_tail) if attempt else ""
+        files = tuple(attempt.files_changed or ()) if attempt else ()
+        found.append(Handoff(dep.key, dep.title, dep.agent, result or "", files))
+    return found
+
+
+def previous_failure(session: Session, task_pk: int, attempt: int) -> PreviousFailure | None:
+    """Why attempt `attempt - 1` of a task failed, for the next attempt's prompt."""
+    row = session.scalars(
+        select(AttemptRow).where(AttemptRow.task_pk == task_pk, AttemptRow.number == attempt - 1)
+    ).first()
+    if row is None or row.status is not AttemptStatus.FAILED:
+        return None
+    return PreviousFailure(row.number, row.error or "failed", row.output_tail or "")

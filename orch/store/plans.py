@@ -1,0 +1,169 @@
+"""Plans and their tasks: submitting a plan, and finding a plan, its tasks, dependencies and attempts."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from orch.errors import PlanNotFound, TaskNotFound
+from orch.intake.gc_pause import collector_paused
+from orch.intake.plan import Plan
+from orch.states import PlanStatus, TaskStatus
+from orch.store._sql import ANALYZE_FROM_TASKS, DEPENDENCIES, TASKS, no_sync, rowcount
+from orch.store.bulk import insert_rows, reserve_primary_keys
+from orch.store.db import refresh_planner_statistics
+from orch.store.events import log_event
+from orch.store.models import AttemptRow, DependencyRow, PlanRow, TaskRow
+
+# The columns a submitted task sets, in the order `submit_plan` gives them (the rest take their defaults).
+_SUBMITTED_COLUMNS = (
+    "pk", "plan_id", "key", "seq", "title", "description", "agent", "route_reason", "queue", "executor", "command",
+    "priority", "files", "success", "timeout", "retries", "status", "unmet_deps", "attempt", "verify", "scope",
+    "call", "budget_usd", "budget_tokens", "retry_floor",
+)  # fmt: skip
+
+
+def new_plan_id(name: str) -> str:
+    return f"{name[:24]}-{secrets.token_hex(4)}"
+
+
+def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
+    """Insert a validated plan with its tasks and edges; its tasks start pending. Returns the plan id."""
+    with collector_paused():
+        return _insert_plan(session, plan, now)
+
+
+def _insert_plan(session: Session, plan: Plan, now: datetime) -> str:
+    plan_id = new_plan_id(plan.name)
+    session.add(
+        PlanRow(
+            id=plan_id,
+            name=plan.name,
+            description=plan.description,
+            source=plan.source,
+            workdir=str(plan.workdir),
+            status=PlanStatus.RUNNING,
+            document=dict(plan.document),
+            created_at=now,
+            budget_usd=plan.budget.usd,
+            budget_tokens=plan.budget.tokens,
+        )
+    )
+    session.flush()
+    pks = reserve_primary_keys(session, TASKS, len(plan.tasks))
+    pk_of = {task.key: pk for task, pk in zip(plan.tasks, pks, strict=True)}
+    pending = TaskStatus.PENDING.value
+    no_files = json.dumps([])
+    insert_rows(
+        session,
+        TASKS,
+        _SUBMITTED_COLUMNS,
+        (
+            (
+                pk_of[t.key], plan_id, t.key, t.seq, t.title, t.description, t.agent, t.route_reason, t.queue,
+                t.executor, t.command, t.priority, json.dumps(list(t.files)) if t.files else no_files, t.success,
+                t.timeout, t.retries, pending, len(t.after), 0, t.verify, t.scope, t.call, t.budget.usd,
+                t.budget.tokens, 0,
+            )
+            for t in plan.tasks
+        ),
+    )  # fmt: skip
+    insert_rows(
+        session,
+        DEPENDENCIES,
+        ("task_pk", "depends_on_pk"),
+        ((pk_of[t.key], pk_of[dep]) for t in plan.tasks for dep in t.after),
+    )
+    log_event(session, now, plan_id, kind="plan", new=PlanStatus.RUNNING, detail=f"submitted from {plan.source}")
+    if len(plan.tasks) >= ANALYZE_FROM_TASKS:
+        refresh_planner_statistics(session)  # PostgreSQL counts this transaction's own rows in the sample
+    return plan_id
+
+
+def set_plan_status(
+    session: Session,
+    plan_id: str,
+    allowed: Collection[PlanStatus],
+    new: PlanStatus,
+    now: datetime,
+    detail: str | None,
+    **values: Any,
+) -> bool:
+    """The plan → `new` (with the other columns in `values`) if its status is one of `allowed`: a compare-and-set
+    that logs the plan event only when it won. Returns whether it did. The event's old status is the allowed one;
+    of several, the one read just before (the compare-and-set, not that read, decides the change)."""
+    if len(allowed) == 1:
+        old: PlanStatus | None = next(iter(allowed))
+    else:
+        old = session.scalar(select(PlanRow.status).where(PlanRow.id == plan_id))
+    changed = rowcount(
+        session.execute(
+            update(PlanRow)
+            .where(PlanRow.id == plan_id, PlanRow.status.in_(sorted(allowed)))
+            .values(status=new, **values)
+            .execution_options(**no_sync())
+        )
+    )
+    if changed:
+        log_event(session, now, plan_id, kind="plan", old=old, new=new, detail=detail)
+    return bool(changed)
+
+
+def find_plan(session: Session, ref: str) -> PlanRow:
+    """A plan by id, else the latest plan of that name."""
+    plan = session.get(PlanRow, ref)
+    if plan is None:
+        plan = session.scalars(
+            select(PlanRow).where(PlanRow.name == ref).order_by(PlanRow.created_at.desc()).limit(1)
+        ).first()
+    if plan is None:
+        raise PlanNotFound(ref)
+    return plan
+
+
+def list_plans(session: Session, limit: int = 50) -> list[PlanRow]:
+    return list(session.scalars(select(PlanRow).order_by(PlanRow.created_at.desc()).limit(limit)))
+
+
+def active_plan_ids(session: Session) -> list[str]:
+    return list(
+        session.scalars(select(PlanRow.id).where(PlanRow.status == PlanStatus.RUNNING).order_by(PlanRow.created_at))
+    )
+
+
+def plan_tasks(session: Session, plan_id: str) -> list[TaskRow]:
+    return list(session.scalars(select(TaskRow).where(TaskRow.plan_id == plan_id).order_by(TaskRow.seq)))
+
+
+def plan_dependencies(session: Session, plan_id: str) -> list[tuple[int, int]]:
+    rows = session.execute(
+        select(DependencyRow.task_pk, DependencyRow.depends_on_pk)
+        .join(TaskRow, TaskRow.pk == DependencyRow.task_pk)
+        .where(TaskRow.plan_id == plan_id)
+    )
+    return [(a, b) for a, b in rows]
+
+
+def task_attempts(session: Session, task_pk: int) -> list[AttemptRow]:
+    return list(session.scalars(select(AttemptRow).where(AttemptRow.task_pk == task_pk).order_by(AttemptRow.number)))
+
+
+def get_task(session: Session, task_pk: int) -> TaskRow | None:
+    return session.get(TaskRow, task_pk)
+
+
+def get_plan(session: Session, plan_id: str) -> PlanRow | None:
+    return session.get(PlanRow, plan_id)
+
+
+def task_by_key(session: Session, plan_id: str, key: str) -> TaskRow:
+    task = session.scalars(select(TaskRow).where(TaskRow.plan_id == plan_id, TaskRow.key == key)).first()
+    if task is None:
+        raise TaskNotFound(f"plan {plan_id} has no task {key!r}")
+    return task
