@@ -22,6 +22,7 @@ from orch.celery import use_broker
 from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
 from orch.errors import ConfigInvalid, TaskNotFound, TaskStateConflict
+from orch.intake.prices import Usage
 from orch.settings import get_settings
 from orch.states import LEGAL_TRANSITIONS, AttemptStatus, PlanStatus, TaskStatus
 from orch.store import repo
@@ -112,7 +113,7 @@ def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
     assert again.status is TaskStatus.QUEUED and again.attempt == 2
     # The frozen worker wakes up: its renewal and its result are both refused.
     with write_session() as session:
-        assert not repo.renew_lease(session, claim, repo.db_now(session), 10, repo.Usage(), None)
+        assert not repo.renew_lease(session, claim, repo.db_now(session), 10, Usage(), None)
     from workers.runner import finish
 
     assert finish(claim, repo.AttemptResult(True, exit_code=0)) == "rejected"
@@ -184,7 +185,7 @@ def test_a_spent_plan_budget_holds_dispatch(store_url: str, tmp_path: Path) -> N
         now = repo.db_now(session)
         claim = repo.claim_attempt(session, dispatch.task_pk, 1, "w", 1, now, 60)
         assert claim is not None
-        result = repo.AttemptResult(True, exit_code=0, usage=repo.Usage(input_tokens=90, output_tokens=20))
+        result = repo.AttemptResult(True, exit_code=0, usage=Usage(input_tokens=90, output_tokens=20))
         repo.record_result(session, claim, result, Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED), now)
     assert dispatch_all(plan_id) == {}
     with read_session() as session:

@@ -14,6 +14,7 @@ import workers.tasks  # noqa: F401  (registers orch.run_task)
 from orch.celery import app, use_broker
 from orch.store import repo
 from orch.store.db import read_session, write_session
+from orch.store.models import AttemptRow
 from tests.helpers import drive_until_final, make_plan
 from workers.workspace import changed_since, in_scope, snapshot
 
@@ -92,7 +93,7 @@ def worker(embedded_redis_url: str, sqlite_url: str) -> Iterator[None]:
         yield
 
 
-def run(tasks: list[dict[str, object]], workdir: Path) -> dict[str, list[repo.AttemptRow]]:
+def run(tasks: list[dict[str, object]], workdir: Path) -> dict[str, list[AttemptRow]]:
     for task in tasks:
         task["agent"] = "general-purpose"
     with write_session() as session:

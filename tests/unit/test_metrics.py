@@ -19,14 +19,12 @@ from orch.services.exporter.collector import (
     LATENCY_BUCKETS,
     SPECS,
     PlanCounts,
-    PlanRef,
-    TaskCounts,
     cumulative_buckets,
     exposed_sample_names,
     pause_cause,
 )
 from orch.states import PlanStatus
-from orch.store.exporter_reads import _Seconds, bucket_index
+from orch.store.exporter_reads import PlanRef, TaskCounts, _Seconds, bucket_index
 from orch.store.models import UTCDateTime
 
 REPO = Path(__file__).resolve().parents[2]
