@@ -2,8 +2,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SOURCES := orch workers beat tests bench
 
-.PHONY: demo test faults bench lint typecheck install clean agent-host lock
+.PHONY: demo test faults bench lint format typecheck install clean agent-host lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,11 +48,17 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run --size full --store both
 
 lint: $(STAMP)
-	$(BIN)/ruff check orch workers beat bench tests
-	$(BIN)/ruff format --check orch workers beat bench tests
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
+# What `make lint` checks, fixed where ruff can (imports sorted, upgrades…), then formatted
+format: $(STAMP)
+	$(BIN)/ruff check --fix $(SOURCES)
+	$(BIN)/ruff format $(SOURCES)
+
+# orch, workers and beat strictly; tests and bench relaxed (pyproject.toml's [[tool.mypy.overrides]])
 typecheck: $(STAMP)
-	$(BIN)/mypy orch workers beat
+	$(BIN)/mypy $(SOURCES)
 
 clean:
 	rm -rf .orch .pytest_cache .mypy_cache .ruff_cache

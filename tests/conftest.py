@@ -176,7 +176,8 @@ def redis_url() -> str:
 @pytest.fixture
 def rabbitmq_url() -> str:
     require_service("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
-    from kombu import Connection, Queue
+    from kombu.connection import Connection
+    from kombu.entity import Queue
 
     from orch.intake.agents import load_agents_file
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 # a → (b, c) → d; c has the higher priority
-DIAMOND = [
+DIAMOND: list[dict[str, Any]] = [
     {"id": "a", "title": "design the api", "command": "true"},
     {"id": "b", "title": "write the docs", "after": ["a"], "command": "true"},
     {"id": "c", "title": "write the tests", "after": ["a"], "command": "true", "priority": 3},
@@ -41,7 +41,7 @@ def make_plan(tasks: list[dict[str, Any]], name: str = "t", workdir: Path | None
     return validate_plan(document, registry(), source=f"{name}.yaml", base_dir=base)
 
 
-def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll `condition` until it returns something truthy; fail naming `what` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from orch.decisions import breaker
 from orch.decisions.retry import Backoff, Outcome, decide_outcome
+from orch.dispatch import breaker
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
 from orch.executors import PROMPTED, ExecutorName

@@ -1,18 +1,15 @@
 """Circuit breaker per agent type: after N consecutive failed attempts, the type's dispatch pauses for a
 cool-down (an agent pause, shown by `orch status`); other types keep running. When the cool-down ends, the next
-attempt is the probe: one more failure opens the circuit again at once."""
+attempt is the probe: one more failure opens the circuit again at once.
+
+The decision (`is_open`) is here; orch.dispatch.breaker applies it (`trip_if_open`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-
-from sqlalchemy.orm import Session
 
 from orch.failures import FailureClass
-from orch.intake.agents import BreakerSpec
 from orch.states import AttemptStatus
-from orch.store import pauses
 
 CIRCUIT_OPEN = "circuit open"  # how a pause the breaker set begins its reason
 
@@ -27,12 +24,3 @@ def is_open(recent: Sequence[tuple[AttemptStatus, str | None]], threshold: int) 
     newest `threshold` that tell anything about the type all failed."""
     telling = [status for status, failure in recent if failure not in NEUTRAL][:threshold]
     return len(telling) == threshold and all(s in (AttemptStatus.FAILED, AttemptStatus.LOST) for s in telling)
-
-
-def trip_if_open(session: Session, agent: str, spec: BreakerSpec, now: datetime) -> bool:
-    """After a failed attempt of `agent`: pause the type for its cool-down if its circuit is now open."""
-    if not is_open(pauses.recent_outcomes(session, agent, spec.failures * 2), spec.failures):
-        return False
-    until = now + timedelta(seconds=spec.cooldown)
-    pauses.pause_agent(session, agent, until, f"{CIRCUIT_OPEN}: {spec.failures} consecutive failures", now)
-    return True

@@ -61,11 +61,12 @@ def test_one_beat_per_postgres_store(postgres_url: str, redis_url: str, tmp_path
 
     # PostgreSQL ends the lock's session (a restart, a network loss): the beat takes the lock again.
     terminate(postgres_url, held[0])
-    again = wait_for(
-        lambda: (found := held_by(postgres_url, first.pid)) and found[0] != held[0] and found,
-        30,
-        "the first beat to take the lock again on a new connection",
-    )
+
+    def held_again() -> tuple[int, str] | None:
+        found = held_by(postgres_url, first.pid)
+        return found if found is not None and found[0] != held[0] else None
+
+    again = wait_for(held_again, 30, "the first beat to take the lock again on a new connection")
     assert again[1] == held[1] and first.poll() is None
 
     first.send_signal(signal.SIGTERM)

@@ -191,11 +191,11 @@ def test_ctrl_c_cancels_the_plan_and_leaves_no_process(tmp_path: Path) -> None:
 
         wait_for(nap_running, 60, "the nap task to start")
         run.send_signal(signal.SIGINT)
-        run.wait(timeout=60)
+        run.communicate(timeout=60)  # communicate, not wait: it reads and closes the pipes
     finally:
         if run.poll() is None:
             run.kill()
-            run.wait()
+            run.communicate()
     assert run.returncode == 130
     report = json.loads(run_orch(["status", "slow", "--json"], tmp_path, env).stdout)
     assert report["plan"]["status"] == "cancelled"

@@ -31,7 +31,11 @@ def age(path: Path) -> float:
 def keeps_being_touched(path: Path, times: int = 3) -> None:
     for _ in range(times):
         before = path.stat().st_mtime
-        wait_for(lambda before=before: path.exists() and path.stat().st_mtime > before, 10, f"{path} to be touched")
+
+        def touched(before: float = before) -> bool:
+            return path.exists() and path.stat().st_mtime > before
+
+        wait_for(touched, 10, f"{path} to be touched")
 
 
 @contextmanager

@@ -74,8 +74,9 @@ class Run:
         self._reader.start()
 
     def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.append(line.rstrip("\n"))
+        with stream:  # closed at the end: an open pipe left to the collector is a ResourceWarning
+            for line in stream:
+                self.lines.append(line.rstrip("\n"))
 
     @property
     def pid(self) -> int:

@@ -43,7 +43,8 @@ class Proc:
 
 def read_proc(pid: int) -> Proc | None:
     try:
-        text = open(f"/proc/{pid}/stat").read()  # noqa: SIM115 - one short read
+        with open(f"/proc/{pid}/stat") as stat:  # closed: a file left to the collector is a ResourceWarning
+            text = stat.read()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()

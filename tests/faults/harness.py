@@ -902,7 +902,7 @@ def clean_broker(broker_url: str, run: FaultRun) -> None:
 
         from orch.intake.agents import load_agents_file
 
-        with Connection(broker_url) as conn:  # type: ignore[no-untyped-call]
+        with Connection(broker_url) as conn:
             for queue in load_agents_file(run.config_dir / "agents.yaml").queues:
                 with contextlib.suppress(Exception):
                     channel = conn.channel()

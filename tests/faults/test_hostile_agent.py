@@ -22,6 +22,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -147,9 +148,9 @@ def hostile_plan(run: Scenario, pwned: Path) -> Path:
     return path
 
 
-def report_of(output_tail: str) -> dict[str, object]:
+def report_of(output_tail: str) -> dict[str, Any]:
     line = next(line for line in output_tail.splitlines() if line.startswith("HOSTILE-REPORT "))
-    report: dict[str, object] = json.loads(line.removeprefix("HOSTILE-REPORT "))
+    report: dict[str, Any] = json.loads(line.removeprefix("HOSTILE-REPORT "))
     return report
 
 
@@ -181,12 +182,12 @@ def run_hostile(run: Scenario, fault_run: FaultRun, record_figures: RecordFigure
     agent_user = pwd.getpwnam("orch-agent").pw_uid if os.geteuid() == 0 else os.getuid()
     figures = {
         "secrets found": (len(set(leaked)), len(run.canaries)),
-        "store writes": int(report["store_writes"]) + (victim_command != "echo original > victim.txt"),  # type: ignore[call-overload]
+        "store writes": int(report["store_writes"]) + (victim_command != "echo original > victim.txt"),
         "git config commands run": len(planted),
         "processes visible": report["processes_visible"],
         "orch processes visible": report["orch_processes_visible"],
-        "ORCH_HOME files read": int(report["orch_home_files_read"]) + int(report["workdir_orch_files_read"]),  # type: ignore[call-overload]
-        "services reached": len(report["services_reached"]),  # type: ignore[arg-type]
+        "ORCH_HOME files read": int(report["orch_home_files_read"]) + int(report["workdir_orch_files_read"]),
+        "services reached": len(report["services_reached"]),
         "writes outside the workdir": len(outside),
         "raw escape characters shown": raw,
     }
@@ -243,6 +244,6 @@ def test_the_hostile_agent_finds_what_is_in_reach(tmp_path: Path) -> None:
     args = [sys.executable, str(HOSTILE_AGENT), "--store", str(store), "--victim", "victim"]
     done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     report = report_of(done.stdout)
-    assert digest(secret) in report["secrets"]  # type: ignore[operator]
+    assert digest(secret) in report["secrets"]
     assert report["store_writes"] == 1
-    assert report["processes_visible"] > 6  # type: ignore[operator]  # the host's processes: no pid namespace
+    assert report["processes_visible"] > 6  # the host's processes: no pid namespace

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery.contrib.testing.worker import start_worker
@@ -47,7 +48,7 @@ def api(monkeypatch: pytest.MonkeyPatch, embedded_redis_url: str, sqlite_url: st
 
 
 def test_an_agent_plan_hands_off_retries_and_accounts_for_cost(api: MessagesAPI, tmp_path: Path) -> None:
-    tasks = [
+    tasks: list[dict[str, Any]] = [
         {"id": "design", "title": "Design the JWT architecture", "agent": "security-specialist"},
         {"id": "build", "title": "Implement the endpoints", "agent": "backend-development", "after": ["design"],
          "success": "login and refresh work", "files": ["server/auth.py"]},

@@ -77,7 +77,9 @@ def test_a_success_claims_its_newly_ready_dependants_and_the_last_one_finishes_t
 
 
 def test_the_slot_a_result_frees_goes_to_a_task_waiting_for_capacity(store_url: str) -> None:
-    tasks = [{"id": f"t{i}", "title": f"chore {i}", "command": "true", "agent": "general-purpose"} for i in range(3)]
+    tasks: list[dict[str, object]] = [
+        {"id": f"t{i}", "title": f"chore {i}", "command": "true", "agent": "general-purpose"} for i in range(3)
+    ]
     agents = with_cap("general-purpose", 1)
     submit(tasks)
     (first,) = tick(agents)

@@ -120,7 +120,7 @@ def checkout_file(repo: Path) -> None:
 class Plant:
     name: str
     config: Callable[[Path, Path], dict[str, str]]  # (markers, scratch folder) → entries for .git/config
-    control: Callable[[Path], None]  # runs plain git in the repo; the plant then leaves a marker
+    control: Callable[[Path], object]  # runs plain git in the repo; the plant then leaves a marker
     attributes: str = ""
 
 

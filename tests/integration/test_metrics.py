@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ DONE = Outcome(TaskStatus.SUCCEEDED, AttemptStatus.SUCCEEDED)
 
 
 def test_running_totals_equal_a_fresh_read_as_attempts_start_and_finish(store_url: str) -> None:
-    tasks = [
+    tasks: list[dict[str, Any]] = [
         {"id": "a", "title": "api", "agent": "backend-development", "command": "true"},
         {"id": "b", "title": "tests", "agent": "testing-specialist", "after": ["a"], "command": "true"},
         {"id": "c", "title": "deploy", "agent": "devops-engineer", "command": "true", "retries": 2},
@@ -233,7 +234,8 @@ def test_pauses_by_cause(store_url: str) -> None:
 
 def test_queue_depth_counts_every_priority_sub_list_on_redis(sqlite_url: str, redis_url: str) -> None:
     import redis
-    from kombu import Connection, Exchange, Queue
+    from kombu.connection import Connection
+    from kombu.entity import Exchange, Queue
 
     exchange = Exchange("orch", type="direct")
     queue = Queue("agent.backend-development", exchange, routing_key="agent.backend-development")
@@ -267,7 +269,7 @@ def test_a_broker_that_does_not_answer_leaves_the_store_figures_and_no_password(
     assert password not in text + repr(logs)
 
 
-def bounded_scrape(exporter: StoreCollector) -> tuple[Samples, list[dict[str, Any]]]:
+def bounded_scrape(exporter: StoreCollector) -> tuple[Samples, list[MutableMapping[str, Any]]]:
     """A scrape, with its log lines, that must answer well within Prometheus' default scrape timeout."""
     started = time.monotonic()
     with capture_logs() as logs:
@@ -401,7 +403,8 @@ def test_queue_depth_on_rabbitmq() -> None:
     """Passive declares on RabbitMQ: ready messages and consumers of a queue, 0 for a queue it does not hold.
     A queue of its own, so no other test's queues are touched."""
     require_service("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
-    from kombu import Connection, Exchange, Queue
+    from kombu.connection import Connection
+    from kombu.entity import Exchange, Queue
 
     url = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
     name, missing = f"orch-test-{secrets.token_hex(4)}", f"orch-test-missing-{secrets.token_hex(4)}"

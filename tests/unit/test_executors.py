@@ -16,7 +16,8 @@ def test_the_worker_runs_every_named_executor_under_its_own_name() -> None:
 
 
 def test_a_name_is_its_string_in_plans_the_store_and_messages() -> None:
-    assert ExecutorName.CLAUDE_CODE == "claude-code" and f"{ExecutorName.CLAUDE_CODE}" == "claude-code"
+    name: str = ExecutorName.CLAUDE_CODE
+    assert name == "claude-code" and f"{ExecutorName.CLAUDE_CODE}" == "claude-code"
     assert "shell" in KNOWN and "telepathy" not in KNOWN
     assert ", ".join(ExecutorName) == "claude-code, anthropic, python, shell, noop"
     assert get_executor("noop", "general-purpose") is EXECUTORS[ExecutorName.NOOP]

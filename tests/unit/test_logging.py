@@ -126,7 +126,7 @@ def test_settings_secrets_name_orch_s_own_passwords() -> None:
     settings = Settings(
         database_url="postgresql://orch:pg-secret-1@db/orch",
         broker_url="amqp://orch:mq-secret-22@rabbit//",
-        flower_auth="ops:fl-secret-333",  # type: ignore[arg-type]
+        flower_auth="ops:fl-secret-333",
     )
     found = settings_secrets(settings)
     assert found["ORCH_DATABASE_URL"] == "pg-secret-1" and found["ORCH_BROKER_URL"] == "mq-secret-22"

@@ -4,6 +4,7 @@ functions, no process started."""
 from __future__ import annotations
 
 import os
+import pwd
 from pathlib import Path
 
 import pytest
@@ -265,7 +266,7 @@ def test_without_bubblewrap_auto_warns_and_bwrap_refuses(monkeypatch: pytest.Mon
     required = isolation.resolve_isolation(Settings(sandbox="bwrap"))
     assert required.sandbox == "none" and required.problem is not None
     assert required.problem.startswith("ORCH_SANDBOX=bwrap, but bubblewrap (bwrap) is not installed")
-    if os.geteuid() != 0 or isolation.pwd.getpwnam("orch-agent"):
+    if os.geteuid() != 0 or pwd.getpwnam("orch-agent"):
         automatic = isolation.resolve_isolation(Settings(sandbox="auto"))
         assert automatic.problem is None and automatic.sandbox == "none"
         assert automatic.warning is not None and "found no usable sandbox" in automatic.warning

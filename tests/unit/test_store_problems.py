@@ -67,7 +67,7 @@ def test_sqlite_read_only_and_locked_are_told_apart(tmp_path: Path) -> None:
     assert isinstance(read_only, StoreReadOnly)
     assert str(read_only).startswith(f"store at {tmp_path / 's.db'} is read-only: attempt to write a readonly")
     locked = sqlite3.OperationalError("database is locked")
-    locked.sqlite_errorcode = 5  # type: ignore[attr-defined]  # SQLITE_BUSY: another writer; worth waiting for
+    locked.sqlite_errorcode = 5  # SQLITE_BUSY: another writer; worth waiting for
     assert store_problem(wrapped(locked), url) is None
 
 

@@ -16,7 +16,7 @@ def nodes(tasks: list[dict[str, object]], state: str | None = None) -> list[Node
 
 def test_a_stage_is_one_more_than_the_deepest_dependency() -> None:
     assert stages(nodes(DIAMOND)) == {"a": 0, "b": 1, "c": 1, "d": 2}
-    skewed = [
+    skewed: list[dict[str, object]] = [
         {"id": "x", "title": "x"},
         {"id": "y", "title": "y", "after": ["x"]},
         {"id": "z", "title": "z", "after": ["x", "y"]},

@@ -50,17 +50,20 @@ class AnthropicExecutor:
                 ),
             )
         ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with ctx.log_path.open("wb", buffering=0) as log:
+        timeout = anthropic.Timeout(connect=30.0, read=ctx.agent.idle_timeout, write=60.0, pool=30.0)
+        # Closed with the attempt: its pooled connection would otherwise stay open until the client is collected.
+        with (
+            ctx.log_path.open("wb", buffering=0) as log,
+            anthropic.Anthropic(api_key=key, max_retries=0, timeout=timeout) as client,
+        ):
             sink = OutputSink(log, ctx.settings.log_max_bytes, ctx.settings.output_tail_bytes, ctx.redactor())
             try:
-                return self._call(ctx, key, sink)
+                return self._call(ctx, client, sink)
             finally:
                 sink.close()
 
-    def _call(self, ctx: AttemptContext, key: str, sink: OutputSink) -> AttemptResult:
+    def _call(self, ctx: AttemptContext, client: anthropic.Anthropic, sink: OutputSink) -> AttemptResult:
         deadline = time.monotonic() + ctx.task.timeout
-        timeout = anthropic.Timeout(connect=30.0, read=ctx.agent.idle_timeout, write=60.0, pool=30.0)
-        client = anthropic.Anthropic(api_key=key, max_retries=0, timeout=timeout)
         common: dict[str, Any] = {"log_path": str(ctx.log_path), "model": ctx.agent.model}
         try:
             with client.messages.stream(

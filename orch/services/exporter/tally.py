@@ -71,7 +71,7 @@ class AttemptTally:
     cost_in_flight: Counter[str] = field(default_factory=Counter)
     durations: dict[tuple[str, str, str], Buckets] = field(default_factory=dict)  # agent, queue, status
     latencies: dict[AgentQueue, Buckets] = field(default_factory=dict)
-    spend: dict[str, Spend] = field(default_factory=dict)  # plan -> what its attempts spent (repo.plan_spend)
+    spend: dict[str, Spend] = field(default_factory=dict)  # plan -> what its attempts spent (spend.plan_spend)
 
     def add(self, other: AttemptTally) -> None:
         self.outcomes.update(other.outcomes)

@@ -1,5 +1,5 @@
-"""Pure decisions of issue 4: what an attempt's end makes of its task, the circuit breaker, budgets, and the
-visibility-timeout check a worker makes at start."""
+"""Pure decisions about an attempt's end and its cost: what the end makes of its task (retry, requeue or fail), the
+circuit breaker, budgets; and the checks a worker makes of its settings at start (visibility timeout, lease)."""
 
 from __future__ import annotations
 

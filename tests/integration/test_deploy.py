@@ -233,12 +233,12 @@ def container_env(objs: list[Obj], container: Obj) -> dict[str, str]:
 def settings_of(objs: list[Obj], container: Obj) -> Settings:
     """orch's Settings as the container's ORCH_* environment makes them."""
     fields = set(Settings.model_fields)
-    given = {
+    given: dict[str, Any] = {
         key.removeprefix("ORCH_").lower(): value
         for key, value in container_env(objs, container).items()
         if key.startswith("ORCH_") and key.removeprefix("ORCH_").lower() in fields
     }
-    return Settings(_env_file=None, **given)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **given)
 
 
 def all_containers(objs: list[Obj]) -> Iterator[tuple[Obj, Obj]]:
@@ -1268,7 +1268,7 @@ def test_the_read_only_role_reads_what_the_exporter_needs_and_writes_nothing(bas
         with write_session(owner_url) as session:
             plans.submit_plan(session, plan, db_now(session))
 
-        settings = Settings(  # type: ignore[call-arg]
+        settings = Settings(
             _env_file=None, database_url=reader_url, broker_url="redis://127.0.0.1:1/0", home=tmp_path / "home"
         )
         collector = StoreCollector(settings, broker_timeout=0.5)
@@ -1382,7 +1382,7 @@ def test_the_image_has_bubblewrap_and_the_agent_user() -> None:
     assert agent[agent.index("--home-dir") + 1] == "/nonexistent"
     (orch,) = [c for c in runs if c[0] == "useradd" and c[-1] == "orch"]
     assert orch[orch.index("--uid") + 1] == "10001" != agent[agent.index("--uid") + 1]
-    assert Settings(_env_file=None).agent_user == "orch-agent"  # type: ignore[call-arg]
+    assert Settings(_env_file=None).agent_user == "orch-agent"
     (mkdir,) = [c for c in runs if c[:2] == ["mkdir", "-p"]]
     assert "/run/orch" in mkdir, "the liveness folder exists (and is orch's) without Kubernetes' emptyDir too"
 
@@ -1414,7 +1414,7 @@ class Pin:
 
 def read_lock(text: str) -> dict[str, Pin]:
     """requirements.lock's pins: `name==version`, each with its `--hash=sha256:…` lines."""
-    pins = {}
+    pins: dict[str, Pin] = {}
     for entry in re.sub(r"\\\n", " ", text).splitlines():
         entry = entry.split("#", 1)[0].strip()
         if not entry:
