@@ -10,6 +10,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from orch.dag import Dag
 from orch.decisions.file_leases import MAX_DECISION_STEPS, StepBudget, files_conflict
 from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, TERMINAL, PlanStatus, TaskStatus
 
@@ -56,25 +57,30 @@ def reconcile(
     without taking its agent type's slot.
     """
     status = {t.pk: t.status for t in tasks}
-    dependants: dict[int, list[int]] = {}
-    for task in tasks:
-        for dep in task.deps:
-            dependants.setdefault(dep, []).append(task.pk)
-
-    doomed: list[int] = []
-    frontier = [pk for pk, s in status.items() if s in DOOMING]
-    while frontier:
-        for child in dependants.get(frontier.pop(), ()):
-            if status[child] is TaskStatus.PENDING:
-                status[child] = TaskStatus.UPSTREAM_FAILED
-                doomed.append(child)
-                frontier.append(child)
-
-    candidates = [t for t in tasks if status[t.pk] in DISPATCHABLE and _runnable(t, status, now)]
-    candidates.sort(key=dispatch_order)
-    slots = dict(free_slots)
+    doomed = _doom(Dag({t.pk: t.deps for t in tasks}), status)
+    runnable = (t for t in tasks if status[t.pk] in DISPATCHABLE and _runnable(t, status, now))
     held = [files for files in held_files if files]
     held += [t.files for t in tasks if t.files and status[t.pk] in IN_FLIGHT]
+    ready, over_cap, on_files = _pick(sorted(runnable, key=dispatch_order), free_slots, held)
+    return Reconciliation(tuple(doomed), tuple(ready), over_cap, _outcome(status), status, waiting_for_files=on_files)
+
+
+def _doom(dag: Dag[int], status: dict[int, TaskStatus]) -> list[int]:
+    """The pending tasks after a failed, cancelled or doomed one: upstream_failed now, in `status` too."""
+    failed = [pk for pk, s in status.items() if s in DOOMING]
+    doomed = dag.descendants(*failed, through=lambda pk: status[pk] is TaskStatus.PENDING)
+    for pk in doomed:
+        status[pk] = TaskStatus.UPSTREAM_FAILED
+    return doomed
+
+
+def _pick(
+    candidates: Sequence[TaskView], free_slots: Mapping[str, int], held_files: Sequence[Sequence[str]]
+) -> tuple[list[int], int, int]:
+    """The candidates (best first) to dispatch within their agent types' free slots, none whose files overlap
+    `held_files` or a pick's before it; then how many wait for a slot, and how many for files."""
+    slots = dict(free_slots)
+    held = list(held_files)
     ready: list[int] = []
     over_cap = on_files = 0
     file_checks = StepBudget(MAX_DECISION_STEPS)  # spent, the rest wait for the next round: this runs under the lock
@@ -88,12 +94,15 @@ def reconcile(
                 held.append(task.files)
         else:
             over_cap += 1
+    return ready, over_cap, on_files
 
-    outcome = None
-    if all(s in TERMINAL for s in status.values()):
-        every_succeeded = all(s is TaskStatus.SUCCEEDED for s in status.values())
-        outcome = PlanStatus.SUCCEEDED if every_succeeded else PlanStatus.FAILED
-    return Reconciliation(tuple(doomed), tuple(ready), over_cap, outcome, status, waiting_for_files=on_files)
+
+def _outcome(status: Mapping[int, TaskStatus]) -> PlanStatus | None:
+    """The plan's end state once every task is final: succeeded if every task did."""
+    if not all(s in TERMINAL for s in status.values()):
+        return None
+    every_succeeded = all(s is TaskStatus.SUCCEEDED for s in status.values())
+    return PlanStatus.SUCCEEDED if every_succeeded else PlanStatus.FAILED
 
 
 def _runnable(task: TaskView, status: Mapping[int, TaskStatus], now: datetime) -> bool:

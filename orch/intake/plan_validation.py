@@ -5,7 +5,6 @@ nothing is half-accepted.
 
 from __future__ import annotations
 
-import graphlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from orch.budget import Budget
+from orch.dag import Dag
 from orch.errors import PlanInvalid
 from orch.executors import ExecutorName
 from orch.intake.agents import AgentRegistry
@@ -218,7 +218,7 @@ def _validate_plan(
                     problems.add(f"task {quoted(task_id)}: depends on unknown task {quoted(dep)}")
     if unknown:
         graph = {task: [d for d in after if d in graph] for task, after in graph.items()}
-    cycle = find_cycle(graph)
+    cycle = Dag(graph).find_cycle()
     if cycle:
         problems.add(f"dependency cycle: {_describe_cycle(cycle)}")
     problems.raise_any(source)
@@ -254,22 +254,6 @@ _NO_BUDGET = Budget()
 
 def _budget(spec: BudgetSpec | None) -> Budget:
     return _NO_BUDGET if spec is None else Budget(spec.usd, spec.tokens)
-
-
-def find_cycle(after: Mapping[str, list[str]]) -> list[str] | None:
-    """One dependency cycle in run order (`a -> b` means b runs after a), or None."""
-    listed: set[str] = set()
-    for task, dependencies in after.items():
-        if not listed.issuperset(dependencies):
-            break
-        listed.add(task)
-    else:
-        return None  # every task is listed after its dependencies: that order is a topological one
-    try:
-        graphlib.TopologicalSorter(after).prepare()
-    except graphlib.CycleError as exc:
-        return list(exc.args[1])
-    return None
 
 
 def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIndex) -> ResolvedTask:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from orch.dag import Dag
 from orch.intake.plan import Plan
 from orch.states import TaskStatus
 from orch.store import plans, reads
@@ -69,25 +70,6 @@ def nodes_of_plan(plan: Plan) -> list[Node]:
     return [Node(t.key, t.title, t.after) for t in plan.tasks]
 
 
-def stages(nodes: Sequence[Node]) -> dict[str, int]:
-    """Each task's dependency depth: 0 for a task without dependencies (the DAG was validated acyclic)."""
-    dependants: dict[str, list[str]] = {}
-    unmet = {n.key: len(n.after) for n in nodes}
-    for node in nodes:
-        for dep in node.after:
-            dependants.setdefault(dep, []).append(node.key)
-    depth = {key: 0 for key, count in unmet.items() if count == 0}
-    ready = list(depth)
-    while ready:
-        key = ready.pop()
-        for child in dependants.get(key, ()):
-            depth[child] = max(depth.get(child, 0), depth[key] + 1)
-            unmet[child] -= 1
-            if unmet[child] == 0:
-                ready.append(child)
-    return depth
-
-
 def escape(text: str, limit: int | None = None) -> str:
     """Text for a quoted Mermaid label: one line, cut to `limit`, control and bidi characters as visible escapes
     (the chart is printed to a terminal), and what Mermaid or HTML would read as syntax written as Mermaid's
@@ -103,7 +85,7 @@ def escape(text: str, limit: int | None = None) -> str:
 
 def render(nodes: Sequence[Node], title: str, max_nodes: int = MAX_NODES) -> Chart:
     """The Mermaid flowchart of `nodes`; beyond `max_nodes` tasks (or MAX_EDGES edges), one node per stage."""
-    depth = stages(nodes)
+    depth = Dag({n.key: n.after for n in nodes}).depths()  # the DAG was validated acyclic
     edges = sum(len(n.after) for n in nodes)
     colour = any(n.state is not None for n in nodes)
     if len(nodes) <= max_nodes and edges <= MAX_EDGES:
@@ -194,14 +176,12 @@ def load_nodes(session: Session, plan_ref: str) -> tuple[PlanRow, list[Node]]:
     plan = plans.find_plan(session, plan_ref)
     tasks = reads.task_summaries(session, plan.id)
     position = {t.pk: i for i, t in enumerate(tasks)}
-    after: dict[int, list[int]] = {}
-    for task_pk, dep_pk in plans.plan_dependencies(session, plan.id):
-        after.setdefault(task_pk, []).append(dep_pk)
+    dag = Dag.from_edges(plans.plan_dependencies(session, plan.id))
     nodes = [
         Node(
             t.key,
             t.title,
-            tuple(tasks[position[d]].key for d in sorted(after.get(t.pk, ()), key=position.__getitem__)),
+            tuple(tasks[position[d]].key for d in sorted(dag.dependencies(t.pk), key=position.__getitem__)),
             SKIPPED if t.skipped else t.status.value,
         )
         for t in tasks

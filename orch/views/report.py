@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from orch.dag import Dag
 from orch.intake.prices import Usage
 from orch.states import DOOMING, PLAN_FINAL, TERMINAL, AttemptStatus, TaskStatus
 from orch.store import plans, reads
@@ -227,16 +228,14 @@ def load_report(session: Session, plan_ref: str) -> CompletionReport:
     attempts: dict[int, list[reads.AttemptSummary]] = {}
     for attempt in reads.attempt_summaries(session, plan.id, now):
         attempts.setdefault(attempt.task_pk, []).append(attempt)
-    deps: dict[int, list[int]] = {}
-    for task_pk, dep_pk in plans.plan_dependencies(session, plan.id):
-        deps.setdefault(task_pk, []).append(dep_pk)
-    return build_report(plan, tasks, deps, attempts, now)
+    dag = Dag.from_edges(plans.plan_dependencies(session, plan.id))
+    return build_report(plan, tasks, dag, attempts, now)
 
 
 def build_report(
     plan: PlanRow,
     tasks: list[reads.TaskSummary],
-    deps: dict[int, list[int]],
+    dag: Dag[int],
     attempts: dict[int, list[reads.AttemptSummary]],
     now: datetime,
 ) -> CompletionReport:
@@ -245,7 +244,7 @@ def build_report(
     position = {t.pk: i for i, t in enumerate(tasks)}
     reports = []
     for task in tasks:
-        after = [tasks[i] for i in sorted(position[d] for d in deps.get(task.pk, ()))]
+        after = [tasks[i] for i in sorted(position[d] for d in dag.dependencies(task.pk))]
         reports.append(_task_report(task, after, attempts.get(task.pk, []), now))
     return CompletionReport(plan, reports, None if plan.status in PLAN_FINAL else now)
 

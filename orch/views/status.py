@@ -16,6 +16,7 @@ from rich.text import Text
 from sqlalchemy.orm import Session
 
 from orch.budget import Spend
+from orch.dag import Dag
 from orch.durations import format_duration
 from orch.intake.prices import Usage
 from orch.records import AttemptStats
@@ -55,16 +56,14 @@ class PlanSnapshot:
     plan: PlanRow
     tasks: list[TaskRow]
     stats: dict[int, AttemptStats]
-    deps: dict[int, list[str]]
+    dag: Dag[str]  # its dependencies, by task id
     pauses: dict[str, tuple[datetime, str]]  # agent types of this plan paused now: until, why
 
     @classmethod
     def load(cls, session: Session, plan: PlanRow, now: datetime) -> PlanSnapshot:
         tasks = plans.plan_tasks(session, plan.id)
         key_of = {t.pk: t.key for t in tasks}
-        deps: dict[int, list[str]] = {}
-        for task_pk, dep_pk in plans.plan_dependencies(session, plan.id):
-            deps.setdefault(task_pk, []).append(key_of[dep_pk])
+        deps = Dag.from_edges((key_of[t], key_of[d]) for t, d in plans.plan_dependencies(session, plan.id))
         agents = {t.agent for t in tasks}
         pauses = {
             agent: (row.until, row.reason) for agent, row in active_pauses(session, now).items() if agent in agents
@@ -119,7 +118,7 @@ class PlanSnapshot:
                     "queue": t.queue,
                     "executor": t.executor,
                     "priority": t.priority,
-                    "after": self.deps.get(t.pk, []),
+                    "after": list(self.dag.dependencies(t.key)),
                     "attempts": self.stats_of(t).attempts,
                     "tokens": usage_json(self.stats_of(t).usage),
                     "cost_usd": self.stats_of(t).cost_usd,

@@ -12,7 +12,7 @@ import yaml
 from orch.errors import PlanInvalid
 from orch.intake.agents import load_agents_file, parse_agents
 from orch.intake.plan import MAX_TASKS
-from orch.intake.plan_validation import find_cycle, load_plan, validate_plan
+from orch.intake.plan_validation import load_plan, validate_plan
 
 REGISTRY = load_agents_file(Path(__file__).parents[2] / "config" / "agents.yaml")
 
@@ -278,18 +278,6 @@ def test_cycle_is_printed_in_run_order(tmp_path: Path) -> None:
 def test_self_dependency_is_a_cycle(tmp_path: Path) -> None:
     path = write_plan(tmp_path, plan(task("a", after=["a"])))
     assert only_problem(path) == f"{path}: dependency cycle: a -> a"
-
-
-def test_find_cycle_returns_none_for_a_dag() -> None:
-    assert find_cycle({"a": [], "b": ["a"], "c": ["a", "b"]}) is None
-    assert find_cycle({"a": ["c"], "b": ["a"], "c": ["b"]}) == ["a", "b", "c", "a"]
-
-
-def test_find_cycle_checks_the_graph_when_the_file_order_is_not_a_run_order() -> None:
-    # Listed in run order, the check is one pass; otherwise the whole graph is sorted, both ways right.
-    assert find_cycle({"b": ["a"], "a": [], "c": ["b", "a"]}) is None
-    assert find_cycle({"a": [], "b": ["a", "d"], "c": ["b"], "d": ["c"]}) == ["b", "c", "d", "b"]
-    assert find_cycle({"a": [], "b": ["a"], "c": ["c"]}) == ["c", "c"]
 
 
 def test_a_dependant_may_be_listed_before_its_dependency(tmp_path: Path) -> None:

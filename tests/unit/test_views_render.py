@@ -1,27 +1,17 @@
-"""The pure parts of `orch graph` and `orch report`: stages, Mermaid escaping, the chart of a plan too large to
+"""The pure parts of `orch graph` and `orch report`: Mermaid escaping, the chart of a plan too large to
 draw task by task, Markdown escaping."""
 
 from __future__ import annotations
 
 import re
 
-from orch.views.mermaid import Node, escape, render, stages
+from orch.views.mermaid import Node, escape, render
 from orch.views.report_markdown import md_code, md_text
 from tests.helpers import DIAMOND, layered_dag
 
 
 def nodes(tasks: list[dict[str, object]], state: str | None = None) -> list[Node]:
     return [Node(str(t["id"]), str(t["title"]), tuple(t.get("after", ())), state) for t in tasks]  # type: ignore[arg-type]
-
-
-def test_a_stage_is_one_more_than_the_deepest_dependency() -> None:
-    assert stages(nodes(DIAMOND)) == {"a": 0, "b": 1, "c": 1, "d": 2}
-    skewed: list[dict[str, object]] = [
-        {"id": "x", "title": "x"},
-        {"id": "y", "title": "y", "after": ["x"]},
-        {"id": "z", "title": "z", "after": ["x", "y"]},
-    ]
-    assert stages(nodes(skewed)) == {"x": 0, "y": 1, "z": 2}
 
 
 def test_mermaid_labels_escape_what_mermaid_or_html_would_read() -> None:
