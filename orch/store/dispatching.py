@@ -12,6 +12,7 @@ from sqlalchemy import and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from orch.budget import Budget
+from orch.dag import Dag
 from orch.decisions.readiness import Reconciliation, TaskView
 from orch.records import AgentLoad, Dispatch, PlanGate
 from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, TERMINAL, PlanStatus, TaskStatus
@@ -23,16 +24,14 @@ from orch.store.plans import plan_dependencies, set_plan_status
 
 
 def task_views(session: Session, plan_id: str) -> list[TaskView]:
-    deps: dict[int, list[int]] = {}
-    for task_pk, dep_pk in plan_dependencies(session, plan_id):
-        deps.setdefault(task_pk, []).append(dep_pk)
+    dag = Dag.from_edges(plan_dependencies(session, plan_id))
     rows = session.execute(
         select(
             TaskRow.pk, TaskRow.status, TaskRow.agent, TaskRow.priority, TaskRow.seq, TaskRow.not_before, TaskRow.files
         ).where(TaskRow.plan_id == plan_id)
     )
     return [
-        TaskView(pk, status, agent, priority, seq, tuple(deps.get(pk, ())), not_before, tuple(files or ()))
+        TaskView(pk, status, agent, priority, seq, tuple(dag.dependencies(pk)), not_before, tuple(files or ()))
         for pk, status, agent, priority, seq, not_before, files in rows
     ]
 

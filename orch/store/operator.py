@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from orch.budget import Budget, describe, exhausted
+from orch.dag import Dag
 from orch.errors import PlanNotFound, TaskStateConflict
 from orch.states import CANCELLABLE, PLAN_FINAL, PLAN_HELD, RETRIABLE, AttemptStatus, PlanStatus, TaskStatus
 from orch.store._sql import chunks, no_sync, rowcount
@@ -79,19 +80,7 @@ def _end_running_attempt(session: Session, task_pk: int, status: AttemptStatus, 
 
 def descendants(session: Session, plan_id: str, task_pk: int) -> list[int]:
     """Every task that depends on `task_pk`, directly or not."""
-    dependants: dict[int, list[int]] = {}
-    for child, parent in plan_dependencies(session, plan_id):
-        dependants.setdefault(parent, []).append(child)
-    found: list[int] = []
-    seen = {task_pk}
-    frontier = [task_pk]
-    while frontier:
-        for child in dependants.get(frontier.pop(), ()):
-            if child not in seen:
-                seen.add(child)
-                found.append(child)
-                frontier.append(child)
-    return found
+    return Dag.from_edges(plan_dependencies(session, plan_id)).descendants(task_pk)
 
 
 def _reopen(session: Session, plan_id: str, task_pks: Sequence[int], now: datetime, detail: str) -> list[int]:
@@ -159,14 +148,23 @@ def skip_task(session: Session, plan_id: str, key: str, now: datetime) -> list[s
     _end_running_attempt(session, task.pk, AttemptStatus.CANCELLED, now, reason)
     log_task_events(session, now, plan_id, [task.pk], task.status, TaskStatus.SUCCEEDED, detail=reason)
     # Only the dependants it doomed run again; a dependant that failed on its own stays failed.
-    doomed = [pk for pk in descendants(session, plan_id, task.pk) if _status(session, pk) is TaskStatus.UPSTREAM_FAILED]
+    found = descendants(session, plan_id, task.pk)
+    status = _statuses(session, found)
+    doomed = [pk for pk in found if status.get(pk) is TaskStatus.UPSTREAM_FAILED]
     reopened = _reopen(session, plan_id, doomed, now, f"upstream {key} skipped")
     _reopen_plan(session, plan_id, now, f"orch skip {key}")
     return [key, *_keys(session, reopened)]
 
 
-def _status(session: Session, task_pk: int) -> TaskStatus | None:
-    return session.scalar(select(TaskRow.status).where(TaskRow.pk == task_pk))
+def _statuses(session: Session, task_pks: Sequence[int]) -> dict[int, TaskStatus]:
+    """The tasks' statuses, in one query per chunk of primary keys (not one per task)."""
+    status: dict[int, TaskStatus] = {}
+    for chunk in chunks(task_pks):
+        status.update(
+            (pk, value)
+            for pk, value in session.execute(select(TaskRow.pk, TaskRow.status).where(TaskRow.pk.in_(chunk)))
+        )
+    return status
 
 
 def _ensure_not_cancelled(session: Session, plan_id: str) -> None:
