@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orch.budget import Budget
-from orch.failures import FailureClass
 from orch.intake.prices import Usage
 from orch.services.embedded import ProcessIdentity
 from orch.states import PlanStatus
@@ -108,12 +107,6 @@ class Recorded:
 
 
 # --- budgets and stats -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BudgetStop:
-    failure_class: FailureClass
-    message: str
 
 
 @dataclass(frozen=True)

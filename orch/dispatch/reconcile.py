@@ -13,12 +13,13 @@ from sqlalchemy.orm import Session
 
 from orch.celery import RUN_TASK, TIME_LIMIT_MARGIN, app
 from orch.decisions.readiness import Reconciliation, TaskView, free_slots, reconcile
+from orch.dispatch import budget
 from orch.intake.agents import AgentRegistry
 from orch.log import attempt_context, get_logger
 from orch.records import Dispatch, Recorded
 from orch.settings import get_settings
 from orch.states import PlanStatus
-from orch.store import budget_stops, dispatching
+from orch.store import dispatching
 from orch.store.db import take_dispatch_lock
 
 log = get_logger(__name__)
@@ -44,7 +45,7 @@ def reconcile_plans(
         plan = dispatching.plan_gate(session, plan_id)
         if plan is None or plan.status is not PlanStatus.RUNNING:
             continue
-        if not budget_stops.check_plan_budget(session, plan_id, plan.budget, now):
+        if budget.hold_if_spent(session, plan_id, plan.budget, now):
             continue
         decision, agent_of = _decide(session, plan_id, plan.workdir, slots, now)
         claimed = dispatching.apply_reconciliation(session, plan_id, decision, now)
@@ -94,7 +95,7 @@ def dispatch_after_result(
     plan = dispatching.plan_gate(session, plan_id)
     if plan is None or plan.status is not PlanStatus.RUNNING:
         return []
-    if not budget_stops.check_plan_budget(session, plan_id, plan.budget, now):
+    if budget.hold_if_spent(session, plan_id, plan.budget, now):
         return []
     candidates = dispatching.pending_ready_views(session, plan_id, recorded.newly_ready + _READY_SLACK)
     slots: dict[str, int] = {}
