@@ -20,7 +20,7 @@ from orch.dispatch import breaker
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
 from orch.executors import PROMPTED, ExecutorName
-from orch.failures import FailureClass
+from orch.failures import FailureClass, PauseCause
 from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.intake.prompts import PromptTemplates, build_prompt, build_system_prompt, load_templates
@@ -194,7 +194,8 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
                 return False, outcome, []
             if result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
                 until = now + timedelta(seconds=result.retry_after)
-                pauses.pause_agent(session, claim.agent, until, result.error or "usage limit", now)
+                reason = result.error or "usage limit"
+                pauses.pause_agent(session, claim.agent, until, PauseCause.USAGE_LIMIT, reason, now)
             if not result.succeeded:
                 breaker.trip_if_open(session, claim.agent, registry.get_or_default(claim.agent).breaker, now)
             if outcome.task_status in DOOMING:  # rare: carry the failure to its descendants now, not at the next tick
