@@ -9,9 +9,9 @@ from celery import Celery
 from celery.signals import setup_logging
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
+from orch.durations import MAX_TIMEOUT_SECONDS
 from orch.errors import ConfigInvalid
 from orch.intake.agents import AgentRegistry, load_agents
-from orch.intake.plan import MAX_TIMEOUT_SECONDS
 from orch.log import configure_logging
 from orch.services.flower import guard_flower_command
 from orch.settings import Settings, get_settings
