@@ -28,6 +28,9 @@ class PlanGate:
     budget: Budget
 
 
+RUN_TASK = "orch.run_task"  # the Celery task a Dispatch's message names (workers.tasks registers it)
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """One message to send: the task's id and attempt, to its agent type's queue."""

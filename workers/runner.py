@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from orch.celery import app
 from orch.decisions.retry import Backoff, Outcome, decide_outcome
 from orch.dispatch import breaker
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
@@ -208,6 +209,6 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     if not accepted:
         log.warning("result rejected: the attempt's lease no longer holds (cancelled, skipped or reaped)")
         return "rejected"
-    publish(dispatches)
+    publish(app, dispatches)
     log.info("attempt finished", status=str(outcome.task_status), error=result.error)
     return str(outcome.task_status)

@@ -8,19 +8,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from orch.celery import RUN_TASK, TIME_LIMIT_MARGIN, app
 from orch.decisions.readiness import Reconciliation, TaskView, free_slots, reconcile
 from orch.dispatch import budget
+from orch.durations import TIME_LIMIT_MARGIN
 from orch.intake.agents import AgentRegistry
 from orch.log import attempt_context, get_logger
-from orch.records import Dispatch, Recorded
+from orch.records import RUN_TASK, Dispatch, Recorded
 from orch.settings import get_settings
 from orch.states import PlanStatus
 from orch.store import dispatching
 from orch.store.db import take_dispatch_lock
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = get_logger(__name__)
 
@@ -108,8 +112,9 @@ def dispatch_after_result(
     return dispatching.apply_reconciliation(session, plan_id, decision, now)
 
 
-def publish(dispatches: Sequence[Dispatch]) -> None:
-    """Send one message per dispatch. A message lost here is re-sent by the beat (ORCH_REDELIVER_SECONDS)."""
+def publish(app: Celery, dispatches: Sequence[Dispatch]) -> None:
+    """Send one message per dispatch through `app` (orch.celery's, in the worker or the beat that publishes). A
+    message lost here is re-sent by the beat (ORCH_REDELIVER_SECONDS)."""
     if not dispatches:
         return
     grace = get_settings().kill_grace_seconds

@@ -18,10 +18,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from orch.budget import Budget, Spend
-from orch.celery import RUN_TASK
 from orch.failures import PauseCause
 from orch.intake.agents import load_agents
 from orch.log import get_logger
+from orch.records import RUN_TASK
 from orch.redaction import error_line, safe_url
 from orch.services.broker_probe import QueueDepth, queue_depths
 from orch.services.exporter.specs import (
