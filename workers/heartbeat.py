@@ -40,12 +40,14 @@ class Heartbeat:
         interval: float,
         lease_seconds: float,
         price: Callable[[Usage, str | None], float | None],
+        store_url: str,
     ) -> None:
         self.claim = claim
         self.control = control
         self.interval = interval
         self.lease_seconds = lease_seconds
         self.price = price
+        self.store_url = store_url  # the worker's store, from the settings its attempt was run with
         self.beats = 0
         self.recording = False  # the agent is done and its result being written: a lost lease stops nothing
 
@@ -66,7 +68,7 @@ class Heartbeat:
         if cost is None and usage.total:
             cost = self.price(usage, model)
         try:
-            with write_session() as session:
+            with write_session(self.store_url) as session:
                 now = db_now(session)
                 renewed = attempts.renew_lease(session, self.claim, now, self.lease_seconds, usage, cost)
                 budget_stop = budget.stop_if_spent(session, self.claim, now) if renewed else None

@@ -43,12 +43,13 @@ log = get_logger(__name__)
 
 def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     """Run attempt `attempt` of task `task_pk`; returns what became of it (for the worker's log)."""
-    settings = get_settings()
+    settings = get_settings()  # read once per attempt, and passed down
+    store = settings.resolved_database_url
     worker = worker or socket.gethostname()
     bind_attempt(task_pk=task_pk, attempt=attempt)
 
     def claim_it() -> tuple[Claim, AttemptContext] | None:
-        with write_session() as session:
+        with write_session(store) as session:
             claimed = attempts.claim(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
             return None if claimed is None else (claimed[0], _context(session, *claimed, settings))
 
@@ -60,7 +61,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     bind_attempt(plan_id=claim.plan_id, task=claim.key, attempt=claim.attempt, task_pk=task_pk)
     log.info("attempt started", executor=ctx.task.executor)
     price = functools.partial(usage_cost, settings=settings)
-    heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, price)
+    heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, price, store)
     with control.active(ctx.control), heartbeat:
         result = run_checked(ctx, claim)
         # The lease is renewed until the result is recorded: writing it may wait out a store outage.
@@ -177,7 +178,7 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     draw = random.random()
 
     def record() -> tuple[bool, Outcome, list[Dispatch]]:
-        with write_session() as session:
+        with write_session(settings.resolved_database_url) as session:
             now = db_now(session)
             outcome = decide_outcome(
                 result.succeeded,
@@ -209,6 +210,6 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     if not accepted:
         log.warning("result rejected: the attempt's lease no longer holds (cancelled, skipped or reaped)")
         return "rejected"
-    publish(app, dispatches)
+    publish(app, dispatches, settings.kill_grace_seconds)
     log.info("attempt finished", status=str(outcome.task_status), error=result.error)
     return str(outcome.task_status)

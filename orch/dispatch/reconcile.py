@@ -18,7 +18,6 @@ from orch.durations import TIME_LIMIT_MARGIN
 from orch.intake.agents import AgentRegistry
 from orch.log import attempt_context, get_logger
 from orch.records import RUN_TASK, Dispatch, Recorded
-from orch.settings import get_settings
 from orch.states import PlanStatus
 from orch.store import dispatching
 from orch.store.db import take_dispatch_lock
@@ -112,12 +111,12 @@ def dispatch_after_result(
     return dispatching.apply_reconciliation(session, plan_id, decision, now)
 
 
-def publish(app: Celery, dispatches: Sequence[Dispatch]) -> None:
-    """Send one message per dispatch through `app` (orch.celery's, in the worker or the beat that publishes). A
-    message lost here is re-sent by the beat (ORCH_REDELIVER_SECONDS)."""
+def publish(app: Celery, dispatches: Sequence[Dispatch], kill_grace_seconds: float) -> None:
+    """Send one message per dispatch through `app` (orch.celery's, in the worker or the beat that publishes), with
+    a hard time limit of the task's timeout, the caller's ORCH_KILL_GRACE_SECONDS and a margin. A message lost here
+    is re-sent by the beat (ORCH_REDELIVER_SECONDS)."""
     if not dispatches:
         return
-    grace = get_settings().kill_grace_seconds
     with app.producer_or_acquire() as producer:
         for d in dispatches:
             # What Celery or kombu log while sending (a retry, a lost connection) names the task it was sending.
@@ -127,7 +126,7 @@ def publish(app: Celery, dispatches: Sequence[Dispatch]) -> None:
                     args=(d.task_pk, d.attempt),
                     queue=d.queue,
                     task_id=d.message_id,
-                    time_limit=d.timeout + grace + TIME_LIMIT_MARGIN,
+                    time_limit=d.timeout + kill_grace_seconds + TIME_LIMIT_MARGIN,
                     producer=producer,
                 )
                 log.debug("dispatched", queue=d.queue)
