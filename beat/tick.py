@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from orch.celery import app
 from orch.decisions.retry import Backoff
 from orch.dispatch.reaper import reap_expired
 from orch.dispatch.reconcile import publish, reconcile_plans
@@ -34,7 +35,7 @@ def run_tick(now: datetime | None = None, reap: bool = True) -> TickReport:
     registry = load_agents(settings.config_dir)
     only = settings.beat_plan_ids
     backoff = Backoff(settings.retry_backoff_base, settings.retry_backoff_max)
-    with write_session() as session:
+    with write_session(settings.resolved_database_url) as session:
         now = now or db_now(session)
         reaped = reap_expired(session, now, backoff, only or None) if reap else []
         plan_ids = plans.active_plan_ids(session)
@@ -49,7 +50,7 @@ def run_tick(now: datetime | None = None, reap: bool = True) -> TickReport:
     for lost_message in resend:
         with attempt_context(lost_message.plan_id, lost_message.key, lost_message.attempt):
             log.info("re-sending a queued task's message: it has not started", queue=lost_message.queue)
-    publish(resend + dispatches)
+    publish(app, resend + dispatches, settings.kill_grace_seconds)
     if dispatches or resend:
         log.info("tick", plans=len(plan_ids), dispatched=len(dispatches), resent=len(resend))
     return TickReport(len(plan_ids), len(dispatches), len(resend), len(reaped))

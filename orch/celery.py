@@ -1,5 +1,7 @@
-"""The Celery app, so `celery -A orch worker|beat|flower` works. Task modules are named as strings:
-orch never imports workers/ or beat/."""
+"""The Celery app, so `celery -A orch worker|beat|flower` works: importing this module builds it (reading
+config/agents.yaml) and guards Flower. The dispatcher does not import it: the worker and the beat, which publish,
+hand their app to `orch.dispatch.reconcile.publish`. Task modules are named as strings: orch never imports workers/
+or beat/."""
 
 from __future__ import annotations
 
@@ -9,14 +11,13 @@ from celery import Celery
 from celery.signals import setup_logging
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
+from orch.durations import MAX_TIMEOUT_SECONDS, TIME_LIMIT_MARGIN
 from orch.errors import ConfigInvalid
 from orch.intake.agents import AgentRegistry, load_agents
-from orch.intake.plan import MAX_TIMEOUT_SECONDS
 from orch.log import configure_logging
 from orch.services.flower import guard_flower_command
 from orch.settings import Settings, get_settings
 
-RUN_TASK = "orch.run_task"
 EXCHANGE = "orch"
 
 
@@ -79,10 +80,6 @@ def use_broker(broker_url: str) -> None:
     """Point this process's app at another broker, dropping pooled connections to the old one."""
     app.conf.broker_url = broker_url
     app._after_fork()
-
-
-# A message's own hard time limit is the task's timeout plus this margin (kill the group, record why).
-TIME_LIMIT_MARGIN = 60.0
 
 
 def check_visibility_timeout(settings: Settings, broker_url: str) -> None:

@@ -1,4 +1,5 @@
-"""Durations as users write them: "90s", "10m", "2h", "1h30m", or a number of seconds."""
+"""Durations as users write them: "90s", "10m", "2h", "1h30m", or a number of seconds; and the longest a task may
+run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _WHOLE = re.compile(r"^\s*(?:\d+(?:\.\d+)?\s*[smhd]\s*)+$")
 _NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+MAX_TIMEOUT_SECONDS = 86_400  # the longest `timeout:` a task may have (a plan's validation holds it to this)
+# A message's own hard time limit is its task's timeout, the kill grace and this margin (kill the group, record why).
+TIME_LIMIT_MARGIN = 60.0
 
 
 def parse_duration(value: object) -> float:

@@ -60,3 +60,10 @@ def is_retryable(failure_class: str | None) -> bool:
 NOT_COUNTED = frozenset({FailureClass.USAGE_LIMIT, FailureClass.INTERRUPTED})
 # Failures whose next attempt may start at once (no backoff).
 REQUEUED_AT_ONCE = frozenset({FailureClass.INTERRUPTED})
+
+
+class PauseCause(StrEnum):
+    """Why an agent type's dispatch is paused (agent_pauses.cause; the `cause` label of the pause metrics)."""
+
+    CIRCUIT_BREAKER = "circuit_breaker"  # consecutive failures of the type opened its circuit (orch.decisions.breaker)
+    USAGE_LIMIT = "usage_limit"  # a provider's usage limit, until its reset (an attempt's FailureClass.USAGE_LIMIT)

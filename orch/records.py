@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from orch.budget import Budget
-from orch.failures import FailureClass
 from orch.intake.prices import Usage
 from orch.services.embedded import ProcessIdentity
 from orch.states import PlanStatus
@@ -27,6 +26,9 @@ class PlanGate:
     status: PlanStatus
     workdir: str
     budget: Budget
+
+
+RUN_TASK = "orch.run_task"  # the Celery task a Dispatch's message names (workers.tasks registers it)
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,6 @@ class Recorded:
 
 
 # --- budgets and stats -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BudgetStop:
-    failure_class: FailureClass
-    message: str
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from orch.dispatch import budget
 from orch.errors import StoreUnusable
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
 from orch.log import attempt_context, get_logger
 from orch.records import Claim
-from orch.store import attempts, budget_stops
+from orch.store import attempts
 from orch.store.db import STORE_UNAVAILABLE, db_now, write_session
 from workers.control import AttemptControl
 
@@ -39,12 +40,14 @@ class Heartbeat:
         interval: float,
         lease_seconds: float,
         price: Callable[[Usage, str | None], float | None],
+        store_url: str,
     ) -> None:
         self.claim = claim
         self.control = control
         self.interval = interval
         self.lease_seconds = lease_seconds
         self.price = price
+        self.store_url = store_url  # the worker's store, from the settings its attempt was run with
         self.beats = 0
         self.recording = False  # the agent is done and its result being written: a lost lease stops nothing
 
@@ -65,10 +68,10 @@ class Heartbeat:
         if cost is None and usage.total:
             cost = self.price(usage, model)
         try:
-            with write_session() as session:
+            with write_session(self.store_url) as session:
                 now = db_now(session)
                 renewed = attempts.renew_lease(session, self.claim, now, self.lease_seconds, usage, cost)
-                over_budget = budget_stops.over_budget(session, self.claim) if renewed else None
+                budget_stop = budget.stop_if_spent(session, self.claim, now) if renewed else None
         except STORE_UNAVAILABLE as exc:  # the agent goes on; the lease holds until it expires
             log.warning("heartbeat: store unreachable", error=str(exc).splitlines()[0])
             return None
@@ -82,8 +85,8 @@ class Heartbeat:
             log.warning("heartbeat: lease gone; stopping the agent")
             self.control.request_stop(FailureClass.LEASE_LOST, LEASE_GONE)
             return False
-        if over_budget is not None:
-            self.control.request_stop(over_budget.failure_class, over_budget.message)
+        if budget_stop is not None:
+            self.control.request_stop(budget_stop.failure_class, budget_stop.message)
         return True
 
 

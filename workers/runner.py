@@ -15,12 +15,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from orch.celery import app
 from orch.decisions.retry import Backoff, Outcome, decide_outcome
 from orch.dispatch import breaker
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
 from orch.executors import PROMPTED, ExecutorName
-from orch.failures import FailureClass
+from orch.failures import FailureClass, PauseCause
 from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.intake.prompts import PromptTemplates, build_prompt, build_system_prompt, load_templates
@@ -42,12 +43,13 @@ log = get_logger(__name__)
 
 def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     """Run attempt `attempt` of task `task_pk`; returns what became of it (for the worker's log)."""
-    settings = get_settings()
+    settings = get_settings()  # read once per attempt, and passed down
+    store = settings.resolved_database_url
     worker = worker or socket.gethostname()
     bind_attempt(task_pk=task_pk, attempt=attempt)
 
     def claim_it() -> tuple[Claim, AttemptContext] | None:
-        with write_session() as session:
+        with write_session(store) as session:
             claimed = attempts.claim(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
             return None if claimed is None else (claimed[0], _context(session, *claimed, settings))
 
@@ -59,7 +61,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     bind_attempt(plan_id=claim.plan_id, task=claim.key, attempt=claim.attempt, task_pk=task_pk)
     log.info("attempt started", executor=ctx.task.executor)
     price = functools.partial(usage_cost, settings=settings)
-    heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, price)
+    heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, price, store)
     with control.active(ctx.control), heartbeat:
         result = run_checked(ctx, claim)
         # The lease is renewed until the result is recorded: writing it may wait out a store outage.
@@ -176,7 +178,7 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     draw = random.random()
 
     def record() -> tuple[bool, Outcome, list[Dispatch]]:
-        with write_session() as session:
+        with write_session(settings.resolved_database_url) as session:
             now = db_now(session)
             outcome = decide_outcome(
                 result.succeeded,
@@ -194,7 +196,8 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
                 return False, outcome, []
             if result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
                 until = now + timedelta(seconds=result.retry_after)
-                pauses.pause_agent(session, claim.agent, until, result.error or "usage limit", now)
+                reason = result.error or "usage limit"
+                pauses.pause_agent(session, claim.agent, until, PauseCause.USAGE_LIMIT, reason, now)
             if not result.succeeded:
                 breaker.trip_if_open(session, claim.agent, registry.get_or_default(claim.agent).breaker, now)
             if outcome.task_status in DOOMING:  # rare: carry the failure to its descendants now, not at the next tick
@@ -207,6 +210,6 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     if not accepted:
         log.warning("result rejected: the attempt's lease no longer holds (cancelled, skipped or reaped)")
         return "rejected"
-    publish(dispatches)
+    publish(app, dispatches, settings.kill_grace_seconds)
     log.info("attempt finished", status=str(outcome.task_status), error=result.error)
     return str(outcome.task_status)

@@ -15,9 +15,10 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from orch.celery import RUN_TASK, app, check_visibility_timeout
+from orch.celery import app, check_visibility_timeout
 from orch.errors import ConfigInvalid, StoreUnusable
 from orch.log import forget_attempt, get_logger
+from orch.records import RUN_TASK
 from orch.services.embedded import die_with_worker_main, remember_worker_main, stop_this_worker
 from orch.services.hardening import harden_process
 from orch.services.isolation import IsolationUnavailable

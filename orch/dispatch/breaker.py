@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from orch.decisions.breaker import CIRCUIT_OPEN, is_open
+from orch.failures import PauseCause
 from orch.intake.agents import BreakerSpec
 from orch.store import pauses
 
@@ -16,5 +17,6 @@ def trip_if_open(session: Session, agent: str, spec: BreakerSpec, now: datetime)
     if not is_open(pauses.recent_outcomes(session, agent, spec.failures * 2), spec.failures):
         return False
     until = now + timedelta(seconds=spec.cooldown)
-    pauses.pause_agent(session, agent, until, f"{CIRCUIT_OPEN}: {spec.failures} consecutive failures", now)
+    reason = f"{CIRCUIT_OPEN}: {spec.failures} consecutive failures"
+    pauses.pause_agent(session, agent, until, PauseCause.CIRCUIT_BREAKER, reason, now)
     return True

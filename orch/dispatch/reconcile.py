@@ -8,18 +8,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from orch.celery import RUN_TASK, TIME_LIMIT_MARGIN, app
 from orch.decisions.readiness import Reconciliation, TaskView, free_slots, reconcile
+from orch.dispatch import budget
+from orch.durations import TIME_LIMIT_MARGIN
 from orch.intake.agents import AgentRegistry
 from orch.log import attempt_context, get_logger
-from orch.records import Dispatch, Recorded
-from orch.settings import get_settings
+from orch.records import RUN_TASK, Dispatch, Recorded
 from orch.states import PlanStatus
-from orch.store import budget_stops, dispatching
+from orch.store import dispatching
 from orch.store.db import take_dispatch_lock
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = get_logger(__name__)
 
@@ -44,7 +48,7 @@ def reconcile_plans(
         plan = dispatching.plan_gate(session, plan_id)
         if plan is None or plan.status is not PlanStatus.RUNNING:
             continue
-        if not budget_stops.check_plan_budget(session, plan_id, plan.budget, now):
+        if budget.hold_if_spent(session, plan_id, plan.budget, now):
             continue
         decision, agent_of = _decide(session, plan_id, plan.workdir, slots, now)
         claimed = dispatching.apply_reconciliation(session, plan_id, decision, now)
@@ -94,7 +98,7 @@ def dispatch_after_result(
     plan = dispatching.plan_gate(session, plan_id)
     if plan is None or plan.status is not PlanStatus.RUNNING:
         return []
-    if not budget_stops.check_plan_budget(session, plan_id, plan.budget, now):
+    if budget.hold_if_spent(session, plan_id, plan.budget, now):
         return []
     candidates = dispatching.pending_ready_views(session, plan_id, recorded.newly_ready + _READY_SLACK)
     slots: dict[str, int] = {}
@@ -107,11 +111,12 @@ def dispatch_after_result(
     return dispatching.apply_reconciliation(session, plan_id, decision, now)
 
 
-def publish(dispatches: Sequence[Dispatch]) -> None:
-    """Send one message per dispatch. A message lost here is re-sent by the beat (ORCH_REDELIVER_SECONDS)."""
+def publish(app: Celery, dispatches: Sequence[Dispatch], kill_grace_seconds: float) -> None:
+    """Send one message per dispatch through `app` (orch.celery's, in the worker or the beat that publishes), with
+    a hard time limit of the task's timeout, the caller's ORCH_KILL_GRACE_SECONDS and a margin. A message lost here
+    is re-sent by the beat (ORCH_REDELIVER_SECONDS)."""
     if not dispatches:
         return
-    grace = get_settings().kill_grace_seconds
     with app.producer_or_acquire() as producer:
         for d in dispatches:
             # What Celery or kombu log while sending (a retry, a lost connection) names the task it was sending.
@@ -121,7 +126,7 @@ def publish(dispatches: Sequence[Dispatch]) -> None:
                     args=(d.task_pk, d.attempt),
                     queue=d.queue,
                     task_id=d.message_id,
-                    time_limit=d.timeout + grace + TIME_LIMIT_MARGIN,
+                    time_limit=d.timeout + kill_grace_seconds + TIME_LIMIT_MARGIN,
                     producer=producer,
                 )
                 log.debug("dispatched", queue=d.queue)

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from orch.budget import Budget
 from orch.decisions.file_leases import char_sets
-from orch.durations import parse_duration
+from orch.durations import MAX_TIMEOUT_SECONDS, parse_duration
 from orch.executors import KNOWN, ExecutorName
 from orch.intake.agents import NAME_PATTERN
 
@@ -30,7 +30,6 @@ MAX_FILE_PATTERN_CHARS = 256
 MAX_FILE_PATTERN_SETS = 8
 MAX_TEXT_CHARS = 100_000
 MAX_TITLE_CHARS = 500
-MAX_TIMEOUT_SECONDS = 86_400
 MAX_RETRIES = 100
 MAX_PRIORITY = 1_000_000
 MAX_QUOTED_CHARS = 128  # input quoted in a message: any valid id or name shows whole

@@ -9,6 +9,7 @@ from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Enum, ForeignKey, In
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from orch.failures import PauseCause
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 
 
@@ -163,11 +164,13 @@ class EventRow(Base):
 
 
 class AgentPauseRow(Base):
-    """An agent type whose dispatch is held until `until` (e.g. a Claude usage limit's reset)."""
+    """An agent type whose dispatch is held until `until`: its circuit breaker opened, or a provider's usage limit
+    (e.g. Claude's) holds until its reset."""
 
     __tablename__ = "agent_pauses"
 
     agent: Mapped[str] = mapped_column(String(64), primary_key=True)
     until: Mapped[datetime] = mapped_column(UTCDateTime)
-    reason: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)  # for people: the cause's details (the failures, the reset time)
+    cause: Mapped[PauseCause] = mapped_column(_enum(PauseCause))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

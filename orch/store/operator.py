@@ -9,8 +9,9 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from orch.budget import Budget, describe, exhausted
+from orch.budget import Budget
 from orch.dag import Dag
+from orch.decisions.budget import resume_refusal
 from orch.errors import PlanNotFound, TaskStateConflict
 from orch.states import CANCELLABLE, PLAN_FINAL, PLAN_HELD, RETRIABLE, AttemptStatus, PlanStatus, TaskStatus
 from orch.store._sql import chunks, no_sync, rowcount
@@ -200,11 +201,9 @@ def resume_plan(session: Session, plan_id: str, now: datetime, budget: Budget | 
         if budget is not None and old is PlanStatus.RUNNING:
             return old
         raise TaskStateConflict(f"plan {plan_id} is {old}; only a paused or budget_exhausted plan can be resumed")
-    if old is PlanStatus.BUDGET_EXHAUSTED and exhausted(plan_spend(session, plan_id), plan_budget(plan)):
-        raise TaskStateConflict(
-            f"plan {plan_id} has spent {describe(plan_spend(session, plan_id), plan_budget(plan))}: "
-            f"raise it with --budget-usd / --budget-tokens"
-        )
+    refusal = resume_refusal(old, plan_spend(session, plan_id), plan_budget(plan))
+    if refusal is not None:
+        raise TaskStateConflict(f"plan {plan_id} {refusal}")
     if not set_plan_status(session, plan_id, {old}, PlanStatus.RUNNING, now, "orch resume", held_reason=None):
         raise TaskStateConflict(f"plan {plan_id} changed meanwhile; try again")
     return old

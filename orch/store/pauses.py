@@ -8,17 +8,19 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from orch.failures import PauseCause
 from orch.states import AttemptStatus
 from orch.store.models import AgentPauseRow, AttemptRow, TaskRow
 
 
-def pause_agent(session: Session, agent: str, until: datetime, reason: str, now: datetime) -> None:
-    """Hold `agent`'s dispatch until `until` (a later pause wins over an earlier one)."""
+def pause_agent(session: Session, agent: str, until: datetime, cause: PauseCause, reason: str, now: datetime) -> None:
+    """Hold `agent`'s dispatch until `until`, for `cause` (`reason`: its details, for people). A later pause wins
+    over an earlier one, its cause with it."""
     existing = session.get(AgentPauseRow, agent, with_for_update=True)
     if existing is None:
-        session.add(AgentPauseRow(agent=agent, until=until, reason=reason, created_at=now))
+        session.add(AgentPauseRow(agent=agent, until=until, cause=cause, reason=reason, created_at=now))
     elif existing.until < until:
-        existing.until, existing.reason, existing.created_at = until, reason, now
+        existing.until, existing.cause, existing.reason, existing.created_at = until, cause, reason, now
 
 
 def recent_outcomes(session: Session, agent: str, limit: int) -> list[tuple[AttemptStatus, str | None]]:

@@ -17,6 +17,15 @@ def plan_budget(plan: PlanRow) -> Budget:
     return Budget(plan.budget_usd, plan.budget_tokens)
 
 
+def attempt_caps(session: Session, task_pk: int, plan_id: str) -> tuple[Budget, Budget] | None:
+    """The budgets a running attempt spends against: its task's and its plan's (None: either is gone)."""
+    task = session.get(TaskRow, task_pk)
+    plan = session.get(PlanRow, plan_id)
+    if task is None or plan is None:
+        return None
+    return Budget(task.budget_usd, task.budget_tokens), plan_budget(plan)
+
+
 _TOKENS = (
     AttemptRow.input_tokens + AttemptRow.output_tokens + AttemptRow.cache_creation_tokens + AttemptRow.cache_read_tokens
 )

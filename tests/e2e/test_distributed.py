@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orch.celery import use_broker
+from orch.celery import app, use_broker
 from orch.dispatch.reconcile import publish
 from orch.records import Dispatch
+from orch.settings import get_settings
 from orch.store import plans
 from orch.store.db import read_session
 from tests.e2e.conftest import Processes, orch_env, run_orch
@@ -93,7 +94,8 @@ def test_two_workers_and_a_beat_run_a_210_task_plan(
 
     # A duplicate delivery of every (already succeeded) task message is dropped: nothing runs again.
     use_broker(broker_url)
-    publish([Dispatch(t.pk, t.attempt, t.queue, t.timeout, plan_id, t.key) for t in rows])
+    dispatches = [Dispatch(t.pk, t.attempt, t.queue, t.timeout, plan_id, t.key) for t in rows]
+    publish(app, dispatches, get_settings().kill_grace_seconds)
     wait_for(
         lambda: (
             (logs / "alpha.log").read_text().count("dropped duplicate or stale delivery")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orch.celery import RUN_TASK
+from orch.records import RUN_TASK
 from tests.faults.conftest import MakeCluster, RecordFigures
 from tests.faults.harness import (
     FaultRun,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import event
 
 from orch.dispatch.reconcile import dispatch_after_result, reconcile_plans
+from orch.failures import PauseCause
 from orch.intake.agents import AgentRegistry
 from orch.records import AttemptResult, Dispatch
 from orch.states import PlanStatus, TaskStatus
@@ -105,7 +106,7 @@ def test_a_held_plan_or_a_paused_agent_type_gets_nothing(store_url: str) -> None
     (root,) = [d for d in tick() if d.plan_id == other]
     with write_session() as session:
         for name in registry().by_name:
-            pauses.pause_agent(session, name, NOW + timedelta(hours=1), "usage limit", NOW)
+            pauses.pause_agent(session, name, NOW + timedelta(hours=1), PauseCause.USAGE_LIMIT, "usage limit", NOW)
     assert succeed(root) == (2, [])
     with read_session() as session:
         assert {t.key: t.status for t in plans.plan_tasks(session, other)}["b"] is TaskStatus.PENDING

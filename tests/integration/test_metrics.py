@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
-from orch.failures import FailureClass
+from orch.failures import FailureClass, PauseCause
 from orch.intake.prices import Usage
 from orch.records import AttemptResult, Claim, Dispatch
 from orch.services.broker_probe import queue_depths
@@ -217,9 +217,10 @@ def test_plan_labels_are_bounded_to_live_plans_and_the_most_recent_finished(stor
 def test_pauses_by_cause(store_url: str) -> None:
     with write_session() as session:
         now = db_now(session)
-        pauses.pause_agent(session, "backend-development", now + timedelta(minutes=10), "circuit open: 5 fails", now)
-        pauses.pause_agent(session, "devops-engineer", now + timedelta(minutes=5), "usage limit; resets 14:00", now)
-        pauses.pause_agent(session, "observability", now - timedelta(minutes=1), "circuit open: over", now)
+        breaker, limit, minute = PauseCause.CIRCUIT_BREAKER, PauseCause.USAGE_LIMIT, timedelta(minutes=1)
+        pauses.pause_agent(session, "backend-development", now + 10 * minute, breaker, "circuit open: 5 fails", now)
+        pauses.pause_agent(session, "devops-engineer", now + 5 * minute, limit, "usage limit; resets 14:00", now)
+        pauses.pause_agent(session, "observability", now - minute, breaker, "circuit open: over", now)
     samples = scrape(collector())
     assert value(samples, "orch_agent_paused", agent_type="backend-development", cause="circuit_breaker") == 1.0
     assert value(samples, "orch_agent_paused", agent_type="backend-development", cause="usage_limit") == 0.0

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import inspect, select, text
 
+from orch.decisions.breaker import CIRCUIT_OPEN
 from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
+from orch.failures import PauseCause
 from orch.records import AttemptResult, Dispatch
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
-from orch.store import attempts, dispatching, events, operator, plans
+from orch.store import attempts, dispatching, events, operator, pauses, plans
 from orch.store.db import ensure_schema, read_session, write_session
 from orch.store.models import AttemptRow, Base, TaskRow
 from tests.helpers import DIAMOND, SUCCESS, layered_dag, make_plan, registry
@@ -56,6 +61,42 @@ def test_migrations_match_the_models(store_url: str) -> None:
     with ensure_schema(store_url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_a_pause_set_before_the_cause_column_keeps_its_cause(store_url: str) -> None:
+    """A store upgraded mid-pause: the migration that adds agent_pauses.cause reads it from the reason (a breaker's
+    begins with CIRCUIT_OPEN), so the pause is reported as before; its downgrade drops the column again."""
+    engine = ensure_schema(store_url)
+    config = AlembicConfig()
+    config.set_main_option("script_location", "orch.store:migrations")
+
+    def migrate(step: Callable[[AlembicConfig, str], None], revision: str) -> None:
+        with engine.execution_options(orch_write=True).begin() as conn:
+            config.attributes["connection"] = conn
+            step(config, revision)
+
+    migrate(command.downgrade, "0008")
+    try:
+        assert "cause" not in {column["name"] for column in inspect(engine).get_columns("agent_pauses")}
+        until, at = datetime(2026, 11, 21, 13, 0), datetime(2026, 11, 21, 12, 0)  # stored naive UTC
+        with engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO agent_pauses (agent, until, reason, created_at) VALUES (:a, :u, :r, :c)"),
+                [
+                    {"a": "breaker", "u": until, "r": f"{CIRCUIT_OPEN}: 5 consecutive failures", "c": at},
+                    {"a": "limit", "u": until, "r": "Claude usage limit reached; resets at 14:00", "c": at},
+                    {"a": "capital", "u": until, "r": "Circuit open? no: a provider's message", "c": at},
+                ],
+            )
+    finally:
+        migrate(command.upgrade, "head")
+    with read_session() as session:
+        causes = {agent: row.cause for agent, row in pauses.active_pauses(session, NOW).items()}
+    assert causes == {
+        "breaker": PauseCause.CIRCUIT_BREAKER,
+        "limit": PauseCause.USAGE_LIMIT,
+        "capital": PauseCause.USAGE_LIMIT,
+    }
 
 
 def test_submit_stores_tasks_edges_and_finds_by_id_or_latest_name(store_url: str) -> None:

@@ -18,6 +18,7 @@ from beat.tick import run_tick
 from orch.celery import app, use_broker
 from orch.dispatch.reconcile import publish
 from orch.records import Dispatch
+from orch.settings import get_settings
 from orch.states import PlanStatus, TaskStatus
 from orch.store import plans
 from orch.store.db import read_session, write_session
@@ -91,8 +92,9 @@ def test_duplicate_deliveries_are_dropped(broker: str, tmp_path: Path, outcomes:
 
         dispatches = reconcile_plans(session, [plan_id], registry(), datetime.now(UTC))
     assert len(dispatches) == 4  # the agent type's cap
-    publish(dispatches)
-    publish(dispatches)  # every message delivered twice
+    grace = get_settings().kill_grace_seconds
+    publish(app, dispatches, grace)
+    publish(app, dispatches, grace)  # every message delivered twice
     with worker_on(["agent.backend-development"]):
         wait_for(
             lambda: outcomes.count("dropped") >= 4 and run_tick() is not None and _final(plan_id),
@@ -103,7 +105,7 @@ def test_duplicate_deliveries_are_dropped(broker: str, tmp_path: Path, outcomes:
         with read_session() as session:
             for task in plans.plan_tasks(session, plan_id):
                 done.append(Dispatch(task.pk, task.attempt, task.queue, task.timeout, plan_id, task.key))
-        publish(done)  # already-succeeded tasks published again
+        publish(app, done, grace)  # already-succeeded tasks published again
         wait_for(lambda: outcomes.count("dropped") >= 4 + len(done), 30, "re-published messages to be dropped")
     lines = ledger.read_text().split()
     assert sorted(lines) == sorted(t["id"] for t in tasks)  # each ran exactly once

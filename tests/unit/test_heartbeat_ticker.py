@@ -15,7 +15,7 @@ from workers.heartbeat import Heartbeat
 class CountingHeartbeat(Heartbeat):
     def __init__(self, key: str, interval: float, hold: threading.Event | None = None) -> None:
         claim = Claim(1, "plan", key, 1, "lease", 0, "general-purpose")
-        super().__init__(claim, AttemptControl(), interval, 10 * interval, lambda _usage, _model: None)
+        super().__init__(claim, AttemptControl(), interval, 10 * interval, lambda _usage, _model: None, "sqlite://")
         self.hold = hold
         self.started = threading.Event()
         self.finished_beats = 0

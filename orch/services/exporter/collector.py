@@ -18,17 +18,16 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from orch.budget import Budget, Spend
-from orch.celery import RUN_TASK
-from orch.decisions.breaker import CIRCUIT_OPEN
+from orch.failures import PauseCause
 from orch.intake.agents import load_agents
 from orch.log import get_logger
+from orch.records import RUN_TASK
 from orch.redaction import error_line, safe_url
 from orch.services.broker_probe import QueueDepth, queue_depths
 from orch.services.exporter.specs import (
     DURATION_BUCKETS,
     FAILED_ATTEMPTS,
     LATENCY_BUCKETS,
-    PAUSE_CAUSES,
     SPECS,
     TOKEN_KINDS,
 )
@@ -57,14 +56,6 @@ STORE_WAIT_SECONDS = 4.0
 STATEMENT_TIMEOUT_SECONDS = 60.0
 
 
-# --- agent pauses -------------------------------------------------------------------------------------------
-
-
-def pause_cause(reason: str) -> str:
-    """circuit_breaker for a pause the breaker set (orch.decisions.breaker), else usage_limit (a provider's quota)."""
-    return "circuit_breaker" if reason.startswith(CIRCUIT_OPEN) else "usage_limit"
-
-
 # --- the collector ----------------------------------------------------------------------------------------
 
 
@@ -76,7 +67,7 @@ class StoreSnapshot:
     task_counts: dict[str, TaskCounts]
     attempts: AttemptTally
     budgets: dict[str, tuple[Budget, Spend]]
-    pauses: dict[str, tuple[str, float]]  # agent -> (cause, seconds left)
+    pauses: dict[str, tuple[PauseCause, float]]  # agent -> (cause, seconds left)
     active: Counter[str]  # worker -> running attempts
 
 
@@ -168,8 +159,7 @@ class StoreCollector(Collector):
         plans = exporter_reads.plans_in_scope(session, self.settings.exporter_recent_plans)
         counts = self.plan_counts.refresh(plans, lambda ids: exporter_reads.task_counts(session, ids))
         pauses = {
-            agent: (pause_cause(row.reason), (row.until - now).total_seconds())
-            for agent, row in active_pauses(session, now).items()
+            agent: (row.cause, (row.until - now).total_seconds()) for agent, row in active_pauses(session, now).items()
         }
         active = exporter_reads.running_attempts_by_worker(session)
         attempts = self.ledger.totals(session, now, {plan.id: plan.created_at for plan in plans if not plan.final})
@@ -210,9 +200,9 @@ class StoreCollector(Collector):
                     [plan_id], float(budget.tokens - spend.tokens)
                 )
         for agent in sorted({*self.registry.names, *snapshot.pauses}):
-            cause_now, left = snapshot.pauses.get(agent, ("", 0.0))
-            for cause in PAUSE_CAUSES:
-                paused = cause == cause_now
+            cause_now, left = snapshot.pauses.get(agent, (None, 0.0))
+            for cause in PauseCause:
+                paused = cause is cause_now
                 _gauge(families["orch_agent_paused"]).add_metric([agent, cause], 1.0 if paused else 0.0)
                 _gauge(families["orch_agent_pause_remaining_seconds"]).add_metric(
                     [agent, cause], max(left, 0.0) if paused else 0.0

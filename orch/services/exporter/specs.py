@@ -18,7 +18,6 @@ DURATION_BUCKETS = (
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 TOKEN_KINDS = ("input", "output", "cache_creation", "cache_read")
-PAUSE_CAUSES = ("circuit_breaker", "usage_limit")
 FAILED_ATTEMPTS = frozenset({AttemptStatus.FAILED, AttemptStatus.LOST})  # celery_task_failed
 
 # --- what is exposed ------------------------------------------------------------------------------------
