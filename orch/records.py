@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from orch.budget import Budget
 from orch.failures import FailureClass
 from orch.intake.prices import Usage
-from orch.services.embedded import ProcessIdentity
+from orch.services.processes import ProcessIdentity
 from orch.states import PlanStatus
 
 # --- dispatch --------------------------------------------------------------------------------------------

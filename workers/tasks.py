@@ -18,9 +18,9 @@ from celery.signals import (
 from orch.celery import RUN_TASK, app, check_visibility_timeout
 from orch.errors import ConfigInvalid, StoreUnusable
 from orch.log import forget_attempt, get_logger
-from orch.services.embedded import die_with_worker_main, remember_worker_main, stop_this_worker
 from orch.services.hardening import harden_process
 from orch.services.isolation import IsolationUnavailable
+from orch.services.processes import die_with_worker_main, remember_worker_main, stop_this_worker
 from orch.settings import get_settings
 from orch.store.db import dispose_engines
 from workers.liveness import LivenessFile

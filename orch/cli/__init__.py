@@ -499,7 +499,8 @@ class _EmbeddedRun:
 
 
 def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun) -> int:
-    from orch.services.embedded import EmbeddedRedis, EmbeddedWorker, ProcessIdentity
+    from orch.services.embedded import EmbeddedRedis, EmbeddedWorker
+    from orch.services.processes import ProcessIdentity
     from orch.store import plans, runners
     from orch.store.db import ensure_schema, write_session
 
@@ -594,7 +595,7 @@ def cancel_dead_runs(warn_live: bool = False) -> None:
     their agent types' caps. With `warn_live`, name (in one line) those a live `orch run` here still runs."""
     import socket
 
-    from orch.services.embedded import process_alive
+    from orch.services.processes import process_alive
     from orch.store import operator, runners
     from orch.store.db import db_now, read_session, write_session
 

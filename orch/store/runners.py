@@ -7,7 +7,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from orch.records import RunnerPlan
-from orch.services.embedded import ProcessIdentity
+from orch.services.processes import ProcessIdentity
 from orch.states import PLAN_FINAL
 from orch.store._sql import no_sync
 from orch.store.models import PlanRow

@@ -17,7 +17,7 @@ import pytest
 from orch.cli import cancel_dead_runs
 from orch.errors import StoreCorrupt, StoreFull, StoreReadOnly
 from orch.records import RunnerPlan
-from orch.services.embedded import ProcessIdentity, process_alive, process_start_ticks
+from orch.services.processes import ProcessIdentity, process_alive, process_start_ticks
 from orch.settings import get_settings
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import attempts, operator, plans, runners
