@@ -500,7 +500,7 @@ class _EmbeddedRun:
 
 def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun) -> int:
     from orch.services.embedded import EmbeddedRedis, EmbeddedWorker
-    from orch.services.processes import ProcessIdentity
+    from orch.services.processes import this_process
     from orch.store import plans, runners
     from orch.store.db import ensure_schema, write_session
 
@@ -513,7 +513,7 @@ def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun
     if broker_url is None:
         run.redis = EmbeddedRedis(log_path=logs / "redis.log")
         broker_url = run.redis.start()
-    runner = ProcessIdentity.of_this_process()
+    runner = this_process()
     with write_session(database_url) as session:
         run.plan_id = plan_id = plans.submit_plan(session, plan, now_utc())
         if runner is not None:

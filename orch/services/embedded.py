@@ -29,14 +29,15 @@ from pathlib import Path
 
 from orch.errors import HomeUnusable, ServiceUnavailable
 from orch.log import private_log_file
+from orch.records import ProcessIdentity
 from orch.services.hardening import private_dir
 from orch.services.processes import (
     NOTICE_FD_ENV,
     RUNNER_ENV,
-    ProcessIdentity,
     die_with_parent,
     process_alive,
     stop_process,
+    this_process,
     wait_until,
 )
 
@@ -137,7 +138,7 @@ def owned_temp_folder() -> Path:
     """A fresh private temporary folder named after this process (pid and start time), once the folders of
     owners that are gone (a SIGKILLed `orch run`) are removed."""
     sweep_orphaned_folders()
-    me = ProcessIdentity.of_this_process()
+    me = this_process()
     owner = f"{me.pid}-{me.start_ticks}-" if me is not None else ""
     return Path(tempfile.mkdtemp(prefix=_REDIS_FOLDER_PREFIX + owner))
 

@@ -20,8 +20,9 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+from orch.records import ProcessIdentity
 
 _PR_SET_PDEATHSIG = 1
 
@@ -34,22 +35,10 @@ _worker_main_pid: int | None = None
 _notice_pipe: tuple[int, tuple[int, int]] | None = None  # its fd, and the (device, inode) it had at worker start
 
 
-@dataclass(frozen=True)
-class ProcessIdentity:
-    """A process as a later command can recognise it: its host, its pid and its start time (in clock ticks since
-    boot, /proc/PID/stat), so that a pid the kernel has given to another process since is not mistaken for it."""
-
-    host: str
-    pid: int
-    start_ticks: int
-
-    @classmethod
-    def of_this_process(cls) -> ProcessIdentity | None:
-        ticks = process_start_ticks(os.getpid())
-        return None if ticks is None else cls(socket.gethostname(), os.getpid(), ticks)
-
-    def describe(self) -> str:
-        return f"pid {self.pid} on {self.host}"
+def this_process() -> ProcessIdentity | None:
+    """This process as a later command can recognise it; None where there is no /proc to read its start from."""
+    ticks = process_start_ticks(os.getpid())
+    return None if ticks is None else ProcessIdentity(socket.gethostname(), os.getpid(), ticks)
 
 
 def process_start_ticks(pid: int) -> int | None:
