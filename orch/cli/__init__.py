@@ -629,8 +629,7 @@ def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
     WorkerStopped if the worker exits, or says it stops, first."""
     from orch.store import events, plans, reads
     from orch.store.db import read_session
-    from orch.views.progress import watch_live
-    from orch.views.status import run_is_over
+    from orch.views.progress import run_is_over, watch_live
     from orch.views.terminal import inert
 
     def check_worker() -> None:

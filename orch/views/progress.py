@@ -1,21 +1,112 @@
 """`orch watch` (and `orch run`'s live view): a plan's progress polled from the store, read-only, until the plan
-is over. Each refresh is a few aggregate queries (orch.views.status.Progress), so a 100,000-task plan costs no more."""
+is over. Each refresh is a few aggregate queries (Progress), so a 100,000-task plan costs no more."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
 from rich.text import Text
+from sqlalchemy.orm import Session
 
-from orch.states import PlanStatus
-from orch.store import plans
-from orch.store.db import read_session
-from orch.views.status import Progress, line, progress_view, summary_line
+from orch.budget import Spend
+from orch.durations import format_duration
+from orch.states import IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
+from orch.store import plans, reads, spend
+from orch.store.db import db_now, read_session
+from orch.store.models import PlanRow
+from orch.store.pauses import active_pauses
+from orch.views.format import line
+from orch.views.status import summary_line
+from orch.views.terminal import inert
 
 INTERRUPTED = 130  # the shell's code for Ctrl-C
+RUNNING_SHOWN = 15  # running tasks a live view lists by name
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A plan's progress by aggregate, what the live views poll: cheap on a plan of any size (a GROUP BY of its
+    tasks, the sum of its attempts' spend, and its few longest-running tasks)."""
+
+    plan: PlanRow
+    by_agent: dict[str, Counter[TaskStatus]]
+    running: list[reads.RunningTask]  # the longest-running, at most RUNNING_SHOWN
+    spend: Spend
+    pauses: dict[str, tuple[datetime, str]]
+    now: datetime  # the database's clock, which stamped the tasks' starts
+
+    @classmethod
+    def load(cls, session: Session, plan_id: str) -> Progress:
+        plan = plans.find_plan(session, plan_id)
+        by_agent = reads.counts_by_agent(session, plan.id)
+        now = db_now(session)
+        pauses = {a: (p.until, p.reason) for a, p in active_pauses(session, now).items() if a in by_agent}
+        running = reads.running_tasks(session, plan.id, RUNNING_SHOWN)
+        return cls(plan, by_agent, running, spend.plan_spend(session, plan.id), pauses, now)
+
+    @property
+    def counts(self) -> Counter[TaskStatus]:
+        return reads.status_totals(self.by_agent.values())
+
+    @property
+    def total_tokens(self) -> int:
+        return self.spend.tokens
+
+    @property
+    def cost_usd(self) -> float | None:
+        return self.spend.usd or None
+
+    @property
+    def is_over(self) -> bool:
+        return run_is_over(self.plan.status, self.counts)
+
+
+def run_is_over(status: PlanStatus, counts: Mapping[TaskStatus, int]) -> bool:
+    """A plan is over once final, or once out of budget with nothing left running (`orch resume` reopens it)."""
+    if status in PLAN_FINAL:
+        return True
+    return status is PlanStatus.BUDGET_EXHAUSTED and not any(counts.get(s) for s in IN_FLIGHT)
+
+
+def _bar_row(grid: Table, label: Text | str, counts: Counter[TaskStatus]) -> None:
+    total = counts.total()
+    done = sum(counts[s] for s in TERMINAL)
+    failed = sum(counts[s] for s in TERMINAL - {TaskStatus.SUCCEEDED})
+    bar = ProgressBar(total=max(total, 1), completed=done, width=30, complete_style="red" if failed else "green")
+    detail = f"{done}/{total}"
+    if failed:
+        detail += f" ({failed} not succeeded)"
+    if counts[TaskStatus.RUNNING]:
+        detail += f", {counts[TaskStatus.RUNNING]} running"
+    grid.add_row(label, bar, detail)
+
+
+def progress_view(progress: Progress) -> RenderableType:
+    """Live view: overall bar, a bar per agent type, the running tasks with their durations so far."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(min_width=24)
+    grid.add_column(width=30)
+    grid.add_column()
+    _bar_row(grid, Text("all tasks", style="bold"), progress.counts)
+    for agent, counts in sorted(progress.by_agent.items()):
+        _bar_row(grid, line(agent), counts)
+    lines: list[RenderableType] = [summary_line(progress), grid]
+    for task in progress.running:
+        since = "" if task.started_at is None else format_duration((progress.now - task.started_at).total_seconds())
+        attempt = f" attempt {task.attempt}" if task.attempt > 1 else ""
+        lines.append(Text(f"  ▶ {inert(task.key)} ({inert(task.agent)}{attempt}) {since}", style="blue"))
+    more = progress.counts[TaskStatus.RUNNING] - len(progress.running)
+    if more > 0:
+        lines.append(Text(f"  … and {more} more running", style="blue"))
+    return Group(*lines)
 
 
 def load_progress(plan_id: str) -> Progress:

@@ -13,8 +13,8 @@ from typing import Any
 from orch.durations import format_duration
 from orch.intake.prices import Usage
 from orch.states import DOOMING, AttemptStatus, PlanStatus, TaskStatus
+from orch.views.format import counted, format_cost, format_tokens, sum_costs
 from orch.views.report import VERIFY_MARK, CompletionReport, by_agent
-from orch.views.status import counted, format_cost, format_tokens, sum_costs
 from orch.views.terminal import inert
 
 MD_MAX_TASKS = 500  # Markdown lists at most this many tasks in each section; JSON has them all
