@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orch.durations import format_duration
-from orch.errors import OrchError, PlanInvalid, StoreUnusable, WorkerStopped
+from orch.errors import OrchError, PlanInvalid
 from orch.intake.agents import AgentRegistry, load_agents
 from orch.intake.plan import Plan
 from orch.intake.plan_validation import load_plan
@@ -155,6 +154,7 @@ def route_command(text: tuple[str, ...]) -> None:
 @handle_errors
 def submit(plan_file: str) -> None:
     """Store PLAN_FILE for a running deployment (its beat dispatches it); prints the plan id."""
+    from orch.services.local_run import cancel_dead_runs
     from orch.store import plans
     from orch.store.db import write_session
 
@@ -171,6 +171,7 @@ def submit(plan_file: str) -> None:
 @handle_errors
 def status(plan_ref: str | None, as_json: bool) -> None:
     """Show recent plans, or one plan's tasks (PLAN_REF: a plan id, or a name for its latest plan)."""
+    from orch.services.local_run import cancel_dead_runs
     from orch.store import plans
     from orch.store.db import read_session
     from orch.views.status import PlanSnapshot, plans_table, summary_line, tasks_table
@@ -287,6 +288,7 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
     """Cancel a plan (every unfinished task), or one TASK_ID of it (its dependants become upstream_failed).
 
     Nothing more is dispatched; running agents are killed, process group and all, on whichever host runs them."""
+    from orch.services.local_run import cancel_dead_runs
     from orch.states import TaskStatus
     from orch.store import operator
     from orch.store.db import db_now, write_session
@@ -317,7 +319,7 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
 def pause(plan_ref: str) -> None:
     """Stop dispatching PLAN's tasks; running ones finish. `orch resume` undoes it."""
     from orch.errors import TaskStateConflict
-    from orch.states import PlanStatus, TaskStatus
+    from orch.states import TaskStatus
     from orch.store import operator, plans, reads
     from orch.store.db import db_now, write_session
 
@@ -405,284 +407,12 @@ def run(plan_file: str, concurrency: int | None) -> None:
     """Run PLAN_FILE here: private Redis, SQLite store, a worker and the beat tick; exit 0 if it succeeded.
 
     ORCH_BROKER_URL / ORCH_DATABASE_URL use real servers instead."""
+    from orch.services.local_run import check_agent_isolation, run_embedded
+
     plan = read_plan(plan_file)  # bad input: exit 2 before anything starts or is written
-    check_agent_isolation(plan)
-    code = run_embedded(plan, concurrency or get_settings().embedded_concurrency)
+    check_agent_isolation(plan, err)
+    code = run_embedded(plan, concurrency or get_settings().embedded_concurrency, out, err)
     sys.exit(code)
-
-
-def check_agent_isolation(plan: Plan) -> None:
-    """Before `orch run` starts anything: the isolation its worker will give agents must be possible here (else one
-    line, exit 2), and agents that will run without a sandbox are said to."""
-    from orch.errors import ConfigInvalid
-    from orch.executors import IN_PROCESS
-    from orch.services.isolation import resolve_isolation
-
-    if all(task.executor in IN_PROCESS for task in plan.tasks):
-        return
-    isolation = resolve_isolation(get_settings())
-    if isolation.problem is not None:
-        raise ConfigInvalid(isolation.problem)
-    if isolation.warning is not None:
-        err.print(f"orch run: {isolation.warning}", highlight=False, markup=False)
-
-
-INTERRUPTED = 130  # the shell's code for Ctrl-C
-
-
-def run_embedded(plan: Plan, concurrency: int) -> int:
-    """Start the embedded servers and worker, run `plan` to its end, stop them: 0 if it succeeded, 1 if not, 130
-    after Ctrl-C (the plan cancelled). Whatever happens, what was started is stopped."""
-    from orch.services.embedded import check_home
-
-    home = get_settings().home.resolve()
-    check_home(home)  # before anything starts: a read-only or full ORCH_HOME in one line
-    run = _EmbeddedRun()
-    code: int | None = None
-    with _CtrlC() as ctrl_c:
-        try:
-            code = _start_and_watch(plan, concurrency, home, run)
-        except KeyboardInterrupt:
-            code = INTERRUPTED
-        except WorkerStopped as stopped:
-            ctrl_c.stopping = True
-            raise _cancel_after_worker_stopped(run.plan_id, stopped) from None
-        finally:
-            ctrl_c.stopping = True  # from here on a Ctrl-C never cuts the clean-up short
-            if code == INTERRUPTED:
-                _cancel_after_ctrl_c(run)
-            run.stop()
-    return INTERRUPTED if ctrl_c.count else (code or 0)
-
-
-class _CtrlC:
-    """SIGINT while `orch run` runs: the first raises KeyboardInterrupt (the plan is cancelled, the worker stopped);
-    a later one, or one while it stops, only says it is stopping. Stopping is bounded (the worker is killed after
-    20 s) and must not be cut short: a worker killed while its pool processes end their agents' process groups
-    would make them start over, and leave behind what they had not ended yet."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.stopping = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _CtrlC:
-        self._previous = signal.signal(signal.SIGINT, self._interrupted)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        # Once interrupted, what is left is the exit with 130: a later Ctrl-C (even one during the interpreter's
-        # finalization, which resets Python handlers to the default) must not turn it into a death by SIGINT.
-        signal.signal(signal.SIGINT, signal.SIG_IGN if self.count else self._previous)
-
-    def _interrupted(self, _signum: int, _frame: object) -> None:
-        self.count += 1
-        if self.count == 1 and not self.stopping:
-            raise KeyboardInterrupt
-        sys.stderr.write("interrupted again: still stopping the worker, which ends its agents first\n")
-
-
-class _EmbeddedRun:
-    """What `orch run` started, to be stopped whatever happens."""
-
-    def __init__(self) -> None:
-        self.redis: Any = None  # an EmbeddedRedis once one is started
-        self.worker: Any = None  # the EmbeddedWorker once started
-        self.plan_id: str | None = None
-
-    def stop(self) -> None:
-        if self.worker is not None:
-            self.worker.stop(cold=True)  # cold: the plan is over or cancelled, so whatever still runs must end
-            self.worker.close()
-        if self.redis is not None:
-            self.redis.stop()
-
-
-def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun) -> int:
-    from orch.services.embedded import EmbeddedRedis, EmbeddedWorker
-    from orch.services.processes import this_process
-    from orch.store import plans, runners
-    from orch.store.db import ensure_schema, write_session
-
-    settings = get_settings()
-    logs = home / "logs"
-    database_url = settings.resolved_database_url
-    ensure_schema(database_url)  # a store that is unreachable, corrupt or read-only stops us before Redis starts
-    cancel_dead_runs(warn_live=True)
-    broker_url = settings.broker_url
-    if broker_url is None:
-        run.redis = EmbeddedRedis(log_path=logs / "redis.log")
-        broker_url = run.redis.start()
-    runner = this_process()
-    with write_session(database_url) as session:
-        run.plan_id = plan_id = plans.submit_plan(session, plan, now_utc())
-        if runner is not None:
-            runners.record_runner(session, plan_id, runner)
-    queues = sorted({t.queue for t in plan.tasks})
-    run.worker = worker = EmbeddedWorker(
-        queues=queues,
-        env={
-            "ORCH_BROKER_URL": broker_url,
-            "ORCH_DATABASE_URL": database_url,
-            "ORCH_HOME": str(home),
-            "ORCH_CONFIG_DIR": str(settings.config_dir.resolve()),
-            "ORCH_BEAT_PLANS": plan_id,
-        },
-        log_path=logs / f"worker-{plan_id}.log",
-        concurrency=concurrency,
-    )
-    worker.start()
-    err.print(
-        f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {len(plan.tasks)} tasks on "
-        f"{len(queues)} queues; store {safe_url(database_url)}; worker log {worker.log_path}"
-    )
-    final = watch_plan(plan_id, worker)
-    return 0 if final is PlanStatus.SUCCEEDED else 1
-
-
-def _cancel_after_ctrl_c(run: _EmbeddedRun) -> None:
-    err.print("[magenta]interrupted: cancelling the plan and stopping the worker[/]")
-    if run.plan_id is None:
-        return
-    problem = _record_cancel(run.plan_id, "cancelled by Ctrl-C of orch run")
-    if problem is not None:
-        click.echo(
-            f"orch: could not record the cancel: {problem}; run `orch cancel {run.plan_id}` once the store can be "
-            f"written",
-            err=True,
-        )
-        return
-    if run.worker is not None:
-        run.worker.stop(cold=True)
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        print_final(run.plan_id)
-    except (OrchError, SQLAlchemyError) as exc:  # the cancel is recorded: not being able to show it is no failure
-        click.echo(f"orch: {str(exc).splitlines()[0]}", err=True)
-
-
-def _cancel_after_worker_stopped(plan_id: str | None, stopped: WorkerStopped) -> WorkerStopped:
-    """The plan of a worker that stopped is cancelled; where the store refuses, the error says what to do."""
-    if plan_id is None:
-        return stopped
-    problem = _record_cancel(plan_id, "cancelled: the worker of orch run stopped")
-    if problem is None:
-        return stopped
-    message = str(stopped) if stopped.notice else f"the worker stopped: {problem}"
-    return WorkerStopped(f"{message}; run `orch cancel {plan_id}` once the store can be written")
-
-
-def _record_cancel(plan_id: str, reason: str) -> str | None:
-    """Cancel the plan; None once recorded, else why the store did not take it (one line)."""
-    from sqlalchemy.exc import DBAPIError
-
-    from orch.store import operator
-    from orch.store.db import write_session
-
-    try:
-        with write_session() as session:
-            operator.cancel_plan(session, plan_id, now_utc(), reason)
-    except OrchError as exc:
-        return str(exc)
-    except DBAPIError as exc:  # e.g. still locked after busy_timeout, or the server went away
-        return (str(exc.orig).strip().splitlines() or [type(exc).__name__])[0]
-    return None
-
-
-def cancel_dead_runs(warn_live: bool = False) -> None:
-    """Cancel the unfinished plans of this host's `orch run`s that died (SIGKILL, OOM, a crash): their tasks held
-    their agent types' caps. With `warn_live`, name (in one line) those a live `orch run` here still runs."""
-    import socket
-
-    from orch.services.processes import process_alive
-    from orch.store import operator, runners
-    from orch.store.db import db_now, read_session, write_session
-
-    with read_session() as session:
-        runs = runners.unfinished_runner_plans(session, socket.gethostname())
-    alive = {run.plan_id: process_alive(run.runner) for run in runs}  # None: cannot tell (no /proc)
-    dead = [run for run in runs if alive[run.plan_id] is False]
-    live = [run for run in runs if alive[run.plan_id]]
-    if dead:
-        try:
-            with write_session() as session:
-                now = db_now(session)
-                for run in dead:
-                    operator.cancel_plan(session, run.plan_id, now, runners.dead_runner_reason(run.runner))
-        except StoreUnusable as exc:
-            click.echo(f"orch: could not cancel the plans of orch runs that died: {exc}", err=True)
-        else:
-            for run in dead:
-                click.echo(f"orch: plan {run.plan_id} cancelled: {runners.dead_runner_reason(run.runner)}", err=True)
-    if warn_live and live:
-        held = ", ".join(f"{run.plan_id} ({run.runner.describe()})" for run in live)
-        click.echo(
-            f"orch: note: orch run still runs {held} in this store; their tasks count against the same agent types' "
-            f"caps",
-            err=True,
-        )
-
-
-def watch_plan(plan_id: str, worker: Any, poll: float = 0.25) -> PlanStatus:
-    """Show progress until the plan is final (live view on a terminal, one line per change otherwise). Raises
-    WorkerStopped if the worker exits, or says it stops, first."""
-    from orch.store import events, plans, reads
-    from orch.store.db import read_session
-    from orch.views.progress import run_is_over, watch_live
-    from orch.views.terminal import inert
-
-    def check_worker() -> None:
-        notice = worker.notice()
-        if notice is not None:
-            raise WorkerStopped(f"the worker stopped: {notice}", notice=True)
-        if not worker.alive():
-            tail = inert(worker.log_tail(), keep_newlines=True)  # it may quote an agent's output
-            raise WorkerStopped(f"the worker exited unexpectedly; its log ends with:\n{tail}")
-
-    if err.is_terminal:
-        watch_live(plan_id, err, poll, check_worker, transient=True)
-    else:
-        last_event = 0
-        key_of: dict[int, str] = {}
-        while True:
-            with read_session() as session:
-                plan = plans.find_plan(session, plan_id)
-                if not key_of:
-                    key_of = {t.pk: t.key for t in plans.plan_tasks(session, plan_id)}
-                for event in events.events_after(session, plan_id, last_event):
-                    last_event = event.pk
-                    click.echo(format_event(event, key_of), err=True)
-                counts = reads.count_by_status(session, plan_id)
-            if run_is_over(plan.status, counts):
-                break
-            check_worker()
-            time.sleep(poll)
-    return print_final(plan_id)
-
-
-def format_event(event: Any, key_of: dict[int, str]) -> str:
-    """One line per event; its detail (an agent's error, say) cannot break the line or drive the terminal."""
-    from orch.views.terminal import inert
-
-    stamp = event.at.strftime("%H:%M:%S")
-    subject = f"task {key_of.get(event.task_pk, event.task_pk)}" if event.task_pk else "plan"
-    attempt = f" #{event.attempt}" if event.attempt else ""
-    change = f"{event.old} -> {event.new}" if event.old else f"{event.new}"
-    detail = f"  ({event.detail})" if event.detail else ""
-    return inert(f"{stamp} {subject}{attempt}: {change}{detail}")
-
-
-def print_final(plan_id: str) -> PlanStatus:
-    from orch.store import plans
-    from orch.store.db import read_session
-    from orch.views.status import PlanSnapshot, summary_line, tasks_table
-
-    with read_session() as session:
-        snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_id), now_utc())
-    out.print(tasks_table(snapshot, now_utc()))
-    out.print(summary_line(snapshot))
-    return snapshot.plan.status
 
 
 # --- views of a plan: live progress, the completion report, the DAG -------------------------------------------
@@ -697,6 +427,7 @@ def print_final(plan_id: str) -> PlanStatus:
 def watch(plan_ref: str, interval: float) -> None:
     """Live progress of PLAN_REF until it ends: a bar per agent type and overall, the running tasks and their time
     so far. Reads the store only. Exits 0 if the plan succeeded, 1 if not, 130 on Ctrl-C (the plan runs on)."""
+    from orch.services.local_run import cancel_dead_runs
     from orch.views.progress import follow
 
     cancel_dead_runs()

@@ -7,7 +7,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -24,7 +25,7 @@ from orch.store.db import db_now, read_session
 from orch.store.models import PlanRow
 from orch.store.pauses import active_pauses
 from orch.views.format import line
-from orch.views.status import summary_line
+from orch.views.status import PlanSnapshot, summary_line, tasks_table
 from orch.views.terminal import inert
 
 INTERRUPTED = 130  # the shell's code for Ctrl-C
@@ -159,3 +160,22 @@ def follow(plan_ref: str, console: Console, interval: float) -> int:
         return INTERRUPTED
     console.print(line(f"details: orch report {plan_id}"), style="dim")
     return 0 if final.plan.status is PlanStatus.SUCCEEDED else 1
+
+
+def format_event(event: Any, key_of: dict[int, str]) -> str:
+    """One line per event; its detail (an agent's error, say) cannot break the line or drive the terminal."""
+    stamp = event.at.strftime("%H:%M:%S")
+    subject = f"task {key_of.get(event.task_pk, event.task_pk)}" if event.task_pk else "plan"
+    attempt = f" #{event.attempt}" if event.attempt else ""
+    change = f"{event.old} -> {event.new}" if event.old else f"{event.new}"
+    detail = f"  ({event.detail})" if event.detail else ""
+    return inert(f"{stamp} {subject}{attempt}: {change}{detail}")
+
+
+def print_final(plan_id: str, console: Console) -> PlanStatus:
+    """`orch run`'s last word: the plan's tasks table and summary line."""
+    with read_session() as session:
+        snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_id), datetime.now(UTC))
+    console.print(tasks_table(snapshot, datetime.now(UTC)))
+    console.print(summary_line(snapshot))
+    return snapshot.plan.status

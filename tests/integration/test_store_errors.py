@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from orch.cli import cancel_dead_runs
 from orch.errors import StoreCorrupt, StoreFull, StoreReadOnly
 from orch.records import ProcessIdentity, RunnerPlan
+from orch.services.local_run import cancel_dead_runs
 from orch.services.processes import process_alive, process_start_ticks, this_process
 from orch.settings import get_settings
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
