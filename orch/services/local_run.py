@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ from orch.services.isolation import resolve_isolation
 from orch.services.processes import process_alive, this_process
 from orch.settings import get_settings
 from orch.states import PlanStatus
-from orch.store import events, operator, plans, reads, runners
+from orch.store import operator, plans, runners
 from orch.store.db import db_now, ensure_schema, read_session, write_session
-from orch.views.progress import INTERRUPTED, format_event, print_final, run_is_over, watch_live
+from orch.views.progress import INTERRUPTED, follow_run, print_final
 from orch.views.terminal import inert
 
 
@@ -220,8 +219,8 @@ def cancel_dead_runs(warn_live: bool = False) -> None:
 
 
 def watch_plan(plan_id: str, worker: Any, out: Console, err: Console, poll: float = 0.25) -> PlanStatus:
-    """Show progress until the plan is final (live view on a terminal, one line per change otherwise). Raises
-    WorkerStopped if the worker exits, or says it stops, first."""
+    """Show progress until the plan is over (live view on a terminal, one line per event otherwise), then the
+    final table. Raises WorkerStopped if the worker exits, or says it stops, first."""
 
     def check_worker() -> None:
         notice = worker.notice()
@@ -231,22 +230,5 @@ def watch_plan(plan_id: str, worker: Any, out: Console, err: Console, poll: floa
             tail = inert(worker.log_tail(), keep_newlines=True)  # it may quote an agent's output
             raise WorkerStopped(f"the worker exited unexpectedly; its log ends with:\n{tail}")
 
-    if err.is_terminal:
-        watch_live(plan_id, err, poll, check_worker, transient=True)
-    else:
-        last_event = 0
-        key_of: dict[int, str] = {}
-        while True:
-            with read_session() as session:
-                plan = plans.find_plan(session, plan_id)
-                if not key_of:
-                    key_of = {t.pk: t.key for t in plans.plan_tasks(session, plan_id)}
-                for event in events.events_after(session, plan_id, last_event):
-                    last_event = event.pk
-                    click.echo(format_event(event, key_of), err=True)
-                counts = reads.count_by_status(session, plan_id)
-            if run_is_over(plan.status, counts):
-                break
-            check_worker()
-            time.sleep(poll)
+    follow_run(plan_id, err, poll, check_worker)
     return print_final(plan_id, out)

@@ -1,5 +1,8 @@
-"""`orch watch` (and `orch run`'s live view): a plan's progress polled from the store, read-only, until the plan
-is over. Each refresh is a few aggregate queries (Progress), so a 100,000-task plan costs no more."""
+"""`orch watch` and `orch run`'s progress: a plan polled from the store, read-only, until it is over, by one loop
+(`poll`) with a view for each output. On a terminal both show the live bars (`LiveView`). Piped, `orch watch` prints
+a summary line whenever the counts change (`SummaryLines`) and `orch run` a line per event (`EventLines`): the
+watcher of a plan of any size wants its state, the run's log wants every change with its error. Each refresh of the
+bars or the summary is a few aggregate queries (Progress), so a 100,000-task plan costs no more."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -20,7 +23,7 @@ from sqlalchemy.orm import Session
 from orch.budget import Spend
 from orch.durations import format_duration
 from orch.states import IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
-from orch.store import plans, reads, spend
+from orch.store import events, plans, reads, spend
 from orch.store.db import db_now, read_session
 from orch.store.models import PlanRow
 from orch.store.pauses import active_pauses
@@ -110,39 +113,92 @@ def progress_view(progress: Progress) -> RenderableType:
     return Group(*lines)
 
 
-def load_progress(plan_id: str) -> Progress:
-    with read_session() as session:
-        return Progress.load(session, plan_id)
-
-
-def watch_live(
-    plan_id: str, console: Console, interval: float, check: Callable[[], None] | None = None, transient: bool = False
-) -> Progress:
-    """A live view on a terminal, redrawn every `interval` seconds until the plan is over (`check` runs before
-    each wait and may raise to stop). Returns the last progress read."""
-    current = load_progress(plan_id)
-    with Live(progress_view(current), console=console, auto_refresh=False, transient=transient) as live:
-        while not current.is_over:
+def poll(view: View, interval: float, check: Callable[[], None] | None = None) -> None:
+    """The progress loop of `orch watch` and `orch run`: `view` reads the plan and shows it, every `interval`
+    seconds, until it is over; `check` runs before each wait and may raise to stop."""
+    with view:
+        while True:
+            with read_session() as session:
+                over = view.show(session)
+            if over:
+                return
             if check is not None:
                 check()
             time.sleep(interval)
-            current = load_progress(plan_id)
-            live.update(progress_view(current), refresh=True)
-    return current
 
 
-def watch_lines(plan_id: str, console: Console, interval: float) -> Progress:
-    """Not a terminal (a log, a pipe): a summary line whenever the plan's counts change."""
-    shown: object = None
-    while True:
-        current = load_progress(plan_id)
+class View:
+    """How the loop shows a plan: `show` reads it in `session`, shows what changed since its last call, and says
+    whether the plan is over. The loop enters it for its duration."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+    def show(self, session: Session) -> bool:
+        raise NotImplementedError
+
+
+class LiveView(View):
+    """On a terminal: the bars, redrawn in place (cleared at the end if `transient`)."""
+
+    def __init__(self, plan_id: str, console: Console, transient: bool = False) -> None:
+        self.plan_id, self.console, self.transient = plan_id, console, transient
+        self.live: Live | None = None
+        self.progress: Progress | None = None  # the last read
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def show(self, session: Session) -> bool:
+        self.progress = Progress.load(session, self.plan_id)
+        if self.live is None:
+            self.live = Live(
+                progress_view(self.progress), console=self.console, auto_refresh=False, transient=self.transient
+            )
+            self.live.start(refresh=True)
+        else:
+            self.live.update(progress_view(self.progress), refresh=True)
+        return self.progress.is_over
+
+
+class SummaryLines(View):
+    """`orch watch` not on a terminal (a log, a pipe): a summary line whenever the plan's counts change."""
+
+    def __init__(self, plan_id: str, console: Console) -> None:
+        self.plan_id, self.console = plan_id, console
+        self.shown: object = None
+        self.progress: Progress | None = None  # the last read
+
+    def show(self, session: Session) -> bool:
+        self.progress = current = Progress.load(session, self.plan_id)
         state = (current.plan.status, sorted(current.counts.items()))
-        if state != shown:
-            console.print(Text(f"{current.now:%H:%M:%S} ") + summary_line(current), soft_wrap=True)
-            shown = state
-        if current.is_over:
-            return current
-        time.sleep(interval)
+        if state != self.shown:
+            self.console.print(Text(f"{current.now:%H:%M:%S} ") + summary_line(current), soft_wrap=True)
+            self.shown = state
+        return current.is_over
+
+
+class EventLines(View):
+    """`orch run` not on a terminal: its log, a line per event (every state change, with its detail: an attempt's
+    error, say), as plain text."""
+
+    def __init__(self, plan_id: str, console: Console) -> None:
+        self.plan_id, self.console = plan_id, console
+        self.last_event = 0
+        self.key_of: dict[int, str] = {}
+
+    def show(self, session: Session) -> bool:
+        plan = plans.find_plan(session, self.plan_id)
+        if not self.key_of:
+            self.key_of = {t.pk: t.key for t in plans.plan_tasks(session, self.plan_id)}
+        for event in events.events_after(session, self.plan_id, self.last_event):
+            self.last_event = event.pk
+            print(format_event(event, self.key_of), file=self.console.file, flush=True)
+        return run_is_over(plan.status, reads.count_by_status(session, self.plan_id))
 
 
 def follow(plan_ref: str, console: Console, interval: float) -> int:
@@ -150,16 +206,23 @@ def follow(plan_ref: str, console: Console, interval: float) -> int:
     the plan succeeded, 1 otherwise, 130 on Ctrl-C (the plan itself is left alone)."""
     with read_session() as session:
         plan_id = plans.find_plan(session, plan_ref).id  # a name is resolved once: a later plan of it is another
+    view = LiveView(plan_id, console) if console.is_terminal else SummaryLines(plan_id, console)
     try:
-        if console.is_terminal:
-            final = watch_live(plan_id, console, interval)
-        else:
-            final = watch_lines(plan_id, console, interval)
-            console.print(progress_view(final))
+        poll(view, interval)
     except KeyboardInterrupt:
         return INTERRUPTED
+    assert view.progress is not None  # read at least once
+    if isinstance(view, SummaryLines):
+        console.print(progress_view(view.progress))
     console.print(line(f"details: orch report {plan_id}"), style="dim")
-    return 0 if final.plan.status is PlanStatus.SUCCEEDED else 1
+    return 0 if view.progress.plan.status is PlanStatus.SUCCEEDED else 1
+
+
+def follow_run(plan_id: str, console: Console, interval: float, check: Callable[[], None]) -> None:
+    """`orch run`'s progress until the plan is over: the live view on a terminal, cleared at the end (the final
+    table follows), else a line per event. `check` runs before each wait and may raise to stop."""
+    view = LiveView(plan_id, console, transient=True) if console.is_terminal else EventLines(plan_id, console)
+    poll(view, interval, check)
 
 
 def format_event(event: Any, key_of: dict[int, str]) -> str:
