@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -60,63 +58,9 @@ def status(plan_ref: str | None, as_json: bool) -> None:
 def logs(plan_ref: str, task_id: str, number: int | None, follow: bool, raw: bool) -> None:
     """Print a task attempt's output (its log file on this host, else the tail kept in the store). The agent's
     control and escape sequences are shown as visible escapes (\\x1b…), unless --raw."""
-    from orch.errors import UserError
-    from orch.states import AttemptStatus
-    from orch.store import plans
-    from orch.store.db import read_session
-    from orch.views.terminal import InertDecoder, inert
+    from orch.views.logs import print_log
 
-    def load() -> tuple[str, Any]:
-        with read_session() as session:
-            plan = plans.find_plan(session, plan_ref)
-            task = next((t for t in plans.plan_tasks(session, plan.id) if t.key == task_id), None)
-            if task is None:
-                raise UserError(f"plan {plan.id} has no task {task_id!r}")
-            attempts = plans.task_attempts(session, task.pk)
-        if not attempts:
-            raise UserError(f"task {task_id!r} of plan {plan.id} has not started yet")
-        chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
-        if chosen is None:
-            raise UserError(f"task {task_id!r} has no attempt {number} (it has {len(attempts)})")
-        return plan.id, chosen
-
-    decoder = InertDecoder()
-
-    def write(data: bytes, final: bool = False) -> None:
-        sys.stdout.buffer.write(data if raw else decoder.feed(data, final).encode("utf-8"))
-        sys.stdout.flush()
-
-    def copy_from(path: Path, offset: int) -> int:
-        """Print the log from `offset` to its current end, a bounded chunk at a time; returns the new end."""
-        with path.open("rb") as log:
-            log.seek(offset)
-            while chunk := log.read(LOG_CHUNK_BYTES):
-                offset += len(chunk)
-                write(chunk)
-        return offset
-
-    plan_id, attempt = load()
-    # An attempt's log path is stored when it ends; while it runs, its log is where this host's workers write it.
-    path = Path(attempt.log_path or get_settings().logs_dir.resolve() / plan_id / f"{task_id}.{attempt.number}.log")
-    if not path.exists():
-        click.echo(
-            f"[log file not on this host ({inert(attempt.worker)}); the last output kept in the store:]", err=True
-        )
-        write(attempt.output_tail.encode("utf-8"), final=True)
-        return
-    offset = 0
-    finished = not follow or attempt.status is not AttemptStatus.RUNNING
-    while True:
-        offset = copy_from(path, offset)
-        if finished:
-            write(b"", final=True)  # bytes of a character the log ends inside of: U+FFFD
-            return
-        time.sleep(0.25)
-        _, attempt = load()
-        finished = attempt.status is not AttemptStatus.RUNNING  # one more read after it ended
-
-
-LOG_CHUNK_BYTES = 64 * 1024  # what `orch logs` reads and prints at a time, however large the log
+    print_log(plan_ref, task_id, number, follow, raw, get_settings().logs_dir)
 
 
 @click.command()
