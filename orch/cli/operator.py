@@ -3,17 +3,20 @@ changed."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from orch.cli.common import handle_errors
 from orch.states import PlanStatus
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 _STOP_NOTE = "their agents are stopped at their next heartbeat (ORCH_HEARTBEAT_SECONDS)"
 
 
-def _plan_id(session: Any, plan_ref: str) -> str:
+def _plan_id(session: Session, plan_ref: str) -> str:
     from orch.store import plans
 
     return str(plans.find_plan(session, plan_ref).id)

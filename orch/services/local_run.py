@@ -8,8 +8,10 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -67,6 +69,10 @@ def run_embedded(plan: Plan, concurrency: int, out: Console, err: Console) -> in
     return INTERRUPTED if ctrl_c.count else (code or 0)
 
 
+# What signal.signal takes and returns: a handler, SIG_DFL or SIG_IGN, or None (one not installed from Python).
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
 class _CtrlC:
     """SIGINT while `orch run` runs: the first raises KeyboardInterrupt (the plan is cancelled, the worker stopped);
     a later one, or one while it stops, only says it is stopping. Stopping is bounded (the worker is killed after
@@ -76,7 +82,7 @@ class _CtrlC:
     def __init__(self) -> None:
         self.count = 0
         self.stopping = False
-        self._previous: Any = None
+        self._previous: _Handler = None
 
     def __enter__(self) -> _CtrlC:
         self._previous = signal.signal(signal.SIGINT, self._interrupted)
@@ -98,8 +104,8 @@ class _EmbeddedRun:
     """What `orch run` started, to be stopped whatever happens."""
 
     def __init__(self) -> None:
-        self.redis: Any = None  # an EmbeddedRedis once one is started
-        self.worker: Any = None  # the EmbeddedWorker once started
+        self.redis: EmbeddedRedis | None = None  # once one is started
+        self.worker: EmbeddedWorker | None = None  # once started
         self.plan_id: str | None = None
 
     def stop(self) -> None:
@@ -218,7 +224,7 @@ def cancel_dead_runs(warn_live: bool = False) -> None:
         )
 
 
-def watch_plan(plan_id: str, worker: Any, out: Console, err: Console, poll: float = 0.25) -> PlanStatus:
+def watch_plan(plan_id: str, worker: EmbeddedWorker, out: Console, err: Console, poll: float = 0.25) -> PlanStatus:
     """Show progress until the plan is over (live view on a terminal, one line per event otherwise), then the
     final table. Raises WorkerStopped if the worker exits, or says it stops, first."""
 

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Self
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -25,7 +25,7 @@ from orch.durations import format_duration
 from orch.states import IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
 from orch.store import events, plans, reads, spend
 from orch.store.db import db_now, read_session
-from orch.store.models import PlanRow
+from orch.store.models import EventRow, PlanRow
 from orch.store.pauses import active_pauses
 from orch.views.format import line
 from orch.views.status import PlanSnapshot, summary_line, tasks_table
@@ -225,7 +225,7 @@ def follow_run(plan_id: str, console: Console, interval: float, check: Callable[
     poll(view, interval, check)
 
 
-def format_event(event: Any, key_of: dict[int, str]) -> str:
+def format_event(event: EventRow, key_of: dict[int, str]) -> str:
     """One line per event; its detail (an agent's error, say) cannot break the line or drive the terminal."""
     stamp = event.at.strftime("%H:%M:%S")
     subject = f"task {key_of.get(event.task_pk, event.task_pk)}" if event.task_pk else "plan"
