@@ -3,12 +3,13 @@ the store, the views and the services when they run, not here: `orch --help` wou
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from orch.cli import operator, plans, services, views
-from orch.settings import get_settings
+from orch.settings import ENV_FILE_VARIABLE, get_settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,11 +22,9 @@ from orch.settings import get_settings
 )
 def main(env_file: str | None) -> None:
     """orch runs plans — DAGs of AI coding-agent tasks — on Celery workers, with an SQL store as the truth."""
-    import os
-
+    # lazy (start-up cost): structlog, which `orch --help` need not load
     from orch.log import configure_logging
     from orch.services.hardening import harden_process
-    from orch.settings import ENV_FILE_VARIABLE
 
     harden_process()
     if env_file is not None:

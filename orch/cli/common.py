@@ -57,6 +57,7 @@ def _store_problem(exc: Exception) -> OrchError | None:
     is full, read-only or corrupt."""
     if "sqlalchemy" not in sys.modules:
         return None
+    # lazy (start-up cost): SQLAlchemy, loaded by now only if a command used the store
     from sqlalchemy.exc import DBAPIError
 
     from orch.store.db import store_problem

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 
 import click
 
+from orch.budget import Budget, describe
 from orch.cli.common import handle_errors
-from orch.states import PlanStatus
+from orch.errors import TaskStateConflict
+from orch.states import PlanStatus, TaskStatus
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -17,6 +19,7 @@ _STOP_NOTE = "their agents are stopped at their next heartbeat (ORCH_HEARTBEAT_S
 
 
 def _plan_id(session: Session, plan_ref: str) -> str:
+    # lazy (start-up cost): the store loads SQLAlchemy
     from orch.store import plans
 
     return str(plans.find_plan(session, plan_ref).id)
@@ -30,8 +33,8 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
     """Cancel a plan (every unfinished task), or one TASK_ID of it (its dependants become upstream_failed).
 
     Nothing more is dispatched; running agents are killed, process group and all, on whichever host runs them."""
+    # lazy (start-up cost): the store loads SQLAlchemy
     from orch.services.local_run import cancel_dead_runs
-    from orch.states import TaskStatus
     from orch.store import operator
     from orch.store.db import db_now, write_session
 
@@ -60,8 +63,7 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
 @handle_errors
 def pause(plan_ref: str) -> None:
     """Stop dispatching PLAN's tasks; running ones finish. `orch resume` undoes it."""
-    from orch.errors import TaskStateConflict
-    from orch.states import TaskStatus
+    # lazy (start-up cost): the store loads SQLAlchemy
     from orch.store import operator, plans, reads
     from orch.store.db import db_now, write_session
 
@@ -82,7 +84,7 @@ def pause(plan_ref: str) -> None:
 @handle_errors
 def resume(plan_ref: str, budget_usd: float | None, budget_tokens: int | None) -> None:
     """Dispatch a paused (or budget_exhausted) PLAN again, with a higher budget if given."""
-    from orch.budget import Budget, describe
+    # lazy (start-up cost): the store loads SQLAlchemy
     from orch.store import operator, plans, spend
     from orch.store.db import db_now, write_session
 
@@ -100,6 +102,7 @@ def resume(plan_ref: str, budget_usd: float | None, budget_tokens: int | None) -
 @handle_errors
 def retry(plan_ref: str, task_id: str) -> None:
     """Run a failed, upstream_failed or cancelled TASK_ID again, with its unfinished descendants (fresh retries)."""
+    # lazy (start-up cost): the store loads SQLAlchemy
     from orch.store import operator
     from orch.store.db import db_now, write_session
 
@@ -115,6 +118,7 @@ def retry(plan_ref: str, task_id: str) -> None:
 @handle_errors
 def skip(plan_ref: str, task_id: str) -> None:
     """Mark TASK_ID done without running it (a running agent is stopped), so its dependants may run."""
+    # lazy (start-up cost): the store loads SQLAlchemy
     from orch.store import operator
     from orch.store.db import db_now, write_session
 

@@ -66,6 +66,7 @@ def route_command(text: tuple[str, ...]) -> None:
 @handle_errors
 def submit(plan_file: str) -> None:
     """Store PLAN_FILE for a running deployment (its beat dispatches it); prints the plan id."""
+    # lazy (start-up cost): the store loads SQLAlchemy
     from orch.services.local_run import cancel_dead_runs
     from orch.store import plans
     from orch.store.db import write_session
@@ -85,6 +86,7 @@ def run(plan_file: str, concurrency: int | None) -> None:
     """Run PLAN_FILE here: private Redis, SQLite store, a worker and the beat tick; exit 0 if it succeeded.
 
     ORCH_BROKER_URL / ORCH_DATABASE_URL use real servers instead."""
+    # lazy (start-up cost): orch run's services load the store, and with it SQLAlchemy
     from orch.services.local_run import check_agent_isolation, run_embedded
 
     plan = read_plan(plan_file)  # bad input: exit 2 before anything starts or is written

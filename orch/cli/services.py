@@ -20,6 +20,7 @@ def db() -> None:
 @handle_errors
 def db_upgrade() -> None:
     """Apply the store's Alembic migrations (workers, beat and the CLI also do this at start)."""
+    # lazy (start-up cost): the store loads SQLAlchemy
     from orch.store.db import current_revision, ensure_schema
 
     engine = ensure_schema()
@@ -34,6 +35,7 @@ def db_upgrade() -> None:
 @handle_errors
 def exporter(host: str | None, port: int | None) -> None:
     """Serve Prometheus metrics at /metrics, computed from the store (and the broker's queues) at each scrape."""
+    # lazy (start-up cost): the exporter loads the store (SQLAlchemy) and prometheus_client
     from orch.services.exporter.server import serve
 
     settings = get_settings()
@@ -56,6 +58,7 @@ def exporter(host: str | None, port: int | None) -> None:
 def flower_command(port: int | None, address: str | None, no_auth: bool) -> None:
     """Run Flower (`celery -A orch flower`) behind basic auth from ORCH_FLOWER_AUTH (user:password[,…], passwords of
     12 characters or more), listening on 127.0.0.1 unless --address (or FLOWER_ADDRESS) says otherwise."""
+    # lazy (start-up cost): a few ms that only orch flower needs
     from orch.services.flower import exec_flower
 
     exec_flower(port, address, no_auth, get_settings())
@@ -67,6 +70,7 @@ def flower_command(port: int | None, address: str | None, no_auth: bool) -> None
 def check_command(timeout: float) -> None:
     """Check the store (reachable, migrations current), the broker, and a worker for every queue with queued
     tasks; one line per check, exit 0 if all are ok, 1 otherwise."""
+    # lazy (start-up cost): the checks load the store, and with it SQLAlchemy
     from orch.services.check import render, run_checks
 
     checks = run_checks(get_settings(), timeout)

@@ -19,6 +19,7 @@ from orch.settings import get_settings
 @handle_errors
 def status(plan_ref: str | None, as_json: bool) -> None:
     """Show recent plans, or one plan's tasks (PLAN_REF: a plan id, or a name for its latest plan)."""
+    # lazy (start-up cost): the views read the store, which loads SQLAlchemy
     from orch.services.local_run import cancel_dead_runs
     from orch.store import plans
     from orch.store.db import read_session
@@ -58,6 +59,7 @@ def status(plan_ref: str | None, as_json: bool) -> None:
 def logs(plan_ref: str, task_id: str, number: int | None, follow: bool, raw: bool) -> None:
     """Print a task attempt's output (its log file on this host, else the tail kept in the store). The agent's
     control and escape sequences are shown as visible escapes (\\x1b…), unless --raw."""
+    # lazy (start-up cost): the views read the store, which loads SQLAlchemy
     from orch.views.logs import print_log
 
     print_log(plan_ref, task_id, number, follow, raw, get_settings().logs_dir)
@@ -72,6 +74,7 @@ def logs(plan_ref: str, task_id: str, number: int | None, follow: bool, raw: boo
 def watch(plan_ref: str, interval: float) -> None:
     """Live progress of PLAN_REF until it ends: a bar per agent type and overall, the running tasks and their time
     so far. Reads the store only. Exits 0 if the plan succeeded, 1 if not, 130 on Ctrl-C (the plan runs on)."""
+    # lazy (start-up cost): the views read the store, which loads SQLAlchemy
     from orch.services.local_run import cancel_dead_runs
     from orch.views.progress import follow
 
@@ -93,6 +96,7 @@ def watch(plan_ref: str, interval: float) -> None:
 def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
     """PLAN_REF's completion report: per task its status, agent type, attempts, durations, tokens, cost,
     verification, files changed and failure reasons, then the totals. Markdown (for an issue) or JSON."""
+    # lazy (start-up cost): the views read the store, which loads SQLAlchemy
     from orch.store.db import read_session
     from orch.views.report import load_report
     from orch.views.report_markdown import render_markdown
@@ -116,6 +120,7 @@ def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
 def graph(plan: str, max_nodes: int, fenced: bool) -> None:
     """Print a plan's DAG as a Mermaid flowchart, one subgraph per stage: a stored plan (id or name) coloured by
     its tasks' states, or a plan FILE (validated first) uncoloured."""
+    # lazy (start-up cost): the views read the store, which loads SQLAlchemy
     from orch.store.db import read_session
     from orch.views import mermaid
 
