@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import event
 
-from orch.services.embedded import die_with_parent, stop_process
+from orch.services.processes import die_with_parent, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from orch.budget import Budget
 from orch.intake.prices import Usage
-from orch.services.embedded import ProcessIdentity
 from orch.states import PlanStatus
 
 # --- dispatch --------------------------------------------------------------------------------------------
@@ -120,6 +119,20 @@ class AttemptStats:
 
 
 # --- the `orch run` behind a plan ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessIdentity:
+    """A process as a later command can recognise it: its host, its pid and its start time (in clock ticks since
+    boot, /proc/PID/stat), so that a pid the kernel has given to another process since is not mistaken for it.
+    orch.services.processes gives this process's (`this_process`) and tells whether one still runs (`process_alive`)."""
+
+    host: str
+    pid: int
+    start_ticks: int
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}"
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from orch.celery import app, check_visibility_timeout
 from orch.errors import ConfigInvalid, StoreUnusable
 from orch.log import forget_attempt, get_logger
 from orch.records import RUN_TASK
-from orch.services.embedded import die_with_worker_main, remember_worker_main, stop_this_worker
 from orch.services.hardening import harden_process
 from orch.services.isolation import IsolationUnavailable
+from orch.services.processes import die_with_worker_main, remember_worker_main, stop_this_worker
 from orch.settings import get_settings
 from orch.store.db import dispose_engines
 from workers.liveness import LivenessFile

@@ -6,8 +6,7 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from orch.records import RunnerPlan
-from orch.services.embedded import ProcessIdentity
+from orch.records import ProcessIdentity, RunnerPlan
 from orch.states import PLAN_FINAL
 from orch.store._sql import no_sync
 from orch.store.models import PlanRow

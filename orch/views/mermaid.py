@@ -19,7 +19,7 @@ from orch.intake.plan import Plan
 from orch.states import TaskStatus
 from orch.store import plans, reads
 from orch.store.models import PlanRow
-from orch.views.status import counted
+from orch.views.format import counted
 from orch.views.terminal import inert
 
 MAX_NODES = 200  # more tasks than this: one node per stage

@@ -18,7 +18,7 @@ from orch.states import DOOMING, PLAN_FINAL, TERMINAL, AttemptStatus, TaskStatus
 from orch.store import plans, reads
 from orch.store.db import db_now
 from orch.store.models import PlanRow
-from orch.views.status import iso, sum_costs, usage_json
+from orch.views.format import iso, sum_costs, usage_json
 
 SCHEMA = "orch.report/1"
 

@@ -7,15 +7,19 @@ from __future__ import annotations
 import html
 import re
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from enum import StrEnum
+from typing import TypeVar
 
 from orch.durations import format_duration
 from orch.intake.prices import Usage
 from orch.states import DOOMING, AttemptStatus, PlanStatus, TaskStatus
+from orch.views.format import counted, format_cost, format_tokens, sum_costs
 from orch.views.report import VERIFY_MARK, CompletionReport, by_agent
-from orch.views.status import counted, format_cost, format_tokens, sum_costs
 from orch.views.terminal import inert
+
+S = TypeVar("S", bound=StrEnum)  # a status: a task's or an attempt's
 
 MD_MAX_TASKS = 500  # Markdown lists at most this many tasks in each section; JSON has them all
 MD_RESULT_CHARS = 1500  # of each agent's own summary, in Markdown
@@ -95,7 +99,7 @@ def _files_cell(files: list[str] | None, shown: int = 3) -> str:
     return cell + (f" +{len(files) - shown} more" if len(files) > shown else "")
 
 
-def _status_counts(counts: Counter[Any], order: Any) -> str:
+def _status_counts(counts: Counter[S], order: Iterable[S]) -> str:
     return ", ".join(f"{counts[s]} {s.value}" for s in order if counts[s]) or "none"
 
 

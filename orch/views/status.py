@@ -1,54 +1,36 @@
-"""What `orch status`, `orch run` and `orch watch` show: a plan's snapshot as data (JSON) and as rich renderables,
-and its progress by aggregate (what the live views poll)."""
+"""What `orch status` shows: a plan's snapshot as data (JSON) and as rich renderables (its summary line, which
+`orch watch` and `orch run` show too, and its tasks table), and the recent plans."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
-from rich.console import Group, RenderableType
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
-from orch.budget import Spend
 from orch.dag import Dag
 from orch.durations import format_duration
 from orch.intake.prices import Usage
 from orch.records import AttemptStats
-from orch.states import IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
+from orch.states import TERMINAL, TaskStatus
 from orch.store import plans, reads, spend
-from orch.store.db import db_now
 from orch.store.models import PlanRow, TaskRow
 from orch.store.pauses import active_pauses
+from orch.views.format import (
+    PLAN_STYLE,
+    STATUS_STYLE,
+    format_cost,
+    format_tokens,
+    iso,
+    line,
+    sum_costs,
+    usage_json,
+)
 from orch.views.terminal import inert
-
-STATUS_STYLE = {
-    TaskStatus.PENDING: "dim",
-    TaskStatus.QUEUED: "cyan",
-    TaskStatus.RUNNING: "bold blue",
-    TaskStatus.SUCCEEDED: "green",
-    TaskStatus.FAILED: "bold red",
-    TaskStatus.RETRY_WAIT: "yellow",
-    TaskStatus.UPSTREAM_FAILED: "red",
-    TaskStatus.CANCELLED: "magenta",
-}
-PLAN_STYLE = {
-    PlanStatus.RUNNING: "bold blue",
-    PlanStatus.PAUSED: "yellow",
-    PlanStatus.BUDGET_EXHAUSTED: "bold yellow",
-    PlanStatus.SUCCEEDED: "bold green",
-    PlanStatus.FAILED: "bold red",
-    PlanStatus.CANCELLED: "magenta",
-}
-
-
-def iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -135,46 +117,11 @@ class PlanSnapshot:
 _NO_ATTEMPTS = AttemptStats(0, Usage(), None)
 
 
-def usage_json(usage: Usage) -> dict[str, int]:
-    return {
-        "input": usage.input_tokens,
-        "output": usage.output_tokens,
-        "cache_creation": usage.cache_creation_tokens,
-        "cache_read": usage.cache_read_tokens,
-        "total": usage.total,
-    }
-
-
-def format_tokens(usage: Usage, blank: str = "") -> str:
-    return f"{usage.total:,}" if usage.total else blank
-
-
-def format_cost(cost: float | None, blank: str = "") -> str:
-    return blank if cost is None else f"${cost:,.4f}"
-
-
-def sum_costs(costs: Iterable[float | None]) -> float | None:
-    """The known costs added up; None when none is known (no attempt had a price)."""
-    known = [c for c in costs if c is not None]
-    return sum(known) if known else None
-
-
-def counted(n: int, noun: str) -> str:
-    """`n` and a noun, plural unless n is 1: "1 task", "2,000 tasks"."""
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
-
-
 def task_duration(task: TaskRow, now: datetime) -> str:
     if task.started_at is None:
         return ""
     end = task.finished_at or now
     return format_duration(max(0.0, (end - task.started_at).total_seconds()))
-
-
-def line(text: str) -> Text:
-    """A string from a plan, an agent or the store as one line of plain text: no markup, no control or bidi
-    character (orch.views.terminal), whatever terminal or pipe it goes to."""
-    return Text(inert(text))
 
 
 def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
@@ -226,87 +173,6 @@ def summary_line(snapshot: Summarised) -> Text:
     for agent, (until, reason) in snapshot.pauses.items():
         text.append(f"\n  paused: {inert(agent)} until {until:%H:%M:%S} UTC ({inert(reason[:80])})", style="yellow")
     return text
-
-
-RUNNING_SHOWN = 15  # running tasks a live view lists by name
-
-
-@dataclass(frozen=True)
-class Progress:
-    """A plan's progress by aggregate, what the live views poll: cheap on a plan of any size (a GROUP BY of its
-    tasks, the sum of its attempts' spend, and its few longest-running tasks)."""
-
-    plan: PlanRow
-    by_agent: dict[str, Counter[TaskStatus]]
-    running: list[reads.RunningTask]  # the longest-running, at most RUNNING_SHOWN
-    spend: Spend
-    pauses: dict[str, tuple[datetime, str]]
-    now: datetime  # the database's clock, which stamped the tasks' starts
-
-    @classmethod
-    def load(cls, session: Session, plan_id: str) -> Progress:
-        plan = plans.find_plan(session, plan_id)
-        by_agent = reads.counts_by_agent(session, plan.id)
-        now = db_now(session)
-        pauses = {a: (p.until, p.reason) for a, p in active_pauses(session, now).items() if a in by_agent}
-        running = reads.running_tasks(session, plan.id, RUNNING_SHOWN)
-        return cls(plan, by_agent, running, spend.plan_spend(session, plan.id), pauses, now)
-
-    @property
-    def counts(self) -> Counter[TaskStatus]:
-        return reads.status_totals(self.by_agent.values())
-
-    @property
-    def total_tokens(self) -> int:
-        return self.spend.tokens
-
-    @property
-    def cost_usd(self) -> float | None:
-        return self.spend.usd or None
-
-    @property
-    def is_over(self) -> bool:
-        return run_is_over(self.plan.status, self.counts)
-
-
-def run_is_over(status: PlanStatus, counts: Mapping[TaskStatus, int]) -> bool:
-    """A plan is over once final, or once out of budget with nothing left running (`orch resume` reopens it)."""
-    if status in PLAN_FINAL:
-        return True
-    return status is PlanStatus.BUDGET_EXHAUSTED and not any(counts.get(s) for s in IN_FLIGHT)
-
-
-def _bar_row(grid: Table, label: Text | str, counts: Counter[TaskStatus]) -> None:
-    total = counts.total()
-    done = sum(counts[s] for s in TERMINAL)
-    failed = sum(counts[s] for s in TERMINAL - {TaskStatus.SUCCEEDED})
-    bar = ProgressBar(total=max(total, 1), completed=done, width=30, complete_style="red" if failed else "green")
-    detail = f"{done}/{total}"
-    if failed:
-        detail += f" ({failed} not succeeded)"
-    if counts[TaskStatus.RUNNING]:
-        detail += f", {counts[TaskStatus.RUNNING]} running"
-    grid.add_row(label, bar, detail)
-
-
-def progress_view(progress: Progress) -> RenderableType:
-    """Live view: overall bar, a bar per agent type, the running tasks with their durations so far."""
-    grid = Table.grid(padding=(0, 1))
-    grid.add_column(min_width=24)
-    grid.add_column(width=30)
-    grid.add_column()
-    _bar_row(grid, Text("all tasks", style="bold"), progress.counts)
-    for agent, counts in sorted(progress.by_agent.items()):
-        _bar_row(grid, line(agent), counts)
-    lines: list[RenderableType] = [summary_line(progress), grid]
-    for task in progress.running:
-        since = "" if task.started_at is None else format_duration((progress.now - task.started_at).total_seconds())
-        attempt = f" attempt {task.attempt}" if task.attempt > 1 else ""
-        lines.append(Text(f"  ▶ {inert(task.key)} ({inert(task.agent)}{attempt}) {since}", style="blue"))
-    more = progress.counts[TaskStatus.RUNNING] - len(progress.running)
-    if more > 0:
-        lines.append(Text(f"  … and {more} more running", style="blue"))
-    return Group(*lines)
 
 
 def plans_table(session: Session, plans: list[PlanRow]) -> Table:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orch.services.embedded import die_with_parent, stop_process
+from orch.services.processes import die_with_parent, stop_process
 from tests.conftest import SANDBOX_READ
 
 BIN = Path(sys.executable).parent

@@ -35,7 +35,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orch.services.embedded import die_with_parent, stop_process
+from orch.services.processes import die_with_parent, stop_process
 from orch.settings import normalise_database_url
 from orch.states import LEGAL_TRANSITIONS, PLAN_FINAL, TERMINAL, TaskStatus
 from tests.conftest import SANDBOX_READ

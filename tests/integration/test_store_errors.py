@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from orch.cli import cancel_dead_runs
 from orch.errors import StoreCorrupt, StoreFull, StoreReadOnly
-from orch.records import RunnerPlan
-from orch.services.embedded import ProcessIdentity, process_alive, process_start_ticks
+from orch.records import ProcessIdentity, RunnerPlan
+from orch.services.local_run import cancel_dead_runs
+from orch.services.processes import process_alive, process_start_ticks, this_process
 from orch.settings import get_settings
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import attempts, operator, plans, runners
@@ -178,7 +178,7 @@ def gone_process() -> ProcessIdentity:
 
 
 def test_a_runner_is_alive_while_its_process_runs_and_not_once_it_has_exited() -> None:
-    me = ProcessIdentity.of_this_process()
+    me = this_process()
     assert me is not None and process_alive(me) is True
     assert process_alive(gone_process()) is False
     assert process_alive(ProcessIdentity(me.host, me.pid, me.start_ticks + 1)) is False  # the pid, reused
@@ -186,7 +186,7 @@ def test_a_runner_is_alive_while_its_process_runs_and_not_once_it_has_exited() -
 
 
 def test_runner_plans_are_the_unfinished_ones_of_this_host(store_url: str) -> None:
-    me = ProcessIdentity.of_this_process()
+    me = this_process()
     assert me is not None
     running, finished, elsewhere, submitted = (submit(name) for name in ("running", "finished", "elsewhere", "sub"))
     with write_session() as session:
@@ -204,7 +204,7 @@ def test_the_plans_of_a_dead_orch_run_are_cancelled_and_a_live_ones_named(
 ) -> None:
     from orch.dispatch.reconcile import reconcile_plans
 
-    dead, alive = gone_process(), ProcessIdentity.of_this_process()
+    dead, alive = gone_process(), this_process()
     assert alive is not None
     orphan, live = submit("orphan"), submit("live")
     with write_session() as session:
@@ -255,7 +255,7 @@ def test_the_embedded_redis_folder_and_log_are_private_whatever_the_umask(tmp_pa
 def test_the_next_start_sweeps_the_redis_folders_of_owners_that_are_gone(tmp_path: Path) -> None:
     from orch.services.embedded import sweep_orphaned_folders
 
-    me, gone = ProcessIdentity.of_this_process(), gone_process()
+    me, gone = this_process(), gone_process()
     assert me is not None
     mine = tmp_path / f"orch-redis-{me.pid}-{me.start_ticks}-abc"
     orphan = tmp_path / f"orch-redis-{gone.pid}-{gone.start_ticks}-def"

@@ -45,7 +45,6 @@ RULES = (
 
 # Known exceptions, (importer, imported), each with why it is tolerated for now. Keep this short.
 ALLOWED = {
-    ("orch.store.runners", "orch.services.embedded"),  # ProcessIdentity -> orch/records.py: "A house you can read"
     ("orch.store.db", "orch.services.hardening"),  # private_dir/private_file: "A house you can read" (to be moved)
 }
 

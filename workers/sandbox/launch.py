@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import IO
 
 from orch.log import get_logger
-from orch.services.embedded import die_with_parent
 from orch.services.hardening import agent_umask
 from orch.services.isolation import (
     SAFE_PATH,
@@ -23,6 +22,7 @@ from orch.services.isolation import (
     current_isolation,
     drop_privileges_to,
 )
+from orch.services.processes import die_with_parent
 from orch.settings import Settings
 from workers.sandbox.bwrap import bwrap_arguments, layout_for, runtime_folders
 from workers.sandbox.grant import Grant, agent_environment

@@ -1,0 +1,73 @@
+"""What every `orch` command shares: its consoles, its error handling, and reading the agent types and a plan."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from orch.errors import OrchError, PlanInvalid
+from orch.intake.agents import AgentRegistry, load_agents
+from orch.intake.plan import Plan
+from orch.intake.plan_validation import load_plan
+from orch.settings import get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+out = Console()
+err = Console(stderr=True)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def handle_errors(func: F) -> F:
+    """Errors a user can cause: their message (one line per problem) on stderr and the error's exit code."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except PlanInvalid as exc:
+            for problem in exc.problems:
+                click.echo(problem, err=True)
+            sys.exit(exc.exit_code)
+        except OrchError as exc:
+            click.echo(f"orch: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except Exception as exc:
+            unusable = _store_problem(exc)
+            if unusable is None:
+                raise
+            click.echo(f"orch: {unusable}", err=True)
+            sys.exit(unusable.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _store_problem(exc: Exception) -> OrchError | None:
+    """A driver error the store layer did not translate (a module with an engine of its own) that says the store
+    is full, read-only or corrupt."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    # lazy (start-up cost): SQLAlchemy, loaded by now only if a command used the store
+    from sqlalchemy.exc import DBAPIError
+
+    from orch.store.db import store_problem
+
+    return store_problem(exc, get_settings().resolved_database_url) if isinstance(exc, DBAPIError) else None
+
+
+def registry() -> AgentRegistry:
+    return load_agents(get_settings().config_dir)
+
+
+def read_plan(path: str) -> Plan:
+    return load_plan(Path(path), registry(), roots=get_settings().workdir_root_paths)
