@@ -15,8 +15,8 @@ from celery.beat import Scheduler
 from beat.single import hold_single_beat_lock
 from beat.tick import run_tick
 from orch.errors import ConfigInvalid, StoreUnusable
+from orch.hardening import harden_process
 from orch.log import get_logger
-from orch.services.hardening import harden_process
 from orch.services.liveness import touch
 from orch.services.processes import die_with_worker_main, in_embedded_worker, stop_this_worker
 from orch.settings import get_settings

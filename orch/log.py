@@ -103,8 +103,8 @@ def configure_logging(
 
 def private_log_file(path: Path) -> Path:
     """`path` created 0600 (and an existing one made so) whatever the umask: a process that logs to a file before
-    it applies orch.services.hardening (a beat's --logfile) must not leave it readable by others."""
-    from orch.services.hardening import private_file
+    it applies orch.hardening (a beat's --logfile) must not leave it readable by others."""
+    from orch.hardening import private_file
 
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))

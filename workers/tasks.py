@@ -17,9 +17,9 @@ from celery.signals import (
 
 from orch.celery import app, check_visibility_timeout
 from orch.errors import ConfigInvalid, StoreUnusable
+from orch.hardening import harden_process
 from orch.log import forget_attempt, get_logger
 from orch.records import RUN_TASK
-from orch.services.hardening import harden_process
 from orch.services.isolation import IsolationUnavailable
 from orch.services.processes import die_with_worker_main, remember_worker_main, stop_this_worker
 from orch.settings import get_settings

@@ -23,8 +23,8 @@ from orch.settings import ENV_FILE_VARIABLE, get_settings
 def main(env_file: str | None) -> None:
     """orch runs plans — DAGs of AI coding-agent tasks — on Celery workers, with an SQL store as the truth."""
     # lazy (start-up cost): structlog, which `orch --help` need not load
+    from orch.hardening import harden_process
     from orch.log import configure_logging
-    from orch.services.hardening import harden_process
 
     harden_process()
     if env_file is not None:

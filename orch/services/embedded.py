@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orch.errors import HomeUnusable, ServiceUnavailable
+from orch.hardening import private_dir
 from orch.log import private_log_file
 from orch.records import ProcessIdentity
-from orch.services.hardening import private_dir
 from orch.services.processes import (
     NOTICE_FD_ENV,
     RUNNER_ENV,

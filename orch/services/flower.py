@@ -99,8 +99,8 @@ def apply_flower_options(auth: FlowerAuth) -> None:
 def start_flower(flower_args: Sequence[str]) -> None:
     """Hardening, logging, auth and address for a Flower about to start; one clear line and exit 2 when auth is
     missing or weak."""
+    from orch.hardening import harden_process
     from orch.log import configure_logging, get_logger
-    from orch.services.hardening import harden_process
     from orch.settings import get_settings
 
     harden_process()  # non-dumpable: its memory and /proc/<pid>/environ hold the credentials and the broker URL

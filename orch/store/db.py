@@ -23,8 +23,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from orch.errors import ServiceUnavailable, StoreCorrupt, StoreFull, StoreReadOnly, StoreUnusable
+from orch.hardening import private_dir, private_file
 from orch.redaction import safe_url
-from orch.services.hardening import private_dir, private_file
 from orch.settings import get_settings
 
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch"

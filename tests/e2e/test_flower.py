@@ -99,7 +99,7 @@ def test_the_flower_process_is_hardened(redis_url: str, tmp_path: Path, processe
     # Non-dumpable can only be read by the process itself: the same start, in a process that then reports it.
     probe = (
         "from orch.services.flower import start_flower; start_flower(()); "
-        "from orch.services.hardening import is_dumpable; print(is_dumpable())"
+        "from orch.hardening import is_dumpable; print(is_dumpable())"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60

@@ -144,7 +144,7 @@ def test_a_non_dumpable_worker_keeps_its_environment_from_a_process_of_its_own_u
         import os, sys, time
         sys.path.insert(0, {str(code_root)!r})
         if sys.argv[1] == "hardened":
-            from orch.services.hardening import harden_process
+            from orch.hardening import harden_process
             harden_process()
         open({str(ready)!r} + sys.argv[1], "w").write(str(os.getpid()))
         time.sleep(30)

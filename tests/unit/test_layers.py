@@ -44,9 +44,7 @@ RULES = (
 )
 
 # Known exceptions, (importer, imported), each with why it is tolerated for now. Keep this short.
-ALLOWED = {
-    ("orch.store.db", "orch.services.hardening"),  # private_dir/private_file: "A house you can read" (to be moved)
-}
+ALLOWED: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

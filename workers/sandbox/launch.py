@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from orch.hardening import agent_umask
 from orch.log import get_logger
-from orch.services.hardening import agent_umask
 from orch.services.isolation import (
     SAFE_PATH,
     AgentUser,
