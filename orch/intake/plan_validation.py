@@ -145,6 +145,35 @@ def _too_many(fields: Mapping[Any, Any]) -> str | None:
     return None
 
 
+def _check_defaults(defaults: dict[str, Any], problems: _Problems, source: str) -> None:
+    too_many = _too_many(defaults)
+    if too_many:
+        problems.add(f"defaults: {too_many}")
+        problems.raise_any(source)
+    try:
+        TaskFields.model_validate(defaults)
+    except ValidationError as exc:
+        problems.add_errors(exc, "defaults: ")
+    if "id" in defaults:
+        problems.add("defaults: 'id' cannot be defaulted")
+
+
+def _known_dependencies(graph: dict[str, list[str]], problems: _Problems) -> dict[str, list[str]]:
+    """The graph without its unknown dependencies, each reported (the cycle search needs known ones only)."""
+    unknown = False
+    for task_id, after in graph.items():
+        for dep in after:
+            if dep not in graph:
+                unknown = True
+                if problems.full:  # only counted: a list of millions would not be built
+                    problems.hidden += 1
+                else:
+                    problems.add(f"task {quoted(task_id)}: depends on unknown task {quoted(dep)}")
+    if unknown:
+        return {task: [d for d in after if d in graph] for task, after in graph.items()}
+    return graph
+
+
 def _validate_plan(
     document: Any, registry: AgentRegistry, source: str, base_dir: Path, roots: WorkdirRoots | None
 ) -> Plan:
@@ -162,16 +191,7 @@ def _validate_plan(
     if problem:
         problems.add(problem)
     defaults = header.defaults
-    too_many = _too_many(defaults)
-    if too_many:
-        problems.add(f"defaults: {too_many}")
-        problems.raise_any(source)
-    try:
-        TaskFields.model_validate(defaults)
-    except ValidationError as exc:
-        problems.add_errors(exc, "defaults: ")
-    if "id" in defaults:
-        problems.add("defaults: 'id' cannot be defaulted")
+    _check_defaults(defaults, problems, source)
 
     specs: list[TaskSpec] = []
     first_index: dict[str, int] = {}
@@ -207,17 +227,7 @@ def _validate_plan(
         except ValidationError as exc:
             problems.add_errors(exc, f"{label}: ")
 
-    unknown = False
-    for task_id, after in graph.items():
-        for dep in after:
-            if dep not in graph:
-                unknown = True
-                if problems.full:  # only counted: a list of millions would not be built
-                    problems.hidden += 1
-                else:
-                    problems.add(f"task {quoted(task_id)}: depends on unknown task {quoted(dep)}")
-    if unknown:
-        graph = {task: [d for d in after if d in graph] for task, after in graph.items()}
+    graph = _known_dependencies(graph, problems)
     cycle = Dag(graph).find_cycle()
     if cycle:
         problems.add(f"dependency cycle: {_describe_cycle(cycle)}")
