@@ -125,7 +125,8 @@ def graph(plan: str, max_nodes: int, fenced: bool) -> None:
     from orch.views import mermaid
 
     path = Path(plan)
-    if path.exists() or path.suffix.lower() in (".yaml", ".yml", ".json"):
+    # a folder named like the plan (its repository, say) is not a plan file: the stored plan wins
+    if path.is_file() or (not path.is_dir() and path.suffix.lower() in (".yaml", ".yml", ".json")):
         validated = read_plan(plan)
         chart = mermaid.render(mermaid.nodes_of_plan(validated), f"plan file {plan}: {validated.name}", max_nodes)
     else:

@@ -259,6 +259,16 @@ def test_graph_of_a_bad_plan_file_is_one_line_and_exit_2(tmp_path: Path) -> None
     assert unknown.exit_code == 2 and unknown.stderr == "orch: no plan with id or name 'no-such-plan'\n"
 
 
+def test_graph_of_a_stored_plan_wins_over_a_folder_of_its_name(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A folder called like the plan (a repository named after it, say) is not a plan file."""
+    plan_id = build_finished_plan(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "accounts").mkdir()
+    assert orch("graph", "accounts") == orch("graph", plan_id)
+
+
 HOSTILE = (
     "\x1b]0;PWNED\x07\x1b[2K\r\x1b[32msucceeded\x1b[0m thanks @octocat, see https://evil.example and www.evil.example"
 )
