@@ -107,6 +107,20 @@ class Settings(BaseSettings):
             raise ValueError(f"ORCH_CLAUDE_BIN={value!r}: give an absolute path, or a bare name looked up on PATH")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_names_a_known_database(cls, value: str | None) -> str | None:
+        # Checked here, not at the first query: a typo would otherwise be SQLAlchemy's traceback. Only the scheme is
+        # named in the message: the rest of the URL may hold a password.
+        if value is None:
+            return None
+        scheme, separator, _ = value.partition("://")
+        if not separator or not scheme or not scheme.replace("+", "").isalnum():
+            raise ValueError("not a database URL (postgresql://user@host/name or sqlite:///path)")
+        if scheme not in DATABASE_SCHEMES:
+            raise ValueError(f"unknown database {scheme!r} (known: {', '.join(DATABASE_SCHEMES)})")
+        return value
+
     @model_validator(mode="after")
     def _lease_outlives_heartbeats(self) -> Settings:
         if self.lease_seconds < 2 * self.heartbeat_seconds:
@@ -141,6 +155,10 @@ class Settings(BaseSettings):
     @property
     def workdir_root_paths(self) -> list[Path]:
         return [Path(p).resolve() for p in self.workdir_roots.split(":") if p.strip()]
+
+
+# The store's URL schemes orch ships a driver for (psycopg 3 for PostgreSQL, the standard library's sqlite3).
+DATABASE_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg", "sqlite", "sqlite+pysqlite")
 
 
 def normalise_database_url(url: str) -> str:

@@ -77,3 +77,29 @@ def test_orch_env_file_option_reaches_the_command(tmp_path: Path) -> None:
     assert chosen_run.stderr.strip() == (
         "orch: ORCH_CLAUDE_BIN='./relative/claude': give an absolute path, or a bare name looked up on PATH"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "postgressql://orch:pw-3f9a@db/orch",
+            "ORCH_DATABASE_URL: unknown database 'postgressql' (known: postgresql, postgres, postgresql+psycopg, "
+            "sqlite, sqlite+pysqlite)",
+        ),
+        ("not a url", "ORCH_DATABASE_URL: not a database URL (postgresql://user@host/name or sqlite:///path)"),
+    ],
+)
+def test_a_typo_in_the_database_url_is_one_line_naming_it(
+    url: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a 40-line SQLAlchemy traceback at the first query. The password never shows."""
+    monkeypatch.setenv("ORCH_DATABASE_URL", url)
+    with pytest.raises(ConfigInvalid) as raised:
+        settings_in(tmp_path, monkeypatch)
+    assert str(raised.value) == expected and "pw-3f9a" not in str(raised.value)
+    env = {**os.environ, "ORCH_DATABASE_URL": url}
+    status = subprocess.run([sys.executable, "-m", "orch.cli", "status"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert status.returncode == 2 and status.stderr.splitlines() == [f"orch: {expected}"], status.stderr
+    assert not (tmp_path / ".orch").exists()
