@@ -11,6 +11,7 @@ from orch.budget import Budget, describe
 from orch.cli.common import handle_errors
 from orch.errors import TaskStateConflict
 from orch.states import PlanStatus, TaskStatus
+from orch.views.format import counted
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -53,7 +54,7 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
         click.echo(f"plan {plan_id}: no unfinished task; plan cancelled")
         return
     changed = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    click.echo(f"plan {plan_id} cancelled: {sum(counts.values())} tasks -> cancelled ({changed})")
+    click.echo(f"plan {plan_id} cancelled: {counted(sum(counts.values()), 'task')} -> cancelled ({changed})")
     if counts.get(TaskStatus.RUNNING):
         click.echo(f"{counts[TaskStatus.RUNNING]} were running: {_STOP_NOTE}")
 
@@ -74,7 +75,7 @@ def pause(plan_ref: str) -> None:
         running = reads.count_by_status(session, plan.id)
     click.echo(f"plan {plan.id}: running -> paused; nothing new is dispatched")
     if running.get(TaskStatus.RUNNING):
-        click.echo(f"{running[TaskStatus.RUNNING]} running tasks finish on their own")
+        click.echo(f"{counted(running[TaskStatus.RUNNING], 'running task')} finish on their own")
 
 
 @click.command()
@@ -109,7 +110,7 @@ def retry(plan_ref: str, task_id: str) -> None:
     with write_session() as session:
         plan_id = _plan_id(session, plan_ref)
         reopened = operator.retry_task(session, plan_id, task_id, db_now(session))
-    click.echo(f"plan {plan_id}: {len(reopened)} tasks -> pending: {', '.join(reopened)}")
+    click.echo(f"plan {plan_id}: {counted(len(reopened), 'task')} -> pending: {', '.join(reopened)}")
 
 
 @click.command()

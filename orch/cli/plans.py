@@ -12,6 +12,11 @@ from orch.cli.common import err, handle_errors, now_utc, out, read_plan, registr
 from orch.durations import format_duration
 from orch.intake.routing import route
 from orch.settings import get_settings
+from orch.views.format import counted
+
+
+def _dependencies(n: int) -> str:
+    return f"{n:,} dependenc" + ("y" if n == 1 else "ies")
 
 
 @click.command()
@@ -23,7 +28,7 @@ def validate(plan_file: str) -> None:
     edges = sum(len(t.after) for t in plan.tasks)
     agents = sorted({t.agent for t in plan.tasks})
     click.echo(
-        f"{plan_file}: ok — plan {plan.name!r}: {len(plan.tasks)} tasks, {edges} dependencies, "
+        f"{plan_file}: ok — plan {plan.name!r}: {counted(len(plan.tasks), 'task')}, {_dependencies(edges)}, "
         f"agent types: {', '.join(agents)}"
     )
 

@@ -48,7 +48,7 @@ def decide_retry(
     if not retryable:
         return RetryDecision(False, None, 0.0, "permanent failure: not retried")
     if counted and attempt > retries:
-        return RetryDecision(False, None, 0.0, f"retries exhausted ({attempt} attempts)")
+        return RetryDecision(False, None, 0.0, f"retries exhausted ({attempt} attempt{'' if attempt == 1 else 's'})")
     delay = max(backoff.delay(attempt, draw), min_delay)
     return RetryDecision(True, now + timedelta(seconds=delay), delay, f"retry {attempt} of {retries} in {delay:.1f}s")
 

@@ -92,7 +92,11 @@ class _Problems:
         self.hidden += max(0, len(errors) - room)
 
     def report(self) -> list[str]:
-        return [*self.lines, f"{self.where}... and {self.hidden} more problems"] if self.hidden else self.lines
+        return (
+            [*self.lines, f"{self.where}... and {self.hidden} more problem{'' if self.hidden == 1 else 's'}"]
+            if self.hidden
+            else self.lines
+        )
 
     def raise_any(self, source: str) -> None:
         if self.lines:

@@ -29,6 +29,7 @@ from orch.settings import get_settings
 from orch.states import PlanStatus
 from orch.store import operator, plans, runners
 from orch.store.db import db_now, ensure_schema, read_session, write_session
+from orch.views.format import counted
 from orch.views.progress import INTERRUPTED, follow_run, print_final
 from orch.views.terminal import inert
 
@@ -146,8 +147,8 @@ def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun
     )
     worker.start()
     err.print(
-        f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {len(plan.tasks)} tasks on "
-        f"{len(queues)} queues; store {safe_url(database_url)}; worker log {worker.log_path}"
+        f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {counted(len(plan.tasks), 'task')} on "
+        f"{counted(len(queues), 'queue')}; store {safe_url(database_url)}; worker log {worker.log_path}"
     )
     final = watch_plan(plan_id, worker, out, err)
     return 0 if final is PlanStatus.SUCCEEDED else 1

@@ -60,7 +60,7 @@ def test_pause_resume_cancel_retry_and_skip(tmp_path: Path) -> None:
     skipped = run_orch(["skip", plan_id, "a"], tmp_path, env)
     assert f"plan {plan_id}: task a -> succeeded (skipped)" in skipped.stdout
     retried = run_orch(["retry", plan_id, "b"], tmp_path, env)
-    assert retried.returncode == 0 and f"plan {plan_id}: 1 tasks -> pending: b" in retried.stdout
+    assert retried.returncode == 0 and f"plan {plan_id}: 1 task -> pending: b" in retried.stdout
     assert task_states(tmp_path, env, plan_id) == {"a": "succeeded", "b": "pending", "c": "pending"}
 
     unknown = run_orch(["retry", plan_id, "nope"], tmp_path, env)

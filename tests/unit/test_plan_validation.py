@@ -373,3 +373,9 @@ def test_a_long_list_of_problems_is_cut_with_a_count(tmp_path: Path) -> None:
     problems = problems_of(path)
     assert len(problems) == 51
     assert problems[-1] == f"{path}: ... and 10 more problems"
+
+
+def test_one_problem_past_the_cut_is_one_problem(tmp_path: Path) -> None:
+    document = plan(*(task(f"t{i}", after=["ghost"]) for i in range(51)))
+    path = write_plan(tmp_path, document)
+    assert problems_of(path)[-1] == f"{path}: ... and 1 more problem"  # not "1 more problems"

@@ -44,6 +44,7 @@ def test_decide_retry_retries_until_attempts_exceed_retries() -> None:
     assert [d.retry for d in decisions] == [True, True, False, False]
     assert decisions[0].reason.startswith("retry 1 of 2 in ")
     assert decisions[2].reason == "retries exhausted (3 attempts)"
+    assert decide_retry(1, 0, NOW, 0.5, backoff).reason == "retries exhausted (1 attempt)"  # not "1 attempts"
     assert decisions[2].not_before is None
     assert decisions[2].delay == 0.0
 
