@@ -75,7 +75,9 @@ def pause(plan_ref: str) -> None:
         running = reads.count_by_status(session, plan.id)
     click.echo(f"plan {plan.id}: running -> paused; nothing new is dispatched")
     if running.get(TaskStatus.RUNNING):
-        click.echo(f"{counted(running[TaskStatus.RUNNING], 'running task')} finish on their own")
+        still = running[TaskStatus.RUNNING]
+        ending = "finishes on its own" if still == 1 else "finish on their own"
+        click.echo(f"{counted(still, 'running task')} {ending}")
 
 
 @click.command()
