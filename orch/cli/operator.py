@@ -11,7 +11,6 @@ from orch.budget import Budget, describe
 from orch.cli.common import handle_errors
 from orch.errors import TaskStateConflict
 from orch.states import PlanStatus, TaskStatus
-from orch.views.format import counted
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -38,6 +37,7 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
     from orch.services.local_run import cancel_dead_runs
     from orch.store import operator
     from orch.store.db import db_now, write_session
+    from orch.views.format import counted
 
     cancel_dead_runs()
     with write_session() as session:
@@ -67,6 +67,7 @@ def pause(plan_ref: str) -> None:
     # lazy (start-up cost): the store loads SQLAlchemy
     from orch.store import operator, plans, reads
     from orch.store.db import db_now, write_session
+    from orch.views.format import counted
 
     with write_session() as session:
         plan = plans.find_plan(session, plan_ref)
@@ -108,6 +109,7 @@ def retry(plan_ref: str, task_id: str) -> None:
     # lazy (start-up cost): the store loads SQLAlchemy
     from orch.store import operator
     from orch.store.db import db_now, write_session
+    from orch.views.format import counted
 
     with write_session() as session:
         plan_id = _plan_id(session, plan_ref)
@@ -124,10 +126,11 @@ def skip(plan_ref: str, task_id: str) -> None:
     # lazy (start-up cost): the store loads SQLAlchemy
     from orch.store import operator
     from orch.store.db import db_now, write_session
+    from orch.views.format import counted
 
     with write_session() as session:
         plan_id = _plan_id(session, plan_ref)
         changed = operator.skip_task(session, plan_id, task_id, db_now(session))
     click.echo(f"plan {plan_id}: task {task_id} -> succeeded (skipped)")
     if changed[1:]:
-        click.echo(f"{len(changed) - 1} dependants it had doomed -> pending: {', '.join(changed[1:])}")
+        click.echo(f"{counted(len(changed) - 1, 'dependant')} it had doomed -> pending: {', '.join(changed[1:])}")

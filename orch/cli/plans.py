@@ -12,11 +12,6 @@ from orch.cli.common import err, handle_errors, now_utc, out, read_plan, registr
 from orch.durations import format_duration
 from orch.intake.routing import route
 from orch.settings import get_settings
-from orch.views.format import counted
-
-
-def _dependencies(n: int) -> str:
-    return f"{n:,} dependenc" + ("y" if n == 1 else "ies")
 
 
 @click.command()
@@ -24,13 +19,14 @@ def _dependencies(n: int) -> str:
 @handle_errors
 def validate(plan_file: str) -> None:
     """Check PLAN_FILE: fields, ids, dependencies, cycles, agent types, file patterns, limits."""
+    # lazy (start-up cost): rich's text and the prices model, for one line
+    from orch.views.format import counted
+
     plan = read_plan(plan_file)
     edges = sum(len(t.after) for t in plan.tasks)
     agents = sorted({t.agent for t in plan.tasks})
-    click.echo(
-        f"{plan_file}: ok — plan {plan.name!r}: {counted(len(plan.tasks), 'task')}, {_dependencies(edges)}, "
-        f"agent types: {', '.join(agents)}"
-    )
+    tasks, dependencies = counted(len(plan.tasks), "task"), counted(edges, "dependency", "dependencies")
+    click.echo(f"{plan_file}: ok — plan {plan.name!r}: {tasks}, {dependencies}, agent types: {', '.join(agents)}")
 
 
 @click.command()

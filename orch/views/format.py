@@ -60,9 +60,9 @@ def sum_costs(costs: Iterable[float | None]) -> float | None:
     return sum(known) if known else None
 
 
-def counted(n: int, noun: str) -> str:
-    """`n` and a noun, plural unless n is 1: "1 task", "2,000 tasks"."""
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and a noun, plural unless n is 1: "1 task", "2,000 tasks", "3 dependencies" (an irregular `plural`)."""
+    return f"{n:,} " + (noun if n == 1 else plural or f"{noun}s")
 
 
 def line(text: str) -> Text:

@@ -75,3 +75,13 @@ def test_markdown_text_pings_nobody_and_links_nothing() -> None:
 def test_markdown_text_and_code_show_control_and_bidi_characters_as_escapes() -> None:
     assert md_text("\x1b]0;PWNED\x07 bell \x07 \u202e") == r"\\x1b\]0;PWNED\\x07 bell \\x07 \\u202e"
     assert md_code("evil\x1b[31m.py \u2066") == r"`evil\x1b[31m.py \u2066`"
+
+
+def test_counted_says_one_thing_and_many_things() -> None:
+    from orch.views.format import counted
+
+    assert [counted(1, "task"), counted(2000, "task")] == ["1 task", "2,000 tasks"]
+    assert [counted(1, "dependency", "dependencies"), counted(0, "dependency", "dependencies")] == [
+        "1 dependency",
+        "0 dependencies",
+    ]
