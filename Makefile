@@ -18,7 +18,10 @@ install: $(STAMP)
 
 demo: $(STAMP) agent-host
 	@if [ "$$(id -u)" = 0 ]; then chown $(AGENT_USER) examples/scratch; fi  # as root, agents run as orch-agent
-	$(BIN)/orch run examples/demo.yaml
+	@$(BIN)/orch run examples/demo.yaml; code=$$?; \
+	  echo; echo "orch is in $(CURDIR)/$(BIN). To type 'orch' in this shell: export PATH=\"$(CURDIR)/$(BIN):\$$PATH\""; \
+	  echo "(or . $(BIN)/activate; add the export to ~/.bashrc to keep it). Your first plan: docs/first-plan.md"; \
+	  exit $$code
 
 test: $(STAMP) agent-host
 	$(BIN)/pytest

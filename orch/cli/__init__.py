@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from orch.cli import operator, plans, services, views
+from orch.cli import operator, plans, scaffold, services, views
 from orch.settings import ENV_FILE_VARIABLE, get_settings
 
 
@@ -34,6 +34,7 @@ def main(env_file: str | None) -> None:
 
 
 for command in (
+    scaffold.init,
     plans.validate,
     plans.agents,
     plans.route_command,
