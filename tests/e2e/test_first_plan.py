@@ -83,7 +83,8 @@ def walk_through_steps(markdown: str) -> list[Step]:
             if line.startswith("$ "):
                 command = line[2:]
                 note = EXIT_NOTE.search(command)
-                steps.append(Step(command, exit_code=int(note.group(1)) if note else 0, only_as_root="only as root" in command))
+                code = int(note.group(1)) if note else 0
+                steps.append(Step(command, exit_code=code, only_as_root="only as root" in command))
             else:
                 steps[-1].expected.append(line)
     return steps
@@ -105,12 +106,16 @@ def shows(expected: list[str], output: str) -> str | None:
             continue
         head, ellipsis, _ = normalized(want).partition("…")
         head = head.strip()
-        while position < len(actual) and not (actual[position].startswith(head) if ellipsis else actual[position] == head):
+        while position < len(actual) and not matches(actual[position], head, prefix=bool(ellipsis)):
             position += 1
         if position == len(actual):
             return want
         position += 1
     return None
+
+
+def matches(line: str, head: str, prefix: bool) -> bool:
+    return line.startswith(head) if prefix else line == head
 
 
 def run_steps(steps: list[Step], folder: Path, env: dict[str, str]) -> list[tuple[str, int]]:
