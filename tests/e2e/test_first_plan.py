@@ -124,7 +124,8 @@ def run_steps(steps: list[Step], folder: Path, env: dict[str, str]) -> list[tupl
     for number, step in enumerate(steps):
         command = f'[ "$(id -u)" != 0 ] || {step.command}' if step.only_as_root else step.command
         script += [f"printf '\\n@@start {number}\\n'", command, f"printf '\\n@@end {number} %s\\n' $?"]
-    done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    bash = ["bash", "-c", "\n".join(script)]
+    done = subprocess.run(bash, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
     results = re.findall(r"@@start (\d+)\n(.*?)\n@@end \1 (\d+)\n", done.stdout, flags=re.S)
     assert len(results) == len(steps), done.stdout[-2000:]
     return [(output, int(code)) for _, output, code in results]
