@@ -22,6 +22,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 out = Console()
 err = Console(stderr=True)
+for _console in (out, err):
+    # piped (a log, `| cat`): a line printed is one line, whatever its length; tables are laid out plain
+    # (orch.views.format.show_table). On a terminal, rich fits text to the window.
+    _console.soft_wrap = not _console.is_terminal
 
 
 def now_utc() -> datetime:
