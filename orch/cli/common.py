@@ -75,3 +75,26 @@ def registry() -> AgentRegistry:
 
 def read_plan(path: str) -> Plan:
     return load_plan(Path(path), registry(), roots=get_settings().workdir_root_paths)
+
+
+def check_workdir_here(plan: Plan) -> None:
+    """`orch validate` and `orch run`: the plan's workdir must be a folder on this host, else PlanInvalid (exit 2)
+    naming it and the tasks it would fail (a worker would fail each, spending a retry and dooming its dependants).
+    `orch submit` does not check: the plan may be meant for workers on other hosts."""
+    if plan.workdir.is_dir():
+        return
+    # lazy (start-up cost): rich's text, for one line
+    from orch.intake.plan import quoted
+    from orch.views.format import counted
+
+    written = plan.document.get("workdir", ".")
+    what = "is not a folder" if plan.workdir.exists() else "does not exist on this host"
+    keys = [task.key for task in plan.tasks]
+    shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5:,} more" if len(keys) > 5 else "")
+    raise PlanInvalid(
+        plan.source,
+        [
+            f"{plan.source}: workdir {quoted(written)} is {plan.workdir}, which {what}; its "
+            f"{counted(len(keys), 'task')} ({shown}) would fail there"
+        ],
+    )

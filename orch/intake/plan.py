@@ -199,6 +199,8 @@ class ResolvedTask:
     scope: str = "loose"
     call: str | None = None
     budget: Budget = field(default_factory=Budget)
+    routed: bool = False  # by keywords: the task has no `agent:`
+    route_weakness: str | None = None  # why its route may not be the type meant (orch.intake.routing.weakness)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from orch.intake.plan import (
     quoted,
 )
 from orch.intake.plan_document import read_plan_document
-from orch.intake.routing import KeywordIndex, route
+from orch.intake.routing import KeywordIndex, route, weakness
 
 # How many problem lines a message lists, and how many tasks of a dependency cycle it names.
 MAX_PROBLEMS_SHOWN = 50
@@ -376,4 +376,6 @@ def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIn
         scope=spec.scope,
         call=spec.call,
         budget=_budget(spec.budget),
+        routed=not spec.agent,
+        route_weakness=weakness(decision),
     )
