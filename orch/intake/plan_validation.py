@@ -35,7 +35,7 @@ from orch.intake.plan import (
     did_you_mean,
     quoted,
 )
-from orch.intake.plan_document import read_plan_document
+from orch.intake.plan_document import line_of, read_plan_document
 from orch.intake.routing import KeywordIndex, route, weakness
 
 # How many problem lines a message lists, and how many tasks of a dependency cycle it names.
@@ -77,21 +77,33 @@ class _Problems:
     def full(self) -> bool:
         return len(self.lines) >= MAX_PROBLEMS_SHOWN
 
-    def add(self, problem: str) -> None:
+    def at(self, line: int | None) -> str:
+        """Where a problem is: the file, and the line where a YAML plan says it."""
+        return self.where if line is None else f"{self.where}line {line}: "
+
+    def add(self, problem: str, line: int | None = None) -> None:
         if self.full:
             self.hidden += 1
         else:
-            self.lines.append(f"{self.where}{problem}")
+            self.lines.append(f"{self.at(line)}{problem}")
 
-    def add_errors(self, exc: ValidationError, prefix: str, known: Collection[str], scope: str = "") -> None:
+    def add_errors(
+        self, exc: ValidationError, prefix: str, known: Collection[str], scope: str = "", mapping: Any = None
+    ) -> None:
         """pydantic's errors in orch's words: `prefix` (a task's label) then the field, `scope` (`defaults.`)
-        before its name; an unknown field gets the nearest of `known` as a did-you-mean."""
+        before its name; an unknown field gets the nearest of `known` as a did-you-mean. Each names its line when
+        `mapping`, the one validated, is of a YAML plan."""
         room = MAX_PROBLEMS_SHOWN - len(self.lines)
         if room <= 0:
             self.hidden += exc.error_count()
             return
         errors = exc.errors(include_url=False)
-        self.lines.extend(_describe_error(error, f"{self.where}{prefix}", known, scope) for error in errors[:room])
+        self.lines.extend(
+            _describe_error(
+                error, f"{self.at(line_of(mapping, error['loc'][0] if error['loc'] else None))}{prefix}", known, scope
+            )
+            for error in errors[:room]
+        )
         self.hidden += max(0, len(errors) - room)
 
     def report(self) -> list[str]:
@@ -204,26 +216,28 @@ _TASK_FIELDS = frozenset(TaskSpec.model_fields)
 
 
 def _check_defaults(
-    defaults: dict[str, Any], registry: AgentRegistry, problems: _Problems, source: str
+    defaults: dict[str, Any], registry: AgentRegistry, problems: _Problems, source: str, written: Any
 ) -> dict[str, Any]:
     """The defaults that are valid, each problem of the others reported once (naming `defaults.<field>`), not
-    again for every task it would reach."""
+    again for every task it would reach. `written`: the defaults as written, where their lines are."""
     too_many = _too_many(defaults, "defaults.")
     if too_many:
-        problems.add(too_many)
+        problems.add(too_many, line_of(written))
         problems.raise_any(source)
     bad: set[Any] = set()
     try:
         TaskFields.model_validate(defaults)
     except ValidationError as exc:
-        problems.add_errors(exc, "", _TASK_FIELDS, scope="defaults.")
+        problems.add_errors(exc, "", _TASK_FIELDS, scope="defaults.", mapping=written)
         bad = {error["loc"][0] for error in exc.errors(include_url=False) if error["loc"]}
     if "id" in defaults:
-        problems.add("field 'defaults.id': a task's id cannot be defaulted")
+        problems.add("field 'defaults.id': a task's id cannot be defaulted", line_of(written, "id"))
         bad.add("id")
     agent = defaults.get("agent")
     if isinstance(agent, str) and "agent" not in bad and agent not in registry:
-        problems.add(f"field 'defaults.agent': unknown agent type {quoted(agent)} (known: {', '.join(registry.names)})")
+        known = ", ".join(registry.names)
+        problem = f"field 'defaults.agent': unknown agent type {quoted(agent)} (known: {known})"
+        problems.add(problem, line_of(written, "agent"))
         bad.add("agent")
     return {name: value for name, value in defaults.items() if name not in bad} if bad else defaults
 
@@ -234,7 +248,7 @@ def _read_header(document: dict[str, Any], problems: _Problems, source: str) -> 
     try:
         return PlanHeader.model_validate(document)
     except ValidationError as exc:
-        problems.add_errors(exc, "", PlanHeader.model_fields)
+        problems.add_errors(exc, "", PlanHeader.model_fields, mapping=document)
         bad = {error["loc"][0] for error in exc.errors(include_url=False) if error["loc"]}
     if "tasks" in bad:
         raise PlanInvalid(source, problems.report())
@@ -242,7 +256,9 @@ def _read_header(document: dict[str, Any], problems: _Problems, source: str) -> 
     return PlanHeader.model_validate({"name": "unnamed", **readable})
 
 
-def _known_dependencies(graph: dict[str, list[str]], problems: _Problems) -> dict[str, list[str]]:
+def _known_dependencies(
+    graph: dict[str, list[str]], problems: _Problems, written: dict[str, Any]
+) -> dict[str, list[str]]:
     """The graph without its unknown dependencies, each reported (the cycle search needs known ones only)."""
     unknown = False
     for task_id, after in graph.items():
@@ -252,7 +268,8 @@ def _known_dependencies(graph: dict[str, list[str]], problems: _Problems) -> dic
                 if problems.full:  # only counted: a list of millions would not be built
                     problems.hidden += 1
                 else:
-                    problems.add(f"task {quoted(task_id)}: depends on unknown task {quoted(dep)}")
+                    line = line_of(written.get(task_id), "after")
+                    problems.add(f"task {quoted(task_id)}: depends on unknown task {quoted(dep)}", line)
     if unknown:
         return {task: [d for d in after if d in graph] for task, after in graph.items()}
     return graph
@@ -269,17 +286,18 @@ def _validate_plan(
 
     workdir, problem = _workdir(header.workdir, base_dir, roots)
     if problem:
-        problems.add(problem)
-    defaults = _check_defaults(header.defaults, registry, problems, source)
+        problems.add(problem, line_of(document, "workdir"))
+    defaults = _check_defaults(header.defaults, registry, problems, source, document.get("defaults"))
 
     specs: list[TaskSpec] = []
     first_index: dict[str, int] = {}
     # The graph is checked over every task whose id and `after` can be read, valid or not, so one bad task
     # does not make its dependants report it as unknown.
     graph: dict[str, list[str]] = {}
+    written: dict[str, Any] = {}  # each task as written, by id: where its lines are
     for index, raw in enumerate(header.tasks):
         if not isinstance(raw, dict):
-            problems.add(f"tasks[{index}]: a task is a mapping with 'id' and 'title'")
+            problems.add(f"tasks[{index}]: a task is a mapping with 'id' and 'title'", line_of(document, "tasks"))
             continue
         merged = {**defaults, **raw} if defaults else raw
         too_many = _too_many(merged)
@@ -287,26 +305,28 @@ def _validate_plan(
         label = f"task {quoted(task_id)}" if isinstance(task_id, str) else f"tasks[{index}]"
         if isinstance(task_id, str):
             if task_id in first_index:
-                problems.add(
-                    f"tasks[{index}]: duplicate task id {quoted(task_id)} (first at tasks[{first_index[task_id]}])"
-                )
+                first = f"tasks[{first_index[task_id]}]"
+                problem = f"tasks[{index}]: duplicate task id {quoted(task_id)} (first at {first})"
+                problems.add(problem, line_of(raw, "id"))
                 continue
             first_index[task_id] = index
+            written[task_id] = raw
             after = merged.get("after", [])
             readable = isinstance(after, list) and not too_many
             graph[task_id] = [d for d in after if isinstance(d, str)] if readable else []
         if too_many:
-            problems.add(f"{label}: {too_many}")
+            problems.add(f"{label}: {too_many}", line_of(raw))
             continue
         agent = merged.get("agent")
         if isinstance(agent, str) and agent not in registry:
-            problems.add(f"{label}: unknown agent type {quoted(agent)} (known: {', '.join(registry.names)})")
+            known = ", ".join(registry.names)
+            problems.add(f"{label}: unknown agent type {quoted(agent)} (known: {known})", line_of(raw, "agent"))
         try:
             specs.append(TaskSpec.model_validate(merged))
         except ValidationError as exc:
-            problems.add_errors(exc, f"{label}: ", _TASK_FIELDS)
+            problems.add_errors(exc, f"{label}: ", _TASK_FIELDS, mapping=raw)
 
-    graph = _known_dependencies(graph, problems)
+    graph = _known_dependencies(graph, problems, written)
     cycle = Dag(graph).find_cycle()
     if cycle:
         problems.add(f"dependency cycle: {_describe_cycle(cycle)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ def only_problem(path: Path) -> str:
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{path}: "), problems[0]
     return problems[0]
+
+
+def unlined(problems: list[str]) -> list[str]:
+    """Problems without the line a YAML plan names (`plan.yaml: line 7: task …` -> `plan.yaml: task …`)."""
+    return [re.sub(r": line \d+: ", ": ", problem, count=1) for problem in problems]
 
 
 def plan(*tasks: dict[str, Any], **header: Any) -> dict[str, Any]:
@@ -248,7 +254,7 @@ def test_each_problem_is_one_line_naming_the_file_and_the_offender(tmp_path: Pat
 
 def test_bad_dependency_id_is_named(tmp_path: Path) -> None:
     path = write_plan(tmp_path, plan(task("a"), task("b", after=["a/b"])))
-    problems = problems_of(path)
+    problems = unlined(problems_of(path))
     assert all(p.startswith(f"{path}: task 'b': ") for p in problems), problems
     assert any("'a/b' is not allowed" in p for p in problems), problems
 
@@ -288,7 +294,7 @@ def test_several_problems_give_several_lines(tmp_path: Path) -> None:
     )
     path = write_plan(tmp_path, document)
     # a bad header hides nothing: its problem first, then every task's
-    problems = problems_of(path)
+    problems = unlined(problems_of(path))
     assert problems[0] == f"{path}: unknown field 'owner'"
     assert len(problems) == 5, problems
     assert all(p.startswith(f"{path}: ") for p in problems)
@@ -375,7 +381,7 @@ def test_one_problem_past_the_cut_is_one_problem(tmp_path: Path) -> None:
 
 def test_a_bad_plan_name_does_not_hide_the_tasks_problems(tmp_path: Path) -> None:
     path = write_plan(tmp_path, {"name": "bad name!", "tasks": [task("a", agent="wizard"), task("b", after=["x"])]})
-    problems = problems_of(path)
+    problems = unlined(problems_of(path))
     assert len(problems) == 3, problems
     assert problems[0].startswith(f"{path}: field 'name': 'bad name!' is not allowed")
     assert any("task 'a': unknown agent type 'wizard'" in p for p in problems), problems
@@ -384,7 +390,7 @@ def test_a_bad_plan_name_does_not_hide_the_tasks_problems(tmp_path: Path) -> Non
 
 def test_a_bad_default_is_reported_once_naming_defaults_dot_field(tmp_path: Path) -> None:
     path = write_plan(tmp_path, plan(task("a"), task("b"), task("c", timeout="1h"), defaults={"timeout": 86401}))
-    assert problems_of(path) == [f"{path}: field 'defaults.timeout': must be at most 86400"]
+    assert unlined(problems_of(path)) == [f"{path}: field 'defaults.timeout': must be at most 86400"]
 
 
 @pytest.mark.parametrize(
@@ -393,12 +399,12 @@ def test_a_bad_default_is_reported_once_naming_defaults_dot_field(tmp_path: Path
 )
 def test_a_misspelled_task_field_gets_a_did_you_mean(tmp_path: Path, written: str, meant: str) -> None:
     path = write_plan(tmp_path, plan(task("a"), {"id": "b", "title": "x", written: "y"}))
-    assert only_problem(path) == f"{path}: task 'b': unknown field {written!r} (did you mean {meant!r}?)"
+    assert unlined([only_problem(path)]) == [f"{path}: task 'b': unknown field {written!r} (did you mean {meant!r}?)"]
 
 
 def test_a_misspelled_default_or_header_field_gets_a_did_you_mean(tmp_path: Path) -> None:
     path = write_plan(tmp_path, {"name": "p", "tasks": [task("a")], "defualts": {}, "defaults": {"retires": 1}})
-    assert problems_of(path) == [
+    assert unlined(problems_of(path)) == [
         f"{path}: unknown field 'defualts' (did you mean 'defaults'?)",
         f"{path}: unknown field 'defaults.retires' (did you mean 'retries'?)",
     ]
@@ -419,6 +425,35 @@ def test_a_misspelled_default_or_header_field_gets_a_did_you_mean(tmp_path: Path
 )
 def test_pydantic_errors_read_in_orchs_words(tmp_path: Path, fields: dict[str, Any], expected: str) -> None:
     path = write_plan(tmp_path, plan(task("a", **fields)))
-    problem = only_problem(path)
+    (problem,) = unlined([only_problem(path)])
     assert problem == f"{path}: {expected}"
     assert "Input should" not in problem and "Value error" not in problem
+
+
+def test_a_yaml_plans_problems_name_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        "name: lines\n"  # 1
+        "defaults:\n"  # 2
+        "  timeout: 0\n"  # 3
+        "tasks:\n"  # 4
+        "  - id: a\n"  # 5
+        "    title: first\n"  # 6
+        "    comand: make\n"  # 7
+        "  - id: b\n"  # 8
+        "    title: second\n"  # 9
+        "    after: [ghost]\n"  # 10
+        "    agent: wizard\n"  # 11
+        "    retries: -1\n",  # 12
+        encoding="utf-8",
+    )
+    problems = problems_of(path)
+    assert problems[:2] == [
+        f"{path}: line 3: field 'defaults.timeout': must be at least 1",
+        f"{path}: line 7: task 'a': unknown field 'comand' (did you mean 'command'?)",
+    ]
+    assert set(problems[2:]) == {
+        f"{path}: line 11: task 'b': unknown agent type 'wizard' (known: {', '.join(REGISTRY.names)})",
+        f"{path}: line 12: task 'b': field 'retries': must be at least 0",
+        f"{path}: line 10: task 'b': depends on unknown task 'ghost'",
+    }
