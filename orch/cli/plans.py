@@ -10,7 +10,7 @@ from rich.table import Table
 
 from orch.cli.common import check_workdir_here, err, handle_errors, now_utc, out, read_plan, registry
 from orch.durations import format_duration
-from orch.intake.routing import route
+from orch.intake.routing import route, weakness
 from orch.settings import get_settings
 
 
@@ -86,6 +86,9 @@ def route_command(text: tuple[str, ...]) -> None:
     decision = route(" ".join(text), reg)
     click.echo(decision.agent)
     click.echo(f"why: {decision.reason}")
+    weak = weakness(decision)
+    if weak is not None:
+        click.echo(f"weak: {weak}; pin it with agent: in the plan if it is not the type you mean")
     for name, score, hits in decision.scores[1:4]:
         click.echo(f"also matched: {name} (score {score}: {', '.join(sorted(hits))})")
 

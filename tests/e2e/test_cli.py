@@ -84,6 +84,10 @@ def test_route_prints_the_type_then_why(tmp_path: Path) -> None:
     first, *rest = result.stdout.splitlines()
     assert first == "security-specialist"
     assert "jwt" in rest[0] and "authentication" in rest[0]
+    assert not any(line.startswith("weak:") for line in rest)
+    weak = run_orch(["route", "Fix the package layout"], tmp_path, orch_env(tmp_path))
+    assert weak.stdout.splitlines()[0] == "frontend-development"
+    assert "weak: one keyword ('layout'); pin it with agent:" in weak.stdout
     fallback = run_orch(["route", "make", "it", "nice"], tmp_path, orch_env(tmp_path))
     assert fallback.stdout.splitlines()[0] == "general-purpose"
 
