@@ -14,7 +14,7 @@ from rich.console import Console
 
 from orch.errors import OrchError, PlanInvalid
 from orch.intake.agents import AgentRegistry, load_agents
-from orch.intake.plan import Plan
+from orch.intake.plan import Plan, quoted
 from orch.intake.plan_validation import load_plan
 from orch.settings import get_settings
 
@@ -84,7 +84,6 @@ def check_workdir_here(plan: Plan) -> None:
     if plan.workdir.is_dir():
         return
     # lazy (start-up cost): rich's text, for one line
-    from orch.intake.plan import quoted
     from orch.views.format import counted
 
     written = plan.document.get("workdir", ".")
