@@ -14,7 +14,7 @@ from rich.console import Console
 
 from orch.errors import OrchError, PlanInvalid
 from orch.intake.agents import AgentRegistry, load_agents
-from orch.intake.plan import Plan
+from orch.intake.plan import Plan, quoted
 from orch.intake.plan_validation import load_plan
 from orch.settings import get_settings
 
@@ -22,6 +22,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 out = Console()
 err = Console(stderr=True)
+for _console in (out, err):
+    # piped (a log, `| cat`): a line printed is one line, whatever its length; tables are laid out plain
+    # (orch.views.format.show_table). On a terminal, rich fits text to the window.
+    _console.soft_wrap = not _console.is_terminal
 
 
 def now_utc() -> datetime:
@@ -71,3 +75,25 @@ def registry() -> AgentRegistry:
 
 def read_plan(path: str) -> Plan:
     return load_plan(Path(path), registry(), roots=get_settings().workdir_root_paths)
+
+
+def check_workdir_here(plan: Plan) -> None:
+    """`orch validate` and `orch run`: the plan's workdir must be a folder on this host, else PlanInvalid (exit 2)
+    naming it and the tasks it would fail (a worker would fail each, spending a retry and dooming its dependants).
+    `orch submit` does not check: the plan may be meant for workers on other hosts."""
+    if plan.workdir.is_dir():
+        return
+    # lazy (start-up cost): rich's text, for one line
+    from orch.views.format import counted
+
+    written = plan.document.get("workdir", ".")
+    what = "is not a folder" if plan.workdir.exists() else "does not exist on this host"
+    keys = [task.key for task in plan.tasks]
+    shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5:,} more" if len(keys) > 5 else "")
+    raise PlanInvalid(
+        plan.source,
+        [
+            f"{plan.source}: workdir {quoted(written)} is {plan.workdir}, which {what}; its "
+            f"{counted(len(keys), 'task')} ({shown}) would fail there"
+        ],
+    )

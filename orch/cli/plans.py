@@ -8,9 +8,9 @@ import sys
 import click
 from rich.table import Table
 
-from orch.cli.common import err, handle_errors, now_utc, out, read_plan, registry
+from orch.cli.common import check_workdir_here, err, handle_errors, now_utc, out, read_plan, registry
 from orch.durations import format_duration
-from orch.intake.routing import route
+from orch.intake.routing import route, weakness
 from orch.settings import get_settings
 
 
@@ -18,35 +18,63 @@ from orch.settings import get_settings
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @handle_errors
 def validate(plan_file: str) -> None:
-    """Check PLAN_FILE: fields, ids, dependencies, cycles, agent types, file patterns, limits."""
-    # lazy (start-up cost): rich's text and the prices model, for one line
+    """Check PLAN_FILE: fields, ids, dependencies, cycles, agent types, file patterns, limits, and that its
+    workdir is a folder on this host; then show the route of each task without `agent:` (weak ones flagged)."""
+    # lazy (start-up cost): rich's text and the prices model, for a few lines
     from orch.views.format import counted
+    from orch.views.routes import route_lines
 
     plan = read_plan(plan_file)
+    check_workdir_here(plan)
     edges = sum(len(t.after) for t in plan.tasks)
     agents = sorted({t.agent for t in plan.tasks})
     tasks, dependencies = counted(len(plan.tasks), "task"), counted(edges, "dependency", "dependencies")
     click.echo(f"{plan_file}: ok — plan {plan.name!r}: {tasks}, {dependencies}, agent types: {', '.join(agents)}")
+    for line in route_lines(plan):
+        click.echo(line)
 
 
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def agents() -> None:
+def agents(as_json: bool) -> None:
     """List the agent types (config/agents.yaml) with their queues and limits."""
-    table = Table(title=f"agent types ({get_settings().config_dir / 'agents.yaml'})", title_justify="left")
+    # lazy (start-up cost): rich's text and the prices model
+    from orch.views.format import line, show_table
+    from orch.views.terminal import inert_json
+
+    path = get_settings().config_dir / "agents.yaml"
+    reg = registry()
+    if as_json:
+        types = [
+            {
+                "type": agent.name,
+                "description": agent.description,
+                "queue": agent.queue,
+                "executor": agent.executor.value,
+                "concurrency": agent.concurrency,
+                "timeout_seconds": agent.timeout,
+                "retries": agent.retries,
+                "keywords": list(agent.keywords),
+            }
+            for agent in reg
+        ]
+        click.echo(inert_json({"config": str(path), "fallback": reg.fallback, "agent_types": types}))
+        return
+    table = Table(title=line(f"agent types ({path})"), title_justify="left")
     for column in ("type", "queue", "executor", "cap", "timeout", "retries", "keywords"):
         table.add_column(column, overflow="fold")
-    for agent in registry():
+    for agent in reg:
         table.add_row(
-            agent.name,
-            agent.queue,
+            line(agent.name),
+            line(agent.queue),
             agent.executor,
             str(agent.concurrency),
             format_duration(agent.timeout),
             str(agent.retries),
-            ", ".join(agent.keywords) or "(fallback)",
+            line(", ".join(agent.keywords) or "(fallback)"),
         )
-    out.print(table)
+    show_table(out, table)
 
 
 @click.command("route")
@@ -58,6 +86,9 @@ def route_command(text: tuple[str, ...]) -> None:
     decision = route(" ".join(text), reg)
     click.echo(decision.agent)
     click.echo(f"why: {decision.reason}")
+    weak = weakness(decision)
+    if weak is not None:
+        click.echo(f"weak: {weak}; pin it with agent: in the plan if it is not the type you mean")
     for name, score, hits in decision.scores[1:4]:
         click.echo(f"also matched: {name} (score {score}: {', '.join(sorted(hits))})")
 
@@ -89,8 +120,12 @@ def run(plan_file: str, concurrency: int | None) -> None:
     ORCH_BROKER_URL / ORCH_DATABASE_URL use real servers instead."""
     # lazy (start-up cost): orch run's services load the store, and with it SQLAlchemy
     from orch.services.local_run import check_agent_isolation, run_embedded
+    from orch.views.routes import route_lines
 
     plan = read_plan(plan_file)  # bad input: exit 2 before anything starts or is written
+    check_workdir_here(plan)
     check_agent_isolation(plan, err)
+    for line in route_lines(plan):
+        err.print(line, markup=False, highlight=False)
     code = run_embedded(plan, concurrency or get_settings().embedded_concurrency, out, err)
     sys.exit(code)

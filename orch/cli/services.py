@@ -66,14 +66,25 @@ def flower_command(port: int | None, address: str | None, no_auth: bool) -> None
 
 @click.command("check")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True, help="Seconds per server.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def check_command(timeout: float) -> None:
+def check_command(timeout: float, as_json: bool) -> None:
     """Check the store (reachable, migrations current), the broker, and a worker for every queue with queued
     tasks; one line per check, exit 0 if all are ok, 1 otherwise."""
     # lazy (start-up cost): the checks load the store, and with it SQLAlchemy
     from orch.services.check import render, run_checks
 
     checks = run_checks(get_settings(), timeout)
-    for line in render(checks):
-        click.echo(line)
+    if as_json:
+        # lazy (start-up cost): a few ms that only --json needs
+        from orch.views.terminal import inert_json
+
+        verdicts = [
+            {"check": c.name, "status": "fail" if not c.ok else "warn" if c.warning else "ok", "detail": c.detail}
+            for c in checks
+        ]
+        click.echo(inert_json({"ok": all(c.ok for c in checks), "checks": verdicts}))
+    else:
+        for line in render(checks):
+            click.echo(line)
     sys.exit(0 if all(check.ok for check in checks) else 1)

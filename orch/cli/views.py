@@ -23,6 +23,7 @@ def status(plan_ref: str | None, as_json: bool) -> None:
     from orch.services.local_run import cancel_dead_runs
     from orch.store import plans
     from orch.store.db import read_session
+    from orch.views.format import show_table
     from orch.views.status import PlanSnapshot, plans_table, summary_line, tasks_table
 
     cancel_dead_runs()
@@ -37,14 +38,17 @@ def status(plan_ref: str | None, as_json: bool) -> None:
                     )
                 )
             else:
-                out.print(plans_table(session, recent) if recent else "no plans yet")
+                if recent:
+                    show_table(out, plans_table(session, recent))
+                else:
+                    out.print("no plans yet")
             return
         snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_ref), now_utc())
     if as_json:
         click.echo(json.dumps(snapshot.as_json(), indent=2))
     else:
         out.print(summary_line(snapshot))
-        out.print(tasks_table(snapshot, now_utc()))
+        show_table(out, tasks_table(snapshot, now_utc()))
 
 
 @click.command()

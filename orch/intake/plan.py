@@ -7,7 +7,8 @@ Reading a plan file is orch.intake.plan_document; validating and resolving it, o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
@@ -50,6 +51,38 @@ def quoted(value: object) -> str:
 def clipped(message: str) -> str:
     """`message` cut to MAX_MESSAGE_CHARS characters."""
     return message if len(message) <= MAX_MESSAGE_CHARS else f"{message[:MAX_MESSAGE_CHARS]}…"
+
+
+# Names other tools give a task's fields, as did-you-mean hints (keys: lowercase, without '_' and '-').
+FIELD_ALIASES = {
+    "dependson": "after",
+    "depends": "after",
+    "dependencies": "after",
+    "deps": "after",
+    "needs": "after",
+    "requires": "after",
+    "cmd": "command",
+    "run": "command",
+    "script": "command",
+    "name": "title",
+    "prompt": "description",
+    "type": "agent",
+    "agenttype": "agent",
+    "paths": "files",
+    "retry": "retries",
+    "maxretries": "retries",
+}
+
+
+def did_you_mean(written: str, known: Collection[str]) -> str:
+    """' (did you mean 'x'?)' for a misspelled field `written`, the nearest of `known` or the field another tool's
+    name stands for (FIELD_ALIASES); '' when none is near."""
+    alias = FIELD_ALIASES.get(written.lower().replace("_", "").replace("-", ""))
+    if alias in known:
+        return f" (did you mean {alias!r}?)"
+    by_lower = {name.lower(): name for name in known}
+    near = difflib.get_close_matches(written.lower(), by_lower, n=1, cutoff=0.7)
+    return f" (did you mean {by_lower[near[0]]!r}?)" if near else ""
 
 
 def _no_nul(text: str) -> str:
@@ -166,6 +199,8 @@ class ResolvedTask:
     scope: str = "loose"
     call: str | None = None
     budget: Budget = field(default_factory=Budget)
+    routed: bool = False  # by keywords: the task has no `agent:`
+    route_weakness: str | None = None  # why its route may not be the type meant (orch.intake.routing.weakness)
 
 
 @dataclass(frozen=True)

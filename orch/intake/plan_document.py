@@ -40,6 +40,32 @@ MAX_YAML_NODES = 2_000_000
 MAX_NESTING = 32  # a plan nests 4 levels: the plan, its tasks, a task, a task's list or budget
 MAX_MAPPING_KEYS = 64  # a task has 16 fields, a plan 6
 
+
+class LinedMapping(dict[Any, Any]):
+    """A mapping of a YAML plan that knows where it was written: the line it starts on and its keys' lines
+    (1-based, in the keys' order), so a problem in it can name its line. JSON plans are plain dicts: the JSON
+    parser does not say where."""
+
+    __slots__ = ("key_lines", "line")
+    line: int
+    key_lines: tuple[int, ...]
+
+    def line_of(self, key: Any) -> int:
+        """The line of `key` if this mapping has it, else the mapping's own."""
+        for index, each in enumerate(self):
+            if each == key:
+                return self.key_lines[index] if index < len(self.key_lines) else self.line
+        return self.line
+
+
+def line_of(mapping: Any, key: Any = None) -> int | None:
+    """The line a YAML plan wrote `key` of `mapping` on (the mapping's own line when `key` is None or absent);
+    None when unknown (a JSON plan, a value built in memory)."""
+    if not isinstance(mapping, LinedMapping):
+        return None
+    return mapping.line if key is None else mapping.line_of(key)
+
+
 # --- the file ------------------------------------------------------------------------------------
 
 _FILE_KINDS = (
@@ -125,7 +151,7 @@ def _document_size_problem(document: Any) -> str | None:
             kind = type(item)
             if kind is str:
                 chars += len(item)
-            elif kind is dict or kind is list:
+            elif kind is dict or kind is list or kind is LinedMapping:
                 if len(stack) == MAX_NESTING:
                     return f"nested more than {MAX_NESTING} levels deep"
                 stack.append(_entries(item))
@@ -281,6 +307,15 @@ class _PlanLoader(_SafeLoader):
                 )
             lines[key] = key_node.start_mark.line + 1
 
+    def construct_lined_map(self, node: yaml.MappingNode) -> Iterator[LinedMapping]:
+        """A mapping with its line and its keys' lines (LinedMapping); otherwise as the safe loader builds one."""
+        data = LinedMapping()
+        data.line = node.start_mark.line + 1
+        data.key_lines = ()
+        yield data
+        data.update(self.construct_mapping(node))
+        data.key_lines = tuple([key_node.start_mark.line + 1 for key_node, _ in node.value])
+
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         limit = sys.get_int_max_str_digits() or sys.int_info.default_max_str_digits
         # checked first: a long base-60 integer ("1:2:3:…") takes quadratic time to build
@@ -306,6 +341,7 @@ class _PlanLoader(_SafeLoader):
 for _tag in _NOT_IN_JSON:
     _PlanLoader.add_constructor(_YAML_TAG + _tag, _refuse_tag)
 _PlanLoader.add_constructor(None, _refuse_tag)
+_PlanLoader.add_constructor(_YAML_TAG + "map", _PlanLoader.construct_lined_map)
 _PlanLoader.add_constructor(_YAML_TAG + "int", _PlanLoader.construct_yaml_int)
 _PlanLoader.add_constructor(_YAML_TAG + "float", _PlanLoader.construct_yaml_float)
 _PlanLoader.add_constructor(_YAML_TAG + "bool", _PlanLoader.construct_yaml_bool)

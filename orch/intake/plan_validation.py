@@ -6,7 +6,7 @@ nothing is half-accepted.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,11 @@ from orch.intake.plan import (
     TaskFields,
     TaskSpec,
     clipped,
+    did_you_mean,
     quoted,
 )
-from orch.intake.plan_document import read_plan_document
-from orch.intake.routing import KeywordIndex, route
+from orch.intake.plan_document import line_of, read_plan_document
+from orch.intake.routing import KeywordIndex, route, weakness
 
 # How many problem lines a message lists, and how many tasks of a dependency cycle it names.
 MAX_PROBLEMS_SHOWN = 50
@@ -76,19 +77,33 @@ class _Problems:
     def full(self) -> bool:
         return len(self.lines) >= MAX_PROBLEMS_SHOWN
 
-    def add(self, problem: str) -> None:
+    def at(self, line: int | None) -> str:
+        """Where a problem is: the file, and the line where a YAML plan says it."""
+        return self.where if line is None else f"{self.where}line {line}: "
+
+    def add(self, problem: str, line: int | None = None) -> None:
         if self.full:
             self.hidden += 1
         else:
-            self.lines.append(f"{self.where}{problem}")
+            self.lines.append(f"{self.at(line)}{problem}")
 
-    def add_errors(self, exc: ValidationError, prefix: str) -> None:
+    def add_errors(
+        self, exc: ValidationError, prefix: str, known: Collection[str], scope: str = "", mapping: Any = None
+    ) -> None:
+        """pydantic's errors in orch's words: `prefix` (a task's label) then the field, `scope` (`defaults.`)
+        before its name; an unknown field gets the nearest of `known` as a did-you-mean. Each names its line when
+        `mapping`, the one validated, is of a YAML plan."""
         room = MAX_PROBLEMS_SHOWN - len(self.lines)
         if room <= 0:
             self.hidden += exc.error_count()
             return
         errors = exc.errors(include_url=False)
-        self.lines.extend(_describe_error(error, f"{self.where}{prefix}") for error in errors[:room])
+        self.lines.extend(
+            _describe_error(
+                error, f"{self.at(line_of(mapping, error['loc'][0] if error['loc'] else None))}{prefix}", known, scope
+            )
+            for error in errors[:room]
+        )
         self.hidden += max(0, len(errors) - room)
 
     def report(self) -> list[str]:
@@ -103,28 +118,76 @@ class _Problems:
             raise PlanInvalid(source, self.report())
 
 
-def _describe_error(error: ErrorDetails, prefix: str) -> str:
-    field = ""
-    for part in error["loc"]:
+def _field_name(loc: tuple[int | str, ...], scope: str) -> str:
+    field = scope.rstrip(".")
+    for part in loc:
         field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    return field
+
+
+def _describe_error(error: ErrorDetails, prefix: str, known: Collection[str], scope: str = "") -> str:
+    """One pydantic error as one line in orch's words: `prefix` `field 'x': what is wrong`."""
+    loc = error["loc"]
+    field = _field_name(loc, scope)
     kind = error["type"]
     if kind == "extra_forbidden":
-        return f"{prefix}unknown field {quoted(field)}"
+        nested = len(loc) > 1 and loc[-2] == "budget"
+        hint = did_you_mean(str(loc[-1]), BudgetSpec.model_fields if nested else known)
+        return f"{prefix}unknown field {quoted(field)}{hint}"
     if kind == "missing":
         return f"{prefix}missing required field {quoted(field)}"
-    message = error["msg"]
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
+    message = clipped(_in_orchs_words(error))
+    return f"{prefix}field {quoted(field)}: {message}" if field else f"{prefix}{message}"
+
+
+# pydantic's error types, in orch's words: ctx holds the limit; `{input}` is the value written, quoted.
+_WORDS = {
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "string_too_long": "must be at most {max_length} characters",
+    "too_long": "must have at most {max_length} entries",
+    "too_short": "must have at least {min_length} entries",
+    "string_type": "must be text, not {input}",
+    "int_type": "must be a whole number, not {input}",
+    "int_parsing": "must be a whole number, not {input}",
+    "int_from_float": "must be a whole number, not {input}",
+    "float_type": "must be a number, not {input}",
+    "float_parsing": "must be a number, not {input}",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false, not {input}",
+    "bool_parsing": "must be true or false, not {input}",
+    "list_type": "must be a list, not {input}",
+    "dict_type": "must be a mapping, not {input}",
+    "model_type": "must be a mapping, not {input}",
+    "model_attributes_type": "must be a mapping, not {input}",
+    "literal_error": "must be {expected}, not {input}",
+}
+
+
+def _in_orchs_words(error: ErrorDetails) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    if kind == "string_too_short":
+        minimum = ctx.get("min_length", 1)
+        return "must not be empty" if minimum == 1 else f"must be at least {minimum} characters"
     if kind == "string_pattern_mismatch":
-        pattern = str(error.get("ctx", {}).get("pattern", ""))
+        pattern = str(ctx.get("pattern", ""))
         if pattern == CALL_PATTERN:
-            message = f"{quoted(error['input'])} is not allowed: give package.module:function"
-        else:
-            longest = re.search(r"\{1,(\d+)\}", pattern)
-            limit = f" (at most {longest.group(1)})" if longest else ""
-            message = f"{quoted(error['input'])} is not allowed: use letters, digits, '.', '_' or '-'{limit}"
-    message = clipped(message)
-    return f"{prefix}{field}: {message}" if field else f"{prefix}{message}"
+            return f"{quoted(error['input'])} is not allowed: give package.module:function"
+        longest = re.search(r"\{1,(\d+)\}", pattern)
+        limit = f" (at most {longest.group(1)})" if longest else ""
+        return f"{quoted(error['input'])} is not allowed: use letters, digits, '.', '_' or '-'{limit}"
+    words = _WORDS.get(kind)
+    if words is not None:
+        try:
+            limits = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
+            return words.format(**limits, input=quoted(error["input"]))
+        except (KeyError, IndexError):  # a context this pydantic does not give: its own words
+            pass
+    message = error["msg"].removeprefix("Value error, ")
+    return message[:1].lower() + message[1:]
 
 
 def validate_plan(
@@ -137,7 +200,7 @@ def validate_plan(
         return _validate_plan(document, registry, source, base_dir, roots)
 
 
-def _too_many(fields: Mapping[Any, Any]) -> str | None:
+def _too_many(fields: Mapping[Any, Any], scope: str = "") -> str | None:
     """A list too long to hand to pydantic, which would build an error for each bad entry before checking length."""
     for name, limit, what in (
         ("after", MAX_DEPENDENCIES_PER_TASK, "dependencies"),
@@ -145,24 +208,57 @@ def _too_many(fields: Mapping[Any, Any]) -> str | None:
     ):
         value = fields.get(name)
         if isinstance(value, list) and len(value) > limit:
-            return f"{name}: {len(value)} {what}, more than the {limit} allowed"
+            return f"field {quoted(scope + name)}: {len(value)} {what}, more than the {limit} allowed"
     return None
 
 
-def _check_defaults(defaults: dict[str, Any], problems: _Problems, source: str) -> None:
-    too_many = _too_many(defaults)
+_TASK_FIELDS = frozenset(TaskSpec.model_fields)
+
+
+def _check_defaults(
+    defaults: dict[str, Any], registry: AgentRegistry, problems: _Problems, source: str, written: Any
+) -> dict[str, Any]:
+    """The defaults that are valid, each problem of the others reported once (naming `defaults.<field>`), not
+    again for every task it would reach. `written`: the defaults as written, where their lines are."""
+    too_many = _too_many(defaults, "defaults.")
     if too_many:
-        problems.add(f"defaults: {too_many}")
+        problems.add(too_many, line_of(written))
         problems.raise_any(source)
+    bad: set[Any] = set()
     try:
         TaskFields.model_validate(defaults)
     except ValidationError as exc:
-        problems.add_errors(exc, "defaults: ")
+        problems.add_errors(exc, "", _TASK_FIELDS, scope="defaults.", mapping=written)
+        bad = {error["loc"][0] for error in exc.errors(include_url=False) if error["loc"]}
     if "id" in defaults:
-        problems.add("defaults: 'id' cannot be defaulted")
+        problems.add("field 'defaults.id': a task's id cannot be defaulted", line_of(written, "id"))
+        bad.add("id")
+    agent = defaults.get("agent")
+    if isinstance(agent, str) and "agent" not in bad and agent not in registry:
+        known = ", ".join(registry.names)
+        problem = f"field 'defaults.agent': unknown agent type {quoted(agent)} (known: {known})"
+        problems.add(problem, line_of(written, "agent"))
+        bad.add("agent")
+    return {name: value for name, value in defaults.items() if name not in bad} if bad else defaults
 
 
-def _known_dependencies(graph: dict[str, list[str]], problems: _Problems) -> dict[str, list[str]]:
+def _read_header(document: dict[str, Any], problems: _Problems, source: str) -> PlanHeader:
+    """The plan's header; a bad field of it is reported, and validation goes on without it (its tasks' problems
+    are reported too). Without readable tasks there is nothing more to check."""
+    try:
+        return PlanHeader.model_validate(document)
+    except ValidationError as exc:
+        problems.add_errors(exc, "", PlanHeader.model_fields, mapping=document)
+        bad = {error["loc"][0] for error in exc.errors(include_url=False) if error["loc"]}
+    if "tasks" in bad:
+        raise PlanInvalid(source, problems.report())
+    readable = {k: v for k, v in document.items() if k in PlanHeader.model_fields and k not in bad}
+    return PlanHeader.model_validate({"name": "unnamed", **readable})
+
+
+def _known_dependencies(
+    graph: dict[str, list[str]], problems: _Problems, written: dict[str, Any]
+) -> dict[str, list[str]]:
     """The graph without its unknown dependencies, each reported (the cycle search needs known ones only)."""
     unknown = False
     for task_id, after in graph.items():
@@ -172,7 +268,8 @@ def _known_dependencies(graph: dict[str, list[str]], problems: _Problems) -> dic
                 if problems.full:  # only counted: a list of millions would not be built
                     problems.hidden += 1
                 else:
-                    problems.add(f"task {quoted(task_id)}: depends on unknown task {quoted(dep)}")
+                    line = line_of(written.get(task_id), "after")
+                    problems.add(f"task {quoted(task_id)}: depends on unknown task {quoted(dep)}", line)
     if unknown:
         return {task: [d for d in after if d in graph] for task, after in graph.items()}
     return graph
@@ -185,26 +282,22 @@ def _validate_plan(
     problems = _Problems(where)
     if not isinstance(document, dict):
         raise PlanInvalid(source, [f"{where}a plan is a mapping with 'name' and 'tasks'"])
-    try:
-        header = PlanHeader.model_validate(document)
-    except ValidationError as exc:
-        problems.add_errors(exc, "")
-        raise PlanInvalid(source, problems.report()) from None
+    header = _read_header(document, problems, source)
 
     workdir, problem = _workdir(header.workdir, base_dir, roots)
     if problem:
-        problems.add(problem)
-    defaults = header.defaults
-    _check_defaults(defaults, problems, source)
+        problems.add(problem, line_of(document, "workdir"))
+    defaults = _check_defaults(header.defaults, registry, problems, source, document.get("defaults"))
 
     specs: list[TaskSpec] = []
     first_index: dict[str, int] = {}
     # The graph is checked over every task whose id and `after` can be read, valid or not, so one bad task
     # does not make its dependants report it as unknown.
     graph: dict[str, list[str]] = {}
+    written: dict[str, Any] = {}  # each task as written, by id: where its lines are
     for index, raw in enumerate(header.tasks):
         if not isinstance(raw, dict):
-            problems.add(f"tasks[{index}]: a task is a mapping with 'id' and 'title'")
+            problems.add(f"tasks[{index}]: a task is a mapping with 'id' and 'title'", line_of(document, "tasks"))
             continue
         merged = {**defaults, **raw} if defaults else raw
         too_many = _too_many(merged)
@@ -212,26 +305,28 @@ def _validate_plan(
         label = f"task {quoted(task_id)}" if isinstance(task_id, str) else f"tasks[{index}]"
         if isinstance(task_id, str):
             if task_id in first_index:
-                problems.add(
-                    f"tasks[{index}]: duplicate task id {quoted(task_id)} (first at tasks[{first_index[task_id]}])"
-                )
+                first = f"tasks[{first_index[task_id]}]"
+                problem = f"tasks[{index}]: duplicate task id {quoted(task_id)} (first at {first})"
+                problems.add(problem, line_of(raw, "id"))
                 continue
             first_index[task_id] = index
+            written[task_id] = raw
             after = merged.get("after", [])
             readable = isinstance(after, list) and not too_many
             graph[task_id] = [d for d in after if isinstance(d, str)] if readable else []
         if too_many:
-            problems.add(f"{label}: {too_many}")
+            problems.add(f"{label}: {too_many}", line_of(raw))
             continue
         agent = merged.get("agent")
         if isinstance(agent, str) and agent not in registry:
-            problems.add(f"{label}: unknown agent type {quoted(agent)} (known: {', '.join(registry.names)})")
+            known = ", ".join(registry.names)
+            problems.add(f"{label}: unknown agent type {quoted(agent)} (known: {known})", line_of(raw, "agent"))
         try:
             specs.append(TaskSpec.model_validate(merged))
         except ValidationError as exc:
-            problems.add_errors(exc, f"{label}: ")
+            problems.add_errors(exc, f"{label}: ", _TASK_FIELDS, mapping=raw)
 
-    graph = _known_dependencies(graph, problems)
+    graph = _known_dependencies(graph, problems, written)
     cycle = Dag(graph).find_cycle()
     if cycle:
         problems.add(f"dependency cycle: {_describe_cycle(cycle)}")
@@ -301,4 +396,6 @@ def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIn
         scope=spec.scope,
         call=spec.call,
         budget=_budget(spec.budget),
+        routed=not spec.agent,
+        route_weakness=weakness(decision),
     )

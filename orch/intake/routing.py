@@ -72,3 +72,20 @@ def route(
     if len(ranked) > 1 and ranked[1][1] == score:
         reason += f" (tie with {ranked[1][0]}, broken by order in agents.yaml)"
     return RouteDecision(best, reason, tuple(ranked))
+
+
+def weakness(decision: RouteDecision) -> str | None:
+    """Why a keyword route may well not be the type meant, or None: a tie or near tie with the runner-up (within a
+    quarter of the score), or a single keyword found once. An explicit `agent:` and the fallback are never weak."""
+    if not decision.scores:
+        return None
+    _, score, hits = decision.scores[0]
+    if len(decision.scores) > 1:
+        runner_up, runner_score, _ = decision.scores[1]
+        if runner_score == score:
+            return f"tie with {runner_up}"
+        if runner_score * 4 >= score * 3:
+            return f"near tie with {runner_up} (score {runner_score})"
+    if score == 1:
+        return f"one keyword ({next(iter(hits))!r})"
+    return None

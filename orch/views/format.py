@@ -3,9 +3,12 @@ in `orch status`, `orch watch`, `orch run`, `orch report` and `orch graph`."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from orch.intake.prices import Usage
@@ -69,3 +72,26 @@ def line(text: str) -> Text:
     """A string from a plan, an agent or the store as one line of plain text: no markup, no control or bidi
     character (orch.views.terminal), whatever terminal or pipe it goes to."""
     return Text(inert(text))
+
+
+PLAIN_WIDTH = 1_000_000  # the width a piped table is laid out in: no table of orch's is wider, so none folds
+
+
+def show_table(console: Console, table: Table) -> None:
+    """`table` on `console`. On a terminal, as rich draws it (boxed, fitted to the window). Elsewhere (a pipe, a
+    file, a log) plain: its title on a line, a header line, then one line per row, columns aligned by spaces and
+    never folded, cut or padded at the end, whatever the width, so `grep`, `cut` and `awk` see a row whole (`--json`
+    is for programs). A table is shown once: laid out plain, it is changed in place."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    title, table.title = table.title, None
+    table.box, table.show_edge, table.pad_edge = None, False, False
+    for column in table.columns:
+        column.no_wrap, column.overflow = True, "ignore"
+    plain = Console(file=io.StringIO(), width=PLAIN_WIDTH, color_system=None, highlight=False, emoji=False)
+    plain.print(table)
+    rows = [row.rstrip() for row in plain.file.getvalue().splitlines()]  # type: ignore[attr-defined]
+    if title is not None:
+        rows.insert(0, title.plain if isinstance(title, Text) else Text.from_markup(title).plain)
+    console.print(Text("\n".join(rows)), soft_wrap=True, highlight=False)

@@ -27,7 +27,7 @@ from orch.store import events, plans, reads, spend
 from orch.store.db import db_now, read_session
 from orch.store.models import EventRow, PlanRow
 from orch.store.pauses import active_pauses
-from orch.views.format import line
+from orch.views.format import line, show_table
 from orch.views.status import PlanSnapshot, summary_line, tasks_table
 from orch.views.terminal import inert
 
@@ -239,6 +239,6 @@ def print_final(plan_id: str, console: Console) -> PlanStatus:
     """`orch run`'s last word: the plan's tasks table and summary line."""
     with read_session() as session:
         snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_id), datetime.now(UTC))
-    console.print(tasks_table(snapshot, datetime.now(UTC)))
+    show_table(console, tasks_table(snapshot, datetime.now(UTC)))
     console.print(summary_line(snapshot))
     return snapshot.plan.status

@@ -84,6 +84,10 @@ def test_route_prints_the_type_then_why(tmp_path: Path) -> None:
     first, *rest = result.stdout.splitlines()
     assert first == "security-specialist"
     assert "jwt" in rest[0] and "authentication" in rest[0]
+    assert not any(line.startswith("weak:") for line in rest)
+    weak = run_orch(["route", "Fix the package layout"], tmp_path, orch_env(tmp_path))
+    assert weak.stdout.splitlines()[0] == "frontend-development"
+    assert "weak: one keyword ('layout'); pin it with agent:" in weak.stdout
     fallback = run_orch(["route", "make", "it", "nice"], tmp_path, orch_env(tmp_path))
     assert fallback.stdout.splitlines()[0] == "general-purpose"
 
@@ -133,8 +137,22 @@ def test_orch_run_exits_1_when_the_plan_fails(tmp_path: Path) -> None:
         """,
     )
     env = orch_env(tmp_path, ORCH_CLAUDE_BIN=str(tmp_path / "no-claude-here"))
+    env.pop("COLUMNS", None)  # piped, as a log or `| cat` has it
     result = run_orch(["run", str(plan)], tmp_path, env, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
+    # its notes on stderr are a line each, however long (issue 14, point 5)
+    notes = result.stderr.splitlines()
+    assert any(line.startswith("orch run plan fails as ") and "worker log" in line for line in notes), notes
+    # the routes of the tasks without `agent:` are shown before it starts (issue 14, point 8)
+    routes = route_lines(result.stderr)
+    assert set(routes) == {"build", "ship"} and "general-purpose" in routes["build"], result.stderr
+    # the final table, piped: a line per task, the error whole on its line (issue 14, point 5)
+    final = [line for line in result.stdout.splitlines() if line.startswith(("build", "ship", "think"))]
+    assert len(final) == 3 and "exit status 3: compiling" in final[0], result.stdout
+    status = run_orch(["status", "fails"], tmp_path, env)
+    rows = {line.split()[0]: line for line in status.stdout.splitlines()[3:]}
+    assert set(rows) == {"build", "ship", "think"}, status.stdout
+    assert "exit status 3: compiling" in rows["build"] and "Claude Code CLI" in rows["think"]
     tasks = {t["id"]: t for t in json.loads(run_orch(["status", "fails", "--json"], tmp_path, env).stdout)["tasks"]}
     assert tasks["build"]["status"] == "failed"
     assert "exit status 3: compiling" in tasks["build"]["error"]
@@ -216,3 +234,120 @@ def test_orch_run_uses_the_servers_named_in_the_environment(
     assert not (tmp_path / ".orch" / "orch.db").exists()
     report = json.loads(run_orch(["status", "demo-accounts", "--json"], tmp_path, env).stdout)
     assert report["plan"]["status"] == "succeeded"
+
+
+# --- issue 14: piped tables, the workdir on this host, routes shown -------------------------------------------
+
+
+def piped_env(tmp_path: Path) -> dict[str, str]:
+    """As a pipe to `cat` or `grep` has it: no COLUMNS, no terminal."""
+    env = orch_env(tmp_path)
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
+    return env
+
+
+def test_piped_agents_is_a_line_per_type_never_folded_and_json_matches(tmp_path: Path) -> None:
+    from orch.intake.agents import load_agents
+
+    registry = load_agents(Path(orch_env(tmp_path)["ORCH_CONFIG_DIR"]))
+    result = run_orch(["agents"], tmp_path, piped_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    title, header, *rows = result.stdout.splitlines()
+    assert title.startswith("agent types (") and title.endswith("agents.yaml)")
+    assert header.split() == ["type", "queue", "executor", "cap", "timeout", "retries", "keywords"]
+    assert len(rows) == len(registry.names), result.stdout
+    for agent, row in zip(registry, rows, strict=True):
+        assert row.split()[:3] == [agent.name, agent.queue, agent.executor]  # whole names, nothing folded
+        assert row.rstrip().endswith(", ".join(agent.keywords) or "(fallback)")
+        assert row == row.rstrip() and "│" not in row
+    as_json = run_orch(["agents", "--json"], tmp_path, piped_env(tmp_path))
+    document = json.loads(as_json.stdout)
+    assert [a["type"] for a in document["agent_types"]] == list(registry.names)
+    devops = document["agent_types"][0]
+    assert devops["queue"] == "agent.devops-engineer" and devops["keywords"][0] == "infrastructure"
+    assert devops["timeout_seconds"] == 1800 and document["fallback"] == "general-purpose"
+
+
+MISSING_WORKDIR = """\
+name: nowhere
+workdir: missing
+tasks:
+  - {id: a, title: one, command: "true"}
+  - {id: b, title: two, command: "true", after: [a]}
+"""
+
+
+def test_validate_and_run_refuse_a_workdir_missing_on_this_host(tmp_path: Path) -> None:
+    plan = write(tmp_path / "nowhere.yaml", MISSING_WORKDIR)
+    missing = tmp_path / "missing"
+    for command in ("validate", "run"):
+        result = run_orch([command, str(plan)], tmp_path, orch_env(tmp_path))
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"{plan}: workdir 'missing' is {missing}, which does not exist on this host; its 2 tasks (a, b) would "
+            "fail there"
+        ], command
+    assert not (tmp_path / ".orch").exists()  # nothing written, nothing started
+    missing.write_text("a file, not a folder")
+    result = run_orch(["validate", str(plan)], tmp_path, orch_env(tmp_path))
+    assert result.returncode == 2
+    assert f"workdir 'missing' is {missing}, which is not a folder" in result.stderr
+
+
+ROUTED = """\
+name: routes
+tasks:
+  - {id: layout, title: Fix the package layout}
+  - {id: typing, title: Type-check the package}
+  - {id: auth, title: Add JWT authentication to the login endpoint}
+  - {id: tie, title: Document the api endpoint in the guide}
+  - {id: pinned, title: Fix the package layout, agent: devops-engineer}
+  - {id: vague, title: make it nice}
+"""
+
+
+def route_lines(output: str) -> dict[str, str]:
+    """The route lines of `orch validate`, by task id."""
+    return {line.split()[0]: line for line in output.splitlines() if line.startswith("  ")}
+
+
+def test_validate_shows_each_routed_tasks_route_and_flags_weak_ones(tmp_path: Path) -> None:
+    plan = write(tmp_path / "routes.yaml", ROUTED)
+    result = run_orch(["validate", str(plan)], tmp_path, piped_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "5 routed tasks (no agent:), 3 weak" in result.stdout
+    lines = route_lines(result.stdout)
+    assert set(lines) == {"layout", "typing", "auth", "tie", "vague"}  # the pinned task is not routed
+    assert "frontend-development" in lines["layout"] and "weak: one keyword ('layout')" in lines["layout"]
+    assert "testing-specialist" in lines["typing"] and "weak: one keyword ('check')" in lines["typing"]
+    assert "security-specialist" in lines["auth"] and "weak" not in lines["auth"]
+    assert "tie with documentation-writer" in lines["tie"] and "weak" in lines["tie"]
+    assert "general-purpose" in lines["vague"] and "no keyword matched" in lines["vague"]
+    assert "pin it with agent:" in result.stdout
+
+
+def test_validate_summarises_the_routes_of_a_big_plan(tmp_path: Path) -> None:
+    tasks = "".join(f"  - {{id: t{i}, title: Deploy the docker container {i}}}\n" for i in range(200))
+    plan = write(tmp_path / "big.yaml", "name: big\ntasks:\n" + tasks + "  - {id: odd, title: Fix the layout}\n")
+    result = run_orch(["validate", str(plan)], tmp_path, piped_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    lines = route_lines(result.stdout)
+    assert "odd" in lines and "weak" in lines["odd"]  # weak routes are shown first
+    assert len(result.stdout.splitlines()) < 30
+    assert "and 181 more routed tasks" in result.stdout
+
+
+def test_check_json_says_what_its_lines_say(tmp_path: Path) -> None:
+    from tests.e2e.test_check import lines_of
+    from tests.helpers import free_port
+
+    env = orch_env(tmp_path, ORCH_BROKER_URL=f"redis://:broker-pass-8c1d@127.0.0.1:{free_port()}/0")
+    text = run_orch(["check", "--timeout", "1"], tmp_path, env, timeout=60)
+    as_json = run_orch(["check", "--timeout", "1", "--json"], tmp_path, env, timeout=60)
+    assert as_json.returncode == text.returncode == 1, as_json.stdout + as_json.stderr
+    document = json.loads(as_json.stdout)
+    assert document["ok"] is False
+    words = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
+    assert {c["check"]: words[c["status"]] for c in document["checks"]} == lines_of(text.stdout)
+    assert "broker-pass-8c1d" not in as_json.stdout

@@ -276,7 +276,7 @@ def hostile_files() -> list[HostileFile]:
         HostileFile(  # 2 million problem lines were built before 50 were shown
             "unknown-deps.json",
             json.dumps({"name": "u", "tasks": [{"id": "a", "title": "t", "after": ["g"] * 2_000_000}]}),
-            "task 'a': after: 2000000 dependencies, more than the 10000 allowed",
+            "task 'a': field 'after': 2000000 dependencies, more than the 10000 allowed",
         ),
         HostileFile(
             "workdir-root.yaml",
@@ -357,6 +357,7 @@ def test_orch_workdir_roots_widens_where_a_workdir_may_be(fault_run: FaultRun, c
     folder = fault_run.folder
     (folder / "plans").mkdir()
     work = folder / "work"
+    work.mkdir()  # validate also checks the workdir is a folder on this host
     plan_file = folder / "plans" / "plan.yaml"
     plan_file.write_text(f"name: w\nworkdir: {work}\ntasks:\n{TASK_YAML}", encoding="utf-8")
 
@@ -365,7 +366,7 @@ def test_orch_workdir_roots_widens_where_a_workdir_may_be(fault_run: FaultRun, c
 
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.strip() == (
-        f"{plan_file}: workdir {str(work)!r} resolves to {work.resolve()}, outside the allowed roots "
+        f"{plan_file}: line 2: workdir {str(work)!r} resolves to {work.resolve()}, outside the allowed roots "
         f"(the plan's folder {plan_file.parent.resolve()}; ORCH_WORKDIR_ROOTS widens them)"
     )
     assert allowed.returncode == 0, allowed.stderr
@@ -614,7 +615,7 @@ def test_text_with_nul_is_rejected_or_stored_verbatim_on_postgres(
         assert submitted.returncode == 2, submitted.stderr[-1500:]
         lines = submitted.stderr.splitlines()
         assert lines == [
-            f"{plan_file}: task 'a': {field}: contains a NUL character (\\x00), which no store, argument or "
+            f"{plan_file}: task 'a': field {field!r}: contains a NUL character (\\x00), which no store, argument or "
             f"terminal keeps"
             for field in ("title", "description")
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ def only_problem(path: Path) -> str:
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{path}: "), problems[0]
     return problems[0]
+
+
+def unlined(problems: list[str]) -> list[str]:
+    """Problems without the line a YAML plan names (`plan.yaml: line 7: task …` -> `plan.yaml: task …`)."""
+    return [re.sub(r": line \d+: ", ": ", problem, count=1) for problem in problems]
 
 
 def plan(*tasks: dict[str, Any], **header: Any) -> dict[str, Any]:
@@ -185,19 +191,19 @@ REJECTED = {
     ),
     "absolute file": (
         plan(task("a", files=["src/ok.py", "/etc/passwd"])),
-        ("task 'a': files", "'/etc/passwd' is absolute"),
+        ("task 'a': field 'files[1]'", "'/etc/passwd' is absolute"),
     ),
     "windows drive file": (
         plan(task("a", files=["C:/x.txt"])),
-        ("task 'a': files", "'C:/x.txt' is absolute"),
+        ("task 'a': field 'files[0]'", "'C:/x.txt' is absolute"),
     ),
     "dot-dot in file": (
         plan(task("a", files=["src/../../secret"])),
-        ("task 'a': files", "'src/../../secret' contains '..'"),
+        ("task 'a': field 'files[0]'", "'src/../../secret' contains '..'"),
     ),
     "bad id characters": (
         plan(task("bad id!")),
-        "task 'bad id!': id: 'bad id!' is not allowed",
+        "task 'bad id!': field 'id': 'bad id!' is not allowed",
     ),
     "missing title": (
         plan({"id": "a"}),
@@ -205,27 +211,27 @@ REJECTED = {
     ),
     "empty title": (
         plan(task("a", title="")),
-        "task 'a': title:",
+        "task 'a': field 'title': must not be empty",
     ),
     "timeout over 24h": (
         plan(task("a", timeout="25h")),
-        "task 'a': timeout: Input should be less than or equal to 86400",
+        "task 'a': field 'timeout': must be at most 86400",
     ),
     "timeout nan": (
         plan(task("a", timeout="nan")),
-        "task 'a': timeout: ",
+        "task 'a': field 'timeout': ",
     ),
     "timeout zero": (
         plan(task("a", timeout=0)),
-        "task 'a': timeout: Input should be greater than or equal to 1",
+        "task 'a': field 'timeout': must be at least 1",
     ),
     "timeout not a duration": (
         plan(task("a", timeout="soon")),
-        "task 'a': timeout: not a duration: 'soon'",
+        "task 'a': field 'timeout': not a duration: 'soon'",
     ),
     "unknown executor": (
         plan(task("a", executor="telepathy")),
-        "task 'a': executor: unknown executor 'telepathy'",
+        "task 'a': field 'executor': unknown executor 'telepathy'",
     ),
     "missing tasks": (
         {"name": "demo"},
@@ -248,7 +254,7 @@ def test_each_problem_is_one_line_naming_the_file_and_the_offender(tmp_path: Pat
 
 def test_bad_dependency_id_is_named(tmp_path: Path) -> None:
     path = write_plan(tmp_path, plan(task("a"), task("b", after=["a/b"])))
-    problems = problems_of(path)
+    problems = unlined(problems_of(path))
     assert all(p.startswith(f"{path}: task 'b': ") for p in problems), problems
     assert any("'a/b' is not allowed" in p for p in problems), problems
 
@@ -259,14 +265,6 @@ def test_every_bad_file_pattern_of_a_task_is_reported(tmp_path: Path) -> None:
     assert len(problems) == 2, problems
     assert "'/abs' is absolute" in problems[0]
     assert "'../up' contains '..'" in problems[1]
-
-
-def test_a_bad_default_is_reported_for_the_defaults_and_each_task_it_reaches(tmp_path: Path) -> None:
-    path = write_plan(tmp_path, plan(task("a"), task("b", timeout="1h"), defaults={"timeout": 86401}))
-    assert problems_of(path) == [
-        f"{path}: defaults: timeout: Input should be less than or equal to 86400",
-        f"{path}: task 'a': timeout: Input should be less than or equal to 86400",
-    ]
 
 
 def test_cycle_is_printed_in_run_order(tmp_path: Path) -> None:
@@ -295,13 +293,10 @@ def test_several_problems_give_several_lines(tmp_path: Path) -> None:
         owner=None,
     )
     path = write_plan(tmp_path, document)
-    # a bad header stops before the tasks are looked at; without it every task problem is listed
-    assert problems_of(path) == [f"{path}: unknown field 'owner'"]
-
-    del document["owner"]
-    path = write_plan(tmp_path, document)
-    problems = problems_of(path)
-    assert len(problems) == 4, problems
+    # a bad header hides nothing: its problem first, then every task's
+    problems = unlined(problems_of(path))
+    assert problems[0] == f"{path}: unknown field 'owner'"
+    assert len(problems) == 5, problems
     assert all(p.startswith(f"{path}: ") for p in problems)
     joined = "\n".join(problems)
     for offender in ("unknown field 'dependz'", "duplicate task id 'a'", "unknown task 'ghost'", "'wizard'"):
@@ -313,7 +308,7 @@ def test_too_many_tasks_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(PlanInvalid) as caught:
         validate_plan(document, REGISTRY, source="huge.json", base_dir=tmp_path)
     (problem,) = caught.value.problems
-    assert problem.startswith("huge.json: tasks: ")
+    assert problem.startswith("huge.json: field 'tasks': ")
     assert f"at most {MAX_TASKS}" in problem
 
 
@@ -379,3 +374,86 @@ def test_one_problem_past_the_cut_is_one_problem(tmp_path: Path) -> None:
     document = plan(*(task(f"t{i}", after=["ghost"]) for i in range(51)))
     path = write_plan(tmp_path, document)
     assert problems_of(path)[-1] == f"{path}: ... and 1 more problem"  # not "1 more problems"
+
+
+# --- issue 14, point 11: validation's rough edges -------------------------------------------------------------
+
+
+def test_a_bad_plan_name_does_not_hide_the_tasks_problems(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, {"name": "bad name!", "tasks": [task("a", agent="wizard"), task("b", after=["x"])]})
+    problems = unlined(problems_of(path))
+    assert len(problems) == 3, problems
+    assert problems[0].startswith(f"{path}: field 'name': 'bad name!' is not allowed")
+    assert any("task 'a': unknown agent type 'wizard'" in p for p in problems), problems
+    assert any("task 'b': depends on unknown task 'x'" in p for p in problems), problems
+
+
+def test_a_bad_default_is_reported_once_naming_defaults_dot_field(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, plan(task("a"), task("b"), task("c", timeout="1h"), defaults={"timeout": 86401}))
+    assert unlined(problems_of(path)) == [f"{path}: field 'defaults.timeout': must be at most 86400"]
+
+
+@pytest.mark.parametrize(
+    ("written", "meant"),
+    [("comand", "command"), ("titel", "title"), ("dependsOn", "after"), ("depends_on", "after"), ("retry", "retries")],
+)
+def test_a_misspelled_task_field_gets_a_did_you_mean(tmp_path: Path, written: str, meant: str) -> None:
+    path = write_plan(tmp_path, plan(task("a"), {"id": "b", "title": "x", written: "y"}))
+    assert unlined([only_problem(path)]) == [f"{path}: task 'b': unknown field {written!r} (did you mean {meant!r}?)"]
+
+
+def test_a_misspelled_default_or_header_field_gets_a_did_you_mean(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, {"name": "p", "tasks": [task("a")], "defualts": {}, "defaults": {"retires": 1}})
+    assert unlined(problems_of(path)) == [
+        f"{path}: unknown field 'defualts' (did you mean 'defaults'?)",
+        f"{path}: unknown field 'defaults.retires' (did you mean 'retries'?)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"timeout": 0}, "task 'a': field 'timeout': must be at least 1"),
+        ({"retries": "many"}, "task 'a': field 'retries': must be a whole number, not 'many'"),
+        ({"priority": 2_000_000}, "task 'a': field 'priority': must be at most 1000000"),
+        ({"title": ""}, "task 'a': field 'title': must not be empty"),
+        ({"after": "b"}, "task 'a': field 'after': must be a list, not 'b'"),
+        ({"scope": "tight"}, "task 'a': field 'scope': must be 'loose' or 'strict', not 'tight'"),
+        ({"budget": {"usd": -1}}, "task 'a': field 'budget.usd': must be more than 0"),
+        ({"files": ["ok", 3]}, "task 'a': field 'files[1]': must be text, not 3"),
+    ],
+)
+def test_pydantic_errors_read_in_orchs_words(tmp_path: Path, fields: dict[str, Any], expected: str) -> None:
+    path = write_plan(tmp_path, plan(task("a", **fields)))
+    (problem,) = unlined([only_problem(path)])
+    assert problem == f"{path}: {expected}"
+    assert "Input should" not in problem and "Value error" not in problem
+
+
+def test_a_yaml_plans_problems_name_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        "name: lines\n"  # 1
+        "defaults:\n"  # 2
+        "  timeout: 0\n"  # 3
+        "tasks:\n"  # 4
+        "  - id: a\n"  # 5
+        "    title: first\n"  # 6
+        "    comand: make\n"  # 7
+        "  - id: b\n"  # 8
+        "    title: second\n"  # 9
+        "    after: [ghost]\n"  # 10
+        "    agent: wizard\n"  # 11
+        "    retries: -1\n",  # 12
+        encoding="utf-8",
+    )
+    problems = problems_of(path)
+    assert problems[:2] == [
+        f"{path}: line 3: field 'defaults.timeout': must be at least 1",
+        f"{path}: line 7: task 'a': unknown field 'comand' (did you mean 'command'?)",
+    ]
+    assert set(problems[2:]) == {
+        f"{path}: line 11: task 'b': unknown agent type 'wizard' (known: {', '.join(REGISTRY.names)})",
+        f"{path}: line 12: task 'b': field 'retries': must be at least 0",
+        f"{path}: line 10: task 'b': depends on unknown task 'ghost'",
+    }

@@ -136,3 +136,22 @@ def test_prebuilt_index_gives_the_same_decision() -> None:
     index = KeywordIndex.build(REGISTRY)
     text = "Add unit tests for the REST endpoint"
     assert route(text, REGISTRY, index=index) == route(text, REGISTRY)
+
+
+@pytest.mark.parametrize(
+    ("text", "weak"),
+    [
+        ("Fix the package layout", "one keyword ('layout')"),  # one generic word
+        ("Type-check the package", "one keyword ('check')"),
+        ("Document the api endpoint in the guide", "tie with documentation-writer"),
+        ("api endpoint handler server docs guide readme", "near tie with documentation-writer (score 3)"),
+        ("Add JWT authentication to the login endpoint", None),  # 2 to 1: a clear lead
+        ("Deploy the docker container", None),
+        ("make it nice", None),  # the fallback is a choice, not a weak match
+    ],
+)
+def test_weak_routes_are_a_single_keyword_or_a_near_tie(text: str, weak: str | None) -> None:
+    from orch.intake.routing import weakness
+
+    assert weakness(route(text, REGISTRY)) == weak
+    assert weakness(route(text, REGISTRY, explicit="devops-engineer")) is None

@@ -85,3 +85,34 @@ def test_counted_says_one_thing_and_many_things() -> None:
         "1 dependency",
         "0 dependencies",
     ]
+
+
+def test_a_piped_table_is_plain_and_never_folds() -> None:
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from orch.views.format import line, show_table
+
+    error = "command failed: " + "x" * 300
+
+    def table() -> Table:
+        made = Table(title=line("plan p-1 [bold]"))
+        for column in ("task", "error"):
+            made.add_column(column, overflow="fold")
+        made.add_row(line("a-task-with-a-long-name"), line(error))
+        made.add_row("b", "")
+        return made
+
+    piped = Console(file=io.StringIO(), width=80)  # not a terminal: what `| cat` gives
+    show_table(piped, table())
+    assert piped.file.getvalue().splitlines() == [  # type: ignore[attr-defined]
+        "plan p-1 [bold]",
+        "task                     error",
+        f"a-task-with-a-long-name  {error}",
+        "b",
+    ]
+    screen = Console(file=io.StringIO(), width=80, force_terminal=True)
+    show_table(screen, table())
+    assert "┃" in screen.file.getvalue()  # type: ignore[attr-defined]
