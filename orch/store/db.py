@@ -52,7 +52,6 @@ _SQLITE_NOTADB = 26
 # PostgreSQL SQLSTATEs.
 _PG_DISK_FULL = "53100"
 _PG_READ_ONLY_TRANSACTION = "25006"
-_PG_NO_SUCH_DATABASE = "3D000"
 
 T = TypeVar("T")
 
@@ -281,8 +280,6 @@ def ensure_schema(url: str | None = None) -> Engine:
             raise problem from None
         if not isinstance(exc, OperationalError):
             raise
-        if getattr(exc.orig, "sqlstate", None) == _PG_NO_SUCH_DATABASE and not may_create_store():
-            raise no_store(url, ": the database does not exist") from None
         raise ServiceUnavailable(f"database {safe_url(url)} unreachable: {_first_line(exc.orig)}") from None
     _schema_ready.add(key)
     return engine
