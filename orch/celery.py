@@ -60,7 +60,7 @@ def celery_config(settings: Settings, registry: AgentRegistry) -> dict[str, obje
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     registry = load_agents(settings.config_dir)
-    celery_app = Celery("orch", include=["workers.tasks"])
+    celery_app = Celery("orch", include=["workers.tasks", "workers.queues"])
     celery_app.conf.update(celery_config(settings, registry))
     return celery_app
 

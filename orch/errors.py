@@ -29,10 +29,11 @@ class ConfigInvalid(UserError):
 
 
 class PlanNotFound(UserError):
-    """No plan has the id or name the user gave."""
+    """No plan has the id or name the user gave; the message names the store looked in (`store`, as
+    orch.store.db.store_name says it), which may not be the one the user thinks."""
 
-    def __init__(self, ref: str) -> None:
-        super().__init__(f"no plan with id or name {ref!r}")
+    def __init__(self, ref: str, store: str | None = None) -> None:
+        super().__init__(f"no plan with id or name {ref!r}" + (f" in {store}" if store else ""))
 
 
 class TaskNotFound(UserError):
@@ -41,6 +42,11 @@ class TaskNotFound(UserError):
 
 class TaskStateConflict(UserError):
     """An operator command does not apply to the task or plan in its current state."""
+
+
+class StoreMissing(UserError):
+    """There is no store where the settings point (no SQLite file, a database without orch's schema), and the
+    command may not create one: it names the place it looked."""
 
 
 class ServiceUnavailable(OrchError):

@@ -4,17 +4,20 @@ its owner). A `.env` in whatever folder a command runs in is never read: a clone
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
 import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orch.errors import ConfigInvalid
+from orch.redaction import safe_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -119,6 +122,28 @@ class Settings(BaseSettings):
             raise ValueError("not a database URL (postgresql://user@host/name or sqlite:///path)")
         if scheme not in DATABASE_SCHEMES:
             raise ValueError(f"unknown database {scheme!r} (known: {', '.join(DATABASE_SCHEMES)})")
+        _check_url_parses(value)
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_names_a_known_transport(cls, value: str | None) -> str | None:
+        # Checked here: a typo would otherwise be kombu's KeyError, or a ValueError traceback at the first
+        # connection. Each URL of a failover list (`;`) is checked; only the scheme is named, or the URL masked.
+        if value is None:
+            return None
+        for url in value.split(";"):
+            scheme, separator, _ = url.strip().partition("://")
+            if not separator or not scheme or not scheme.replace("+", "").isalnum():
+                raise ValueError("not a broker URL (redis://host:6379/0 or amqp://…)")
+            transport = scheme.partition("+")[0]  # kombu's transport+url form: sqla+postgresql://, redis+socket://
+            known = broker_transports()
+            if transport not in known:
+                close = difflib.get_close_matches(transport.lower(), known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                shown = ", ".join(name for name in known if name.islower())
+                raise ValueError(f"unknown broker transport {transport!r} ({hint}known: {shown})")
+            _check_url_parses(url.strip())
         return value
 
     @model_validator(mode="after")
@@ -172,6 +197,34 @@ def normalise_database_url(url: str) -> str:
         if path and path != ":memory:" and not path.startswith("/"):
             return f"{scheme}:///{Path(path).resolve()}{question}{query}"
     return url
+
+
+def broker_transports() -> list[str]:
+    """The broker URL schemes Celery can use: kombu's transport aliases (kombu is imported only when a broker URL
+    is set, to check it)."""
+    from kombu.transport import TRANSPORT_ALIASES  # lazy (start-up cost): 60 ms that `orch validate` need not pay
+
+    return sorted(TRANSPORT_ALIASES)
+
+
+def _check_url_parses(url: str) -> None:
+    """Raise ValueError, naming the URL (its password masked) and what is wrong, when a driver would fail to parse
+    it: an IPv6 address without its bracket, a port that is not a number from 0 to 65535."""
+    why = None
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        why = str(exc)
+    else:
+        try:
+            parts.port  # noqa: B018 (parsed on access)
+        except ValueError:
+            host = parts.netloc.rpartition("@")[2]
+            _, bracket, after = host.partition("]")
+            port = (after if bracket else host).partition(":")[2]
+            why = f"its port {port} is not in 0-65535" if port.isdigit() else f"its port {port!r} is not a number"
+    if why is not None:
+        raise ValueError(f"cannot parse {safe_url(url)!r}: {why}")
 
 
 ENV_FILE_VARIABLE = "ORCH_ENV_FILE"

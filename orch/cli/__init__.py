@@ -10,6 +10,7 @@ import click
 
 from orch.cli import operator, plans, scaffold, services, views
 from orch.settings import ENV_FILE_VARIABLE, get_settings
+from orch.store.creation import existing_store_only
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +21,8 @@ from orch.settings import ENV_FILE_VARIABLE, get_settings
     default=None,
     help="Read ORCH_* settings from this file (as ORCH_ENV_FILE does); a .env in the current folder is never read.",
 )
-def main(env_file: str | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, env_file: str | None) -> None:
     """orch runs plans — DAGs of AI coding-agent tasks — on Celery workers, with an SQL store as the truth."""
     # lazy (start-up cost): structlog, which `orch --help` need not load
     from orch.hardening import harden_process
@@ -31,6 +33,14 @@ def main(env_file: str | None) -> None:
         os.environ[ENV_FILE_VARIABLE] = str(Path(env_file).resolve())  # the workers `orch run` starts read it too
         get_settings.cache_clear()
     configure_logging()  # log lines (not the commands' own output) as JSON or console text on stderr, redacted
+    if ctx.invoked_subcommand not in STORE_CREATORS:
+        # the others open the store that is there, or name the place they looked: never an empty one in the
+        # current folder, or a typo's folders
+        ctx.with_resource(existing_store_only())
+
+
+# The commands that may create the store (`db` is `orch db upgrade`).
+STORE_CREATORS = frozenset({"run", "submit", "db"})
 
 
 for command in (

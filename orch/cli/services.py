@@ -37,8 +37,10 @@ def exporter(host: str | None, port: int | None) -> None:
     """Serve Prometheus metrics at /metrics, computed from the store (and the broker's queues) at each scrape."""
     # lazy (start-up cost): the exporter loads the store (SQLAlchemy) and prometheus_client
     from orch.services.exporter.server import serve
+    from orch.store.db import check_sqlite_place
 
     settings = get_settings()
+    check_sqlite_place(settings.resolved_database_url, create=False)  # a server's store may come back; a file not
     listen_port = settings.exporter_port if port is None else port
     serve(
         host or settings.exporter_host,
@@ -73,7 +75,9 @@ def check_command(timeout: float, as_json: bool) -> None:
     tasks; one line per check, exit 0 if all are ok, 1 otherwise."""
     # lazy (start-up cost): the checks load the store, and with it SQLAlchemy
     from orch.services.check import render, run_checks
+    from orch.store.db import check_sqlite_place
 
+    check_sqlite_place(get_settings().resolved_database_url, create=False)  # no store file: said in one line, exit 2
     checks = run_checks(get_settings(), timeout)
     if as_json:
         # lazy (start-up cost): a few ms that only --json needs

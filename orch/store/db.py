@@ -22,10 +22,19 @@ from sqlalchemy import URL, Engine, create_engine, event, inspect, make_url, tex
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from orch.errors import ServiceUnavailable, StoreCorrupt, StoreFull, StoreReadOnly, StoreUnusable
+from orch.errors import (
+    ConfigInvalid,
+    ServiceUnavailable,
+    StoreCorrupt,
+    StoreFull,
+    StoreMissing,
+    StoreReadOnly,
+    StoreUnusable,
+)
 from orch.hardening import private_dir, private_file
 from orch.redaction import safe_url
 from orch.settings import get_settings
+from orch.store.creation import may_create_store
 
 _MIGRATION_LOCK_KEY = 0x6F726368  # "orch"
 DISPATCH_LOCK_KEY = 0x6F726369
@@ -53,6 +62,57 @@ def store_name(url: str) -> str:
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         return f"store at {parsed.database}"
     return f"store {safe_url(url)}"
+
+
+def session_store_name(session: Session) -> str:
+    """`store_name` of the store a session reads: what "not found" messages name."""
+    bind = session.get_bind()
+    return store_name(engine_url(bind if isinstance(bind, Engine) else bind.engine))
+
+
+def no_store(url: str, detail: str = "") -> StoreMissing:
+    """A store that is not where the settings point, in one line: the place (no password), where the setting
+    comes from, and what to do."""
+    settings = get_settings()
+    origin = ""
+    if url == settings.resolved_database_url:
+        if settings.database_url:
+            origin = " (ORCH_DATABASE_URL)"
+        elif settings.home.is_absolute():
+            origin = f" (ORCH_HOME={settings.home})"
+        else:
+            origin = f" (ORCH_HOME={settings.home}, relative to the current folder)"
+    return StoreMissing(
+        f"no store at {safe_url(url)}{detail}{origin}; point ORCH_HOME or ORCH_DATABASE_URL at your store, "
+        f"or create one with `orch db upgrade`"
+    )
+
+
+def check_sqlite_place(url: str, create: bool) -> None:
+    """A SQLite store's place, before anything is made there: its folder must exist (a typo'd path is named, not
+    made; ORCH_HOME, orch's own folder, only when `create`), and its file too unless `create`. Raises ConfigInvalid
+    (the folder) or StoreMissing (the file); any other URL passes."""
+    parsed = make_url(url)
+    database = _sqlite_file(parsed) if parsed.get_backend_name() == "sqlite" else None
+    if database is None:
+        return
+    folder = database.parent
+    if not folder.is_dir():
+        if create and _is_home(folder):
+            return
+        if not create and _is_home(folder):
+            raise no_store(url)
+        if folder.exists():
+            raise StoreUnusable(f"{store_name(url)} cannot be prepared: {folder} is not a folder")
+        raise ConfigInvalid(
+            f"{store_name(url)}: folder {folder} does not exist (orch creates a SQLite store's file, never its folders)"
+        )
+    if not create and not database.exists():
+        raise no_store(url)
+
+
+def _is_home(folder: Path) -> bool:
+    return folder.resolve() == get_settings().home.resolve()
 
 
 def store_problem(exc: BaseException, url: str) -> StoreUnusable | None:
@@ -168,13 +228,13 @@ def _sqlite_file(parsed: URL) -> Path | None:
 
 def _prepare_sqlite_file(database: Path, url: str) -> None:
     """The store's folder and file, private to this user whatever the umask: ORCH_HOME 0700 (an existing one
-    tightened), the file 0600 before SQLite makes its -wal and -shm alike. Another folder is only created."""
+    tightened), the file 0600 before SQLite makes its -wal and -shm alike. Another folder must exist; nothing is
+    created where the store may not be (`existing_store_only`)."""
+    check_sqlite_place(url, may_create_store())
     try:
         folder = database.parent
-        if folder.resolve() == get_settings().home.resolve():
+        if _is_home(folder):
             private_dir(folder)
-        else:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not database.exists():
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
@@ -209,7 +269,10 @@ def ensure_schema(url: str | None = None) -> Engine:
     try:
         if is_sqlite(engine):
             _check_sqlite_integrity(engine, url)
-        if current_revision(engine) != head_revision():
+        revision = current_revision(engine)
+        if revision is None and not may_create_store():
+            raise no_store(url, ": it has no orch tables")
+        if revision != head_revision():
             upgrade(engine)
     except DBAPIError as exc:
         problem = store_problem(exc, url)

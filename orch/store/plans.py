@@ -17,7 +17,7 @@ from orch.intake.plan import Plan
 from orch.states import PlanStatus, TaskStatus
 from orch.store._sql import ANALYZE_FROM_TASKS, DEPENDENCIES, TASKS, no_sync, rowcount
 from orch.store.bulk import insert_rows, reserve_primary_keys
-from orch.store.db import refresh_planner_statistics
+from orch.store.db import refresh_planner_statistics, session_store_name
 from orch.store.events import log_event
 from orch.store.models import AttemptRow, DependencyRow, PlanRow, TaskRow
 
@@ -123,7 +123,7 @@ def find_plan(session: Session, ref: str) -> PlanRow:
             select(PlanRow).where(PlanRow.name == ref).order_by(PlanRow.created_at.desc()).limit(1)
         ).first()
     if plan is None:
-        raise PlanNotFound(ref)
+        raise PlanNotFound(ref, session_store_name(session))
     return plan
 
 
@@ -165,5 +165,5 @@ def get_plan(session: Session, plan_id: str) -> PlanRow | None:
 def task_by_key(session: Session, plan_id: str, key: str) -> TaskRow:
     task = session.scalars(select(TaskRow).where(TaskRow.plan_id == plan_id, TaskRow.key == key)).first()
     if task is None:
-        raise TaskNotFound(f"plan {plan_id} has no task {key!r}")
+        raise TaskNotFound(f"plan {plan_id} has no task {key!r} in {session_store_name(session)}")
     return task

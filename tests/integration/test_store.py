@@ -299,6 +299,7 @@ def test_events_are_written_at_commit_in_order_and_dropped_on_rollback(store_url
 
 
 def test_a_sqlite_url_with_a_driver_name_gets_the_same_store_set_up(tmp_path: Path) -> None:
+    (tmp_path / "nested").mkdir()  # orch makes the store's file, never its folders
     url = f"sqlite+pysqlite:///{tmp_path / 'nested' / 'store.db'}"
     with ensure_schema(url).connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -26,9 +26,10 @@ from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import reconcile_plans
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.records import AttemptResult, Claim, Dispatch
+from orch.settings import get_settings
 from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import attempts, operator, plans, spend
-from orch.store.db import db_now, read_session, write_session
+from orch.store.db import db_now, ensure_schema, read_session, write_session
 from orch.views.status import PlanSnapshot, summary_line, tasks_table
 from tests.conftest import CONFIG_DIR
 from tests.helpers import make_plan, registry
@@ -255,8 +256,13 @@ def test_graph_of_a_bad_plan_file_is_one_line_and_exit_2(tmp_path: Path) -> None
         assert result.exit_code == 2
         assert result.stdout == ""
         assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"{path}: ")
+    ensure_schema()
     unknown = CliRunner().invoke(main, ["graph", "no-such-plan"])
-    assert unknown.exit_code == 2 and unknown.stderr == "orch: no plan with id or name 'no-such-plan'\n"
+    store = get_settings().home.resolve() / "orch.db"
+    assert (
+        unknown.exit_code == 2
+        and unknown.stderr == f"orch: no plan with id or name 'no-such-plan' in store at {store}\n"
+    )
 
 
 def test_graph_of_a_stored_plan_wins_over_a_folder_of_its_name(

@@ -103,3 +103,68 @@ def test_a_typo_in_the_database_url_is_one_line_naming_it(
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert status.returncode == 2 and status.stderr.splitlines() == [f"orch: {expected}"], status.stderr
     assert not (tmp_path / ".orch").exists()
+
+
+KOMBU_TRANSPORTS = "known: amqp, amqps, azureservicebus, azurestoragequeues, confluentkafka, consul, etcd, filesystem"
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "expected"),
+    [
+        (
+            "ORCH_BROKER_URL",
+            "reddis://:pw-3f9a@broker:6379/0",
+            f"ORCH_BROKER_URL: unknown broker transport 'reddis' (did you mean 'redis'? {KOMBU_TRANSPORTS}",
+        ),
+        (
+            "ORCH_BROKER_URL",
+            "amqp://orch:pw-3f9a@rabbit//;ampq://orch:pw-3f9a@rabbit2//",  # kombu's failover list: each checked
+            f"ORCH_BROKER_URL: unknown broker transport 'ampq' (did you mean 'amqp'? {KOMBU_TRANSPORTS}",
+        ),
+        ("ORCH_BROKER_URL", "localhost:6379", "ORCH_BROKER_URL: not a broker URL (redis://host:6379/0 or amqp://…)"),
+        (
+            "ORCH_BROKER_URL",
+            "redis://:pw-3f9a@broker:port/0",
+            "ORCH_BROKER_URL: cannot parse 'redis://:***@broker:port/0': its port 'port' is not a number",
+        ),
+        (
+            "ORCH_BROKER_URL",
+            "redis://[::1/0",
+            "ORCH_BROKER_URL: cannot parse 'redis://[::1/0': Invalid IPv6 URL",
+        ),
+        (
+            "ORCH_DATABASE_URL",
+            "postgresql://orch:pw-3f9a@db:5432x/orch",
+            "ORCH_DATABASE_URL: cannot parse 'postgresql://orch:***@db:5432x/orch': its port '5432x' is not a number",
+        ),
+        (
+            "ORCH_DATABASE_URL",
+            "postgresql://orch@db:99999/orch",
+            "ORCH_DATABASE_URL: cannot parse 'postgresql://orch@db:99999/orch': its port 99999 is not in 0-65535",
+        ),
+    ],
+)
+def test_a_typo_or_an_unparseable_broker_or_database_url_is_one_line_naming_it(
+    name: str, url: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a broker typo passed until Celery's KeyError (or a worker's traceback), a non-numeric port was a
+    ValueError traceback from SQLAlchemy or kombu at the first connection. The password never shows."""
+    monkeypatch.setenv(name, url)
+    with pytest.raises(ConfigInvalid) as raised:
+        settings_in(tmp_path, monkeypatch)
+    message = str(raised.value)
+    assert message.startswith(expected) and "pw-3f9a" not in message and "\n" not in message, message
+    if "unknown broker" in expected:
+        assert message.endswith("redis, rediss, sentinel, slmq, sqla, sqlalchemy, sqs, zookeeper)"), message
+    env = {**os.environ, name: url}
+    check = subprocess.run([sys.executable, "-m", "orch.cli", "check"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert check.returncode == 2 and check.stderr.splitlines() == [f"orch: {message}"], check.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://h:6380/0", "amqp://u:p@h//", "pyamqp://h//", "sentinel://h:26379"]
+)
+def test_known_broker_urls_pass(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_BROKER_URL", url)
+    assert settings_in(tmp_path, monkeypatch).broker_url == url
