@@ -75,9 +75,7 @@ def check_command(timeout: float, as_json: bool) -> None:
     tasks; one line per check, exit 0 if all are ok, 1 otherwise."""
     # lazy (start-up cost): the checks load the store, and with it SQLAlchemy
     from orch.services.check import render, run_checks
-    from orch.store.db import check_sqlite_place
 
-    check_sqlite_place(get_settings().resolved_database_url, create=False)  # no store file: said in one line, exit 2
     checks = run_checks(get_settings(), timeout)
     if as_json:
         # lazy (start-up cost): a few ms that only --json needs

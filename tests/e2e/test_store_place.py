@@ -18,7 +18,6 @@ READ_ONLY = [
     ["logs", "x", "y"],
     ["watch", "x"],
     ["graph", "x"],
-    ["check", "--timeout", "0.5"],
     ["cancel", "x"],
     ["pause", "x"],
     ["resume", "x"],
@@ -66,7 +65,7 @@ def test_plan_not_found_names_the_store_it_looked_in(tmp_path: Path) -> None:
         assert missing.stderr == f"orch: no plan with id or name 'nope' in store at {database}\n", missing.stderr
 
 
-@pytest.mark.parametrize("args", [["db", "upgrade"], ["status"], ["check"]], ids=" ".join)
+@pytest.mark.parametrize("args", [["db", "upgrade"], ["status"]], ids=" ".join)
 def test_a_sqlite_url_whose_folder_does_not_exist_is_refused_naming_the_folder(args: list[str], tmp_path: Path) -> None:
     """Before: a typo'd folder in ORCH_DATABASE_URL was created, with an empty store in it."""
     typo = tmp_path / "stores-typo" / "deep"
@@ -75,6 +74,23 @@ def test_a_sqlite_url_whose_folder_does_not_exist_is_refused_naming_the_folder(a
     assert not (tmp_path / "stores-typo").exists()
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.splitlines()) == 1 and f"folder {typo} does not exist" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("missing", ["file", "folder"])
+def test_check_reports_a_missing_store_among_its_checks_and_creates_nothing(missing: str, tmp_path: Path) -> None:
+    """`orch check` is the command to run when something is wrong: it names the missing store on its `store` line
+    and goes on with the other checks (exit 1), creating nothing."""
+    folder = tmp_path / "stores"
+    if missing == "file":
+        folder.mkdir()
+    env = orch_env(tmp_path, ORCH_DATABASE_URL=f"sqlite:///{folder / 'orch.db'}")
+    before = everything_in(tmp_path)
+    result = run_orch(["check", "--timeout", "0.5"], tmp_path, env, timeout=60)
+    assert everything_in(tmp_path) == before
+    assert result.returncode == 1, result.stdout + result.stderr
+    (store,) = [line for line in result.stdout.splitlines() if line.split()[1:2] == ["store"]]
+    assert store.startswith("FAIL") and str(folder / "orch.db") in store, store
+    assert any(line.split()[1:2] == ["broker"] for line in result.stdout.splitlines()), result.stdout
 
 
 def test_db_upgrade_creates_the_file_in_an_existing_folder_and_orch_home_as_before(tmp_path: Path) -> None:
