@@ -31,7 +31,7 @@ from orch.redaction import Redactor
 from orch.settings import Settings, get_settings
 from orch.states import DOOMING
 from orch.store import attempts, pauses
-from orch.store.db import db_now, with_store_retry, write_session
+from orch.store.db import STORE_UNAVAILABLE, db_now, read_session, with_store_retry, write_session
 from workers import control, workspace
 from workers.executors import AttemptContext, get_executor
 from workers.executors.base import with_scratch
@@ -63,8 +63,9 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
 
     claimed = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))
     if claimed is None:
-        log.info("dropped duplicate or stale delivery", task_pk=task_pk, attempt=attempt)
-        return "dropped"
+        why = _dropped(store, task_pk, attempt)
+        log.info("dropped duplicate or stale delivery", task_pk=task_pk, attempt=attempt, why=why)
+        return why  # the task's result, as Flower shows it
     claim, ctx = claimed
     bind_attempt(plan_id=claim.plan_id, task=claim.key, attempt=claim.attempt, task_pk=task_pk)
     log.info("attempt started", executor=ctx.task.executor)
@@ -75,6 +76,15 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
         # The lease is renewed until the result is recorded: writing it may wait out a store outage.
         heartbeat.recording = True
         return finish(claim, redact(result, ctx.redactor()), settings)
+
+
+def _dropped(store: str, task_pk: int, attempt: int) -> str:
+    """Why the claim found nothing to run, for the task's result; one read, not retried (nothing is lost)."""
+    try:
+        with read_session(store) as session:
+            return attempts.dropped_delivery(session, task_pk, attempt)
+    except STORE_UNAVAILABLE:
+        return f"duplicate or stale delivery of attempt {attempt} of task #{task_pk}; nothing done"
 
 
 def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:

@@ -138,6 +138,23 @@ def claim(
     return Claim(task_pk, plan_id, key, attempt, lease, retries, agent, earlier, dependants), task
 
 
+def dropped_delivery(session: Session, task_pk: int, attempt: int) -> str:
+    """Why a message for attempt `attempt` of a task could not be claimed, in plain words (it is the result a
+    Celery monitor shows for the dropped copy)."""
+    task = session.get(TaskRow, task_pk)
+    if task is None:
+        return f"stale delivery: task #{task_pk} is not in the store; nothing done"
+    row = session.scalars(select(AttemptRow).where(AttemptRow.task_pk == task_pk, AttemptRow.number == attempt)).first()
+    of_task = f"task {task.key} (plan {task.plan_id})"
+    if row is None:
+        what = f"stale delivery: {of_task} has no attempt {attempt} to run (it is {task.status})"
+    elif row.status is AttemptStatus.RUNNING:
+        what = f"duplicate delivery: attempt {attempt} of {of_task} already running on worker {row.worker}"
+    else:
+        what = f"stale delivery: attempt {attempt} of {of_task} already ended ({row.status})"
+    return f"{what}; nothing done"
+
+
 _OF_LEASE = and_(_OF_TASK, TASKS.c.status == TaskStatus.RUNNING, TASKS.c.lease == bindparam("held_lease"))
 _END_RUNNING = (
     update(TASKS)
