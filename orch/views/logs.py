@@ -46,7 +46,7 @@ def never_ran(session: Session, plan_id: str, task: TaskRow, tasks: list[TaskRow
     """Why a task without attempts has no log (completing "task T of plan P …")."""
     if task.status is TaskStatus.UPSTREAM_FAILED:
         causes = "; ".join(_failed_upstream(session, plan_id, task, tasks)) or "a dependency failed"
-        return f"never ran and will not: {causes} (orch retry reopens it with them)"
+        return f"never ran and will not: {causes}"
     if task.status is TaskStatus.CANCELLED:
         return "was cancelled before it ran: it has no log"
     if task.status is TaskStatus.SUCCEEDED:

@@ -159,6 +159,28 @@ def test_a_worker_whose_lease_is_gone_kills_its_agent(store_url: str, fast_lease
     assert task(plan_id, "a").status is TaskStatus.CANCELLED
 
 
+def test_a_dropped_delivery_says_plainly_what_happened(store_url: str, fast_leases: str, tmp_path: Path) -> None:
+    """What Flower shows as the task's result: a duplicate or stale message's copy did nothing, and why."""
+    plan_id = submit([{"id": "build", "title": "waits", "command": "while [ ! -e go ]; do sleep 0.1; done"}], tmp_path)
+    dispatch = dispatch_all(plan_id)["build"]
+    thread, outcome = run_in_thread(dispatch)
+    try:
+        wait_for(lambda: task(plan_id, "build").status is TaskStatus.RUNNING, 10, "the claim")
+        copy = run_attempt(dispatch.task_pk, 1, "w2")
+    finally:
+        (tmp_path / "go").touch()
+        thread.join(15)
+    assert outcome == ["succeeded"]
+    assert copy == (
+        f"duplicate delivery: attempt 1 of task build (plan {plan_id}) already running on worker w1; nothing done"
+    )
+    late = run_attempt(dispatch.task_pk, 1, "w2")
+    assert late == f"stale delivery: attempt 1 of task build (plan {plan_id}) already ended (succeeded); nothing done"
+    assert run_attempt(dispatch.task_pk, 2, "w2") == (
+        f"stale delivery: task build (plan {plan_id}) has no attempt 2 to run (it is succeeded); nothing done"
+    )
+
+
 @pytest.fixture
 def fake_claude(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     wrapper = fake_claude_wrapper(tmp_path / "bin" / "claude")
