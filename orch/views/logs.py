@@ -29,23 +29,26 @@ def load_attempt(plan_ref: str, task_id: str, number: int | None) -> tuple[str, 
     saying why: not started yet, or never to run (and why not)."""
     with read_session() as session:
         plan = plans.find_plan(session, plan_ref)
-        tasks = plans.plan_tasks(session, plan.id)
-        task = next((t for t in tasks if t.key == task_id), None)
-        if task is None:
-            raise UserError(f"plan {plan.id} has no task {task_id!r}")
+        task = plans.task_by_key(session, plan.id, task_id)
         attempts = plans.task_attempts(session, task.pk)
         if not attempts:
-            raise UserError(f"task {task_id!r} of plan {plan.id} {never_ran(session, plan.id, task, tasks)}")
+            raise UserError(f"task {task_id!r} of plan {plan.id} {never_ran(session, plan.id, task)}")
     chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
     if chosen is None:
         raise UserError(f"task {task_id!r} has no attempt {number} (it has {len(attempts)})")
     return plan.id, task, chosen
 
 
-def never_ran(session: Session, plan_id: str, task: TaskRow, tasks: list[TaskRow]) -> str:
+def reload(attempt: AttemptRow) -> AttemptRow:
+    """The attempt as the store has it now (one read by primary key, whatever the plan's size)."""
+    with read_session() as session:
+        return session.get(AttemptRow, attempt.pk) or attempt
+
+
+def never_ran(session: Session, plan_id: str, task: TaskRow) -> str:
     """Why a task without attempts has no log (completing "task T of plan P …")."""
     if task.status is TaskStatus.UPSTREAM_FAILED:
-        causes = "; ".join(_failed_upstream(session, plan_id, task, tasks)) or "a dependency failed"
+        causes = "; ".join(_failed_upstream(session, plan_id, task)) or "a dependency failed"
         return f"never ran and will not: {causes}"
     if task.status is TaskStatus.CANCELLED:
         return "was cancelled before it ran: it has no log"
@@ -54,9 +57,9 @@ def never_ran(session: Session, plan_id: str, task: TaskRow, tasks: list[TaskRow
     return f"has not started yet ({task.status})"
 
 
-def _failed_upstream(session: Session, plan_id: str, task: TaskRow, tasks: list[TaskRow]) -> list[str]:
+def _failed_upstream(session: Session, plan_id: str, task: TaskRow) -> list[str]:
     """The failed or cancelled tasks upstream of `task` that doomed it (through doomed tasks between)."""
-    by_pk = {t.pk: t for t in tasks}
+    by_pk = {t.pk: t for t in plans.plan_tasks(session, plan_id)}
     after: dict[int, list[int]] = {}
     for task_pk, depends_on in plans.plan_dependencies(session, plan_id):
         after.setdefault(task_pk, []).append(depends_on)
@@ -127,7 +130,7 @@ def print_log(plan_ref: str, task_id: str, number: int | None, follow: bool, raw
                 print(ended_line(task, attempt), file=sys.stderr, flush=True)
             return
         time.sleep(FOLLOW_POLL_SECONDS)
-        _, _, attempt = load_attempt(plan_ref, task_id, attempt.number)
+        attempt = reload(attempt)
         finished = attempt.status is not AttemptStatus.RUNNING  # one more read after it ended
 
 
