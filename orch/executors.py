@@ -21,5 +21,7 @@ KNOWN = frozenset(ExecutorName)
 PROMPTED = frozenset({ExecutorName.CLAUDE_CODE, ExecutorName.ANTHROPIC, ExecutorName.PYTHON})
 # Executors that call a model's API: an agent type's `network: auto` is the host's for them, none for the rest.
 NETWORKED = frozenset({ExecutorName.CLAUDE_CODE, ExecutorName.ANTHROPIC})
+# Executors that write the attempt's output to its log file (the worker's ORCH_HOME/logs/PLAN/TASK.N.log).
+LOGGED = frozenset({ExecutorName.CLAUDE_CODE, ExecutorName.ANTHROPIC, ExecutorName.SHELL})
 # Executors that start no agent process (a model's API is called from the worker itself).
 IN_PROCESS = frozenset({ExecutorName.NOOP, ExecutorName.ANTHROPIC})

@@ -20,18 +20,18 @@ from orch.decisions.retry import Backoff, Outcome, decide_outcome
 from orch.dispatch import breaker
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
-from orch.executors import PROMPTED, ExecutorName
+from orch.executors import LOGGED, PROMPTED, ExecutorName
 from orch.failures import FailureClass, PauseCause
 from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.intake.prompts import PromptTemplates, build_prompt, build_system_prompt, load_templates
-from orch.log import bind_attempt, get_logger
+from orch.log import bind_attempt, get_logger, private_log_file
 from orch.records import AttemptResult, Claim, ClaimedTask, Dispatch
 from orch.redaction import Redactor
 from orch.settings import Settings, get_settings
 from orch.states import DOOMING
 from orch.store import attempts, pauses
-from orch.store.db import db_now, with_store_retry, write_session
+from orch.store.db import STORE_UNAVAILABLE, db_now, read_session, with_store_retry, write_session
 from workers import control, workspace
 from workers.executors import AttemptContext, get_executor
 from workers.executors.base import with_scratch
@@ -48,15 +48,24 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     worker = worker or socket.gethostname()
     bind_attempt(task_pk=task_pk, attempt=attempt)
 
+    def open_log(plan_id: str, task: ClaimedTask) -> str | None:
+        """The attempt's log file, created before the claim names it in the store: wherever the store says a
+        running attempt's log is, that host has the file (`orch logs -f` follows it from the start)."""
+        if task.executor not in LOGGED:
+            return None
+        return str(private_log_file(attempt_log_path(settings.logs_dir, plan_id, task.key, attempt)))
+
     def claim_it() -> tuple[Claim, AttemptContext] | None:
         with write_session(store) as session:
-            claimed = attempts.claim(session, task_pk, attempt, worker, os.getpid(), settings.lease_seconds)
+            pid = os.getpid()
+            claimed = attempts.claim(session, task_pk, attempt, worker, pid, settings.lease_seconds, log_path=open_log)
             return None if claimed is None else (claimed[0], _context(session, *claimed, settings))
 
     claimed = with_store_retry(claim_it, settings.store_retry_seconds, _store_wait("claim", task_pk))
     if claimed is None:
-        log.info("dropped duplicate or stale delivery", task_pk=task_pk, attempt=attempt)
-        return "dropped"
+        why = _dropped(store, task_pk, attempt)
+        log.info("dropped duplicate or stale delivery", task_pk=task_pk, attempt=attempt, why=why)
+        return why  # the task's result, as Flower shows it
     claim, ctx = claimed
     bind_attempt(plan_id=claim.plan_id, task=claim.key, attempt=claim.attempt, task_pk=task_pk)
     log.info("attempt started", executor=ctx.task.executor)
@@ -67,6 +76,15 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
         # The lease is renewed until the result is recorded: writing it may wait out a store outage.
         heartbeat.recording = True
         return finish(claim, redact(result, ctx.redactor()), settings)
+
+
+def _dropped(store: str, task_pk: int, attempt: int) -> str:
+    """Why the claim found nothing to run, for the task's result; one read, not retried (nothing is lost)."""
+    try:
+        with read_session(store) as session:
+            return attempts.dropped_delivery(session, task_pk, attempt)
+    except STORE_UNAVAILABLE:
+        return f"duplicate or stale delivery of attempt {attempt} of task #{task_pk}; nothing done"
 
 
 def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
@@ -132,7 +150,7 @@ def _context(session: Session, claim: Claim, task: ClaimedTask, settings: Settin
         plan_id=claim.plan_id,
         attempt=claim.attempt,
         lease=claim.lease,
-        log_path=_logs_dir(settings.logs_dir) / claim.plan_id / f"{claim.key}.{claim.attempt}.log",
+        log_path=attempt_log_path(settings.logs_dir, claim.plan_id, claim.key, claim.attempt),
         network=agent_network(agent.network, task.executor),
         secrets={name: os.environ[name] for name in agent.secrets if os.environ.get(name)},
         masked=frozenset(name for a in registry for name in a.secrets),
@@ -158,6 +176,11 @@ def _prompt(session: Session, claim: Claim, task: ClaimedTask, templates: Prompt
 @functools.cache
 def _logs_dir(configured: Path) -> Path:
     return configured.resolve()
+
+
+def attempt_log_path(logs_dir: Path, plan_id: str, key: str, attempt: int) -> Path:
+    """Where this worker writes an attempt's output (an absolute path: the store records it)."""
+    return _logs_dir(logs_dir) / plan_id / f"{key}.{attempt}.log"
 
 
 def execute(ctx: AttemptContext, claim: Claim) -> AttemptResult:

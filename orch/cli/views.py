@@ -61,8 +61,10 @@ def status(plan_ref: str | None, as_json: bool) -> None:
 )
 @handle_errors
 def logs(plan_ref: str, task_id: str, number: int | None, follow: bool, raw: bool) -> None:
-    """Print a task attempt's output (its log file on this host, else the tail kept in the store). The agent's
-    control and escape sequences are shown as visible escapes (\\x1b…), unless --raw."""
+    """Print a task attempt's output (its log file on this host, else the tail kept in the store once it ended);
+    --follow prints a running attempt's log as it grows, then how the attempt ended. Exits 2 when there is no log
+    to show (not started, never ran, running on another host's worker). The agent's control and escape sequences
+    are shown as visible escapes (\\x1b…), unless --raw."""
     # lazy (start-up cost): the views read the store, which loads SQLAlchemy
     from orch.views.logs import print_log
 

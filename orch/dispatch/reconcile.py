@@ -18,7 +18,7 @@ from orch.durations import TIME_LIMIT_MARGIN
 from orch.intake.agents import AgentRegistry
 from orch.log import attempt_context, get_logger
 from orch.records import RUN_TASK, Dispatch, Recorded
-from orch.states import PlanStatus
+from orch.states import PLAN_HELD, PlanStatus
 from orch.store import dispatching
 from orch.store.db import take_dispatch_lock
 
@@ -46,6 +46,8 @@ def reconcile_plans(
     dispatches: list[Dispatch] = []
     for plan_id in plan_ids:
         plan = dispatching.plan_gate(session, plan_id)
+        if plan is not None and plan.status in PLAN_HELD:
+            _settle_held(session, plan_id, now)
         if plan is None or plan.status is not PlanStatus.RUNNING:
             continue
         if budget.hold_if_spent(session, plan_id, plan.budget, now):
@@ -56,6 +58,16 @@ def reconcile_plans(
             slots[agent_of[dispatch.task_pk]] -= 1
         dispatches.extend(claimed)
     return dispatches
+
+
+def _settle_held(session: Session, plan_id: str, now: datetime) -> None:
+    """A paused or budget_exhausted plan dispatches nothing, but what can never run is doomed, and once every task
+    is final the plan takes its final status, as a running plan would (nothing is left to resume)."""
+    if dispatching.has_doomed_pending(session, plan_id):
+        decision = reconcile(dispatching.task_views(session, plan_id), {}, now)  # no slots: none is ready
+    else:
+        decision = Reconciliation(plan_outcome=dispatching.plan_outcome(session, plan_id))
+    dispatching.apply_reconciliation(session, plan_id, decision, now)
 
 
 def _decide(
@@ -96,6 +108,9 @@ def dispatch_after_result(
     dispatch, and leaves failures' descendants, backoffs that passed and other plans to the beat's full pass."""
     take_dispatch_lock(session)  # its own statement: the gate's read must see what the holder committed
     plan = dispatching.plan_gate(session, plan_id)
+    if plan is not None and plan.status in PLAN_HELD:  # held: nothing to dispatch, but it may be over
+        _settle_held(session, plan_id, now)
+        return []
     if plan is None or plan.status is not PlanStatus.RUNNING:
         return []
     if budget.hold_if_spent(session, plan_id, plan.budget, now):

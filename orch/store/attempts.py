@@ -5,11 +5,11 @@ attempt's prompt (its dependencies' handoffs, why its previous attempt failed)."
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, and_, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import Float, Text, and_, bindparam, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from orch.decisions.retry import Outcome
@@ -88,11 +88,13 @@ def claim(
     lease_seconds: float,
     *,
     now: datetime | None = None,
+    log_path: Callable[[str, ClaimedTask], str | None] | None = None,
 ) -> tuple[Claim, ClaimedTask] | None:
     """queued → running for this attempt, with a fresh lease that expires unless renewed; None when the message
     is a duplicate or stale. Returns the claim and what the worker needs to run the task. The lease is stamped by
     the database's clock, read by the claim itself (one round trip fewer), or at `now` when given (tests, replays:
-    `now` is then the database's clock as the caller read it)."""
+    `now` is then the database's clock as the caller read it). `log_path(plan_id, task)`: where the worker writes
+    the attempt's log, recorded with the attempt from its start (`orch logs -f` follows it while it runs)."""
     lease = str(uuid.uuid4())
     params: dict[str, Any] = {"of_task": task_pk, "of_number": attempt, "new_lease": lease, "lease_s": lease_seconds}
     if now is not None:
@@ -118,6 +120,7 @@ def claim(
             "started_at": now,
             "heartbeat_at": now,
             "output_tail": "",
+            "log_path": None if log_path is None else log_path(plan_id, task),
         },
     )
     log_event(
@@ -135,6 +138,23 @@ def claim(
     return Claim(task_pk, plan_id, key, attempt, lease, retries, agent, earlier, dependants), task
 
 
+def dropped_delivery(session: Session, task_pk: int, attempt: int) -> str:
+    """Why a message for attempt `attempt` of a task could not be claimed, in plain words (it is the result a
+    Celery monitor shows for the dropped copy)."""
+    task = session.get(TaskRow, task_pk)
+    if task is None:
+        return f"stale delivery: task #{task_pk} is not in the store; nothing done"
+    row = session.scalars(select(AttemptRow).where(AttemptRow.task_pk == task_pk, AttemptRow.number == attempt)).first()
+    of_task = f"task {task.key} (plan {task.plan_id})"
+    if row is None:
+        what = f"stale delivery: {of_task} has no attempt {attempt} to run (it is {task.status})"
+    elif row.status is AttemptStatus.RUNNING:
+        what = f"duplicate delivery: attempt {attempt} of {of_task} already running on worker {row.worker}"
+    else:
+        what = f"stale delivery: attempt {attempt} of {of_task} already ended ({row.status})"
+    return f"{what}; nothing done"
+
+
 _OF_LEASE = and_(_OF_TASK, TASKS.c.status == TaskStatus.RUNNING, TASKS.c.lease == bindparam("held_lease"))
 _END_RUNNING = (
     update(TASKS)
@@ -148,38 +168,47 @@ _END_RUNNING = (
         error=bindparam("task_error"),
     )
 )
+# The claim's own attempt row (a later attempt of the task has another lease).
+_OWN_ATTEMPT = and_(
+    ATTEMPTS.c.task_pk == bindparam("of_task"),
+    ATTEMPTS.c.number == bindparam("of_number"),
+    ATTEMPTS.c.lease == bindparam("held_lease"),
+)
+# A result names its log only if its executor wrote one; the path recorded at the claim stays otherwise.
+_LOG_PATH = func.coalesce(bindparam("v_log_path", type_=Text), ATTEMPTS.c.log_path)
 _FINISH_ATTEMPT = (
     update(ATTEMPTS)
-    .where(
-        ATTEMPTS.c.task_pk == bindparam("of_task"),
-        ATTEMPTS.c.number == bindparam("of_number"),
-        ATTEMPTS.c.lease == bindparam("held_lease"),
-    )
+    .where(_OWN_ATTEMPT)
     .values(
         {
-            column: bindparam(f"v_{column}")
-            for column in (
-                "status",
-                "finished_at",
-                "exit_code",
-                "failure_class",
-                "error",
-                "output_tail",
-                "log_path",
-                "model",
-                "input_tokens",
-                "output_tokens",
-                "cache_creation_tokens",
-                "cache_read_tokens",
-                "cost_usd",
-                "result",
-                "duration_s",
-                "files_changed",
-                "verified",
-            )
+            "log_path": _LOG_PATH,
+            **{
+                column: bindparam(f"v_{column}")
+                for column in (
+                    "status",
+                    "finished_at",
+                    "exit_code",
+                    "failure_class",
+                    "error",
+                    "output_tail",
+                    "model",
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_creation_tokens",
+                    "cache_read_tokens",
+                    "cost_usd",
+                    "result",
+                    "duration_s",
+                    "files_changed",
+                    "verified",
+                )
+            },
         }
     )
 )
+# A result refused because its lease is gone (cancelled, skipped, reaped): its output is still kept, on its own
+# attempt only, whose status (and everything else) stays as the cancel, skip or reaper set it.
+_KEEP_OUTPUT = update(ATTEMPTS).where(_OWN_ATTEMPT).values(output_tail=bindparam("v_output_tail"), log_path=_LOG_PATH)
 # A success decrements its dependants' unmet count; those that reach zero while pending are ready.
 _DEPENDENCY_MET = (
     update(TASKS)
@@ -202,6 +231,7 @@ def record_result(
         "task_error": None if result.succeeded else result.error,
     }
     if not rowcount(session.execute(_END_RUNNING, {**of_claim, **ended})):
+        session.execute(_KEEP_OUTPUT, {**of_claim, "v_output_tail": result.output_tail, "v_log_path": result.log_path})
         return None
     newly_ready = 0
     if new_status is TaskStatus.SUCCEEDED and claim.dependants != 0:

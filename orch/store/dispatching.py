@@ -15,7 +15,7 @@ from orch.budget import Budget
 from orch.dag import Dag
 from orch.decisions.readiness import Reconciliation, TaskView
 from orch.records import AgentLoad, Dispatch, PlanGate
-from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, TERMINAL, PlanStatus, TaskStatus
+from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, PLAN_HELD, TERMINAL, PlanStatus, TaskStatus
 from orch.store._sql import ANALYZE_FROM_TASKS, PAUSES, PLANS, TASKS, chunks, no_sync
 from orch.store.db import refresh_planner_statistics
 from orch.store.events import event_row, log_events, log_task_events
@@ -244,8 +244,10 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
 
 
 def finish_plan(session: Session, plan_id: str, outcome: PlanStatus, now: datetime) -> bool:
-    """running → succeeded or failed, once every task of the plan is final."""
-    return set_plan_status(session, plan_id, {PlanStatus.RUNNING}, outcome, now, None, finished_at=now)
+    """running (or held: paused, budget_exhausted) → succeeded or failed, once every task of the plan is final."""
+    return set_plan_status(
+        session, plan_id, {PlanStatus.RUNNING, *PLAN_HELD}, outcome, now, None, finished_at=now, held_reason=None
+    )
 
 
 def stale_dispatches(

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from orch.errors import PlanNotFound, TaskNotFound
 from orch.intake.gc_pause import collector_paused
 from orch.intake.plan import Plan
-from orch.states import PlanStatus, TaskStatus
+from orch.states import PLAN_HELD, PlanStatus, TaskStatus
 from orch.store._sql import ANALYZE_FROM_TASKS, DEPENDENCIES, TASKS, no_sync, rowcount
 from orch.store.bulk import insert_rows, reserve_primary_keys
 from orch.store.db import refresh_planner_statistics, session_store_name
@@ -132,9 +132,10 @@ def list_plans(session: Session, limit: int = 50) -> list[PlanRow]:
 
 
 def active_plan_ids(session: Session) -> list[str]:
-    return list(
-        session.scalars(select(PlanRow.id).where(PlanRow.status == PlanStatus.RUNNING).order_by(PlanRow.created_at))
-    )
+    """Plans not over: running, and held (paused, budget_exhausted), which dispatch nothing but end once every
+    task is final."""
+    active = sorted({PlanStatus.RUNNING, *PLAN_HELD})
+    return list(session.scalars(select(PlanRow.id).where(PlanRow.status.in_(active)).order_by(PlanRow.created_at)))
 
 
 def plan_tasks(session: Session, plan_id: str) -> list[TaskRow]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from rich.table import Table
@@ -171,13 +171,14 @@ def summary_line(snapshot: Summarised) -> Text:
     if snapshot.plan.held_reason:
         text.append(f"\n  held: {inert(snapshot.plan.held_reason)}", style="yellow")
     for agent, (until, reason) in snapshot.pauses.items():
-        text.append(f"\n  paused: {inert(agent)} until {until:%H:%M:%S} UTC ({inert(reason[:80])})", style="yellow")
+        at = until.astimezone(UTC)
+        text.append(f"\n  paused: {inert(agent)} until {at:%H:%M:%S} UTC ({inert(reason[:80])})", style="yellow")
     return text
 
 
 def plans_table(session: Session, plans: list[PlanRow]) -> Table:
     table = Table(title="plans", title_justify="left")
-    for column in ("id", "name", "status", "tasks", "created"):
+    for column in ("id", "name", "status", "tasks", "created (UTC)"):  # the zone once, in the header
         table.add_column(column)
     for plan in plans:
         counts = reads.count_by_status(session, plan.id)
@@ -188,6 +189,6 @@ def plans_table(session: Session, plans: list[PlanRow]) -> Table:
             line(plan.name),
             Text(plan.status.value, style=PLAN_STYLE[plan.status]),
             f"{done}/{total}",
-            plan.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            plan.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         )
     return table

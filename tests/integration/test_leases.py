@@ -120,11 +120,17 @@ def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
         assert not attempts.renew_lease(session, claim, db_now(session), 10, Usage(), None)
     from workers.runner import finish
 
-    assert finish(claim, AttemptResult(True, exit_code=0), get_settings()) == "rejected"
-    # A second loss spends the last retry: the task fails and its dependant is doomed.
     with write_session() as session:
         later = db_now(session)
         assert attempts.claim(session, again.pk, 2, "w", 1, 0.1, now=later) is not None
+    late = AttemptResult(True, exit_code=0, output_tail="woke up late", log_path="/logs/a.1.log")
+    assert finish(claim, late, get_settings()) == "rejected"
+    # Its output is kept on its own attempt only, whose status the reaper set; the attempt now running is not
+    # touched.
+    lost, second = attempt_rows(plan_id, "a")
+    assert (lost.status, lost.output_tail, lost.log_path) == (AttemptStatus.LOST, "woke up late", "/logs/a.1.log")
+    assert second.status is AttemptStatus.RUNNING and second.output_tail == "" and second.log_path is None
+    # A second loss spends the last retry: the task fails and its dependant is doomed.
     run_tick(now=later + timedelta(seconds=1))
     assert task(plan_id, "a").status is TaskStatus.FAILED
     assert task(plan_id, "b").status is TaskStatus.UPSTREAM_FAILED
@@ -134,17 +140,45 @@ def test_the_reaper_settles_an_expired_lease_and_rejects_the_late_result(
 
 def test_a_worker_whose_lease_is_gone_kills_its_agent(store_url: str, fast_leases: str, tmp_path: Path) -> None:
     marker = f"lease-gone-{secrets.token_hex(4)}"  # an agent in a sandbox has pids of its own: found by a marker
-    plan_id = submit([{"id": "a", "title": "long", "command": f"exec env MARK={marker} sleep 60"}], tmp_path)
+    command = f"echo before the cancel; exec env MARK={marker} sleep 60"
+    plan_id = submit([{"id": "a", "title": "long", "command": command}], tmp_path)
     thread, outcome = run_in_thread(dispatch_all(plan_id)["a"])
     wait_for(lambda: marked_processes(marker), 10, "the agent to start")
+    (running,) = attempt_rows(plan_id, "a")  # its log's path is known from the start, for `orch logs -f`
+    log_path = get_settings().logs_dir.resolve() / plan_id / "a.1.log"
+    assert running.log_path == str(log_path) and log_path.is_file()
     with write_session() as session:
         operator.cancel_task(session, plan_id, "a", db_now(session), "cancelled by a test")
     thread.join(10)
     assert outcome == ["rejected"]
     assert not marked_processes(marker)
     (cancelled,) = attempt_rows(plan_id, "a")
-    assert cancelled.status is AttemptStatus.CANCELLED
+    assert cancelled.status is AttemptStatus.CANCELLED and cancelled.error == "cancelled by a test"
+    # The stopped agent's output is kept, as for any attempt; the status the cancel set stays.
+    assert cancelled.log_path == str(log_path) and "before the cancel" in cancelled.output_tail
     assert task(plan_id, "a").status is TaskStatus.CANCELLED
+
+
+def test_a_dropped_delivery_says_plainly_what_happened(store_url: str, fast_leases: str, tmp_path: Path) -> None:
+    """What Flower shows as the task's result: a duplicate or stale message's copy did nothing, and why."""
+    plan_id = submit([{"id": "build", "title": "waits", "command": "while [ ! -e go ]; do sleep 0.1; done"}], tmp_path)
+    dispatch = dispatch_all(plan_id)["build"]
+    thread, outcome = run_in_thread(dispatch)
+    try:
+        wait_for(lambda: task(plan_id, "build").status is TaskStatus.RUNNING, 10, "the claim")
+        copy = run_attempt(dispatch.task_pk, 1, "w2")
+    finally:
+        (tmp_path / "go").touch()
+        thread.join(15)
+    assert outcome == ["succeeded"]
+    assert copy == (
+        f"duplicate delivery: attempt 1 of task build (plan {plan_id}) already running on worker w1; nothing done"
+    )
+    late = run_attempt(dispatch.task_pk, 1, "w2")
+    assert late == f"stale delivery: attempt 1 of task build (plan {plan_id}) already ended (succeeded); nothing done"
+    assert run_attempt(dispatch.task_pk, 2, "w2") == (
+        f"stale delivery: task build (plan {plan_id}) has no attempt 2 to run (it is succeeded); nothing done"
+    )
 
 
 @pytest.fixture

@@ -40,12 +40,13 @@ def broker(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def outcomes() -> Iterator[list[str]]:
-    """What each orch.run_task delivery returned: a status, or "dropped" for a duplicate."""
+    """What each orch.run_task delivery returned: a status, or "dropped" for a duplicate (whose result says
+    "duplicate delivery: …; nothing done", or "stale delivery: …")."""
     seen: list[str] = []
 
     def record(sender: Any = None, retval: Any = None, **_: Any) -> None:
         if sender is not None and sender.name == "orch.run_task":
-            seen.append(str(retval))
+            seen.append("dropped" if str(retval).endswith("; nothing done") else str(retval))
 
     task_postrun.connect(record, weak=False)
     yield seen
