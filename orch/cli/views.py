@@ -48,7 +48,7 @@ def status(plan_ref: str | None, as_json: bool) -> None:
     else:
         out.print(summary_line(snapshot))
         for note in notes:
-            out.print(line(note), style="yellow")
+            out.print(line(note), style="yellow", soft_wrap=True)  # a note never folds
         out.print(tasks_table(snapshot, now_utc()))
 
 
