@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from orch.decisions.serving import TROUBLESHOOTING, BeatSeen, Serving, serving, silence_bound
+from orch.errors import ServiceUnavailable
 from orch.intake.agents import AgentRegistry, agent_network, load_agents
 from orch.redaction import error_line, safe_url
 from orch.services.broker_probe import connected, probe_connection
@@ -114,6 +115,32 @@ def _limited_beats(state: StoreState, bound: float) -> str:
 
 def plan_serving(state: StoreState, plan_id: str, tick_seconds: float) -> Serving:
     return serving(state.beats, plan_id, state.now, silence_bound(tick_seconds))
+
+
+def require_store(url: str, timeout: float) -> None:
+    """A worker's store, at its start, before it consumes anything: it answers within `timeout` (a database that
+    does not exist, a server down or unreachable), and its schema is this orch's (migrated if behind, as ever; a
+    SQLite file made if missing, as the first task did before). A ServiceUnavailable naming the store (password
+    masked) and the cause in one line otherwise."""
+    # lazy: the store's migrations, only once the store answered
+    from orch.store.db import ensure_schema
+
+    shown = safe_url(url)
+    revision = None
+    if missing_sqlite_file(url) is None:
+        try:
+            revision = current_revision(reader_engine(url, timeout))  # bounded: a server that hangs costs `timeout`
+        except Exception as exc:
+            raise ServiceUnavailable(f"store {shown} cannot be opened: {error_line(exc)}") from None
+    if revision == head_revision():
+        return
+    try:
+        ensure_schema(url)
+    except Exception as exc:
+        found = "no schema" if revision is None else f"revision {revision}"
+        raise ServiceUnavailable(
+            f"store {shown} ({found}) cannot be brought to this orch's revision {head_revision()}: {error_line(exc)}"
+        ) from None
 
 
 def check_broker(url: str, timeout: float) -> Check:
