@@ -60,3 +60,14 @@ def open_tasks_by_queue(session: Session, plan_id: str) -> dict[str, int]:
         .group_by(TaskRow.queue)
     )
     return {str(queue): int(count) for queue, count in rows}
+
+
+def queued_messages(session: Session, plan_id: str, key: str | None = None) -> list[tuple[str, str, int]]:
+    """The plan's queued tasks (or the one `key`), each as queue, task id and attempt: whose messages wait on the
+    broker."""
+    query = select(TaskRow.queue, TaskRow.key, TaskRow.attempt).where(
+        TaskRow.plan_id == plan_id, TaskRow.status == TaskStatus.QUEUED
+    )
+    if key is not None:
+        query = query.where(TaskRow.key == key)
+    return [(str(queue), str(task), int(attempt)) for queue, task, attempt in session.execute(query)]

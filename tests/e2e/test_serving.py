@@ -9,10 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import redis
 import yaml
 
+from orch.celery import make_app
+from orch.dispatch.reconcile import publish, reconcile_plans
+from orch.settings import get_settings
+from orch.store import plans
+from orch.store.db import db_now, write_session
 from tests.e2e.conftest import ORCH, Processes, orch_env, run_orch
-from tests.helpers import wait_for
+from tests.helpers import make_plan, registry, wait_for
 
 BEAT = [sys.executable, "-m", "celery", "-A", "orch", "beat"]
 
@@ -66,3 +73,38 @@ def test_submit_status_and_watch_name_the_missing_beat_and_the_queue_nobody_read
     finally:
         watch.kill()
         watch.wait()
+
+
+def test_cancel_takes_a_queued_tasks_message_off_the_broker(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14, point 6: a cancelled task's message stayed behind in Redis (on a queue nobody reads, for ever)."""
+    monkeypatch.setenv("ORCH_BROKER_URL", redis_url)
+    get_settings.cache_clear()
+    tasks = [
+        {"id": "a", "title": "ship it", "agent": "devops-engineer", "command": "true"},
+        {"id": "b", "title": "ship that", "agent": "devops-engineer", "command": "true"},
+        {"id": "c", "title": "tidy", "agent": "general-purpose", "command": "true"},
+    ]
+    with write_session() as session:
+        plan_id = plans.submit_plan(session, make_plan(tasks, name="withdrawn"), db_now(session))
+        dispatches = reconcile_plans(session, [plan_id], registry(), db_now(session))
+    app = make_app()
+    try:
+        publish(app, dispatches, 5.0)
+        publish(app, [d for d in dispatches if d.key == "a"], 5.0)  # a re-sent copy, as the beat sends one
+    finally:
+        app.close()
+    broker = redis.Redis.from_url(redis_url)
+    assert broker.llen("agent.devops-engineer") == 3 and broker.llen("agent.general-purpose") == 1
+    env = orch_env(tmp_path, ORCH_BROKER_URL=redis_url)
+
+    one = run_orch(["cancel", plan_id, "a"], tmp_path, env, timeout=60)
+    assert one.returncode == 0, one.stderr
+    assert "2 queued messages taken off the broker" in one.stdout, one.stdout
+    assert broker.llen("agent.devops-engineer") == 1  # b's is still there
+
+    rest = run_orch(["cancel", plan_id], tmp_path, env, timeout=60)
+    assert rest.returncode == 0, rest.stderr
+    assert "2 queued messages taken off the broker" in rest.stdout, rest.stdout
+    assert broker.llen("agent.devops-engineer") == 0 and broker.llen("agent.general-purpose") == 0
