@@ -92,6 +92,7 @@ def _on_worker_start(**_kwargs: Any) -> None:
         # cannot reach, a schema of another orch) would take the deployment's messages and hold them while it
         # retried its store. It refuses to start instead, in one line.
         require_store(settings.resolved_database_url, STORE_START_TIMEOUT)
+        dispose_engines()  # no store connection crosses the fork of the pool and `-B` beat processes (SQLite's locks)
     except OrchError as exc:  # refuse to start (Celery would only log an exception raised here)
         print(f"orch: worker not started: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
