@@ -13,11 +13,12 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from sqlalchemy import text
 
 from orch.celery import make_app
 from orch.records import RUN_TASK
 from orch.settings import get_settings
-from orch.store.db import ensure_schema
+from orch.store.db import dispose_engines, ensure_schema
 from tests.conftest import POSTGRES_HOST, POSTGRES_PORT, require_service
 from tests.e2e.conftest import Processes, orch_env
 from tests.helpers import free_port, wait_for
@@ -43,15 +44,26 @@ def send_message(redis_url: str, monkeypatch: pytest.MonkeyPatch, task_pk: int =
         app.close()
 
 
-@pytest.mark.parametrize("store", ["missing database", "no server"])
+@pytest.mark.parametrize("store", ["missing database", "no server", "another orch's schema"])
 def test_a_worker_on_a_wrong_store_exits_before_consuming(
     store: str, redis_url: str, tmp_path: Path, processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if store == "missing database":
         require_service("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
         url = f"postgresql://postgres:pg-pass-5e1f@{POSTGRES_HOST}:{POSTGRES_PORT}/orch_missing_{secrets.token_hex(4)}"
-    else:
+        expected = "orch: worker not started: store postgresql+psycopg://postgres:***@"
+        cause = "cannot be opened: OperationalError"
+    elif store == "no server":
         url = f"postgresql://postgres:pg-pass-5e1f@127.0.0.1:{free_port()}/orch"
+        expected = "orch: worker not started: store postgresql+psycopg://postgres:***@"
+        cause = "cannot be opened: OperationalError"
+    else:  # a store a newer orch migrated
+        url = f"sqlite:///{tmp_path / 'newer.db'}"
+        with ensure_schema(url).begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+        dispose_engines()
+        expected = f"orch: worker not started: store {url} (revision 0099) cannot be brought to this orch's revision"
+        cause = "Can't locate revision identified by '0099'"
     send_message(redis_url, monkeypatch)
     assert waiting_messages(redis_url) == 1
     log = tmp_path / "worker.log"
@@ -64,8 +76,8 @@ def test_a_worker_on_a_wrong_store_exits_before_consuming(
     assert worker.returncode != 0, output
     lines = [line for line in output.splitlines() if line.startswith("orch: ")]
     assert len(lines) == 1, output
-    assert lines[0].startswith("orch: worker not started: store postgresql+psycopg://postgres:***@"), lines
-    assert "cannot be opened: OperationalError" in lines[0], lines
+    assert lines[0].startswith(expected), lines
+    assert cause in lines[0], lines
     assert "pg-pass-5e1f" not in output
     assert waiting_messages(redis_url) == 1, "the worker consumed the message"
 
