@@ -46,8 +46,9 @@ def _withdraw(plan_id: str, queued: list[tuple[str, str, int]]) -> None:
     except Exception as exc:
         why = f"the broker did not answer ({error_line(exc)})"
     else:
-        if removed is not None:
-            click.echo(f"{counted(removed, 'queued message')} taken off the broker")
+        if removed is not None:  # none: a worker took it meanwhile, and finds its task cancelled
+            if removed:
+                click.echo(f"{counted(removed, 'queued message')} taken off the broker")
             return
         why = "this broker cannot remove one message"
     click.echo(f"{why}: a worker that takes a cancelled task's message drops it without running it", err=True)

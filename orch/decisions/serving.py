@@ -35,7 +35,8 @@ class BeatSeen:
         return plan_id is not None and plan_id in self.plans
 
     def describe(self) -> str:
-        scope = "" if not self.plans else f", limited to {len(self.plans)} plan(s) of an orch run"
+        count = len(self.plans)
+        scope = "" if not count else f", limited to the {count} plan{'' if count == 1 else 's'} of its orch run"
         return f"pid {self.pid} on {self.host}{scope}"
 
 

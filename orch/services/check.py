@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from orch.decisions.serving import TROUBLESHOOTING, BeatSeen, Serving, serving, silence_bound
-from orch.errors import ServiceUnavailable
+from orch.decisions.serving import TROUBLESHOOTING, BeatSeen, serving, silence_bound
+from orch.errors import ServiceUnavailable, StoreUnusable
 from orch.intake.agents import AgentRegistry, agent_network, load_agents
 from orch.redaction import error_line, safe_url
 from orch.services.broker_probe import connected, probe_connection
@@ -22,6 +22,7 @@ from orch.settings import Settings
 from orch.store import services
 from orch.store.db import current_revision, db_now, head_revision
 from orch.store.exporter_reads import missing_sqlite_file, queued_tasks_by_queue, reader_engine
+from orch.views.format import counted
 
 DEFAULT_TIMEOUT = 3.0
 
@@ -110,11 +111,7 @@ def _limited_beats(state: StoreState, bound: float) -> str:
     limited = [beat for beat in state.beats if beat.plans and (state.now - beat.last_tick_at).total_seconds() <= bound]
     if not limited:
         return ""
-    return f" (the beat of an orch run, {limited[0].describe()}, serves only its own plans)"
-
-
-def plan_serving(state: StoreState, plan_id: str, tick_seconds: float) -> Serving:
-    return serving(state.beats, plan_id, state.now, silence_bound(tick_seconds))
+    return f" (only the beat of an orch run ticks it: {limited[0].describe()})"
 
 
 def require_store(url: str, timeout: float) -> None:
@@ -136,6 +133,8 @@ def require_store(url: str, timeout: float) -> None:
         return
     try:
         ensure_schema(url)
+    except StoreUnusable:  # full, read-only, corrupt: its own message says which and what to do
+        raise
     except Exception as exc:
         found = "no schema" if revision is None else f"revision {revision}"
         raise ServiceUnavailable(
@@ -171,7 +170,8 @@ def check_consumers(queued: Mapping[str, int], readers: Mapping[str, list[str]])
         detail = "no worker answered: nothing reads any queue, so no task can run"
         checks.append(Check("consumers", False, f"{detail}; start one: {TROUBLESHOOTING}"))
     elif not queued:
-        return [Check("consumers", True, f"no queued tasks; {len(workers)} worker(s) answered: {', '.join(workers)}")]
+        answered = f"{counted(len(workers), 'worker')} answered: {', '.join(workers)}"
+        return [Check("consumers", True, f"no queued tasks; {answered}")]
     for queue in sorted(queued):
         count = queued[queue]
         names = sorted(readers.get(queue, ()))

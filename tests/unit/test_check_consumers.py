@@ -28,7 +28,7 @@ def test_a_queue_with_queued_tasks_and_no_reader_is_named() -> None:
 
 def test_nothing_queued_is_fine_with_a_worker() -> None:
     assert check_consumers({}, queue_readers(REPLIES)) == [
-        Check("consumers", True, "no queued tasks; 2 worker(s) answered: alpha@h1, beta@h2")
+        Check("consumers", True, "no queued tasks; 2 workers answered: alpha@h1, beta@h2")
     ]
 
 

@@ -67,3 +67,8 @@ def test_submit_names_the_plans_queues_nobody_reads() -> None:
     assert unread_queues({"agent.a": 2}, None) == [
         "the broker did not answer: whether workers read this plan's queues is unknown"
     ]
+
+
+def test_an_orch_run_beat_is_described_with_its_scope() -> None:
+    assert beat(1.0, plans=("p1",)).describe() == "pid 7 on h1, limited to the 1 plan of its orch run"
+    assert beat(1.0, plans=("p1", "p2")).describe().endswith("the 2 plans of its orch run")
