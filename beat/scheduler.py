@@ -5,15 +5,18 @@ Celery names it by string (`beat_scheduler = "beat.scheduler:OrchScheduler"`), s
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import sys
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.beat import Scheduler
 
 from beat.single import hold_single_beat_lock
-from beat.tick import run_tick
+from beat.tick import BeatProcess, run_tick
 from orch.errors import ConfigInvalid, StoreUnusable
 from orch.hardening import harden_process
 from orch.log import get_logger
@@ -52,6 +55,8 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
         self.liveness_seconds = settings.liveness_seconds
         self._next_alive = 0.0
         self._problem_logged: tuple[str, float] | None = None
+        # recorded at every tick, so that commands can tell whether a beat serves the store
+        self._process = BeatProcess(socket.gethostname(), os.getpid(), datetime.now(UTC))
         try:
             ensure_schema()
         except Exception:  # the store may come up after the beat: the tick keeps trying
@@ -80,7 +85,7 @@ class OrchScheduler(Scheduler):  # type: ignore[misc]
         # restart) workers get the chance to renew the leases they held, and to record results they kept.
         reap = self._store_since is not None and now - self._store_since >= self.lease_seconds
         try:
-            run_tick(reap=reap)
+            run_tick(reap=reap, beat=self._process)
             if self._store_since is None:
                 self._store_since = now
         except StoreUnusable as exc:  # full, read-only, corrupt: one line now and then, not a traceback per tick

@@ -14,7 +14,7 @@ from orch.dispatch.reconcile import publish, reconcile_plans
 from orch.intake.agents import load_agents
 from orch.log import attempt_context, get_logger
 from orch.settings import get_settings
-from orch.store import dispatching, plans
+from orch.store import dispatching, plans, services
 from orch.store.db import db_now, write_session
 
 log = get_logger(__name__)
@@ -28,15 +28,28 @@ class TickReport:
     reaped: int = 0
 
 
-def run_tick(now: datetime | None = None, reap: bool = True) -> TickReport:
+@dataclass(frozen=True)
+class BeatProcess:
+    """The beat that ticks, as the store records it (orch.store.services): `orch check`, `status` and `submit` read
+    its last tick."""
+
+    host: str
+    pid: int
+    started_at: datetime
+
+
+def run_tick(now: datetime | None = None, reap: bool = True, beat: BeatProcess | None = None) -> TickReport:
     """One tick. `reap=False` spares expired leases this time: the beat passes it for one lease period after
-    it (re)gains the store, so workers that kept their agents running through an outage can renew first."""
+    it (re)gains the store, so workers that kept their agents running through an outage can renew first. `beat`:
+    the beat ticking, whose tick is recorded in the same transaction."""
     settings = get_settings()
     registry = load_agents(settings.config_dir)
     only = settings.beat_plan_ids
     backoff = Backoff(settings.retry_backoff_base, settings.retry_backoff_max)
     with write_session(settings.resolved_database_url) as session:
         now = now or db_now(session)
+        if beat is not None:
+            services.record_beat_tick(session, beat.host, beat.pid, only, beat.started_at, now)
         reaped = reap_expired(session, now, backoff, only or None) if reap else []
         plan_ids = plans.active_plan_ids(session)
         if only:

@@ -30,6 +30,11 @@ class PlanGate:
 RUN_TASK = "orch.run_task"  # the Celery task a Dispatch's message names (workers.tasks registers it)
 
 
+def message_id(plan_id: str, key: str, attempt: int) -> str:
+    """The broker message id of a task's attempt: a re-sent message keeps it, so a cancel can find every copy."""
+    return f"{plan_id}.{key}.{attempt}"
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """One message to send: the task's id and attempt, to its agent type's queue."""
@@ -43,7 +48,7 @@ class Dispatch:
 
     @property
     def message_id(self) -> str:
-        return f"{self.plan_id}.{self.key}.{self.attempt}"
+        return message_id(self.plan_id, self.key, self.attempt)
 
 
 # --- a worker's attempt ----------------------------------------------------------------------------------

@@ -152,7 +152,9 @@ def postgres_url(_postgres_database: str, monkeypatch: pytest.MonkeyPatch) -> It
     engine = ensure_schema(_postgres_database)
     with engine.begin() as conn:
         conn.execute(
-            text("TRUNCATE events, attempts, dependencies, tasks, plans, agent_pauses RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE events, attempts, dependencies, tasks, plans, agent_pauses, services RESTART IDENTITY CASCADE"
+            )
         )
     yield _postgres_database
 

@@ -209,7 +209,11 @@ def install_pool_process_handlers() -> None:
         _terminate(signum)
 
     def _on_interrupt(_signum: int, _frame: object) -> None:
-        control.stop_all(FailureClass.INTERRUPTED, SHUTDOWN_MESSAGE)
+        stopped = control.stop_all(FailureClass.INTERRUPTED, SHUTDOWN_MESSAGE)
+        if not stopped and _task_running:
+            # A task with no agent running yet: it is waiting for its store (a claim retried while the store is
+            # unreachable, for up to ORCH_STORE_RETRY_SECONDS). The worker is shutting down: stop waiting.
+            raise ShutdownInterrupt(SHUTDOWN_MESSAGE)
 
     become_subreaper()
     signal.signal(signal.SIGTERM, _on_term)
@@ -217,6 +221,26 @@ def install_pool_process_handlers() -> None:
 
 
 SHUTDOWN_MESSAGE = "interrupted: the worker shut down"
+
+
+class ShutdownInterrupt(Exception):
+    """Raised in a pool process's task that has no agent to stop when the shutdown grace is over (its store retries
+    are in progress): the task gives its message back instead of waiting for the store."""
+
+
+_task_running = False
+
+
+@contextlib.contextmanager
+def running_task() -> Iterator[None]:
+    """Around a task in a pool process: the interrupt at the end of the shutdown grace may then end the task
+    itself when it has no agent to stop."""
+    global _task_running
+    _task_running = True
+    try:
+        yield
+    finally:
+        _task_running = False
 
 
 def interrupt_after_grace(grace: float) -> threading.Timer:

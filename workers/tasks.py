@@ -6,6 +6,7 @@ import signal
 import sys
 from typing import Any
 
+from celery.exceptions import Reject
 from celery.signals import (
     celeryd_after_setup,
     celeryd_init,
@@ -16,10 +17,11 @@ from celery.signals import (
 )
 
 from orch.celery import app, check_visibility_timeout
-from orch.errors import ConfigInvalid, StoreUnusable
+from orch.errors import OrchError, StoreUnusable
 from orch.hardening import harden_process
 from orch.log import forget_attempt, get_logger
 from orch.records import RUN_TASK
+from orch.services.check import require_store
 from orch.services.isolation import IsolationUnavailable
 from orch.services.processes import die_with_worker_main, remember_worker_main, stop_this_worker
 from orch.settings import get_settings
@@ -27,7 +29,13 @@ from orch.store.db import dispose_engines
 from workers.liveness import LivenessFile
 from workers.runner import run_attempt
 from workers.sandbox.launch import announce_isolation
-from workers.supervision import install_pool_process_handlers, interrupt_after_grace
+from workers.supervision import (
+    SHUTDOWN_MESSAGE,
+    ShutdownInterrupt,
+    install_pool_process_handlers,
+    interrupt_after_grace,
+    running_task,
+)
 
 app.steps["worker"].add(LivenessFile)
 log = get_logger(__name__)
@@ -38,7 +46,13 @@ STORE_UNUSABLE = "store unusable"
 @app.task(name=RUN_TASK, bind=True, acks_late=True, ignore_result=True)
 def run_task(self: Any, task_pk: int, attempt: int) -> str:
     try:
-        return run_attempt(task_pk, attempt, worker=self.request.hostname)
+        with running_task():
+            return run_attempt(task_pk, attempt, worker=self.request.hostname)
+    except ShutdownInterrupt:
+        # The worker shut down while this task waited for its store (nothing was claimed or run): its message goes
+        # back to the queue for another worker, rather than holding the shutdown for ORCH_STORE_RETRY_SECONDS.
+        log.warning("worker shutting down while its store is unreachable: message given back", task_pk=task_pk)
+        raise Reject(SHUTDOWN_MESSAGE, requeue=True) from None
     except StoreUnusable as exc:
         # Full, read-only or corrupt: no attempt here can record anything until someone mends the store, so the
         # worker stops taking tasks rather than run agents whose work is lost. Its running attempts' leases expire
@@ -65,13 +79,22 @@ def _on_worker_program_start(**_kwargs: Any) -> None:
     harden_process()
 
 
+STORE_START_TIMEOUT = 5.0  # seconds a worker's store may take to answer at start
+
+
 @worker_init.connect
 def _on_worker_start(**_kwargs: Any) -> None:
     remember_worker_main()
+    settings = get_settings()
     try:
-        check_visibility_timeout(get_settings(), app.conf.broker_url)
-    except ConfigInvalid as exc:  # refuse to start (Celery would only log an exception raised here)
-        print(f"orch: {exc}", file=sys.stderr)
+        check_visibility_timeout(settings, app.conf.broker_url)
+        # Before the worker joins any queue: a worker on a wrong store (a database that does not exist, a server it
+        # cannot reach, a schema of another orch) would take the deployment's messages and hold them while it
+        # retried its store. It refuses to start instead, in one line.
+        require_store(settings.resolved_database_url, STORE_START_TIMEOUT)
+        dispose_engines()  # no store connection crosses the fork of the pool and `-B` beat processes (SQLite's locks)
+    except OrchError as exc:  # refuse to start (Celery would only log an exception raised here)
+        print(f"orch: worker not started: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
 
 

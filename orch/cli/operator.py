@@ -25,6 +25,35 @@ def _plan_id(session: Session, plan_ref: str) -> str:
     return str(plans.find_plan(session, plan_ref).id)
 
 
+_WITHDRAW_TIMEOUT = 2.0  # seconds per step of taking cancelled tasks' messages off the broker
+
+
+def _withdraw(plan_id: str, queued: list[tuple[str, str, int]]) -> None:
+    """Take the cancelled tasks' queued messages off the broker, so none stays behind on a queue; where that cannot
+    be done, the worker that takes one drops it (its task is cancelled)."""
+    if not queued:
+        return
+    # lazy (start-up cost): the broker's client
+    from orch.dispatch.withdraw import QueuedMessage, withdraw
+    from orch.records import message_id
+    from orch.redaction import error_line
+    from orch.settings import get_settings
+    from orch.views.format import counted
+
+    messages = [QueuedMessage(queue, message_id(plan_id, key, attempt)) for queue, key, attempt in queued]
+    try:
+        removed = withdraw(get_settings().resolved_broker_url, messages, _WITHDRAW_TIMEOUT)
+    except Exception as exc:
+        why = f"the broker did not answer ({error_line(exc)})"
+    else:
+        if removed is not None:  # none: a worker took it meanwhile, and finds its task cancelled
+            if removed:
+                click.echo(f"{counted(removed, 'queued message')} taken off the broker")
+            return
+        why = "this broker cannot remove one message"
+    click.echo(f"{why}: a worker that takes a cancelled task's message drops it without running it", err=True)
+
+
 @click.command()
 @click.argument("plan_ref")
 @click.argument("task_id", required=False)
@@ -35,7 +64,7 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
     Nothing more is dispatched; running agents are killed, process group and all, on whichever host runs them."""
     # lazy (start-up cost): the store loads SQLAlchemy
     from orch.services.local_run import cancel_dead_runs
-    from orch.store import operator
+    from orch.store import operator, services
     from orch.store.db import db_now, write_session
     from orch.views.format import counted
 
@@ -43,13 +72,17 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
     with write_session() as session:
         plan_id = _plan_id(session, plan_ref)
         now = db_now(session)
+        queued = services.queued_messages(session, plan_id, task_id)  # their messages wait on the broker
         if task_id is not None:
             task = operator.cancel_task(session, plan_id, task_id, now, "cancelled by orch cancel")
-            click.echo(f"plan {plan_id}: task {task_id} {task.status} -> cancelled")
-            if task.status is TaskStatus.RUNNING:
-                click.echo(f"its running agent ({task.attempt}. attempt): {_STOP_NOTE}")
-            return
-        counts = operator.cancel_plan(session, plan_id, now, "cancelled by orch cancel")
+        else:
+            counts = operator.cancel_plan(session, plan_id, now, "cancelled by orch cancel")
+    _withdraw(plan_id, queued)
+    if task_id is not None:
+        click.echo(f"plan {plan_id}: task {task_id} {task.status} -> cancelled")
+        if task.status is TaskStatus.RUNNING:
+            click.echo(f"its running agent ({task.attempt}. attempt): {_STOP_NOTE}")
+        return
     if not counts:
         click.echo(f"plan {plan_id}: no unfinished task; plan cancelled")
         return

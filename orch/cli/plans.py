@@ -97,17 +97,22 @@ def route_command(text: tuple[str, ...]) -> None:
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @handle_errors
 def submit(plan_file: str) -> None:
-    """Store PLAN_FILE for a running deployment (its beat dispatches it); prints the plan id."""
+    """Store PLAN_FILE for a running deployment (its beat dispatches it); prints the plan id, then (on stderr) the
+    store it went to, whether a beat serves that store, and any of its queues no worker reads."""
     # lazy (start-up cost): the store loads SQLAlchemy
+    from orch.cli.serving import submitted_notes
     from orch.services.local_run import cancel_dead_runs
     from orch.store import plans
-    from orch.store.db import write_session
+    from orch.store.db import read_session, write_session
 
     plan = read_plan(plan_file)
     cancel_dead_runs()
     with write_session() as session:
         plan_id = plans.submit_plan(session, plan, now_utc())
     click.echo(plan_id)
+    with read_session() as session:  # where it went, and whether anything will run it (stderr: stdout is the id)
+        for note in submitted_notes(session, plan_id):
+            click.echo(f"orch submit: {note}", err=True)
 
 
 @click.command()

@@ -20,10 +20,11 @@ from orch.settings import get_settings
 def status(plan_ref: str | None, as_json: bool) -> None:
     """Show recent plans, or one plan's tasks (PLAN_REF: a plan id, or a name for its latest plan)."""
     # lazy (start-up cost): the views read the store, which loads SQLAlchemy
+    from orch.cli.serving import plan_notes
     from orch.services.local_run import cancel_dead_runs
     from orch.store import plans
     from orch.store.db import read_session
-    from orch.views.format import show_table
+    from orch.views.format import line, show_table
     from orch.views.status import PlanSnapshot, plans_table, summary_line, tasks_table
 
     cancel_dead_runs()
@@ -44,10 +45,13 @@ def status(plan_ref: str | None, as_json: bool) -> None:
                     out.print("no plans yet")
             return
         snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_ref), now_utc())
+        notes = plan_notes(session, snapshot.plan)  # no beat, a queue nobody reads: said, not left to guess
     if as_json:
-        click.echo(json.dumps(snapshot.as_json(), indent=2))
+        click.echo(json.dumps({**snapshot.as_json(), "notes": notes}, indent=2))
     else:
         out.print(summary_line(snapshot))
+        for note in notes:
+            out.print(line(note), style="yellow", soft_wrap=True)  # a note never folds
         show_table(out, tasks_table(snapshot, now_utc()))
 
 
@@ -79,13 +83,16 @@ def logs(plan_ref: str, task_id: str, number: int | None, follow: bool, raw: boo
 @handle_errors
 def watch(plan_ref: str, interval: float) -> None:
     """Live progress of PLAN_REF until it ends: a bar per agent type and overall, the running tasks and their time
-    so far. Reads the store only. Exits 0 if the plan succeeded, 1 if not, 130 on Ctrl-C (the plan runs on)."""
+    so far, and why it cannot move if no beat serves its store or no worker reads a queue of its queued tasks.
+    Reads the store (and asks the broker which queues have readers). Exits 0 if the plan succeeded, 1 if not, 130
+    on Ctrl-C (the plan runs on)."""
     # lazy (start-up cost): the views read the store, which loads SQLAlchemy
+    from orch.cli.serving import plan_notes
     from orch.services.local_run import cancel_dead_runs
     from orch.views.progress import follow
 
     cancel_dead_runs()
-    sys.exit(follow(plan_ref, out, interval))
+    sys.exit(follow(plan_ref, out, interval, notes=plan_notes))
 
 
 @click.command()

@@ -174,3 +174,20 @@ class AgentPauseRow(Base):
     reason: Mapped[str] = mapped_column(Text)  # for people: the cause's details (the failures, the reset time)
     cause: Mapped[PauseCause] = mapped_column(_enum(PauseCause))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ServiceRow(Base):
+    """A long-running orch process that serves this store: today the beats (`kind` 'beat'), each stamping its last
+    tick, so that a command can tell whether any beat serves the store and when one last did. A beat that stops
+    leaves its row: its last tick is the answer to "since when has nothing ticked"."""
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("kind", "host", "pid", name="uq_services_kind_host_pid"),)
+
+    pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    plans: Mapped[str] = mapped_column(Text, default="", server_default="")  # comma-separated ids; "": every plan
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_tick_at: Mapped[datetime] = mapped_column(UTCDateTime)  # by the database's clock

@@ -141,13 +141,36 @@ class View:
         raise NotImplementedError
 
 
+NotesReader = Callable[[Session, PlanRow], list[str]]
+NOTES_EVERY = 10.0  # seconds between two askings of why a plan cannot move (the broker is asked: a second or so)
+
+
+class Notes:
+    """Why a watched plan cannot move (no beat, a queue nobody reads: orch.views.serving), read at most every
+    NOTES_EVERY seconds and kept in between."""
+
+    def __init__(self, read: NotesReader | None) -> None:
+        self.read = read
+        self.lines: list[str] = []
+        self.next_read = 0.0
+
+    def current(self, session: Session, plan: PlanRow) -> list[str]:
+        if self.read is not None and time.monotonic() >= self.next_read:
+            self.lines = self.read(session, plan)
+            self.next_read = time.monotonic() + NOTES_EVERY
+        return self.lines
+
+
 class LiveView(View):
     """On a terminal: the bars, redrawn in place (cleared at the end if `transient`)."""
 
-    def __init__(self, plan_id: str, console: Console, transient: bool = False) -> None:
+    def __init__(
+        self, plan_id: str, console: Console, transient: bool = False, notes: NotesReader | None = None
+    ) -> None:
         self.plan_id, self.console, self.transient = plan_id, console, transient
         self.live: Live | None = None
         self.progress: Progress | None = None  # the last read
+        self.notes = Notes(notes)
 
     def __exit__(self, *_exc: object) -> None:
         if self.live is not None:
@@ -155,23 +178,25 @@ class LiveView(View):
 
     def show(self, session: Session) -> bool:
         self.progress = Progress.load(session, self.plan_id)
+        notes = [] if self.progress.is_over else self.notes.current(session, self.progress.plan)
+        shown = Group(progress_view(self.progress), *(Text(inert(note), style="yellow") for note in notes))
         if self.live is None:
-            self.live = Live(
-                progress_view(self.progress), console=self.console, auto_refresh=False, transient=self.transient
-            )
+            self.live = Live(shown, console=self.console, auto_refresh=False, transient=self.transient)
             self.live.start(refresh=True)
         else:
-            self.live.update(progress_view(self.progress), refresh=True)
+            self.live.update(shown, refresh=True)
         return self.progress.is_over
 
 
 class SummaryLines(View):
     """`orch watch` not on a terminal (a log, a pipe): a summary line whenever the plan's counts change."""
 
-    def __init__(self, plan_id: str, console: Console) -> None:
+    def __init__(self, plan_id: str, console: Console, notes: NotesReader | None = None) -> None:
         self.plan_id, self.console = plan_id, console
         self.shown: object = None
         self.progress: Progress | None = None  # the last read
+        self.notes = Notes(notes)
+        self.notes_shown: list[str] = []
 
     def show(self, session: Session) -> bool:
         self.progress = current = Progress.load(session, self.plan_id)
@@ -179,6 +204,11 @@ class SummaryLines(View):
         if state != self.shown:
             self.console.print(Text(f"{current.now:%H:%M:%S} ") + summary_line(current), soft_wrap=True)
             self.shown = state
+        notes = [] if current.is_over else self.notes.current(session, current.plan)
+        if notes != self.notes_shown:  # said once, and again when it changes
+            for note in notes:
+                self.console.print(Text(f"{current.now:%H:%M:%S}   {inert(note)}"), soft_wrap=True)
+            self.notes_shown = notes
         return current.is_over
 
 
@@ -201,12 +231,13 @@ class EventLines(View):
         return run_is_over(plan.status, reads.count_by_status(session, self.plan_id))
 
 
-def follow(plan_ref: str, console: Console, interval: float) -> int:
+def follow(plan_ref: str, console: Console, interval: float, notes: NotesReader | None = None) -> int:
     """`orch watch`: progress until the plan is over, then its final bars. The exit code is `orch run`'s: 0 if
-    the plan succeeded, 1 otherwise, 130 on Ctrl-C (the plan itself is left alone)."""
+    the plan succeeded, 1 otherwise, 130 on Ctrl-C (the plan itself is left alone). `notes`: why the plan cannot
+    move, if it cannot (shown under the bars, or as lines when they change)."""
     with read_session() as session:
         plan_id = plans.find_plan(session, plan_ref).id  # a name is resolved once: a later plan of it is another
-    view = LiveView(plan_id, console) if console.is_terminal else SummaryLines(plan_id, console)
+    view = LiveView(plan_id, console, notes=notes) if console.is_terminal else SummaryLines(plan_id, console, notes)
     try:
         poll(view, interval)
     except KeyboardInterrupt:

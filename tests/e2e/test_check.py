@@ -1,24 +1,31 @@
-"""`orch check` as an operator runs it: all good with a worker reading the queue that holds queued tasks; a
-queue nobody reads named, exit 1; an unreachable broker or store reported at once, exit 1."""
+"""`orch check` as an operator runs it: all good with a beat ticking the store and a worker reading the queue that
+holds queued tasks; a queue nobody reads named, exit 1; no beat, or no worker at all, a failure naming when a beat
+last ticked (issue 14, point 2); an unreachable broker or store reported at once, exit 1."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from orch.dispatch.reconcile import reconcile_plans
 from orch.services.check import check_store
+from orch.services.processes import stop_process
 from orch.settings import get_settings
-from orch.store import plans
+from orch.store import plans, services
 from orch.store.db import db_now, ensure_schema, write_session
+from orch.store.models import ServiceRow
 from tests.e2e.conftest import Processes, orch_env, run_orch
 from tests.helpers import free_port, make_plan, registry, wait_for
 
+BEAT = [sys.executable, "-m", "celery", "-A", "orch", "beat"]
 WORKER = [
     sys.executable,
     "-m",
@@ -61,13 +68,16 @@ def test_all_good_with_a_worker_then_a_queue_nobody_reads_is_named(
     queue_in_store([{"id": "a", "title": "tidy up", "agent": "general-purpose", "command": "true"}], "served")
     log = tmp_path / "worker.log"
     processes.start([*WORKER, "-Q", "agent.general-purpose", "-n", "checked@%h"], tmp_path, env, log)
+    processes.start([*BEAT, "-s", str(tmp_path / "beat-schedule")], tmp_path, env, tmp_path / "beat.log")
     wait_for(lambda: "checked@" in log.read_text() and "ready." in log.read_text(), 60, "the worker to be ready")
+    wait_for(lambda: beat_ticked(), 60, "the beat to tick")
 
     good = run_orch(["check"], tmp_path, env, timeout=60)
     assert good.returncode == 0, good.stdout + good.stderr
     assert lines_of(good.stdout) == {
         "store": "ok",
         "migrations": "ok",
+        "beat": "ok",
         "isolation": "ok",
         "broker": "ok",
         "queue agent.general-purpose": "ok",
@@ -83,6 +93,39 @@ def test_all_good_with_a_worker_then_a_queue_nobody_reads_is_named(
     assert "agent.documentation-writer  1 queued; no worker reads this queue" in bad.stdout
 
 
+def beat_ticked() -> bool:
+    with write_session() as session:
+        return bool(services.beats(session))
+
+
+def test_no_beat_and_no_worker_are_failures_naming_when_a_beat_last_ticked(
+    redis_url: str, tmp_path: Path, processes: Processes
+) -> None:
+    """Issue 14, point 2: with no beat and no worker at all, `orch check` said all was well (exit 0)."""
+    env = orch_env(tmp_path, ORCH_BROKER_URL=redis_url)
+    ensure_schema()
+    nothing = run_orch(["check", "--timeout", "2"], tmp_path, env, timeout=60)
+    assert nothing.returncode == 1, nothing.stdout + nothing.stderr
+    verdicts = lines_of(nothing.stdout)
+    assert verdicts["beat"] == "FAIL" and verdicts["consumers"] == "FAIL", nothing.stdout
+    assert "no beat has ever ticked this store; start one: see docs/troubleshooting.md" in nothing.stdout
+    assert "no worker answered: nothing reads any queue" in nothing.stdout
+
+    # A beat that ticked, then stopped: check names when it last ticked.
+    beat = processes.start([*BEAT, "-s", str(tmp_path / "beat-schedule")], tmp_path, env, tmp_path / "beat.log")
+    wait_for(beat_ticked, 60, "the beat to tick")
+    served = run_orch(["check", "--timeout", "2"], tmp_path, env, timeout=60)
+    line = next(line for line in served.stdout.splitlines() if line[6:].startswith("beat"))
+    assert line.startswith("ok") and f"beat pid {beat.pid} on {socket.gethostname()} ticked" in line, served.stdout
+    stop_process(beat, signal.SIGTERM, 30)
+    with write_session() as session:  # as if it had stopped ten minutes ago
+        session.execute(update(ServiceRow).values(last_tick_at=db_now(session) - timedelta(minutes=10)))
+    stopped = run_orch(["check", "--timeout", "2"], tmp_path, env, timeout=60)
+    assert stopped.returncode == 1
+    line = next(line for line in stopped.stdout.splitlines() if line[6:].startswith("beat"))
+    assert line.startswith("FAIL") and "no beat has ticked this store since " in line and "(10m ago)" in line, line
+
+
 def test_an_unreachable_broker_is_reported_quickly(tmp_path: Path) -> None:
     ensure_schema()
     env = orch_env(tmp_path, ORCH_BROKER_URL=f"redis://:broker-pass-8c1d@127.0.0.1:{free_port()}/0")
@@ -91,7 +134,7 @@ def test_an_unreachable_broker_is_reported_quickly(tmp_path: Path) -> None:
     assert time.monotonic() - started < 20
     assert result.returncode == 1, result.stdout + result.stderr
     assert lines_of(result.stdout) == {
-        "store": "ok", "migrations": "ok", "isolation": "ok", "broker": "FAIL", "consumers": "FAIL"
+        "store": "ok", "migrations": "ok", "beat": "FAIL", "isolation": "ok", "broker": "FAIL", "consumers": "FAIL"
     }  # fmt: skip
     assert "unreachable" in result.stdout and "not checked: the broker is unreachable" in result.stdout
     assert "broker-pass-8c1d" not in result.stdout + result.stderr
@@ -109,7 +152,7 @@ def test_an_unreachable_store_and_broker_are_reported_quickly(tmp_path: Path) ->
     assert result.returncode == 1, result.stdout + result.stderr
     verdicts = lines_of(result.stdout)
     assert verdicts == {
-        "store": "FAIL", "migrations": "FAIL", "isolation": "ok", "broker": "FAIL", "consumers": "FAIL"
+        "store": "FAIL", "migrations": "FAIL", "beat": "FAIL", "isolation": "ok", "broker": "FAIL", "consumers": "FAIL"
     }, result.stdout  # fmt: skip
     assert "postgresql+psycopg://orch:***@127.0.0.1" in result.stdout
     assert "store-pass-4e2a" not in result.stdout + result.stderr

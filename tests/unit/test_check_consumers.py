@@ -26,8 +26,19 @@ def test_a_queue_with_queued_tasks_and_no_reader_is_named() -> None:
     ]
 
 
-def test_nothing_queued_is_fine_even_without_workers() -> None:
-    assert check_consumers({}, {}) == [Check("consumers", True, "no queued tasks; 0 worker(s) answered")]
+def test_nothing_queued_is_fine_with_a_worker() -> None:
+    assert check_consumers({}, queue_readers(REPLIES)) == [
+        Check("consumers", True, "no queued tasks; 2 workers answered: alpha@h1, beta@h2")
+    ]
+
+
+def test_no_worker_at_all_is_a_failure_even_with_nothing_queued() -> None:
+    # issue 14, point 2: `orch check` said all was well with no worker at all
+    (check,) = check_consumers({}, {})
+    assert not check.ok and check.name == "consumers"
+    assert check.detail.startswith("no worker answered: nothing reads any queue")
+    queued = check_consumers({"agent.x": 1}, {})
+    assert [c.ok for c in queued] == [False, False] and queued[1].name == "queue agent.x"
 
 
 def test_render_aligns_verdicts_and_names() -> None:
