@@ -118,8 +118,9 @@ def submit(plan_file: str) -> None:
 @click.command()
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--concurrency", type=int, default=None, help="Worker processes (default ORCH_EMBEDDED_CONCURRENCY).")
+@click.option("--json", "as_json", is_flag=True, help="End with `orch status --json`'s document instead of the table.")
 @handle_errors
-def run(plan_file: str, concurrency: int | None) -> None:
+def run(plan_file: str, concurrency: int | None, as_json: bool) -> None:
     """Run PLAN_FILE here: private Redis, SQLite store, a worker and the beat tick; exit 0 if it succeeded.
 
     ORCH_BROKER_URL / ORCH_DATABASE_URL use real servers instead."""
@@ -132,5 +133,5 @@ def run(plan_file: str, concurrency: int | None) -> None:
     check_agent_isolation(plan, err)
     for line in route_lines(plan):
         err.print(line, markup=False, highlight=False)
-    code = run_embedded(plan, concurrency or get_settings().embedded_concurrency, out, err)
+    code = run_embedded(plan, concurrency or get_settings().embedded_concurrency, out, err, as_json)
     sys.exit(code)

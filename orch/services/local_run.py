@@ -46,13 +46,13 @@ def check_agent_isolation(plan: Plan, err: Console) -> None:
         err.print(f"orch run: {isolation.warning}", highlight=False, markup=False)
 
 
-def run_embedded(plan: Plan, concurrency: int, out: Console, err: Console) -> int:
+def run_embedded(plan: Plan, concurrency: int, out: Console, err: Console, as_json: bool = False) -> int:
     """Start the embedded servers and worker, run `plan` to its end, stop them: 0 if it succeeded, 1 if not, 130
     after Ctrl-C (the plan cancelled). Whatever happens, what was started is stopped. Progress and the notes go to
-    `err`, the final table to `out`."""
+    `err`, the final table (or, `as_json`, `orch status --json`'s document) to `out`."""
     home = get_settings().home.resolve()
     check_home(home)  # before anything starts: a read-only or full ORCH_HOME in one line
-    run = _EmbeddedRun()
+    run = _EmbeddedRun(as_json)
     code: int | None = None
     with _CtrlC() as ctrl_c:
         try:
@@ -104,7 +104,8 @@ class _CtrlC:
 class _EmbeddedRun:
     """What `orch run` started, to be stopped whatever happens."""
 
-    def __init__(self) -> None:
+    def __init__(self, as_json: bool = False) -> None:
+        self.as_json = as_json  # how the final word is printed
         self.redis: EmbeddedRedis | None = None  # once one is started
         self.worker: EmbeddedWorker | None = None  # once started
         self.plan_id: str | None = None
@@ -150,7 +151,7 @@ def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun
         f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {counted(len(plan.tasks), 'task')} on "
         f"{counted(len(queues), 'queue')}; store {safe_url(database_url)}; worker log {worker.log_path}"
     )
-    final = watch_plan(plan_id, worker, out, err)
+    final = watch_plan(plan_id, worker, out, err, as_json=run.as_json)
     return 0 if final is PlanStatus.SUCCEEDED else 1
 
 
@@ -169,7 +170,7 @@ def _cancel_after_ctrl_c(run: _EmbeddedRun, out: Console, err: Console) -> None:
     if run.worker is not None:
         run.worker.stop(cold=True)
     try:
-        print_final(run.plan_id, out)
+        print_final(run.plan_id, out, run.as_json)
     except (OrchError, SQLAlchemyError) as exc:  # the cancel is recorded: not being able to show it is no failure
         click.echo(f"orch: {str(exc).splitlines()[0]}", err=True)
 
@@ -225,7 +226,9 @@ def cancel_dead_runs(warn_live: bool = False) -> None:
         )
 
 
-def watch_plan(plan_id: str, worker: EmbeddedWorker, out: Console, err: Console, poll: float = 0.25) -> PlanStatus:
+def watch_plan(
+    plan_id: str, worker: EmbeddedWorker, out: Console, err: Console, poll: float = 0.25, as_json: bool = False
+) -> PlanStatus:
     """Show progress until the plan is over (live view on a terminal, one line per event otherwise), then the
     final table. Raises WorkerStopped if the worker exits, or says it stops, first."""
 
@@ -238,4 +241,4 @@ def watch_plan(plan_id: str, worker: EmbeddedWorker, out: Console, err: Console,
             raise WorkerStopped(f"the worker exited unexpectedly; its log ends with:\n{tail}")
 
     follow_run(plan_id, err, poll, check_worker)
-    return print_final(plan_id, out)
+    return print_final(plan_id, out, as_json)

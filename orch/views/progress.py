@@ -6,6 +6,7 @@ bars or the summary is a few aggregate queries (Progress), so a 100,000-task pla
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -266,10 +267,13 @@ def format_event(event: EventRow, key_of: dict[int, str]) -> str:
     return inert(f"{stamp} {subject}{attempt}: {change}{detail}")
 
 
-def print_final(plan_id: str, console: Console) -> PlanStatus:
-    """`orch run`'s last word: the plan's tasks table and summary line."""
+def print_final(plan_id: str, console: Console, as_json: bool = False) -> PlanStatus:
+    """`orch run`'s last word: the plan's tasks table and summary line, or `orch status --json`'s document."""
     with read_session() as session:
         snapshot = PlanSnapshot.load(session, plans.find_plan(session, plan_id), datetime.now(UTC))
+    if as_json:
+        console.out(json.dumps(snapshot.as_json(), indent=2), highlight=False)  # no markup, no wrapping
+        return snapshot.plan.status
     show_table(console, tasks_table(snapshot, datetime.now(UTC)))
     console.print(summary_line(snapshot))
     return snapshot.plan.status

@@ -351,3 +351,23 @@ def test_check_json_says_what_its_lines_say(tmp_path: Path) -> None:
     words = {"ok": "ok", "warn": "WARN", "fail": "FAIL"}
     assert {c["check"]: words[c["status"]] for c in document["checks"]} == lines_of(text.stdout)
     assert "broker-pass-8c1d" not in as_json.stdout
+
+
+def test_orch_run_json_ends_with_the_status_document_alone_on_stdout(tmp_path: Path) -> None:
+    plan = write(
+        tmp_path / "two.yaml",
+        """\
+        name: two
+        tasks:
+          - {id: a, title: a, agent: general-purpose, command: "echo one"}
+          - {id: b, title: b, agent: general-purpose, command: "echo two", after: [a]}
+        """,
+    )
+    env = orch_env(tmp_path)
+    result = run_orch(["run", "--json", str(plan)], tmp_path, env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    document = json.loads(result.stdout)  # nothing but the document: progress and notes are on stderr
+    assert document["plan"]["status"] == "succeeded"
+    assert {t["id"]: t["status"] for t in document["tasks"]} == {"a": "succeeded", "b": "succeeded"}
+    status = json.loads(run_orch(["status", "two", "--json"], tmp_path, env).stdout)
+    assert {k: v for k, v in status.items() if k != "notes"}["tasks"] == document["tasks"]
