@@ -78,9 +78,13 @@ def read_store(url: str, timeout: float) -> tuple[list[Check], StoreState | None
     """check_store's checks, and what the store says about serving it (None when it cannot say)."""
     shown = safe_url(url)
     not_checked = Check("migrations", False, "not checked: the store is unreachable")
-    if missing_sqlite_file(url) is not None:
-        missing = Check("store", False, f"{shown}: no such database file (`orch db upgrade` creates it)")
-        return [missing, not_checked], None
+    if (file := missing_sqlite_file(url)) is not None:
+        detail = (
+            f"{shown}: no such database file (`orch db upgrade` creates it)"
+            if file.parent.is_dir()
+            else f"{shown}: folder {file.parent} does not exist (orch creates a SQLite store's file, never its folders)"
+        )
+        return [Check("store", False, detail), not_checked], None
     try:
         engine = reader_engine(url, timeout)
         revision = current_revision(engine)

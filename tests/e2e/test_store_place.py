@@ -90,6 +90,8 @@ def test_check_reports_a_missing_store_among_its_checks_and_creates_nothing(miss
     assert result.returncode == 1, result.stdout + result.stderr
     (store,) = [line for line in result.stdout.splitlines() if line.split()[1:2] == ["store"]]
     assert store.startswith("FAIL") and str(folder / "orch.db") in store, store
+    said = "no such database file" if missing == "file" else f"folder {folder} does not exist"
+    assert said in store, store
     assert any(line.split()[1:2] == ["broker"] for line in result.stdout.splitlines()), result.stdout
 
 
