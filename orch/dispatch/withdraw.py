@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from orch.services.broker_probe import connected
 
@@ -36,10 +37,21 @@ def withdraw(broker_url: str, messages: Iterable[QueuedMessage], timeout: float)
         removed = 0
         for queue, ids in by_queue.items():
             for key in _redis_lists(channel, queue):
-                for raw in client.lrange(key, 0, -1):
-                    if _message_id(raw) in ids:
-                        removed += int(client.lrem(key, 0, raw))
+                for raw in _matching(client, key, ids):
+                    removed += int(client.lrem(key, 0, raw))
         return removed
+
+
+PAGE = 1000  # a queue's list is read this many messages at a time: a long queue costs round trips, not memory
+
+
+def _matching(client: Any, key: str, ids: set[str]) -> list[bytes | str]:
+    """The messages of the list `key` whose id is in `ids`, read page by page (removed only once all is read, so
+    that no removal shifts a page not yet read)."""
+    found = []
+    for start in range(0, int(client.llen(key)), PAGE):
+        found += [raw for raw in client.lrange(key, start, start + PAGE - 1) if _message_id(raw) in ids]
+    return found
 
 
 def _redis_lists(channel: object, queue: str) -> list[str]:
