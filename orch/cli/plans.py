@@ -126,12 +126,9 @@ def run(plan_file: str, concurrency: int | None, as_json: bool) -> None:
     ORCH_BROKER_URL / ORCH_DATABASE_URL use real servers instead."""
     # lazy (start-up cost): orch run's services load the store, and with it SQLAlchemy
     from orch.services.local_run import check_agent_isolation, run_embedded
-    from orch.views.routes import route_lines
 
     plan = read_plan(plan_file)  # bad input: exit 2 before anything starts or is written
     check_workdir_here(plan)
     check_agent_isolation(plan, err)
-    for line in route_lines(plan):
-        err.print(line, markup=False, highlight=False)
     code = run_embedded(plan, concurrency or get_settings().embedded_concurrency, out, err, as_json)
     sys.exit(code)

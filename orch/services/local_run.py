@@ -31,6 +31,7 @@ from orch.store import operator, plans, runners
 from orch.store.db import db_now, ensure_schema, read_session, write_session
 from orch.views.format import counted
 from orch.views.progress import INTERRUPTED, follow_run, print_final
+from orch.views.routes import route_lines
 from orch.views.terminal import inert
 
 
@@ -151,6 +152,8 @@ def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun
         f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {counted(len(plan.tasks), 'task')} on "
         f"{counted(len(queues), 'queue')}; store {safe_url(database_url)}; worker log {worker.log_path}"
     )
+    for line in route_lines(plan):  # the routes of tasks without `agent:`, once what could refuse the run has not
+        err.print(line, markup=False, highlight=False)
     final = watch_plan(plan_id, worker, out, err, as_json=run.as_json)
     return 0 if final is PlanStatus.SUCCEEDED else 1
 
