@@ -117,6 +117,15 @@ def redis_folders(pid: int) -> list[Path]:
     return sorted(Path("/tmp").glob(f"orch-redis-{pid}-*"))
 
 
+def wait_for_no_process(tmp_path: Path, timeout: float, what: str) -> None:
+    """Wait for every process that names `tmp_path` (its command line or environment) to exit; fail naming those
+    left."""
+    try:
+        wait_for(lambda: not list_processes(str(tmp_path)), timeout, what)
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; left: {list_processes(str(tmp_path))}") from None
+
+
 def orch_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if line.startswith("orch:") or "Traceback" in line or "Aborted" in line]
 
@@ -133,7 +142,7 @@ def test_a_sigkilled_orch_run_leaves_nothing_running_and_the_next_run_is_not_hel
     run.process.kill()  # SIGKILL: no handler, no clean-up of its own
     run.wait(timeout=10)
     # Its worker's main, pool and beat processes, the agents and Redis all end with it, within seconds.
-    wait_for(lambda: not list_processes(str(tmp_path)), 20, "every process the killed orch run started to exit")
+    wait_for_no_process(tmp_path, 20, "every process the killed orch run started to exit")
     assert redis_folders(run.pid), "its Redis folder is left for the next start to sweep"
     # The four sleepers filled general-purpose's cap of 4: the next run cancels their plan, then runs at once.
     started = time.monotonic()
@@ -160,7 +169,7 @@ def test_a_second_ctrl_c_while_stopping_does_not_skip_the_clean_up(tmp_path: Pat
     assert orch_lines(run.lines) == [], run.lines  # no "Aborted!", no traceback
     assert run.said("interrupted again: still stopping the worker")
     assert not redis_folders(run.pid)
-    wait_for(lambda: not list_processes(str(tmp_path)), 20, "every process orch run started to exit")
+    wait_for_no_process(tmp_path, 20, "every process orch run started to exit")
     assert set(task_statuses("stubborn", tmp_path, env).values()) == {"cancelled"}
 
 
@@ -191,7 +200,7 @@ def test_a_full_store_stops_the_worker_and_orch_run_says_so_in_one_line(tmp_path
         (line,) = orch_lines(run.lines)
         assert line.startswith(f"orch: the worker stopped: store at {home / 'orch.db'} is full: database or disk")
         assert line.endswith(" once the store can be written") and "run `orch cancel waiter-" in line
-        wait_for(lambda: not list_processes(str(tmp_path)), 20, "every process orch run started to exit")
+        wait_for_no_process(tmp_path, 20, "every process orch run started to exit")
         filler.unlink()
         report = json.loads(run_orch(["status", "waiter", "--json"], tmp_path, env).stdout)
         assert report["plan"]["status"] == "cancelled"  # its runner is gone: the next command cancels it
@@ -210,7 +219,7 @@ def test_ctrl_c_while_the_store_is_full_says_what_to_do_and_exits_130(tmp_path: 
         assert line.startswith(f"orch: could not record the cancel: store at {home / 'orch.db'} is full: ")
         assert "; run `orch cancel sleepers-" in line and line.endswith("` once the store can be written")
         assert not redis_folders(run.pid)
-        wait_for(lambda: not list_processes(str(tmp_path)), 20, "every process orch run started to exit")
+        wait_for_no_process(tmp_path, 20, "every process orch run started to exit")
         filler.unlink()
 
 
