@@ -29,7 +29,7 @@ from orch.log import bind_attempt, get_logger, private_log_file
 from orch.records import AttemptResult, Claim, ClaimedTask, Dispatch
 from orch.redaction import Redactor
 from orch.settings import Settings, get_settings
-from orch.states import DOOMING
+from orch.states import DOOMING, TaskStatus
 from orch.store import attempts, pauses
 from orch.store.db import STORE_UNAVAILABLE, db_now, read_session, with_store_retry, write_session
 from workers import control, workspace
@@ -225,7 +225,8 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
                 breaker.trip_if_open(session, claim.agent, registry.get_or_default(claim.agent).breaker, now)
             if outcome.task_status in DOOMING:  # rare: carry the failure to its descendants now, not at the next tick
                 return True, outcome, reconcile_plans(session, [claim.plan_id], registry, now)
-            return True, outcome, dispatch_after_result(session, claim.plan_id, recorded, registry, now)
+            retrying = claim.task_pk if outcome.task_status is TaskStatus.RETRY_WAIT else None
+            return True, outcome, dispatch_after_result(session, claim.plan_id, recorded, registry, now, retrying)
 
     accepted, outcome, dispatches = with_store_retry(
         record, settings.store_retry_seconds, _store_wait("result", claim.task_pk)

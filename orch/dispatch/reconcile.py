@@ -98,10 +98,16 @@ def _decide_among(
 
 
 def dispatch_after_result(
-    session: Session, plan_id: str, recorded: Recorded, registry: AgentRegistry, now: datetime
+    session: Session,
+    plan_id: str,
+    recorded: Recorded,
+    registry: AgentRegistry,
+    now: datetime,
+    retrying: int | None = None,
 ) -> list[Dispatch]:
     """A worker's fast path, in the transaction that recorded a result: claim what that result made ready (its
-    dependants, and a task waiting for the slot it freed), or finish the plan if it was the last task.
+    dependants, a task waiting for the slot it freed, and the task itself, `retrying`, when its retry is due at
+    once), or finish the plan if it was the last task.
 
     Its cost grows with the dependants, not with the plan: it reads at most `recorded.newly_ready` plus a slack
     of ready tasks, counts in-flight tasks only of their agent types and only when there is something to
@@ -116,6 +122,8 @@ def dispatch_after_result(
     if budget.hold_if_spent(session, plan_id, plan.budget, now):
         return []
     candidates = dispatching.pending_ready_views(session, plan_id, recorded.newly_ready + _READY_SLACK)
+    if retrying is not None:
+        candidates = [*dispatching.due_retry_views(session, retrying, now), *candidates]
     slots: dict[str, int] = {}
     if candidates:
         agents = {view.agent for view in candidates}

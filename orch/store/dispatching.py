@@ -87,6 +87,14 @@ def pending_ready_views(session: Session, plan_id: str, limit: int) -> list[Task
     return _views(session.execute(_READY_PENDING, {"plan_id": plan_id, "limit": limit}))
 
 
+def due_retry_views(session: Session, task_pk: int, now: datetime) -> list[TaskView]:
+    """The task `task_pk` if it waits for a retry whose backoff has passed (an interrupted attempt's, which has
+    none): the fast path that recorded its attempt dispatches it at once, not at the next tick."""
+    due = or_(TASKS.c.not_before.is_(None), TASKS.c.not_before <= now)
+    query = select(*_VIEW_COLUMNS).where(TASKS.c.pk == task_pk, TASKS.c.status == TaskStatus.RETRY_WAIT, due)
+    return _views(session.execute(query))
+
+
 def _views(rows: Iterable[Any]) -> list[TaskView]:
     return [
         TaskView(pk, status, agent, priority, seq, (), not_before, tuple(files or ()))

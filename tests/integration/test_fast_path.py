@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import event
 
+from orch.decisions.retry import Outcome
 from orch.dispatch.reconcile import dispatch_after_result, reconcile_plans
-from orch.failures import PauseCause
+from orch.failures import FailureClass, PauseCause
 from orch.intake.agents import AgentRegistry
 from orch.records import AttemptResult, Dispatch
-from orch.states import PlanStatus, TaskStatus
+from orch.states import AttemptStatus, PlanStatus, TaskStatus
 from orch.store import attempts, dispatching, operator, pauses, plans
 from orch.store.db import get_engine, read_session, write_session
 from tests.helpers import DIAMOND, SUCCESS, layered_dag, make_plan, registry
@@ -149,3 +150,31 @@ def test_the_fast_path_runs_the_same_statements_on_a_small_and_a_large_plan(stor
     large = statements_of_first_completion(60)
     assert small == large
     assert len(small) < 20, small
+
+
+def interrupt(dispatch: Dispatch, not_before: datetime) -> list[Dispatch]:
+    """Claim, then record an interrupted attempt (retried after `not_before`) and take the fast path, as a worker
+    does at a warm shutdown."""
+    with write_session() as session:
+        claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w1", 1, LEASE, now=NOW)
+    assert claimed is not None
+    claim, _ = claimed
+    outcome = Outcome(TaskStatus.RETRY_WAIT, AttemptStatus.INTERRUPTED, not_before=not_before)
+    result = AttemptResult(False, failure_class=FailureClass.INTERRUPTED, error="interrupted")
+    with write_session() as session:
+        recorded = attempts.record_result(session, claim, result, outcome, NOW)
+        assert recorded is not None
+        return dispatch_after_result(session, dispatch.plan_id, recorded, registry(), NOW, retrying=dispatch.task_pk)
+
+
+def test_a_retry_due_at_once_is_queued_in_the_transaction_that_recorded_its_attempt(store_url: str) -> None:
+    """An interrupted attempt (a worker's warm shutdown) has no backoff: its next attempt goes out with the
+    result, not at the next tick; a retry whose backoff has not passed is left to the beat."""
+    submit([{"id": "x", "title": "x", "command": "true"}, {"id": "y", "title": "y", "command": "true"}])
+    x, y = sorted(tick(), key=lambda d: d.key)
+    (again,) = interrupt(x, not_before=NOW)
+    assert (again.key, again.attempt) == ("x", 2)
+    assert interrupt(y, not_before=NOW + timedelta(seconds=30)) == []
+    with read_session() as session:
+        statuses = {t.key: t.status for t in plans.plan_tasks(session, plans.active_plan_ids(session)[0])}
+    assert statuses == {"x": TaskStatus.QUEUED, "y": TaskStatus.RETRY_WAIT}
