@@ -34,6 +34,20 @@ def run_orch(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 1
     )
 
 
+def start_watch(plan: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`orch watch PLAN` polling every 0.1 s, its output piped, in a session of its own."""
+    return subprocess.Popen(
+        [ORCH, "watch", plan, "--interval", "0.1"],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
 class Processes:
     """Child processes of a test, each in its own session, killed with the test process if it dies."""
 

@@ -15,7 +15,7 @@ from orch.settings import get_settings
 from orch.states import AttemptStatus, TaskStatus
 from orch.store import attempts, plans
 from orch.store.db import write_session
-from tests.e2e.conftest import ORCH, orch_env, run_orch
+from tests.e2e.conftest import orch_env, run_orch, start_watch
 from tests.helpers import make_plan, registry
 from workers.runner import finish
 
@@ -43,19 +43,6 @@ def start(task: Dispatch) -> Claim:
     return claimed[0]
 
 
-def watch(plan: str, tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [ORCH, "watch", plan, "--interval", "0.1"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def finished(process: subprocess.Popen[str]) -> tuple[str, str]:
     try:
         return process.communicate(timeout=30)
@@ -71,7 +58,7 @@ def test_a_paused_plan_whose_last_task_finishes_succeeds_and_watch_returns(tmp_p
     env = orch_env(tmp_path, ORCH_DATABASE_URL=sqlite_url, COLUMNS="120")
     paused = run_orch(["pause", "paused-done"], tmp_path, env)
     assert paused.returncode == 0, paused.stderr
-    watching = watch("paused-done", tmp_path, env)
+    watching = start_watch("paused-done", tmp_path, env)
     # The running attempt finishes through the worker's own path (its fast path, not the beat).
     assert finish(claim, AttemptResult(True, exit_code=0), get_settings()) == "succeeded"
     stdout, stderr = finished(watching)
@@ -94,7 +81,7 @@ def test_a_paused_plan_whose_tasks_end_otherwise_fails_at_the_next_tick(tmp_path
     assert run_orch(["pause", plan_id], tmp_path, env).returncode == 0
     cancelled = run_orch(["cancel", plan_id, "build"], tmp_path, env)
     assert cancelled.returncode == 0, cancelled.stderr
-    watching = watch(plan_id, tmp_path, env)
+    watching = start_watch(plan_id, tmp_path, env)
     run_tick()  # the beat: `ship` can never run, so every task is final
     stdout, stderr = finished(watching)
     assert watching.returncode == 1, stdout + stderr

@@ -21,7 +21,7 @@ from orch.records import AttemptResult, Claim, Dispatch
 from orch.states import AttemptStatus, TaskStatus
 from orch.store import attempts, plans
 from orch.store.db import write_session
-from tests.e2e.conftest import ORCH, orch_env
+from tests.e2e.conftest import ORCH, orch_env, start_watch
 from tests.helpers import SUCCESS, make_plan, registry, wait_for
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -130,16 +130,7 @@ def test_watch_piped_prints_a_line_per_change_then_the_bars_and_exits_1_when_the
 ) -> None:
     submit([{"id": "only", "title": "fail it", "agent": "devops-engineer", "command": "false", "retries": 0}])
     env = orch_env(tmp_path, ORCH_DATABASE_URL=sqlite_url, COLUMNS="120")
-    watch = subprocess.Popen(
-        [ORCH, "watch", "watched", "--interval", "0.1"],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    watch = start_watch("watched", tmp_path, env)
     try:
         assert watch.stdout is not None
         assert select.select([watch.stdout], [], [], 30)[0], "orch watch printed nothing in 30 s"
