@@ -83,7 +83,21 @@ _MAX_STDERR_SHOWN: Final = 200
 
 
 class GitFailed(OrchError):
-    """A git command orch ran failed, timed out or could not start; the message names the command and folder."""
+    """A git command orch ran failed, timed out or could not start; the message names the command and folder.
+
+    `returncode` (None: it did not run to an end), `stdout` and `stderr` are git's own, for callers that read an
+    expected failure (exit 1 of `merge-tree`, a refused push's `--porcelain` lines)."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+    @property
+    def first_line(self) -> str:
+        """git's first line on stderr (bounded), or "" when it printed nothing."""
+        return next(iter(self.stderr.strip().splitlines()), "")[:_MAX_STDERR_SHOWN]
 
 
 def _absolute_path_entries() -> list[str]:
@@ -105,9 +119,12 @@ def git_executable() -> str:
     return found
 
 
-def git_argv(args: Sequence[str]) -> list[str]:
-    """git, the config overrides, then `args` with the flags its subcommand must always have."""
-    overrides = [item for key, value in SAFE_CONFIG for item in ("-c", f"{key}={value}")]
+def git_argv(args: Sequence[str], extra_config: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """git, the config overrides, then `args` with the flags its subcommand must always have.
+
+    `extra_config` comes after SAFE_CONFIG, so for a single-valued key (`protocol.file.allow`) it wins: a caller
+    re-allows one thing by name (the transport of the one URL it fetches from) instead of SAFE_CONFIG allowing it."""
+    overrides = [item for key, value in (*SAFE_CONFIG, *extra_config) for item in ("-c", f"{key}={value}")]
     if not args:
         raise ValueError("a git command needs a subcommand")
     subcommand, *rest = args
@@ -124,6 +141,7 @@ def run_git(
     stdin: str | None = None,
     home: Path | None = None,
     timeout: float = GIT_TIMEOUT_S,
+    extra_config: Sequence[tuple[str, str]] = (),
 ) -> str:
     """Run git on an explicit git dir (never discovery) and return its stdout; GitFailed if it fails.
 
@@ -131,7 +149,15 @@ def run_git(
     if home is None:
         with tempfile.TemporaryDirectory(prefix="orch-git-home-") as empty_home:
             return run_git(
-                args, git_dir=git_dir, cwd=cwd, work_tree=work_tree, env=env, stdin=stdin, home=Path(empty_home)
+                args,
+                git_dir=git_dir,
+                cwd=cwd,
+                work_tree=work_tree,
+                env=env,
+                stdin=stdin,
+                home=Path(empty_home),
+                timeout=timeout,
+                extra_config=extra_config,
             )
     full_env = {**git_environment(home), **(env or {}), "GIT_DIR": str(git_dir)}
     if work_tree is not None:
@@ -139,7 +165,7 @@ def run_git(
     where = f"git {args[0] if args else ''} in {cwd}"
     try:
         done = subprocess.run(
-            git_argv(args),
+            git_argv(args, extra_config),
             cwd=cwd,
             env=full_env,
             input=stdin,
@@ -155,7 +181,12 @@ def run_git(
         raise GitFailed(f"{where}: could not start git ({exc.strerror})") from exc
     if done.returncode != 0:
         first_line = next(iter(done.stderr.strip().splitlines()), "")[:_MAX_STDERR_SHOWN]
-        raise GitFailed(f"{where}: exit status {done.returncode}: {first_line}")
+        raise GitFailed(
+            f"{where}: exit status {done.returncode}: {first_line}",
+            returncode=done.returncode,
+            stdout=done.stdout,
+            stderr=done.stderr,
+        )
     return done.stdout
 
 

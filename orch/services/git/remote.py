@@ -1,0 +1,132 @@
+"""Which repository URLs orch fetches from and pushes to, and the `-c` overrides that allow exactly one URL's
+transport. SAFE_CONFIG forbids every transport (`protocol.allow=never`); each remote command re-allows the one its
+URL needs, so a URL can never reach a transport helper (`ext::sh -c ...`, `fd::3`) or an option-looking argument.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import SplitResult, unquote, urlsplit
+
+from orch.redaction import safe_url
+from orch.services.git.command import GitFailed
+
+SSH_COMMAND: Final = "ssh -o BatchMode=yes"  # never a password prompt: a worker has no terminal to answer it
+_SCHEME: Final = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_TRANSPORTS: Final = {
+    "file": "file",
+    "http": "http",
+    "https": "https",
+    "ssh": "ssh",
+    "git+ssh": "ssh",
+    "ssh+git": "ssh",
+}
+# git reads `[user@]host:path` as ssh when a ':' comes before any '/'; the host may not look like an option.
+_SCP_LIKE: Final = re.compile(r"^(?:[A-Za-z0-9._~%+-]+@)?(?:[A-Za-z0-9_][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\]):[^\0]*$")
+_PASSWORD_ENV: Final = "ORCH_GIT_URL_PASSWORD"
+# The password of an https URL reaches git through this helper's environment, never through argv (which any
+# user of the host can read in /proc).
+_CREDENTIAL_HELPER: Final = f'!f() {{ test "$1" = get && printf "password=%s\\n" "${_PASSWORD_ENV}"; }}; f'
+
+
+def display_url(url: str) -> str:
+    """The URL fit to print: any password masked (`https://user:***@host/repo.git`)."""
+    return safe_url(url)
+
+
+def _refused(url: str, why: str) -> GitFailed:
+    return GitFailed(f"unsupported repository URL {display_url(url)!r}: {why}")
+
+
+def _transport(url: str) -> str:
+    """The one transport `url` uses (file, http, https, ssh); GitFailed for a URL orch refuses."""
+    if not url or any(ord(char) < 0x20 or char == "\x7f" for char in url):
+        raise _refused(url, "empty, or holds a control character")
+    if url.startswith("-"):
+        raise _refused(url, "it starts with '-' and would be read as an option")
+    scheme = _SCHEME.match(url)
+    if scheme is not None:
+        return _scheme_transport(url, scheme.group(1).lower())
+    head = url.split("/", 1)[0]
+    if "::" in head:
+        raise _refused(url, "transport helpers (<helper>::<address>) are not allowed")
+    if url.startswith("/"):
+        return "file"
+    if ":" in head:
+        if not _SCP_LIKE.match(url):
+            raise _refused(url, "not a [user@]host:path ssh address")
+        return "ssh"
+    raise _refused(url, "a relative path; give an absolute path or a URL")
+
+
+def _scheme_transport(url: str, scheme: str) -> str:
+    transport = _TRANSPORTS.get(scheme)
+    if transport is None:
+        raise _refused(url, f"the {scheme}:// transport is not allowed (file, http, https, ssh are)")
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError as exc:
+        raise _refused(url, str(exc)) from exc
+    if transport == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise _refused(url, "a file:// URL must name an absolute local path (file:///path)")
+    elif not hostname or hostname.startswith("-"):
+        raise _refused(url, "no host, or a host that looks like an option")
+    return transport
+
+
+def check_url(url: str) -> None:
+    """GitFailed with a one-line reason for a URL orch refuses (see `protocol_overrides`)."""
+    _transport(url)
+
+
+def protocol_overrides(url: str) -> list[tuple[str, str]]:
+    """`-c` pairs allowing ONLY this URL's transport (after SAFE_CONFIG, so they win): an absolute path or file://
+    → file; http(s):// → that one; ssh:// or scp-like → ssh, with an ssh that never prompts. Anything else
+    (ext::, fd::, a relative path, '-...') → GitFailed("unsupported repository URL ...")."""
+    transport = _transport(url)
+    pairs = [(f"protocol.{transport}.allow", "always")]
+    if transport == "ssh":
+        pairs.append(("core.sshCommand", SSH_COMMAND))
+    if transport == "file":
+        # A checkout the user owns, read by a worker running as root: git would call its ownership dubious.
+        pairs.append(("safe.directory", _local_path(url)))
+    return pairs
+
+
+def _local_path(url: str) -> str:
+    return unquote(urlsplit(url).path) if url.startswith("file:") else url
+
+
+@dataclass(frozen=True)
+class RemoteAccess:
+    """How one git command reaches a URL: the URL as written in argv (never with a password), the `-c` pairs and
+    the environment it needs."""
+
+    argv_url: str
+    config: tuple[tuple[str, str], ...]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def remote_access(url: str) -> RemoteAccess:
+    """The argv URL, `-c` pairs and environment for a command reaching `url` (see `protocol_overrides`)."""
+    config = protocol_overrides(url)
+    env: dict[str, str] = {}
+    if _transport(url) == "ssh":
+        env["GIT_SSH_COMMAND"] = SSH_COMMAND  # the environment's value beats core.sshCommand (set to false)
+    parts = urlsplit(url) if _SCHEME.match(url) else None
+    if parts is not None and parts.password is not None and _transport(url) in ("http", "https"):
+        env[_PASSWORD_ENV] = unquote(parts.password)
+        config.append(("credential.helper", _CREDENTIAL_HELPER))
+        return RemoteAccess(_without_password(parts), tuple(config), env)
+    return RemoteAccess(url, tuple(config), env)
+
+
+def _without_password(parts: SplitResult) -> str:
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
