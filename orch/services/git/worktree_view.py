@@ -117,6 +117,7 @@ class WorktreeView:
         self.head = head
         self._private = private
         self._index = index
+        self.has_index = index is not None  # False: git sees every file as untracked, none as deleted
         relative = workdir.relative_to(repository.work_tree).as_posix()
         self.prefix = "" if relative == "." else relative + "/"  # the workdir, from the worktree's top
 
@@ -173,7 +174,23 @@ def open_worktree_view(workdir: Path) -> WorktreeView | None:
         raise
 
 
-def _build_view(workdir: Path, repository: Repository, private: Path) -> WorktreeView:
+def open_known_worktree_view(repository: Repository) -> WorktreeView:
+    """A private view of a worktree whose git dirs orch knows because it made them (a linked worktree of orch's
+    cache: `git_dir` its admin dir, `common_dir` the cache): no discovery and no owner check, as its files may be
+    the agent's user's. Git's refreshed index is not kept for later views: the caller stages into the copy.
+    GitFailed when its state cannot be read. Close it (a `with` block) when done."""
+    private = Path(tempfile.mkdtemp(prefix="orch-git-"))  # 0700
+    try:
+        return _build_view(repository.work_tree, repository, private, keep_refreshed=False)
+    except (StateNotKnown, OSError) as exc:
+        shutil.rmtree(private, ignore_errors=True)
+        raise GitFailed(f"cannot read the worktree {repository.work_tree}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
+
+
+def _build_view(workdir: Path, repository: Repository, private: Path, *, keep_refreshed: bool = True) -> WorktreeView:
     """The private git dir: few folders and files, as creating and removing them is most of a snapshot's cost
     on some file systems."""
     (private / "refs").mkdir()
@@ -187,7 +204,8 @@ def _build_view(workdir: Path, repository: Repository, private: Path) -> Worktre
     index = _copy_index(repository.git_dir / "index", private / "index")
     # Not the repository's info/exclude: the agent can write it, and would hide new files with it.
     _copy_regular(repository.common_dir / "shallow", private / "shallow", MAX_PACKED_REFS)
-    view = WorktreeView(workdir, repository, head, private, index)
+    view = WorktreeView(workdir, repository, head, private, index if keep_refreshed else None)
+    view.has_index = index is not None
     if index is not None:
         _clear_hiding_bits(view)
     return view
