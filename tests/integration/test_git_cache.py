@@ -27,7 +27,8 @@ def git(repo: Path, *args: str, stdin: str | None = None, check: bool = True) ->
         ["git", "-c", "user.name=u", "-c", "user.email=u@example.com", "-C", str(repo), *args],
         check=check,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",  # names that are no UTF-8 come back as os.fsdecode gives them
         input=stdin,
         timeout=60,
     )
