@@ -157,7 +157,8 @@ def _hostile(path: Path, admin: Path, cache: RepositoryCache, markers: Path) -> 
     with (cache.path / "config").open("a") as config:
         config.write("[core]\n\trepositoryformatversion = 1\n[extensions]\n\tworktreeConfig = true\n")
     (admin / "config.worktree").write_text(
-        f'[core]\n\tbare = false\n\tfsmonitor = {planted}fsmonitor; false\n[filter "x"]\n\tclean = {planted}clean; cat\n'
+        f"[core]\n\tbare = false\n\tfsmonitor = {planted}fsmonitor; false\n"
+        f'[filter "x"]\n\tclean = {planted}clean; cat\n'
     )
     (path / ".gitattributes").write_text("*.py filter=x\n*.txt filter=configured-nowhere\n")
     (admin / "info").mkdir(exist_ok=True)
