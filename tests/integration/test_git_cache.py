@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def git(repo: Path, *args: str, stdin: str | None = None, check: bool = True) ->
     return done.stdout
 
 
-def commit_files(repo: Path, files: dict[str, str | None], message: str = "change") -> str:
+def commit_files(repo: Path, files: Mapping[str, str | None], message: str = "change") -> str:
     """Write (None: delete) files in a non-bare repo and commit them; the new HEAD."""
     for name, text in files.items():
         target = repo / name
