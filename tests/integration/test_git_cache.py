@@ -6,15 +6,20 @@ The helpers here are shared by test_git_worktrees.py and test_git_merging.py."""
 
 from __future__ import annotations
 
+import base64
+import fcntl
 import hashlib
+import http.server
 import os
 import subprocess
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
+from orch.services.git import cache as cache_module
 from orch.services.git.cache import CACHE_CONFIG, RepositoryCache
 from orch.services.git.command import GitFailed
 from orch.services.git.worktrees import add_worktree, remove_worktree
@@ -273,3 +278,65 @@ def test_a_refused_url_runs_nothing(tmp_path: Path) -> None:
     with pytest.raises(GitFailed, match="unsupported repository URL"):
         cache.remote_heads("main")
     assert not marker.exists()
+
+
+def test_a_file_url_and_a_symlinked_info_folder(tmp_path: Path, remote: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "attributes").write_text("not the cache's\n")
+    cache = RepositoryCache(tmp_path / "git", f"file://{remote}").ensure()
+    assert cache.fetch("main")["main"] == git(remote, "rev-parse", "main").strip()
+    (cache.path / "info").symlink_to(elsewhere)
+    cache.ensure()
+    assert (elsewhere / "attributes").read_text() == "not the cache's\n"
+    assert not (cache.path / "info").exists()
+
+
+def test_the_lock_wait_is_bounded_and_names_the_lock(
+    cache: RepositoryCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "LOCK_TIMEOUT_S", 0.3)
+    lock_path = cache.path.with_name(cache.path.name + ".lock")
+    with lock_path.open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(GitFailed, match=f"the cache lock {lock_path} is still held after"), cache.locked():
+            pass
+        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+    with cache.locked():
+        pass
+
+
+class _AuthRecorder(http.server.BaseHTTPRequestHandler):
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        header = self.headers.get("Authorization")
+        given = base64.b64decode(header.removeprefix("Basic ")).decode() if header else ""
+        if given.partition(":")[2]:
+            self.seen.append(given)
+            self.send_response(404)
+        else:  # none, or curl's own try with the URL's user and no password: ask again
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="test"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_https_password_reaches_the_server_through_the_helper_not_argv(tmp_path: Path) -> None:
+    """A plain-HTTP stand-in for the https server: git asks the credential helper after a 401."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRecorder) as server:
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            url = f"http://deploy:s3cret%40pass@127.0.0.1:{server.server_address[1]}/org/app.git"
+            cache = RepositoryCache(tmp_path / "git", url).ensure()
+            with pytest.raises(GitFailed) as failed:
+                cache.remote_heads("main")
+        finally:
+            server.shutdown()
+            thread.join()
+    assert _AuthRecorder.seen and set(_AuthRecorder.seen) == {"deploy:s3cret@pass"}
+    assert "s3cret" not in f"{failed.value} {failed.value.stderr}"

@@ -100,7 +100,10 @@ class RepositoryCache:
         with os.fdopen(handle, "w") as config:
             config.write(CACHE_CONFIG)
         os.replace(temporary, self.path / "config")  # a rename: a git reading meanwhile sees old or new, whole
-        for gone in (self.path / "info" / "attributes", self.path / "config.worktree"):
+        info = self.path / "info"
+        if info.is_symlink() or not info.is_dir():
+            _remove_any(info)  # a symlinked info/ must not make the line below delete a file elsewhere
+        for gone in (info / "attributes", self.path / "config.worktree"):
             _remove_any(gone)
         hooks = self.path / "hooks"
         _remove_any(hooks)
