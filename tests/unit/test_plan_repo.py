@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from orch.errors import PlanInvalid
 from orch.intake.agents import load_agents_file
-from orch.intake.plan import MAX_GATES, MAX_TEXT_CHARS, Repository
+from orch.intake.plan import MAX_GATES, MAX_TEXT_CHARS, Repository, RepoSpec
 from orch.intake.plan_validation import load_plan, validate_plan
 from orch.intake.targets import Targets
 
@@ -535,3 +536,27 @@ def test_shared_isolation_with_a_target_in_the_defaults_is_reported_once(tmp_pat
 def test_a_null_repo_or_target_is_as_if_left_out(tmp_path: Path, header: dict[str, Any]) -> None:
     loaded = load_plan(write_plan(tmp_path, plan(task("a"), **header)), REGISTRY)
     assert (loaded.repositories, loaded.tasks[0].repository) == ((), None)
+
+
+# orch is stricter than `git check-ref-format --branch` here: '@' alone (git's shorthand for HEAD there, refused as
+# refs/heads/@), and the names beside which git could not hold orch's own branches
+STRICTER_THAN_GIT = {"@", "orch", "orch-work"}
+BRANCH_NAMES = [
+    *("a..b", "a b", "a~1", "a^", "a:b", "a?", "a*", "a[b", "a\\b", "a\x7fb", "a\x1bb", "-x", "/x", "x/", "a//b"),
+    *("x.", ".x", "x/.y", "x.lock", "x.lock/y", "a@{1}", "@", "HEAD", "x" * 256, "orch", "orch-work", "a/b/"),
+    *("main", "feature/x-1", "release/2.x", "user@host", "a.b/c_d", "orch/other-plan", "x.lockx", "@x", "a@b"),
+    *("über", "a.b.", "a/.lock", "a/b.lock/c", "v1.0", "a{b}", "a@", "x" * 255, "a!b", "a#b", "a%b", "a'b"),
+]
+
+
+@pytest.mark.parametrize("name", BRANCH_NAMES, ids=[repr(name)[:40] for name in BRANCH_NAMES])
+def test_branch_names_are_judged_as_git_judges_them(tmp_path: Path, name: str) -> None:
+    gits = subprocess.run(["git", "check-ref-format", "--branch", name], cwd=tmp_path, capture_output=True)
+    git_accepts = gits.returncode == 0 and len(name) <= 255  # git has no length limit; orch's store has one
+    try:
+        RepoSpec.model_validate({"url": "https://example.com/x.git", "base": name})
+    except ValidationError:
+        orch_accepts = False
+    else:
+        orch_accepts = True
+    assert orch_accepts == (git_accepts and name not in STRICTER_THAN_GIT)
