@@ -8,12 +8,14 @@ Reading a plan file is orch.intake.plan_document; validating and resolving it, o
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from orch.budget import Budget
 from orch.decisions.file_leases import char_sets
@@ -33,6 +35,12 @@ MAX_TEXT_CHARS = 100_000
 MAX_TITLE_CHARS = 500
 MAX_RETRIES = 100
 MAX_PRIORITY = 1_000_000
+MAX_GATES = 20
+MAX_RELOCKS = 50
+MAX_URL_CHARS = 4096
+MAX_BRANCH_CHARS = 255
+DEFAULT_GATE_TIMEOUT = 1800.0
+PLANS_OWN_REPOSITORY = "repo"  # the name of a plan's own repo: (a target cannot have it)
 MAX_QUOTED_CHARS = 128  # input quoted in a message: any valid id or name shows whole
 MAX_MESSAGE_CHARS = 400
 
@@ -71,6 +79,18 @@ FIELD_ALIASES = {
     "paths": "files",
     "retry": "retries",
     "maxretries": "retries",
+    "repo": "target",  # a task names a repository by target
+    "repository": "repo",
+    "worktree": "isolation",
+    "isolate": "isolation",
+    "branch": "base",
+    "basebranch": "base",
+    "remote": "url",
+    "path": "url",
+    "checks": "gates",
+    "lockfiles": "relock",
+    "onconflicts": "on_conflict",
+    "conflict": "on_conflict",
 }
 
 
@@ -121,11 +141,196 @@ def _check_file_pattern(pattern: str) -> str:
 FilePattern = Annotated[str, AfterValidator(_check_file_pattern)]
 
 
+# --- repositories (issue 15) ------------------------------------------------------------------------
+
+
+def _check_command(command: str) -> str:
+    if not command.strip():
+        raise ValueError("must not be blank")
+    return _no_nul(command)
+
+
+Command = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_check_command)]
+
+# What git's check-ref-format refuses anywhere in a ref: control characters, space, ~ ^ : ? * [ \
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+# Branches git could not create beside orch's own `orch/<plan id>` and `orch-work/...` (a ref is a file or a folder)
+_ORCH_NAMESPACES = frozenset({"orch", "orch-work"})
+
+
+def _branch_problem(name: str) -> str | None:
+    """Why git would refuse `name` as a branch (`git check-ref-format --branch`), or None."""
+    if len(name) > MAX_BRANCH_CHARS:
+        return f"it is longer than {MAX_BRANCH_CHARS} characters"
+    if name in ("@", "HEAD"):
+        return f"{name!r} is not a branch name"
+    if name in _ORCH_NAMESPACES:
+        return "git could not hold orch's own branches (orch/<plan id>, orch-work/...) beside it"
+    forbidden = _REF_FORBIDDEN.search(name)
+    if forbidden:
+        char = forbidden.group()
+        return "it contains a control character" if char < " " or char == "\x7f" else f"it contains {char!r}"
+    for fragment in ("..", "@{", "//"):
+        if fragment in name:
+            return f"it contains {fragment!r}"
+    if name.startswith("-"):
+        return "it starts with '-'"
+    if name.startswith("/") or name.endswith("/"):
+        return "it starts or ends with '/'"
+    if name.endswith("."):
+        return "it ends with '.'"
+    parts = name.split("/")
+    if any(part.startswith(".") for part in parts):
+        return "a part of it starts with '.'"
+    if any(part.endswith(".lock") for part in parts):
+        return "a part of it ends with '.lock'"
+    return None
+
+
+def _check_branch(name: str) -> str:
+    problem = _branch_problem(name)
+    if problem:
+        raise ValueError(f"branch name {quoted(name)} is not allowed: {problem}")
+    return name
+
+
+BranchName = Annotated[str, Field(min_length=1), AfterValidator(_check_branch)]
+
+# The transports orch fetches and pushes over (orch.services.git.remote allows only these)
+URL_SCHEMES = ("https", "http", "ssh", "file")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_HELPER = re.compile(r"^[A-Za-z0-9+.-]+::")  # git's <transport>::<address>: a remote helper (ext:: runs commands)
+_SCP = re.compile(r"^(?P<user>[^@/]*@)?(?P<host>\[[^\]/]*\]|[^:/\[]+):(?P<path>.*)$", re.DOTALL)
+_CONTROL = re.compile(r"[\x01-\x1f\x7f]")
+UrlKind = Literal["path", "url", "scp"]
+
+
+def masked_url(url: str) -> str:
+    """`url` with the password of a `scheme://user:password@host` masked."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/]*@", r"\1:***@", url)  # to the last @, as urlsplit
+
+
+def url_kind(url: str) -> UrlKind:
+    """How git reads `url`: "url" (scheme://), "scp" (user@host:path, ssh) or "path" (a local folder). Raises
+    ValueError naming the URL for one orch refuses; a local path's folder is checked elsewhere."""
+    shown = quoted(masked_url(url))
+    if "\x00" in url:
+        raise ValueError(f"{shown} contains a NUL character")
+    if _CONTROL.search(url):
+        raise ValueError(f"{shown} contains a line break or another control character")
+    if url.startswith("-"):
+        raise ValueError(f"{shown} starts with '-', which git would take for an option")
+    if _HELPER.match(url):
+        raise ValueError(
+            f"{shown} uses git's '<transport>::<address>' form, which orch refuses; give a path, an https://, ssh:// "
+            "or file:// URL, or user@host:path"
+        )
+    scheme = _SCHEME.match(url)
+    if scheme:
+        _check_scheme_url(url, scheme.group(1).lower(), shown)
+        return "url"
+    first_slash = url.find("/")
+    colon = url.find(":")
+    if colon < 0 or (0 <= first_slash < colon):
+        return "path"
+    return _check_scp(url, shown)
+
+
+def _check_scheme_url(url: str, scheme: str, shown: str) -> None:
+    if scheme not in URL_SCHEMES:
+        raise ValueError(
+            f"{shown} has the scheme {scheme!r}; orch fetches over {', '.join(s + '://' for s in URL_SCHEMES[:-1])} "
+            f"or {URL_SCHEMES[-1]}://"
+        )
+    try:
+        parts: SplitResult = urlsplit(url)
+        parts.port  # noqa: B018  # a port that is no number raises here
+    except ValueError as exc:
+        raise ValueError(f"{shown} is not a valid URL: {exc}") from None
+    if parts.password is not None:
+        raise ValueError(
+            f"{shown} holds a password, which the store and git's command lines would keep; give workers a git "
+            "credential helper instead"
+        )
+    if scheme == "file":
+        if not parts.path.strip("/"):
+            raise ValueError(f"{shown} names no path")
+    elif not parts.hostname:
+        raise ValueError(f"{shown} names no host")
+
+
+def _check_scp(url: str, shown: str) -> UrlKind:
+    match = _SCP.match(url)
+    if match is None or not match.group("user"):
+        raise ValueError(
+            f"{shown} reads as git's scp-like ssh address without a user; write user@host:path or ssh://host/path, "
+            "or ./ before a local folder's name"
+        )
+    if not match.group("path"):
+        raise ValueError(f"{shown} names no path")
+    return "scp"
+
+
+def _check_url(url: str) -> str:
+    url_kind(url)
+    return url
+
+
+RepositoryUrl = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS), AfterValidator(_check_url)]
+
+
+class RepoSpec(BaseModel):
+    """A repository as a plan's `repo:` (or a target of config/targets.yaml) declares it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: RepositoryUrl
+    base: BranchName = "main"
+    land: Literal["branch", "base", "none"] = "branch"
+    gates: Annotated[list[Command], Field(max_length=MAX_GATES)] = Field(default_factory=list)
+    on_conflict: Literal["resolve", "fail"] = "resolve"
+    relock: Annotated[dict[FilePattern, Command], Field(max_length=MAX_RELOCKS)] = Field(default_factory=dict)
+    gate_timeout: Seconds | None = None
+
+
+@dataclass(frozen=True)
+class Repository:
+    """A repository a plan's tasks work in, resolved: the plan's own `repo:` (named "repo") or a target."""
+
+    name: str  # "repo" for the plan's own repo:, else the target's name
+    url: str  # a local path made absolute, else the URL as given
+    base: str
+    land: str  # "branch" | "base" | "none"
+    gates: tuple[str, ...]
+    on_conflict: str  # "resolve" | "fail"
+    relock: tuple[tuple[str, str], ...]  # (path pattern, command), in the order written
+    gate_timeout: float = DEFAULT_GATE_TIMEOUT
+    context: str = ""  # a target's context file's text, added to prompts
+
+
+def repository(name: str, spec: RepoSpec, url: str, context: str = "") -> Repository:
+    """The repository `spec` declares, named `name`, at `url` (a local path already made absolute)."""
+    return Repository(
+        name=name,
+        url=url,
+        base=spec.base,
+        land=spec.land,
+        gates=tuple(spec.gates),
+        on_conflict=spec.on_conflict,
+        relock=tuple(spec.relock.items()),
+        gate_timeout=DEFAULT_GATE_TIMEOUT if spec.gate_timeout is None else spec.gate_timeout,
+        context=context,
+    )
+
+
 class BudgetSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     usd: Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)] | None = None
     tokens: Annotated[int, Field(gt=0, le=10**12)] | None = None
+
+
+TargetName = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 class TaskFields(BaseModel):
@@ -151,6 +356,10 @@ class TaskFields(BaseModel):
     timeout: Seconds | None = None
     retries: Annotated[int, Field(ge=0, le=MAX_RETRIES)] | None = None
     budget: BudgetSpec | None = None
+    # None: a worktree when the task has a repository (the plan's or its own target), else the shared workdir
+    isolation: Literal["worktree", "shared"] | None = None
+    merge: StrictBool = True  # false: nothing to land (audits, reviews)
+    target: TargetName | None = None
 
     @field_validator("executor")
     @classmethod
@@ -173,6 +382,8 @@ class PlanHeader(BaseModel):
     workdir: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)] = "."
     defaults: dict[str, Any] = Field(default_factory=dict)
     budget: BudgetSpec | None = None
+    repo: dict[str, Any] | None = None  # a RepoSpec, validated on its own so its problems name their lines
+    target: TargetName | None = None
     tasks: Annotated[list[Any], Field(min_length=1, max_length=MAX_TASKS)]
 
 
@@ -201,6 +412,8 @@ class ResolvedTask:
     budget: Budget = field(default_factory=Budget)
     routed: bool = False  # by keywords: the task has no `agent:`
     route_weakness: str | None = None  # why its route may not be the type meant (orch.intake.routing.weakness)
+    repository: str | None = None  # the name of its Repository in Plan.repositories; None: the plan's shared workdir
+    merge: bool = True  # false: it works in a worktree, and nothing of it lands
 
 
 @dataclass(frozen=True)
@@ -212,3 +425,4 @@ class Plan:
     tasks: tuple[ResolvedTask, ...]
     document: Mapping[str, Any]  # the plan as written, kept in the store
     budget: Budget = field(default_factory=Budget)
+    repositories: tuple[Repository, ...] = ()  # the plan's own repo: first, then the targets its tasks name

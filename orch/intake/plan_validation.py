@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -25,22 +25,35 @@ from orch.intake.plan import (
     ID_PATTERN,
     MAX_DEPENDENCIES_PER_TASK,
     MAX_FILES_PER_TASK,
+    MAX_GATES,
+    MAX_URL_CHARS,
+    PLANS_OWN_REPOSITORY,
     BudgetSpec,
     Plan,
     PlanHeader,
+    Repository,
+    RepoSpec,
     ResolvedTask,
     TaskFields,
     TaskSpec,
     clipped,
     did_you_mean,
     quoted,
+    repository,
+    url_kind,
 )
 from orch.intake.plan_document import line_of, read_plan_document
 from orch.intake.routing import KeywordIndex, route, weakness
 
-# How many problem lines a message lists, and how many tasks of a dependency cycle it names.
+if TYPE_CHECKING:
+    from orch.intake.targets import Targets
+
+# How many problem lines a message lists, how many tasks of a dependency cycle it names, how many names a list of
+# known targets or of tasks in one problem shows.
 MAX_PROBLEMS_SHOWN = 50
 MAX_CYCLE_SHOWN = 20
+MAX_NAMES_SHOWN = 20
+MAX_TASKS_NAMED = 5
 
 _ID = re.compile(ID_PATTERN)
 
@@ -53,19 +66,22 @@ class WorkdirRoots:
     named: str
 
 
-def load_plan(path: Path, registry: AgentRegistry, roots: Sequence[Path] = ()) -> Plan:
+def load_plan(
+    path: Path, registry: AgentRegistry, roots: Sequence[Path] = (), *, targets: Targets | None = None
+) -> Plan:
     """Read, validate and resolve a plan file; raises PlanInvalid listing every problem. The workdir must resolve
-    inside one of `roots` (ORCH_WORKDIR_ROOTS), or without them inside the plan file's folder."""
+    inside one of `roots` (ORCH_WORKDIR_ROOTS), or without them inside the plan file's folder. `targets`: the
+    repositories config/targets.yaml declares (orch.intake.targets.load_targets); None: none."""
     document = read_plan_document(path)
     base_dir = path.resolve().parent
     if roots:
         allowed = WorkdirRoots(tuple(roots), f"ORCH_WORKDIR_ROOTS: {', '.join(map(str, roots))}")
     else:
         allowed = WorkdirRoots((base_dir,), f"the plan's folder {base_dir}; ORCH_WORKDIR_ROOTS widens them")
-    return validate_plan(document, registry, source=str(path), base_dir=base_dir, roots=allowed)
+    return validate_plan(document, registry, source=str(path), base_dir=base_dir, roots=allowed, targets=targets)
 
 
-class _Problems:
+class Problems:
     """The first MAX_PROBLEMS_SHOWN problem lines, and a count of the rest (never built)."""
 
     def __init__(self, where: str) -> None:
@@ -99,7 +115,7 @@ class _Problems:
             return
         errors = exc.errors(include_url=False)
         self.lines.extend(
-            _describe_error(
+            describe_error(
                 error, f"{self.at(line_of(mapping, error['loc'][0] if error['loc'] else None))}{prefix}", known, scope
             )
             for error in errors[:room]
@@ -119,25 +135,30 @@ class _Problems:
 
 
 def _field_name(loc: tuple[int | str, ...], scope: str) -> str:
-    field = scope.rstrip(".")
+    """`scope` and `loc` as a field's name: `repo.gates[0]`, a key of a mapping of patterns `repo.relock[uv.lock]`."""
+    name = scope.rstrip(".")
+    keyed = False  # the part after `relock` is a key of it, not a field
     for part in loc:
-        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-    return field
+        if part == "[key]":  # pydantic's mark for a key's own problem: the key is named already
+            continue
+        name += f"[{part}]" if isinstance(part, int) or keyed else (f".{part}" if name else str(part))
+        keyed = part == "relock"
+    return name
 
 
-def _describe_error(error: ErrorDetails, prefix: str, known: Collection[str], scope: str = "") -> str:
+def describe_error(error: ErrorDetails, prefix: str, known: Collection[str], scope: str = "") -> str:
     """One pydantic error as one line in orch's words: `prefix` `field 'x': what is wrong`."""
     loc = error["loc"]
-    field = _field_name(loc, scope)
+    name = _field_name(loc, scope)
     kind = error["type"]
     if kind == "extra_forbidden":
         nested = len(loc) > 1 and loc[-2] == "budget"
         hint = did_you_mean(str(loc[-1]), BudgetSpec.model_fields if nested else known)
-        return f"{prefix}unknown field {quoted(field)}{hint}"
+        return f"{prefix}unknown field {quoted(name)}{hint}"
     if kind == "missing":
-        return f"{prefix}missing required field {quoted(field)}"
+        return f"{prefix}missing required field {quoted(name)}"
     message = clipped(_in_orchs_words(error))
-    return f"{prefix}field {quoted(field)}: {message}" if field else f"{prefix}{message}"
+    return f"{prefix}field {quoted(name)}: {message}" if name else f"{prefix}{message}"
 
 
 # pydantic's error types, in orch's words: ctx holds the limit; `{input}` is the value written, quoted.
@@ -191,13 +212,19 @@ def _in_orchs_words(error: ErrorDetails) -> str:
 
 
 def validate_plan(
-    document: Any, registry: AgentRegistry, source: str, base_dir: Path, roots: WorkdirRoots | None = None
+    document: Any,
+    registry: AgentRegistry,
+    source: str,
+    base_dir: Path,
+    roots: WorkdirRoots | None = None,
+    *,
+    targets: Targets | None = None,
 ) -> Plan:
     """The plan as orch runs it; raises PlanInvalid listing every problem (the first MAX_PROBLEMS_SHOWN). A relative
-    workdir is taken from `base_dir`; with `roots`, the workdir must resolve inside one of them (plans built in
-    memory, by tests and benchmarks, leave it out)."""
+    workdir or repository path is taken from `base_dir`; with `roots`, the workdir must resolve inside one of them
+    (plans built in memory, by tests and benchmarks, leave it out). `targets`: config/targets.yaml's; None: none."""
     with collector_paused():
-        return _validate_plan(document, registry, source, base_dir, roots)
+        return _validate_plan(document, registry, source, base_dir, roots, targets)
 
 
 def _too_many(fields: Mapping[Any, Any], scope: str = "") -> str | None:
@@ -216,7 +243,12 @@ _TASK_FIELDS = frozenset(TaskSpec.model_fields)
 
 
 def _check_defaults(
-    defaults: dict[str, Any], registry: AgentRegistry, problems: _Problems, source: str, written: Any
+    defaults: dict[str, Any],
+    registry: AgentRegistry,
+    repositories: _Repositories,
+    problems: Problems,
+    source: str,
+    written: Any,
 ) -> dict[str, Any]:
     """The defaults that are valid, each problem of the others reported once (naming `defaults.<field>`), not
     again for every task it would reach. `written`: the defaults as written, where their lines are."""
@@ -239,10 +271,18 @@ def _check_defaults(
         problem = f"field 'defaults.agent': unknown agent type {quoted(agent)} (known: {known})"
         problems.add(problem, line_of(written, "agent"))
         bad.add("agent")
+    target = defaults.get("target")
+    if isinstance(target, str) and "target" not in bad:
+        if not repositories.knows(target):
+            problems.add(f"field 'defaults.target': {repositories.unknown(target)}", line_of(written, "target"))
+            bad.add("target")
+        elif defaults.get("isolation") == "shared":
+            problems.add(f"field 'defaults.target': {shared_with_target(target)}", line_of(written, "target"))
+            bad.add("target")
     return {name: value for name, value in defaults.items() if name not in bad} if bad else defaults
 
 
-def _read_header(document: dict[str, Any], problems: _Problems, source: str) -> PlanHeader:
+def _read_header(document: dict[str, Any], problems: Problems, source: str) -> PlanHeader:
     """The plan's header; a bad field of it is reported, and validation goes on without it (its tasks' problems
     are reported too). Without readable tasks there is nothing more to check."""
     try:
@@ -257,7 +297,7 @@ def _read_header(document: dict[str, Any], problems: _Problems, source: str) -> 
 
 
 def _known_dependencies(
-    graph: dict[str, list[str]], problems: _Problems, written: dict[str, Any]
+    graph: dict[str, list[str]], problems: Problems, written: dict[str, Any]
 ) -> dict[str, list[str]]:
     """The graph without its unknown dependencies, each reported (the cycle search needs known ones only)."""
     unknown = False
@@ -276,10 +316,15 @@ def _known_dependencies(
 
 
 def _validate_plan(
-    document: Any, registry: AgentRegistry, source: str, base_dir: Path, roots: WorkdirRoots | None
+    document: Any,
+    registry: AgentRegistry,
+    source: str,
+    base_dir: Path,
+    roots: WorkdirRoots | None,
+    targets: Targets | None,
 ) -> Plan:
     where = f"{source}: "
-    problems = _Problems(where)
+    problems = Problems(where)
     if not isinstance(document, dict):
         raise PlanInvalid(source, [f"{where}a plan is a mapping with 'name' and 'tasks'"])
     header = _read_header(document, problems, source)
@@ -287,9 +332,12 @@ def _validate_plan(
     workdir, problem = _workdir(header.workdir, base_dir, roots)
     if problem:
         problems.add(problem, line_of(document, "workdir"))
-    defaults = _check_defaults(header.defaults, registry, problems, source, document.get("defaults"))
+    repositories = _Repositories(targets)
+    repositories.read_plans_own(header, document, base_dir, problems)
+    defaults = _check_defaults(header.defaults, registry, repositories, problems, source, document.get("defaults"))
 
     specs: list[TaskSpec] = []
+    places: list[str | None] = []  # each spec's repository (None: the shared workdir)
     first_index: dict[str, int] = {}
     # The graph is checked over every task whose id and `after` can be read, valid or not, so one bad task
     # does not make its dependants report it as unknown.
@@ -322,9 +370,13 @@ def _validate_plan(
             known = ", ".join(registry.names)
             problems.add(f"{label}: unknown agent type {quoted(agent)} (known: {known})", line_of(raw, "agent"))
         try:
-            specs.append(TaskSpec.model_validate(merged))
+            spec = TaskSpec.model_validate(merged)
         except ValidationError as exc:
             problems.add_errors(exc, f"{label}: ", _TASK_FIELDS, mapping=raw)
+            continue
+        specs.append(spec)
+        places.append(repositories.place(spec, label, raw, problems))
+    repositories.report_defaulted_worktrees(document.get("defaults"), problems)
 
     graph = _known_dependencies(graph, problems, written)
     cycle = Dag(graph).find_cycle()
@@ -333,8 +385,171 @@ def _validate_plan(
     problems.raise_any(source)
 
     keywords = KeywordIndex.build(registry)
-    tasks = tuple(_resolve(spec, seq, registry, keywords) for seq, spec in enumerate(specs))
-    return Plan(header.name, header.description, workdir, source, tasks, document, _budget(header.budget))
+    tasks = tuple(
+        _resolve(spec, seq, registry, keywords, place)
+        for seq, (spec, place) in enumerate(zip(specs, places, strict=True))
+    )
+    budget = _budget(header.budget)
+    return Plan(header.name, header.description, workdir, source, tasks, document, budget, repositories.resolved())
+
+
+# --- repositories (issue 15) ----------------------------------------------------------------------------
+
+SpecT = TypeVar("SpecT", bound=RepoSpec)
+
+
+def read_repo_spec(
+    written: Mapping[str, Any], problems: Problems, prefix: str, scope: str, model: type[SpecT]
+) -> SpecT | None:
+    """`written` as a `model` (RepoSpec or a subclass), each problem reported after `prefix`, naming its field as
+    `scope`<field>, and its line; None when it has any."""
+    gates = written.get("gates")
+    if isinstance(gates, list) and len(gates) > MAX_GATES:  # pydantic would build an error per bad entry first
+        problem = f"field {quoted(scope + 'gates')}: {len(gates)} commands, more than the {MAX_GATES} allowed"
+        problems.add(f"{prefix}{problem}", line_of(written, "gates"))
+        written = {name: value for name, value in written.items() if name != "gates"}
+    try:
+        return model.model_validate(written)
+    except ValidationError as exc:
+        problems.add_errors(exc, prefix, model.model_fields, scope=scope, mapping=written)
+        return None
+
+
+def written_url(written: Mapping[str, Any], base_dir: Path) -> tuple[str, str | None]:
+    """The `url` of a repository as written, resolved by repository_url, whether its other fields are valid or not;
+    ("", None) when it is missing or its syntax is refused (RepoSpec reports that)."""
+    url = written.get("url")
+    if not isinstance(url, str) or not 0 < len(url) <= MAX_URL_CHARS:
+        return "", None
+    try:
+        url_kind(url)
+    except ValueError:
+        return "", None
+    return repository_url(url, base_dir)
+
+
+def repository_url(url: str, base_dir: Path) -> tuple[str, str | None]:
+    """The URL as orch keeps it, a local path made absolute (relative to `base_dir`), and why it is refused: a local
+    path must be a git repository, as its files say (intake runs no git). A URL of another kind is only
+    syntax-checked here (RepoSpec); whether it can be reached is checked when a plan is submitted."""
+    if url_kind(url) != "path":
+        return url, None
+    try:
+        path = (base_dir / url).resolve()
+        problem = _not_a_repository(path)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop, on older Pythons
+        return str(base_dir / url), f"{quoted(url)} cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    shown = str(path) if str(path).isprintable() else quoted(str(path))
+    return str(path), f"{quoted(url)} is {shown}, which {problem}" if problem else None
+
+
+def _not_a_repository(path: Path) -> str | None:
+    """Why the folder `path` is no git repository, as its files say: a checkout has a `.git` (a folder, or a linked
+    worktree's file), a bare repository HEAD, objects/ and refs/."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_dir():
+        return "is not a folder"
+    if (path / ".git").is_symlink() or (path / ".git").exists():
+        return None
+    if (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir():
+        return None
+    return "is not a git repository (no .git in it, and not a bare one)"
+
+
+def shared_with_target(target: str) -> str:
+    return (
+        f"isolation: shared runs in the plan's workdir, so target {quoted(target)} cannot apply; give one or the other"
+    )
+
+
+@dataclass
+class _Repositories:
+    """The repositories a plan's tasks work in, as validation meets them: the plan's own (`repo:` or `target:`),
+    and the targets tasks name, in the order first named."""
+
+    targets: Targets | None
+    plans_own: str | None = None  # the plan's repo: ("repo") or target's name, even one with problems
+    used: dict[str, Repository] = field(default_factory=dict)
+    defaulted_worktrees: list[str] = field(default_factory=list)  # tasks `defaults: {isolation: worktree}` left bare
+
+    def knows(self, target: str) -> bool:
+        return self.targets is not None and self.targets.get(target) is not None
+
+    def unknown(self, target: str) -> str:
+        """The problem of a target config/targets.yaml does not declare, naming those it does."""
+        names = () if self.targets is None else self.targets.names
+        if not names:
+            where = "config/targets.yaml" if self.targets is None else self.targets.source
+            return f"unknown target {quoted(target)} (no targets declared in {where})"
+        shown = ", ".join(names[:MAX_NAMES_SHOWN]) + (", …" if len(names) > MAX_NAMES_SHOWN else "")
+        hint = did_you_mean(target, names)
+        return f"unknown target {quoted(target)} (known: {shown}{'; ' + hint[2:-1] if hint else ''})"
+
+    def use(self, target: str) -> None:
+        found = None if self.targets is None else self.targets.get(target)
+        if found is not None:
+            self.used.setdefault(target, found)
+
+    def read_plans_own(self, header: PlanHeader, document: dict[str, Any], base_dir: Path, problems: Problems) -> None:
+        """The plan's `repo:` or `target:`, each problem reported."""
+        if header.repo is not None or document.get("repo") is not None:  # written, if not readable
+            self.plans_own = PLANS_OWN_REPOSITORY
+        elif header.target is not None or document.get("target") is not None:
+            self.plans_own = header.target or PLANS_OWN_REPOSITORY
+        if header.repo is not None and header.target is not None:
+            problems.add("give either repo: or target:, not both", line_of(document, "target"))
+        if header.repo is not None:
+            written = document["repo"]
+            spec = read_repo_spec(written, problems, "", "repo.", RepoSpec)
+            url, problem = written_url(written, base_dir)
+            if problem:
+                problems.add(f"field 'repo.url': {problem}", line_of(written, "url"))
+            if spec is not None:
+                self.used[PLANS_OWN_REPOSITORY] = repository(PLANS_OWN_REPOSITORY, spec, url)
+        elif header.target is not None:
+            if self.knows(header.target):
+                self.use(header.target)
+            else:
+                problems.add(f"field 'target': {self.unknown(header.target)}", line_of(document, "target"))
+
+    def place(self, spec: TaskSpec, label: str, written: Any, problems: Problems) -> str | None:
+        """The repository a task works in (None: the plan's shared workdir), each problem of it reported."""
+        if spec.isolation == "shared":
+            if spec.target is not None:
+                problems.add(f"{label}: {shared_with_target(spec.target)}", line_of(written, "target"))
+            return None
+        if spec.target is not None:
+            if self.knows(spec.target):
+                self.use(spec.target)
+            elif "target" in written:  # one from the defaults is reported once, as theirs
+                problems.add(f"{label}: {self.unknown(spec.target)}", line_of(written, "target"))
+            return spec.target
+        if self.plans_own is not None or spec.isolation is None:
+            return self.plans_own
+        if "isolation" in written:
+            problem = "isolation: worktree needs a repository; give the plan repo: or target:, or the task target:"
+            problems.add(f"{label}: {problem}", line_of(written, "isolation"))
+        else:
+            self.defaulted_worktrees.append(spec.id)
+        return None
+
+    def report_defaulted_worktrees(self, defaults: Any, problems: Problems) -> None:
+        """`defaults: {isolation: worktree}` reaching tasks without a repository: one problem, naming them."""
+        tasks = self.defaulted_worktrees
+        if not tasks:
+            return
+        named = ", ".join(quoted(task) for task in tasks[:MAX_TASKS_NAMED])
+        more = f" and {len(tasks) - MAX_TASKS_NAMED} more" if len(tasks) > MAX_TASKS_NAMED else ""
+        problem = (
+            f"field 'defaults.isolation': worktree needs a repository, which task{'s' if len(tasks) > 1 else ''} "
+            f"{named}{more} {'have' if len(tasks) > 1 else 'has'} none of; give the plan repo: or target:, or "
+            f"{'those tasks' if len(tasks) > 1 else 'the task'} target:"
+        )
+        problems.add(problem, line_of(defaults, "isolation"))
+
+    def resolved(self) -> tuple[Repository, ...]:
+        return tuple(self.used.values())
 
 
 def _workdir(written: str, base_dir: Path, roots: WorkdirRoots | None) -> tuple[Path, str | None]:
@@ -365,7 +580,9 @@ def _budget(spec: BudgetSpec | None) -> Budget:
     return _NO_BUDGET if spec is None else Budget(spec.usd, spec.tokens)
 
 
-def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIndex) -> ResolvedTask:
+def _resolve(
+    spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIndex, place: str | None = None
+) -> ResolvedTask:
     decision = route(f"{spec.title}\n{spec.description}", registry, explicit=spec.agent, index=index)
     agent = registry.get(decision.agent)
     if spec.executor:
@@ -398,4 +615,6 @@ def _resolve(spec: TaskSpec, seq: int, registry: AgentRegistry, index: KeywordIn
         budget=_budget(spec.budget),
         routed=not spec.agent,
         route_weakness=weakness(decision),
+        repository=place,
+        merge=spec.merge,
     )
