@@ -4,17 +4,21 @@ messages."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy.orm import Session
+
 from orch.celery import app
 from orch.decisions.retry import Backoff
+from orch.dispatch.merge_queue import send_mergers
 from orch.dispatch.reaper import reap_expired
 from orch.dispatch.reconcile import publish, reconcile_plans
 from orch.intake.agents import load_agents
 from orch.log import attempt_context, get_logger
 from orch.settings import get_settings
-from orch.store import dispatching, plans, services
+from orch.store import dispatching, merges, plans, services
 from orch.store.db import db_now, write_session
 
 log = get_logger(__name__)
@@ -56,7 +60,10 @@ def run_tick(now: datetime | None = None, reap: bool = True, beat: BeatProcess |
             plan_ids = [p for p in plan_ids if p in only]
         cutoff = now - timedelta(seconds=settings.redeliver_seconds)
         resend = dispatching.stale_dispatches(session, cutoff, now, plan_ids if only else None)
+        for plan_id in plan_ids:
+            merges.settle_abandoned_conflicts(session, plan_id, now)
         dispatches = reconcile_plans(session, plan_ids, registry, now)
+        mergers = _mergers_to_send(session, now, plan_ids if only else None)
     for lost in reaped:
         with attempt_context(lost.plan_id, lost.key, lost.attempt):
             log.warning("attempt lost: lease expired", worker=lost.worker)
@@ -64,6 +71,24 @@ def run_tick(now: datetime | None = None, reap: bool = True, beat: BeatProcess |
         with attempt_context(lost_message.plan_id, lost_message.key, lost_message.attempt):
             log.info("re-sending a queued task's message: it has not started", queue=lost_message.queue)
     publish(app, resend + dispatches, settings.kill_grace_seconds)
+    send_mergers(app, mergers)
     if dispatches or resend:
         log.info("tick", plans=len(plan_ids), dispatched=len(dispatches), resent=len(resend))
     return TickReport(len(plan_ids), len(dispatches), len(resend), len(reaped))
+
+
+MERGER_RESEND_SECONDS = 15.0  # how often the beat sends a merger to an integration nobody merges
+_merger_sent: dict[int, float] = {}
+
+
+def _mergers_to_send(session: Session, now: datetime, plan_ids: list[str] | None) -> list[tuple[int, str]]:
+    """Integrations with queued merge requests and no merger holding their lock (its message lost, or it died and
+    its lock expired): a merger for each, at most every MERGER_RESEND_SECONDS."""
+    clock = time.monotonic()
+    waiting = merges.integrations_waiting(session, now, plan_ids)
+    due = [pk for pk in waiting if clock - _merger_sent.get(pk, -MERGER_RESEND_SECONDS) >= MERGER_RESEND_SECONDS]
+    for pk in due:
+        _merger_sent[pk] = clock
+    for gone in set(_merger_sent) - set(waiting):
+        del _merger_sent[gone]
+    return [(pk, merges.merge_queue_of(session, pk)) for pk in due]

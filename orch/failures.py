@@ -21,6 +21,9 @@ class FailureClass(StrEnum):
     INTERNAL_ERROR = "internal_error"  # a bug in an executor
     WORKDIR_MISSING = "workdir_missing"
     WORKER_LOST = "worker_lost"  # the lease expired: the worker died, froze or lost the store
+    WORKTREE_ERROR = "worktree_error"  # git could not fetch the repository or make the attempt's worktree
+    GATE_FAILED = "gate_failed"  # a plan's gate failed on the attempt's work merged into the integration branch
+    WORKTREE_QUOTA = "worktree_quota"  # its worker's worktrees reached ORCH_WORKTREE_MAX_GB: held, not counted
     # not the task's doing: re-queued at once, no retries spent
     INTERRUPTED = "interrupted"  # the worker shut down (SIGTERM) or the plan ran out of budget
     # the attempt was stopped because its lease is gone (cancelled, skipped, reaped): its result is not recorded
@@ -35,6 +38,7 @@ class FailureClass(StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"  # the task's own budget is spent
     UNSAFE_WORKDIR = "unsafe_workdir"  # the workdir is inside ORCH_HOME or holds the store: agents must not run there
     WORKDIR_NOT_WRITABLE = "workdir_not_writable"  # the agent's user cannot write it (the worker runs as root)
+    MERGE_CONFLICT = "merge_conflict"  # its work conflicts with the integration branch (on_conflict: fail)
 
 
 PERMANENT = frozenset(
@@ -48,6 +52,7 @@ PERMANENT = frozenset(
         FailureClass.BUDGET_EXCEEDED,
         FailureClass.UNSAFE_WORKDIR,
         FailureClass.WORKDIR_NOT_WRITABLE,
+        FailureClass.MERGE_CONFLICT,
     }
 )
 
@@ -57,7 +62,7 @@ def is_retryable(failure_class: str | None) -> bool:
 
 
 # Failures that are no fault of the task: retried without spending its retries.
-NOT_COUNTED = frozenset({FailureClass.USAGE_LIMIT, FailureClass.INTERRUPTED})
+NOT_COUNTED = frozenset({FailureClass.USAGE_LIMIT, FailureClass.INTERRUPTED, FailureClass.WORKTREE_QUOTA})
 # Failures whose next attempt may start at once (no backoff).
 REQUEUED_AT_ONCE = frozenset({FailureClass.INTERRUPTED})
 

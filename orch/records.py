@@ -4,6 +4,7 @@ worker's executors, the dispatcher and the views can use them without importing 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from orch.budget import Budget
 from orch.intake.prices import Usage
@@ -86,6 +87,9 @@ class ClaimedTask:
     scope: str
     call: str | None
     workdir: str
+    repository: str | None = None  # the plan's repository it works in (a worktree per attempt); None: workdir
+    merge: bool = True  # its work lands through the merge queue
+    resolves: int | None = None  # the merge request whose conflict it resolves
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,51 @@ class AttemptResult:
     files_changed: tuple[str, ...] | None = None
     duration_s: float | None = None
     verified: bool | None = None
+    head_commit: str | None = None  # a worktree attempt's branch head once orch committed its work
+    lands: bool = False  # succeeded with work for the merge queue: its task waits there (merging)
+
+
+# --- worktrees and the merge queue -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Integration:
+    """A plan's integration branch in one repository, as a worker or merger needs it."""
+
+    pk: int
+    plan_id: str
+    repository: str
+    url: str
+    base: str
+    base_commit: str
+    branch: str
+    head: str
+    land: str
+    gates: tuple[str, ...]
+    gate_timeout: float
+    on_conflict: str
+    relock: tuple[tuple[str, str], ...]
+    context: str = ""
+
+
+MERGE_TASK = "orch.merge"  # the Celery task that works an integration's merge queue (workers.tasks registers it)
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """One queued attempt's work, as the merge queue's decision and its merger need it."""
+
+    pk: int
+    task_pk: int
+    key: str
+    attempt: int
+    phase: str
+    base_commit: str
+    head_commit: str
+    enqueued_at: datetime
+    priority: int = 0
+    after: tuple[int, ...] = ()  # task pks it depends on (directly)
+    resolves: int | None = None  # the merge request whose conflict this one's task resolved
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,20 @@ class Settings(BaseSettings):
         "folder for `orch run`/`submit`, and no check on workers",
     )
 
+    worktree_root: Path | None = Field(
+        None,
+        description="Where workers make each attempt's git worktree (<root>/<plan>/<task>/<attempt>); "
+        "default <home>/worktrees",
+    )
+    worktree_max_gb: float | None = Field(
+        None, gt=0, description="Disk a worker's worktrees may take; past it, it holds new worktree attempts"
+    )
+    git_author_name: str = Field("orch", min_length=1, description="Name on the commits orch makes")
+    git_author_email: str = Field("orch@localhost", min_length=1, description="Email on the commits orch makes")
+    merge_lease_seconds: float = Field(
+        600.0, gt=0, description="A merge lock not renewed for this long is free: another merger redoes the merge"
+    )
+
     @field_validator("claude_bin")
     @classmethod
     def _claude_bin_is_absolute_or_on_path(cls, value: str) -> str:
@@ -172,6 +186,19 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def resolved_worktree_root(self) -> Path:
+        return (self.worktree_root or self.home / "worktrees").resolve()
+
+    @property
+    def git_cache_dir(self) -> Path:
+        """Each repository's cache clone on this host (orch's own: agents never write it)."""
+        return (self.home / "git").resolve()
+
+    @property
+    def git_author(self) -> tuple[str, str]:
+        return self.git_author_name, self.git_author_email
 
     @property
     def sandbox_read_paths(self) -> list[Path]:

@@ -9,6 +9,7 @@ class TaskStatus(StrEnum):
     PENDING = "pending"  # waiting for its dependencies
     QUEUED = "queued"  # claimed by a dispatcher, message sent to its agent type's queue
     RUNNING = "running"  # claimed by a worker (holds a lease it renews by heartbeat)
+    MERGING = "merging"  # its attempt succeeded; its work waits in the merge queue (it has not succeeded yet)
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # retries exhausted or a permanent failure
     RETRY_WAIT = "retry_wait"  # failed an attempt; waits for its backoff to pass
@@ -20,8 +21,12 @@ class TaskStatus(StrEnum):
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})
 DISPATCHABLE = frozenset({TaskStatus.PENDING, TaskStatus.RETRY_WAIT})
 IN_FLIGHT = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})  # counts against an agent type's cap
+# Tasks whose declared `files` are leased: in flight, or with work not yet landed (merging).
+HOLDING_FILES = frozenset({*IN_FLIGHT, TaskStatus.MERGING})
 DOOMING = frozenset({TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})
-CANCELLABLE = frozenset({TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RETRY_WAIT, TaskStatus.RUNNING})
+CANCELLABLE = frozenset(
+    {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RETRY_WAIT, TaskStatus.RUNNING, TaskStatus.MERGING}
+)
 RETRIABLE = frozenset({TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})  # `orch retry`
 SKIPPABLE = frozenset(set(TaskStatus) - {TaskStatus.SUCCEEDED})  # `orch skip`
 
@@ -36,6 +41,10 @@ LEGAL_TRANSITIONS: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset(
         (_S.RUNNING, _S.SUCCEEDED),
         (_S.RUNNING, _S.FAILED),
         (_S.RUNNING, _S.RETRY_WAIT),  # a failed, lost, interrupted or over-budget attempt
+        (_S.RUNNING, _S.MERGING),  # its work is in the merge queue
+        (_S.MERGING, _S.SUCCEEDED),  # merged
+        (_S.MERGING, _S.RETRY_WAIT),  # a gate failed on the merged result
+        (_S.MERGING, _S.FAILED),  # a gate failed with no retry left, or a conflict (on_conflict: fail)
         *((old, _S.CANCELLED) for old in CANCELLABLE),
         *((old, _S.PENDING) for old in RETRIABLE),  # `orch retry`, or an upstream task retried or skipped
         *((old, _S.SUCCEEDED) for old in SKIPPABLE if old is not _S.RUNNING),  # `orch skip`
@@ -63,3 +72,17 @@ class AttemptStatus(StrEnum):
     CANCELLED = "cancelled"
     LOST = "lost"  # its lease expired: the worker died, froze or lost the store
     INTERRUPTED = "interrupted"  # worker shutdown or budget stop: re-queued at once, not counted
+
+
+class MergePhase(StrEnum):
+    """A merge request's phase in the merge queue."""
+
+    QUEUED = "queued"
+    MERGING = "merging"  # claimed under the integration's merge lock
+    MERGED = "merged"
+    CONFLICTED = "conflicted"  # its work conflicts with the integration branch (resolved by a task, or failed)
+    GATE_FAILED = "gate_failed"
+    CANCELLED = "cancelled"  # its task was cancelled, skipped or retried before it merged
+
+
+MERGE_OPEN = frozenset({MergePhase.QUEUED, MergePhase.MERGING})

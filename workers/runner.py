@@ -10,14 +10,16 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from orch.services.git.remote import display_url
 from sqlalchemy.orm import Session
 
 from orch.celery import app
 from orch.decisions.retry import Backoff, Outcome, decide_outcome
 from orch.dispatch import breaker
+from orch.dispatch.merge_queue import send_mergers
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
 from orch.executors import LOGGED, PROMPTED, ExecutorName
@@ -26,16 +28,18 @@ from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.intake.prompts import PromptTemplates, build_prompt, build_system_prompt, load_templates
 from orch.log import bind_attempt, get_logger, private_log_file
-from orch.records import AttemptResult, Claim, ClaimedTask, Dispatch
+from orch.records import AttemptResult, Claim, ClaimedTask, Dispatch, Integration
 from orch.redaction import Redactor
+from orch.services.git.command import GitFailed
+from orch.services.git.repository import StateNotKnown
 from orch.settings import Settings, get_settings
 from orch.states import DOOMING, TaskStatus
-from orch.store import attempts, pauses
+from orch.store import attempts, merges, pauses
 from orch.store.db import STORE_UNAVAILABLE, db_now, read_session, with_store_retry, write_session
-from workers import control, workspace
+from workers import control, workspace, worktree
 from workers.executors import AttemptContext, get_executor
 from workers.executors.base import with_scratch
-from workers.heartbeat import Heartbeat
+from workers.heartbeat import LEASE_GONE, Heartbeat
 from workers.verification import check_scope, run_verify
 
 log = get_logger(__name__)
@@ -72,7 +76,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     price = functools.partial(usage_cost, settings=settings)
     heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, price, store)
     with control.active(ctx.control), heartbeat:
-        result = run_checked(ctx, claim)
+        result = run_in_worktree(ctx, claim) if ctx.task.repository else run_checked(ctx, claim)
         # The lease is renewed until the result is recorded: writing it may wait out a store outage.
         heartbeat.recording = True
         return finish(claim, redact(result, ctx.redactor()), settings)
@@ -101,6 +105,106 @@ def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
             result = check_scope(result, ctx.task.files, ctx.task.scope, known_before=knowable)
             result = run_verify(result, ctx, ctx.task.verify)
     return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result, ctx.settings))
+
+
+def run_in_worktree(ctx: AttemptContext, claim: Claim) -> AttemptResult:
+    """A worktree attempt: its own worktree at the integration branch's head, the executor and checks there, and
+    orch's commit of its work (under the lease), pushed; the worktree is removed at the end, its work kept on its
+    branch and archive ref."""
+    started = time.monotonic()
+    settings = ctx.settings
+    over = worktree.over_quota(settings)
+    if over is not None:
+        return AttemptResult(
+            False, failure_class=FailureClass.WORKTREE_QUOTA, error=over, retry_after=worktree.QUOTA_WAIT_SECONDS
+        )
+    try:
+        integration, merging = _integration_of(settings.resolved_database_url, claim, ctx.task)
+        tree = worktree.prepare(claim, ctx.task, integration, settings, merging)
+    except (GitFailed, StateNotKnown) as exc:
+        return AttemptResult(False, failure_class=FailureClass.WORKTREE_ERROR, error=str(exc))
+    try:
+        if not _record_worktree(settings.resolved_database_url, claim, tree):
+            return AttemptResult(False, failure_class=FailureClass.LEASE_LOST, error=LEASE_GONE)
+        in_tree = replace(
+            ctx,
+            task=replace(ctx.task, workdir=str(tree.path)),
+            git_readable=(tree.cache.path,),
+            git_writable=(tree.admin_dir,),
+            prompt=ctx.prompt and worktree_prompt(ctx.prompt, integration, tree),
+        )
+        result = _run_in(in_tree, claim, tree)
+    finally:
+        worktree.discard(tree)
+    return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result, settings))
+
+
+def worktree_prompt(prompt: str, integration: Integration, tree: worktree.AttemptWorktree) -> str:
+    note = (
+        f"You work in your own git worktree of {display_url(integration.url)}, on branch {tree.branch}, made from "
+        f"the plan's integration branch with every dependency's work merged. When you finish, orch commits what "
+        f"you leave in it: do not commit, push or switch branches yourself."
+    )
+    context = f"\n\nAbout this repository:\n{integration.context}" if integration.context else ""
+    return f"{prompt}\n\n{note}{context}"
+
+
+def _run_in(ctx: AttemptContext, claim: Claim, tree: worktree.AttemptWorktree) -> AttemptResult:
+    with with_scratch(ctx) as ctx:
+        result = execute(ctx, claim)
+        if result.succeeded and (left := worktree.markers_left(tree)):
+            result = replace(
+                result,
+                succeeded=False,
+                failure_class=FailureClass.AGENT_ERROR,
+                error=f"conflict markers remain in {', '.join(left[:20])}",
+            )
+        try:  # a failed or interrupted attempt's work is kept too, on its own branch (never merged)
+            head = _commit_under_lease(ctx, claim, tree, result.succeeded)
+        except (GitFailed, StateNotKnown) as exc:
+            if not result.succeeded:
+                return result
+            return AttemptResult(False, failure_class=FailureClass.WORKTREE_ERROR, error=f"committing its work: {exc}")
+        if head is None:
+            if not result.succeeded:
+                return result
+            return replace(result, succeeded=False, failure_class=FailureClass.LEASE_LOST, error=LEASE_GONE)
+        if not result.succeeded:
+            return replace(result, head_commit=head)
+        changed = tuple(tree.cache.changed_paths(tree.base_commit, head)) if head != tree.base_commit else ()
+        result = replace(result, files_changed=changed, head_commit=head)
+        result = check_scope(result, ctx.task.files, ctx.task.scope, known_before=True)
+        result = run_verify(result, ctx, ctx.task.verify)
+    return replace(result, lands=result.succeeded and ctx.task.merge)
+
+
+def _commit_under_lease(
+    ctx: AttemptContext, claim: Claim, tree: worktree.AttemptWorktree, succeeded: bool
+) -> str | None:
+    """The attempt's work committed and pushed, only while it holds its lease (None: it does not)."""
+    store = ctx.settings.resolved_database_url
+    with read_session(store) as session:
+        if not merges.holds_lease(session, claim):
+            return None
+    head = worktree.conclude(tree, ctx.task, claim, ctx.settings, succeeded, datetime.now(UTC))
+    with write_session(store) as session:
+        recorded = merges.record_worktree(session, claim, tree.branch, tree.base_commit, str(tree.path), head)
+    return head if recorded else None
+
+
+def _integration_of(store: str, claim: Claim, task: ClaimedTask) -> tuple[Integration, str | None]:
+    """The task's integration branch, and a resolution task's conflicting commit."""
+    with read_session(store) as session:
+        integration = merges.find_integration(session, claim.plan_id, task.repository or "")
+        if integration is None:
+            raise GitFailed(f"plan {claim.plan_id} has no repository {task.repository!r} in the store")
+        request = merges.get_request(session, task.resolves) if task.resolves is not None else None
+        return integration, None if request is None else request.head_commit
+
+
+def _record_worktree(store: str, claim: Claim, tree: worktree.AttemptWorktree) -> bool:
+    with write_session(store) as session:
+        return merges.record_worktree(session, claim, tree.branch, tree.base_commit, str(tree.path))
 
 
 def _store_wait(what: str, task_pk: int) -> Callable[[Exception, float], None]:
@@ -199,8 +303,10 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     while the store is away (a finished agent's work is not thrown away for a database restart)."""
     registry = load_agents(settings.config_dir)
     draw = random.random()
+    mergers: list[tuple[int, str]] = []  # (integration, queue): a merger to send, once the result is recorded
 
     def record() -> tuple[bool, Outcome, list[Dispatch]]:
+        mergers.clear()  # a retried transaction starts again
         with write_session(settings.resolved_database_url) as session:
             now = db_now(session)
             outcome = decide_outcome(
@@ -214,9 +320,14 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
                 Backoff(settings.retry_backoff_base, settings.retry_backoff_max),
                 retry_after=result.retry_after,
             )
+            if outcome.task_status is TaskStatus.SUCCEEDED and result.lands:
+                outcome = replace(outcome, task_status=TaskStatus.MERGING, detail="its work waits in the merge queue")
             recorded = attempts.record_result(session, claim, result, outcome, now)
             if recorded is None:
                 return False, outcome, []
+            if outcome.task_status is TaskStatus.MERGING and result.head_commit:
+                base = _base_of(session, claim) or result.head_commit
+                mergers.extend(filter(None, [merges.enqueue_merge(session, claim, base, result.head_commit, now)]))
             if result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
                 until = now + timedelta(seconds=result.retry_after)
                 reason = result.error or "usage limit"
@@ -235,5 +346,11 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
         log.warning("result rejected: the attempt's lease no longer holds (cancelled, skipped or reaped)")
         return "rejected"
     publish(app, dispatches, settings.kill_grace_seconds)
+    send_mergers(app, mergers)
     log.info("attempt finished", status=str(outcome.task_status), error=result.error)
     return str(outcome.task_status)
+
+
+def _base_of(session: Session, claim: Claim) -> str | None:
+    row = attempts.get_attempt(session, claim)
+    return None if row is None else row.base_commit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from celery.exceptions import Reject
@@ -17,16 +18,20 @@ from celery.signals import (
 )
 
 from orch.celery import app, check_visibility_timeout
+from orch.dispatch.merge_queue import work_merge_queue
+from orch.dispatch.worktrees import sweep
 from orch.errors import OrchError, StoreUnusable
 from orch.hardening import harden_process
+from orch.intake.agents import load_agents
 from orch.log import forget_attempt, get_logger
-from orch.records import RUN_TASK
+from orch.records import MERGE_TASK, RUN_TASK
 from orch.services.check import require_store
 from orch.services.isolation import IsolationUnavailable
 from orch.services.processes import die_with_worker_main, remember_worker_main, stop_this_worker
-from orch.settings import get_settings
+from orch.settings import Settings, get_settings
 from orch.store.db import dispose_engines
 from workers.liveness import LivenessFile
+from workers.merging import run_gate
 from workers.runner import run_attempt
 from workers.sandbox.launch import announce_isolation
 from workers.supervision import (
@@ -61,6 +66,17 @@ def run_task(self: Any, task_pk: int, attempt: int) -> str:
         return STORE_UNUSABLE
 
 
+@app.task(name=MERGE_TASK, acks_late=True, ignore_result=True)
+def merge(integration_pk: int) -> str:
+    """Work an integration's merge queue (its id only): orch.dispatch.merge_queue, with this worker's gates."""
+    settings = get_settings()
+
+    def gate(command: str, folder: Path, timeout: float, log_path: Path) -> tuple[bool, str]:
+        return run_gate(settings, command, folder, timeout, log_path)
+
+    return work_merge_queue(integration_pk, settings, load_agents(settings.config_dir), gate, app)
+
+
 def stop_worker_for(problem: StoreUnusable) -> None:
     log.error(f"{problem}; this worker stops taking tasks")
     stop_this_worker(str(problem))
@@ -92,10 +108,26 @@ def _on_worker_start(**_kwargs: Any) -> None:
         # cannot reach, a schema of another orch) would take the deployment's messages and hold them while it
         # retried its store. It refuses to start instead, in one line.
         require_store(settings.resolved_database_url, STORE_START_TIMEOUT)
+        sweep_worktrees(settings)
         dispose_engines()  # no store connection crosses the fork of the pool and `-B` beat processes (SQLite's locks)
     except OrchError as exc:  # refuse to start (Celery would only log an exception raised here)
         print(f"orch: worker not started: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+
+
+def sweep_worktrees(settings: Settings) -> None:
+    """At start: the worktrees this host's worker left when it was killed (its attempts lost since, or over) are
+    committed, pushed and removed; none leaks from one run of the worker to the next."""
+    if not settings.resolved_worktree_root.is_dir():
+        return
+    try:
+        swept = sweep(settings)
+    except Exception as exc:  # a sweep that fails must not keep the worker from starting
+        log.warning("could not sweep old worktrees", error=str(exc)[:300])
+        return
+    for tree, what in swept:
+        if not what.startswith("kept"):
+            log.info("old worktree swept", path=str(tree.path), what=what)
 
 
 @celeryd_after_setup.connect

@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 
+from orch.decisions.file_leases import covers
 from orch.services.git import repository
 from orch.services.git.command import GitFailed, iter_nul
 from orch.services.git.worktree_view import WorktreeView, open_worktree_view
@@ -114,12 +114,5 @@ def _printable(path: str) -> str:
 
 
 def in_scope(path: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    """Whether `path` is covered by a task's `files` patterns ("dir/" or "dir" covers what is under it, `**/`
-    also matches no folder at all)."""
-    for pattern in patterns:
-        bare = pattern.rstrip("/")
-        if path == bare or path.startswith(bare + "/"):
-            return True
-        if fnmatchcase(path, pattern) or fnmatchcase(path, pattern.replace("**/", "")):
-            return True
-    return False
+    """Whether `path` is covered by a task's `files` patterns (orch.decisions.file_leases.covers)."""
+    return covers(path, patterns)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from orch.cli import operator, plans, scaffold, services, views
+from orch.cli import operator, plans, repositories, scaffold, services, views
 from orch.settings import ENV_FILE_VARIABLE, get_settings
 from orch.store.creation import existing_store_only
 
@@ -60,6 +60,9 @@ for command in (
     operator.resume,
     operator.retry,
     operator.skip,
+    repositories.mq,
+    repositories.land,
+    repositories.worktrees,
     services.db,
     services.exporter,
     services.flower_command,

@@ -74,7 +74,27 @@ def registry() -> AgentRegistry:
 
 
 def read_plan(path: str) -> Plan:
-    return load_plan(Path(path), registry(), roots=get_settings().workdir_root_paths)
+    # lazy (start-up cost): config/targets.yaml, read for the plans that name a target
+    from orch.intake.targets import load_targets
+
+    settings = get_settings()
+    return load_plan(
+        Path(path), registry(), roots=settings.workdir_root_paths, targets=load_targets(settings.config_dir)
+    )
+
+
+def repository_bases(plan: Plan) -> dict[str, str]:
+    """Each repository's base commit, read from its remote (exit 2 naming an unreachable one or a missing base),
+    and a note on stderr about a local checkout orch will not touch."""
+    if not plan.repositories:
+        return {}
+    # lazy (start-up cost): git, for plans with a repository
+    from orch.services.repositories import base_commits, checkout_notes
+
+    bases = base_commits(plan, get_settings())
+    for note in checkout_notes(plan, bases):
+        click.echo(f"orch: note: {note}", err=True)
+    return bases
 
 
 def check_workdir_here(plan: Plan) -> None:

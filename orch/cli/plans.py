@@ -8,7 +8,7 @@ import sys
 import click
 from rich.table import Table
 
-from orch.cli.common import check_workdir_here, err, handle_errors, now_utc, out, read_plan, registry
+from orch.cli.common import check_workdir_here, err, handle_errors, now_utc, out, read_plan, registry, repository_bases
 from orch.durations import format_duration
 from orch.intake.routing import route, weakness
 from orch.settings import get_settings
@@ -106,9 +106,10 @@ def submit(plan_file: str) -> None:
     from orch.store.db import read_session, write_session
 
     plan = read_plan(plan_file)
+    bases = repository_bases(plan)
     cancel_dead_runs()
     with write_session() as session:
-        plan_id = plans.submit_plan(session, plan, now_utc())
+        plan_id = plans.submit_plan(session, plan, now_utc(), bases)
     click.echo(plan_id)
     with read_session() as session:  # where it went, and whether anything will run it (stderr: stdout is the id)
         for note in submitted_notes(session, plan_id):
@@ -130,5 +131,6 @@ def run(plan_file: str, concurrency: int | None, as_json: bool) -> None:
     plan = read_plan(plan_file)  # bad input: exit 2 before anything starts or is written
     check_workdir_here(plan)
     check_agent_isolation(plan, err)
-    code = run_embedded(plan, concurrency or get_settings().embedded_concurrency, out, err, as_json)
+    bases = repository_bases(plan)
+    code = run_embedded(plan, concurrency or get_settings().embedded_concurrency, out, err, as_json, bases)
     sys.exit(code)

@@ -23,6 +23,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from itertools import chain
 
@@ -348,3 +349,15 @@ def _globs_meet(a: tuple[Token, ...], b: tuple[Token, ...]) -> tuple[bool, int]:
 def _stars_end(row: int, stars: int) -> int:
     """The row with b's stars ending wherever one was reached (once: _parse never puts two stars in a row)."""
     return row | (row & stars) << 1
+
+
+def covers(path: str, patterns: Sequence[str]) -> bool:
+    """Whether `path` is covered by any of `patterns` ("dir/" or "dir" covers what is under it, `**/` also matches
+    no folder at all): a task's `files` against a path it changed, a `relock` pattern against a merged path."""
+    for pattern in patterns:
+        bare = pattern.rstrip("/")
+        if path == bare or path.startswith(bare + "/"):
+            return True
+        if fnmatchcase(path, pattern) or fnmatchcase(path, pattern.replace("**/", "")):
+            return True
+    return False

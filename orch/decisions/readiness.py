@@ -12,7 +12,7 @@ from datetime import datetime
 
 from orch.dag import Dag
 from orch.decisions.file_leases import MAX_DECISION_STEPS, StepBudget, files_conflict
-from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, TERMINAL, PlanStatus, TaskStatus
+from orch.states import DISPATCHABLE, DOOMING, HOLDING_FILES, TERMINAL, PlanStatus, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def reconcile(
     doomed = _doom(Dag({t.pk: t.deps for t in tasks}), status)
     runnable = (t for t in tasks if status[t.pk] in DISPATCHABLE and _runnable(t, status, now))
     held = [files for files in held_files if files]
-    held += [t.files for t in tasks if t.files and status[t.pk] in IN_FLIGHT]
+    held += [t.files for t in tasks if t.files and status[t.pk] in HOLDING_FILES]
     ready, over_cap, on_files = _pick(sorted(runnable, key=dispatch_order), free_slots, held)
     return Reconciliation(tuple(doomed), tuple(ready), over_cap, _outcome(status), status, waiting_for_files=on_files)
 

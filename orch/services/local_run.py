@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -47,7 +47,14 @@ def check_agent_isolation(plan: Plan, err: Console) -> None:
         err.print(f"orch run: {isolation.warning}", highlight=False, markup=False)
 
 
-def run_embedded(plan: Plan, concurrency: int, out: Console, err: Console, as_json: bool = False) -> int:
+def run_embedded(
+    plan: Plan,
+    concurrency: int,
+    out: Console,
+    err: Console,
+    as_json: bool = False,
+    base_commits: Mapping[str, str] | None = None,
+) -> int:
     """Start the embedded servers and worker, run `plan` to its end, stop them: 0 if it succeeded, 1 if not, 130
     after Ctrl-C (the plan cancelled). Whatever happens, what was started is stopped. Progress and the notes go to
     `err`, the final table (or, `as_json`, `orch status --json`'s document) to `out`."""
@@ -57,7 +64,7 @@ def run_embedded(plan: Plan, concurrency: int, out: Console, err: Console, as_js
     code: int | None = None
     with _CtrlC() as ctrl_c:
         try:
-            code = _start_and_watch(plan, concurrency, home, run, out, err)
+            code = _start_and_watch(plan, concurrency, home, run, out, err, base_commits or {})
         except KeyboardInterrupt:
             code = INTERRUPTED
         except WorkerStopped as stopped:
@@ -119,7 +126,15 @@ class _EmbeddedRun:
             self.redis.stop()
 
 
-def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun, out: Console, err: Console) -> int:
+def _start_and_watch(
+    plan: Plan,
+    concurrency: int,
+    home: Path,
+    run: _EmbeddedRun,
+    out: Console,
+    err: Console,
+    base_commits: Mapping[str, str],
+) -> int:
     settings = get_settings()
     logs = home / "logs"
     database_url = settings.resolved_database_url
@@ -131,7 +146,7 @@ def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun
         broker_url = run.redis.start()
     runner = this_process()
     with write_session(database_url) as session:
-        run.plan_id = plan_id = plans.submit_plan(session, plan, datetime.now(UTC))
+        run.plan_id = plan_id = plans.submit_plan(session, plan, datetime.now(UTC), base_commits)
         if runner is not None:
             runners.record_runner(session, plan_id, runner)
     queues = sorted({t.queue for t in plan.tasks})
@@ -155,7 +170,33 @@ def _start_and_watch(plan: Plan, concurrency: int, home: Path, run: _EmbeddedRun
     for line in route_lines(plan):  # the routes of tasks without `agent:`, once what could refuse the run has not
         err.print(line, markup=False, highlight=False)
     final = watch_plan(plan_id, worker, out, err, as_json=run.as_json)
+    if final is PlanStatus.SUCCEEDED and plan.repositories:
+        return 0 if land_plan(plan_id, err) else 1
     return 0 if final is PlanStatus.SUCCEEDED else 1
+
+
+def land_plan(plan_id: str, err: Console) -> bool:
+    """Land a succeeded plan's work per its `land:` (unless its merger already did), saying where it is; False when
+    a base could not be fast-forwarded (named, with why)."""
+    # lazy (start-up cost): git and the merge queue, for plans with a repository
+    from orch.dispatch.merge_queue import land
+    from orch.store import merges
+
+    settings = get_settings()
+    with read_session() as session:
+        integrations = [(i, merges.landed_state(session, i.pk)) for i in merges.plan_integrations(session, plan_id)]
+    landed_all = True
+    for integration, landed in integrations:
+        if landed is None:
+            landed, detail = land(integration, settings)
+            with write_session() as session:
+                merges.record_landing(session, integration.pk, landed, detail)
+        else:
+            with read_session() as session:
+                detail = merges.land_detail(session, integration.pk) or ""
+        landed_all &= landed != "refused"
+        err.print(detail if landed != "refused" else f"not landed: {detail}", markup=False, highlight=False)
+    return landed_all
 
 
 def _cancel_after_ctrl_c(run: _EmbeddedRun, out: Console, err: Console) -> None:

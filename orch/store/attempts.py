@@ -45,6 +45,7 @@ _SPEC_COLUMNS = (
     *(TASKS.c[name] for name in ("key", "title", "description", "success", "command", "files", "timeout")),
     *(TASKS.c[name] for name in ("agent", "executor", "verify", "scope", "call")),
 )
+_WORKTREE_COLUMNS = (TASKS.c.repository, TASKS.c.merge, TASKS.c.resolves)
 _WORKDIR = select(PLANS.c.workdir).where(PLANS.c.id == TASKS.c.plan_id).scalar_subquery()
 _DEPENDANTS = select(func.count()).where(DEPENDENCIES.c.depends_on_pk == TASKS.c.pk).scalar_subquery()
 
@@ -68,6 +69,7 @@ def _claim_statement(started: Any, expires: Any) -> Any:
             _DEPENDANTS,
             *_SPEC_COLUMNS,
             _WORKDIR.label("workdir"),
+            *_WORKTREE_COLUMNS,
         )
     )
 
@@ -227,7 +229,7 @@ def record_result(
     ended = {
         "new_status": new_status,
         "retry_at": outcome.not_before,
-        "ended_at": None if new_status is TaskStatus.RETRY_WAIT else now,
+        "ended_at": None if new_status in (TaskStatus.RETRY_WAIT, TaskStatus.MERGING) else now,
         "task_error": None if result.succeeded else result.error,
     }
     if not rowcount(session.execute(_END_RUNNING, {**of_claim, **ended})):

@@ -15,7 +15,7 @@ from orch.budget import Budget
 from orch.dag import Dag
 from orch.decisions.readiness import Reconciliation, TaskView
 from orch.records import AgentLoad, Dispatch, PlanGate
-from orch.states import DISPATCHABLE, DOOMING, IN_FLIGHT, PLAN_HELD, TERMINAL, PlanStatus, TaskStatus
+from orch.states import DISPATCHABLE, DOOMING, HOLDING_FILES, IN_FLIGHT, PLAN_HELD, TERMINAL, PlanStatus, TaskStatus
 from orch.store._sql import ANALYZE_FROM_TASKS, PAUSES, PLANS, TASKS, chunks, no_sync
 from orch.store.db import refresh_planner_statistics
 from orch.store.events import event_row, log_events, log_task_events
@@ -104,7 +104,7 @@ def _views(rows: Iterable[Any]) -> list[TaskView]:
 
 def in_flight_files(session: Session, plan_id: str) -> list[list[str]]:
     """The `files` of the plan's queued and running tasks: the file leases they hold."""
-    rows = session.execute(select(TaskRow.files).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(IN_FLIGHT)))
+    rows = session.execute(select(TaskRow.files).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(HOLDING_FILES)))
     return [list(files) for (files,) in rows if files]
 
 
@@ -144,7 +144,7 @@ def held_files(session: Session, workdir: str, other_than: str) -> list[list[str
     rows = session.execute(
         select(TaskRow.files)
         .join(PlanRow, PlanRow.id == TaskRow.plan_id)
-        .where(PlanRow.workdir == workdir, PlanRow.id != other_than, TaskRow.status.in_(IN_FLIGHT))
+        .where(PlanRow.workdir == workdir, PlanRow.id != other_than, TaskRow.status.in_(HOLDING_FILES))
     )
     return [list(files) for (files,) in rows if files]
 

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Enum, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Enum,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    true,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -104,6 +116,10 @@ class TaskRow(Base):
     retry_floor: Mapped[int] = mapped_column(default=0, server_default="0")  # failures of attempts up to it
     budget_usd: Mapped[float | None]
     budget_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # The plan's repository the task works in (an integration's `repository`); None: the plan's shared workdir.
+    repository: Mapped[str | None] = mapped_column(String(64))
+    merge: Mapped[bool] = mapped_column(default=True, server_default=true())  # its work lands (False: reviews)
+    resolves: Mapped[int | None]  # the merge request whose conflict this task resolves
 
 
 class DependencyRow(Base):
@@ -144,6 +160,10 @@ class AttemptRow(Base):
     files_changed: Mapped[list[str] | None] = mapped_column(JSON)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     verified: Mapped[bool | None]  # the verify command passed / failed; None: there was none, or not reached
+    branch: Mapped[str | None] = mapped_column(Text)  # orch-work/<plan>/<task>/<attempt>: a worktree attempt's
+    base_commit: Mapped[str | None] = mapped_column(String(64))  # the commit its worktree started from
+    head_commit: Mapped[str | None] = mapped_column(String(64))  # its branch's head once orch committed its work
+    worktree: Mapped[str | None] = mapped_column(Text)  # the worktree's folder on its worker's host
 
 
 class EventRow(Base):
@@ -191,3 +211,57 @@ class ServiceRow(Base):
     plans: Mapped[str] = mapped_column(Text, default="", server_default="")  # comma-separated ids; "": every plan
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_tick_at: Mapped[datetime] = mapped_column(UTCDateTime)  # by the database's clock
+
+
+class IntegrationRow(Base):
+    """A plan's integration branch in one repository (`orch/<plan id>`): where it starts, the head the store last
+    recorded, how the plan's work lands there, and the merge lock (a lease) whoever merges into it holds."""
+
+    __tablename__ = "integrations"
+    __table_args__ = (UniqueConstraint("plan_id", "repository", name="uq_integrations_plan_repository"),)
+
+    pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    repository: Mapped[str] = mapped_column(String(64))  # "repo" (the plan's own `repo:`) or a target's name
+    url: Mapped[str] = mapped_column(Text)
+    base: Mapped[str] = mapped_column(String(255))  # the branch the plan starts from (and lands on, `land: base`)
+    base_commit: Mapped[str] = mapped_column(String(64))  # `base` when the plan was submitted
+    branch: Mapped[str] = mapped_column(String(255))
+    head: Mapped[str] = mapped_column(String(64))  # the integration branch as the last recorded merge left it
+    land: Mapped[str] = mapped_column(String(10))
+    gates: Mapped[list[str]] = mapped_column(JSON)
+    gate_timeout: Mapped[float]
+    on_conflict: Mapped[str] = mapped_column(String(10))
+    relock: Mapped[list[list[str]]] = mapped_column(JSON)  # [[path pattern, command], ...]
+    context: Mapped[str] = mapped_column(Text, default="", server_default="")
+    lease: Mapped[str | None] = mapped_column(String(36))  # the merge lock's holder (a fencing token)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    landed: Mapped[str | None] = mapped_column(String(20))  # None: not yet; "landed", "refused", "kept" (land: branch)
+    land_detail: Mapped[str | None] = mapped_column(Text)
+
+
+class MergeRequestRow(Base):
+    """One attempt's work waiting to land on its plan's integration branch: the merge queue's entry."""
+
+    __tablename__ = "merge_requests"
+    __table_args__ = (
+        Index("ix_merge_requests_queue", "integration_pk", "phase"),
+        Index("ix_merge_requests_task", "task_pk"),
+    )
+
+    pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    integration_pk: Mapped[int] = mapped_column(ForeignKey("integrations.pk", ondelete="CASCADE"))
+    task_pk: Mapped[int] = mapped_column(ForeignKey("tasks.pk", ondelete="CASCADE"))
+    attempt: Mapped[int]
+    phase: Mapped[str] = mapped_column(String(20))  # orch.states.MergePhase
+    base_commit: Mapped[str] = mapped_column(String(64))
+    head_commit: Mapped[str] = mapped_column(String(64))
+    enqueued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    merged_commit: Mapped[str | None] = mapped_column(String(64))
+    conflicts: Mapped[list[str] | None] = mapped_column(JSON)
+    detail: Mapped[str | None] = mapped_column(Text)
+    tries: Mapped[int] = mapped_column(default=0, server_default="0")  # merges begun (a lost lease begins again)
+    resolved_by: Mapped[int | None]  # the conflict-resolution task (pk) whose merge lands this request's work

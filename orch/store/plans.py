@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from orch.store.models import AttemptRow, DependencyRow, PlanRow, TaskRow
 _SUBMITTED_COLUMNS = (
     "pk", "plan_id", "key", "seq", "title", "description", "agent", "route_reason", "queue", "executor", "command",
     "priority", "files", "success", "timeout", "retries", "status", "unmet_deps", "attempt", "verify", "scope",
-    "call", "budget_usd", "budget_tokens", "retry_floor",
+    "call", "budget_usd", "budget_tokens", "retry_floor", "repository", "merge",
 )  # fmt: skip
 
 
@@ -33,10 +33,19 @@ def new_plan_id(name: str) -> str:
     return f"{name[:24]}-{secrets.token_hex(4)}"
 
 
-def submit_plan(session: Session, plan: Plan, now: datetime) -> str:
-    """Insert a validated plan with its tasks and edges; its tasks start pending. Returns the plan id."""
+def submit_plan(session: Session, plan: Plan, now: datetime, base_commits: Mapping[str, str] | None = None) -> str:
+    """Insert a validated plan with its tasks and edges; its tasks start pending. Returns the plan id. A plan with
+    repositories needs each one's base commit (`base_commits`, by repository name, read from its remote)."""
     with collector_paused():
-        return _insert_plan(session, plan, now)
+        plan_id = _insert_plan(session, plan, now)
+    if plan.repositories:
+        from orch.store.merges import create_integrations  # lazy: only plans with a repository need it
+
+        missing = [r.name for r in plan.repositories if r.name not in (base_commits or {})]
+        if missing:
+            raise ValueError(f"no base commit given for repository {', '.join(missing)}")
+        create_integrations(session, plan_id, plan.repositories, base_commits or {})
+    return plan_id
 
 
 def _insert_plan(session: Session, plan: Plan, now: datetime) -> str:
@@ -69,7 +78,7 @@ def _insert_plan(session: Session, plan: Plan, now: datetime) -> str:
                 pk_of[t.key], plan_id, t.key, t.seq, t.title, t.description, t.agent, t.route_reason, t.queue,
                 t.executor, t.command, t.priority, json.dumps(list(t.files)) if t.files else no_files, t.success,
                 t.timeout, t.retries, pending, len(t.after), 0, t.verify, t.scope, t.call, t.budget.usd,
-                t.budget.tokens, 0,
+                t.budget.tokens, 0, t.repository, t.merge,
             )
             for t in plan.tasks
         ),

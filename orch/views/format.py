@@ -19,6 +19,7 @@ STATUS_STYLE = {
     TaskStatus.PENDING: "dim",
     TaskStatus.QUEUED: "cyan",
     TaskStatus.RUNNING: "bold blue",
+    TaskStatus.MERGING: "blue",
     TaskStatus.SUCCEEDED: "green",
     TaskStatus.FAILED: "bold red",
     TaskStatus.RETRY_WAIT: "yellow",

@@ -31,6 +31,7 @@ CLASS_STYLES = {
     TaskStatus.PENDING.value: "fill:#f4f4f5,stroke:#a1a1aa,color:#3f3f46",
     TaskStatus.QUEUED.value: "fill:#e0f2fe,stroke:#0284c7,color:#0c4a6e",
     TaskStatus.RUNNING.value: "fill:#dbeafe,stroke:#2563eb,color:#1e3a8a,stroke-width:3px",
+    TaskStatus.MERGING.value: "fill:#ccfbf1,stroke:#0d9488,color:#134e4a",
     TaskStatus.SUCCEEDED.value: "fill:#dcfce7,stroke:#16a34a,color:#14532d",
     TaskStatus.FAILED.value: "fill:#fee2e2,stroke:#dc2626,color:#7f1d1d,stroke-width:3px",
     TaskStatus.RETRY_WAIT.value: "fill:#fef9c3,stroke:#ca8a04,color:#713f12",
@@ -42,6 +43,7 @@ CLASS_STYLES = {
 STAGE_STATE_ORDER = (
     TaskStatus.FAILED.value,
     TaskStatus.RUNNING.value,
+    TaskStatus.MERGING.value,
     TaskStatus.RETRY_WAIT.value,
     TaskStatus.QUEUED.value,
     TaskStatus.UPSTREAM_FAILED.value,

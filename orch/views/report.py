@@ -6,7 +6,7 @@ Markdown that renders in a GitHub issue or pull request."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 from orch.dag import Dag
 from orch.intake.prices import Usage
 from orch.states import DOOMING, PLAN_FINAL, TERMINAL, AttemptStatus, TaskStatus
-from orch.store import plans, reads
+from orch.store import merges, plans, reads
 from orch.store.db import db_now
+from orch.store.merges import TaskGit
 from orch.store.models import PlanRow
 from orch.views.format import iso, sum_costs, usage_json
 
@@ -74,6 +75,7 @@ class TaskReport:
     error: str | None
     failure_class: str | None
     result: str | None  # what the succeeded attempt reported
+    git: TaskGit | None = None  # a worktree task's branch, commits and merge
 
     @property
     def run_seconds(self) -> float:
@@ -119,6 +121,7 @@ class TaskReport:
             "failure_class": self.failure_class,
             "result": self.result,
             "history": [attempt_json(a) for a in self.attempts],
+            **({"git": self.git.as_json()} if self.git is not None else {}),
         }
 
 
@@ -229,7 +232,7 @@ def load_report(session: Session, plan_ref: str) -> CompletionReport:
     for attempt in reads.attempt_summaries(session, plan.id, now):
         attempts.setdefault(attempt.task_pk, []).append(attempt)
     dag = Dag.from_edges(plans.plan_dependencies(session, plan.id))
-    return build_report(plan, tasks, dag, attempts, now)
+    return build_report(plan, tasks, dag, attempts, now, merges.task_git_states(session, plan.id))
 
 
 def build_report(
@@ -238,6 +241,7 @@ def build_report(
     dag: Dag[int],
     attempts: dict[int, list[reads.AttemptSummary]],
     now: datetime,
+    git: dict[int, TaskGit] | None = None,
 ) -> CompletionReport:
     """The report of `plan` (`tasks` in plan order) read at `now` (the database's clock), which counts only for
     what is unfinished."""
@@ -245,7 +249,8 @@ def build_report(
     reports = []
     for task in tasks:
         after = [tasks[i] for i in sorted(position[d] for d in dag.dependencies(task.pk))]
-        reports.append(_task_report(task, after, attempts.get(task.pk, []), now))
+        report = _task_report(task, after, attempts.get(task.pk, []), now)
+        reports.append(replace(report, git=(git or {}).get(task.pk)))
     return CompletionReport(plan, reports, None if plan.status in PLAN_FINAL else now)
 
 

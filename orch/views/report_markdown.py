@@ -142,6 +142,7 @@ def render_markdown(report: CompletionReport, max_tasks: int = MD_MAX_TASKS) -> 
     if plan.held_reason:
         lines.append(f"- **Held:** {md_text(plan.held_reason)}")
     lines += ["", *_agents_table(report), "", *_tasks_table(report, max_tasks)]
+    lines += _merges(report, max_tasks)
     lines += _failures(report, max_tasks)
     lines += _results(report, max_tasks)
     return "\n".join(lines) + "\n"
@@ -184,6 +185,26 @@ def _tasks_table(report: CompletionReport, max_tasks: int) -> list[str]:
             f"| {verify} | {_files_cell(task.files_changed)} |"
         )
     return lines + _more(len(report.tasks) - max_tasks)
+
+
+def _merges(report: CompletionReport, max_tasks: int) -> list[str]:
+    """A worktree plan's tasks: each one's branch, base and head commits, and its merge."""
+    tasks = [t for t in report.tasks if t.git is not None]
+    if not tasks:
+        return []
+    lines = ["", "### Merges", "", "| task | branch | base | head | merge | merged at | conflicts |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for task in tasks[:max_tasks]:
+        git = task.git
+        assert git is not None
+        merged = (git.merged_commit or "")[:12]
+        lines.append(
+            f"| {md_code(task.key, in_table=True)} | {md_code(git.branch or '—', in_table=True)} "
+            f"| {(git.base_commit or '—')[:12]} | {(git.head_commit or '—')[:12]} "
+            f"| {git.phase or '—'}{' ' + merged if merged else ''} | {_when(git.merged_at)} "
+            f"| {_files_cell(list(git.conflicts)) if git.conflicts else '—'} |"
+        )
+    return lines + _more(len(tasks) - max_tasks)
 
 
 def _failures(report: CompletionReport, max_tasks: int) -> list[str]:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -17,7 +17,8 @@ from orch.durations import format_duration
 from orch.intake.prices import Usage
 from orch.records import AttemptStats
 from orch.states import TERMINAL, TaskStatus
-from orch.store import plans, reads, spend
+from orch.store import merges, plans, reads, spend
+from orch.store.merges import TaskGit
 from orch.store.models import PlanRow, TaskRow
 from orch.store.pauses import active_pauses
 from orch.views.format import (
@@ -40,6 +41,7 @@ class PlanSnapshot:
     stats: dict[int, AttemptStats]
     dag: Dag[str]  # its dependencies, by task id
     pauses: dict[str, tuple[datetime, str]]  # agent types of this plan paused now: until, why
+    git: dict[int, TaskGit] = field(default_factory=dict)  # worktree tasks' branches, commits and merges
 
     @classmethod
     def load(cls, session: Session, plan: PlanRow, now: datetime) -> PlanSnapshot:
@@ -50,7 +52,8 @@ class PlanSnapshot:
         pauses = {
             agent: (row.until, row.reason) for agent, row in active_pauses(session, now).items() if agent in agents
         }
-        return cls(plan, tasks, spend.attempt_stats(session, plan.id), deps, pauses)
+        git = merges.task_git_states(session, plan.id)
+        return cls(plan, tasks, spend.attempt_stats(session, plan.id), deps, pauses, git)
 
     def stats_of(self, task: TaskRow) -> AttemptStats:
         return self.stats.get(task.pk, _NO_ATTEMPTS)
@@ -108,6 +111,7 @@ class PlanSnapshot:
                     "started_at": iso(t.started_at),
                     "finished_at": iso(t.finished_at),
                     "error": t.error,
+                    "git": self.git[t.pk].as_json() if t.pk in self.git else None,
                 }
                 for t in self.tasks
             ],
@@ -126,9 +130,14 @@ def task_duration(task: TaskRow, now: datetime) -> str:
 
 def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
     table = Table(title=line(f"plan {snapshot.plan.id}"), title_justify="left", expand=False)
+    merging = bool(snapshot.git)
     for column in ("task", "agent", "status", "attempts", "time", "tokens", "cost", "error"):
         table.add_column(column, overflow="fold")
+    if merging:
+        table.add_column("merge", overflow="fold")
     for task in snapshot.tasks:
+        git = snapshot.git.get(task.pk)
+        merge_cell = [_merge_cell(git)] if merging else []
         table.add_row(
             line(task.key),
             line(task.agent),
@@ -138,8 +147,17 @@ def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
             format_tokens(snapshot.stats_of(task).usage),
             format_cost(snapshot.stats_of(task).cost_usd),
             line((task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else ""),
+            *merge_cell,
         )
     return table
+
+
+def _merge_cell(git: TaskGit | None) -> str:
+    """A worktree task's merge, in a word and a commit: 'merged 1a2b3c4d5e6f', 'queued', 'conflicted'."""
+    if git is None or git.phase is None:
+        return ""
+    commit = git.merged_commit or git.head_commit or ""
+    return f"{git.phase} {commit[:12]}".strip()
 
 
 class Summarised(Protocol):

@@ -12,6 +12,12 @@ demand. The prompt (on stdin, as orch gives it; or after -p) chooses the behavio
   spend              an assistant message (1,000 tokens in and out each) every 0.05 s, forever
   env                a success result whose text is the JSON list of its environment's variable names
   env-values         a success result whose text is its whole environment as JSON, values included
+  write              writes each `FAKE-WRITE:<path>=<text>` of the prompt (text up to the line's end, `\n` for a
+                     newline) into its working folder, then succeeds
+  resolve            for a conflict-resolution prompt (its "Conflicted files:" list): keeps both sides of every
+                     conflict in each listed file, markers removed, then succeeds
+
+A prompt holding "Conflicted files:" (orch's conflict-resolution task) is `resolve` whatever else it says.
 
 Every process it starts appends its pid (as its own pid namespace sees it) to $FAKE_CLAUDE_PIDS (when set), so a
 test can count them; tests find what is left by a marker in the environment (`fake_claude_wrapper`).
@@ -51,12 +57,36 @@ def result(text: str, *, error: bool = False, status: int | None = None) -> dict
     }  # fmt: skip
 
 
-def main() -> None:
+def write_files(prompt: str) -> None:
+    """Each `FAKE-WRITE:<path>=<text>` line of the prompt, written into the working folder."""
+    for line in prompt.splitlines():
+        if "FAKE-WRITE:" in line:
+            path, _, text = line.split("FAKE-WRITE:", 1)[1].partition("=")
+            folder = os.path.dirname(path)
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            with open(path, "w") as file:
+                file.write(text.replace("\\n", "\n"))
+
+
+def resolve_conflicts(prompt: str) -> None:
+    """Every conflict of each file the prompt lists under "Conflicted files:", both sides kept, markers gone."""
+    listed = prompt.split("Conflicted files:", 1)[1].split("\n\n", 1)[0]
+    for path in (item.strip()[2:] for item in listed.strip().splitlines() if item.strip().startswith("- ")):
+        with open(path) as file:
+            kept = [line for line in file if not line.startswith(("<<<<<<< ", "=======", ">>>>>>> "))]
+        with open(path, "w") as file:
+            file.writelines(kept)
+
+
+def main() -> None:  # noqa: C901 (one branch per mode, each a few lines)
     args = sys.argv[1:]
     after_p = args[args.index("-p") + 1] if "-p" in args and args.index("-p") + 1 < len(args) else "--"
     source = "argv" if not after_p.startswith("--") else "stdin"
     prompt = after_p if source == "argv" else sys.stdin.read()
     mode = prompt.split("FAKE:", 1)[1].split()[0] if "FAKE:" in prompt else "success"
+    if "Conflicted files:" in prompt:
+        mode = "resolve"
     note_pid()
     init = {"type": "system", "subtype": "init", "model": "claude-sonnet-4-6", "cwd": os.getcwd(), "args": args}
     emit({**init, "prompt_from": source, "prompt_bytes": len(prompt.encode()), "prompt": prompt})
@@ -104,6 +134,12 @@ def main() -> None:
         emit(result(json.dumps(sorted(os.environ))))
     elif mode == "env-values":
         emit(result(json.dumps(dict(sorted(os.environ.items())))))
+    elif mode == "write":
+        write_files(prompt)
+        emit(result("wrote the files"))
+    elif mode == "resolve":
+        resolve_conflicts(prompt)
+        emit(result("resolved the conflicts, keeping both sides"))
     elif mode == "error":
         emit(result("Invalid API key · Please run /login", error=True, status=401))
     else:

@@ -36,6 +36,8 @@ class AttemptContext:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)  # the agent type's secrets, by name
     masked: frozenset[str] = frozenset()  # every agent type's secret names: their values are masked in output
     scratch: Path | None = None  # the attempt's own folder (its agent's HOME and TMPDIR), outside the workdir
+    git_readable: tuple[Path, ...] = ()  # a worktree attempt's repository cache, shown read-only in the sandbox
+    git_writable: tuple[Path, ...] = ()  # its worktree's admin folder (HEAD, index)
     prompt: str = ""
     system_prompt: str = ""
     control: AttemptControl = field(default_factory=AttemptControl, compare=False, repr=False)
@@ -71,7 +73,15 @@ class AttemptContext:
         )
 
     def launch(self, argv: list[str], programs: tuple[Path, ...] = ()) -> Launch:
-        return Launch(argv, self.workdir, self.grant(), scratch=self.scratch, programs=programs)
+        return Launch(
+            argv,
+            self.workdir,
+            self.grant(),
+            scratch=self.scratch,
+            programs=programs,
+            git_readable=self.git_readable,
+            git_writable=self.git_writable,
+        )
 
 
 @contextlib.contextmanager

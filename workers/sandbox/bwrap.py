@@ -102,6 +102,7 @@ def layout_for(
     network: str,
     programs: Sequence[Path],
     workdir_fd: int | None = None,
+    also_writable: Sequence[Path] = (),
 ) -> Layout:
     workdir = workdir.resolve()
     hidden = [kept.home, kept.config_dir]
@@ -112,7 +113,7 @@ def layout_for(
         files += [Path(f"{kept.store_file}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
     return Layout(
         workdir=workdir,
-        writable=(workdir, *([scratch] if scratch is not None else [])),
+        writable=(workdir, *([scratch] if scratch is not None else []), *(path.resolve() for path in also_writable)),
         readable=tuple(dict.fromkeys(path.resolve() for path in programs if path.exists())),
         hidden=tuple(dict.fromkeys(path for path in hidden if path.exists())),  # nothing there, nothing to hide
         hidden_files=tuple(dict.fromkeys(path for path in files if path.exists())),

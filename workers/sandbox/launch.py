@@ -62,6 +62,10 @@ class Launch:
     grant: Grant
     scratch: Path | None = None
     programs: tuple[Path, ...] = ()
+    # A worktree attempt's git dirs: the repository's cache (read-only: objects, refs) and the worktree's own
+    # admin folder (HEAD, index: its git status and diff write there), where ORCH_HOME would hide them.
+    git_readable: tuple[Path, ...] = ()
+    git_writable: tuple[Path, ...] = ()
 
 
 def start_agent(
@@ -142,8 +146,10 @@ def _isolated(
     """The command line and user to start `launch` with: inside bubblewrap (which drops to the agent's user
     itself), or as the agent's user directly."""
     if isolation.sandbox == "bwrap" and isolation.bwrap is not None:
-        programs = [*runtime_folders(), *kept.readable, *launch.programs]
-        layout = layout_for(workdir, launch.scratch, kept, launch.grant.network, programs, workdir_fd)
+        programs = [*runtime_folders(), *kept.readable, *launch.programs, *launch.git_readable]
+        layout = layout_for(
+            workdir, launch.scratch, kept, launch.grant.network, programs, workdir_fd, launch.git_writable
+        )
         drop = drop_privileges_to(isolation.user, isolation.setpriv)
         return [isolation.bwrap, *bwrap_arguments(layout), "--", *drop, *launch.argv], None
     return list(launch.argv), isolation.user

@@ -37,6 +37,7 @@ class WorkerSecrets:
     env_file: Path | None
     user_home: Path | None  # the worker user's home folder
     readable: tuple[Path, ...] = ()  # what the operator lets agents read where the sandbox would hide it
+    worktree_root: Path | None = None  # where attempts' worktrees are made: inside ORCH_HOME by default
 
     @classmethod
     def of(cls, settings: Settings) -> WorkerSecrets:
@@ -60,6 +61,7 @@ class WorkerSecrets:
             env_file=Path(env_file).resolve() if env_file else None,
             user_home=None if user_home == Path("/") else user_home,
             readable=tuple(settings.sandbox_read_paths),
+            worktree_root=settings.resolved_worktree_root,
         )
 
 
@@ -79,7 +81,8 @@ def check_workdir(
     for folder in (*SYSTEM_FOLDERS, *([kept.user_home] if kept.user_home else [])):
         if workdir == folder or workdir in folder.parents:
             raise UnsafeWorkdir(f"workdir {workdir} is or holds {folder}, which agents are kept from")
-    if workdir == kept.home or kept.home in workdir.parents:
+    in_worktrees = kept.worktree_root is not None and kept.worktree_root in workdir.parents
+    if (workdir == kept.home or kept.home in workdir.parents) and not in_worktrees:
         raise UnsafeWorkdir(f"workdir {workdir} is inside ORCH_HOME ({kept.home}), which agents must never reach")
     store = kept.store_file
     if store is not None and workdir in store.parents and kept.home not in store.parents:
