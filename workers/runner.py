@@ -13,7 +13,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from orch.services.git.remote import display_url
 from sqlalchemy.orm import Session
 
 from orch.celery import app
@@ -31,6 +30,7 @@ from orch.log import bind_attempt, get_logger, private_log_file
 from orch.records import AttemptResult, Claim, ClaimedTask, Dispatch, Integration
 from orch.redaction import Redactor
 from orch.services.git.command import GitFailed
+from orch.services.git.remote import display_url
 from orch.services.git.repository import StateNotKnown
 from orch.settings import Settings, get_settings
 from orch.states import DOOMING, TaskStatus
@@ -123,19 +123,23 @@ def run_in_worktree(ctx: AttemptContext, claim: Claim) -> AttemptResult:
         tree = worktree.prepare(claim, ctx.task, integration, settings, merging)
     except (GitFailed, StateNotKnown) as exc:
         return AttemptResult(False, failure_class=FailureClass.WORKTREE_ERROR, error=str(exc))
-    try:
-        if not _record_worktree(settings.resolved_database_url, claim, tree):
-            return AttemptResult(False, failure_class=FailureClass.LEASE_LOST, error=LEASE_GONE)
-        in_tree = replace(
-            ctx,
-            task=replace(ctx.task, workdir=str(tree.path)),
-            git_readable=(tree.cache.path,),
-            git_writable=(tree.admin_dir,),
-            prompt=ctx.prompt and worktree_prompt(ctx.prompt, integration, tree),
-        )
-        result = _run_in(in_tree, claim, tree)
-    finally:
-        worktree.discard(tree)
+    if not _record_worktree(settings.resolved_database_url, claim, tree):
+        worktree.discard(tree)  # nothing ran in it
+        return AttemptResult(False, failure_class=FailureClass.LEASE_LOST, error=LEASE_GONE)
+    in_tree = replace(
+        ctx,
+        task=replace(ctx.task, workdir=str(tree.path)),
+        git_readable=(tree.cache.path,),
+        git_writable=(tree.admin_dir,),
+        prompt=ctx.prompt and worktree_prompt(ctx.prompt, integration, tree),
+    )
+    # An exception (a shutdown, the store gone) leaves the worktree as it is: its work is not kept yet, and the
+    # next sweep on this host (a worker's start, `orch worktrees --prune`) commits and pushes it first.
+    result = _run_in(in_tree, claim, tree)
+    if result.head_commit is not None:
+        worktree.discard(tree)  # its work is on the remote: its branch and archive ref
+    else:
+        log.warning("worktree kept for the sweep: its work could not be kept", path=str(tree.path))
     return replace(result, duration_s=round(time.monotonic() - started, 3), cost_usd=attempt_cost(result, settings))
 
 

@@ -86,10 +86,12 @@ def worktrees(prune: bool, as_json: bool) -> None:
 
     from orch.dispatch.worktrees import host_worktrees, sweep
     from orch.durations import format_duration
+    from orch.services.local_run import cancel_dead_runs
     from orch.views.format import show_table
     from orch.views.terminal import inert
 
     settings = get_settings()
+    cancel_dead_runs()  # the worktrees of an `orch run` that died here are over: its plan is cancelled first
     if prune:
         rows = [(tree, what) for tree, what in sweep(settings)]
     else:

@@ -24,8 +24,10 @@ def base_commits(plan: Plan, settings: Settings) -> dict[str, str]:
     for repository in plan.repositories:
         try:
             found[repository.name] = base_commit(repository, settings)
-        except (GitFailed, _NoBase) as exc:
-            problems.append(f"{plan.source}: {_named(repository)}: {exc}")
+        except GitFailed as exc:  # it names the repository
+            problems.append(f"{plan.source}: {_which(repository)}: {exc}")
+        except _NoBase as exc:
+            problems.append(f"{plan.source}: {_which(repository)} {display_url(repository.url)}: {exc}")
     if problems:
         raise PlanInvalid(plan.source, problems)
     return found
@@ -35,9 +37,8 @@ class _NoBase(Exception):
     pass
 
 
-def _named(repository: Repository) -> str:
-    what = "repo" if repository.name == "repo" else f"target {quoted(repository.name)}"
-    return f"{what} {display_url(repository.url)}"
+def _which(repository: Repository) -> str:
+    return "repo" if repository.name == "repo" else f"target {quoted(repository.name)}"
 
 
 def base_commit(repository: Repository, settings: Settings) -> str:
