@@ -377,6 +377,11 @@ def _validate_plan(
         specs.append(spec)
         places.append(repositories.place(spec, label, raw, problems))
     repositories.report_defaulted_worktrees(document.get("defaults"), problems)
+    if repositories.resolved() and (why := _unfit_for_a_branch(header.name)):
+        problems.add(
+            f"field 'name': {quoted(header.name)} {why}: it begins the plan's git branch names",
+            line_of(document, "name"),
+        )
 
     graph = _known_dependencies(graph, problems, written)
     cycle = Dag(graph).find_cycle()
@@ -515,6 +520,12 @@ class _Repositories:
 
     def place(self, spec: TaskSpec, label: str, written: Any, problems: Problems) -> str | None:
         """The repository a task works in (None: the plan's shared workdir), each problem of it reported."""
+        placed = self._place(spec, label, written, problems)
+        if placed is not None and (why := _unfit_for_a_branch(spec.id)):
+            problems.add(f"{label}: its id {why}: it names the task's git branch and worktree folder", line_of(written))
+        return placed
+
+    def _place(self, spec: TaskSpec, label: str, written: Any, problems: Problems) -> str | None:
         if spec.isolation == "shared":
             if spec.target is not None:
                 problems.add(f"{label}: {shared_with_target(spec.target)}", line_of(written, "target"))
@@ -550,6 +561,17 @@ class _Repositories:
 
     def resolved(self) -> tuple[Repository, ...]:
         return tuple(self.used.values())
+
+
+def _unfit_for_a_branch(task_id: str) -> str | None:
+    """Why an id (already of ID_PATTERN's characters) cannot be a component of a git ref and a folder name."""
+    if ".." in task_id:
+        return "contains '..'"
+    if task_id.startswith("."):
+        return "starts with '.'"
+    if task_id.endswith((".lock", ".")):
+        return "ends with '.lock'" if task_id.endswith(".lock") else "ends with '.'"
+    return None
 
 
 def _workdir(written: str, base_dir: Path, roots: WorkdirRoots | None) -> tuple[Path, str | None]:

@@ -15,7 +15,8 @@ demand. The prompt (on stdin, as orch gives it; or after -p) chooses the behavio
   write              writes each `FAKE-WRITE:<path>=<text>` of the prompt (text up to the line's end, `\n` for a
                      newline) into its working folder, then succeeds
   resolve            for a conflict-resolution prompt (its "Conflicted files:" list): keeps both sides of every
-                     conflict in each listed file, markers removed, then succeeds
+                     conflict in each listed file, markers removed, then succeeds (with FAKE-NO-RESOLVE in the
+                     prompt it leaves them, and says it succeeded)
 
 A prompt holding "Conflicted files:" (orch's conflict-resolution task) is `resolve` whatever else it says.
 
@@ -138,7 +139,8 @@ def main() -> None:  # noqa: C901 (one branch per mode, each a few lines)
         write_files(prompt)
         emit(result("wrote the files"))
     elif mode == "resolve":
-        resolve_conflicts(prompt)
+        if "FAKE-NO-RESOLVE" not in prompt:
+            resolve_conflicts(prompt)
         emit(result("resolved the conflicts, keeping both sides"))
     elif mode == "error":
         emit(result("Invalid API key · Please run /login", error=True, status=401))

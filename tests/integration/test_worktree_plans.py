@@ -228,3 +228,33 @@ def test_a_conflict_becomes_a_resolution_task_whose_merge_lands_both_sides(
     # the resolution's commit merges the conflicting commit: both sides' history is kept
     resolution = requests[resolvers[0]].head_commit
     assert len(git(checkout, "rev-list", "--parents", "-1", resolution).split()) == 3
+
+
+def test_a_resolution_that_leaves_markers_fails_and_so_does_the_task_it_resolved(
+    worker: None, checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orch.settings import get_settings
+
+    monkeypatch.setenv("ORCH_CLAUDE_BIN", str(fake_claude_wrapper(tmp_path / "bin" / "claude")))
+    get_settings.cache_clear()
+    edit = "FAKE:write\nFAKE-WRITE:shared.txt=line 1\\n{}\\nline 3\\n"
+    tasks: list[dict[str, Any]] = [  # the titles reach the resolution's prompt: its agent leaves the markers
+        {"id": k, "title": f"{k} FAKE-NO-RESOLVE", "description": edit.format(k), "executor": "claude-code"}
+        for k in ("left", "right")
+    ]
+    plan_id = submit(tasks, checkout, tmp_path)
+    drive_until_final(plan_id, 90)
+
+    status = task_status(plan_id)
+    resolver = next(key for key in status if ".resolve-" in key)
+    loser = resolver.split(".resolve-")[0]
+    assert status[resolver] == "failed" and status[loser] == "failed", status
+    with read_session() as session:
+        failed = plans.task_by_key(session, plan_id, resolver)
+        assert failed.error is not None and "conflict markers remain in shared.txt" in failed.error
+        original = plans.task_by_key(session, plan_id, loser)
+        assert (
+            original.error is not None and f"merge conflict not resolved: {resolver} did not succeed" in original.error
+        )
+        assert [a.failure_class for a in plans.task_attempts(session, original.pk)] == ["merge_conflict"]
+    assert "<<<<<<<" not in git(checkout, "show", f"orch/{plan_id}:shared.txt")  # nothing of it landed

@@ -560,3 +560,19 @@ def test_branch_names_are_judged_as_git_judges_them(tmp_path: Path, name: str) -
     else:
         orch_accepts = True
     assert orch_accepts == (git_accepts and name not in STRICTER_THAN_GIT)
+
+
+@pytest.mark.parametrize(("task_id", "why"), [("..", "contains '..'"), (".hidden", "starts with '.'"),
+                                              ("x.lock", "ends with '.lock'"), ("x.", "ends with '.'")])  # fmt: skip
+def test_a_worktree_tasks_id_must_make_a_branch_and_a_folder(tmp_path: Path, task_id: str, why: str) -> None:
+    git_init(tmp_path / "project")
+    path = write_plan(tmp_path, plan(task(task_id), repo={"url": "project"}))
+    assert f"task {task_id!r}: its id {why}: it names the task's git branch and worktree folder" in only_problem(path)
+    shared = write_plan(tmp_path, plan(task(task_id, isolation="shared"), repo={"url": "project"}), "shared.yaml")
+    load_plan(shared, REGISTRY)  # a task of the shared workdir: any id
+
+
+def test_a_repo_plans_name_must_begin_branch_names(tmp_path: Path) -> None:
+    git_init(tmp_path / "project")
+    path = write_plan(tmp_path, {**plan(task("a"), repo={"url": "project"}), "name": ".hidden"})
+    assert "field 'name': '.hidden' starts with '.': it begins the plan's git branch names" in only_problem(path)
