@@ -494,8 +494,9 @@ def add_resolution_task(
     shown = ", ".join(conflicts[:20])
     _close(session, request.pk, MergePhase.CONFLICTED, now, f"conflicts in {shown}; resolving: {key}",
            conflicts=list(conflicts), resolved_by=resolver.pk)  # fmt: skip
-    log_event(session, now, task.plan_id, task_pk=resolver.pk, kind="task", new=TaskStatus.PENDING,
-              detail=f"added to resolve the conflict of {task.key}'s merge in {shown}")  # fmt: skip
+    # a merge event (a task's log starts pending; this one's row is new): the conflict, and who resolves it
+    log_event(session, now, task.plan_id, task_pk=task.pk, attempt=request.attempt, kind="merge",
+              new=MergePhase.CONFLICTED, detail=f"conflicts in {shown}: task {key} added to resolve them")  # fmt: skip
     return key
 
 
