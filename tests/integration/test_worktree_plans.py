@@ -21,7 +21,7 @@ from orch.celery import app, use_broker
 from orch.states import MergePhase
 from orch.store import merges, plans
 from orch.store.db import read_session, write_session
-from tests.helpers import drive_until_final, fake_claude_wrapper, make_plan
+from tests.helpers import drive_until_final, fake_claude_wrapper, make_plan, wait_for
 
 QUEUES = ["agent.general-purpose"]
 
@@ -258,3 +258,37 @@ def test_a_resolution_that_leaves_markers_fails_and_so_does_the_task_it_resolved
         )
         assert [a.failure_class for a in plans.task_attempts(session, original.pk)] == ["merge_conflict"]
     assert "<<<<<<<" not in git(checkout, "show", f"orch/{plan_id}:shared.txt")  # nothing of it landed
+
+
+def test_a_base_pushed_to_during_the_plan_is_named_and_never_forced(worker: None, tmp_path: Path) -> None:
+    origin = tmp_path / "origin.git"
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    git(seed, "init", "-q", "-b", "main")
+    (seed / "f.txt").write_text("f\n")
+    git(seed, "add", ".")
+    git(seed, "commit", "-q", "-m", "seed")
+    git(tmp_path, "clone", "-q", "--bare", str(seed), str(origin))
+    plan_id = submit([{"id": "t", "title": "t", "command": "echo t > t.txt"}], origin, tmp_path, land="base")
+    # someone else pushes to main after the plan started from it
+    (seed / "g.txt").write_text("g\n")
+    git(seed, "add", ".")
+    git(seed, "commit", "-q", "-m", "theirs")
+    git(seed, "push", "-q", str(origin), "main")
+    theirs = git(origin, "rev-parse", "main")
+    drive_until_final(plan_id, 60)
+
+    with read_session() as session:
+        (integration,) = merges.plan_integrations(session, plan_id)
+    wait_for(lambda: _landed(integration.pk), 30, "the merger to try landing")
+    with read_session() as session:
+        assert merges.landed_state(session, integration.pk) == "refused"
+        detail = merges.land_detail(session, integration.pk) or ""
+    assert detail.startswith("main moved since the plan started (") and "orch never forces main" in detail
+    assert git(origin, "rev-parse", "main") == theirs  # untouched
+    assert git(origin, "show", f"orch/{plan_id}:t.txt") == "t"
+
+
+def _landed(integration_pk: int) -> bool:
+    with read_session() as session:
+        return merges.landed_state(session, integration_pk) is not None
