@@ -371,16 +371,23 @@ def _task_merged(session: Session, task_pk: int, attempt: int | None, merged_com
 
 
 def _resolution_merged(session: Session, request: MergeRequest, merged_commit: str, now: datetime) -> int:
-    """The conflicted request a resolution task's merge landed: merged too, and its task succeeds."""
-    original = session.get(MergeRequestRow, request.resolves)
-    if original is None:
-        return 0
-    session.execute(
-        update(MergeRequestRow)
-        .where(MergeRequestRow.pk == original.pk, MergeRequestRow.phase == MergePhase.CONFLICTED)
-        .values(phase=MergePhase.MERGED, merged_commit=merged_commit, detail=f"resolved by {request.key}")
-    )
-    return _task_merged(session, original.task_pk, original.attempt, merged_commit, now)
+    """The conflicted request a resolution task's merge landed: merged too, and its task succeeds — and so on up,
+    when that task was itself resolving another's conflict (a resolution's own merge can conflict)."""
+    newly_ready = 0
+    resolves, resolver = request.resolves, request.key
+    while resolves is not None:
+        original = session.get(MergeRequestRow, resolves)
+        if original is None:
+            break
+        session.execute(
+            update(MergeRequestRow)
+            .where(MergeRequestRow.pk == original.pk, MergeRequestRow.phase == MergePhase.CONFLICTED)
+            .values(phase=MergePhase.MERGED, merged_commit=merged_commit, detail=f"resolved by {resolver}")
+        )
+        newly_ready += _task_merged(session, original.task_pk, original.attempt, merged_commit, now)
+        task = session.get(TaskRow, original.task_pk)
+        resolves, resolver = (task.resolves, task.key) if task is not None else (None, resolver)
+    return newly_ready
 
 
 def record_turned_down(
