@@ -5,6 +5,7 @@ for."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -211,11 +212,28 @@ def read_queue_readers(settings: Settings, timeout: float = 1.0) -> dict[str, li
         return None
 
 
+def check_git(settings: Settings) -> Check:
+    """git on this host, which a worker needs for plans with `repo:` (their worktrees and merges), and the disk
+    left where it makes worktrees. Its absence is a warning: plans without a repository need no git."""
+    from orch.services.git.command import GitFailed, git_executable, git_version  # lazy: git runs only here
+
+    try:
+        version = git_version()
+        where = git_executable()
+    except GitFailed as exc:
+        return Check("git", True, f"{exc}: plans with repo: fail on this host's workers", warning=True)
+    root = settings.resolved_worktree_root
+    probe = next((folder for folder in (root, *root.parents) if folder.exists()), root)
+    free = shutil.disk_usage(probe).free / 1e9
+    return Check("git", True, f"{version} at {where}; worktrees in {root} ({free:.1f} GB free)")
+
+
 def run_checks(settings: Settings, timeout: float = DEFAULT_TIMEOUT) -> list[Check]:
     checks, state = read_store(settings.resolved_database_url, timeout)
     queued = None if state is None else state.queued
     checks.append(check_beat(state, settings.tick_seconds))
     checks.append(check_isolation(settings, load_agents(settings.config_dir)))
+    checks.append(check_git(settings))
     broker = check_broker(settings.resolved_broker_url, timeout)
     checks.append(broker)
     if queued is None:

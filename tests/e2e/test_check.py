@@ -79,6 +79,7 @@ def test_all_good_with_a_worker_then_a_queue_nobody_reads_is_named(
         "migrations": "ok",
         "beat": "ok",
         "isolation": "ok",
+        "git": "ok",
         "broker": "ok",
         "queue agent.general-purpose": "ok",
     }, good.stdout
@@ -134,7 +135,8 @@ def test_an_unreachable_broker_is_reported_quickly(tmp_path: Path) -> None:
     assert time.monotonic() - started < 20
     assert result.returncode == 1, result.stdout + result.stderr
     assert lines_of(result.stdout) == {
-        "store": "ok", "migrations": "ok", "beat": "FAIL", "isolation": "ok", "broker": "FAIL", "consumers": "FAIL"
+        "store": "ok", "migrations": "ok", "beat": "FAIL", "isolation": "ok", "git": "ok", "broker": "FAIL",
+        "consumers": "FAIL"
     }  # fmt: skip
     assert "unreachable" in result.stdout and "not checked: the broker is unreachable" in result.stdout
     assert "broker-pass-8c1d" not in result.stdout + result.stderr
@@ -152,7 +154,8 @@ def test_an_unreachable_store_and_broker_are_reported_quickly(tmp_path: Path) ->
     assert result.returncode == 1, result.stdout + result.stderr
     verdicts = lines_of(result.stdout)
     assert verdicts == {
-        "store": "FAIL", "migrations": "FAIL", "beat": "FAIL", "isolation": "ok", "broker": "FAIL", "consumers": "FAIL"
+        "store": "FAIL", "migrations": "FAIL", "beat": "FAIL", "isolation": "ok", "git": "ok", "broker": "FAIL",
+        "consumers": "FAIL"
     }, result.stdout  # fmt: skip
     assert "postgresql+psycopg://orch:***@127.0.0.1" in result.stdout
     assert "store-pass-4e2a" not in result.stdout + result.stderr

@@ -193,3 +193,20 @@ def run_git(
 def iter_nul(text: str) -> Iterator[str]:
     """The non-empty items of a NUL-separated listing (`-z`)."""
     return (item for item in text.split("\0") if item)
+
+
+def git_version() -> str:
+    """`git version` as git says it ("git version 2.39.5"), without the prefix; GitFailed when there is no git."""
+    with tempfile.TemporaryDirectory(prefix="orch-git-home-") as home:
+        try:
+            done = subprocess.run(
+                [git_executable(), "version"],
+                env=git_environment(Path(home)),
+                capture_output=True,
+                text=True,
+                timeout=GIT_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise GitFailed(f"git version: {exc}") from exc
+    return done.stdout.strip().removeprefix("git version ") or "git (version unknown)"
