@@ -124,10 +124,13 @@ def work_merge_queue(
                 return f"merged {merged}; the merge lock is held by another merger"
         try:
             with _LockKeeper(store, integration_pk, lease, settings.merge_lease_seconds):
-                merged += _work(integration_pk, lease, settings, registry, run_gate, app)
+                done, blocked = _work(integration_pk, lease, settings, registry, run_gate, app)
+                merged += done
         finally:
             with write_session(store) as session:
                 merges.release_merge_lock(session, integration_pk, lease)
+        if blocked:  # it waits for the beat's next merger (MERGER_RESEND_SECONDS), not for a merger spinning here
+            return f"merged {merged}; a merge is blocked: {blocked}"
         with read_session(store) as session:  # one queued while the lock was let go must not wait for the beat
             if not merges.waiting_requests(session, integration_pk):
                 break
@@ -142,7 +145,8 @@ def _work(
     registry: AgentRegistry,
     run_gate: GateRunner,
     app: Celery | None,
-) -> int:
+) -> tuple[int, str | None]:
+    """Merges while requests wait; returns how many merged, and why it stopped when a merge was blocked."""
     store = settings.resolved_database_url
     done = 0
     while (taken := _take_next(store, integration_pk, lease)) is not None:
@@ -153,14 +157,14 @@ def _work(
             result = Blocked(str(exc))
         dispatches = _record(store, integration, lease, request, result, registry, settings)
         if dispatches is None:
-            break  # the lock is no longer ours
+            return done, None  # the lock is no longer ours: its holder goes on
         if app is not None and dispatches:
             publish(app, dispatches, settings.kill_grace_seconds)
         if isinstance(result, Blocked):
             log.warning("merge blocked", request=request.pk, why=result.why)
-            break
+            return done, result.why
         done += isinstance(result, Merged)
-    return done
+    return done, None
 
 
 def _take_next(store: str, integration_pk: int, lease: str) -> tuple[Integration, MergeRequest] | None:

@@ -480,18 +480,8 @@ def test_a_lost_push_race_merges_again_on_the_new_head(
 
 
 OUTAGE = 5.0  # seconds the remote stays away while the merger is watched
-SPINNING = (
-    "orch/dispatch/merge_queue.py work_merge_queue (lines 119-134): a merge that ends Blocked (the remote "
-    "unreachable, MAX_PUSH_RACES lost) is requeued by _record (merges.requeue: phase queued) and _work breaks, but "
-    "work_merge_queue then releases the lock, finds that same request in merges.waiting_requests and loops at "
-    "once: the merger re-claims the lock and retries with no pause for as long as the remote is away (170 to 250 "
-    "tries in 5 s on this machine), never returns, and holds the lock so the beat never sees the integration "
-    "waiting. It should return after a Blocked merge (leaving the request queued for the beat's merger re-send), "
-    "looping only for requests queued while it held the lock"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=SPINNING)
 @pytest.mark.timeout(60)
 def test_a_remote_lost_mid_merge_leaves_the_request_for_a_later_merger(
     store: str, embedded_broker: str, tmp_path: Path, record_figures: RecordFigures
