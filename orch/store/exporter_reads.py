@@ -38,15 +38,17 @@ from sqlalchemy.sql.functions import FunctionElement
 from orch.budget import Budget, Spend
 from orch.errors import ServiceUnavailable
 from orch.redaction import safe_url
-from orch.states import PLAN_FINAL, AttemptStatus, PlanStatus, TaskStatus
+from orch.states import MERGE_OPEN, PLAN_FINAL, AttemptStatus, MergePhase, PlanStatus, TaskStatus
 from orch.store.db import get_engine
-from orch.store.models import AttemptRow, PlanRow, TaskRow
+from orch.store.models import AttemptRow, IntegrationRow, MergeRequestRow, PlanRow, TaskRow
 from orch.store.spend import SPENT
 
 _TASKS = cast(Table, TaskRow.__table__)
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
 _PLANS = cast(Table, PlanRow.__table__)
-_A, _T, _P = _ATTEMPTS.c, _TASKS.c, _PLANS.c
+_MERGES = cast(Table, MergeRequestRow.__table__)
+_INTEGRATIONS = cast(Table, IntegrationRow.__table__)
+_A, _T, _P, _M, _I = _ATTEMPTS.c, _TASKS.c, _PLANS.c, _MERGES.c, _INTEGRATIONS.c
 _OF_TASK = _T.pk == _A.task_pk
 
 PLAN_OPEN = frozenset(PlanStatus) - PLAN_FINAL  # running or held
@@ -130,10 +132,10 @@ def _sqlite_seconds(element: _Seconds, compiler: SQLCompiler, **kw: Any) -> str:
 
 
 @dataclass(frozen=True)
-class AttemptSet:
-    """Attempts by primary key: those in (after, upto] (upto None: every one after), plus `also`, except
-    `but_not`; with `finished_before`, only those that finished before that moment. Every read below is a scan
-    of the primary key, joined to the task by primary key."""
+class RowSet:
+    """Rows by primary key: those in (after, upto] (upto None: every one after), plus `also`, except `but_not`;
+    with `finished_before`, only those that finished before that moment. Every read below is a scan of the
+    primary key (attempts: joined to their task by primary key)."""
 
     after: int = 0
     upto: int | None = None
@@ -141,18 +143,32 @@ class AttemptSet:
     but_not: frozenset[int] = frozenset()
     finished_before: datetime | None = None
 
-    def where(self) -> ColumnElement[bool]:
-        in_range = _A.pk > self.after if self.upto is None else and_(_A.pk > self.after, _A.pk <= self.upto)
-        conditions = [or_(in_range, _pk_in(self.also))]
+    def where_on(self, pk: ColumnElement[int], finished_at: ColumnElement[datetime]) -> ColumnElement[bool]:
+        in_range = pk > self.after if self.upto is None else and_(pk > self.after, pk <= self.upto)
+        conditions = [or_(in_range, _pk_in(pk, self.also))]
         if self.but_not:
-            conditions.append(not_(_pk_in(self.but_not)))
+            conditions.append(not_(_pk_in(pk, self.but_not)))
         if self.finished_before is not None:
-            conditions.append(_A.finished_at < self.finished_before)
+            conditions.append(finished_at < self.finished_before)
         return and_(*conditions)
 
 
-def _pk_in(pks: frozenset[int]) -> ColumnElement[bool]:
-    return _A.pk.in_(sorted(pks)) if pks else false()
+class AttemptSet(RowSet):
+    """Attempts (see RowSet)."""
+
+    def where(self) -> ColumnElement[bool]:
+        return self.where_on(_A.pk, _A.finished_at)
+
+
+class MergeSet(RowSet):
+    """Merge requests (see RowSet); `finished_at` is when a merger closed the request."""
+
+    def where(self) -> ColumnElement[bool]:
+        return self.where_on(_M.pk, _M.finished_at)
+
+
+def _pk_in(pk: ColumnElement[int], pks: frozenset[int]) -> ColumnElement[bool]:
+    return pk.in_(sorted(pks)) if pks else false()
 
 
 @dataclass(frozen=True)
@@ -333,3 +349,113 @@ def queued_tasks_by_queue(session: Session) -> dict[str, int]:
         select(_T.queue, func.count()).where(_T.status == TaskStatus.QUEUED).group_by(_T.queue)
     ).all()
     return {str(queue): int(count) for queue, count in rows}
+
+
+# --- the merge queue and worktrees ------------------------------------------------------------------------
+
+# How a closed merge request went, once and for all: a request that conflicted stays `conflicted` when a
+# resolution task later lands its work (its phase then reads `merged`), so a counter by outcome never drops.
+MERGE_OUTCOME: ColumnElement[str] = case(
+    (or_(_M.phase == MergePhase.CONFLICTED, _M.resolved_by.is_not(None)), MergePhase.CONFLICTED.value),
+    else_=_M.phase,
+)
+
+
+@dataclass(frozen=True)
+class MergeOutcomes:
+    """Closed merge requests with one outcome; `resolutions`: of them, those of conflict-resolution tasks."""
+
+    outcome: str
+    count: int
+    resolutions: int
+
+
+def merge_outcomes(session: Session, requests: MergeSet) -> list[MergeOutcomes]:
+    rows = session.execute(
+        select(MERGE_OUTCOME, func.count(), func.sum(case((_T.resolves.is_not(None), 1), else_=0)))
+        .join_from(_MERGES, _TASKS, _T.pk == _M.task_pk)
+        .where(requests.where(), _M.finished_at.is_not(None))
+        .group_by(MERGE_OUTCOME)
+    )
+    return [MergeOutcomes(str(outcome), int(count), int(resolutions or 0)) for outcome, count, resolutions in rows]
+
+
+def merge_wait_buckets(session: Session, requests: MergeSet, bounds: Sequence[float]) -> list[BucketCount]:
+    """Closed requests that a merger began: queued (enqueued_at) to the begin of the merge that closed them."""
+    waited = _Seconds(_M.enqueued_at, _M.started_at)
+    index = bucket_index(waited, bounds)
+    rows = session.execute(
+        select(index, func.count(), func.sum(waited))
+        .where(requests.where(), _M.finished_at.is_not(None), _M.started_at.is_not(None))
+        .group_by(index)
+    )
+    return [BucketCount("", "", "", int(i), int(c), float(t or 0.0)) for i, c, t in rows]
+
+
+def merge_duration_buckets(session: Session, requests: MergeSet, bounds: Sequence[float]) -> list[BucketCount]:
+    """Closed requests that a merger began: the begin of the merge (gates included) to its recorded end, by
+    outcome (in `status`)."""
+    took = _Seconds(_M.started_at, _M.finished_at)
+    index = bucket_index(took, bounds)
+    rows = session.execute(
+        select(MERGE_OUTCOME, index, func.count(), func.sum(took))
+        .where(requests.where(), _M.finished_at.is_not(None), _M.started_at.is_not(None))
+        .group_by(MERGE_OUTCOME, index)
+    )
+    return [BucketCount("", "", str(o), int(i), int(c), float(t or 0.0)) for o, i, c, t in rows]
+
+
+def last_enqueued_before(session: Session, after: int, moment: datetime) -> int | None:
+    """The highest primary key above `after` of a merge request enqueued before `moment`."""
+    found = session.scalar(select(func.max(_M.pk)).where(_M.pk > after, _M.enqueued_at < moment))
+    return None if found is None else int(found)
+
+
+def merges_unfinished_before(session: Session, requests: MergeSet, moment: datetime) -> frozenset[int]:
+    """The requests among `requests` that had not closed before `moment` (open, or closed since)."""
+    late = or_(_M.finished_at.is_(None), _M.finished_at >= moment)
+    return frozenset(int(pk) for pk in session.scalars(select(_M.pk).where(requests.where(), late)))
+
+
+@dataclass(frozen=True)
+class OpenMerges:
+    """A plan's merge requests in one open phase (queued, merging) and when the oldest of them was enqueued."""
+
+    plan_id: str
+    phase: MergePhase
+    count: int
+    oldest: datetime
+
+
+def open_merges(session: Session, plan_ids: Sequence[str]) -> list[OpenMerges]:
+    """Open merge requests of the plans `plan_ids`, through their integrations (the merge queue's index on
+    integration and phase), so the read does not grow with the requests already closed."""
+    if not plan_ids:
+        return []
+    rows = session.execute(
+        select(_I.plan_id, _M.phase, func.count(), func.min(_M.enqueued_at))
+        .join_from(_INTEGRATIONS, _MERGES, _M.integration_pk == _I.pk)
+        .where(_I.plan_id.in_(sorted(plan_ids)), _M.phase.in_(sorted(MERGE_OPEN)))
+        .group_by(_I.plan_id, _M.phase)
+    )
+    return [OpenMerges(str(plan_id), MergePhase(phase), int(count), oldest) for plan_id, phase, count, oldest in rows]
+
+
+def plans_with_integrations(session: Session, plan_ids: Sequence[str]) -> frozenset[str]:
+    """Those of `plan_ids` that have a repository (an integration branch): the plans the queue gauges cover."""
+    if not plan_ids:
+        return frozenset()
+    found = session.scalars(select(_I.plan_id).where(_I.plan_id.in_(sorted(plan_ids))).distinct())
+    return frozenset(str(plan_id) for plan_id in found)
+
+
+def live_worktrees(session: Session) -> Counter[str]:
+    """Running attempts that work in a worktree, per agent type: the running tasks' current attempts (the tasks'
+    status index), those with a worktree recorded."""
+    rows = session.execute(
+        select(_T.agent, func.count())
+        .join_from(_TASKS, _ATTEMPTS, and_(_OF_TASK, _A.number == _T.attempt))
+        .where(_T.status == TaskStatus.RUNNING, _A.status == AttemptStatus.RUNNING, _A.worktree.is_not(None))
+        .group_by(_T.agent)
+    )
+    return Counter({str(agent): int(count) for agent, count in rows})

@@ -54,6 +54,9 @@ KUSTOMIZE_ROOT = DEPLOY / "k8s"
 OVERLAY = Path("overlays/example")
 KEDA_SCHEMA = REPO / "tests" / "data" / "keda-v1alpha1.schema.json"
 KUBERNETES_VERSION = "1.30"
+# The Secret workers' ssh reads the git remote's key and host keys from (optional: no ssh remote, no Secret).
+GIT_SSH_SECRET = "orch-git-ssh"
+GIT_SSH_KEYS = ("id_ed25519", "known_hosts")
 
 Obj = dict[str, Any]
 
@@ -104,10 +107,25 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
     copy = tmp_path_factory.mktemp("k8s") / "k8s"
     shutil.copytree(KUSTOMIZE_ROOT, copy)
     shutil.copy(copy / OVERLAY / "secrets.env.example", copy / OVERLAY / "secrets.env")
+    (copy / OVERLAY / "git-ssh").mkdir()
+    for file in GIT_SSH_KEYS:  # the operator's key and the remote's host keys (placeholders here)
+        (copy / OVERLAY / "git-ssh" / file).write_text(f"replace-with-the-{file}\n")
     return kustomize(copy / OVERLAY)
 
 
-@pytest.fixture(params=["base", "overlay"])
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> list[Obj]:
+    """The base with the shared-workspace component, as an overlay for `isolation: shared` plans adds it."""
+    copy = tmp_path_factory.mktemp("k8s-shared") / "k8s"
+    shutil.copytree(KUSTOMIZE_ROOT, copy)
+    (copy / "overlays" / "shared").mkdir()
+    (copy / "overlays" / "shared" / "kustomization.yaml").write_text(
+        "resources: [../../base]\ncomponents: [../../components/shared-workspace]\n"
+    )
+    return kustomize(copy / "overlays" / "shared")
+
+
+@pytest.fixture(params=["base", "overlay", "shared"])
 def rendered(request: pytest.FixtureRequest) -> list[Obj]:
     return list(request.getfixturevalue(request.param))
 
@@ -416,6 +434,9 @@ def test_the_base_reads_only_keys_the_example_secret_documents(base: list[Obj]) 
     documented = example_secret_keys()
     assert not of_kind(base, "Secret"), "the base ships no Secret"
     for secret, key in secret_refs(base):
+        if secret == GIT_SSH_SECRET:
+            assert key in GIT_SSH_KEYS, key  # the example overlay generates it from git-ssh/<key>
+            continue
         assert secret == "orch-secrets" and key in documented, (secret, key)
     for key, value in documented.items():
         assert "replace-with" in value, f"secrets.env.example: {key} must hold a placeholder"
@@ -1490,3 +1511,125 @@ def test_the_lockfile_check_catches_a_missing_or_stale_pin() -> None:
     ]
     with pytest.raises(AssertionError, match="not pinned with =="):
         read_lock("alembic>=1.13 \\\n    --hash=sha256:" + "0" * 64 + "\n")
+
+
+# ---------------------------------------------------------------- git remotes: a cache and worktrees per pod
+
+
+def quantity_bytes(quantity: str) -> float:
+    """A Kubernetes quantity with a binary or decimal suffix (50Gi, 40G) in bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", quantity)
+    assert match, f"not a quantity orch's test reads: {quantity}"
+    scale = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+    return float(match.group(1)) * scale.get(match.group(2) or "", 1)
+
+
+def passwd_home(user: str) -> str:
+    """The home folder the image's useradd gives `user` (its passwd entry: what ssh reads, whatever $HOME says)."""
+    (useradd,) = [c for c in runtime_runs() if c[0] == "useradd" and c[-1] == user]
+    return useradd[useradd.index("--home-dir") + 1]
+
+
+def test_workers_keep_their_git_cache_and_worktrees_in_a_volume_of_their_own(rendered: list[Obj]) -> None:
+    """Issue 15: hosts share a git remote, not a folder. ORCH_HOME (the cache clones, git/) and the worktree root
+    are on the pod's own emptyDir, bounded, and orch holds new worktrees (ORCH_WORKTREE_MAX_GB) before the kubelet
+    would evict the pod for filling it."""
+    for worker in workers(rendered):
+        (container,) = containers(worker)
+        settings = settings_of(rendered, container)
+        where = name(worker)
+        home_mount, home = mount_of(worker, container, str(settings.home / "git"))
+        root_mount, _root = mount_of(worker, container, str(settings.resolved_worktree_root))
+        assert home_mount == root_mount and "emptyDir" in home, f"{where}: cache and worktrees not on one emptyDir"
+        assert settings.resolved_worktree_root.is_relative_to(settings.home)  # the sandbox shows it, hides the rest
+        limit = quantity_bytes(home["emptyDir"]["sizeLimit"])
+        assert settings.worktree_max_gb is not None and settings.worktree_max_gb * 1e9 < 0.8 * limit, (
+            f"{where}: ORCH_WORKTREE_MAX_GB={settings.worktree_max_gb} leaves no room in {home['emptyDir']} for the "
+            "caches"
+        )
+
+
+def test_the_base_shares_no_folder_and_the_component_adds_the_read_write_many_one(
+    base: list[Obj], overlay: list[Obj], shared: list[Obj]
+) -> None:
+    for rendering in (base, overlay):
+        assert not of_kind(rendering, "PersistentVolumeClaim"), "a shared volume in a rendering without the component"
+        for worker in workers(rendering):
+            assert not any("persistentVolumeClaim" in v for v in pod_spec(worker)["volumes"]), name(worker)
+            assert "ORCH_WORKDIR_ROOTS" not in container_env(rendering, containers(worker)[0])
+    (claim,) = of_kind(shared, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for worker in workers(shared):
+        (container,) = containers(worker)
+        _where, volume = mount_of(worker, container, "/workspace/project")
+        assert volume.get("persistentVolumeClaim") == {"claimName": name(claim)}, name(worker)
+        assert settings_of(shared, container).workdir_root_paths == [Path("/workspace")]
+        # the cache and worktrees stay per pod with the component too
+        _where, state = mount_of(worker, container, str(settings_of(shared, container).resolved_worktree_root))
+        assert "emptyDir" in state
+
+
+def test_the_git_ssh_key_is_where_ssh_looks_and_out_of_agents_sight(rendered: list[Obj]) -> None:
+    """orch's git runs ssh with HOME at an empty folder; ssh reads ~/.ssh from the user's passwd entry instead
+    (test_ssh_reads_the_passwd_home_not_home). So the key and known hosts are mounted at that home's .ssh,
+    read-only, from a Secret (only the two keys); HOME says the same folder, which the sandbox hides from agents."""
+    home = passwd_home("orch")
+    for worker in workers(rendered):
+        (container,) = containers(worker)
+        where = name(worker)
+        assert pod_spec(worker)["securityContext"]["runAsUser"] == 10001  # the image's `orch`
+        assert container_env(rendered, container)["HOME"] == home, f"{where}: HOME is not the passwd home"
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        ssh_dir = f"{home}/.ssh"
+        assert mounts[ssh_dir].get("readOnly") is True, f"{where}: {ssh_dir} must be read-only"
+        _where, volume = mount_of(worker, container, f"{ssh_dir}/id_ed25519")
+        secret = volume["secret"]
+        assert secret["secretName"].startswith(GIT_SSH_SECRET) and secret["optional"] is True
+        assert [(i["key"], i["path"]) for i in secret["items"]] == [(k, k) for k in GIT_SSH_KEYS]
+        assert secret["defaultMode"] & 0o137 == 0, f"{where}: the key is writable or readable by others"
+        settings = settings_of(rendered, container)
+        assert not Path(ssh_dir).is_relative_to(settings.resolved_worktree_root), "agents' worktrees hold the key"
+
+
+def test_ssh_reads_the_passwd_home_not_home(tmp_path: Path) -> None:
+    """What the manifests rely on, checked with this machine's OpenSSH: run as orch's git runs it (its
+    environment: HOME an empty folder, nothing else of ours; `ssh -o BatchMode=yes`), ssh looks for its identity
+    files and known hosts under the home of the user's passwd entry. A server that only sends its banner lets
+    ssh get that far."""
+    import pwd
+    import socket
+    import threading
+
+    from orch.services.git.command import git_environment
+    from orch.services.git.remote import SSH_COMMAND
+
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        pytest.skip("no ssh client on this machine (apt: openssh-client)")
+    passwd = pwd.getpwuid(os.getuid()).pw_dir
+    empty_home = tmp_path / "git-home"
+    empty_home.mkdir()
+    assert Path(passwd).resolve() != empty_home.resolve()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def banner() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.sendall(b"SSH-2.0-orch-test\r\n")
+            connection.recv(65536)  # until ssh gives up (it has no key the server could accept)
+
+    serving = threading.Thread(target=banner, daemon=True)
+    serving.start()
+    try:
+        argv = [*shlex.split(SSH_COMMAND), "-vvv", "-o", "ConnectTimeout=5", "-p", str(port), "git@127.0.0.1", "x"]
+        done = subprocess.run(
+            argv, env=git_environment(empty_home), capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+        )
+    finally:
+        server.close()
+        serving.join(timeout=10)
+    assert argv[0] == "ssh" and done.returncode != 0
+    assert f"identity file {passwd}/.ssh/id_ed25519 " in done.stderr, done.stderr[-2000:]
+    assert f"{passwd}/.ssh/known_hosts" in done.stderr
+    assert str(empty_home) not in done.stderr, "ssh read HOME: the manifests' key would be missed"

@@ -152,6 +152,11 @@ def test_every_metric_the_dashboard_queries_is_one_the_exporter_exposes() -> Non
         "orch_cost_usd_total",
         "orch_plan_budget_remaining_usd",
         "orch_agent_paused",
+        "orch_merges_total",
+        "orch_merge_queue_wait_seconds_bucket",
+        "orch_merge_requests_open",
+        "orch_worktrees_live",
+        "orch_worktree_disk_bytes",
     ):
         assert needed in used, f"the dashboard has no panel on {needed}"
     assert any("histogram_quantile" in expr for expr in expressions)

@@ -4,12 +4,13 @@ metric families of orch.services.exporter.specs."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -24,10 +25,14 @@ from orch.log import get_logger
 from orch.records import RUN_TASK
 from orch.redaction import error_line, safe_url
 from orch.services.broker_probe import QueueDepth, queue_depths
+from orch.services.exporter.disk import DISK_MEASURE_SECONDS, DiskMeter
 from orch.services.exporter.specs import (
     DURATION_BUCKETS,
     FAILED_ATTEMPTS,
     LATENCY_BUCKETS,
+    MERGE_BUCKETS,
+    MERGE_OUTCOMES,
+    OPEN_MERGE_PHASES,
     SPECS,
     TOKEN_KINDS,
 )
@@ -36,14 +41,16 @@ from orch.services.exporter.tally import (
     AttemptLedger,
     AttemptTally,
     Buckets,
+    MergeLedger,
+    MergeTally,
     PlanCounts,
     cumulative_buckets,
 )
 from orch.settings import Settings
-from orch.states import AttemptStatus, TaskStatus
+from orch.states import AttemptStatus, MergePhase, TaskStatus
 from orch.store import exporter_reads
 from orch.store.db import db_now
-from orch.store.exporter_reads import PlanRef, TaskCounts
+from orch.store.exporter_reads import OpenMerges, PlanRef, TaskCounts
 from orch.store.pauses import active_pauses
 
 log = get_logger(__name__)
@@ -69,6 +76,18 @@ class StoreSnapshot:
     budgets: dict[str, tuple[Budget, Spend]]
     pauses: dict[str, tuple[PauseCause, float]]  # agent -> (cause, seconds left)
     active: Counter[str]  # worker -> running attempts
+    merges: MergeTally
+    queue: MergeQueueNow
+
+
+@dataclass
+class MergeQueueNow:
+    """The merge queues of the running and held plans with a repository, and the worktrees in use, now."""
+
+    now: datetime
+    plans: frozenset[str]  # running or held plans with an integration branch
+    open: list[OpenMerges]
+    worktrees: Counter[str]  # agent type -> running attempts in a worktree
 
 
 class StoreRead:
@@ -99,10 +118,14 @@ class StoreCollector(Collector):
         settle_seconds: float = SETTLE_SECONDS,
         store_wait: float = STORE_WAIT_SECONDS,
         broker_timeout: float = BROKER_TIMEOUT_SECONDS,
+        disk_every: float = DISK_MEASURE_SECONDS,
     ) -> None:
         self.settings = settings
         self.registry = load_agents(settings.config_dir)
         self.ledger = AttemptLedger(settle=timedelta(seconds=settle_seconds))
+        self.merge_ledger = MergeLedger(settle=timedelta(seconds=settle_seconds))
+        self.disk = DiskMeter(settings.resolved_worktree_root, every=disk_every)
+        self.host = socket.gethostname()
         self.plan_counts = PlanCounts()
         self.store_wait = store_wait
         self.broker_timeout = broker_timeout
@@ -135,6 +158,7 @@ class StoreCollector(Collector):
             self._add_store(families, snapshot)
         if depths is not None:
             self._add_queues(families, depths)
+        self._add_disk(families)
         yield from families.values()
 
     def _read_store(self) -> StoreSnapshot | None:
@@ -168,7 +192,15 @@ class StoreCollector(Collector):
             for plan in plans
             if plan.budget and not plan.final
         }
-        return StoreSnapshot(plans, counts, attempts, budgets, pauses, active)
+        merges = self.merge_ledger.totals(session, now)
+        open_plans = [plan.id for plan in plans if not plan.final]
+        queue = MergeQueueNow(
+            now,
+            exporter_reads.plans_with_integrations(session, open_plans),
+            exporter_reads.open_merges(session, open_plans),
+            exporter_reads.live_worktrees(session),
+        )
+        return StoreSnapshot(plans, counts, attempts, budgets, pauses, active, merges, queue)
 
     def _read_broker(self) -> list[QueueDepth] | None:
         url = self.settings.resolved_broker_url
@@ -211,6 +243,8 @@ class StoreCollector(Collector):
             _gauge(families["celery_worker_tasks_active"]).add_metric([worker], float(running))
         self._add_attempts(families, snapshot.attempts)
         self._add_in_flight(families, snapshot.attempts)
+        self._add_merges(families, snapshot.merges)
+        self._add_merge_queue(families, snapshot.queue)
 
     @staticmethod
     def _add_attempts(families: dict[str, Metric], tally: AttemptTally) -> None:
@@ -272,6 +306,38 @@ class StoreCollector(Collector):
             for kind in TOKEN_KINDS:
                 tokens = float(tally.tokens_in_flight[(agent, kind)])
                 _gauge(families["orch_tokens_in_flight"]).add_metric([agent, kind], tokens)
+
+    @staticmethod
+    def _add_merges(families: dict[str, Metric], tally: MergeTally) -> None:
+        """Every outcome, 0 when none happened, so a rate() sees the first one."""
+        for outcome in MERGE_OUTCOMES:
+            _counter(families["orch_merges"]).add_metric([outcome], float(tally.outcomes[outcome]))
+        _counter(families["orch_merge_conflicts_resolved"]).add_metric([], float(tally.resolutions))
+        waits = cumulative_buckets(tally.waits.counts, MERGE_BUCKETS)
+        _histogram(families["orch_merge_queue_wait_seconds"]).add_metric([], waits, tally.waits.total)
+        for outcome, buckets in sorted(tally.durations.items()):
+            _histogram(families["orch_merge_duration_seconds"]).add_metric(
+                [outcome], cumulative_buckets(buckets.counts, MERGE_BUCKETS), buckets.total
+            )
+
+    def _add_merge_queue(self, families: dict[str, Metric], queue: MergeQueueNow) -> None:
+        """Every plan with a repository and every phase, 0 when empty, so a panel shows the drop to 0."""
+        found = {(row.plan_id, row.phase.value): row for row in queue.open}
+        for plan_id in sorted(queue.plans | {row.plan_id for row in queue.open}):
+            for phase in OPEN_MERGE_PHASES:
+                row = found.get((plan_id, phase))
+                count = 0.0 if row is None else float(row.count)
+                _gauge(families["orch_merge_requests_open"]).add_metric([plan_id, phase], count)
+            queued = found.get((plan_id, MergePhase.QUEUED.value))
+            waited = 0.0 if queued is None else max((queue.now - queued.oldest).total_seconds(), 0.0)
+            _gauge(families["orch_merge_queue_oldest_seconds"]).add_metric([plan_id], waited)
+        for agent in sorted({*self.registry.names, *queue.worktrees}):
+            _gauge(families["orch_worktrees_live"]).add_metric([agent], float(queue.worktrees[agent]))
+
+    def _add_disk(self, families: dict[str, Metric]) -> None:
+        figure = self.disk.latest()
+        if figure is not None:
+            _gauge(families["orch_worktree_disk_bytes"]).add_metric([self.host], float(figure.bytes))
 
     def _add_queues(self, families: dict[str, Metric], depths: Sequence[QueueDepth]) -> None:
         agent_of = {agent.queue: agent.name for agent in self.registry}

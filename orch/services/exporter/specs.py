@@ -8,16 +8,21 @@ from typing import Literal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from orch.states import AttemptStatus
+from orch.states import MERGE_OPEN, AttemptStatus, MergePhase
 
 # Agent runs take seconds (shell) to hours (an AI agent); the wait for a worker is milliseconds to minutes.
 DURATION_BUCKETS = (
     0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
 )  # fmt: skip
+# A merge waits for the merges before it (seconds to many minutes) and runs the plan's gates (seconds to an hour).
+MERGE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 TOKEN_KINDS = ("input", "output", "cache_creation", "cache_read")
+# How a closed merge request went (orch.store.exporter_reads.MERGE_OUTCOME), and the open phases, in order.
+MERGE_OUTCOMES = tuple(phase.value for phase in MergePhase if phase not in MERGE_OPEN)
+OPEN_MERGE_PHASES = tuple(phase.value for phase in MergePhase if phase in MERGE_OPEN)
 FAILED_ATTEMPTS = frozenset({AttemptStatus.FAILED, AttemptStatus.LOST})  # celery_task_failed
 
 # --- what is exposed ------------------------------------------------------------------------------------
@@ -143,6 +148,55 @@ SPECS: tuple[MetricSpec, ...] = (
         "gauge",
         "Messages waiting in an agent type's broker queue (Redis: every priority sub-list), not yet taken by a worker",
         ("queue", "agent_type"),
+    ),
+    MetricSpec(
+        "orch_merges",
+        "counter",
+        "Merge requests closed, by outcome: merged, conflicted (even if a resolution task later landed the work), "
+        "gate_failed, cancelled",
+        ("outcome",),
+    ),
+    MetricSpec(
+        "orch_merge_conflicts_resolved",
+        "counter",
+        "Merges of conflict-resolution tasks that landed: conflicts resolved (orch_merges_total{outcome=conflicted} "
+        "counts the conflicts)",
+    ),
+    MetricSpec(
+        "orch_merge_queue_wait_seconds",
+        "histogram",
+        "Queue wait of closed merge requests that a merger began: enqueued to the begin of the merge that closed it",
+    ),
+    MetricSpec(
+        "orch_merge_duration_seconds",
+        "histogram",
+        "Closed merge requests: the begin of the merge (fetch, merge, relock, gates, push) to its recorded end",
+        ("outcome",),
+    ),
+    MetricSpec(
+        "orch_merge_requests_open",
+        "gauge",
+        "Merge requests waiting (queued) or being merged (merging) now, per running or held plan with a repository",
+        ("plan", "phase"),
+    ),
+    MetricSpec(
+        "orch_merge_queue_oldest_seconds",
+        "gauge",
+        "Seconds the oldest queued merge request of a running or held plan has waited (0: none queued)",
+        ("plan",),
+    ),
+    MetricSpec(
+        "orch_worktrees_live",
+        "gauge",
+        "Running attempts that work in a git worktree of their own (the store's record, all hosts), by agent type",
+        ("agent_type",),
+    ),
+    MetricSpec(
+        "orch_worktree_disk_bytes",
+        "gauge",
+        "Bytes on disk under the worktree root (ORCH_WORKTREE_ROOT) of the host the exporter runs on, measured at "
+        "most every minute; absent until first measured",
+        ("host",),
     ),
     # danihodovic/celery-exporter's names, where their meaning holds (labels: no `hostname` on the counters:
     # worker names change with every pod, and the counters here live as long as the store's history)

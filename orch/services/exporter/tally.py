@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from orch.budget import Spend
-from orch.services.exporter.specs import DURATION_BUCKETS, LATENCY_BUCKETS, TOKEN_KINDS
+from orch.services.exporter.specs import DURATION_BUCKETS, LATENCY_BUCKETS, MERGE_BUCKETS, TOKEN_KINDS
 from orch.states import AttemptStatus
 from orch.store import exporter_reads
-from orch.store.exporter_reads import AttemptSet, BucketCount, PlanRef, TaskCounts
+from orch.store.exporter_reads import AttemptSet, BucketCount, MergeSet, PlanRef, TaskCounts
 
 # An attempt finished this long ago is final: folded into the totals and never read again. It also bounds how
 # long a claim's transaction may stay uncommitted while attempts after it are already visible.
@@ -162,6 +162,68 @@ class AttemptLedger:
         self.folded.add(newly_folded)
         self.folded.spend = {plan_id: self.folded.spend.get(plan_id, Spend()) for plan_id in plans}
         self.folded_upto, self.held, self.tracked, self.last_scrape = fold_end, still_held, frozenset(plans), now
+        return self.folded.plus(live)
+
+
+# --- merge requests: folded totals plus the live window ----------------------------------------------------
+
+
+@dataclass
+class MergeTally:
+    """Sums over closed merge requests: by outcome, the resolutions among them, their queue waits and merge
+    times. A closed request's outcome, wait and time never change (orch.store.exporter_reads.MERGE_OUTCOME)."""
+
+    outcomes: Counter[str] = field(default_factory=Counter)
+    resolutions: int = 0
+    waits: Buckets = field(default_factory=lambda: Buckets.empty(MERGE_BUCKETS))
+    durations: dict[str, Buckets] = field(default_factory=dict)  # outcome -> merge times
+
+    def add(self, other: MergeTally) -> None:
+        self.outcomes.update(other.outcomes)
+        self.resolutions += other.resolutions
+        self.waits.add(other.waits)
+        _add_buckets(self.durations, other.durations, MERGE_BUCKETS)
+
+    def plus(self, other: MergeTally) -> MergeTally:
+        total = MergeTally()
+        total.add(self)
+        total.add(other)
+        return total
+
+
+def tally_merges(session: Session, requests: MergeSet) -> MergeTally:
+    tally = MergeTally()
+    for row in exporter_reads.merge_outcomes(session, requests):
+        tally.outcomes[row.outcome] += row.count
+        tally.resolutions += row.resolutions
+    for seen in exporter_reads.merge_wait_buckets(session, requests, MERGE_BUCKETS):
+        tally.waits.counts[seen.index] += seen.count
+        tally.waits.total += seen.total
+    for seen in exporter_reads.merge_duration_buckets(session, requests, MERGE_BUCKETS):
+        _observe(tally.durations, seen.status, MERGE_BUCKETS, seen)
+    return tally
+
+
+@dataclass
+class MergeLedger:
+    """Running totals of every closed merge request, kept as AttemptLedger keeps attempts': requests closed more
+    than the settle period ago are folded in once, by primary-key range; the rest are read at each scrape."""
+
+    settle: timedelta = timedelta(seconds=SETTLE_SECONDS)
+    folded_upto: int = 0
+    held: frozenset[int] = frozenset()
+    folded: MergeTally = field(default_factory=MergeTally)
+
+    def totals(self, session: Session, now: datetime) -> MergeTally:
+        """Run in one snapshot (a repeatable-read transaction), so no request is counted twice or missed."""
+        cutoff = now - self.settle
+        fold_end = exporter_reads.last_enqueued_before(session, self.folded_upto, cutoff) or self.folded_upto
+        reviewed = MergeSet(after=self.folded_upto, upto=fold_end, also=self.held)
+        newly_folded = tally_merges(session, replace(reviewed, finished_before=cutoff))
+        still_held = exporter_reads.merges_unfinished_before(session, reviewed, cutoff)
+        live = tally_merges(session, MergeSet(after=fold_end, also=still_held))
+        self.folded.add(newly_folded)
+        self.folded_upto, self.held = fold_end, still_held
         return self.folded.plus(live)
 
 
