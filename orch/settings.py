@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     )
     git_author_name: str = Field("orch", min_length=1, description="Name on the commits orch makes")
     git_author_email: str = Field("orch@localhost", min_length=1, description="Email on the commits orch makes")
+    git_credentials: Path | None = Field(
+        None,
+        description="A git-credentials file (https://user:token@host a line, mode 0600) for https repositories; "
+        "its tokens reach git through a credential helper's environment, never argv",
+    )
     merge_lease_seconds: float = Field(
         600.0, gt=0, description="A merge lock not renewed for this long is free: another merger redoes the merge"
     )

@@ -249,8 +249,8 @@ def _check_scheme_url(url: str, scheme: str, shown: str) -> None:
         raise ValueError(f"{shown} is not a valid URL: {exc}") from None
     if parts.password is not None:
         raise ValueError(
-            f"{shown} holds a password, which the store and git's command lines would keep; give workers a git "
-            "credential helper instead"
+            f"{shown} holds a password, which the store and git's command lines would keep; give it to the workers "
+            "in ORCH_GIT_CREDENTIALS instead"
         )
     if scheme == "file":
         if not parts.path.strip("/"):

@@ -340,3 +340,45 @@ def test_an_https_password_reaches_the_server_through_the_helper_not_argv(tmp_pa
             thread.join()
     assert _AuthRecorder.seen and set(_AuthRecorder.seen) == {"deploy:s3cret@pass"}
     assert "s3cret" not in f"{failed.value} {failed.value.stderr}"
+
+
+def test_a_token_from_orch_git_credentials_reaches_the_server_not_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orch.settings import get_settings
+
+    _AuthRecorder.seen.clear()
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRecorder) as server:
+        port = server.server_address[1]
+        credentials = tmp_path / "git-credentials"
+        credentials.write_text(
+            f"# tokens for the workers\nhttp://other:no@127.0.0.1:{port}/elsewhere\n"
+            f"http://ci-bot:tok%40en-9f2@127.0.0.1:{port}/org\n"
+        )
+        credentials.chmod(0o600)
+        monkeypatch.setenv("ORCH_GIT_CREDENTIALS", str(credentials))
+        get_settings.cache_clear()
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            cache = RepositoryCache(tmp_path / "git", f"http://127.0.0.1:{port}/org/app.git").ensure()
+            with pytest.raises(GitFailed) as failed:
+                cache.remote_heads("main")
+        finally:
+            server.shutdown()
+            thread.join()
+    assert set(_AuthRecorder.seen) == {"ci-bot:tok@en-9f2"}
+    assert "tok" not in f"{failed.value} {failed.value.stderr}"
+
+
+def test_a_credentials_file_others_can_read_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orch.settings import get_settings
+
+    credentials = tmp_path / "git-credentials"
+    credentials.write_text("https://bot:token@example.com\n")
+    credentials.chmod(0o644)
+    monkeypatch.setenv("ORCH_GIT_CREDENTIALS", str(credentials))
+    get_settings.cache_clear()
+    with pytest.raises(GitFailed) as refused:
+        RepositoryCache(tmp_path / "git", "https://example.com/org/app.git").ensure().remote_heads("main")
+    assert str(refused.value) == f"ORCH_GIT_CREDENTIALS={credentials}: readable by others or not yours (chmod 600 it)"

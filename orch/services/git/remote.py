@@ -5,8 +5,11 @@ URL needs, so a URL can never reach a transport helper (`ext::sh -c ...`, `fd::3
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 from urllib.parse import SplitResult, unquote, urlsplit
 
@@ -29,6 +32,12 @@ _PASSWORD_ENV: Final = "ORCH_GIT_URL_PASSWORD"
 # The password of an https URL reaches git through this helper's environment, never through argv (which any
 # user of the host can read in /proc).
 _CREDENTIAL_HELPER: Final = f'!f() {{ test "$1" = get && printf "password=%s\\n" "${_PASSWORD_ENV}"; }}; f'
+_USER_ENV: Final = "ORCH_GIT_URL_USER"
+# A credential from ORCH_GIT_CREDENTIALS: its user and password, both through the environment.
+_STORED_HELPER: Final = (
+    f'!f() {{ test "$1" = get && printf "username=%s\\npassword=%s\\n" "${_USER_ENV}" "${_PASSWORD_ENV}"; }}; f'
+)
+MAX_CREDENTIALS_BYTES: Final = 1 << 20
 
 
 def display_url(url: str) -> str:
@@ -123,7 +132,47 @@ def remote_access(url: str) -> RemoteAccess:
         env[_PASSWORD_ENV] = unquote(parts.password)
         config.append(("credential.helper", _CREDENTIAL_HELPER))
         return RemoteAccess(_without_password(parts), tuple(config), env)
+    stored = _stored_credential(parts) if parts is not None and _transport(url) in ("http", "https") else None
+    if stored is not None:
+        env[_USER_ENV], env[_PASSWORD_ENV] = stored
+        config.append(("credential.helper", _STORED_HELPER))
     return RemoteAccess(url, tuple(config), env)
+
+
+def _stored_credential(parts: SplitResult) -> tuple[str, str] | None:
+    """The user and password ORCH_GIT_CREDENTIALS holds for this URL (git-credentials' format: one
+    `https://user:token@host[/path]` a line; the first whose scheme, host and port match, and whose path is a
+    prefix of the URL's, wins), or None."""
+    from orch.settings import get_settings  # lazy: only http(s) remotes need it
+
+    path = get_settings().git_credentials
+    if path is None:
+        return None
+    for line in _credential_lines(path):
+        stored = urlsplit(line)
+        if (
+            (stored.scheme, stored.hostname, stored.port) == (parts.scheme, parts.hostname, parts.port)
+            and parts.path.startswith(stored.path.rstrip("/"))
+            and stored.password is not None
+        ):
+            return unquote(stored.username or ""), unquote(stored.password)
+    return None
+
+
+def _credential_lines(path: Path) -> list[str]:
+    """The credentials file's lines: a regular file of this user's that nobody else may read (it holds tokens)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise GitFailed(f"ORCH_GIT_CREDENTIALS={path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CREDENTIALS_BYTES:
+            raise GitFailed(f"ORCH_GIT_CREDENTIALS={path}: not a regular file of at most {MAX_CREDENTIALS_BYTES} bytes")
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise GitFailed(f"ORCH_GIT_CREDENTIALS={path}: readable by others or not yours (chmod 600 it)")
+        text = file.read(MAX_CREDENTIALS_BYTES).decode("utf-8", "replace")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _without_password(parts: SplitResult) -> str:
