@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from orch.services.git.cache import RepositoryCache
-from orch.services.git.merging import start_conflicted_merge
-from orch.services.git.worktrees import add_worktree, disk_usage, remove_worktree
-
 from orch.dispatch.merge_queue import integration_head
 from orch.dispatch.worktrees import keep_work, sweep
 from orch.log import get_logger
 from orch.records import Claim, ClaimedTask, Integration
+from orch.services.git.cache import RepositoryCache
 from orch.services.git.command import GitFailed
+from orch.services.git.merging import start_conflicted_merge
+from orch.services.git.worktrees import add_worktree, disk_usage, remove_worktree
 from orch.services.isolation import current_isolation
 from orch.settings import Settings
 from orch.store.merges import archive_ref, attempt_branch
@@ -149,3 +148,8 @@ def discard(worktree: AttemptWorktree) -> None:
     except GitFailed as exc:
         log.warning("could not remove worktree", path=str(worktree.path), error=str(exc))
         shutil.rmtree(worktree.path, ignore_errors=True)
+    for folder in (worktree.path.parent, worktree.path.parent.parent):  # <task>/, then <plan>/, once empty
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another attempt's), or gone
+            break

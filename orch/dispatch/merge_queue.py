@@ -225,8 +225,10 @@ def _candidate(
             return Conflicted(prediction.conflicts, prediction.details)
         folder = _scratch_folder(settings, integration, request, "relock")
 
+        relock_log = _merge_log(settings, integration, request, "relock")
+
         def run(command: str, worktree: Path) -> tuple[bool, str]:
-            return run_gate(command, worktree, integration.gate_timeout, folder.with_suffix(".log"))
+            return run_gate(command, worktree, integration.gate_timeout, relock_log)
 
         tree, said = relock_merge(cache, folder, current, head, integration.relock, run)
         if tree is None:
@@ -257,6 +259,12 @@ def _lockfiles_changed_on_both_sides(
     return sorted(ours & theirs)
 
 
+def _merge_log(settings: Settings, integration: Integration, request: MergeRequest, what: str) -> Path:
+    """Where a gate's or relock command's output goes: beside the plan's attempt logs (ORCH_HOME/logs/<plan>), not
+    in the merger's scratch, which is removed (a merge redone writes it again)."""
+    return settings.logs_dir.resolve() / integration.plan_id / f"merge-{request.pk}.{what}.log"
+
+
 def _scratch_folder(settings: Settings, integration: Integration, request: MergeRequest, what: str) -> Path:
     folder = settings.resolved_worktree_root / ".merges" / f"{integration.plan_id}-{request.pk}-{what}"
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +288,7 @@ def _run_gates(
     add_detached(cache, folder, candidate)
     try:
         for number, gate in enumerate(integration.gates, 1):
-            log_file = folder.with_name(f"{folder.name}.{number}.log")
+            log_file = _merge_log(settings, integration, request, f"gate{number}")
             passed, output = run_gate(gate, folder, integration.gate_timeout, log_file)
             if not passed:
                 return GateFailed(gate, output[-MAX_GATE_OUTPUT:])

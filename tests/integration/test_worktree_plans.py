@@ -172,6 +172,9 @@ def test_a_failing_gate_turns_the_merge_down_and_the_task_is_retried_then_fails(
         requests = merges.plan_requests(session, plan_id)
     assert [a.failure_class for a in attempts] == ["gate_failed", "gate_failed"]  # retries: 1
     assert [row.phase for row, _ in requests] == [MergePhase.GATE_FAILED] * 2
+    logs = tmp_path / ".orch" / "logs" / plan_id  # a gate's output, beside the attempts' logs
+    assert sorted(p.name for p in logs.glob("merge-*")) == [f"merge-{row.pk}.gate1.log" for row, _ in requests]
+    assert not (tmp_path / ".orch" / "worktrees" / plan_id).exists()  # its folders go with its worktrees
     assert git(checkout, "rev-parse", f"orch/{plan_id}") == git(checkout, "rev-parse", "main")
 
 
