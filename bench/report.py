@@ -48,6 +48,29 @@ def _deep(size: Size) -> str:
     return f"orch deep ({_n(size.deep)}-task chain{_runs(size)})"
 
 
+def _worktree(size: Size) -> str:
+    return f"worktree ({_n(size.worktree_files)} files, {_n(size.worktree_tasks)} tasks)"
+
+
+_WORKTREE_STEPS = (
+    ("prepare", "fetch + worktree add"),
+    ("commit", "commit + push branch and archive ref"),
+    ("scope", "changed paths (scope)"),
+    ("remove", "worktree remove"),
+    ("merge fast-forward", "merge, fast-forward + CAS push"),
+    ("merge 3-way", "merge, 3-way + CAS push"),
+)
+
+
+def _worktree_step(step: str, what: str, q: str) -> Row:
+    return Row(
+        f"worktree.{step.replace(' ', '_')}_{q}",
+        lambda s: f"{_worktree(s)}: {what}, {q}",
+        "ms",
+        lambda r: _get(r, "worktree", "steps", step, "ms", q),
+    )
+
+
 ROWS: list[Row] = [
     # raw Celery
     Row("raw.enqueue_p50", lambda s: "raw Celery: apply_async → task start, p50", "ms",
@@ -106,6 +129,25 @@ ROWS: list[Row] = [
         lambda r: _ratio(_get(r, "orch", "deep", "hop_ms", "p50"), _get(r, "raw", "chain", "hop_ms", "p50")), "any"),
     Row("ratio.rss", lambda s: f"ratio: orch worker memory after ÷ before {_n(s.wide)} tasks", "x",
         lambda r: _ratio(_get(r, "orch", "memory", "after_mib"), _get(r, "orch", "memory", "before_mib"))),
+    # a task in its own git worktree, in-process (bench/worktree_cost.py)
+    *[_worktree_step(step, what, q) for step, what in _WORKTREE_STEPS for q in ("p50", "p90")],
+    Row("worktree.per_task_p50", lambda s: f"{_worktree(s)}: added cost per task, all steps, p50", "ms",
+        lambda r: _get(r, "worktree", "per_task_ms", "p50")),
+    Row("worktree.per_task_p90", lambda s: f"{_worktree(s)}: added cost per task, all steps, p90", "ms",
+        lambda r: _get(r, "worktree", "per_task_ms", "p90")),
+    Row("worktree.git_processes", lambda s: f"{_worktree(s)}: git processes per task", "",
+        lambda r: _get(r, "worktree", "git_processes_per_task")),
+    Row("worktree.plain_add", lambda s: f"{_worktree(s)}: a bare `git worktree add` of the same commit, p50", "ms",
+        lambda r: _get(r, "worktree", "plain_worktree_add_ms", "p50")),
+    Row("worktree.run_git", lambda s: "git: one process doing nothing through orch's run_git, p50", "ms",
+        lambda r: _get(r, "worktree", "git_floor", "run_git_ms", "p50")),
+    Row("worktree.bare_git", lambda s: "git: one bare process doing nothing, p50", "ms",
+        lambda r: _get(r, "worktree", "git_floor", "bare_ms", "p50")),
+    Row("ratio.worktree_hop", lambda s: "ratio: worktree added cost per task p50 ÷ orch hop p50", "x",
+        lambda r: _ratio(_get(r, "worktree", "per_task_ms", "p50"), _get(r, "orch", "deep", "hop_ms", "p50"))),
+    Row("ratio.worktree_add", lambda s: "ratio: orch's fetch + worktree add ÷ a bare `git worktree add`, p50", "x",
+        lambda r: _ratio(_get(r, "worktree", "steps", "prepare", "ms", "p50"),
+                         _get(r, "worktree", "plain_worktree_add_ms", "p50"))),
     # scale, in-process
     Row("scale.parse", lambda s: f"scale: read {_n(s.scale_big)}-task JSON plan", "s",
         lambda r: _get(r, "scale", "big", "submit", "parse_s")),
@@ -152,6 +194,7 @@ TARGETS = [
     Target("submit", "validate + submit the large plan ≤ 3 s", "scale.validate_submit", "<=", 3.0, "s"),
     Target("idle_worker", "idle worker < 1% of a core", "orch.idle_worker", "<", 1.0, "% core"),
     Target("idle_beat", "idle beat < 1% of a core", "orch.idle_beat", "<", 1.0, "% core"),
+    Target("worktree", "worktree added cost per task p50 ≤ 150 ms", "worktree.per_task_p50", "<=", 150.0, "ms"),
     Target("memory", "worker memory flat: PSS after ≤ 1.1 x before the wide plan", "ratio.rss", "<=", 1.1, "x"),
 ]
 

@@ -8,7 +8,9 @@ worker settings (orch's Celery configuration, the same pool and concurrency):
 2. orch (`noop` executor, real worker and beat processes): a deep plan, a fan-out/fan-in plan, a wide plan, an
    idle worker and beat, the worker's memory over the wide plan;
 3. orch at scale, in-process: validate + submit a large plan, readiness per completion on a small and a large
-   plan, one full reconcile pass (beat tick) on the large plan.
+   plan, one full reconcile pass (beat tick) on the large plan;
+4. what a task in its own git worktree adds, in-process: worktree creation, commit, merge and removal on a
+   repository of 1,000 files (bench/worktree_cost.py), beside the plain task's hop of part 2.
 
 Prints a table and writes `<out>/<UTC timestamp>.json` (machine, versions, settings, every figure, the targets
 with pass/fail) and the same tables in Markdown next to it. Exits 1 if a part could not run."""
@@ -46,7 +48,7 @@ from bench.sizes import SIZES, Size
 
 CAP = 10_000  # the benchmark agent type's concurrency cap (queued + running): the largest orch allows
 STORE_KINDS = ("sqlite", "postgres")
-PARTS = ("raw", "orch", "scale", "worker_path")
+PARTS = ("raw", "orch", "scale", "worker_path", "worktree")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -227,6 +229,7 @@ def run_store(
     from bench.raw import run_raw
     from bench.scale import run_scale
     from bench.worker_path import run_worker_path
+    from bench.worktree_cost import run_worktree
     from orch.celery import use_broker
     from orch.intake.agents import load_agents
     from orch.settings import get_settings
@@ -272,6 +275,7 @@ def run_store(
         profile = None if profile_prefix is None else profiler(profile_prefix)
         part("scale", lambda: run_scale(stores, broker.url, registry, size, folder, profile))
         part("worker_path", lambda: run_worker_path(stores, broker.url, registry, size, folder, profile))
+        part("worktree", lambda: run_worktree(size, folder / "worktree", profile))
     finally:
         stores.close()
         broker.close()

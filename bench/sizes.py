@@ -24,6 +24,8 @@ class Size:
     ticks: int  # timed beat ticks
     idle_seconds: float  # worker and beat left idle this long
     plan_timeout: float  # longest wait for one orch plan
+    worktree_files: int  # worktree part: files in the repository
+    worktree_tasks: int  # ... and timed tasks in their own worktrees (in pairs: a fast-forward and a 3-way merge)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +48,8 @@ FULL = Size(
     ticks=5,
     idle_seconds=10.0,
     plan_timeout=1200.0,
+    worktree_files=1_000,
+    worktree_tasks=30,
 )
 
 TINY = Size(
@@ -65,6 +69,8 @@ TINY = Size(
     ticks=3,
     idle_seconds=1.0,
     plan_timeout=120.0,
+    worktree_files=200,
+    worktree_tasks=2,
 )
 
 SIZES = {s.name: s for s in (FULL, TINY)}

@@ -58,5 +58,10 @@ def test_the_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
             assert value is not None and math.isfinite(value), (row["id"], store, value)
             if row["sign"] == "positive":
                 assert value > 0, (row["id"], store, value)
+    for store in stores:  # the worktree part: its tasks went through both kinds of merge, all through git
+        worktree = report["stores"][store]["worktree"]
+        assert worktree["files"] == report["settings"]["sizes"]["worktree_files"]
+        assert worktree["steps"]["merge fast-forward"]["ms"]["n"] == worktree["steps"]["merge 3-way"]["ms"]["n"] >= 1
+        assert worktree["by_subcommand"][0]["ms_per_task"] > 0
     assert len(report["targets"]) == len(TARGETS) * len(stores)
     assert all(target["pass"] in (True, False) for target in report["targets"])
