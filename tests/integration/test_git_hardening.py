@@ -542,3 +542,15 @@ def test_the_private_git_dir_is_private(repo: Path) -> None:
         origins = {line.split("\t")[0] for line in listing.splitlines()}
         assert origins == {f"file:{private}/config", "command line:"}  # ours and the overrides, nothing else
     assert not private.exists()
+
+
+def test_a_git_command_past_its_time_limit_is_ended_with_what_it_started(tmp_path: Path) -> None:
+    """A git that runs a program which hangs (here an alias of the caller's own config) is killed with its whole
+    process group at the limit, so no pipe held by a grandchild keeps the caller waiting."""
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "r.git")], check=True)
+    started = time.monotonic()
+    with pytest.raises(git_command.GitFailed) as failed:
+        git_command.run_git(["hang"], git_dir=tmp_path / "r.git", cwd=tmp_path, timeout=1.0,
+                extra_config=[("alias.hang", "!sleep 60")])  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert str(failed.value) == f"git hang in {tmp_path}: no answer within 1 s"
