@@ -52,8 +52,7 @@ def keep_work(
     )
     head = head or base_commit
     if head != base_commit:
-        cache.push_ref(head, archive)
-        pushed = cache.push(head, branch, expected=None)
+        pushed = cache.push_kept(head, branch, archive)
         if not pushed.pushed and pushed.remote_head != head:
             raise GitFailed(f"cannot push branch {branch}: {pushed.reason}")
     return head

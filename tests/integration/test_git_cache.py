@@ -206,6 +206,20 @@ def test_push_is_a_compare_and_swap(cache: RepositoryCache, remote: Path) -> Non
     assert not stale.pushed and stale.remote_head == winners[0]
 
 
+def test_an_attempts_work_is_kept_in_one_push_of_its_archive_ref_and_new_branch(
+    cache: RepositoryCache, remote: Path
+) -> None:
+    main = cache.fetch("main")["main"]
+    assert main is not None
+    work, other = _new_commit(cache, main, "work"), _new_commit(cache, main, "other")
+    assert cache.push_kept(work, "orch-work/p/t/1", "refs/orch/archive/p/t/1").pushed
+    assert git(remote, "rev-parse", "orch-work/p/t/1", "refs/orch/archive/p/t/1").split() == [work, work]
+    assert cache.push_kept(work, "orch-work/p/t/1", "refs/orch/archive/p/t/1").pushed  # redone: no failure
+    refused = cache.push_kept(other, "orch-work/p/t/1", "refs/orch/archive/p/t/1")  # never moves a branch
+    assert not refused.pushed and refused.remote_head == work
+    assert git(remote, "rev-parse", "orch-work/p/t/1").strip() == work
+
+
 def test_delete_branch_only_when_it_still_holds_the_expected_commit(cache: RepositoryCache, remote: Path) -> None:
     main = cache.fetch("main")["main"]
     assert main is not None

@@ -230,6 +230,15 @@ class RepositoryCache:
             return PushOutcome(False, self.remote_heads(branch)[branch], reason)
         return PushOutcome(True, None, "")
 
+    def push_kept(self, commit: str, branch: str, archive: str) -> PushOutcome:
+        """An attempt's work in one push: its archive ref forced to `commit`, and `branch` made at `commit` (it must
+        not exist yet, or hold `commit` already) — as `push_ref` then `push(commit, branch, None)`, one remote
+        round trip fewer."""
+        ref = f"refs/heads/{branch}"
+        lease = f"--force-with-lease={ref}:"
+        args = ("push", "--porcelain", "--no-verify", lease, "{url}", f"+{commit}:{archive}", f"{commit}:{ref}")
+        return self._push_cas(branch, *args)
+
     def push_ref(self, commit: str, ref: str) -> None:
         """Create or move a ref that is no branch (archive refs) on the remote, forced."""
         self._remote_git("push", "--porcelain", "--no-verify", "{url}", f"+{commit}:{ref}", failure="cannot push to")
