@@ -59,11 +59,28 @@ def _add(cache: RepositoryCache, path: Path, commit: str, branch: str | None) ->
 
 def _add_failure(cache: RepositoryCache, path: Path, branch: str | None, commit: str, failed: GitFailed) -> str:
     on = f"on branch {branch}" if branch else "detached"
-    full = f"{_DISK_FULL}: " if _DISK_FULL in failed.stderr.lower() else ""
+    full = _disk_full(path, failed.stderr)
     return (
         f"cannot add worktree {path} ({on} at {commit}) of repository {display_url(cache.url)}: "
         f"{full}{failed.first_line or failed}"
     )
+
+
+_NEARLY_FULL = 1 << 20  # bytes free under which "unable to write file" means the disk filled
+
+
+def _disk_full(path: Path, stderr: str) -> str:
+    """'no space left on device…: ' when that is why: git's checkout says only "unable to write file" for it."""
+    if _DISK_FULL in stderr.lower():
+        return f"{_DISK_FULL}: "
+    if "unable to write" not in stderr:
+        return ""
+    probe = next((folder for folder in (path, *path.parents) if folder.exists()), path)
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return ""
+    return f"{_DISK_FULL} ({free // 1024} kB free in {probe}): " if free < _NEARLY_FULL else ""
 
 
 def _clear_the_way(cache: RepositoryCache, path: Path, branch: str | None, commit: str) -> None:
