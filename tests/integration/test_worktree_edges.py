@@ -20,7 +20,7 @@ from orch.store import merges, plans
 from orch.store.db import read_session, write_session
 from tests.helpers import drive_until_final, fake_claude_wrapper, registry, wait_for
 from tests.integration.test_worktree_plans import git, submit, task_status
-from tests.integration.test_worktree_plans import worker as worker  # noqa: F401 (the fixture)
+from tests.integration.test_worktree_plans import worker as worker  # the fixture, by its name
 
 
 def seeded(tmp_path: Path, name: str, files: dict[str, str]) -> Path:
