@@ -396,3 +396,23 @@ def test_a_credentials_file_others_can_read_is_refused_by_name(tmp_path: Path, m
     with pytest.raises(GitFailed) as refused:
         RepositoryCache(tmp_path / "git", "https://example.com/org/app.git").ensure().remote_heads("main")
     assert str(refused.value) == f"ORCH_GIT_CREDENTIALS={credentials}: readable by others or not yours (chmod 600 it)"
+
+
+def test_a_local_remotes_own_hooks_do_not_run_when_orch_reaches_it(tmp_path: Path, remote: Path) -> None:
+    """A local repository's hooks (an agent could write some where it is also a plan's shared workdir) would run as
+    the worker when git's other end runs in it: orch's receive-pack and upload-pack there obey none."""
+    ran = tmp_path / "hook-ran"
+    for hook in ("pre-receive", "update", "post-receive", "post-update", "reference-transaction"):
+        script = remote / "hooks" / hook
+        script.write_text(f"#!/bin/sh\necho {hook} >> {ran}\n")
+        script.chmod(0o755)
+    git(remote, "config", "core.hooksPath", str(remote / "hooks"))
+    cache = RepositoryCache(tmp_path / "home" / "git", str(remote)).ensure()
+    main = cache.fetch("main")["main"]
+    assert main is not None
+    assert cache.push(_new_commit(cache, main, "hooked?"), "orch/p", None).pushed
+    assert cache.push_kept(main, "orch-work/p/t/1", "refs/orch/archive/p/t/1").pushed
+    assert cache.remote_heads("orch/p")["orch/p"] is not None
+    assert not ran.exists(), ran.read_text()
+    subprocess.run(["git", "-C", str(remote), "update-ref", "refs/heads/plain", main], check=True)
+    assert ran.exists()  # the hooks do run for anyone else: it is orch's push that obeys none

@@ -142,6 +142,7 @@ class RepositoryCache:
         no password in argv. GitFailed names the URL (masked) and git's first line."""
         access = remote_access(self.url)
         argv = [access.argv_url if arg == "{url}" else arg for arg in args]
+        argv[1:1] = access.options(argv[0])
         try:
             return run_git(
                 argv,

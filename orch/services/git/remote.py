@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +121,21 @@ class RemoteAccess:
     argv_url: str
     config: tuple[tuple[str, str], ...]
     env: dict[str, str] = field(default_factory=dict)
+    local: bool = False  # the file transport: git runs receive-pack / upload-pack in that repository itself
+
+    def options(self, subcommand: str) -> list[str]:
+        """What `subcommand` must be given to reach a local repository without obeying it: the other end runs in
+        that repository, with its config, so its hooks (an agent could have written some, where the repository is
+        a plan's shared workdir) are turned off by a `-c` of its own, as is its automatic gc."""
+        if not self.local:
+            return []
+        git = shutil.which("git", path=os.pathsep.join(p for p in os.get_exec_path() if os.path.isabs(p))) or "git"
+        quiet = f"{shlex.quote(git)} -c core.hooksPath=/dev/null -c receive.autogc=false -c gc.auto=0"
+        if subcommand == "push":
+            return [f"--receive-pack={quiet} receive-pack"]
+        if subcommand in ("fetch", "ls-remote"):
+            return [f"--upload-pack={quiet} upload-pack"]
+        return []
 
 
 def remote_access(url: str) -> RemoteAccess:
@@ -136,7 +153,7 @@ def remote_access(url: str) -> RemoteAccess:
     if stored is not None:
         env[_USER_ENV], env[_PASSWORD_ENV] = stored
         config.append(("credential.helper", _STORED_HELPER))
-    return RemoteAccess(url, tuple(config), env)
+    return RemoteAccess(url, tuple(config), env, local=_transport(url) == "file")
 
 
 def _stored_credential(parts: SplitResult) -> tuple[str, str] | None:
