@@ -8,32 +8,59 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, literal, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from orch.budget import Budget
 from orch.dag import Dag
 from orch.decisions.readiness import Reconciliation, TaskView
 from orch.records import AgentLoad, Dispatch, PlanGate
-from orch.states import DISPATCHABLE, DOOMING, HOLDING_FILES, IN_FLIGHT, PLAN_HELD, TERMINAL, PlanStatus, TaskStatus
+from orch.states import (
+    DISPATCHABLE,
+    DOOMING,
+    HOLDING_FILES,
+    IN_FLIGHT,
+    PLAN_HELD,
+    TERMINAL,
+    MergePhase,
+    PlanStatus,
+    TaskStatus,
+)
 from orch.store._sql import ANALYZE_FROM_TASKS, PAUSES, PLANS, TASKS, chunks, no_sync
 from orch.store.db import refresh_planner_statistics
 from orch.store.events import event_row, log_events, log_task_events
-from orch.store.models import DependencyRow, PlanRow, TaskRow
+from orch.store.models import DependencyRow, MergeRequestRow, PlanRow, TaskRow
 from orch.store.plans import plan_dependencies, set_plan_status
+
+# A task waiting (merging) while a resolution task resolves its conflict: the resolution task works on its files
+# now, so it holds none (else each would wait for the other).
+_RESOLVING = exists().where(
+    MergeRequestRow.task_pk == TaskRow.pk,
+    MergeRequestRow.attempt == TaskRow.attempt,
+    MergeRequestRow.phase == MergePhase.CONFLICTED,
+)
+_HOLDS_FILES = and_(TaskRow.status.in_(HOLDING_FILES), or_(TaskRow.status != TaskStatus.MERGING, ~_RESOLVING))
 
 
 def task_views(session: Session, plan_id: str) -> list[TaskView]:
     dag = Dag.from_edges(plan_dependencies(session, plan_id))
     rows = session.execute(
         select(
-            TaskRow.pk, TaskRow.status, TaskRow.agent, TaskRow.priority, TaskRow.seq, TaskRow.not_before, TaskRow.files
+            TaskRow.pk,
+            TaskRow.status,
+            TaskRow.agent,
+            TaskRow.priority,
+            TaskRow.seq,
+            TaskRow.not_before,
+            TaskRow.files,
+            _RESOLVING.label("resolving"),
         ).where(TaskRow.plan_id == plan_id)
     )
-    return [
-        TaskView(pk, status, agent, priority, seq, tuple(dag.dependencies(pk)), not_before, tuple(files or ()))
-        for pk, status, agent, priority, seq, not_before, files in rows
-    ]
+    views = []
+    for pk, status, agent, priority, seq, not_before, files, resolving in rows:
+        held = () if resolving and status is TaskStatus.MERGING else tuple(files or ())
+        views.append(TaskView(pk, status, agent, priority, seq, tuple(dag.dependencies(pk)), not_before, held))
+    return views
 
 
 _VIEW_COLUMNS = (
@@ -104,7 +131,7 @@ def _views(rows: Iterable[Any]) -> list[TaskView]:
 
 def in_flight_files(session: Session, plan_id: str) -> list[list[str]]:
     """The `files` of the plan's queued and running tasks: the file leases they hold."""
-    rows = session.execute(select(TaskRow.files).where(TaskRow.plan_id == plan_id, TaskRow.status.in_(HOLDING_FILES)))
+    rows = session.execute(select(TaskRow.files).where(TaskRow.plan_id == plan_id, _HOLDS_FILES))
     return [list(files) for (files,) in rows if files]
 
 
@@ -144,7 +171,7 @@ def held_files(session: Session, workdir: str, other_than: str) -> list[list[str
     rows = session.execute(
         select(TaskRow.files)
         .join(PlanRow, PlanRow.id == TaskRow.plan_id)
-        .where(PlanRow.workdir == workdir, PlanRow.id != other_than, TaskRow.status.in_(HOLDING_FILES))
+        .where(PlanRow.workdir == workdir, PlanRow.id != other_than, _HOLDS_FILES)
     )
     return [list(files) for (files,) in rows if files]
 

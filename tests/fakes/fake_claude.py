@@ -18,7 +18,8 @@ demand. The prompt (on stdin, as orch gives it; or after -p) chooses the behavio
                      conflict in each listed file, markers removed, then succeeds (with FAKE-NO-RESOLVE in the
                      prompt it leaves them, and says it succeeded)
 
-A prompt holding "Conflicted files:" (orch's conflict-resolution task) is `resolve` whatever else it says.
+A prompt holding "Conflicted files:" (orch's conflict-resolution task) is `resolve` whatever else it says; one
+holding FAKE-SLOW waits 1.5 s first, whatever its mode.
 
 Every process it starts appends its pid (as its own pid namespace sees it) to $FAKE_CLAUDE_PIDS (when set), so a
 test can count them; tests find what is left by a marker in the environment (`fake_claude_wrapper`).
@@ -88,6 +89,8 @@ def main() -> None:  # noqa: C901 (one branch per mode, each a few lines)
     mode = prompt.split("FAKE:", 1)[1].split()[0] if "FAKE:" in prompt else "success"
     if "Conflicted files:" in prompt:
         mode = "resolve"
+    if "FAKE-SLOW" in prompt:
+        time.sleep(1.5)
     note_pid()
     init = {"type": "system", "subtype": "init", "model": "claude-sonnet-4-6", "cwd": os.getcwd(), "args": args}
     emit({**init, "prompt_from": source, "prompt_bytes": len(prompt.encode()), "prompt": prompt})

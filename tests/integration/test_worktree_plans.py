@@ -295,3 +295,25 @@ def test_a_base_pushed_to_during_the_plan_is_named_and_never_forced(worker: None
 def _landed(integration_pk: int) -> bool:
     with read_session() as session:
         return merges.landed_state(session, integration_pk) is not None
+
+
+def test_the_resolution_of_a_task_that_declared_its_files_is_not_held_by_them(
+    worker: None, checkout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task whose merge conflicts keeps waiting (merging) and would hold its `files`, which its resolution task
+    is given: the resolution task must run all the same."""
+    from orch.settings import get_settings
+
+    monkeypatch.setenv("ORCH_CLAUDE_BIN", str(fake_claude_wrapper(tmp_path / "bin" / "claude")))
+    get_settings.cache_clear()
+    edit = "FAKE:write\nFAKE-WRITE:shared.txt=line 1\\n{}\\nline 3\\n"
+    tasks: list[dict[str, Any]] = [
+        {"id": "fast", "title": "fast", "description": edit.format("fast"), "executor": "claude-code"},
+        {"id": "slow", "title": "slow FAKE-SLOW", "description": edit.format("slow"), "executor": "claude-code",
+         "files": ["shared.txt"]},  # merges second: its merge conflicts, and it declared the file
+    ]  # fmt: skip
+    plan_id = submit(tasks, checkout, tmp_path)
+    drive_until_final(plan_id, 90)
+
+    status = task_status(plan_id)
+    assert set(status.values()) == {"succeeded"} and any(key.startswith("slow.resolve-") for key in status), status
