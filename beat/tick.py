@@ -85,7 +85,7 @@ def _mergers_to_send(session: Session, now: datetime, plan_ids: list[str] | None
     """Integrations with queued merge requests and no merger holding their lock (its message lost, or it died and
     its lock expired): a merger for each, at most every MERGER_RESEND_SECONDS."""
     clock = time.monotonic()
-    waiting = merges.integrations_waiting(session, now, plan_ids)
+    waiting = merges.integrations_waiting(session, now, plan_ids) + merges.integrations_to_land(session, plan_ids)
     due = [pk for pk in waiting if clock - _merger_sent.get(pk, -MERGER_RESEND_SECONDS) >= MERGER_RESEND_SECONDS]
     for pk in due:
         _merger_sent[pk] = clock

@@ -23,6 +23,7 @@ class FailureClass(StrEnum):
     WORKER_LOST = "worker_lost"  # the lease expired: the worker died, froze or lost the store
     WORKTREE_ERROR = "worktree_error"  # git could not fetch the repository or make the attempt's worktree
     GATE_FAILED = "gate_failed"  # a plan's gate failed on the attempt's work merged into the integration branch
+    MERGE_ERROR = "merge_error"  # git could not merge its work (unrelated histories…), or not in the tries allowed
     WORKTREE_QUOTA = "worktree_quota"  # its worker's worktrees reached ORCH_WORKTREE_MAX_GB: held, not counted
     # not the task's doing: re-queued at once, no retries spent
     INTERRUPTED = "interrupted"  # the worker shut down (SIGTERM) or the plan ran out of budget

@@ -152,6 +152,7 @@ class MergeRequest:
     enqueued_at: datetime
     priority: int = 0
     after: tuple[int, ...] = ()  # task pks it depends on (directly)
+    tries: int = 0  # merges begun before this one
     resolves: int | None = None  # the merge request whose conflict this one's task resolved
 
 

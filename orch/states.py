@@ -82,6 +82,7 @@ class MergePhase(StrEnum):
     MERGED = "merged"
     CONFLICTED = "conflicted"  # its work conflicts with the integration branch (resolved by a task, or failed)
     GATE_FAILED = "gate_failed"
+    FAILED = "failed"  # git cannot merge it (unrelated histories…), or it could not be merged in MAX_MERGE_TRIES
     CANCELLED = "cancelled"  # its task was cancelled, skipped or retried before it merged
 
 

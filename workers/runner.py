@@ -175,6 +175,14 @@ def _run_in(ctx: AttemptContext, claim: Claim, tree: worktree.AttemptWorktree) -
             return replace(result, succeeded=False, failure_class=FailureClass.LEASE_LOST, error=LEASE_GONE)
         if not result.succeeded:
             return replace(result, head_commit=head)
+        if head != tree.base_commit and not tree.cache.is_ancestor(tree.base_commit, head):
+            return AttemptResult(
+                False,
+                failure_class=FailureClass.AGENT_ERROR,
+                error=f"its work ({head[:12]}) does not descend from {tree.base_commit[:12]}, where its worktree "
+                "started: it rewrote or replaced the branch's history",
+                head_commit=head,
+            )
         changed = tuple(tree.cache.changed_paths(tree.base_commit, head)) if head != tree.base_commit else ()
         result = replace(result, files_changed=changed, head_commit=head)
         result = check_scope(result, ctx.task.files, ctx.task.scope, known_before=True)

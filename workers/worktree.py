@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -114,6 +115,7 @@ def conclude(
 ) -> str:
     """Commit what the agent left (a resolution task's as the merge of the conflicting commit), push the attempt's
     branch and its archive ref to the remote; returns the branch's head. The caller checks the lease first."""
+    _head_on_own_branch(worktree)
     return keep_work(
         worktree.cache,
         worktree.path,
@@ -128,15 +130,36 @@ def conclude(
     )
 
 
+def _head_on_own_branch(worktree: AttemptWorktree) -> None:
+    """The worktree's HEAD (agent-writable) names the attempt's own branch again before orch commits: orch moves that
+    branch and no other, whatever ref the agent pointed HEAD at (another attempt's branch, one not made yet). What
+    the files hold is committed all the same."""
+    head_file = worktree.admin_dir / "HEAD"
+    wanted = f"ref: refs/heads/{worktree.branch}\n"
+    try:
+        if head_file.read_text() == wanted:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    log.warning("the agent moved its worktree's HEAD: set back to its own branch", branch=worktree.branch)
+    head_file.unlink(missing_ok=True)  # a link or anything else it left there goes, not what it points to
+    head_file.write_text(wanted)
+
+
 def markers_left(worktree: AttemptWorktree) -> list[str]:
     """A resolution task's conflicted files that still hold conflict markers (read without following links)."""
     left = []
+    top = os.path.realpath(worktree.path)
     for relative in worktree.conflicts:
         path = worktree.path / relative
-        if path.is_symlink() or not path.is_file():
+        if os.path.realpath(path.parent) != os.path.join(top, os.path.dirname(relative)).rstrip("/"):
+            continue  # a folder on its way is a link: never read outside the worktree
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
             continue
-        with path.open("rb") as file:
-            if any(line.startswith(CONFLICT_MARKERS) for line in file):
+        with os.fdopen(fd, "rb") as file:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and any(line.startswith(CONFLICT_MARKERS) for line in file):
                 left.append(relative)
     return left
 

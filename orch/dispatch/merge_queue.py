@@ -25,6 +25,7 @@ from orch.decisions.file_leases import covers
 from orch.decisions.merge_order import next_merge
 from orch.decisions.retry import Backoff, decide_outcome
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
+from orch.errors import OrchError
 from orch.executors import PROMPTED
 from orch.failures import FailureClass
 from orch.intake.agents import AgentRegistry
@@ -53,6 +54,11 @@ MAX_GATE_OUTPUT = 4_000
 GateRunner = Callable[[str, Path, float, Path], tuple[bool, str]]
 
 
+class GateUnavailable(OrchError):
+    """A gate could not be run on this host (its sandbox, its folder): no verdict on the work, which waits for a
+    later merger rather than spend its task's retries."""
+
+
 @dataclass(frozen=True)
 class Merged:
     commit: str
@@ -71,11 +77,17 @@ class GateFailed:
 
 
 @dataclass(frozen=True)
+class Unmergeable:
+    why: str  # git cannot merge this work (unrelated histories, a tree it refuses, tries exhausted): a failure of it
+
+
+@dataclass(frozen=True)
 class Blocked:
     why: str  # it cannot merge now (the remote unreachable, races lost): it waits for a later merger
 
 
-MergeResult = Merged | Conflicted | GateFailed | Blocked
+MergeResult = Merged | Conflicted | GateFailed | Unmergeable | Blocked
+MAX_MERGE_TRIES = 10  # merges begun (blocked, or their merger lost) before a request is turned down
 
 
 # --- sending a merger ------------------------------------------------------------------------------------
@@ -97,10 +109,12 @@ def integration_head(cache: RepositoryCache, integration: Integration) -> str:
     head = cache.fetch(integration.branch).get(integration.branch)
     if head is not None:
         return head
-    cache.fetch_commit(integration.base_commit)
-    made = cache.push(integration.base_commit, integration.branch, expected=None)
+    # Made at the head the store last recorded (the base commit at first): a branch deleted mid-plan comes back
+    # with the work merged so far, never silently without it.
+    cache.fetch_commit(integration.head)
+    made = cache.push(integration.head, integration.branch, expected=None)
     if made.pushed:
-        return integration.base_commit
+        return integration.head
     head = cache.fetch(integration.branch).get(integration.branch)
     if head is None:
         raise GitFailed(f"cannot make branch {integration.branch} in {display_url(integration.url)}: {made.reason}")
@@ -155,6 +169,11 @@ def _work(
             result = merge_request(integration, request, settings, run_gate)
         except GitFailed as exc:
             result = Blocked(str(exc))
+        except Exception as exc:  # a bug, the disk: the request waits (its tries are counted), the queue goes on
+            log.exception("merge failed", request=request.pk)
+            result = Blocked(f"{type(exc).__name__}: {exc}")
+        if isinstance(result, Blocked) and request.tries + 1 >= MAX_MERGE_TRIES:
+            result = Unmergeable(f"not merged in {MAX_MERGE_TRIES} tries; the last: {result.why}")
         dispatches = _record(store, integration, lease, request, result, registry, settings)
         if dispatches is None:
             return done, None  # the lock is no longer ours: its holder goes on
@@ -192,7 +211,10 @@ def merge_request(
         cache.fetch_commit(request.head_commit)
         if cache.is_ancestor(request.head_commit, current):
             return Merged(current)  # merged before, by a merger that died before recording it
-        candidate = _candidate(cache, integration, request, current, settings, run_gate)
+        try:
+            candidate = _candidate(cache, integration, request, current, settings, run_gate)
+        except GitFailed as exc:  # merge-tree, commit-tree in the cache: this work, not the remote
+            return Unmergeable(str(exc))
         if not isinstance(candidate, str):
             return candidate
         failed = _run_gates(cache, integration, request, candidate, settings, run_gate)
@@ -318,7 +340,7 @@ def _record(
                 return None
             return dispatch_after_result(session, integration.plan_id, recorded, registry, now)
         if isinstance(result, Blocked):
-            merges.requeue(session, request.pk, result.why)
+            merges.requeue(session, integration.pk, lease, request.pk, result.why)
             return []
         task = session.get(TaskRow, request.task_pk)
         if task is None:
@@ -338,16 +360,19 @@ def _turn_down(
     integration: Integration,
     lease: str,
     request: MergeRequest,
-    result: Conflicted | GateFailed,
+    result: Conflicted | GateFailed | Unmergeable,
     task: TaskRow,
     registry: AgentRegistry,
     settings: Settings,
     now: datetime,
 ) -> list[Dispatch] | None:
+    conflicts: tuple[str, ...] = ()
     if isinstance(result, GateFailed):
         failure, phase = FailureClass.GATE_FAILED, MergePhase.GATE_FAILED
         detail = f"gate `{result.gate}` failed on the merged result: {result.output[-1000:]}"
-        conflicts: tuple[str, ...] = ()
+    elif isinstance(result, Unmergeable):
+        failure, phase = FailureClass.MERGE_ERROR, MergePhase.FAILED
+        detail = f"its work cannot be merged into {integration.branch}: {result.why[:1000]}"
     else:
         failure, phase, conflicts = FailureClass.MERGE_CONFLICT, MergePhase.CONFLICTED, result.conflicts
         detail = f"merge conflict with {integration.branch} in {', '.join(conflicts[:20])}"

@@ -210,6 +210,11 @@ def masked_url(url: str) -> str:
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*):[^/]*@", r"\1:***@", url)  # to the last @, as urlsplit
 
 
+def _without_user(url: str) -> str:
+    """`url` with whatever stands before its host's `@` masked (a user, a token)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/]*@", r"\1***@", url)
+
+
 def url_kind(url: str) -> UrlKind:
     """How git reads `url`: "url" (scheme://), "scp" (user@host:path, ssh) or "path" (a local folder). Raises
     ValueError naming the URL for one orch refuses; a local path's folder is checked elsewhere."""
@@ -251,6 +256,11 @@ def _check_scheme_url(url: str, scheme: str, shown: str) -> None:
         raise ValueError(
             f"{shown} holds a password, which the store and git's command lines would keep; give it to the workers "
             "in ORCH_GIT_CREDENTIALS instead"
+        )
+    if parts.username is not None and scheme in ("http", "https"):
+        raise ValueError(
+            f"{quoted(_without_user(url))} holds a user name, which for https is often a token the store and git's "
+            "command lines would keep; give user and token to the workers in ORCH_GIT_CREDENTIALS instead"
         )
     if scheme == "file":
         if not parts.path.strip("/"):

@@ -567,6 +567,8 @@ def _unfit_for_a_branch(task_id: str) -> str | None:
     """Why an id (already of ID_PATTERN's characters) cannot be a component of a git ref and a folder name."""
     if ".." in task_id:
         return "contains '..'"
+    if ".resolve-" in task_id:
+        return "contains '.resolve-', which orch keeps for its conflict-resolution tasks"
     if task_id.startswith("."):
         return "starts with '.'"
     if task_id.endswith((".lock", ".")):

@@ -16,14 +16,15 @@ from sqlalchemy.orm import Session
 from orch.decisions.retry import Outcome
 from orch.intake.plan import Repository
 from orch.records import Claim, Integration, MergeRequest, Recorded
-from orch.states import DOOMING, MERGE_OPEN, AttemptStatus, MergePhase, TaskStatus
+from orch.states import MERGE_OPEN, TERMINAL, AttemptStatus, MergePhase, PlanStatus, TaskStatus
 from orch.store._sql import rowcount
 from orch.store.attempts import dependency_met
 from orch.store.events import log_event
-from orch.store.models import AttemptRow, DependencyRow, IntegrationRow, MergeRequestRow, TaskRow
+from orch.store.models import AttemptRow, DependencyRow, IntegrationRow, MergeRequestRow, PlanRow, TaskRow
 
 INTEGRATION_PREFIX = "orch/"
 MAX_CONFLICT_TEXT = 8_000  # of the conflict's details in a resolution task's prompt
+RESOLVE_SUFFIX = ".resolve-"  # a conflict-resolution task's id: <task>.resolve-<request>; plans may not use it
 
 
 def integration_branch(plan_id: str) -> str:
@@ -139,6 +140,7 @@ def waiting_requests(session: Session, integration_pk: int) -> list[MergeRequest
             priority=priority,
             after=tuple(after[request.task_pk]),
             resolves=resolves,
+            tries=request.tries,
         )
         for request, key, priority, resolves in rows
     ]
@@ -171,7 +173,30 @@ def merge_queue_of(session: Session, integration_pk: int) -> str:
         .order_by(MergeRequestRow.enqueued_at, MergeRequestRow.pk)
         .limit(1)
     ).first()
-    return queue or "celery"
+    if queue is not None:
+        return queue
+    integration = session.get(IntegrationRow, integration_pk)  # nothing open: the queue of one of its tasks
+    fallback = None
+    if integration is not None:
+        fallback = session.scalars(
+            select(TaskRow.queue)
+            .where(TaskRow.plan_id == integration.plan_id, TaskRow.repository == integration.repository)
+            .limit(1)
+        ).first()
+    return fallback or "celery"
+
+
+def integrations_to_land(session: Session, plan_ids: Sequence[str] | None = None) -> list[int]:
+    """Integrations of succeeded plans not landed yet: the plan's last task did not go through the merge queue (a
+    `merge: false` review, a shared task, a skip), or the merger that finished it died before landing."""
+    query = (
+        select(IntegrationRow.pk)
+        .join(PlanRow, PlanRow.id == IntegrationRow.plan_id)
+        .where(PlanRow.status == PlanStatus.SUCCEEDED, IntegrationRow.landed.is_(None))
+    )
+    if plan_ids is not None:
+        query = query.where(IntegrationRow.plan_id.in_(plan_ids))
+    return list(session.scalars(query))
 
 
 # --- a worktree attempt ----------------------------------------------------------------------------------
@@ -272,8 +297,14 @@ def release_merge_lock(session: Session, integration_pk: int, lease: str) -> Non
 
 
 def _holds_lock(session: Session, integration_pk: int, lease: str) -> bool:
-    held = session.scalar(select(IntegrationRow.lease).where(IntegrationRow.pk == integration_pk))
-    return held == lease
+    """Whether the merge lock is ours, checked by a no-op update of its row: the row stays locked for the rest of
+    the transaction, so a merger whose lease just expired cannot record past the one that took the lock over."""
+    done = session.execute(
+        update(IntegrationRow)
+        .where(IntegrationRow.pk == integration_pk, IntegrationRow.lease == lease)
+        .values(lease=IntegrationRow.lease)
+    )
+    return bool(rowcount(done))
 
 
 # --- a merge's steps -------------------------------------------------------------------------------------
@@ -299,8 +330,10 @@ def begin_merge(
     return "begun"
 
 
-def requeue(session: Session, request_pk: int, why: str) -> None:
+def requeue(session: Session, integration_pk: int, lease: str, request_pk: int, why: str) -> None:
     """A merge that could not be done now (the remote unreachable, races lost) waits for a later merger."""
+    if not _holds_lock(session, integration_pk, lease):
+        return
     session.execute(
         update(MergeRequestRow)
         .where(MergeRequestRow.pk == request_pk, MergeRequestRow.phase == MergePhase.MERGING)
@@ -379,6 +412,9 @@ def _resolution_merged(session: Session, request: MergeRequest, merged_commit: s
         original = session.get(MergeRequestRow, resolves)
         if original is None:
             break
+        waiting = session.get(TaskRow, original.task_pk)
+        if waiting is None or waiting.status is not TaskStatus.MERGING or waiting.attempt != original.attempt:
+            break  # it no longer waits for this work (cancelled, skipped, retried, settled as failed)
         session.execute(
             update(MergeRequestRow)
             .where(MergeRequestRow.pk == original.pk, MergeRequestRow.phase == MergePhase.CONFLICTED)
@@ -468,7 +504,7 @@ def add_resolution_task(
     task = session.get(TaskRow, request.task_pk)
     if task is None:
         return None
-    key = f"{task.key[:100]}.resolve-{request.pk}"
+    key = f"{task.key[:100].rstrip('.')}{RESOLVE_SUFFIX}{request.pk}"
     seq = int(session.scalar(select(func.max(TaskRow.seq)).where(TaskRow.plan_id == task.plan_id)) or 0) + 1
     resolver = TaskRow(
         plan_id=task.plan_id,
@@ -520,20 +556,20 @@ def resolution_prompt(key: str, title: str, request: MergeRequest, conflicts: Se
 
 
 def settle_abandoned_conflicts(session: Session, plan_id: str, now: datetime) -> int:
-    """Tasks waiting (merging) on a resolution task that failed or was cancelled: they fail with merge_conflict,
-    as `on_conflict: fail` would have. Returns how many."""
+    """Tasks waiting (merging) on a resolution task that ended without landing their work (it failed, was
+    cancelled, or was skipped): they fail with merge_conflict, as `on_conflict: fail` would have. How many."""
     rows = session.execute(
         select(MergeRequestRow.task_pk, MergeRequestRow.attempt, MergeRequestRow.detail, TaskRow.key)
         .join(TaskRow, TaskRow.pk == MergeRequestRow.resolved_by)
         .where(
             MergeRequestRow.plan_id == plan_id,
             MergeRequestRow.phase == MergePhase.CONFLICTED,
-            TaskRow.status.in_(sorted(DOOMING)),
+            TaskRow.status.in_(sorted(TERMINAL)),  # had it landed, the request would be merged, not conflicted
         )
     ).all()
     settled = 0
     for task_pk, attempt, detail, resolver in rows:
-        why = f"merge conflict not resolved: {resolver} did not succeed ({detail or 'conflict'})"
+        why = f"merge conflict not resolved: {resolver} did not land it ({detail or 'conflict'})"
         outcome = Outcome(TaskStatus.FAILED, AttemptStatus.FAILED, None, why)
         if _task_turned_down(session, task_pk, attempt, outcome, why, now):
             _fail_attempt(session, task_pk, attempt, "merge_conflict", why, now)

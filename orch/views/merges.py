@@ -26,6 +26,7 @@ PHASE_STYLE = {
     MergePhase.MERGED: "green",
     MergePhase.CONFLICTED: "bold red",
     MergePhase.GATE_FAILED: "bold red",
+    MergePhase.FAILED: "bold red",
     MergePhase.CANCELLED: "magenta",
 }
 

@@ -416,3 +416,26 @@ def test_a_local_remotes_own_hooks_do_not_run_when_orch_reaches_it(tmp_path: Pat
     assert not ran.exists(), ran.read_text()
     subprocess.run(["git", "-C", str(remote), "update-ref", "refs/heads/plain", main], check=True)
     assert ran.exists()  # the hooks do run for anyone else: it is orch's push that obeys none
+
+
+def test_a_credential_is_given_only_below_its_own_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orch.settings import get_settings
+
+    _AuthRecorder.seen.clear()
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRecorder) as server:
+        port = server.server_address[1]
+        credentials = tmp_path / "git-credentials"
+        credentials.write_text(f"http://bot:for-org-only@127.0.0.1:{port}/org\n")
+        credentials.chmod(0o600)
+        monkeypatch.setenv("ORCH_GIT_CREDENTIALS", str(credentials))
+        get_settings.cache_clear()
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            cache = RepositoryCache(tmp_path / "git", f"http://127.0.0.1:{port}/organisation/app.git").ensure()
+            with pytest.raises(GitFailed):
+                cache.remote_heads("main")
+        finally:
+            server.shutdown()
+            thread.join()
+    assert _AuthRecorder.seen == []  # /org does not cover /organisation

@@ -257,7 +257,7 @@ def test_a_resolution_that_leaves_markers_fails_and_so_does_the_task_it_resolved
         assert failed.error is not None and "conflict markers remain in shared.txt" in failed.error
         original = plans.task_by_key(session, plan_id, loser)
         assert (
-            original.error is not None and f"merge conflict not resolved: {resolver} did not succeed" in original.error
+            original.error is not None and f"merge conflict not resolved: {resolver} did not land it" in original.error
         )
         assert [a.failure_class for a in plans.task_attempts(session, original.pk)] == ["merge_conflict"]
     assert "<<<<<<<" not in git(checkout, "show", f"orch/{plan_id}:shared.txt")  # nothing of it landed

@@ -174,7 +174,7 @@ def test_a_bare_repository_and_a_linked_worktree_are_git_repositories(tmp_path: 
         "ssh://git@[::1]:2222/srv/project.git",
         "git@github.com:example/project.git",
         "file:///srv/git/project.git",
-        "https://token@github.com/example/project.git",
+        "https://git.example.com:8443/team/project.git",
     ],
 )
 def test_a_url_with_a_scheme_or_scp_like_is_only_syntax_checked(tmp_path: Path, url: str) -> None:
@@ -576,3 +576,16 @@ def test_a_repo_plans_name_must_begin_branch_names(tmp_path: Path) -> None:
     git_init(tmp_path / "project")
     path = write_plan(tmp_path, {**plan(task("a"), repo={"url": "project"}), "name": ".hidden"})
     assert "field 'name': '.hidden' starts with '.': it begins the plan's git branch names" in only_problem(path)
+
+
+def test_a_worktree_tasks_id_may_not_look_like_a_resolution_tasks(tmp_path: Path) -> None:
+    git_init(tmp_path / "project")
+    path = write_plan(tmp_path, plan(task("api.resolve-7"), repo={"url": "project"}))
+    assert "its id contains '.resolve-', which orch keeps for its conflict-resolution tasks" in only_problem(path)
+
+
+def test_an_https_url_with_a_user_is_refused_without_showing_it(tmp_path: Path) -> None:
+    path = write_plan(tmp_path, plan(task("a"), repo={"url": "https://ghp_s3cr3tT0ken@github.com/o/r.git"}))
+    problem = only_problem(path)
+    assert "'https://***@github.com/o/r.git' holds a user name" in problem and "ORCH_GIT_CREDENTIALS" in problem
+    assert "s3cr3t" not in problem

@@ -153,7 +153,7 @@ SPECS: tuple[MetricSpec, ...] = (
         "orch_merges",
         "counter",
         "Merge requests closed, by outcome: merged, conflicted (even if a resolution task later landed the work), "
-        "gate_failed, cancelled",
+        "gate_failed, failed (git could not merge it), cancelled",
         ("outcome",),
     ),
     MetricSpec(

@@ -33,11 +33,18 @@ _SCP_LIKE: Final = re.compile(r"^(?:[A-Za-z0-9._~%+-]+@)?(?:[A-Za-z0-9_][A-Za-z0
 _PASSWORD_ENV: Final = "ORCH_GIT_URL_PASSWORD"
 # The password of an https URL reaches git through this helper's environment, never through argv (which any
 # user of the host can read in /proc).
-_CREDENTIAL_HELPER: Final = f'!f() {{ test "$1" = get && printf "password=%s\\n" "${_PASSWORD_ENV}"; }}; f'
 _USER_ENV: Final = "ORCH_GIT_URL_USER"
-# A credential from ORCH_GIT_CREDENTIALS: its user and password, both through the environment.
+_HOST_ENV: Final = "ORCH_GIT_URL_HOST"
+# The helper answers only for the URL's own host (git names it `host=<host>[:<port>]` on the helper's stdin): not for
+# another a redirect led to. Username and password reach it through the environment, never argv.
+_ANSWER_FOR_HOST: Final = (
+    '!f() { test "$1" = get || exit 0; ok=; while IFS= read -r line && [ -n "$line" ]; do '
+    f'[ "$line" = "host=${_HOST_ENV}" ] && ok=1; done; [ -n "$ok" ] || exit 0; '
+)
+_CREDENTIAL_HELPER: Final = _ANSWER_FOR_HOST + f'printf "password=%s\\n" "${_PASSWORD_ENV}"; }}; f'
+# A credential from ORCH_GIT_CREDENTIALS: its user and password.
 _STORED_HELPER: Final = (
-    f'!f() {{ test "$1" = get && printf "username=%s\\npassword=%s\\n" "${_USER_ENV}" "${_PASSWORD_ENV}"; }}; f'
+    _ANSWER_FOR_HOST + f'printf "username=%s\\npassword=%s\\n" "${_USER_ENV}" "${_PASSWORD_ENV}"; }}; f'
 )
 MAX_CREDENTIALS_BYTES: Final = 1 << 20
 
@@ -145,13 +152,18 @@ def remote_access(url: str) -> RemoteAccess:
     if _transport(url) == "ssh":
         env["GIT_SSH_COMMAND"] = SSH_COMMAND  # the environment's value beats core.sshCommand (set to false)
     parts = urlsplit(url) if _SCHEME.match(url) else None
-    if parts is not None and parts.password is not None and _transport(url) in ("http", "https"):
+    web = parts is not None and _transport(url) in ("http", "https")
+    if web:
+        config.append(("http.followRedirects", "false"))  # a token never follows a redirect to another host
+    if parts is not None and parts.password is not None and web:
         env[_PASSWORD_ENV] = unquote(parts.password)
+        env[_HOST_ENV] = parts.netloc.rpartition("@")[2]
         config.append(("credential.helper", _CREDENTIAL_HELPER))
         return RemoteAccess(_without_password(parts), tuple(config), env)
-    stored = _stored_credential(parts) if parts is not None and _transport(url) in ("http", "https") else None
-    if stored is not None:
+    stored = _stored_credential(parts) if parts is not None and web else None
+    if stored is not None and parts is not None:
         env[_USER_ENV], env[_PASSWORD_ENV] = stored
+        env[_HOST_ENV] = parts.netloc.rpartition("@")[2]
         config.append(("credential.helper", _STORED_HELPER))
     return RemoteAccess(url, tuple(config), env, local=_transport(url) == "file")
 
@@ -169,11 +181,17 @@ def _stored_credential(parts: SplitResult) -> tuple[str, str] | None:
         stored = urlsplit(line)
         if (
             (stored.scheme, stored.hostname, stored.port) == (parts.scheme, parts.hostname, parts.port)
-            and parts.path.startswith(stored.path.rstrip("/"))
+            and _under(parts.path, stored.path)
             and stored.password is not None
         ):
             return unquote(stored.username or ""), unquote(stored.password)
     return None
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether URL path `path` is `prefix` or below it (`/org` covers `/org/app.git`, not `/organisation`)."""
+    prefix = prefix.rstrip("/")
+    return not prefix or path == prefix or path.startswith(prefix + "/")
 
 
 def _credential_lines(path: Path) -> list[str]:
