@@ -113,6 +113,7 @@ def run_in_worktree(ctx: AttemptContext, claim: Claim) -> AttemptResult:
     branch and archive ref."""
     started = time.monotonic()
     settings = ctx.settings
+    worktree.sweep_now_and_then(settings)
     over = worktree.over_quota(settings)
     if over is not None:
         return AttemptResult(

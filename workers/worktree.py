@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,23 @@ class AttemptWorktree:
 
 
 QUOTA_WAIT_SECONDS = 60.0  # a worktree attempt held by the disk quota is tried again after this long
+
+
+SWEEP_EVERY_SECONDS = 600.0  # a worker sweeps its host's finished worktrees at most this often, beside its start
+_last_sweep = time.monotonic()
+
+
+def sweep_now_and_then(settings: Settings) -> None:
+    """The worktrees a lost lease or a cancel left (their work not yet kept) are swept while the worker runs, not
+    only at its next start."""
+    global _last_sweep
+    if time.monotonic() - _last_sweep < SWEEP_EVERY_SECONDS:
+        return
+    _last_sweep = time.monotonic()
+    try:
+        sweep(settings)
+    except Exception as exc:  # a sweep that fails must not fail the attempt that ran it
+        log.warning("could not sweep old worktrees", error=str(exc)[:300])
 
 
 def over_quota(settings: Settings) -> str | None:

@@ -37,7 +37,7 @@ from orch.services.git.merging import commit_tree, merge_base, predict_merge, re
 from orch.services.git.remote import display_url
 from orch.services.git.worktrees import add_detached, remove_worktree
 from orch.settings import Settings
-from orch.states import DOOMING, MergePhase, PlanStatus
+from orch.states import DOOMING, MergePhase, PlanStatus, TaskStatus
 from orch.store import attempts, merges
 from orch.store.db import db_now, read_session, write_session
 from orch.store.models import PlanRow, TaskRow
@@ -82,11 +82,16 @@ class Unmergeable:
 
 
 @dataclass(frozen=True)
+class Withdrawn:
+    why: str  # its task stopped waiting for it (cancelled, skipped, retried) while it merged: nothing is pushed
+
+
+@dataclass(frozen=True)
 class Blocked:
     why: str  # it cannot merge now (the remote unreachable, races lost): it waits for a later merger
 
 
-MergeResult = Merged | Conflicted | GateFailed | Unmergeable | Blocked
+MergeResult = Merged | Conflicted | GateFailed | Unmergeable | Withdrawn | Blocked
 MAX_MERGE_TRIES = 10  # merges begun (blocked, or their merger lost) before a request is turned down
 
 
@@ -220,6 +225,9 @@ def merge_request(
         failed = _run_gates(cache, integration, request, candidate, settings, run_gate)
         if failed is not None:
             return failed
+        gone = _no_longer_waited_for(settings, request)
+        if gone is not None:  # checked last thing before the push: a cancel during its gates stops it landing
+            return Withdrawn(gone)
         if cache.push(candidate, integration.branch, expected=current).pushed:
             return Merged(candidate)
         log.info("lost the race to advance the integration branch; merging again", request=request.pk)
@@ -261,6 +269,17 @@ def _candidate(
         f"Orch-Merge-Request: {request.pk}\n"
     )
     return commit_tree(cache, tree, [current, head], message, settings.git_author)
+
+
+def _no_longer_waited_for(settings: Settings, request: MergeRequest) -> str | None:
+    """Why the request's task no longer waits for its merge, or None while it does."""
+    with read_session(settings.resolved_database_url) as session:
+        task = session.get(TaskRow, request.task_pk)
+        if task is None:
+            return "its task is gone"
+        if task.status is not TaskStatus.MERGING or task.attempt != request.attempt:
+            return f"its task no longer waits for it ({task.status} at attempt {task.attempt})"
+    return None
 
 
 def _is_lockfile(integration: Integration, path: str) -> bool:
@@ -341,6 +360,9 @@ def _record(
             return dispatch_after_result(session, integration.plan_id, recorded, registry, now)
         if isinstance(result, Blocked):
             merges.requeue(session, integration.pk, lease, request.pk, result.why)
+            return []
+        if isinstance(result, Withdrawn):
+            merges.withdraw(session, integration.pk, lease, request.pk, now, result.why)
             return []
         task = session.get(TaskRow, request.task_pk)
         if task is None:

@@ -24,7 +24,7 @@ from orch.services.git.command import GitFailed
 from orch.services.git.repository import StateNotKnown
 from orch.services.git.worktrees import commit_worktree, disk_usage, list_worktrees, remove_worktree
 from orch.settings import Settings
-from orch.states import AttemptStatus
+from orch.states import AttemptStatus, MergePhase
 from orch.store import merges
 from orch.store.db import read_session
 from orch.store.models import AttemptRow, TaskRow
@@ -135,7 +135,33 @@ def sweep(settings: Settings, *, include_unknown: bool = False) -> list[tuple[Ho
             done.append((tree, _sweep_one(settings, tree)))
         except (GitFailed, StateNotKnown, OSError) as exc:
             done.append((tree, f"kept: {exc}"))
+    sweep_merge_scratch(settings)
     return done
+
+
+def sweep_merge_scratch(settings: Settings) -> list[Path]:
+    """A merger's scratch worktrees (`.merges/<plan>-<request>-<what>`) whose request no merger is merging now: a
+    merger killed mid-gate or mid-relock left them. Returns those removed."""
+    scratch = settings.resolved_worktree_root / ".merges"
+    removed = []
+    for folder in _subfolders(scratch):
+        parts = folder.name.rsplit("-", 2)  # <plan id>-<request>-<gates|relock>
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        plan_id, request_pk = parts[0], parts[1]
+        with read_session(settings.resolved_database_url) as session:
+            request = merges.get_request(session, int(request_pk))
+            integration = merges.get_integration(session, request.integration_pk) if request else None
+        if request is None or integration is None or integration.plan_id != plan_id:
+            continue  # not ours to judge
+        if request.phase == MergePhase.MERGING:
+            continue  # a merger may be in it now
+        try:
+            remove_worktree(RepositoryCache(settings.git_cache_dir, integration.url).ensure(), folder)
+        except (GitFailed, OSError):
+            shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _sweep_one(settings: Settings, tree: HostWorktree) -> str:

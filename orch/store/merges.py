@@ -341,6 +341,12 @@ def requeue(session: Session, integration_pk: int, lease: str, request_pk: int, 
     )
 
 
+def withdraw(session: Session, integration_pk: int, lease: str, request_pk: int, now: datetime, why: str) -> None:
+    """A request whose task stopped waiting for it while it merged: cancelled, nothing of it pushed."""
+    if _holds_lock(session, integration_pk, lease):
+        _close(session, request_pk, MergePhase.CANCELLED, now, why)
+
+
 def landed_state(session: Session, integration_pk: int) -> str | None:
     return session.scalar(select(IntegrationRow.landed).where(IntegrationRow.pk == integration_pk))
 

@@ -156,3 +156,22 @@ def test_a_disk_that_fills_while_a_worktree_is_made_fails_the_attempt_naming_it(
         assert not any(path.name == "1" for path in small.rglob("*")), "a half-made worktree is left"
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_dead_mergers_scratch_worktree_is_swept_once_its_request_is_closed(worker: None, tmp_path: Path) -> None:
+    from orch.dispatch.worktrees import sweep_merge_scratch
+    from orch.services.git.cache import RepositoryCache
+    from orch.services.git.worktrees import add_detached, list_worktrees
+    from orch.settings import get_settings
+
+    origin = seeded(tmp_path, "scratch", {"a.txt": "a\n"})
+    plan_id = submit([{"id": "t", "title": "t", "command": "echo t > t.txt"}], origin, tmp_path)
+    drive_until_final(plan_id, 60)
+    with read_session() as session:
+        ((request, _key),) = merges.plan_requests(session, plan_id)
+    settings = get_settings()
+    cache = RepositoryCache(settings.git_cache_dir, str(origin)).ensure()
+    left = settings.resolved_worktree_root / ".merges" / f"{plan_id}-{request.pk}-gates"  # as a killed merger leaves
+    add_detached(cache, left, request.merged_commit or "")
+    assert sweep_merge_scratch(settings) == [left]
+    assert not left.exists() and all(info.path != left for info in list_worktrees(cache))
