@@ -124,7 +124,13 @@ def test_merges_by_outcome_waits_and_the_open_queue(store_url: str, tmp_path: Pa
     )  # folded + live == everything read at once
     assert exporter.merge_ledger.held == {resolution, resolution + 1, resolution + 2}  # the open ones
     outcomes = by(first, "orch_merges_total", "outcome")
-    assert outcomes == {("merged",): 1.0, ("conflicted",): 2.0, ("gate_failed",): 1.0, ("cancelled",): 1.0}
+    assert outcomes == {
+        ("merged",): 1.0,
+        ("conflicted",): 2.0,
+        ("gate_failed",): 1.0,
+        ("failed",): 0.0,
+        ("cancelled",): 1.0,
+    }
     assert value(first, "orch_merge_conflicts_resolved_total") == 0.0
     # queue waits: of the closed requests a merger began (a, b, c, e): 2 + 9 + 28 + 1 s
     assert value(first, "orch_merge_queue_wait_seconds_count") == 4.0
@@ -145,7 +151,13 @@ def test_merges_by_outcome_waits_and_the_open_queue(store_url: str, tmp_path: Pa
     second = store_figures(scrape(exporter))
     assert second == store_figures(scrape(collector(tmp_path)))
     outcomes = by(second, "orch_merges_total", "outcome")
-    assert outcomes == {("merged",): 2.0, ("conflicted",): 2.0, ("gate_failed",): 1.0, ("cancelled",): 1.0}
+    assert outcomes == {
+        ("merged",): 2.0,
+        ("conflicted",): 2.0,
+        ("gate_failed",): 1.0,
+        ("failed",): 0.0,
+        ("cancelled",): 1.0,
+    }
     assert value(second, "orch_merge_conflicts_resolved_total") == 1.0
     assert value(second, "orch_merge_queue_wait_seconds_count") == 5.0
     assert value(second, "orch_merge_requests_open", plan=plan_id, phase="queued") == 1.0
