@@ -396,17 +396,16 @@ def _task_merged(session: Session, task_pk: int, attempt: int | None, merged_com
     ).first()
     if done is None:
         return 0
-    log_event(
-        session,
-        now,
-        done.plan_id,
-        task_pk=task_pk,
-        attempt=attempt,
-        old=TaskStatus.MERGING,
-        new=TaskStatus.SUCCEEDED,
-        detail=f"merged as {merged_commit[:12]}",
+    _log_merge_end(
+        session, now, done.plan_id, task_pk, attempt, TaskStatus.SUCCEEDED, f"merged as {merged_commit[:12]}"
     )
     return dependency_met(session, task_pk)
+
+
+def _log_merge_end(
+    session: Session, now: datetime, plan_id: str, task_pk: int, attempt: int | None, new: TaskStatus, detail: str
+) -> None:
+    log_event(session, now, plan_id, task_pk=task_pk, attempt=attempt, old=TaskStatus.MERGING, new=new, detail=detail)
 
 
 def _resolution_merged(session: Session, request: MergeRequest, merged_commit: str, now: datetime) -> int:
@@ -480,16 +479,7 @@ def _task_turned_down(
     ).first()
     if done is None:
         return False
-    log_event(
-        session,
-        now,
-        done.plan_id,
-        task_pk=task_pk,
-        attempt=attempt,
-        old=TaskStatus.MERGING,
-        new=outcome.task_status,
-        detail=outcome.detail or detail,
-    )
+    _log_merge_end(session, now, done.plan_id, task_pk, attempt, outcome.task_status, outcome.detail or detail)
     return True
 
 

@@ -19,24 +19,8 @@ from orch.intake.targets import parse_targets
 from orch.store import merges, plans
 from orch.store.db import read_session, write_session
 from tests.helpers import drive_until_final, fake_claude_wrapper, registry, wait_for
-from tests.integration.test_worktree_plans import git, submit, task_status
+from tests.integration.test_worktree_plans import git, seeded, submit, task_status
 from tests.integration.test_worktree_plans import worker as worker  # the fixture, by its name
-
-
-def seeded(tmp_path: Path, name: str, files: dict[str, str]) -> Path:
-    """A bare repository `name`.git whose main holds `files`."""
-    seed = tmp_path / f"{name}-seed"
-    seed.mkdir()
-    git(seed, "init", "-q", "-b", "main")
-    for path, text in files.items():
-        (seed / path).parent.mkdir(parents=True, exist_ok=True)
-        (seed / path).write_text(text)
-    git(seed, "add", ".")
-    git(seed, "commit", "-q", "-m", "seed")
-    origin = tmp_path / f"{name}.git"
-    git(tmp_path, "clone", "-q", "--bare", str(seed), str(origin))
-    return origin
-
 
 REGENERATE = "cat reqs/*.txt | sort > deps.lock"
 

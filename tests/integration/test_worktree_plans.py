@@ -33,6 +33,21 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+def seeded(tmp_path: Path, name: str, files: dict[str, str]) -> Path:
+    """A bare repository `name`.git whose main holds `files` (pushed from its clone `name`-seed)."""
+    seed = tmp_path / f"{name}-seed"
+    seed.mkdir()
+    git(seed, "init", "-q", "-b", "main")
+    for path, text in files.items():
+        (seed / path).parent.mkdir(parents=True, exist_ok=True)
+        (seed / path).write_text(text)
+    git(seed, "add", ".")
+    git(seed, "commit", "-q", "-m", "seed")
+    origin = tmp_path / f"{name}.git"
+    git(tmp_path, "clone", "-q", "--bare", str(seed), str(origin))
+    return origin
+
+
 def snapshot(checkout: Path) -> dict[str, str]:
     """Every file of the checkout (its .git/index too) by content hash, but git's refs, objects and logs: what a
     user sees as their work tree and staging area."""
@@ -179,14 +194,7 @@ def test_a_failing_gate_turns_the_merge_down_and_the_task_is_retried_then_fails(
 
 
 def test_land_base_fast_forwards_a_bare_remotes_base(worker: None, tmp_path: Path) -> None:
-    origin = tmp_path / "origin.git"
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    git(seed, "init", "-q", "-b", "main")
-    (seed / "f.txt").write_text("f\n")
-    git(seed, "add", ".")
-    git(seed, "commit", "-q", "-m", "seed")
-    git(tmp_path, "clone", "-q", "--bare", str(seed), str(origin))
+    origin = seeded(tmp_path, "origin", {"f.txt": "f\n"})
     plan_id = submit([{"id": "t", "title": "t", "command": "echo t > t.txt"}], origin, tmp_path, land="base")
     drive_until_final(plan_id, 60)
     from rich.console import Console
@@ -264,14 +272,8 @@ def test_a_resolution_that_leaves_markers_fails_and_so_does_the_task_it_resolved
 
 
 def test_a_base_pushed_to_during_the_plan_is_named_and_never_forced(worker: None, tmp_path: Path) -> None:
-    origin = tmp_path / "origin.git"
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    git(seed, "init", "-q", "-b", "main")
-    (seed / "f.txt").write_text("f\n")
-    git(seed, "add", ".")
-    git(seed, "commit", "-q", "-m", "seed")
-    git(tmp_path, "clone", "-q", "--bare", str(seed), str(origin))
+    origin = seeded(tmp_path, "origin", {"f.txt": "f\n"})
+    seed = tmp_path / "origin-seed"
     plan_id = submit([{"id": "t", "title": "t", "command": "echo t > t.txt"}], origin, tmp_path, land="base")
     # someone else pushes to main after the plan started from it
     (seed / "g.txt").write_text("g\n")
