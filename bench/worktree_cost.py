@@ -57,24 +57,24 @@ class GitCalls:
 
 @contextmanager
 def git_timed() -> Iterator[GitCalls]:
-    """Time every git process this process runs (orch runs git through `subprocess.run` only)."""
-    log = GitCalls()
-    original = subprocess.run
+    """Time every git process this process runs (orch runs git through `command.run_bounded` only)."""
+    from orch.services.git import command
 
-    def timed(*args: Any, **kwargs: Any) -> Any:
+    log = GitCalls()
+    original = command.run_bounded
+
+    def timed(argv: list[str], *args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
         try:
-            return original(*args, **kwargs)
+            return original(argv, *args, **kwargs)
         finally:
-            argv = args[0] if args else kwargs.get("args")
-            if isinstance(argv, list | tuple) and argv and os.path.basename(str(argv[0])) == "git":
-                log.calls.append((git_subcommand([str(a) for a in argv]), 1000 * (time.perf_counter() - began)))
+            log.calls.append((git_subcommand([str(a) for a in argv]), 1000 * (time.perf_counter() - began)))
 
-    subprocess.run = timed
+    command.run_bounded = timed
     try:
         yield log
     finally:
-        subprocess.run = original
+        command.run_bounded = original
 
 
 def git_subcommand(argv: Sequence[str]) -> str:
@@ -257,7 +257,7 @@ class Bench:
         from orch.dispatch.merge_queue import Merged, merge_request
 
         request = MergeRequest(number, number, key, 1, "merging", base, head, datetime.now(UTC))
-        result = merge_request(self.integration, request, self.settings, no_gates)
+        result = merge_request(self.integration, request, self.settings, no_gates, lambda _s, _r: None)  # no store
         if not isinstance(result, Merged):
             raise BenchError(f"task {key}: its merge ended {result}")
         return result.commit

@@ -207,9 +207,16 @@ def _take_next(store: str, integration_pk: int, lease: str) -> tuple[Integration
 
 
 def merge_request(
-    integration: Integration, request: MergeRequest, settings: Settings, run_gate: GateRunner
+    integration: Integration,
+    request: MergeRequest,
+    settings: Settings,
+    run_gate: GateRunner,
+    waited_for: Callable[[Settings, MergeRequest], str | None] | None = None,
 ) -> MergeResult:
-    """Merge one request's work onto the integration branch on the remote (gates passed), or say why not."""
+    """Merge one request's work onto the integration branch on the remote (gates passed), or say why not.
+    `waited_for`: why the request's task no longer waits for it (None: it does), asked just before the push; by
+    default, of the store."""
+    still_wanted = waited_for or _no_longer_waited_for
     cache = RepositoryCache(settings.git_cache_dir, integration.url).ensure()
     for _ in range(MAX_PUSH_RACES):
         current = integration_head(cache, integration)
@@ -225,7 +232,7 @@ def merge_request(
         failed = _run_gates(cache, integration, request, candidate, settings, run_gate)
         if failed is not None:
             return failed
-        gone = _no_longer_waited_for(settings, request)
+        gone = still_wanted(settings, request)
         if gone is not None:  # checked last thing before the push: a cancel during its gates stops it landing
             return Withdrawn(gone)
         if cache.push(candidate, integration.branch, expected=current).pushed:

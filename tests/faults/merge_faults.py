@@ -6,6 +6,7 @@ merge request's merge commit are reachable from the integration branch (more tha
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -177,28 +178,39 @@ def is_merge_commit(origin: Path, commit: str) -> bool:
 # --- pausing a merger at its push ------------------------------------------------------------------------
 
 
-POST_RECEIVE = """#!/bin/sh
-# The remote's own hook (git runs a bare remote's hooks on push; orch passes none of its own). It pauses the pusher
-# right after the integration branch moved to a merge commit (the ref is updated before post-receive runs): the
-# merger is then stopped between its push and the store's record of it.
-while read old new ref; do
-  case "$ref" in
-    refs/heads/orch/*)
-      if [ "$old" != {zero} ] && [ "$(git cat-file -p "$new" | grep -c '^parent ')" -ge 2 ]; then
-        echo "$new" > {pushed}
-        while [ ! -e {release} ]; do sleep 0.05; done
-      fi;;
-  esac
-done
+GIT_PAUSING = """#!/bin/sh
+# git on the merger's PATH (orch runs the first absolute git on PATH): the real git, then, after a push that moved
+# an integration branch (refs/heads/orch/...) to a merge commit, a pause — the merger is then stopped between its
+# push and the store's record of it. (A remote's own hooks no longer run for orch's pushes.)
+{git} "$@"
+code=$?
+if [ "$code" = 0 ]; then
+  for arg in "$@"; do
+    case "$arg" in
+      *:refs/heads/orch/*)
+        new="${{arg%%:*}}"
+        if [ "$({git} cat-file -p "$new" 2>/dev/null | grep -c '^parent ')" -ge 2 ]; then
+          echo "$new" > {pushed}
+          while [ ! -e {release} ]; do sleep 0.05; done
+        fi;;
+    esac
+  done
+fi
+exit $code
 """
 
 
-def pause_after_merge_push(origin: Path, pushed: Path, release: Path) -> None:
-    """Install the pausing post-receive hook in `origin`: it writes the new head to `pushed`, then waits for
-    `release` to exist."""
-    hook = origin / "hooks" / "post-receive"
-    hook.write_text(POST_RECEIVE.format(zero=ZERO, pushed=pushed, release=release))
-    hook.chmod(0o755)
+def pause_after_merge_push(folder: Path, pushed: Path, release: Path) -> dict[str, str]:
+    """A `git` that pauses after a merge commit's push to an integration branch: it writes the new head to
+    `pushed`, then waits for `release` to exist. Returns the environment (PATH) a worker runs it with."""
+    real = shutil.which("git")
+    assert real is not None
+    bin_dir = folder / "pausing-git"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / "git"
+    wrapper.write_text(GIT_PAUSING.format(git=real, pushed=pushed, release=release))
+    wrapper.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
 def push_from_elsewhere(origin: Path, clone: Path, branch: str, path: str, text: str) -> str:

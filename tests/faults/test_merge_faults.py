@@ -2,8 +2,9 @@
 
 12a  a merger (`celery -A orch worker`) SIGKILLed while a gate runs, with ORCH_MERGE_LEASE_SECONDS=3: its lock
      expires, the beat's tick sends a merger to a second worker, which redoes the merge — the work lands once;
-12b  a merger SIGKILLed after its push moved the integration branch and before the store recorded it (the remote's
-     own post-receive hook holds it there): the redo finds the work on the branch and records it, no new commit;
+12b  a merger SIGKILLed after its push moved the integration branch and before the store recorded it (a git on its
+     PATH holds it there, after the real git pushed): the redo finds the work on the branch and records it, with no
+     new commit;
 12c  two mergers on one integration at once: one holds the lock, the other returns;
 12d  two merges computed from the same head, bypassing the lock: the compare-and-swap push lets one apply, the
      other merges again on top;
@@ -215,10 +216,10 @@ def test_a_merger_sigkilled_after_its_push_is_recorded_by_the_redo_without_a_new
     record_figures: RecordFigures,
 ) -> None:
     pushed, release = fault_run.folder / "pushed", fault_run.folder / "release"
-    cluster = merge_cluster(make_cluster, postgres_url, fault_redis_url)
+    # No gate: the first request fast-forwards; the second is a merge commit, whose push the victim's git holds.
+    pausing = pause_after_merge_push(fault_run.folder, pushed, release)  # the rescuer merges nothing anew
+    cluster = merge_cluster(make_cluster, postgres_url, fault_redis_url, **pausing)
     origin = make_remote(fault_run.folder)
-    # No gate: the first request fast-forwards; the second is a merge commit, whose push the hook holds.
-    pause_after_merge_push(origin, pushed, release)
     plan_id = submit_repo_plan(TWO_TASKS, origin, fault_run.folder / "work", fault_run.config_dir)
     queue = fault_run.queue("general-purpose")
     victim = cluster.worker("victim", [queue], concurrency=2)
@@ -231,9 +232,9 @@ def test_a_merger_sigkilled_after_its_push_is_recorded_by_the_redo_without_a_new
             cluster.check_alive()
             return pushed.exists() and pushed.read_text().strip() != ""
 
-        wait_until(pushed_and_held, 40, "the merge commit's push to reach the remote's hook")
+        wait_until(pushed_and_held, 40, "the merge commit's push to be held after it moved the branch")
         merge_commit = pushed.read_text().strip()
-        assert git(origin, "rev-parse", branch) == merge_commit  # the ref moved before post-receive ran
+        assert git(origin, "rev-parse", branch) == merge_commit  # the ref moved: the push is done
         unrecorded = next(r for r in requests_of(plan_id).values() if r.phase == MergePhase.MERGING.value)
         commits_at_kill = commits_on(origin, branch)
         dead_lock = lock_holder(plan_id)

@@ -167,7 +167,7 @@ def run_git(
         full_env["GIT_WORK_TREE"] = str(work_tree)
     where = f"git {args[0] if args else ''} in {cwd}"
     try:
-        done = _run_bounded(git_argv(args, extra_config), cwd, full_env, stdin, timeout)
+        done = run_bounded(git_argv(args, extra_config), cwd, full_env, stdin, timeout)
     except subprocess.TimeoutExpired as exc:
         raise GitFailed(f"{where}: no answer within {timeout:.0f} s") from exc
     except OSError as exc:
@@ -183,7 +183,7 @@ def run_git(
     return done.stdout
 
 
-def _run_bounded(
+def run_bounded(
     argv: list[str], cwd: Path, env: Mapping[str, str], stdin: str | None, timeout: float
 ) -> subprocess.CompletedProcess[str]:
     """subprocess.run's capture, its time limit kept by a timer that kills git: a wait with a timeout polls (1 ms,
