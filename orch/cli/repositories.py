@@ -4,12 +4,16 @@ succeeded plan's work on its base branch, and the attempt worktrees on this host
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from orch.cli.common import handle_errors, now_utc, out
 from orch.errors import PlanInvalid
 from orch.settings import get_settings
+
+if TYPE_CHECKING:
+    from orch.dispatch.worktrees import HostWorktree
 
 
 @click.command()
@@ -82,6 +86,7 @@ def worktrees(prune: bool, as_json: bool) -> None:
     """List the attempt worktrees on this host (ORCH_WORKTREE_ROOT) with their size, age and attempt's state;
     --prune removes those whose attempts are over, after committing and pushing what they hold."""
     # lazy (start-up cost): the store and git
+    from rich.filesize import decimal
     from rich.table import Table
 
     from orch.dispatch.worktrees import host_worktrees, sweep
@@ -92,10 +97,7 @@ def worktrees(prune: bool, as_json: bool) -> None:
 
     settings = get_settings()
     cancel_dead_runs()  # the worktrees of an `orch run` that died here are over: its plan is cancelled first
-    if prune:
-        rows = [(tree, what) for tree, what in sweep(settings)]
-    else:
-        rows = [(tree, "") for tree in host_worktrees(settings)]
+    rows = sweep(settings) if prune else [(tree, "") for tree in host_worktrees(settings)]
     if as_json:
         click.echo(json.dumps([_tree_json(tree, what) for tree, what in rows], indent=2))
         return
@@ -106,23 +108,12 @@ def worktrees(prune: bool, as_json: bool) -> None:
     for column in ("plan", "task", "attempt", "state", "size", "age", *(["pruned"] if prune else [])):
         table.add_column(column, overflow="fold")
     for tree, what in rows:
-        cells = [inert(tree.plan_id), inert(tree.key), str(tree.attempt), tree.state, _size(tree.size)]
+        cells = [inert(tree.plan_id), inert(tree.key), str(tree.attempt), tree.state, decimal(tree.size)]
         table.add_row(*cells, format_duration(tree.age_s), *([inert(what)] if prune else []))
     show_table(out, table)
 
 
-def _size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return str(size)
-
-
-def _tree_json(tree: object, what: str) -> dict[str, object]:
-    from orch.dispatch.worktrees import HostWorktree
-
-    assert isinstance(tree, HostWorktree)
+def _tree_json(tree: HostWorktree, what: str) -> dict[str, object]:
     return {
         "path": str(tree.path),
         "plan": tree.plan_id,

@@ -22,7 +22,7 @@ from orch.log import get_logger
 from orch.services.git.cache import RepositoryCache
 from orch.services.git.command import GitFailed
 from orch.services.git.repository import StateNotKnown
-from orch.services.git.worktrees import commit_worktree, disk_usage, list_worktrees, remove_worktree
+from orch.services.git.worktrees import commit_worktree, disk_usage, remove_worktree
 from orch.settings import Settings
 from orch.states import AttemptStatus, MergePhase
 from orch.store import merges
@@ -191,13 +191,15 @@ def _sweep_one(settings: Settings, tree: HostWorktree) -> str:
 def _admin_dir(cache: RepositoryCache, path: Path) -> Path | None:
     """The cache's admin folder of the worktree at `path`: the one whose registered worktree is `path`, inside the
     cache's own worktrees/ (an agent could rewrite what its `.git` file says, not where the cache keeps it)."""
-    for info in list_worktrees(cache):
-        if info.path == path:
-            for admin in (cache.path / "worktrees").iterdir():
-                try:
-                    pointed = (admin / "gitdir").read_text().strip()
-                except OSError:
-                    continue
-                if Path(pointed) == path / ".git" and os.path.realpath(admin).startswith(str(cache.path)):
-                    return admin
+    try:
+        registered = list((cache.path / "worktrees").iterdir())
+    except OSError:
+        return None
+    for admin in registered:
+        try:
+            pointed = (admin / "gitdir").read_text().strip()
+        except OSError:
+            continue
+        if Path(pointed) == path / ".git" and os.path.realpath(admin).startswith(str(cache.path)):
+            return admin
     return None

@@ -58,7 +58,7 @@ def checkout_notes(plan: Plan, base_commits: dict[str, str]) -> list[str]:
         path = Path(repository.url)
         if not path.is_absolute() or not path.is_dir():
             continue
-        state = _checkout_state(path)
+        state = _checkout_state(path, repository.base)
         if state:
             commit = base_commits.get(repository.name, "")[:12]
             notes.append(
@@ -68,8 +68,9 @@ def checkout_notes(plan: Plan, base_commits: dict[str, str]) -> list[str]:
     return notes
 
 
-def _checkout_state(path: Path) -> str:
-    """'is on branch X', 'has uncommitted changes', both, or '' — read without running git in the checkout."""
+def _checkout_state(path: Path, base: str) -> str:
+    """'is on X' (a branch other than `base`, or a detached HEAD), 'has uncommitted changes', both, or '' — read
+    without running git in the checkout."""
     found = find_repository(path)
     if found is None or found.work_tree != path.resolve():
         return ""
@@ -79,7 +80,10 @@ def _checkout_state(path: Path) -> str:
         resolve_head(found.git_dir, found.common_dir)
     except (OSError, StateNotKnown):
         return ""
-    said.append(f"is on {head.removeprefix('ref: refs/heads/')}" if head.startswith("ref: ") else "has a detached HEAD")
+    if head != f"ref: refs/heads/{base}":
+        said.append(
+            f"is on {head.removeprefix('ref: refs/heads/')}" if head.startswith("ref: ") else "has a detached HEAD"
+        )
     view = open_worktree_view(path)
     if view is not None:
         with view:

@@ -103,6 +103,8 @@ def test_a_base_checked_out_in_the_checkout_is_named_and_not_moved(tmp_path: Pat
 
     run = run_orch(["run", str(plan)], tmp_path, orch_env(tmp_path), timeout=180)
     assert run.returncode == 1, run.stderr
+    # on the base itself: only its uncommitted changes are worth a word
+    assert f"orch: note: your checkout {repo} has uncommitted changes: the plan starts from main at" in run.stderr
     refused = [line for line in run.stderr.splitlines() if line.startswith("not landed: ")]
     assert refused and "main could not be fast-forwarded to orch/pkg-" in refused[0], run.stderr
     assert "checked out" in refused[0]
