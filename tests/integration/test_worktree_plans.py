@@ -319,3 +319,19 @@ def test_the_resolution_of_a_task_that_declared_its_files_is_not_held_by_them(
 
     status = task_status(plan_id)
     assert set(status.values()) == {"succeeded"} and any(key.startswith("slow.resolve-") for key in status), status
+
+
+def test_an_agent_pointing_its_head_at_another_branch_moves_only_its_own(
+    worker: None, checkout: Path, tmp_path: Path
+) -> None:
+    """The worktree's HEAD is the agent's to write: orch sets it back to the attempt's branch before committing, so
+    the agent cannot make orch move main (or another attempt's branch)."""
+    main = git(checkout, "rev-parse", "main")
+    command = 'd=$(sed -n "s/^gitdir: //p" .git) && echo "ref: refs/heads/main" > "$d/HEAD" && echo x > x.txt'
+    plan_id = submit([{"id": "sly", "title": "sly", "command": command}], checkout, tmp_path)
+    drive_until_final(plan_id, 60)
+
+    assert task_status(plan_id) == {"sly": "succeeded"}
+    assert git(checkout, "rev-parse", "main") == main  # untouched
+    assert git(checkout, "show", f"orch/{plan_id}:x.txt") == "x"
+    assert git(checkout, "show", f"orch-work/{plan_id}/sly/1:x.txt") == "x"
