@@ -16,6 +16,7 @@ from orch.errors import OrchError, PlanInvalid
 from orch.intake.agents import AgentRegistry, load_agents
 from orch.intake.plan import Plan, quoted
 from orch.intake.plan_validation import load_plan
+from orch.intake.tasklists.importing import FORMAT_CHOICES, PlanInput
 from orch.settings import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,14 +74,57 @@ def registry() -> AgentRegistry:
     return load_agents(get_settings().config_dir)
 
 
-def read_plan(path: str) -> Plan:
+def read_plan(path: str, how: PlanInput | None = None) -> Plan:
+    """A plan file, or a task list read as one (`how`: its format, the list's options, a dry run's executor)."""
     # lazy (start-up cost): config/targets.yaml, read for the plans that name a target
     from orch.intake.targets import load_targets
 
     settings = get_settings()
-    return load_plan(
-        Path(path), registry(), roots=settings.workdir_root_paths, targets=load_targets(settings.config_dir)
-    )
+    targets = load_targets(settings.config_dir)
+    if how is None or (how.format == "plan" and how.executor is None):
+        return load_plan(Path(path), registry(), roots=settings.workdir_root_paths, targets=targets)
+    from orch.intake.tasklists.importing import load_any_plan
+
+    return load_any_plan(Path(path), registry(), settings.workdir_root_paths, targets=targets, how=how)
+
+
+def plan_input_options(func: F) -> F:
+    """`--format`, `--tag`, `--include-optional` and `--executor`: how a command reads a plan file or task list; the
+    command gets them as one `how` (a PlanInput)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from orch.intake.tasklists.reading import ReadOptions
+
+        options = ReadOptions(tag=kwargs.pop("tag"), include_optional=kwargs.pop("include_optional"))
+        kwargs["how"] = PlanInput(format=kwargs.pop("list_format"), options=options, executor=kwargs.pop("executor"))
+        return func(*args, **kwargs)
+
+    decorated: Any = wrapper
+    for option in reversed(_PLAN_INPUT_OPTIONS):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
+
+
+_PLAN_INPUT_OPTIONS = (
+    click.option(
+        "--format",
+        "list_format",
+        type=click.Choice(FORMAT_CHOICES),
+        default="auto",
+        show_default=True,
+        help="What the file is: an orch plan or a task list (spec-kit, task-master, Kiro, Markdown checklist); auto "
+        "tells from its content.",
+    ),
+    click.option("--tag", default=None, help="task-master: the tag to read (default: the current tag, else master)."),
+    click.option("--include-optional", is_flag=True, help="Kiro: run the optional tasks (`- [ ]*`) too."),
+    click.option(
+        "--executor",
+        type=click.Choice(["noop", "shell"]),
+        default=None,
+        help="A task list's dry run: every task runs with this executor instead of its agent type's.",
+    ),
+)
 
 
 def repository_bases(plan: Plan) -> dict[str, str]:

@@ -8,23 +8,36 @@ import sys
 import click
 from rich.table import Table
 
-from orch.cli.common import check_workdir_here, err, handle_errors, now_utc, out, read_plan, registry, repository_bases
+from orch.cli.common import (
+    check_workdir_here,
+    err,
+    handle_errors,
+    now_utc,
+    out,
+    plan_input_options,
+    read_plan,
+    registry,
+    repository_bases,
+)
 from orch.durations import format_duration
 from orch.intake.routing import route, weakness
+from orch.intake.tasklists.importing import PlanInput
 from orch.settings import get_settings
 
 
 @click.command()
 @click.argument("plan_file", type=click.Path(dir_okay=False))
+@plan_input_options
 @handle_errors
-def validate(plan_file: str) -> None:
-    """Check PLAN_FILE: fields, ids, dependencies, cycles, agent types, file patterns, limits, and that its
-    workdir is a folder on this host; then show the route of each task without `agent:` (weak ones flagged)."""
+def validate(plan_file: str, how: PlanInput) -> None:
+    """Check PLAN_FILE (a plan, or a task list: spec-kit, task-master, Kiro, Markdown checklist): fields, ids,
+    dependencies, cycles, agent types, file patterns, limits, and that its workdir is a folder on this host; then
+    show the route of each task without `agent:` (weak ones flagged)."""
     # lazy (start-up cost): rich's text and the prices model, for a few lines
     from orch.views.format import counted
     from orch.views.routes import route_lines
 
-    plan = read_plan(plan_file)
+    plan = read_plan(plan_file, how)
     check_workdir_here(plan)
     edges = sum(len(t.after) for t in plan.tasks)
     agents = sorted({t.agent for t in plan.tasks})
@@ -95,17 +108,19 @@ def route_command(text: tuple[str, ...]) -> None:
 
 @click.command()
 @click.argument("plan_file", type=click.Path(dir_okay=False))
+@plan_input_options
 @handle_errors
-def submit(plan_file: str) -> None:
-    """Store PLAN_FILE for a running deployment (its beat dispatches it); prints the plan id, then (on stderr) the
-    store it went to, whether a beat serves that store, and any of its queues no worker reads."""
+def submit(plan_file: str, how: PlanInput) -> None:
+    """Store PLAN_FILE (a plan or a task list) for a running deployment (its beat dispatches it); prints the plan
+    id, then (on stderr) the store it went to, whether a beat serves that store, and any of its queues no worker
+    reads. `orch sync` keeps a task list and its plan in sync."""
     # lazy (start-up cost): the store loads SQLAlchemy
     from orch.cli.serving import submitted_notes
     from orch.services.local_run import cancel_dead_runs
     from orch.store import plans
     from orch.store.db import read_session, write_session
 
-    plan = read_plan(plan_file)
+    plan = read_plan(plan_file, how)
     bases = repository_bases(plan)
     cancel_dead_runs()
     with write_session() as session:
@@ -120,17 +135,45 @@ def submit(plan_file: str) -> None:
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @click.option("--concurrency", type=int, default=None, help="Worker processes (default ORCH_EMBEDDED_CONCURRENCY).")
 @click.option("--json", "as_json", is_flag=True, help="End with `orch status --json`'s document instead of the table.")
+@plan_input_options
+@click.option(
+    "--watch", is_flag=True, help="A task list: apply its saved edits as the plan runs, and go on until Ctrl-C."
+)
+@click.option(
+    "--debounce",
+    type=click.FloatRange(min=0.1, max=600),
+    default=2.0,
+    show_default=True,
+    help="--watch: seconds a list must stay unchanged before its edits are applied.",
+)
+@click.option(
+    "--mark-running/--no-mark-running",
+    default=None,
+    help="A task list: mark running tasks in progress ([-]); default where the format has the mark (Kiro, "
+    "task-master).",
+)
 @handle_errors
-def run(plan_file: str, concurrency: int | None, as_json: bool) -> None:
-    """Run PLAN_FILE here: private Redis, SQLite store, a worker and the beat tick; exit 0 if it succeeded.
+def run(
+    plan_file: str,
+    concurrency: int | None,
+    as_json: bool,
+    how: PlanInput,
+    watch: bool,
+    debounce: float,
+    mark_running: bool | None,
+) -> None:
+    """Run PLAN_FILE (a plan, or a task list whose boxes are ticked as its tasks succeed) here: private Redis,
+    SQLite store, a worker and the beat tick; exit 0 if it succeeded.
 
     ORCH_BROKER_URL / ORCH_DATABASE_URL use real servers instead."""
     # lazy (start-up cost): orch run's services load the store, and with it SQLAlchemy
+    from orch.cli.tasklists import list_run
     from orch.services.local_run import check_agent_isolation, run_embedded
 
-    plan = read_plan(plan_file)  # bad input: exit 2 before anything starts or is written
+    plan = read_plan(plan_file, how)  # bad input: exit 2 before anything starts or is written
+    tasklist = list_run(plan, how, watch, debounce, mark_running)
     check_workdir_here(plan)
     check_agent_isolation(plan, err)
     bases = repository_bases(plan)
-    code = run_embedded(plan, concurrency or get_settings().embedded_concurrency, out, err, as_json, bases)
-    sys.exit(code)
+    concurrency = concurrency or get_settings().embedded_concurrency
+    sys.exit(run_embedded(plan, concurrency, out, err, as_json, bases, tasklist))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from orch.cli.common import handle_errors, now_utc, out, read_plan
+from orch.cli.common import handle_errors, now_utc, out, plan_input_options, read_plan
+from orch.intake.tasklists.importing import PlanInput
 from orch.settings import get_settings
 
 
@@ -129,8 +130,9 @@ def report(plan_ref: str, fmt: str, max_tasks: int) -> None:
     "--max-nodes", type=click.IntRange(min=2), default=200, show_default=True, help="More tasks: one node per stage."
 )
 @click.option("--fenced", is_flag=True, help="Wrap it in a ```mermaid block for Markdown.")
+@plan_input_options
 @handle_errors
-def graph(plan: str, max_nodes: int, fenced: bool) -> None:
+def graph(plan: str, max_nodes: int, fenced: bool, how: PlanInput) -> None:
     """Print a plan's DAG as a Mermaid flowchart, one subgraph per stage: a stored plan (id or name) coloured by
     its tasks' states, or a plan FILE (validated first) uncoloured."""
     # lazy (start-up cost): the views read the store, which loads SQLAlchemy
@@ -139,8 +141,8 @@ def graph(plan: str, max_nodes: int, fenced: bool) -> None:
 
     path = Path(plan)
     # a folder named like the plan (its repository, say) is not a plan file: the stored plan wins
-    if path.is_file() or (not path.is_dir() and path.suffix.lower() in (".yaml", ".yml", ".json")):
-        validated = read_plan(plan)
+    if path.is_file() or (not path.is_dir() and path.suffix.lower() in (".yaml", ".yml", ".json", ".md")):
+        validated = read_plan(plan, how)
         chart = mermaid.render(mermaid.nodes_of_plan(validated), f"plan file {plan}: {validated.name}", max_nodes)
     else:
         with read_session() as session:

@@ -27,6 +27,7 @@ class TaskView:
     deps: tuple[int, ...] = ()
     not_before: datetime | None = None  # retry_wait: the earliest time the next attempt may start
     files: tuple[str, ...] = ()  # its `files` patterns: no two tasks whose patterns overlap run at once
+    held: bool = False  # its task list holds it (deferred): never ready, so its dependants wait too
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,16 @@ def reconcile(
     without taking its agent type's slot.
     """
     status = {t.pk: t.status for t in tasks}
+    withdrawable = {t.pk for t in tasks if t.held}
     doomed = _doom(Dag({t.pk: t.deps for t in tasks}), status)
     runnable = (t for t in tasks if status[t.pk] in DISPATCHABLE and _runnable(t, status, now))
     held = [files for files in held_files if files]
     held += [t.files for t in tasks if t.files and status[t.pk] in HOLDING_FILES]
     ready, over_cap, on_files = _pick(sorted(runnable, key=dispatch_order), free_slots, held)
-    return Reconciliation(tuple(doomed), tuple(ready), over_cap, _outcome(status), status, waiting_for_files=on_files)
+    # a task its list withdrew (held, and cancelled) does not count for the plan's outcome
+    counted = {pk: s for pk, s in status.items() if not (s is TaskStatus.CANCELLED and pk in withdrawable)}
+    outcome = _outcome(counted)
+    return Reconciliation(tuple(doomed), tuple(ready), over_cap, outcome, status, waiting_for_files=on_files)
 
 
 def _doom(dag: Dag[int], status: dict[int, TaskStatus]) -> list[int]:
@@ -106,6 +111,8 @@ def _outcome(status: Mapping[int, TaskStatus]) -> PlanStatus | None:
 
 
 def _runnable(task: TaskView, status: Mapping[int, TaskStatus], now: datetime) -> bool:
+    if task.held:
+        return False
     if task.status is TaskStatus.RETRY_WAIT:
         return task.not_before is None or task.not_before <= now
     return all(status.get(dep) is TaskStatus.SUCCEEDED for dep in task.deps)

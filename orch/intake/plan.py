@@ -15,7 +15,16 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from orch.budget import Budget
 from orch.decisions.file_leases import char_sets
@@ -379,9 +388,35 @@ class TaskFields(BaseModel):
         return executor
 
 
+MAX_HOLD_CHARS = 500
+
+
+class TaskSource(BaseModel):
+    """Where a task list wrote a task: shown by `orch status --json` and the report, and how write-back finds it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["speckit", "taskmaster", "kiro", "checklist"]
+    file: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]
+    line: Annotated[int, Field(ge=1)]
+    id: Annotated[str, Field(pattern=ID_PATTERN)]
+    status: Annotated[str, Field(max_length=64), AfterValidator(_no_nul)] = ""  # the list's word at import
+
+
 class TaskSpec(TaskFields):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     title: Annotated[str, Field(min_length=1, max_length=MAX_TITLE_CHARS), AfterValidator(_no_nul)]
+    # Set by task lists (a plan file may set them too): where it was written; done already (not run, counts as
+    # succeeded); held by its list (not run, holds its dependants), and why.
+    source: TaskSource | None = None
+    done: StrictBool = False
+    hold: Annotated[str, Field(min_length=1, max_length=MAX_HOLD_CHARS), AfterValidator(_no_nul)] | None = None
+
+    @model_validator(mode="after")
+    def _done_or_held(self) -> TaskSpec:
+        if self.done and self.hold is not None:
+            raise ValueError("a task cannot be both done and held (hold:)")
+        return self
 
 
 class PlanHeader(BaseModel):
@@ -424,6 +459,18 @@ class ResolvedTask:
     route_weakness: str | None = None  # why its route may not be the type meant (orch.intake.routing.weakness)
     repository: str | None = None  # the name of its Repository in Plan.repositories; None: the plan's shared workdir
     merge: bool = True  # false: it works in a worktree, and nothing of it lands
+    source: Mapping[str, Any] | None = None  # where a task list wrote it (TaskSource's fields)
+    done: bool = False  # already done: stored as succeeded, never run
+    hold: str | None = None  # held by its list: never dispatched while set; why
+
+
+@dataclass(frozen=True)
+class ListOrigin:
+    """The task list a plan was read from: its absolute path, format and read options, so a sync can read it again."""
+
+    file: str
+    format: str
+    options: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -436,3 +483,4 @@ class Plan:
     document: Mapping[str, Any]  # the plan as written, kept in the store
     budget: Budget = field(default_factory=Budget)
     repositories: tuple[Repository, ...] = ()  # the plan's own repo: first, then the targets its tasks name
+    origin: ListOrigin | None = None  # read from a task list (None: a plan file)

@@ -115,15 +115,21 @@ def _read_plan_bytes(path: Path, source: str) -> bytes:
     return data
 
 
+def read_plan_text(path: Path, source: str | None = None) -> str:
+    """A plan file's or task list's text: at most MAX_PLAN_BYTES of a regular file, decoded as UTF-8 (a BOM kept,
+    line endings as written); problems name `source` (default: the path)."""
+    source = source or str(path)
+    data = _read_plan_bytes(path, source)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanInvalid(source, [f"{source}: cannot read plan: {exc}"]) from None
+
+
 def read_plan_document(path: Path) -> Any:
     """The parsed YAML/JSON of a plan file; problems name the file (and line where the parser knows it)."""
     source = str(path)
-    data = _read_plan_bytes(path, source)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PlanInvalid(source, [f"{source}: cannot read plan: {exc}"]) from None
-    del data  # the text is a copy: 64 MiB less to hold while parsing
+    text = read_plan_text(path, source)
     try:
         with collector_paused():  # nothing parsed is garbage yet; collections would walk it all, again and again
             document = _parse_json(text, source) if path.suffix.lower() == ".json" else _parse_yaml(text, source)

@@ -641,4 +641,7 @@ def _resolve(
         route_weakness=weakness(decision),
         repository=place,
         merge=spec.merge,
+        source=None if spec.source is None else spec.source.model_dump(),
+        done=spec.done,
+        hold=spec.hold,
     )

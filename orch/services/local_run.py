@@ -5,10 +5,14 @@ The plans of an `orch run` on this host that died are cancelled by the next comm
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -25,9 +29,10 @@ from orch.redaction import safe_url
 from orch.services.embedded import EmbeddedRedis, EmbeddedWorker, check_home
 from orch.services.isolation import resolve_isolation
 from orch.services.processes import process_alive, this_process
+from orch.services.tasklist_sync import DEFAULT_DEBOUNCE, FileWatch, Follower, ListSpec
 from orch.settings import get_settings
-from orch.states import PlanStatus
-from orch.store import operator, plans, runners
+from orch.states import PLAN_FINAL, PlanStatus
+from orch.store import dispatching, operator, plans, runners
 from orch.store.db import db_now, ensure_schema, read_session, write_session
 from orch.views.format import counted
 from orch.views.progress import INTERRUPTED, follow_run, print_final
@@ -47,6 +52,24 @@ def check_agent_isolation(plan: Plan, err: Console) -> None:
         err.print(f"orch run: {isolation.warning}", highlight=False, markup=False)
 
 
+@dataclass(frozen=True)
+class ListRun:
+    """`orch run` of a task list: written back as it runs, and with `watch` its edits applied as they are saved."""
+
+    spec: ListSpec
+    text: str  # the list as read for the submit
+    watch: bool = False
+    debounce: float = DEFAULT_DEBOUNCE
+
+
+class _Stalled(Exception):
+    """Only tasks the list holds (deferred) keep the plan from ending."""
+
+    def __init__(self, held: list[tuple[str, str]]) -> None:
+        self.held = held
+        super().__init__(_held_note(held))
+
+
 def run_embedded(
     plan: Plan,
     concurrency: int,
@@ -54,6 +77,7 @@ def run_embedded(
     err: Console,
     as_json: bool = False,
     base_commits: Mapping[str, str] | None = None,
+    tasklist: ListRun | None = None,
 ) -> int:
     """Start the embedded servers and worker, run `plan` to its end, stop them: 0 if it succeeded, 1 if not, 130
     after Ctrl-C (the plan cancelled). Whatever happens, what was started is stopped. Progress and the notes go to
@@ -64,7 +88,7 @@ def run_embedded(
     code: int | None = None
     with _CtrlC() as ctrl_c:
         try:
-            code = _start_and_watch(plan, concurrency, home, run, out, err, base_commits or {})
+            code = _start_and_watch(plan, concurrency, home, run, out, err, base_commits or {}, tasklist)
         except KeyboardInterrupt:
             code = INTERRUPTED
         except WorkerStopped as stopped:
@@ -134,6 +158,7 @@ def _start_and_watch(
     out: Console,
     err: Console,
     base_commits: Mapping[str, str],
+    tasklist: ListRun | None = None,
 ) -> int:
     settings = get_settings()
     logs = home / "logs"
@@ -150,6 +175,8 @@ def _start_and_watch(
         if runner is not None:
             runners.record_runner(session, plan_id, runner)
     queues = sorted({t.queue for t in plan.tasks})
+    if tasklist is not None and tasklist.watch:  # a revision may add tasks of any agent type
+        queues = sorted({*queues, *(agent.queue for agent in tasklist.spec.registry)})
     run.worker = worker = EmbeddedWorker(
         queues=queues,
         env={
@@ -169,10 +196,82 @@ def _start_and_watch(
     )
     for line in route_lines(plan):  # the routes of tasks without `agent:`, once what could refuse the run has not
         err.print(line, markup=False, highlight=False)
+    if tasklist is not None:
+        return _run_list(plan, plan_id, tasklist, worker, run, out, err)
     final = watch_plan(plan_id, worker, out, err, as_json=run.as_json)
     if final is PlanStatus.SUCCEEDED and plan.repositories:
         return 0 if land_plan(plan_id, err) else 1
     return 0 if final is PlanStatus.SUCCEEDED else 1
+
+
+def _run_list(
+    plan: Plan, plan_id: str, tasklist: ListRun, worker: EmbeddedWorker, run: _EmbeddedRun, out: Console, err: Console
+) -> int:
+    """Run a list's plan, writing its tasks' states back into it; with `watch`, its saved edits become revisions and
+    the run goes on after the plan ends (a revision may add tasks) until Ctrl-C."""
+
+    def say(text: str) -> None:
+        err.print(f"orch run: {inert(text)}", markup=False, highlight=False)
+
+    follower = Follower(tasklist.spec, plan_id, tasklist.text, say, watching=tasklist.watch, debounce=tasklist.debounce)
+    follower.origin = f"orch run --watch on {socket.gethostname()} (pid {os.getpid()})"
+    said_stalled: list[tuple[str, str]] = []
+
+    def tick() -> None:
+        follower.tick()
+        with read_session() as session:
+            held = dispatching.stalled_on_holds(session, plan_id)
+        if held is None:
+            said_stalled.clear()
+        elif not tasklist.watch:
+            raise _Stalled(held)
+        elif held != said_stalled:
+            said_stalled[:] = held
+            say(f"waiting for tasks the list holds: {_held_note(held)}; edit the list to go on")
+
+    with FileWatch(tasklist.spec.path, follower.file_changed) if tasklist.watch else contextlib.nullcontext():
+        try:
+            final = watch_plan(plan_id, worker, out, err, as_json=run.as_json, extra_check=tick)
+        except _Stalled as stalled:
+            follower.write_back(force=True)
+            reason = f"only tasks its list holds are left: {_held_note(stalled.held)}"
+            say(f"{reason}; the plan is cancelled (`orch run --watch` waits for the list to change instead)")
+            _record_cancel(plan_id, reason)
+            print_final(plan_id, out, run.as_json)
+            return 1
+        follower.write_back(force=True)
+        while tasklist.watch:  # until Ctrl-C: a revision may reopen the plan
+            say(f"plan {plan_id} is {final}; still following {tasklist.spec.path} (Ctrl-C to stop)")
+            final = _follow_until_reopened(plan_id, worker, follower, out, err, run.as_json, tick)
+    if final is PlanStatus.SUCCEEDED and plan.repositories:
+        return 0 if land_plan(plan_id, err) else 1
+    return 0 if final is PlanStatus.SUCCEEDED else 1
+
+
+def _held_note(held: list[tuple[str, str]]) -> str:
+    shown = "; ".join(f"{key} ({why})" for key, why in held[:5])
+    return shown + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+
+
+def _follow_until_reopened(
+    plan_id: str,
+    worker: EmbeddedWorker,
+    follower: Follower,
+    out: Console,
+    err: Console,
+    as_json: bool,
+    tick: Callable[[], None],
+) -> PlanStatus:
+    """Tick the follower while the plan is over; once a revision reopens it, show its progress to its end again."""
+    while True:
+        follower.tick()
+        if not worker.alive():
+            raise WorkerStopped("the worker exited unexpectedly")
+        with read_session() as session:
+            status = plans.find_plan(session, plan_id).status
+        if status not in PLAN_FINAL:
+            return watch_plan(plan_id, worker, out, err, as_json=as_json, extra_check=tick)
+        time.sleep(0.2)
 
 
 def land_plan(plan_id: str, err: Console) -> bool:
@@ -271,12 +370,21 @@ def cancel_dead_runs(warn_live: bool = False) -> None:
 
 
 def watch_plan(
-    plan_id: str, worker: EmbeddedWorker, out: Console, err: Console, poll: float = 0.25, as_json: bool = False
+    plan_id: str,
+    worker: EmbeddedWorker,
+    out: Console,
+    err: Console,
+    poll: float = 0.25,
+    as_json: bool = False,
+    extra_check: Callable[[], None] | None = None,
 ) -> PlanStatus:
     """Show progress until the plan is over (live view on a terminal, one line per event otherwise), then the
-    final table. Raises WorkerStopped if the worker exits, or says it stops, first."""
+    final table. Raises WorkerStopped if the worker exits, or says it stops, first; `extra_check` runs at each
+    poll too (a followed list's tick)."""
 
     def check_worker() -> None:
+        if extra_check is not None:
+            extra_check()
         notice = worker.notice()
         if notice is not None:
             raise WorkerStopped(f"the worker stopped: {notice}", notice=True)

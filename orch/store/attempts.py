@@ -236,7 +236,8 @@ def record_result(
         session.execute(_KEEP_OUTPUT, {**of_claim, "v_output_tail": result.output_tail, "v_log_path": result.log_path})
         return None
     newly_ready = 0
-    if new_status is TaskStatus.SUCCEEDED and claim.dependants != 0:
+    # Looked for even when the claim saw none: a followed task list may have added a dependant since.
+    if new_status is TaskStatus.SUCCEEDED:
         newly_ready = dependency_met(session, claim.task_pk)
     usage = result.usage
     values = {

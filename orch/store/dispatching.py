@@ -54,12 +54,14 @@ def task_views(session: Session, plan_id: str) -> list[TaskView]:
             TaskRow.not_before,
             TaskRow.files,
             _RESOLVING.label("resolving"),
+            TaskRow.hold.is_not(None).label("on_hold"),
         ).where(TaskRow.plan_id == plan_id)
     )
     views = []
-    for pk, status, agent, priority, seq, not_before, files, resolving in rows:
-        held = () if resolving and status is TaskStatus.MERGING else tuple(files or ())
-        views.append(TaskView(pk, status, agent, priority, seq, tuple(dag.dependencies(pk)), not_before, held))
+    for pk, status, agent, priority, seq, not_before, files, resolving, on_hold in rows:
+        leased = () if resolving and status is TaskStatus.MERGING else tuple(files or ())
+        deps = tuple(dag.dependencies(pk))
+        views.append(TaskView(pk, status, agent, priority, seq, deps, not_before, leased, held=bool(on_hold)))
     return views
 
 
@@ -75,7 +77,7 @@ _VIEW_COLUMNS = (
 _BEST_FIRST = (TASKS.c.priority.desc(), TASKS.c.seq)
 _OF_PLAN = TASKS.c.plan_id == bindparam("plan_id")
 _OF_AGENTS = TASKS.c.agent.in_(bindparam("agents", expanding=True))
-_PENDING_READY = and_(_OF_PLAN, TASKS.c.status == TaskStatus.PENDING, TASKS.c.unmet_deps == 0)
+_PENDING_READY = and_(_OF_PLAN, TASKS.c.status == TaskStatus.PENDING, TASKS.c.unmet_deps == 0, TASKS.c.hold.is_(None))
 _READY_PENDING = select(*_VIEW_COLUMNS).where(_PENDING_READY).order_by(*_BEST_FIRST).limit(bindparam("limit"))
 _READY_PENDING_OF_AGENTS = (
     select(*_VIEW_COLUMNS).where(_PENDING_READY, _OF_AGENTS).order_by(*_BEST_FIRST).limit(bindparam("limit"))
@@ -153,8 +155,12 @@ def has_doomed_pending(session: Session, plan_id: str) -> bool:
 
 
 _ANY_UNFINISHED = select(TASKS.c.pk).where(_OF_PLAN, TASKS.c.status.in_(sorted(set(TaskStatus) - TERMINAL))).limit(1)
+# A task its list withdrew (removed while pending: cancelled, with its hold saying so) does not fail the plan.
+_WITHDRAWN = and_(TASKS.c.status == TaskStatus.CANCELLED, TASKS.c.hold.is_not(None))
 _ANY_NOT_SUCCEEDED = (
-    select(TASKS.c.pk).where(_OF_PLAN, TASKS.c.status.in_(sorted(TERMINAL - {TaskStatus.SUCCEEDED}))).limit(1)
+    select(TASKS.c.pk)
+    .where(_OF_PLAN, TASKS.c.status.in_(sorted(TERMINAL - {TaskStatus.SUCCEEDED})), ~_WITHDRAWN)
+    .limit(1)
 )
 
 
@@ -309,3 +315,20 @@ _PLAN_GATE = select(PLANS.c.status, PLANS.c.workdir, PLANS.c.budget_usd, PLANS.c
 def plan_gate(session: Session, plan_id: str) -> PlanGate | None:
     row = session.execute(_PLAN_GATE, {"of_plan": plan_id}).first()
     return None if row is None else PlanGate(row.status, row.workdir, Budget(row.budget_usd, row.budget_tokens))
+
+
+def stalled_on_holds(session: Session, plan_id: str) -> list[tuple[str, str]] | None:
+    """The tasks its list holds (deferred), each with why, when they are all that keeps the plan from ending:
+    nothing in flight or waiting for a retry, nothing ready, nothing about to be doomed. None otherwise."""
+    moving = TASKS.c.status.in_(sorted({*HOLDING_FILES, TaskStatus.RETRY_WAIT}))
+    if session.execute(select(TASKS.c.pk).where(_OF_PLAN, moving).limit(1), {"plan_id": plan_id}).first():
+        return None
+    if session.execute(select(TASKS.c.pk).where(_PENDING_READY).limit(1), {"plan_id": plan_id}).first():
+        return None
+    if has_doomed_pending(session, plan_id):
+        return None
+    held = select(TASKS.c.key, TASKS.c.hold).where(
+        _OF_PLAN, TASKS.c.status == TaskStatus.PENDING, TASKS.c.hold.is_not(None)
+    )
+    found = [(key, why) for key, why in session.execute(held.order_by(TASKS.c.seq), {"plan_id": plan_id})]
+    return found or None

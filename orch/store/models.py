@@ -71,6 +71,12 @@ class PlanRow(Base):
     runner_host: Mapped[str | None] = mapped_column(String(255))
     runner_pid: Mapped[int | None]
     runner_start_ticks: Mapped[int | None] = mapped_column(BigInteger)  # its start time: a reused pid is another
+    # The task list the plan was read from and follows (`orch run --watch`, `orch sync`): its absolute path, its
+    # format and the options it was read with ({"tag": ..., "include_optional": ...}); None: a plan file.
+    list_file: Mapped[str | None] = mapped_column(Text)
+    list_format: Mapped[str | None] = mapped_column(String(16))
+    list_options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    revision: Mapped[int] = mapped_column(default=1, server_default="1")  # 1 as submitted, +1 per revision applied
 
 
 class TaskRow(Base):
@@ -120,6 +126,25 @@ class TaskRow(Base):
     repository: Mapped[str | None] = mapped_column(String(64))
     merge: Mapped[bool] = mapped_column(default=True, server_default=true())  # its work lands (False: reviews)
     resolves: Mapped[int | None]  # the merge request whose conflict this task resolves
+    # Where a task list wrote it: {"format", "file", "line", "id", "status"} (status: the list's word at import).
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    hold: Mapped[str | None] = mapped_column(Text)  # why its list holds it (deferred): never dispatched while set
+
+
+class PlanRevisionRow(Base):
+    """A change a followed task list made to its running plan (tasks added, changed, cancelled, skipped), and what
+    it reported and did not apply; append-only."""
+
+    __tablename__ = "plan_revisions"
+    __table_args__ = (UniqueConstraint("plan_id", "number", name="uq_plan_revisions_plan_number"),)
+
+    pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id", ondelete="CASCADE"))
+    number: Mapped[int]  # the plan's revision it made (2 is the first change after the submit)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    origin: Mapped[str] = mapped_column(String(255))  # what made it: "orch sync tasks.md on host (pid 123)"
+    summary: Mapped[str] = mapped_column(Text)  # one line for people
+    changes: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"added": [ids], "changed": [...], ...}
 
 
 class DependencyRow(Base):

@@ -127,14 +127,15 @@ def retry_task(session: Session, plan_id: str, key: str, now: datetime) -> list[
     return _keys(session, reopened)
 
 
-def skip_task(session: Session, plan_id: str, key: str, now: datetime) -> list[str]:
+def skip_task(
+    session: Session, plan_id: str, key: str, now: datetime, reason: str = "skipped by the operator (orch skip)"
+) -> list[str]:
     """Mark a task succeeded without running it (a running attempt loses its lease and is stopped), so its
     dependants may run: those it had doomed are reopened. Returns the keys changed."""
     task = task_by_key(session, plan_id, key)
     if task.status is TaskStatus.SUCCEEDED:
         raise TaskStateConflict(f"task {key!r} of plan {plan_id} already succeeded")
     _ensure_not_cancelled(session, plan_id)
-    reason = "skipped by the operator (orch skip)"
     changed = rowcount(
         session.execute(
             update(TaskRow)
@@ -153,7 +154,7 @@ def skip_task(session: Session, plan_id: str, key: str, now: datetime) -> list[s
     status = _statuses(session, found)
     doomed = [pk for pk in found if status.get(pk) is TaskStatus.UPSTREAM_FAILED]
     reopened = _reopen(session, plan_id, doomed, now, f"upstream {key} skipped")
-    _reopen_plan(session, plan_id, now, f"orch skip {key}")
+    _reopen_plan(session, plan_id, now, f"{key} skipped")
     return [key, *_keys(session, reopened)]
 
 

@@ -13,19 +13,19 @@ from sqlalchemy.orm import Session
 
 from orch.errors import PlanNotFound, TaskNotFound
 from orch.intake.gc_pause import collector_paused
-from orch.intake.plan import Plan
+from orch.intake.plan import Plan, ResolvedTask
 from orch.states import PLAN_HELD, PlanStatus, TaskStatus
-from orch.store._sql import ANALYZE_FROM_TASKS, DEPENDENCIES, TASKS, no_sync, rowcount
+from orch.store._sql import ANALYZE_FROM_TASKS, DEPENDENCIES, TASKS, chunks, no_sync, rowcount
 from orch.store.bulk import insert_rows, reserve_primary_keys
 from orch.store.db import refresh_planner_statistics, session_store_name
-from orch.store.events import log_event
+from orch.store.events import log_event, log_task_events
 from orch.store.models import AttemptRow, DependencyRow, PlanRow, TaskRow
 
 # The columns a submitted task sets, in the order `submit_plan` gives them (the rest take their defaults).
-_SUBMITTED_COLUMNS = (
+SUBMITTED_COLUMNS = (
     "pk", "plan_id", "key", "seq", "title", "description", "agent", "route_reason", "queue", "executor", "command",
     "priority", "files", "success", "timeout", "retries", "status", "unmet_deps", "attempt", "verify", "scope",
-    "call", "budget_usd", "budget_tokens", "retry_floor", "repository", "merge",
+    "call", "budget_usd", "budget_tokens", "retry_floor", "repository", "merge", "source", "hold",
 )  # fmt: skip
 
 
@@ -62,27 +62,25 @@ def _insert_plan(session: Session, plan: Plan, now: datetime) -> str:
             created_at=now,
             budget_usd=plan.budget.usd,
             budget_tokens=plan.budget.tokens,
+            list_file=None if plan.origin is None else plan.origin.file,
+            list_format=None if plan.origin is None else plan.origin.format,
+            list_options=None if plan.origin is None else dict(plan.origin.options),
         )
     )
     session.flush()
     pks = reserve_primary_keys(session, TASKS, len(plan.tasks))
     pk_of = {task.key: pk for task, pk in zip(plan.tasks, pks, strict=True)}
-    pending = TaskStatus.PENDING.value
-    no_files = json.dumps([])
+    pending, succeeded = TaskStatus.PENDING.value, TaskStatus.SUCCEEDED.value
+    done = {t.key for t in plan.tasks if t.done}  # done in its list: succeeded already, satisfies its dependants
     insert_rows(
         session,
         TASKS,
-        _SUBMITTED_COLUMNS,
+        SUBMITTED_COLUMNS,
         (
-            (
-                pk_of[t.key], plan_id, t.key, t.seq, t.title, t.description, t.agent, t.route_reason, t.queue,
-                t.executor, t.command, t.priority, json.dumps(list(t.files)) if t.files else no_files, t.success,
-                t.timeout, t.retries, pending, len(t.after), 0, t.verify, t.scope, t.call, t.budget.usd,
-                t.budget.tokens, 0, t.repository, t.merge,
-            )
+            task_values(plan_id, t, pk_of[t.key], t.seq, succeeded if t.done else pending, _unmet(t.after, done))
             for t in plan.tasks
         ),
-    )  # fmt: skip
+    )
     insert_rows(
         session,
         DEPENDENCIES,
@@ -90,9 +88,38 @@ def _insert_plan(session: Session, plan: Plan, now: datetime) -> str:
         ((pk_of[t.key], pk_of[dep]) for t in plan.tasks for dep in t.after),
     )
     log_event(session, now, plan_id, kind="plan", new=PlanStatus.RUNNING, detail=f"submitted from {plan.source}")
+    if done:
+        _record_done_in_list(session, plan_id, [pk_of[key] for key in done], now)
     if len(plan.tasks) >= ANALYZE_FROM_TASKS:
         refresh_planner_statistics(session)  # PostgreSQL counts this transaction's own rows in the sample
     return plan_id
+
+
+_NO_FILES = json.dumps([])
+
+
+def task_values(plan_id: str, t: ResolvedTask, pk: int, seq: int, status: str, unmet: int) -> tuple[Any, ...]:
+    """A new task's row, in SUBMITTED_COLUMNS' order, in the database's form (JSON as text)."""
+    return (
+        pk, plan_id, t.key, seq, t.title, t.description, t.agent, t.route_reason, t.queue, t.executor, t.command,
+        t.priority, json.dumps(list(t.files)) if t.files else _NO_FILES, t.success, t.timeout, t.retries, status,
+        unmet, 0, t.verify, t.scope, t.call, t.budget.usd, t.budget.tokens, 0, t.repository, t.merge,
+        None if t.source is None else json.dumps(dict(t.source)), t.hold,
+    )  # fmt: skip
+
+
+def _unmet(after: Collection[str], done: Collection[str]) -> int:
+    """How many of a task's dependencies have not succeeded: those not already done in its list."""
+    return sum(1 for dep in after if dep not in done) if done else len(after)
+
+
+def _record_done_in_list(session: Session, plan_id: str, task_pks: list[int], now: datetime) -> None:
+    """Tasks done in their list when the plan was submitted: finished now, each with its event."""
+    for chunk in chunks(task_pks):
+        session.execute(
+            update(TaskRow).where(TaskRow.pk.in_(chunk)).values(finished_at=now).execution_options(**no_sync())
+        )
+    log_task_events(session, now, plan_id, task_pks, None, TaskStatus.SUCCEEDED, "done in its task list")
 
 
 def set_plan_status(

@@ -87,6 +87,8 @@ class TaskSummary:
     verify: str | None
     error: str | None  # why its latest attempt failed
     skipped: bool  # by `orch skip`: see _SKIPPED
+    source: dict[str, Any] | None = None  # where its task list wrote it
+    hold: str | None = None  # why its task list holds it
 
 
 def task_summaries(session: Session, plan_id: str) -> list[TaskSummary]:

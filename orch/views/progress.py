@@ -262,7 +262,7 @@ def format_event(event: EventRow, key_of: dict[int, str]) -> str:
     stamp = event.at.strftime("%H:%M:%S")
     subject = f"task {key_of.get(event.task_pk, event.task_pk)}" if event.task_pk else "plan"
     attempt = f" #{event.attempt}" if event.attempt else ""
-    change = f"{event.old} -> {event.new}" if event.old else f"{event.new}"
+    change = f"{event.old} -> {event.new}" if event.old else f"{event.new or event.kind}"
     detail = f"  ({event.detail})" if event.detail else ""
     return inert(f"{stamp} {subject}{attempt}: {change}{detail}")
 

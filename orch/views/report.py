@@ -76,6 +76,15 @@ class TaskReport:
     failure_class: str | None
     result: str | None  # what the succeeded attempt reported
     git: TaskGit | None = None  # a worktree task's branch, commits and merge
+    source: dict[str, Any] | None = None  # where its task list wrote it
+    hold: str | None = None  # why its task list holds it
+
+    @property
+    def listed(self) -> str | None:
+        """'done' or 'cancelled' for a task its list had finished when the plan was submitted (it never ran)."""
+        if not self.skipped or self.source is None:
+            return None
+        return listed_state(str(self.source.get("status", "")))
 
     @property
     def run_seconds(self) -> float:
@@ -95,6 +104,8 @@ class TaskReport:
 
     @property
     def status_text(self) -> str:
+        if self.listed is not None:
+            return f"{self.listed} (in its list)"
         return "succeeded (skipped)" if self.skipped else self.status.value
 
     def as_json(self) -> dict[str, Any]:
@@ -122,6 +133,8 @@ class TaskReport:
             "result": self.result,
             "history": [attempt_json(a) for a in self.attempts],
             **({"git": self.git.as_json()} if self.git is not None else {}),
+            **({"source": self.source} if self.source is not None else {}),
+            **({"hold": self.hold} if self.hold is not None else {}),
         }
 
 
@@ -224,6 +237,14 @@ def _seconds(seconds: float | None) -> float | None:
 # --- building it from the store ---------------------------------------------------------------------------
 
 
+def listed_state(word: str) -> str | None:
+    """What a task list's own status word says of a finished task: 'done', 'cancelled', or None (not finished)."""
+    word = word.strip().lower()
+    if word == "cancelled":
+        return "cancelled"
+    return "done" if word in ("x", "done", "completed", "review") else None
+
+
 def load_report(session: Session, plan_ref: str) -> CompletionReport:
     plan = plans.find_plan(session, plan_ref)
     now = db_now(session)
@@ -279,6 +300,8 @@ def _task_report(
         error=None if ok else task.error,
         failure_class=None if ok or not failed else failed[-1].failure_class,
         result=succeeded[-1].result if succeeded else None,
+        source=task.source,
+        hold=task.hold,
     )
 
 

@@ -93,6 +93,9 @@ class PlanSnapshot:
                 "paused_agents": {a: {"until": iso(u), "reason": r} for a, (u, r) in self.pauses.items()},
                 "held_reason": self.plan.held_reason,
                 "budget": {"usd": self.plan.budget_usd, "tokens": self.plan.budget_tokens},
+                "list": None
+                if self.plan.list_file is None
+                else {"file": self.plan.list_file, "format": self.plan.list_format, "revision": self.plan.revision},
             },
             "tasks": [
                 {
@@ -112,6 +115,8 @@ class PlanSnapshot:
                     "finished_at": iso(t.finished_at),
                     "error": t.error,
                     "git": self.git[t.pk].as_json() if t.pk in self.git else None,
+                    "source": t.source,
+                    "hold": t.hold,
                 }
                 for t in self.tasks
             ],
@@ -141,15 +146,29 @@ def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
         table.add_row(
             line(task.key),
             line(task.agent),
-            Text(task.status.value, style=STATUS_STYLE[task.status]),
+            Text(_status_word(task), style=STATUS_STYLE[task.status]),
             str(snapshot.stats_of(task).attempts),
             task_duration(task, now),
             format_tokens(snapshot.stats_of(task).usage),
             format_cost(snapshot.stats_of(task).cost_usd),
-            line((task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else ""),
+            line(_error_cell(task)),
             *merge_cell,
         )
     return table
+
+
+def _status_word(task: TaskRow) -> str:
+    """Its status, or for a task its list had cancelled (it satisfies its dependants, so it is stored succeeded)
+    'cancelled (list)'."""
+    if task.status is TaskStatus.SUCCEEDED and task.source and str(task.source.get("status")).lower() == "cancelled":
+        return "cancelled (list)"
+    return task.status.value
+
+
+def _error_cell(task: TaskRow) -> str:
+    if task.hold is not None and task.status is TaskStatus.PENDING:
+        return f"held: {task.hold}"[:120]
+    return (task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else ""
 
 
 def _merge_cell(git: TaskGit | None) -> str:

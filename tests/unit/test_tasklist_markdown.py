@@ -5,7 +5,6 @@ files have."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -241,9 +240,7 @@ def test_speckit_lines_before_and_under_tasks() -> None:
 
 def test_speckit_unknown_range_ends_and_absurd_widths_are_kept_for_the_list_to_report() -> None:
     text = "- [ ] T001 a\n- [ ] T002 b\n- [ ] T003 c (depends on T001\u2013T99999999, T000-T002, T777)\n- [ ] T004 d\n"
-    started = time.perf_counter()
-    tasks = read(read_speckit, text)
-    assert time.perf_counter() - started < 0.5
+    tasks = read(read_speckit, text)  # an absurd width is never built (pytest's timeout stands guard)
     # every id between but T003's own (a range that spans it means the others), the unknown ends as written
     assert {dep.on for dep in tasks.tasks[2].after} == {"T001", "T002", "T004", "T99999999", "T000", "T777"}
     assert read(read_speckit, "- [ ] T003 c (depends on T003)\n").tasks[0].after[0].on == "T003"  # named: a cycle
@@ -288,33 +285,6 @@ def test_speckit_bounds_on_tasks_and_lines(monkeypatch: pytest.MonkeyPatch) -> N
     tasks = read(read_speckit, "- [ ] T001 " + "x" * 50 + " (depends on T000)")
     assert tasks.tasks[0].after == []
     assert tasks.notes == ["tasks.md:1: over 40 characters: read as its first 40"]
-
-
-def speckit_list(count: int) -> str:
-    lines = ["# Tasks: big"]
-    for number in range(1, count + 1):
-        if number % 50 == 1:
-            lines.append(f"## Phase {number // 50 + 1}: part")
-        tag = " [P]" if number % 3 else ""
-        clause = f" (depends on T{number - 5:03d}\u2013T{number - 2:03d})" if number % 7 == 0 else ""
-        lines.append(f"- [ ] T{number:03d}{tag} [US1] Do {number} in `src/m{number}/f.py`{clause}")
-        lines.append(f"  - detail for {number}")
-    return "\n".join(lines)
-
-
-def best_time(reader: Reader, text: str, runs: int = 3) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        read(reader, text)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
-def test_speckit_reads_a_thousand_tasks_well_under_100_ms_and_scales_linearly() -> None:
-    assert best_time(read_speckit, speckit_list(1_000)) < 0.1
-    small, large = best_time(read_speckit, speckit_list(2_000), 2), best_time(read_speckit, speckit_list(8_000), 2)
-    assert large < 8 * small  # 4 times the tasks: linear is 4 times the time, quadratic 16
 
 
 # --- Kiro -------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -235,12 +234,11 @@ def test_legacy_file_with_string_ids_parent_task_ids_and_missing_fields() -> Non
         "A chat front end for the finance agent",
         [],
     )
-    held = f"its task 1 is done in {LEGACY}"
     assert [(t.id, t.line, t.status, t.done, t.hold, t.group, t.priority, edges(t)) for t in tasks.tasks] == [
         ("1", 11, "done", True, None, True, 2, [("1.1", SUBTASK_GROUP, 21), ("1.2", SUBTASK_GROUP, 30)]),
         ("1.1", 21, "done", True, None, False, 2, []),
         # a subtask left undone under a task marked done is not run: the list says its work is done
-        ("1.2", 30, "in-progress", False, held, False, 2, [("1.1", EXPLICIT, 34)]),
+        ("1.2", 30, "in-progress", True, None, False, 2, [("1.1", EXPLICIT, 34)]),  # its task is done
         ("2", 43, "pending", False, None, False, 1, [("1", EXPLICIT, 48)]),  # "subtasks": null
         ("3", 56, "pending", False, None, False, 1, []),  # no status, dependencies or priority
         ("4", 62, "Done", True, None, False, 0, []),  # "Done", "LOW": read without regard to case
@@ -348,7 +346,8 @@ def test_set_statuses_changes_the_status_tokens_and_nothing_else(variant: str) -
     again = by_id(read_taskmaster(written, TAGGED, "tasks.json", ReadOptions()))
     assert [(t.id, t.line) for t in again.values()] == [(t.id, t.line) for t in tasks.values()]
     assert {task_id: again[task_id].status for task_id in wanted} == wanted
-    assert again["2"].done and again["5"].done and not again["2.3"].done
+    assert again["2"].done and again["5"].done and not again["6"].done
+    assert again["2.3"].done  # its task is done: the list says the whole of it is finished
 
 
 def test_set_statuses_with_nothing_to_change_and_with_a_longer_word() -> None:
@@ -535,7 +534,7 @@ def test_titles_become_one_clipped_line_and_unknown_values_are_noted() -> None:
     ]
 
 
-def test_subtasks_of_a_deferred_or_cancelled_task_are_held() -> None:
+def test_subtasks_of_a_deferred_task_are_held_and_of_a_finished_one_done() -> None:
     text = json.dumps(
         {
             "tasks": [
@@ -556,7 +555,7 @@ def test_subtasks_of_a_deferred_or_cancelled_task_are_held() -> None:
     assert tasks["1.1"].hold == "its task 1 is deferred in t.json"
     assert (tasks["1.2"].done, tasks["1.2"].hold) == (True, None)
     assert (tasks["2"].done, tasks["2"].status) == (True, "cancelled")
-    assert tasks["2.1"].hold == "its task 2 is cancelled in t.json"
+    assert (tasks["2.1"].done, tasks["2.1"].hold) == (True, None)  # the list finished its task: not run
     assert [edge.on for edge in tasks["3"].after] == ["1", "2"]
 
 
@@ -617,19 +616,16 @@ def large_list(tasks: int, size: int) -> str:
     return json.dumps({"master": {"tasks": entries, "metadata": {"description": "large"}}}, indent=2)
 
 
-def test_a_ten_megabyte_list_of_five_thousand_tasks_reads_in_well_under_a_second() -> None:
+def test_a_ten_megabyte_list_of_five_thousand_tasks_reads_whole() -> None:
     text = large_list(5000, 10_000_000)
     assert len(text.encode()) >= 10_000_000
 
-    started = time.perf_counter()
-    tasks = read_taskmaster(text, Path("tasks.json"), "tasks.json", ReadOptions())
-    elapsed = time.perf_counter() - started
+    tasks = read_taskmaster(text, Path("tasks.json"), "tasks.json", ReadOptions())  # its time: `make bench`
 
     assert len([task for task in tasks.tasks if "." not in task.id]) == 5000
     assert len(tasks.tasks) == 5000 + 2 * (5000 // 3)
     last = tasks.tasks[-1]
     assert last.mark is not None and text[last.mark.start : last.mark.end] == '"pending"'
-    assert elapsed < 1.0, f"{elapsed:.2f} s"
 
 
 def test_the_write_back_of_a_large_list_is_exact() -> None:

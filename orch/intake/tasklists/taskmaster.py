@@ -295,9 +295,12 @@ class _Reader:
         for subtask in subtasks:
             inherited = [Dependency(edge.on, SUBTASK_GROUP, edge.line) for edge in explicit if edge.on != subtask.id]
             subtask.after = _deduped([*subtask.after, *inherited])
-            if not (task.done or task.hold) or subtask.done or subtask.hold:
+            if subtask.done or subtask.hold:
                 continue
-            subtask.hold = f"its task {task_id} is {task.status} in {self.source}"
+            if task.done:  # the list says the whole task is finished: its open subtasks are not run either
+                subtask.done = True
+            elif task.hold:
+                subtask.hold = f"its task {task_id} is {task.status} in {self.source}"
 
     def _subtasks(self, entry: dict[str, Any], path: JsonPath, task: ListedTask) -> list[ListedTask]:
         """The subtasks of a task, read and added to the list after it."""

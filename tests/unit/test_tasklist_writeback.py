@@ -1,0 +1,97 @@
+"""Write-back (orch.intake.tasklists.writeback): only marks change, in the file's own case, only forward from what
+orch did; and the file is replaced only while it holds what orch last read (orch.services.tasklist_sync)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+from orch.intake.tasklists.model import ListedTask, MarkSpan, TaskList
+from orch.intake.tasklists.writeback import apply_changes, done_in_text, mark_changes
+from orch.services.tasklist_sync import replace_if_unchanged
+from orch.states import TaskStatus
+
+TEXT = (
+    "\ufeff# Tasks\r\n\r\n- [ ] T001 Setup `a.py`\r\n- [X] T002 Done already\r\n- [-] T003 Running\r\n"
+    "  - [ ] T004 Nested\r\n"
+)
+
+
+def markdown_list(text: str, format: str = "speckit", done_mark: str = "X") -> TaskList:
+    """Every checkbox of `text` as a task, its id the word after the box."""
+    tasks = []
+    position = 0
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        box = line.find("- [")
+        if box >= 0:
+            start = position + box + 3
+            task_id = line[box + 6 :].split()[0]
+            tasks.append(ListedTask(task_id, task_id, number, text[start], mark=MarkSpan(start, start + 1)))
+        position += len(line)
+    return TaskList(format, "tasks.md", "p", tasks, done_mark=done_mark)  # type: ignore[arg-type]
+
+
+def written(text: str, states: dict[str, TaskStatus], done_mark: str = "X", running: bool | None = None) -> str:
+    listed = markdown_list(text, done_mark=done_mark)
+    return apply_changes(text, mark_changes(listed, text, states, mark_running=running))
+
+
+def test_a_success_ticks_its_box_in_the_files_case_and_nothing_else_changes() -> None:
+    after = written(TEXT, {"T001": TaskStatus.SUCCEEDED, "T004": TaskStatus.SUCCEEDED})
+    assert after == TEXT.replace("[ ] T001", "[X] T001").replace("[ ] T004", "[X] T004")
+    assert after.startswith("\ufeff") and after.count("\r\n") == TEXT.count("\r\n")
+    lower = written(TEXT, {"T001": TaskStatus.SUCCEEDED}, done_mark="x")
+    assert "- [x] T001" in lower
+
+
+def test_in_progress_marks_only_where_asked_and_back_only_after_a_failure() -> None:
+    running = {"T001": TaskStatus.RUNNING, "T003": TaskStatus.FAILED, "T004": TaskStatus.QUEUED}
+    assert written(TEXT, running) == TEXT  # spec-kit has no in-progress mark unless asked
+    marked = apply_changes(TEXT, mark_changes(markdown_list(TEXT), TEXT, running, mark_running=True))
+    assert "- [-] T001" in marked and "- [ ] T003" in marked and "  - [-] T004" in marked
+    kiro = markdown_list(TEXT, format="kiro")
+    assert [c.task_id for c in mark_changes(kiro, TEXT, running)] == ["T001", "T003", "T004"]  # Kiro has [-]
+    waiting = {"T003": TaskStatus.PENDING, "T001": TaskStatus.RETRY_WAIT}
+    assert mark_changes(kiro, TEXT, waiting) == []  # a task waiting keeps its mark
+
+
+def test_a_box_ticked_by_hand_is_never_unticked_and_unknown_tasks_stay() -> None:
+    states = {"T002": TaskStatus.FAILED, "T999": TaskStatus.SUCCEEDED}
+    assert written(TEXT, states, running=True) == TEXT
+    assert done_in_text(markdown_list(TEXT), TEXT) == {"T002"}
+
+
+def test_task_master_statuses_change_as_tokens_and_the_rest_of_the_json_stays() -> None:
+    text = '{\n  "master": {"tasks": [\n    {"id": 1, "status": "pending", "x": [1,2]},\n' \
+        '    {"id": 2,   "status":"in-progress"},\n    {"id": 3, "status": "cancelled"}\n  ],\n' \
+        '  "metadata": {"k": "v"}}\n}\n'  # fmt: skip
+    tasks = []
+    for task_id, token in (("1", '"pending"'), ("2", '"in-progress"'), ("3", '"cancelled"')):
+        start = text.index(token)
+        tasks.append(ListedTask(task_id, task_id, 1, json.loads(token), mark=MarkSpan(start, start + len(token))))
+    listed = TaskList("taskmaster", "tasks.json", "master", tasks)
+    states = {"1": TaskStatus.RUNNING, "2": TaskStatus.SUCCEEDED, "3": TaskStatus.SUCCEEDED}
+    after = apply_changes(text, mark_changes(listed, text, states))
+    assert after == text.replace('"pending"', '"in-progress"', 1).replace('"status":"in-progress"', '"status":"done"')
+    assert json.loads(after)["master"]["metadata"] == {"k": "v"}
+    assert done_in_text(listed, text) == {"3"}  # cancelled counts as done: it satisfies its dependants
+    running = apply_changes(text, mark_changes(listed, text, {"1": TaskStatus.RUNNING}))
+    start = running.index('"in-progress"')
+    reread = TaskList(
+        "taskmaster", "tasks.json", "master", [ListedTask("1", "1", 1, "", mark=MarkSpan(start, start + 13))]
+    )
+    assert apply_changes(running, mark_changes(reread, running, {"1": TaskStatus.FAILED})) == text
+
+
+def test_the_file_is_replaced_only_while_it_holds_what_orch_read(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.md"
+    path.write_text(TEXT, encoding="utf-8", newline="")
+    os.chmod(path, 0o640)
+    assert replace_if_unchanged(path, TEXT, TEXT.replace("[ ] T001", "[X] T001"))
+    assert path.read_bytes() == TEXT.replace("[ ] T001", "[X] T001").encode()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert not replace_if_unchanged(path, TEXT, "something else")  # it changed since: the user's edit is kept
+    assert path.read_bytes() == TEXT.replace("[ ] T001", "[X] T001").encode()
+    assert [p.name for p in tmp_path.iterdir()] == ["tasks.md"]  # no temporary file left behind
