@@ -4,6 +4,7 @@ the route that would strand a task on the wrong queue is seen, and pinned with `
 
 from __future__ import annotations
 
+from orch.executors import ExecutorName
 from orch.intake.plan import Plan
 from orch.views.format import counted
 from orch.views.terminal import inert
@@ -12,9 +13,10 @@ ROUTES_SHOWN = 20  # route lines at most: a big plan's weak routes first, the re
 
 
 def route_lines(plan: Plan, limit: int = ROUTES_SHOWN) -> list[str]:
-    """A heading, then a line per routed task (`  id  type  why[  — weak: …]`), weak ones first, at most `limit`,
-    then how many more; nothing when every task names its `agent:`."""
-    routed = [task for task in plan.tasks if task.routed]
+    """A heading, then a line per routed task that will run (`  id  type  why[  — weak: …]`), weak ones first, at
+    most `limit`, then how many more; nothing when every task names its `agent:`."""
+    # a task done in its list never runs, and a group (noop) runs nothing: their routes do not matter
+    routed = [task for task in plan.tasks if task.routed and not task.done and task.executor is not ExecutorName.NOOP]
     if not routed:
         return []
     weak = [task for task in routed if task.route_weakness]

@@ -33,6 +33,7 @@ _CHECKBOX = re.compile(r"^[ \t]*[-*+][ \t]+\[[ xX-]\]\*?[ \t]+(?P<first>\S+)", r
 _SPECKIT_ID = re.compile(r"T\d{3,}[a-z]?")
 _KIRO_ID = re.compile(r"\d+(\.\d+)?\.?")
 _ID = re.compile(ID_PATTERN)
+_MARKDOWN = (".md", ".markdown", ".txt")
 
 
 def reader_of(format: Format) -> Reader:
@@ -65,8 +66,8 @@ def detect_format(path: Path, text: str) -> Format | Literal["plan"]:
     if suffix == ".json" or stripped.startswith("{"):
         return "plan" if re.search(r'"name"\s*:', stripped[:4096]) and not _looks_tagged(stripped) else "taskmaster"
     firsts = [match.group("first") for match in _CHECKBOX.finditer(text)]
-    if not firsts:
-        return "checklist" if "[ ]" in text or "[x]" in text.lower() else "plan"
+    if not firsts:  # Markdown without a task: the checklist reader says so
+        return "checklist" if suffix in _MARKDOWN or "[ ]" in text or "[x]" in text.lower() else "plan"
     if "/.kiro/" in f"/{path.as_posix()}":
         return "kiro"
     speckit = sum(1 for first in firsts if _SPECKIT_ID.fullmatch(first))
@@ -125,7 +126,7 @@ def check_list(listed: TaskList) -> None:
     references to unknown tasks, cycles (their path, each task with its line)."""
     problems = ListProblems(listed.source)
     if not listed.tasks:
-        problems.add(None, f"no tasks found: not a {_FORMAT_NAMES[listed.format]} this file is, or it is empty")
+        problems.add(None, f"no tasks found, read as a {_FORMAT_NAMES[listed.format]} (--format reads it as another)")
         problems.raise_if_any()
     line_of: dict[str, int] = {}
     for task in listed.tasks:
