@@ -62,6 +62,14 @@ _WORKTREE_STEPS = (
 )
 
 
+def _tasklist(size: Size) -> str:
+    return f"task list ({_n(size.tasklist_tasks)}-task spec-kit tasks.md)"
+
+
+def _edits(size: Size) -> str:
+    return f"{_tasklist(size)}: saved edit → new task queued (debounce {size.tasklist_debounce:g} s)"
+
+
 def _worktree_step(step: str, what: str, q: str) -> Row:
     return Row(
         f"worktree.{step.replace(' ', '_')}_{q}",
@@ -172,6 +180,23 @@ ROWS: list[Row] = [
         "ms", lambda r: _get(r, "scale", "small", "tick", "tick_ms", "p50")),
     Row("scale.tick_big", lambda s: f"scale: beat tick (full reconcile pass), {_n(s.scale_big)}-task plan, p50",
         "ms", lambda r: _get(r, "scale", "big", "tick", "tick_ms", "p50")),
+    # task lists (bench/tasklists.py)
+    Row("tasklists.import_best", lambda s: f"{_tasklist(s)}: import (load_any_plan), best of {s.tasklist_runs}", "s",
+        lambda r: _get(r, "tasklists", "import", "load_any_plan_s", "best")),
+    Row("tasklists.import_median", lambda s: f"{_tasklist(s)}: import (load_any_plan), median", "s",
+        lambda r: _get(r, "tasklists", "import", "load_any_plan_s", "median")),
+    Row("tasklists.read_median", lambda s: f"{_tasklist(s)}: the reader alone (read_tasklist), median", "s",
+        lambda r: _get(r, "tasklists", "import", "read_tasklist_s", "median")),
+    Row("tasklists.validation_share", lambda s: f"{_tasklist(s)}: validation's share of the import (plan_of_list)",
+        "%", lambda r: _get(r, "tasklists", "import", "validation_share_percent")),
+    Row("tasklists.sync", lambda s: f"{_tasklist(s)}: follower's sync of one edit (read, validate, revise), p50",
+        "ms", lambda r: _get(r, "tasklists", "edit", "sync_ms", "p50")),
+    Row("tasklists.edit_median", lambda s: f"{_edits(s)}, median of {s.tasklist_edits}", "s",
+        lambda r: _get(r, "tasklists", "edit", "save_to_queued_s", "median")),
+    Row("tasklists.edit_max", lambda s: f"{_edits(s)}, max", "s",
+        lambda r: _get(r, "tasklists", "edit", "save_to_queued_s", "max")),
+    Row("tasklists.edit_over_debounce", lambda s: f"{_edits(s)}, max beyond the debounce", "s",
+        lambda r: _get(r, "tasklists", "edit", "over_debounce_max_s")),
 ]  # fmt: skip
 
 
@@ -196,7 +221,11 @@ TARGETS = [
     Target("idle_beat", "idle beat < 1% of a core", "orch.idle_beat", "<", 1.0, "% core"),
     Target("worktree", "worktree added cost per task p50 ≤ 150 ms", "worktree.per_task_p50", "<=", 150.0, "ms"),
     Target("memory", "worker memory flat: PSS after ≤ 1.1 x before the wide plan", "ratio.rss", "<=", 1.1, "x"),
-]
+    Target("tasklist_import", "import a 1,000-task spec-kit tasks.md ≤ 1 s (median)", "tasklists.import_median",
+           "<=", 1.0, "s"),
+    Target("tasklist_edit", "saved edit → new task queued ≤ debounce + 1 s (max)", "tasklists.edit_over_debounce",
+           "<=", 1.0, "s"),
+]  # fmt: skip
 
 
 def _check(op: str, value: float, bound: float) -> bool:

@@ -10,7 +10,9 @@ worker settings (orch's Celery configuration, the same pool and concurrency):
 3. orch at scale, in-process: validate + submit a large plan, readiness per completion on a small and a large
    plan, one full reconcile pass (beat tick) on the large plan;
 4. what a task in its own git worktree adds, in-process: worktree creation, commit, merge and removal on a
-   repository of 1,000 files (bench/worktree_cost.py), beside the plain task's hop of part 2.
+   repository of 1,000 files (bench/worktree_cost.py), beside the plain task's hop of part 2;
+5. task lists (bench/tasklists.py): importing a 1,000-task spec-kit tasks.md, in-process, and the time from a saved
+   edit of a followed list (`orch sync`'s follower and file watch, a real beat process) to the new task queued.
 
 Prints a table and writes `<out>/<UTC timestamp>.json` (machine, versions, settings, every figure, the targets
 with pass/fail) and the same tables in Markdown next to it. Exits 1 if a part could not run."""
@@ -48,7 +50,7 @@ from bench.sizes import SIZES, Size
 
 CAP = 10_000  # the benchmark agent type's concurrency cap (queued + running): the largest orch allows
 STORE_KINDS = ("sqlite", "postgres")
-PARTS = ("raw", "orch", "scale", "worker_path", "worktree")
+PARTS = ("raw", "orch", "scale", "worker_path", "worktree", "tasklists")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,9 +84,10 @@ def bench_config(folder: Path) -> Path:
     agents_file = target / "agents.yaml"
     document = yaml.safe_load(agents_file.read_text(encoding="utf-8"))
     for spec in document["agent_types"]:
+        # every type's queue is this run's own, on a shared broker too (a task list's tasks route by keywords)
+        spec["queue"] = f"bench.{RUN_ID}.{spec['name']}"
         if spec["name"] == AGENT:
             spec["concurrency"] = CAP
-            spec["queue"] = f"bench.{RUN_ID}.{AGENT}"  # a queue of this run's own, on a shared broker too
     agents_file.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return target
 
@@ -228,6 +231,7 @@ def run_store(
     from bench.orch_runs import run_orch
     from bench.raw import run_raw
     from bench.scale import run_scale
+    from bench.tasklists import run_tasklists
     from bench.worker_path import run_worker_path
     from bench.worktree_cost import run_worktree
     from orch.celery import use_broker
@@ -276,6 +280,7 @@ def run_store(
         part("scale", lambda: run_scale(stores, broker.url, registry, size, folder, profile))
         part("worker_path", lambda: run_worker_path(stores, broker.url, registry, size, folder, profile))
         part("worktree", lambda: run_worktree(size, folder / "worktree", profile))
+        part("tasklists", lambda: run_tasklists(fleet, env, stores, broker.url, registry, size, folder / "tasklists"))
     finally:
         stores.close()
         broker.close()

@@ -26,6 +26,10 @@ class Size:
     plan_timeout: float  # longest wait for one orch plan
     worktree_files: int  # worktree part: files in the repository
     worktree_tasks: int  # ... and timed tasks in their own worktrees (in pairs: a fast-forward and a 3-way merge)
+    tasklist_tasks: int  # task lists: tasks in the spec-kit tasks.md imported and followed
+    tasklist_runs: int  # ... timed imports
+    tasklist_edits: int  # ... timed saves adding a task to the followed list
+    tasklist_debounce: float  # ... the follower's debounce (seconds): the edit's target is this + 1 s
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +54,10 @@ FULL = Size(
     plan_timeout=1200.0,
     worktree_files=1_000,
     worktree_tasks=30,
+    tasklist_tasks=1_000,
+    tasklist_runs=10,
+    tasklist_edits=6,
+    tasklist_debounce=2.0,  # orch sync's and orch run --watch's default
 )
 
 TINY = Size(
@@ -71,6 +79,10 @@ TINY = Size(
     plan_timeout=120.0,
     worktree_files=200,
     worktree_tasks=2,
+    tasklist_tasks=100,
+    tasklist_runs=3,
+    tasklist_edits=2,
+    tasklist_debounce=0.5,
 )
 
 SIZES = {s.name: s for s in (FULL, TINY)}
