@@ -8,8 +8,9 @@ dash, detail bullets):
   list's checks) and the validation (`plan_of_list`: the plan document and `validate_plan`), whose share of the
   import is reported;
 - saved edit -> new task queued, the real path on this store and its broker: the list's plan submitted and
-  followed as `orch sync` does (`Follower(watching=True)` ticked every 0.2 s by a thread, `FileWatch` on the
-  list), with a real `celery -A orch beat` process ticking every `ORCH_TICK_SECONDS` (1 s) to queue what is ready.
+  followed as `orch sync` beside a broker does (`Follower(watching=True)` ticked every 0.2 s by a thread,
+  `FileWatch` on the list, what a revision makes ready claimed and sent at once by `dispatch_ready`), with a real
+  `celery -A orch beat` process ticking every `ORCH_TICK_SECONDS` (1 s) as a deployment has.
   Then `tasklist_edits` times a new task line is saved into the list as an editor saves (a temporary file beside
   it, renamed over it), and the time runs from the rename to the store showing the new task `queued` (polled
   every 10 ms). No worker runs: queued is the end point.
@@ -321,7 +322,7 @@ def submit_followed(path: Path, registry: AgentRegistry, say: Callable[[str], No
     from orch.intake.plan_document import read_plan_text
     from orch.intake.targets import load_targets
     from orch.intake.tasklists.importing import PlanInput, load_any_plan
-    from orch.services.tasklist_sync import ListSpec, followed_plan
+    from orch.services.tasklist_sync import ListSpec, dispatch_ready, followed_plan
     from orch.settings import get_settings
     from orch.store import plans
     from orch.store.db import db_now, write_session
@@ -345,6 +346,7 @@ def submit_followed(path: Path, registry: AgentRegistry, say: Callable[[str], No
     with write_session() as session:
         plan_id = plans.submit_plan(session, plan, db_now(session), {})
     follower = TimedFollower(spec, plan_id, read_plan_text(spec.path), say, watching=True, debounce=debounce)
+    follower.dispatch = dispatch_ready(spec.registry)  # as `orch sync` beside a broker: ready tasks sent at once
     follower.write_back(force=True)
     return follower
 

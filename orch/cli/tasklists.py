@@ -81,11 +81,15 @@ def import_command(list_file: str, output: str | None, explain_edges: bool, how:
         raise PlanInvalid(list_file, [f"{list_file}: is an orch plan already, not a task list (--format names one)"])
     read = read_tasklist(path, format, how.options, list_file)
     settings = get_settings()
-    plan_of_list(read, registry(), settings.workdir_root_paths, executor=how.executor)  # validated: exit 2 if not
+    plan = plan_of_list(read, registry(), settings.workdir_root_paths, executor=how.executor)  # exit 2 if bad
     workdir = str(read.project)
     if output is not None:
         workdir = os.path.relpath(read.project, Path(output).resolve().parent)
     document = plan_document(read, how.executor, workdir)
+    # each task's agent type as routed on its own words (the plan's descriptions add the feature's documents)
+    agent_of = {task.key: task.agent for task in plan.tasks}
+    for task in document["tasks"]:
+        task.setdefault("agent", agent_of[task["id"]])
     text = _plan_yaml(document, read.tasks, list_file, explain_edges)
     if output is None:
         click.echo(text, nl=False)
@@ -169,7 +173,7 @@ def sync_command(list_file: str, how: PlanInput, once: bool, debounce: float, ma
     follows it yet; its saved edits become plan revisions (added tasks join, edited pending ones change, removed
     pending ones are cancelled, a box ticked by hand is `orch skip`); tasks' states are written back as marks.
     Runs until Ctrl-C (or once, --once)."""
-    from orch.services.tasklist_sync import FileWatch, Follower, followed_plan
+    from orch.services.tasklist_sync import FileWatch, Follower, dispatch_ready, followed_plan
     from orch.store import plans
     from orch.store.db import write_session
 
@@ -184,17 +188,20 @@ def sync_command(list_file: str, how: PlanInput, once: bool, debounce: float, ma
 
         click.echo(f"orch sync: {inert(text)}", err=True)
 
+    # beside a deployment's broker, what a revision makes ready is sent at once (else at the beat's next tick)
+    dispatch = dispatch_ready(spec.registry) if get_settings().broker_url is not None else None
     if followed is None:
         bases = repository_bases(plan)
         with write_session() as session:
             plan_id = plans.submit_plan(session, plan, now_utc(), bases)
         click.echo(plan_id)
-        follower = Follower(spec, plan_id, _text(spec.path), say, watching=True, debounce=debounce)
+        follower = Follower(spec, plan_id, _text(spec.path), say, watching=True, debounce=debounce, dispatch=dispatch)
     else:
         plan_id = followed.id
         click.echo(plan_id)
         say(f"following plan {plan_id} (revision {followed.revision}, {followed.status})")
-        follower = Follower(spec, plan_id, "", say, watching=True, debounce=debounce)  # "": compare with the store
+        # "": compared with the store, not with a text
+        follower = Follower(spec, plan_id, "", say, watching=True, debounce=debounce, dispatch=dispatch)
         follower.sync_now()
     follower.write_back(force=True)
     if once:

@@ -22,6 +22,7 @@ import click
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from orch.celery import use_broker
 from orch.errors import ConfigInvalid, OrchError, StoreUnusable, WorkerStopped
 from orch.executors import IN_PROCESS
 from orch.intake.plan import Plan
@@ -29,7 +30,7 @@ from orch.redaction import safe_url
 from orch.services.embedded import EmbeddedRedis, EmbeddedWorker, check_home
 from orch.services.isolation import resolve_isolation
 from orch.services.processes import process_alive, this_process
-from orch.services.tasklist_sync import DEFAULT_DEBOUNCE, FileWatch, Follower, ListSpec
+from orch.services.tasklist_sync import DEFAULT_DEBOUNCE, FileWatch, Follower, ListSpec, dispatch_ready
 from orch.settings import get_settings
 from orch.states import PLAN_FINAL, PlanStatus
 from orch.store import dispatching, operator, plans, runners
@@ -177,6 +178,7 @@ def _start_and_watch(
     queues = sorted({t.queue for t in plan.tasks})
     if tasklist is not None and tasklist.watch:  # a revision may add tasks of any agent type
         queues = sorted({*queues, *(agent.queue for agent in tasklist.spec.registry)})
+        use_broker(broker_url)  # what a revision makes ready is sent from here at once
     run.worker = worker = EmbeddedWorker(
         queues=queues,
         env={
@@ -215,6 +217,7 @@ def _run_list(
 
     follower = Follower(tasklist.spec, plan_id, tasklist.text, say, watching=tasklist.watch, debounce=tasklist.debounce)
     follower.origin = f"orch run --watch on {socket.gethostname()} (pid {os.getpid()})"
+    follower.dispatch = dispatch_ready(tasklist.spec.registry)
     said_stalled: list[tuple[str, str]] = []
 
     def tick() -> None:

@@ -82,6 +82,9 @@ class Follower:
     revisions: int = 0
     syncs_failed: int = 0
     last_problem: str | None = None
+    # Called with the plan id once a revision is applied: what it made ready is sent at once, not at the beat's
+    # next tick (None: the beat sends it).
+    dispatch: Callable[[str], None] | None = None
 
     def file_changed(self, now: float | None = None) -> None:
         """The watcher saw the list change (perhaps by orch's own write: `tick` tells)."""
@@ -126,6 +129,7 @@ class Follower:
         if applied.number is not None:
             self.revisions += 1
             self.say(f"revision {applied.number} of plan {self.plan_id}: {applied.summary()}")
+            self._dispatch()
         elif applied.revision.cycle or applied.revision.not_applied:
             self.say(f"{self.spec.path}: {applied.summary()}")
         return applied
@@ -145,6 +149,14 @@ class Follower:
                     self._problem(f"the store refused the revision: {str(exc.orig).splitlines()[0]}")
                     return None
         return None
+
+    def _dispatch(self) -> None:
+        if self.dispatch is None:
+            return
+        try:
+            self.dispatch(self.plan_id)
+        except Exception as exc:  # the broker or the store refused: the beat sends what is ready at its next tick
+            self._problem(f"what the revision made ready waits for the beat: {type(exc).__name__}: {exc}")
 
     def _problem(self, problem: str) -> None:
         if problem != self.last_problem:
@@ -221,6 +233,23 @@ def replace_if_unchanged(path: Path, expected: str, text: str) -> bool:
             os.unlink(temporary)
         raise
     return True
+
+
+def dispatch_ready(registry: AgentRegistry) -> Callable[[str], None]:
+    """A follower's `dispatch`: claim what is ready in the plan now and send it through this process's broker (as
+    the beat would at its next tick)."""
+
+    def dispatch(plan_id: str) -> None:
+        # lazy (start-up cost): Celery, for the commands that follow a list beside a broker
+        from orch.celery import app
+        from orch.dispatch.reconcile import publish, reconcile_plans
+        from orch.settings import get_settings
+
+        with write_session() as session:
+            dispatches = reconcile_plans(session, [plan_id], registry, datetime.now(UTC))
+        publish(app, dispatches, get_settings().kill_grace_seconds)
+
+    return dispatch
 
 
 # --- finding and starting the plan of a list ---------------------------------------------------------------------

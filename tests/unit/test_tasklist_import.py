@@ -81,6 +81,7 @@ def test_a_spec_kit_feature_becomes_a_plan_working_in_its_repository(tmp_path: P
         f"Context (read these first): {folder}/spec.md, {folder}/plan.md, {folder}/data-model.md, {folder}/contracts"
     )
     assert by_key["T005"].description.endswith(context)
+    assert "data model" not in by_key["T005"].route_reason  # routed on its own words, not on `data-model.md`
     assert by_key["T005"].files == ("src/tzutil/offsets.py",)
     assert by_key["T005"].source == {
         "format": "speckit",

@@ -172,11 +172,14 @@ def format_name(format: str) -> str:
 # --- the plan document ------------------------------------------------------------------------------
 
 
-def plan_document(read: ListRead, executor: Executor | None = None, workdir: str | None = None) -> dict[str, Any]:
+def plan_document(
+    read: ListRead, executor: Executor | None = None, workdir: str | None = None, with_context: bool = True
+) -> dict[str, Any]:
     """The orch plan a list stands for, as a plan file would hold it. `executor` overrides every task's (a dry
-    run); `workdir` is the project's folder as the document names it (default: absolute)."""
+    run); `workdir` is the project's folder as the document names it (default: absolute); `with_context`: each
+    description names the feature's documents (spec-kit)."""
     listed = read.tasks
-    context = _context_note(listed, read.project)
+    context = _context_note(listed, read.project) if with_context else ""
     tasks = [_task_document(task, listed, context, executor) for task in listed.tasks]
     document: dict[str, Any] = {"name": listed.name, "workdir": workdir or str(read.project), "tasks": tasks}
     if listed.description:
@@ -299,12 +302,19 @@ def plan_of_list(
     """The plan of a list read: validated like any plan, its workdir the project's folder (inside `roots` when
     given, ORCH_WORKDIR_ROOTS)."""
     listed = read.tasks
-    document = plan_document(read, executor)
+    # routed on the tasks' own words: the context note names files (`data-model.md`) keywords would match
+    document = plan_document(read, executor, with_context=False)
     named = f"ORCH_WORKDIR_ROOTS: {', '.join(map(str, roots))}" if roots else "the list's project folder"
     allowed = WorkdirRoots(tuple(roots) or (read.project,), named)
     plan = validate_plan(
         document, registry, source=listed.source, base_dir=read.project, roots=allowed, targets=targets
     )
+    context = _context_note(listed, read.project)
+    if context:
+        with_note = tuple(
+            replace(t, description="\n\n".join(filter(None, (t.description, context)))) for t in plan.tasks
+        )
+        plan = replace(plan, tasks=with_note)
     options = {"tag": read.options.tag, "include_optional": read.options.include_optional}
     return replace(plan, origin=ListOrigin(str(Path(listed.source).resolve()), listed.format, options))
 
