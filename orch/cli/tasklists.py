@@ -18,7 +18,15 @@ import yaml
 from orch.cli.common import err, handle_errors, now_utc, plan_input_options, read_plan, registry, repository_bases
 from orch.errors import OrchError, PlanInvalid, UserError
 from orch.intake.plan import Plan
-from orch.intake.tasklists.importing import PlanInput, explain, format_name, plan_document, read_tasklist
+from orch.intake.tasklists.importing import (
+    PlanInput,
+    conflicting_input,
+    explain,
+    format_name,
+    plan_document,
+    read_tasklist,
+    stored_input,
+)
 from orch.settings import get_settings
 
 if TYPE_CHECKING:
@@ -45,9 +53,20 @@ def _list_spec(plan: Plan, how: PlanInput, mark_running: bool | None) -> ListSpe
     )
 
 
+def _ids_to_follow(plan: Plan) -> None:
+    """A followed list's tasks need ids of their own: a checklist item without one is named by its line, which an
+    edit above it moves (a running task would look removed, and be added again)."""
+    for task in plan.tasks:
+        line = task.source.get("line") if task.source else None
+        if plan.origin is not None and plan.origin.format == "checklist" and task.key == f"L{line}":
+            raise UserError(
+                f"{plan.source}:{line}: this item has no id (orch calls it {task.key}, after its line); give every "
+                "item an id (`- [ ] T001 …`) to follow the list"
+            )
+
+
 def list_run(plan: Plan, how: PlanInput, watch: bool, debounce: float, mark_running: bool | None) -> ListRun | None:
     """How `orch run` follows the list `plan` was read from (None: a plan file, which is not followed)."""
-    from orch.intake.plan_document import read_plan_text
     from orch.services.local_run import ListRun
 
     if plan.origin is None:
@@ -55,8 +74,10 @@ def list_run(plan: Plan, how: PlanInput, watch: bool, debounce: float, mark_runn
             flag = "--watch" if watch else "--mark-running"
             raise UserError(f"{flag} follows a task list; {plan.source} is an orch plan")
         return None
+    if watch:
+        _ids_to_follow(plan)
     spec = _list_spec(plan, how, mark_running)
-    return ListRun(spec, read_plan_text(spec.path), watch, debounce)
+    return ListRun(spec, plan.origin.text, watch, debounce)
 
 
 # --- orch import ----------------------------------------------------------------------------------------------
@@ -76,6 +97,8 @@ def import_command(list_file: str, output: str | None, explain_edges: bool, how:
     from orch.intake.tasklists.importing import plan_of_list, resolve_format
 
     path = Path(list_file)
+    if output is not None and Path(output).resolve() == path.resolve():
+        raise UserError(f"-o {output} is the list itself; write the plan to another file")
     format = resolve_format(path, how.format, list_file)
     if format == "plan":
         raise PlanInvalid(list_file, [f"{list_file}: is an orch plan already, not a task list (--format names one)"])
@@ -94,7 +117,10 @@ def import_command(list_file: str, output: str | None, explain_edges: bool, how:
     if output is None:
         click.echo(text, nl=False)
     else:
-        Path(output).write_text(text, encoding="utf-8")
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
         err.print(f"orch import: wrote {output} ({len(document['tasks'])} tasks)", markup=False, highlight=False)
 
 
@@ -177,11 +203,18 @@ def sync_command(list_file: str, how: PlanInput, once: bool, debounce: float, ma
     from orch.store import plans
     from orch.store.db import write_session
 
+    followed = followed_plan(Path(list_file))
+    if followed is not None and followed.list_format is not None:  # read as its plan was, whatever the flags say
+        stored = stored_input(followed.list_format, followed.list_options)
+        conflict = conflicting_input(how, stored)
+        if conflict is not None:
+            raise UserError(f"plan {followed.id} follows {list_file}, read otherwise than {conflict}")
+        how = stored
     plan = read_plan(list_file, how)
     if plan.origin is None:
         raise UserError(f"orch sync follows a task list; {list_file} is an orch plan (orch submit stores it)")
+    _ids_to_follow(plan)
     spec = _list_spec(plan, how, mark_running)
-    followed = followed_plan(spec.path)
 
     def say(text: str) -> None:
         from orch.views.terminal import inert
@@ -195,7 +228,7 @@ def sync_command(list_file: str, how: PlanInput, once: bool, debounce: float, ma
         with write_session() as session:
             plan_id = plans.submit_plan(session, plan, now_utc(), bases)
         click.echo(plan_id)
-        follower = Follower(spec, plan_id, _text(spec.path), say, watching=True, debounce=debounce, dispatch=dispatch)
+        follower = Follower(spec, plan_id, plan.origin.text, say, watching=True, debounce=debounce, dispatch=dispatch)
     else:
         plan_id = followed.id
         click.echo(plan_id)
@@ -217,20 +250,19 @@ def sync_command(list_file: str, how: PlanInput, once: bool, debounce: float, ma
     say(f"plan {plan_id} was cancelled; stopped following {list_file}")
 
 
-def _text(path: Path) -> str:
-    from orch.intake.plan_document import read_plan_text
-
-    return read_plan_text(path)
-
-
 def _cancelled(plan_id: str) -> bool:
+    from sqlalchemy.exc import DBAPIError
+
     from orch.states import PlanStatus
     from orch.store.db import read_session
     from orch.store.plans import get_plan
 
-    with read_session() as session:
-        plan = get_plan(session, plan_id)
-        return plan is None or plan.status is PlanStatus.CANCELLED
+    try:
+        with read_session() as session:
+            plan = get_plan(session, plan_id)
+            return plan is None or plan.status is PlanStatus.CANCELLED
+    except (DBAPIError, OrchError):  # the store is away for now: the follower says so, and the loop goes on
+        return False
 
 
 # --- orch inbox -----------------------------------------------------------------------------------------------
@@ -266,49 +298,81 @@ def inbox_command(folder: str, once: bool) -> None:
 
 def _drain(inbox: Path, settle: float) -> None:
     for path in sorted(inbox.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in INBOX_SUFFIXES or not path.is_file():
+        if path.name.startswith(".") or path.suffix.lower() not in INBOX_SUFFIXES:
             continue
-        if settle and time.time() - path.stat().st_mtime < settle:
-            continue  # still being written
+        if path.is_symlink():
+            _reject(inbox, path, ["a symbolic link: orch inbox takes only files dropped into it, never follows one"])
+            continue
+        if not path.is_file() or (settle and time.time() - path.stat().st_mtime < settle):
+            continue  # a folder, or still being written
         _take(inbox, path)
 
 
+def _say(text: str) -> None:
+    from orch.views.terminal import inert
+
+    click.echo(f"orch inbox: {inert(text)}", err=True)
+
+
 def _take(inbox: Path, path: Path) -> None:
+    from orch.errors import StoreUnusable
+    from orch.intake.plan_document import read_plan_text
     from orch.store import plans
     from orch.store.db import read_session, write_session
     from orch.store.models import PlanRow
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        text = read_plan_text(path)  # bounded, a regular file only: what is hashed is what is read
+    except PlanInvalid as exc:
+        _reject(inbox, path, exc.problems)
+        return
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     source = f"{path.name} (inbox {inbox.resolve()}, sha256 {digest[:16]})"
     with read_session() as session:
         earlier = session.query(PlanRow.id).filter(PlanRow.source == source).first()
     if earlier is not None:
         _move(path, inbox / "submitted")
-        click.echo(f"orch inbox: {path.name} was submitted before as {earlier[0]}; moved to submitted/", err=True)
+        _say(f"{path.name} was submitted before as {earlier[0]}; moved to submitted/")
         return
+    target = _free_name(inbox / "submitted", path.name)
     try:
         plan = read_plan(str(path), PlanInput())
         plan = replace(plan, source=source)
+        if plan.origin is not None:  # the list is followed where it is kept from now on
+            plan = replace(plan, origin=replace(plan.origin, file=str(target.resolve())))
         bases = repository_bases(plan)
         with write_session() as session:
             plan_id = plans.submit_plan(session, plan, now_utc(), bases)
-    except (OrchError, SystemExit) as exc:
-        problems = exc.problems if isinstance(exc, PlanInvalid) else [str(exc)]
-        moved = _move(path, inbox / "rejected")
-        moved.with_name(moved.name + ".error").write_text("\n".join(problems) + "\n", encoding="utf-8")
-        click.echo(f"orch inbox: {path.name} rejected: {problems[0]}", err=True)
+    except OrchError as exc:
+        if isinstance(exc, UserError) and not isinstance(exc, StoreUnusable):
+            _reject(inbox, path, exc.problems if isinstance(exc, PlanInvalid) else [str(exc)])
+        else:  # the store or a service, not the file: it stays, and is taken next time
+            _say(f"{path.name} left in the inbox for now: {exc}")
         return
-    _move(path, inbox / "submitted")
+    os.replace(path, target)
     click.echo(plan_id)
-    click.echo(f"orch inbox: {path.name} submitted as {plan_id}", err=True)
+    _say(f"{path.name} submitted as {plan_id}")
+
+
+def _reject(inbox: Path, path: Path, problems: list[str]) -> None:
+    moved = _move(path, inbox / "rejected")
+    moved.with_name(moved.name + ".error").write_text("\n".join(problems) + "\n", encoding="utf-8")
+    _say(f"{path.name} rejected: {problems[0]}")
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """`folder/name`, or with `-2`, `-3`… before its suffix where that is taken."""
+    target = folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
+    number = 2
+    while target.exists() or target.is_symlink():
+        target = folder / f"{stem}-{number}{suffix}"
+        number += 1
+    return target
 
 
 def _move(path: Path, folder: Path) -> Path:
-    """Move `path` into `folder`, never over a file there (a name taken gets `-2`, `-3`… before its suffix)."""
-    target = folder / path.name
-    number = 2
-    while target.exists():
-        target = folder / f"{path.stem}-{number}{path.suffix}"
-        number += 1
+    """Move `path` into `folder`, never over a file there."""
+    target = _free_name(folder, path.name)
     os.replace(path, target)
     return target

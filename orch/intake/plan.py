@@ -470,7 +470,8 @@ class ListOrigin:
 
     file: str
     format: str
-    options: Mapping[str, Any]
+    options: Mapping[str, Any]  # {"tag", "include_optional", "executor"}: how it was read, kept with the plan
+    text: str = ""  # the list as read (what a follower compares the file with), not kept
 
 
 @dataclass(frozen=True)

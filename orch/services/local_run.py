@@ -100,6 +100,9 @@ def run_embedded(
             if code == INTERRUPTED:
                 _cancel_after_ctrl_c(run, out, err)
             run.stop()
+            if run.final_write_back is not None:  # the list shows how the run left its tasks
+                with contextlib.suppress(Exception):
+                    run.final_write_back()
     return INTERRUPTED if ctrl_c.count else (code or 0)
 
 
@@ -142,6 +145,7 @@ class _EmbeddedRun:
         self.redis: EmbeddedRedis | None = None  # once one is started
         self.worker: EmbeddedWorker | None = None  # once started
         self.plan_id: str | None = None
+        self.final_write_back: Callable[[], object] | None = None  # a followed list's, once the run is over
 
     def stop(self) -> None:
         if self.worker is not None:
@@ -218,6 +222,7 @@ def _run_list(
     follower = Follower(tasklist.spec, plan_id, tasklist.text, say, watching=tasklist.watch, debounce=tasklist.debounce)
     follower.origin = f"orch run --watch on {socket.gethostname()} (pid {os.getpid()})"
     follower.dispatch = dispatch_ready(tasklist.spec.registry)
+    run.final_write_back = lambda: follower.write_back(force=True)
     said_stalled: list[tuple[str, str]] = []
 
     def tick() -> None:

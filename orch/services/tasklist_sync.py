@@ -9,7 +9,7 @@ permissions, and changes only marks: every other byte stays.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import socket
 import stat
@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
-from orch.errors import PlanInvalid, TaskStateConflict
+from orch.errors import OrchError, PlanInvalid, TaskStateConflict
 from orch.intake.agents import AgentRegistry
 from orch.intake.plan import Plan
 from orch.intake.plan_document import read_plan_text
@@ -34,9 +34,9 @@ from orch.intake.tasklists.model import Format
 from orch.intake.tasklists.reading import ReadOptions
 from orch.intake.tasklists.writeback import apply_changes, mark_changes
 from orch.states import TaskStatus
-from orch.store.db import read_session, write_session
+from orch.store.db import db_now, read_session, write_session
 from orch.store.models import EventRow, PlanRow, TaskRow
-from orch.store.revisions import Applied, revise_plan
+from orch.store.revisions import LIST_CHANGED, Applied, revise_plan
 
 DEFAULT_DEBOUNCE = 2.0
 MAX_DEBOUNCE_WAIT = 10.0  # edits that never pause still sync this often
@@ -61,10 +61,6 @@ def plan_of(spec: ListSpec, read: ListRead) -> Plan:
     return plan_of_list(read, spec.registry, spec.roots, targets=spec.targets, executor=spec.executor)
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 @dataclass
 class Follower:
     """One list and its plan: `tick` applies the list's settled edits (when `watching`) and writes states back."""
@@ -85,6 +81,8 @@ class Follower:
     # Called with the plan id once a revision is applied: what it made ready is sent at once, not at the beat's
     # next tick (None: the beat sends it).
     dispatch: Callable[[str], None] | None = None
+    unsettled_text: str | None = None  # not watching: a changed text seen, adopted once it stays the same
+    unsettled_at: float = 0.0
 
     def file_changed(self, now: float | None = None) -> None:
         """The watcher saw the list change (perhaps by orch's own write: `tick` tells)."""
@@ -121,7 +119,7 @@ class Follower:
         except PlanInvalid as exc:
             self._problem("not applied: " + "; ".join(exc.problems))
             return None
-        applied = self._revise(plan)
+        applied = self._revise(plan, read.text)
         if applied is None:
             return None
         self.text = read.text
@@ -134,19 +132,25 @@ class Follower:
             self.say(f"{self.spec.path}: {applied.summary()}")
         return applied
 
-    def _revise(self, plan: Plan) -> Applied | None:
+    def _revise(self, plan: Plan, text: str) -> Applied | None:
+        def still_current() -> bool:
+            return read_plan_text(self.spec.path, str(self.spec.path)) == text
+
         for attempt in range(3):
             try:
                 with write_session() as session:
-                    return revise_plan(session, self.plan_id, plan, datetime.now(UTC), self.origin)
+                    return revise_plan(session, self.plan_id, plan, datetime.now(UTC), self.origin, still_current)
             except TaskStateConflict as exc:
+                if str(exc) == LIST_CHANGED:  # read again once the newer text settles
+                    self.file_changed()
+                    return None
                 if "revised meanwhile" not in str(exc) or attempt == 2:
                     self._problem(str(exc))
                     return None
-            except DBAPIError as exc:  # a deadlock with a worker, a lost connection: tried again
+            except (DBAPIError, OrchError) as exc:  # a deadlock, a lost connection, a full store: tried again
                 if attempt == 2:
                     self.syncs_failed += 1
-                    self._problem(f"the store refused the revision: {str(exc.orig).splitlines()[0]}")
+                    self._problem(f"the store refused the revision: {_first_line(exc)}")
                     return None
         return None
 
@@ -165,13 +169,20 @@ class Follower:
 
     def write_back(self, force: bool = False) -> int:
         """Write the tasks' states into the list as marks, if the store changed since the last write-back. Returns
-        how many marks changed."""
-        with read_session() as session:
-            newest = session.scalar(select(func.max(EventRow.pk)).where(EventRow.plan_id == self.plan_id)) or 0
-            if newest == self.last_event and not force:
-                return 0
-            states = _states(session, self.plan_id)
-        written = self._write_marks(states)
+        how many marks changed. A store or file that refuses is said once; the next tick tries again."""
+        try:
+            with read_session() as session:
+                newest = session.scalar(select(func.max(EventRow.pk)).where(EventRow.plan_id == self.plan_id)) or 0
+                if newest == self.last_event and not force:
+                    return 0
+                states = _states(session, self.plan_id)
+            written = self._write_marks(states)
+        except (DBAPIError, OrchError) as exc:
+            self._problem(f"cannot read the plan's states now: {_first_line(exc)}")
+            return 0
+        except OSError as exc:
+            self._problem(f"cannot write {self.spec.path}: {exc.strerror or exc}")
+            return 0
         if written is not None:
             self.last_event = newest
         return written or 0
@@ -183,12 +194,22 @@ class Follower:
         except PlanInvalid as exc:
             self._problem("; ".join(exc.problems))
             return None
+        generated_ok = True
         if current != self.text:
             if self.watching:  # an edit the watcher may not have told of yet: applied once it settles
                 if self.changed_at is None:
                     self.file_changed()
                 return None
-            self.text = current  # not watching: its edits are not applied, but its marks are still written
+            # Not watching: its edits are not applied, but its marks are still written — once it has settled (an
+            # editor saving in place may be half way through), and not those of items whose id is their line.
+            now = time.monotonic()
+            if current != self.unsettled_text:
+                self.unsettled_text, self.unsettled_at = current, now
+                return None
+            if now - self.unsettled_at < self.debounce:
+                return None
+            self.text = current
+            generated_ok = False
         try:
             read = read_tasklist(self.spec.path, self.spec.format, self.spec.options, str(self.spec.path))
         except PlanInvalid as exc:
@@ -197,6 +218,9 @@ class Follower:
         if read.text != current:
             return None
         changes = mark_changes(read.tasks, current, states, self.spec.mark_running)
+        if not generated_ok:  # an item without an id is named by its line, which the edit may have moved
+            by_line = {task.id for task in read.tasks.tasks if task.id == f"L{task.line}"}
+            changes = [change for change in changes if change.task_id not in by_line]
         if not changes:
             return 0
         updated = apply_changes(current, changes)
@@ -204,6 +228,11 @@ class Follower:
             return None
         self.text = updated
         return len(changes)
+
+
+def _first_line(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    return (str(original).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _states(session: Any, plan_id: str) -> dict[str, TaskStatus]:
@@ -214,24 +243,49 @@ def _states(session: Any, plan_id: str) -> dict[str, TaskStatus]:
 
 def replace_if_unchanged(path: Path, expected: str, text: str) -> bool:
     """Write `text` over the file at `path` if it still holds `expected`: a temporary file beside it (same
-    permissions), fsynced, renamed over it. False, writing nothing, when the file changed meanwhile."""
-    folder = path.resolve().parent
-    info = os.stat(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".orch-tmp", dir=folder)
+    permissions, and owner where this process may set it), fsynced, renamed over it; a file with other hard links
+    is written in place instead (a rename would detach them). False, writing nothing, when the file changed
+    meanwhile (its text, or its size, time or inode since that last look)."""
+    target = path.resolve()
+    before = os.stat(target)
+    if read_plan_text(path, str(path)) != expected:
+        return False
+    data = text.encode("utf-8", "surrogatepass")
+    if before.st_nlink > 1:
+        return _write_in_place(target, before, data)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".orch-tmp", dir=target.parent)
     try:
         with os.fdopen(descriptor, "wb") as file:
-            file.write(text.encode("utf-8", "surrogatepass"))
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, stat.S_IMODE(info.st_mode))
-        if read_plan_text(path, str(path)) != expected:  # the last look: an edit since is the user's, kept
+        os.chmod(temporary, stat.S_IMODE(before.st_mode))
+        with contextlib.suppress(OSError):  # only a privileged process may give a file away: best effort
+            os.chown(temporary, before.st_uid, before.st_gid)
+        if _changed_since(target, before):  # the last look: an edit since is the user's, kept
             os.unlink(temporary)
             return False
-        os.replace(temporary, path.resolve())
+        os.replace(temporary, target)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    return True
+
+
+def _changed_since(path: Path, before: os.stat_result) -> bool:
+    now = os.stat(path)
+    return (now.st_ino, now.st_size, now.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def _write_in_place(path: Path, before: os.stat_result, data: bytes) -> bool:
+    if _changed_since(path, before):
+        return False
+    with open(path, "r+b") as file:
+        file.write(data)
+        file.truncate()
+        file.flush()
+        os.fsync(file.fileno())
     return True
 
 
@@ -246,7 +300,7 @@ def dispatch_ready(registry: AgentRegistry) -> Callable[[str], None]:
         from orch.settings import get_settings
 
         with write_session() as session:
-            dispatches = reconcile_plans(session, [plan_id], registry, datetime.now(UTC))
+            dispatches = reconcile_plans(session, [plan_id], registry, db_now(session))
         publish(app, dispatches, get_settings().kill_grace_seconds)
 
     return dispatch

@@ -3,14 +3,14 @@ applied here in one transaction — tasks added (with their edges), pending task
 withdrawn (cancelled, held as removed), tasks ticked by hand skipped — each task change a compare-and-set on its
 status, the plan's revision number a compare-and-set too, so two syncs never apply the same edit twice.
 
-Dependency counts stay exact while workers finish tasks: the tasks a changed task now waits for are locked (shared)
-before it is counted, so a dependency that succeeds meanwhile is either seen succeeded or decrements the count
-after this commits (a success looks its dependants up when it is recorded).
+Dependency counts stay exact while workers finish tasks: every task a revised task waited for or now waits for is
+locked (shared) before any task row is touched, so a dependency that succeeds meanwhile is either seen succeeded or
+decrements the count after this commits (a success looks its dependants up when it is recorded).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -68,9 +68,22 @@ class Applied:
         return text
 
 
-def revise_plan(session: Session, plan_id: str, plan: Plan, now: datetime, origin: str) -> Applied:
+LIST_CHANGED = "the list changed meanwhile"
+
+
+def revise_plan(
+    session: Session,
+    plan_id: str,
+    plan: Plan,
+    now: datetime,
+    origin: str,
+    still_current: Callable[[], bool] | None = None,
+) -> Applied:
     """Decide and apply what `plan` (its list read again) changes in the stored plan `plan_id`. A plan that was
-    cancelled takes no revision (TaskStateConflict); one that ended runs again when tasks are added or reopened."""
+    cancelled takes no revision (TaskStateConflict); one that ended runs again when tasks are added or reopened.
+    `still_current`, asked once this revision's number is claimed: whether the list still says what `plan` was
+    read from (else TaskStateConflict(LIST_CHANGED), nothing applied: a follower that read an older text never
+    applies it after a newer one)."""
     row = session.get(PlanRow, plan_id)
     if row is None:
         raise TaskStateConflict(f"plan {plan_id} is not in the store")
@@ -91,7 +104,10 @@ def revise_plan(session: Session, plan_id: str, plan: Plan, now: datetime, origi
     )
     if not rowcount(claimed):
         raise TaskStateConflict(f"plan {plan_id} was revised meanwhile; read the list again")
+    if still_current is not None and not still_current():
+        raise TaskStateConflict(LIST_CHANGED)
     by_key = {t.key: t for t in plan.tasks}
+    _lock_dependencies(session, revision, stored, by_key, pks)
     lost: list[tuple[str, str]] = []
     _add(session, plan_id, [by_key[k] for k in revision.added], pks, now)
     lost += _change(session, plan_id, [by_key[k] for k in revision.changed], pks, now, reopen=False)
@@ -118,6 +134,27 @@ def revise_plan(session: Session, plan_id: str, plan: Plan, now: datetime, origi
     )
     log_event(session, now, plan_id, kind="revision", detail=f"revision {number} ({origin}): {applied.summary()}")
     return applied
+
+
+def _lock_dependencies(
+    session: Session,
+    revision: Revision,
+    stored: Mapping[str, StoredTask],
+    by_key: Mapping[str, ResolvedTask],
+    pks: Mapping[str, int],
+) -> None:
+    """Lock (shared, in primary-key order) every stored task a revised task waits for, before and after, before any
+    task row is touched: a worker recording one's success updates its row first, so it either committed before
+    (its decrement is seen, and the counts are made afresh) or waits until this commits (its decrement then sees
+    the new edges). Locked in the worker's order — the dependency, then its dependants — so neither deadlocks."""
+    touched = [*revision.changed, *revision.reopened]
+    old = {dep for key in touched for dep in stored[key].after}
+    new = {dep for key in (*touched, *revision.added) for dep in by_key[key].after}
+    locked = sorted({pks[key] for key in old | new if key in pks})
+    for chunk in chunks(locked):
+        session.execute(
+            select(TaskRow.pk).where(TaskRow.pk.in_(chunk)).order_by(TaskRow.pk).with_for_update(read=True)
+        ).all()
 
 
 def _changes(revision: Revision, lost: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -229,15 +266,11 @@ def _field_values(task: ResolvedTask) -> dict[str, Any]:
 
 
 def _set_dependencies(session: Session, tasks: Sequence[ResolvedTask], pks: Mapping[str, int]) -> None:
-    """Insert the tasks' edges, then count each one's unmet dependencies with those it waits for locked (shared):
-    a dependency finishing meanwhile is counted either way exactly once."""
+    """Insert the tasks' edges, then count each one's unmet dependencies afresh."""
     insert_rows(
         session, DEPENDENCIES, ("task_pk", "depends_on_pk"), [(pks[t.key], pks[d]) for t in tasks for d in t.after]
     )
-    targets = [pks[t.key] for t in tasks]
-    depended_on = sorted({pks[d] for t in tasks for d in t.after})
-    for chunk in chunks(depended_on):
-        session.execute(select(TaskRow.pk).where(TaskRow.pk.in_(chunk)).with_for_update(read=True)).all()
+    targets = [pks[t.key] for t in tasks]  # what they wait for is locked already (_lock_dependencies)
     done = TASKS.alias("done")
     unmet = (
         select(func.count())

@@ -163,7 +163,7 @@ def checklist(titles: dict[str, str]) -> str:
 
 def test_orch_sync_survives_a_thousand_rapid_edits_and_ends_equal_to_the_file(tmp_path: Path) -> None:
     listed = tmp_path / "load.md"
-    titles = {f"L{i}": f"task {i} v0" for i in range(20)}
+    titles = {f"K{i}": f"task {i} v0" for i in range(20)}
     listed.write_text(checklist(titles))
     env = orch_env(tmp_path)
     log = tmp_path / "sync.log"
@@ -183,7 +183,7 @@ def test_orch_sync_survives_a_thousand_rapid_edits_and_ends_equal_to_the_file(tm
         for edit in range(1_000):
             kind = edit % 4
             if kind == 0:  # add a task
-                titles[f"L{next_key}"] = f"task {next_key} v0"
+                titles[f"K{next_key}"] = f"task {next_key} v0"
                 next_key += 1
             elif kind == 1 and len(titles) > 5:  # remove one
                 del titles[sorted(titles)[edit % len(titles)]]
@@ -246,3 +246,47 @@ def test_orch_inbox_submits_each_dropped_file_once(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "submitted before" in again.stderr and again.stdout.strip() == ""
     assert (inbox / "submitted" / "good-2.md").exists()
+
+
+def test_sync_reads_a_list_as_its_plan_was_read_and_refuses_other_flags(tmp_path: Path) -> None:
+    listed = tmp_path / "tasks.json"
+    tasks = {
+        "master": {"tasks": [{"id": 1, "title": "master one", "status": "pending"}]},
+        "feature": {"tasks": [{"id": 1, "title": "feature one", "status": "pending"}]},
+    }
+    listed.write_text(json.dumps(tasks, indent=2))
+    env = orch_env(tmp_path)
+    submitted = run_orch(["submit", str(listed), "--tag", "feature", "--executor", "noop"], tmp_path, env)
+    assert submitted.returncode == 0, submitted.stderr
+    plan = submitted.stdout.strip()
+    again = run_orch(["sync", str(listed), "--once"], tmp_path, env)  # no flags: read as it was submitted
+    assert again.returncode == 0, again.stderr
+    assert "revision 2" not in again.stderr
+    (only,) = status_json(plan, tmp_path, env)["tasks"]
+    assert (only["title"], only["executor"]) == ("feature one", "noop")
+    other = run_orch(["sync", str(listed), "--once", "--tag", "master"], tmp_path, env)
+    assert other.returncode == 2
+    assert f"plan {plan} follows {listed}, read otherwise than --tag master" in other.stderr
+
+
+def test_following_a_checklist_needs_an_id_on_every_item(tmp_path: Path) -> None:
+    listed = tmp_path / "todo.md"
+    listed.write_text("- [ ] A1 first\n- [ ] buy milk\n")
+    env = orch_env(tmp_path)
+    for command in (["run", str(listed), "--watch"], ["sync", str(listed), "--once"]):
+        result = run_orch(command, tmp_path, env)
+        assert result.returncode == 2, result.stderr
+        assert "todo.md:2: this item has no id (orch calls it L2, after its line)" in result.stderr
+
+
+def test_orch_inbox_never_follows_a_symbolic_link(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    secret = tmp_path / "elsewhere.md"
+    secret.write_text("- [ ] A1 not for the inbox\n")
+    (inbox / "link.md").symlink_to(secret)
+    result = run_orch(["inbox", str(inbox), "--once"], tmp_path, orch_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+    assert "link.md rejected: a symbolic link" in result.stderr
+    assert secret.read_text() == "- [ ] A1 not for the inbox\n"

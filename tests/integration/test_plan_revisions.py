@@ -206,3 +206,54 @@ def test_a_cancelled_plan_takes_no_revision(store_url: str) -> None:
 def _revisions(plan_id: str) -> list[Any]:
     with read_session() as session:
         return plan_revisions(session, plan_id)
+
+
+def test_a_dependency_that_succeeds_during_a_revision_is_counted_once(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, READ COMMITTED: a worker records d's success while a revision moves x from waiting for d to
+    waiting for e (still queued). Either order, x must still wait for e, and neither transaction may deadlock."""
+    import threading
+
+    from orch.store import revisions
+
+    plan_id = submit([task("d"), task("e"), task("x", "d")])
+    d = next(dispatch for dispatch in tick() if dispatch.key == "d")
+    running = claim(d)
+    revision_holds_locks, go_on = threading.Event(), threading.Event()
+    original = revisions._set_dependencies
+
+    def paused(session: Any, tasks: Any, pks: Any) -> None:
+        if tasks and tasks[0].key == "x":  # the revision has locked what x waits for, and holds on
+            revision_holds_locks.set()
+            go_on.wait(10)
+        original(session, tasks, pks)
+
+    monkeypatch.setattr(revisions, "_set_dependencies", paused)
+    errors: list[BaseException] = []
+
+    def in_thread(work: Any) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                work()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=guarded)
+        thread.start()
+        return thread
+
+    revising = in_thread(lambda: revise(plan_id, [task("d"), task("e"), task("x", "e", title="now after e")]))
+    assert revision_holds_locks.wait(10)
+    worker = in_thread(lambda: finish(running))  # its success must wait for the revision's lock on d
+    worker.join(0.5)
+    assert worker.is_alive()
+    go_on.set()
+    revising.join(20)
+    worker.join(20)
+    assert errors == []
+    with read_session() as session:
+        rows = {t.key: t for t in plans.plan_tasks(session, plan_id)}
+    assert rows["d"].status is TaskStatus.SUCCEEDED
+    assert (rows["x"].status, rows["x"].unmet_deps) == (TaskStatus.PENDING, 1)  # e has not succeeded
+    assert [dispatch.key for dispatch in tick()] == []  # e is queued already; x waits

@@ -95,3 +95,27 @@ def test_the_file_is_replaced_only_while_it_holds_what_orch_read(tmp_path: Path)
     assert not replace_if_unchanged(path, TEXT, "something else")  # it changed since: the user's edit is kept
     assert path.read_bytes() == TEXT.replace("[ ] T001", "[X] T001").encode()
     assert [p.name for p in tmp_path.iterdir()] == ["tasks.md"]  # no temporary file left behind
+
+
+def test_without_watching_a_changed_list_is_written_only_once_settled_and_never_by_line_ids(tmp_path: Path) -> None:
+    from orch.intake.tasklists.reading import ReadOptions
+    from orch.services.tasklist_sync import Follower, ListSpec
+    from tests.helpers import registry
+
+    path = tmp_path / "todo.md"
+    first = "- [ ] A1 first\n- [ ] buy milk\n"
+    path.write_text(first)
+    spec = ListSpec(path, "checklist", ReadOptions(), registry())
+    said: list[str] = []
+    follower = Follower(spec, "p", first, said.append, watching=False, debounce=0.0)
+    states = {"A1": TaskStatus.SUCCEEDED, "L2": TaskStatus.SUCCEEDED}
+    assert follower._write_marks(states) == 2  # unchanged since the submit: both ticked
+    assert path.read_text() == "- [x] A1 first\n- [x] buy milk\n"
+
+    edited = "# added above\n- [ ] A1 first\n- [ ] buy milk\n"  # the user's edit moves the id-less item to line 3
+    path.write_text(edited)
+    assert follower._write_marks(states) is None  # seen once: it may be half saved
+    assert path.read_text() == edited
+    assert follower._write_marks(states) == 1  # the same text again: settled, adopted
+    assert path.read_text() == "# added above\n- [x] A1 first\n- [ ] buy milk\n"  # not L3, which is not L2's item
+    assert said == []

@@ -173,4 +173,12 @@ def _clause_start(text: str, at: int, keyword: str) -> int | None:
         return dash if dash == 0 or text[dash - 1] in " \t" else None
     if char in _LIST_SEPARATORS and keyword != "after":
         return before
+    if keyword != "after" and _colon_after(text, at):  # "Title blocked by: T1": the colon makes it a clause
+        return at
     return None
+
+
+def _colon_after(text: str, at: int) -> bool:
+    """Whether the two words of a keyword at `at` ("blocked by", "depends on") are followed by a colon."""
+    words = text[at:].split(None, 2)
+    return len(words) >= 2 and (words[1].endswith(":") or (len(words) == 3 and words[2].startswith(":")))

@@ -265,6 +265,30 @@ class PlanInput:
     executor: Executor | None = None
 
 
+def stored_input(format: str, options: dict[str, Any] | None) -> PlanInput:
+    """How a stored plan's list was read (plans.list_format, list_options), to read it again the same way."""
+    options = options or {}
+    executor = options.get("executor")
+    return PlanInput(
+        format=format,  # type: ignore[arg-type]
+        options=ReadOptions(tag=options.get("tag"), include_optional=bool(options.get("include_optional"))),
+        executor=executor if executor in ("noop", "shell") else None,
+    )
+
+
+def conflicting_input(given: PlanInput, stored: PlanInput) -> str | None:
+    """The command-line flag that reads a list otherwise than its plan was read, named; None when none does."""
+    if given.format not in ("auto", stored.format):
+        return f"--format {given.format} (it was read as {stored.format})"
+    if given.options.tag not in (None, stored.options.tag):
+        return f"--tag {given.options.tag} (it was read with {stored.options.tag or 'the default tag'})"
+    if given.options.include_optional and not stored.options.include_optional:
+        return "--include-optional (it was read without)"
+    if given.executor not in (None, stored.executor):
+        return f"--executor {given.executor} (it was read with {stored.executor or 'its agent types executors'})"
+    return None
+
+
 def resolve_format(path: Path, choice: FormatChoice, source: str) -> Format | Literal["plan"]:
     """The format to read `path` in: `choice`, or (auto) the one its content shows."""
     if choice != "auto":
@@ -315,8 +339,9 @@ def plan_of_list(
             replace(t, description="\n\n".join(filter(None, (t.description, context)))) for t in plan.tasks
         )
         plan = replace(plan, tasks=with_note)
-    options = {"tag": read.options.tag, "include_optional": read.options.include_optional}
-    return replace(plan, origin=ListOrigin(str(Path(listed.source).resolve()), listed.format, options))
+    options = {"tag": read.options.tag, "include_optional": read.options.include_optional, "executor": executor}
+    origin = ListOrigin(str(Path(listed.source).resolve()), listed.format, options, read.text)
+    return replace(plan, origin=origin)
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from typing import Any
 from orch.intake.gc_pause import collector_paused
 from orch.intake.plan import ID_PATTERN, MAX_QUOTED_CHARS, MAX_TEXT_CHARS, MAX_TITLE_CHARS, clipped, quoted
 from orch.intake.tasklists.json_text import JsonLayout, JsonPath, JsonTextError, body_start, load_json, scan_json
+from orch.intake.tasklists.markdown import MAX_LIST_EDGES
 from orch.intake.tasklists.model import EXPLICIT, SUBTASK_GROUP, Dependency, ListedTask, TaskList
 from orch.intake.tasklists.reading import MAX_LIST_TASKS, ListProblems, ReadOptions, refuse
 
@@ -267,6 +268,7 @@ class _Reader:
     problems: ListProblems
     notes: list[str]
     tasks_read: list[ListedTask] = field(default_factory=list)
+    edges_left: int = MAX_LIST_EDGES  # as the Markdown readers: a hostile file cannot make millions of edges
 
     def tasks(self, entries: list[Any]) -> list[ListedTask]:
         """Every task and subtask, each group followed by its subtasks, in the file's order."""
@@ -300,7 +302,7 @@ class _Reader:
             if task.done:  # the list says the whole task is finished: its open subtasks are not run either
                 subtask.done = True
             elif task.hold:
-                subtask.hold = f"its task {task_id} is {task.status} in {self.source}"
+                subtask.hold = f"its task {task_id} is {task.status} in {Path(self.source).name}"
 
     def _subtasks(self, entry: dict[str, Any], path: JsonPath, task: ListedTask) -> list[ListedTask]:
         """The subtasks of a task, read and added to the list after it."""
@@ -363,7 +365,7 @@ class _Reader:
             status=status,
             description=description,
             done=word in DONE_STATUSES or word in CANCELLED_STATUSES,
-            hold=f"deferred in {self.source}" if word == DEFERRED else None,
+            hold=f"deferred in {Path(self.source).name}" if word == DEFERRED else None,
             success=_text(entry.get("testStrategy"))[:MAX_TEXT_CHARS],
             priority=priority,
             mark=self.layout.string_span(path, "status"),
@@ -381,6 +383,9 @@ class _Reader:
             self.problems.add(line, f'task {task_id}: "dependencies" is {_json_type(listed)}, not an array')
             return []
         task_line = self.layout.line_of(path, "id") or 1
+        self.edges_left -= len(listed)
+        if self.edges_left < 0:
+            raise refuse(self.source, task_line, f"the list makes more than {MAX_LIST_EDGES:,} dependencies")
         array_path = (*path, "dependencies")
         edges: list[Dependency] = []
         for index, value in enumerate(listed):

@@ -19,8 +19,8 @@ from orch.states import DOOMING, HOLDING_FILES, TaskStatus
 # Formats whose lists have an in-progress mark of their own, written by default.
 RUNNING_MARK_FORMATS: frozenset[Format] = frozenset({"kiro", "taskmaster"})
 _DONE_CHARS = frozenset("xX")
-_TASKMASTER_DONE = frozenset({"done", "completed", "review", "cancelled"})
-_TASKMASTER_OPEN = frozenset({"pending", "blocked", ""})
+_TASKMASTER_DONE = frozenset({"done", "completed", "review", "cancelled", "canceled"})
+_TASKMASTER_OPEN = frozenset({"pending", ""})  # "blocked" is the user's word: left as it is
 
 
 @dataclass(frozen=True)
