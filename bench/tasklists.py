@@ -250,9 +250,9 @@ class TimedFollower(Follower):
             self.clock.sync_ms.append(1000 * (ended - began))
         return applied
 
-    def _revise(self, plan: Plan) -> Any:
+    def _revise(self, plan: Plan, text: str) -> Any:
         began = time.monotonic()
-        applied = super()._revise(plan)
+        applied = super()._revise(plan, text)
         if applied is not None and applied.number is not None:
             self.clock.revise_ms.append(1000 * (time.monotonic() - began))
         return applied

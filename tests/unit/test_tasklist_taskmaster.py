@@ -58,7 +58,7 @@ def test_tagged_file_reads_its_default_tag_with_every_task_state_and_priority() 
     assert tasks.source == str(TAGGED)
     assert tasks.notes == ["read tag 'master' (the default tag); the file's other tags: 'feature-auth'"]
     states = [(t.id, t.line, t.status, t.done, t.hold, t.group, t.priority) for t in tasks.tasks]
-    deferred = f"deferred in {TAGGED}"
+    deferred = f"deferred in {TAGGED.name}"  # the file's name: the same however it was named
     assert states == [
         ("1", 5, "done", True, None, False, 2),  # "subtasks": [] is no group
         ("2", 17, "in-progress", False, None, True, 3),
