@@ -26,6 +26,7 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tasklists"
         ("tasks.json", '{"tasks": [{"id": 1, "title": "t"}]}', "taskmaster"),
         ("x.json", '{"master": {"tasks": [], "metadata": {}}}', "taskmaster"),
         ("x.json", '{"name": {"tasks": []}}', "taskmaster"),  # a tag named "name"
+        ("x.json", "[[[", "plan"),  # not an object: the plan reader names the problem
         ("tasks.md", "## Phase 1: Setup\n- [ ] T001 a\n- [x] T002 [P] b\n", "speckit"),
         ("tasks.md", "- [ ] 1. a\n  - [ ]* 1.1 b\n- [-] 2. c\n", "kiro"),
         ("todo.md", "- [ ] T001.001 a\n- [ ] T001.002 b (depends on T001.001)\n", "checklist"),

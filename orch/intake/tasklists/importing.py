@@ -63,6 +63,8 @@ def detect_format(path: Path, text: str) -> Format | Literal["plan"]:
     if suffix in (".yaml", ".yml"):
         return "plan"
     stripped = text.lstrip("\ufeff \t\r\n")
+    if suffix == ".json" and not stripped.startswith("{"):
+        return "plan"  # no task-master file: the plan reader says what it is instead
     if suffix == ".json" or stripped.startswith("{"):
         return "plan" if re.search(r'"name"\s*:', stripped[:4096]) and not _looks_tagged(stripped) else "taskmaster"
     firsts = [match.group("first") for match in _CHECKBOX.finditer(text)]
