@@ -23,17 +23,8 @@ demo: $(STAMP) agent-host
 	  echo "(or . $(BIN)/activate; add the export to ~/.bashrc to keep it). Your first plan: docs/first-plan.md"; \
 	  exit $$code
 
-# The fault suite (its own Redis database, its own queue names, its own PostgreSQL database) runs beside the other
-# tiers: the two halves take about as long, and on 2 cores the whole is some 7 minutes shorter. Its output is kept
-# in $(FAULTS_LOG) and shown once both are over; the exit code is the worse of the two.
-FAULTS_LOG := .orch/faults-run.log
 test: $(STAMP) agent-host
-	@mkdir -p .orch
-	@$(BIN)/pytest tests/faults -p no:cacheprovider > $(FAULTS_LOG) 2>&1 & faults=$$!; \
-	  $(BIN)/pytest --ignore=tests/faults; rest=$$?; \
-	  wait $$faults; slow=$$?; \
-	  echo; echo "==== tests/faults, run beside the rest (its log: $(FAULTS_LOG)) ===="; cat $(FAULTS_LOG); \
-	  if [ $$rest -ne 0 ] || [ $$slow -ne 0 ]; then exit 1; fi
+	$(BIN)/pytest
 
 # What agents need on this host: bubblewrap, their sandbox (Debian's package, installed with apt when missing),
 # and, where orch runs as root, the unprivileged user they run as.

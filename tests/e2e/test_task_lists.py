@@ -205,7 +205,7 @@ def test_orch_sync_survives_a_thousand_rapid_edits_and_ends_equal_to_the_file(tm
         wait_for(store_equals_file, 60, "the store to equal the file")
     finally:
         sync.send_signal(signal.SIGINT)
-        sync.wait(timeout=30)
+        sync.wait(timeout=90)
     output = log.read_text()
     assert "not applied" not in output and "refused" not in output, output
     revisions = [line for line in output.splitlines() if "revision " in line]
