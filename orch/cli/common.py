@@ -106,6 +106,22 @@ def plan_input_options(func: F) -> F:
     return decorated  # type: ignore[no-any-return]
 
 
+def follow_options(func: F) -> F:
+    """`--debounce` and `--mark-running/--no-mark-running`: how `orch run --watch` and `orch sync` follow a list."""
+    func = click.option(
+        "--mark-running/--no-mark-running",
+        default=None,
+        help="Mark running tasks in progress ([-]); default where the format has the mark (Kiro, task-master).",
+    )(func)
+    return click.option(
+        "--debounce",
+        type=click.FloatRange(min=0.1, max=600),
+        default=2.0,
+        show_default=True,
+        help="Seconds a followed list must stay unchanged before its edits are applied.",
+    )(func)
+
+
 _PLAN_INPUT_OPTIONS = (
     click.option(
         "--format",

@@ -11,6 +11,7 @@ from rich.table import Table
 from orch.cli.common import (
     check_workdir_here,
     err,
+    follow_options,
     handle_errors,
     now_utc,
     out,
@@ -139,19 +140,7 @@ def submit(plan_file: str, how: PlanInput) -> None:
 @click.option(
     "--watch", is_flag=True, help="A task list: apply its saved edits as the plan runs, and go on until Ctrl-C."
 )
-@click.option(
-    "--debounce",
-    type=click.FloatRange(min=0.1, max=600),
-    default=2.0,
-    show_default=True,
-    help="--watch: seconds a list must stay unchanged before its edits are applied.",
-)
-@click.option(
-    "--mark-running/--no-mark-running",
-    default=None,
-    help="A task list: mark running tasks in progress ([-]); default where the format has the mark (Kiro, "
-    "task-master).",
-)
+@follow_options
 @handle_errors
 def run(
     plan_file: str,

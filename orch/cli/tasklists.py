@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, Any
 import click
 import yaml
 
-from orch.cli.common import err, handle_errors, now_utc, plan_input_options, read_plan, registry, repository_bases
+from orch.cli.common import (
+    err,
+    follow_options,
+    handle_errors,
+    now_utc,
+    plan_input_options,
+    read_plan,
+    registry,
+    repository_bases,
+)
 from orch.errors import OrchError, PlanInvalid, UserError
 from orch.intake.plan import Plan
 from orch.intake.tasklists.importing import (
@@ -181,18 +190,7 @@ def _plan_yaml(document: dict[str, Any], listed: Any, source: str, with_reasons:
 @click.argument("list_file", type=click.Path(dir_okay=False))
 @plan_input_options
 @click.option("--once", is_flag=True, help="Apply the list's edits and write states back once, then exit.")
-@click.option(
-    "--debounce",
-    type=click.FloatRange(min=0.1, max=600),
-    default=2.0,
-    show_default=True,
-    help="Seconds the list must stay unchanged before its edits are applied.",
-)
-@click.option(
-    "--mark-running/--no-mark-running",
-    default=None,
-    help="Mark running tasks in progress ([-]); default where the format has the mark (Kiro, task-master).",
-)
+@follow_options
 @handle_errors
 def sync_command(list_file: str, how: PlanInput, once: bool, debounce: float, mark_running: bool | None) -> None:
     """Keep LIST_FILE and its plan in a deployment's store in sync, both ways: the list is submitted if no plan

@@ -223,7 +223,7 @@ class Follower:
             changes = [change for change in changes if change.task_id not in by_line]
         if not changes:
             return 0
-        updated = apply_changes(current, changes)
+        updated = apply_changes(read.tasks, current, changes)
         if not replace_if_unchanged(self.spec.path, current, updated):
             return None
         self.text = updated

@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ORCH, orch_env, run_orch
+from tests.e2e.conftest import ORCH, Processes, orch_env, run_orch
 from tests.helpers import wait_for
 
 CHECKLIST = """\
@@ -97,7 +96,7 @@ def test_a_bad_list_is_one_line_exit_2_and_nothing_is_written(tmp_path: Path, li
     assert not (tmp_path / ".orch" / "store.db").exists()
 
 
-def test_run_watch_applies_saved_edits_while_the_plan_runs(tmp_path: Path) -> None:
+def test_run_watch_applies_saved_edits_while_the_plan_runs(tmp_path: Path, processes: Processes) -> None:
     listed = tmp_path / "tasks.json"
     first = [
         {"id": 1, "title": "Lay out the project", "status": "pending", "dependencies": []},
@@ -107,52 +106,41 @@ def test_run_watch_applies_saved_edits_while_the_plan_runs(tmp_path: Path) -> No
     listed.write_text(tasks_json(first))
     env = orch_env(tmp_path)
     log = tmp_path / "run.log"
-    with log.open("w") as out:
-        run = subprocess.Popen(
-            [ORCH, "run", str(listed), "--watch", "--debounce", "0.5", "--executor", "shell"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    run = processes.start(
+        [ORCH, "run", str(listed), "--watch", "--debounce", "0.5", "--executor", "shell"], tmp_path, env, log
+    )
 
-        def statuses() -> dict[int, str]:
-            tasks = json.loads(listed.read_text())["master"]["tasks"]
-            return {task["id"]: task["status"] for task in tasks}
+    def statuses() -> dict[int, str]:
+        tasks = json.loads(listed.read_text())["master"]["tasks"]
+        return {task["id"]: task["status"] for task in tasks}
 
-        wait_for(lambda: statuses()[1] == "done", 120, "task 1 ticked done in the file")
-        assert statuses() == {1: "done", 2: "deferred", 3: "pending"}  # 3 waits for 2, which the list holds
-        current = json.loads(listed.read_text())["master"]["tasks"]
-        current[1]["status"] = "pending"  # the user releases 2 and adds 4 after 3
-        current.append({"id": 4, "title": "Document it", "status": "pending", "dependencies": [3]})
-        write_atomically(listed, tasks_json(current))
-        wait_for(lambda: statuses() == {1: "done", 2: "done", 3: "done", 4: "done"}, 120, "2, 3 and 4 done")
-        text = listed.read_text()
-        assert json.loads(text)["master"]["metadata"] == {"created": "2026-12-01", "owner": "me"}
-        assert '"x-mine": [\n          1,\n          2\n        ]' in text  # the user's own key, as written
+    wait_for(lambda: statuses()[1] == "done", 120, "task 1 ticked done in the file")
+    assert statuses() == {1: "done", 2: "deferred", 3: "pending"}  # 3 waits for 2, which the list holds
+    current = json.loads(listed.read_text())["master"]["tasks"]
+    current[1]["status"] = "pending"  # the user releases 2 and adds 4 after 3
+    current.append({"id": 4, "title": "Document it", "status": "pending", "dependencies": [3]})
+    write_atomically(listed, tasks_json(current))
+    wait_for(lambda: statuses() == {1: "done", 2: "done", 3: "done", 4: "done"}, 120, "2, 3 and 4 done")
+    text = listed.read_text()
+    assert json.loads(text)["master"]["metadata"] == {"created": "2026-12-01", "owner": "me"}
+    assert '"x-mine": [\n          1,\n          2\n        ]' in text  # the user's own key, as written
 
-        plan = "master"  # the plan's name: its latest plan
-        document = wait_for(
-            lambda: (d := status_json(plan, tmp_path, env))["plan"]["status"] == "succeeded" and d,
-            60,
-            "the plan to succeed again",
-        )
-        assert {t["id"]: t["status"] for t in document["tasks"]} == {
-            "1": "succeeded",
-            "2": "succeeded",
-            "3": "succeeded",
-            "4": "succeeded",
-        }
-        assert document["plan"]["list"]["revision"] >= 2
-        assert run.poll() is None  # --watch goes on after the plan ends
-        run.send_signal(signal.SIGINT)
-        assert run.wait(timeout=60) == 130
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
+    plan = "master"  # the plan's name: its latest plan
+    document = wait_for(
+        lambda: (d := status_json(plan, tmp_path, env))["plan"]["status"] == "succeeded" and d,
+        60,
+        "the plan to succeed again",
+    )
+    assert {t["id"]: t["status"] for t in document["tasks"]} == {
+        "1": "succeeded",
+        "2": "succeeded",
+        "3": "succeeded",
+        "4": "succeeded",
+    }
+    assert document["plan"]["list"]["revision"] >= 2
+    assert run.poll() is None  # --watch goes on after the plan ends
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) == 130
     output = log.read_text()
     assert "revision 2 of plan" in output, output
 
@@ -161,51 +149,42 @@ def checklist(titles: dict[str, str]) -> str:
     return "# Load\n\n" + "".join(f"- [ ] {key} {title}\n" for key, title in titles.items())
 
 
-def test_orch_sync_survives_a_thousand_rapid_edits_and_ends_equal_to_the_file(tmp_path: Path) -> None:
+def test_orch_sync_survives_a_thousand_rapid_edits_and_ends_equal_to_the_file(
+    tmp_path: Path, processes: Processes
+) -> None:
     listed = tmp_path / "load.md"
     titles = {f"K{i}": f"task {i} v0" for i in range(20)}
     listed.write_text(checklist(titles))
     env = orch_env(tmp_path)
     log = tmp_path / "sync.log"
-    with log.open("w") as out:
-        sync = subprocess.Popen(
-            [ORCH, "sync", str(listed), "--debounce", "0.3"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        plan = wait_for(lambda: log.read_text().split("\n")[0].strip() or None, 60, "orch sync to print the plan id")
-        next_key = 20
-        for edit in range(1_000):
-            kind = edit % 4
-            if kind == 0:  # add a task
-                titles[f"K{next_key}"] = f"task {next_key} v0"
-                next_key += 1
-            elif kind == 1 and len(titles) > 5:  # remove one
-                del titles[sorted(titles)[edit % len(titles)]]
-            else:  # retitle one
-                key = sorted(titles)[edit % len(titles)]
-                titles[key] = f"{titles[key].rsplit(' v', 1)[0]} v{edit}"
-            if edit % 2:
-                write_atomically(listed, checklist(titles))
-            else:
-                listed.write_text(checklist(titles))
-            if edit % 100 == 99:
-                time.sleep(0.6)  # a pause past the debounce: a revision applies mid-stream
+    sync = processes.start([ORCH, "sync", str(listed), "--debounce", "0.3"], tmp_path, env, log)
+    plan = wait_for(lambda: log.read_text().split("\n")[0].strip() or None, 60, "orch sync to print the plan id")
+    next_key = 20
+    for edit in range(1_000):
+        kind = edit % 4
+        if kind == 0:  # add a task
+            titles[f"K{next_key}"] = f"task {next_key} v0"
+            next_key += 1
+        elif kind == 1 and len(titles) > 5:  # remove one
+            del titles[sorted(titles)[edit % len(titles)]]
+        else:  # retitle one
+            key = sorted(titles)[edit % len(titles)]
+            titles[key] = f"{titles[key].rsplit(' v', 1)[0]} v{edit}"
+        if edit % 2:
+            write_atomically(listed, checklist(titles))
+        else:
+            listed.write_text(checklist(titles))
+        if edit % 100 == 99:
+            time.sleep(0.6)  # a pause past the debounce: a revision applies mid-stream
 
-        def store_equals_file() -> bool:
-            document = status_json(plan, tmp_path, env)
-            live = {t["id"]: t["title"] for t in document["tasks"] if not (t["status"] == "cancelled" and t["hold"])}
-            return live == titles
+    def store_equals_file() -> bool:
+        document = status_json(plan, tmp_path, env)
+        live = {t["id"]: t["title"] for t in document["tasks"] if not (t["status"] == "cancelled" and t["hold"])}
+        return live == titles
 
-        wait_for(store_equals_file, 60, "the store to equal the file")
-    finally:
-        sync.send_signal(signal.SIGINT)
-        sync.wait(timeout=90)
+    wait_for(store_equals_file, 60, "the store to equal the file")
+    sync.send_signal(signal.SIGINT)
+    sync.wait(timeout=90)
     output = log.read_text()
     assert "not applied" not in output and "refused" not in output, output
     revisions = [line for line in output.splitlines() if "revision " in line]

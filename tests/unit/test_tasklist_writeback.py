@@ -35,7 +35,7 @@ def markdown_list(text: str, format: str = "speckit", done_mark: str = "X") -> T
 
 def written(text: str, states: dict[str, TaskStatus], done_mark: str = "X", running: bool | None = None) -> str:
     listed = markdown_list(text, done_mark=done_mark)
-    return apply_changes(text, mark_changes(listed, text, states, mark_running=running))
+    return apply_changes(listed, text, mark_changes(listed, text, states, mark_running=running))
 
 
 def test_a_success_ticks_its_box_in_the_files_case_and_nothing_else_changes() -> None:
@@ -49,7 +49,8 @@ def test_a_success_ticks_its_box_in_the_files_case_and_nothing_else_changes() ->
 def test_in_progress_marks_only_where_asked_and_back_only_after_a_failure() -> None:
     running = {"T001": TaskStatus.RUNNING, "T003": TaskStatus.FAILED, "T004": TaskStatus.QUEUED}
     assert written(TEXT, running) == TEXT  # spec-kit has no in-progress mark unless asked
-    marked = apply_changes(TEXT, mark_changes(markdown_list(TEXT), TEXT, running, mark_running=True))
+    spec = markdown_list(TEXT)
+    marked = apply_changes(spec, TEXT, mark_changes(spec, TEXT, running, mark_running=True))
     assert "- [-] T001" in marked and "- [ ] T003" in marked and "  - [-] T004" in marked
     kiro = markdown_list(TEXT, format="kiro")
     assert [c.task_id for c in mark_changes(kiro, TEXT, running)] == ["T001", "T003", "T004"]  # Kiro has [-]
@@ -73,16 +74,16 @@ def test_task_master_statuses_change_as_tokens_and_the_rest_of_the_json_stays() 
         tasks.append(ListedTask(task_id, task_id, 1, json.loads(token), mark=MarkSpan(start, start + len(token))))
     listed = TaskList("taskmaster", "tasks.json", "master", tasks)
     states = {"1": TaskStatus.RUNNING, "2": TaskStatus.SUCCEEDED, "3": TaskStatus.SUCCEEDED}
-    after = apply_changes(text, mark_changes(listed, text, states))
+    after = apply_changes(listed, text, mark_changes(listed, text, states))
     assert after == text.replace('"pending"', '"in-progress"', 1).replace('"status":"in-progress"', '"status":"done"')
     assert json.loads(after)["master"]["metadata"] == {"k": "v"}
     assert done_in_text(listed, text) == {"3"}  # cancelled counts as done: it satisfies its dependants
-    running = apply_changes(text, mark_changes(listed, text, {"1": TaskStatus.RUNNING}))
+    running = apply_changes(listed, text, mark_changes(listed, text, {"1": TaskStatus.RUNNING}))
     start = running.index('"in-progress"')
     reread = TaskList(
         "taskmaster", "tasks.json", "master", [ListedTask("1", "1", 1, "", mark=MarkSpan(start, start + 13))]
     )
-    assert apply_changes(running, mark_changes(reread, running, {"1": TaskStatus.FAILED})) == text
+    assert apply_changes(reread, running, mark_changes(reread, running, {"1": TaskStatus.FAILED})) == text
 
 
 def test_the_file_is_replaced_only_while_it_holds_what_orch_read(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from orch.intake.tasklists.json_text import set_statuses
 from orch.intake.tasklists.model import Format, ListedTask, MarkSpan, TaskList
 from orch.states import DOOMING, HOLDING_FILES, TaskStatus
 
@@ -28,7 +29,7 @@ class MarkChange:
     task_id: str
     span: MarkSpan
     old: str  # the mark or status as it is in the text
-    new: str
+    new: str  # the mark's character, or task-master's status word (written as a JSON string)
 
 
 def mark_changes(
@@ -63,15 +64,15 @@ def _new_mark(listed: TaskList, task: ListedTask, old: str, state: TaskStatus, r
 
 
 def _new_status(word: str | None, state: TaskStatus, running: bool) -> str | None:
-    """The JSON token for a task-master status, or None to leave it."""
+    """A task-master status's new word, or None to leave it."""
     if word is None:
         return None
     if state is TaskStatus.SUCCEEDED:
-        return None if word in _TASKMASTER_DONE else json.dumps("done")
+        return None if word in _TASKMASTER_DONE else "done"
     if running and state in HOLDING_FILES:
-        return json.dumps("in-progress") if word in _TASKMASTER_OPEN else None
+        return "in-progress" if word in _TASKMASTER_OPEN else None
     if running and state in DOOMING:
-        return json.dumps("pending") if word == "in-progress" else None
+        return "pending" if word == "in-progress" else None
     return None
 
 
@@ -83,8 +84,11 @@ def _json_word(token: str) -> str | None:
     return word.strip().lower() if isinstance(word, str) else None
 
 
-def apply_changes(text: str, changes: list[MarkChange]) -> str:
-    """`text` with each change's span replaced by its new mark, nothing else touched."""
+def apply_changes(listed: TaskList, text: str, changes: list[MarkChange]) -> str:
+    """`text` with each change's span replaced by its new mark, nothing else touched: a task-master status through
+    orch.intake.tasklists.json_text.set_statuses (which checks each span is one whole string token)."""
+    if listed.format == "taskmaster":
+        return set_statuses(text, {change.span: change.new for change in changes})
     parts = []
     position = 0
     for change in sorted(changes, key=lambda c: c.span.start):
