@@ -269,3 +269,13 @@ def test_orch_inbox_never_follows_a_symbolic_link(tmp_path: Path) -> None:
     assert result.stdout.strip() == ""
     assert "link.md rejected: a symbolic link" in result.stderr
     assert secret.read_text() == "- [ ] A1 not for the inbox\n"
+
+
+def test_titles_from_a_list_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    listed = tmp_path / "todo.md"
+    listed.write_text("- [ ] A1 \x1b]0;owned\x07 title \x1b[31mred\n- [ ] A2 \x1b[2J clear (depends on A1)\n")
+    env = orch_env(tmp_path)
+    for command in (["import", "todo.md", "--explain"], ["validate", "todo.md"]):
+        result = run_orch(command, tmp_path, env)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr

@@ -701,3 +701,11 @@ def test_scan_agrees_with_json_loads_on_random_documents(seed: int) -> None:
 def test_the_plan_is_named_after_its_tag_as_an_orch_id(tag: str, name: str) -> None:
     text = json.dumps({tag: {"tasks": [{"id": 1, "title": "one"}]}})
     assert read_taskmaster(text, Path("tasks.json"), "tasks.json", ReadOptions(tag=tag)).name == name
+
+
+def test_more_dependencies_than_a_list_may_make_is_one_line() -> None:
+    from orch.intake.tasklists.markdown import MAX_LIST_EDGES
+
+    many = ",".join("1" for _ in range(MAX_LIST_EDGES + 1))
+    text = '{"tasks": [{"id": 1, "title": "a"}, {"id": 2, "title": "b", "dependencies": [' + many + "]}]}"
+    assert problems(text) == [f"tasks.json:1: the list makes more than {MAX_LIST_EDGES:,} dependencies"]
