@@ -15,6 +15,7 @@ from orch.errors import TaskStateConflict
 from orch.records import AttemptResult, Dispatch
 from orch.states import PlanStatus, TaskStatus
 from orch.store import attempts, dispatching, plans
+from orch.store import revisions as revisions_module
 from orch.store.db import read_session, write_session
 from orch.store.revisions import Applied, plan_revisions, revise_plan
 from tests.helpers import SUCCESS, make_plan, registry
@@ -257,3 +258,11 @@ def test_a_dependency_that_succeeds_during_a_revision_is_counted_once(
     assert rows["d"].status is TaskStatus.SUCCEEDED
     assert (rows["x"].status, rows["x"].unmet_deps) == (TaskStatus.PENDING, 1)  # e has not succeeded
     assert [dispatch.key for dispatch in tick()] == []  # e is queued already; x waits
+
+
+def test_a_revision_read_from_a_text_the_list_no_longer_holds_is_not_applied(store_url: str) -> None:
+    plan_id = submit([task("a")])
+    with write_session() as session, pytest.raises(TaskStateConflict, match=revisions_module.LIST_CHANGED):
+        revise_plan(session, plan_id, make_plan([task("a"), task("b")], name="list"), NOW, "test", lambda: False)
+    assert set(states(plan_id)) == {"a"}
+    assert _revisions(plan_id) == []

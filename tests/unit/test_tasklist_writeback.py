@@ -120,3 +120,27 @@ def test_without_watching_a_changed_list_is_written_only_once_settled_and_never_
     assert follower._write_marks(states) == 1  # the same text again: settled, adopted
     assert path.read_text() == "# added above\n- [x] A1 first\n- [ ] buy milk\n"  # not L3, which is not L2's item
     assert said == []
+
+
+def test_a_list_with_other_hard_links_is_written_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.md"
+    path.write_text(TEXT, encoding="utf-8", newline="")
+    other = tmp_path / "also.md"
+    os.link(path, other)
+    assert replace_if_unchanged(path, TEXT, TEXT.replace("[ ] T001", "[X] T001"))
+    assert other.read_bytes() == path.read_bytes() == TEXT.replace("[ ] T001", "[X] T001").encode()
+    assert path.stat().st_ino == other.stat().st_ino
+
+
+def test_an_edit_that_never_pauses_is_applied_every_ten_seconds() -> None:
+    from orch.intake.tasklists.reading import ReadOptions
+    from orch.services.tasklist_sync import MAX_DEBOUNCE_WAIT, Follower, ListSpec
+    from tests.helpers import registry
+
+    follower = Follower(ListSpec(Path("x.md"), "checklist", ReadOptions(), registry()), "p", "", print, True, 2.0)
+    follower.file_changed(now=0.0)
+    follower.file_changed(now=9.5)  # saved again and again: never quiet for the debounce
+    assert not follower._settled(9.9)
+    assert follower._settled(MAX_DEBOUNCE_WAIT)  # the first unapplied edit is that old
+    follower.file_changed(now=20.0)
+    assert follower._settled(22.0)  # quiet for the debounce
