@@ -183,6 +183,15 @@ def _plan_yaml(document: dict[str, Any], listed: Any, source: str, with_reasons:
     return "\n".join(lines) + "\n"
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM end a long-running follower cleanly (KeyboardInterrupt), even where it was started with
+    SIGINT ignored (a background job of a shell, a service manager) or is stopped with SIGTERM."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 # --- orch sync ------------------------------------------------------------------------------------------------
 
 
@@ -237,6 +246,7 @@ def sync_command(list_file: str, how: PlanInput, once: bool, debounce: float, ma
     follower.write_back(force=True)
     if once:
         sys.exit(2 if follower.last_problem else 0)
+    _stop_on_signals()
     with FileWatch(spec.path, follower.file_changed):
         try:
             while not _cancelled(plan_id):
@@ -287,6 +297,7 @@ def inbox_command(folder: str, once: bool) -> None:
         return
     import watchfiles
 
+    _stop_on_signals()
     try:
         for _changes in watchfiles.watch(inbox, recursive=False, rust_timeout=1000, yield_on_timeout=True):
             _drain(inbox, settle=SETTLE_SECONDS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -279,3 +280,30 @@ def test_titles_from_a_list_cannot_drive_the_terminal(tmp_path: Path) -> None:
         result = run_orch(command, tmp_path, env)
         assert result.returncode == 0, result.stderr
         assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_orch_sync_stops_on_a_signal_even_started_with_sigint_ignored(tmp_path: Path, stop: signal.Signals) -> None:
+    """As a shell's background job (SIGINT ignored) or under a service manager (SIGTERM): it stops, writes back."""
+    listed = tmp_path / "todo.md"
+    listed.write_text("- [ ] A1 first\n")
+    log = tmp_path / "sync.log"
+    with log.open("w") as out:
+        sync = subprocess.Popen(
+            [ORCH, "sync", str(listed)],
+            cwd=tmp_path,
+            env=orch_env(tmp_path),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+    try:
+        wait_for(lambda: log.read_text().strip(), 60, "orch sync to print the plan id")
+        sync.send_signal(stop)
+        assert sync.wait(timeout=30) == 130
+    finally:
+        if sync.poll() is None:
+            os.killpg(sync.pid, signal.SIGKILL)
+            sync.wait()
