@@ -351,6 +351,18 @@ class BudgetSpec(BaseModel):
 
 TargetName = Annotated[str, Field(pattern=NAME_PATTERN)]
 
+MAX_REPLANS = 5
+
+
+class TaskEstimate(BaseModel):
+    """What a task is expected to take (a planner writes it; `orch validate --estimate` and `orch plan` sum it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: Annotated[int, Field(ge=0, le=10**9)] | None = None
+    usd: Annotated[float, Field(ge=0, le=100_000, allow_inf_nan=False)] | None = None
+    minutes: Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)] | None = None
+
 
 class TaskFields(BaseModel):
     """Every task field a plan's `defaults:` may set."""
@@ -379,6 +391,10 @@ class TaskFields(BaseModel):
     isolation: Literal["worktree", "shared"] | None = None
     merge: StrictBool = True  # false: nothing to land (audits, reviews)
     target: TargetName | None = None
+    estimate: TaskEstimate | None = None
+    # replan: when its retries are spent, the planner may replace it with smaller tasks (at most max_replans times)
+    on_failure: Literal["fail", "replan"] = "fail"
+    max_replans: Annotated[int, Field(ge=0, le=MAX_REPLANS)] = 1
 
     @field_validator("executor")
     @classmethod
@@ -462,6 +478,9 @@ class ResolvedTask:
     source: Mapping[str, Any] | None = None  # where a task list wrote it (TaskSource's fields)
     done: bool = False  # already done: stored as succeeded, never run
     hold: str | None = None  # held by its list: never dispatched while set; why
+    estimate: Mapping[str, float] | None = None  # TaskEstimate's fields that are set
+    on_failure: str = "fail"  # "fail" | "replan"
+    max_replans: int = 1
 
 
 @dataclass(frozen=True)

@@ -644,4 +644,7 @@ def _resolve(
         source=None if spec.source is None else spec.source.model_dump(),
         done=spec.done,
         hold=spec.hold,
+        estimate=None if spec.estimate is None else spec.estimate.model_dump(exclude_none=True),
+        on_failure=spec.on_failure,
+        max_replans=spec.max_replans,
     )
