@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     log_max_bytes: int = Field(10 * 1024 * 1024, ge=0, description="Cap of one attempt's log file")
     kill_grace_seconds: float = Field(5.0, ge=0, description="SIGTERM to SIGKILL grace for an agent's group")
     claude_bin: str = Field("claude", description="The Claude Code CLI the claude-code executor runs")
+    confirm_above: int = Field(
+        5, ge=0, description="`orch plan --run` asks before running a plan of more tasks than this (--yes: never)"
+    )
+    followups_per_task: int = Field(20, ge=0, le=10_000, description="Follow-up tasks one attempt may add")
+    followups_depth: int = Field(3, ge=0, le=100, description="How deep follow-ups of follow-ups may go")
+    followups_total: int = Field(200, ge=0, le=100_000, description="Follow-up tasks one plan may gain in all")
     task_events: bool = Field(True, description="Send Celery task events (Flower, celery-exporter)")
     embedded_concurrency: int = Field(4, ge=1, description="Worker processes `orch run` starts")
     beat_plans: str = Field(

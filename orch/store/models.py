@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -129,6 +130,14 @@ class TaskRow(Base):
     # Where a task list wrote it: {"format", "file", "line", "id", "status"} (status: the list's word at import).
     source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     hold: Mapped[str | None] = mapped_column(Text)  # why its list holds it (deferred): never dispatched while set
+    estimate: Mapped[dict[str, float] | None] = mapped_column(JSON)  # {"tokens", "usd", "minutes"}: those set
+    on_failure: Mapped[str] = mapped_column(String(16), default="fail", server_default="fail")  # fail | replan
+    max_replans: Mapped[int] = mapped_column(default=1, server_default="1")
+    replans: Mapped[int] = mapped_column(default=0, server_default="0")  # re-plans asked for so far
+    replanning: Mapped[bool] = mapped_column(default=False, server_default=false())  # next attempt asks the planner
+    added_by: Mapped[int | None]  # the task whose attempt added it (a follow-up) or that it replaces (a re-plan)
+    added_how: Mapped[str | None] = mapped_column(String(16))  # followup | replan; None: in the plan as submitted
+    depth: Mapped[int] = mapped_column(default=0, server_default="0")  # follow-ups of follow-ups: how deep
 
 
 class PlanRevisionRow(Base):

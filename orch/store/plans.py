@@ -26,6 +26,7 @@ SUBMITTED_COLUMNS = (
     "pk", "plan_id", "key", "seq", "title", "description", "agent", "route_reason", "queue", "executor", "command",
     "priority", "files", "success", "timeout", "retries", "status", "unmet_deps", "attempt", "verify", "scope",
     "call", "budget_usd", "budget_tokens", "retry_floor", "repository", "merge", "source", "hold",
+    "estimate", "on_failure", "max_replans",
 )  # fmt: skip
 
 
@@ -105,6 +106,7 @@ def task_values(plan_id: str, t: ResolvedTask, pk: int, seq: int, status: str, u
         t.priority, json.dumps(list(t.files)) if t.files else _NO_FILES, t.success, t.timeout, t.retries, status,
         unmet, 0, t.verify, t.scope, t.call, t.budget.usd, t.budget.tokens, 0, t.repository, t.merge,
         None if t.source is None else json.dumps(dict(t.source)), t.hold,
+        None if t.estimate is None else json.dumps(dict(t.estimate)), t.on_failure, t.max_replans,
     )  # fmt: skip
 
 
