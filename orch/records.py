@@ -3,8 +3,10 @@ worker's executors, the dispatcher and the views can use them without importing 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from orch.budget import Budget
 from orch.intake.prices import Usage
@@ -90,6 +92,7 @@ class ClaimedTask:
     repository: str | None = None  # the plan's repository it works in (a worktree per attempt); None: workdir
     merge: bool = True  # its work lands through the merge queue
     resolves: int | None = None  # the merge request whose conflict it resolves
+    replanning: bool = False  # this attempt asks the planner for smaller tasks in its place (on_failure: replan)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,12 @@ class AttemptResult:
     verified: bool | None = None
     head_commit: str | None = None  # a worktree attempt's branch head once orch committed its work
     lands: bool = False  # succeeded with work for the merge queue: its task waits there (merging)
+    # Tasks the attempt asks to add to its plan (the JSON it wrote to $ORCH_FOLLOWUPS, or its final message's
+    # block), as written: validated against the plan when the result is recorded. None: it asked for none.
+    followups: str | None = None
+    # A re-planning attempt's answer: the planner's tasks to put in the task's place (as written, validated when
+    # recorded). None: not a re-plan, or the planner declined (then `succeeded` is False and `error` says why).
+    replacement: Mapping[str, Any] | None = None
 
 
 # --- worktrees and the merge queue -----------------------------------------------------------------------
