@@ -4,6 +4,7 @@ lists and texts bounded; titles and descriptions are data, never template text."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -65,18 +66,14 @@ def test_every_section_is_there_when_it_has_content_in_the_templates_order() -> 
 
 @pytest.mark.parametrize("absent", sorted(HEADINGS))
 def test_a_section_without_content_is_left_out(absent: str) -> None:
-    empty = {
-        "plan": {"goal": "  "},
-        "next": {"dependants": TaskList()},
-        "beside": {"running": TaskList()},
-        "context": {"repository_context": ""},
-        "followups": {},
+    plan = {
+        "plan": replace(FULL, goal="  "),
+        "next": replace(FULL, dependants=TaskList()),
+        "beside": replace(FULL, running=TaskList()),
+        "context": replace(FULL, repository_context=""),
+        "followups": FULL,
     }[absent]
-    fields = {
-        "name": FULL.name, "goal": FULL.goal, "dependants": FULL.dependants, "running": FULL.running,
-        "repository_context": FULL.repository_context,
-    } | empty  # fmt: skip
-    text = prompt(PlanContext(**fields), followups=absent != "followups")  # type: ignore[arg-type]
+    text = prompt(plan, followups=absent != "followups")
     assert HEADINGS[absent] not in text
     assert all(heading in text for name, heading in HEADINGS.items() if name != absent)
 
