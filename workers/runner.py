@@ -34,9 +34,8 @@ from orch.services.git.remote import display_url
 from orch.services.git.repository import StateNotKnown
 from orch.settings import Settings, get_settings
 from orch.states import DOOMING, TaskStatus
-from orch.store import attempts, merges, pauses
+from orch.store import attempts, merges, pauses, plan_context
 from orch.store.db import STORE_UNAVAILABLE, db_now, read_session, with_store_retry, write_session
-from orch.store.plan_context import plan_context
 from workers import control, workspace, worktree
 from workers.executors import AttemptContext, get_executor
 from workers.executors.base import with_scratch
@@ -289,7 +288,7 @@ def _prompt(session: Session, claim: Claim, task: ClaimedTask, templates: Prompt
         files=task.files,
         handoffs=attempts.handoffs(session, claim.task_pk),
         previous_failure=attempts.previous_failure(session, claim.task_pk, claim.attempt),
-        plan=plan_context(session, claim.plan_id, claim.task_pk, task.repository),
+        plan=plan_context.for_task(session, claim.plan_id, claim.task_pk, task.repository),
         followups=task.executor in NETWORKED and settings.followups_per_task > 0,  # claude-code, anthropic
     )
 

@@ -15,7 +15,7 @@ RUNNING_BESIDE = sorted(HOLDING_FILES)  # queued, running, merging: work under w
 _DEPENDANTS, _RUNNING = "dependants", "running"
 
 
-def plan_context(session: Session, plan_id: str, task_pk: int, repository: str | None) -> PlanContext:
+def for_task(session: Session, plan_id: str, task_pk: int, repository: str | None) -> PlanContext:
     """What a task's prompt says of its plan. A plan that is gone gives an empty context."""
     header = session.execute(
         select(PlanRow.name, func.substr(PlanRow.description, 1, GOAL_CHARS + 1), IntegrationRow.context)

@@ -24,7 +24,7 @@ from orch.states import TaskStatus
 from orch.store import attempts, plans
 from orch.store.db import get_engine, read_session, write_session
 from orch.store.models import TaskRow
-from orch.store.plan_context import plan_context
+from orch.store.plan_context import for_task
 from tests.fakes.messages_api import MessagesAPI, Reply
 from tests.helpers import drive_until_final, make_plan, registry, wait_for
 from tests.integration.test_worktree_plans import seeded
@@ -67,8 +67,8 @@ def test_the_plan_context_is_the_goal_the_dependants_and_the_tasks_under_way(sto
     set_status([task["lint"]], TaskStatus.MERGING)
     set_status([task["old"]], TaskStatus.SUCCEEDED)
     with read_session() as session:
-        design = plan_context(session, plan_id, task["design"], None)
-        build = plan_context(session, plan_id, task["build"], None)
+        design = for_task(session, plan_id, task["design"], None)
+        build = for_task(session, plan_id, task["build"], None)
 
     assert (design.name, design.goal, design.repository_context) == ("auth", GOAL, "")
     assert design.dependants.tasks == (TaskRef("build", "Implement the endpoints"),
@@ -100,7 +100,7 @@ def test_the_lists_are_bounded_counted_and_read_in_two_queries(store_url: str) -
     with read_session() as session:
         event.listen(engine, "before_cursor_execute", count)
         try:
-            found = plan_context(session, plan_id, task["root"], None)
+            found = for_task(session, plan_id, task["root"], None)
         finally:
             event.remove(engine, "before_cursor_execute", count)
 
@@ -113,7 +113,7 @@ def test_the_lists_are_bounded_counted_and_read_in_two_queries(store_url: str) -
 
 def test_a_plan_that_is_gone_gives_an_empty_context(store_url: str) -> None:
     with read_session() as session:
-        found = plan_context(session, "no-such-plan", 1, None)
+        found = for_task(session, "no-such-plan", 1, None)
     assert found.name == "" and found.dependants.total == found.running.total == 0
 
 
