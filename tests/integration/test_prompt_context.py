@@ -201,3 +201,37 @@ def test_a_prompted_agent_on_a_real_worker_is_told_the_plan_it_serves(api: Messa
     (build,) = api.texts("Task build:")
     assert "### design (general-purpose): Design the JWT architecture\nDone." in build
     assert "Tasks waiting on this one" not in build  # nothing waits on build (hold may still be under way)
+
+
+def claimed_prompts(plan_id: str) -> dict[str, str]:
+    from orch.settings import get_settings
+
+    with write_session() as session:
+        dispatched = reconcile_plans(session, [plan_id], registry(), NOW)
+    prompts = {}
+    for dispatch in dispatched:
+        with write_session() as session:
+            claimed = attempts.claim(session, dispatch.task_pk, dispatch.attempt, "w", 1, 60)
+            assert claimed is not None
+            prompts[dispatch.key] = runner._context(session, *claimed, get_settings()).prompt
+    return prompts
+
+
+def test_only_agents_answering_by_a_final_message_are_told_how_to_add_follow_ups(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orch.settings import get_settings
+
+    tasks = [
+        {"id": "agent", "title": "Write it", "executor": "anthropic"},
+        {"id": "code", "title": "Sum it", "executor": "python", "call": "myagents:summarise"},
+    ]
+    prompts = claimed_prompts(submit(tasks, defaults={"agent": "general-purpose"}))
+    assert "```orch-followups" in prompts["agent"]
+    assert "Follow-up tasks" not in prompts["code"]  # a python task writes $ORCH_FOLLOWUPS instead
+    assert f"## The plan this task serves: auth\n{GOAL}" in prompts["code"]  # the plan around it all the same
+
+    monkeypatch.setenv("ORCH_FOLLOWUPS_PER_TASK", "0")
+    get_settings.cache_clear()
+    prompts = claimed_prompts(submit([tasks[0]], defaults={"agent": "general-purpose"}))
+    assert "Follow-up tasks" not in prompts["agent"] and GOAL in prompts["agent"]
