@@ -21,7 +21,7 @@ from orch.dispatch import breaker
 from orch.dispatch.merge_queue import send_mergers
 from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_plans
 from orch.errors import ExecutorUnavailable
-from orch.executors import LOGGED, PROMPTED, ExecutorName
+from orch.executors import LOGGED, NETWORKED, PROMPTED, ExecutorName
 from orch.failures import FailureClass, PauseCause
 from orch.intake.agents import agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
@@ -34,7 +34,7 @@ from orch.services.git.remote import display_url
 from orch.services.git.repository import StateNotKnown
 from orch.settings import Settings, get_settings
 from orch.states import DOOMING, TaskStatus
-from orch.store import attempts, merges, pauses
+from orch.store import attempts, merges, pauses, plan_context
 from orch.store.db import STORE_UNAVAILABLE, db_now, read_session, with_store_retry, write_session
 from workers import control, workspace, worktree
 from workers.executors import AttemptContext, get_executor
@@ -150,8 +150,7 @@ def worktree_prompt(prompt: str, integration: Integration, tree: worktree.Attemp
         f"the plan's integration branch with every dependency's work merged. When you finish, orch commits what "
         f"you leave in it: do not commit, push or switch branches yourself."
     )
-    context = f"\n\nAbout this repository:\n{integration.context}" if integration.context else ""
-    return f"{prompt}\n\n{note}{context}"
+    return f"{prompt}\n\n{note}"  # the repository's context file is in the prompt already (its `context` section)
 
 
 def _run_in(ctx: AttemptContext, claim: Claim, tree: worktree.AttemptWorktree) -> AttemptResult:
@@ -271,13 +270,15 @@ def _context(session: Session, claim: Claim, task: ClaimedTask, settings: Settin
         network=agent_network(agent.network, task.executor),
         secrets={name: os.environ[name] for name in agent.secrets if os.environ.get(name)},
         masked=frozenset(name for a in registry for name in a.secrets),
-        prompt=_prompt(session, claim, task, templates) if task.executor in PROMPTED else "",
+        prompt=_prompt(session, claim, task, templates, settings) if task.executor in PROMPTED else "",
         system_prompt=build_system_prompt(templates, task.agent, agent.description, agent.system),
     )
 
 
-def _prompt(session: Session, claim: Claim, task: ClaimedTask, templates: PromptTemplates) -> str:
-    """The task's prompt, with its dependencies' handoffs and why its previous attempt failed."""
+def _prompt(session: Session, claim: Claim, task: ClaimedTask, templates: PromptTemplates, settings: Settings) -> str:
+    """The task's prompt: the plan it serves, its dependencies' handoffs, the tasks waiting on it and running beside
+    it, its repository's context file, and why its previous attempt failed. Agents that answer by a final message
+    (not python) are told how to add follow-up tasks in it."""
     return build_prompt(
         templates,
         task_id=task.key,
@@ -287,6 +288,8 @@ def _prompt(session: Session, claim: Claim, task: ClaimedTask, templates: Prompt
         files=task.files,
         handoffs=attempts.handoffs(session, claim.task_pk),
         previous_failure=attempts.previous_failure(session, claim.task_pk, claim.attempt),
+        plan=plan_context.for_task(session, claim.plan_id, claim.task_pk, task.repository),
+        followups=task.executor in NETWORKED and settings.followups_per_task > 0,  # claude-code, anthropic
     )
 
 
