@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -81,11 +82,17 @@ def resolve_conflicts(prompt: str) -> None:
             file.writelines(kept)
 
 
+# The prompt's lists of other tasks (waiting on this one, running beside it): their titles' markers are not this
+# task's, and a sibling listed or not depends on timing.
+_OTHER_TASKS = re.compile(r"\n## Tasks (?:waiting on|running beside) this one[^\n]*\n.*?(?=\n## |\Z)", re.DOTALL)
+
+
 def main() -> None:  # noqa: C901 (one branch per mode, each a few lines)
     args = sys.argv[1:]
     after_p = args[args.index("-p") + 1] if "-p" in args and args.index("-p") + 1 < len(args) else "--"
     source = "argv" if not after_p.startswith("--") else "stdin"
-    prompt = after_p if source == "argv" else sys.stdin.read()
+    whole = after_p if source == "argv" else sys.stdin.read()
+    prompt = _OTHER_TASKS.sub("", whole)
     mode = prompt.split("FAKE:", 1)[1].split()[0] if "FAKE:" in prompt else "success"
     if "Conflicted files:" in prompt:
         mode = "resolve"
@@ -93,7 +100,7 @@ def main() -> None:  # noqa: C901 (one branch per mode, each a few lines)
         time.sleep(1.5)
     note_pid()
     init = {"type": "system", "subtype": "init", "model": "claude-sonnet-4-6", "cwd": os.getcwd(), "args": args}
-    emit({**init, "prompt_from": source, "prompt_bytes": len(prompt.encode()), "prompt": prompt})
+    emit({**init, "prompt_from": source, "prompt_bytes": len(whole.encode()), "prompt": whole})
     if mode == "hang":
         time.sleep(3600)
     elif mode == "ignore-term":

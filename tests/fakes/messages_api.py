@@ -8,6 +8,7 @@ headers. Every request is recorded for assertions.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -35,6 +36,18 @@ class Reply:
     @classmethod
     def error(cls, status: int, error_type: str, message: str, **kwargs: Any) -> Reply:
         return cls(status=status, error_type=error_type, error_message=message, **kwargs)
+
+
+# A prompt's lists of other tasks (waiting on this one, running beside it): a route's marker in a sibling's title is
+# not this request's, and whether a sibling is listed depends on timing.
+_OTHER_TASKS = re.compile(r"\n## Tasks (?:waiting on|running beside) this one[^\n]*\n.*?(?=\n## |\Z)", re.DOTALL)
+
+
+def own_text(message: Any) -> Any:
+    """`message` with the other tasks' lists cut from its text content (what a route's marker is looked for in)."""
+    if isinstance(message, dict) and isinstance(message.get("content"), str):
+        return {**message, "content": _OTHER_TASKS.sub("", message["content"])}
+    return message
 
 
 @dataclass
@@ -81,7 +94,7 @@ class MessagesAPI:
             self.replies.extend(replies)
 
     def _next(self, body: dict[str, Any]) -> Reply:
-        text = json.dumps(body.get("messages", []))
+        text = json.dumps([own_text(message) for message in body.get("messages", [])])
         with self._lock:
             for marker, replies in self.routes.items():
                 if marker in text and replies:

@@ -311,7 +311,7 @@ def test_the_resolution_of_a_task_that_declared_its_files_is_not_held_by_them(
     edit = "FAKE:write\nFAKE-WRITE:shared.txt=line 1\\n{}\\nline 3\\n"
     tasks: list[dict[str, Any]] = [
         {"id": "fast", "title": "fast", "description": edit.format("fast"), "executor": "claude-code"},
-        {"id": "slow", "title": "slow FAKE-SLOW", "description": edit.format("slow"), "executor": "claude-code",
+        {"id": "slow", "title": "slow", "description": "FAKE-SLOW\n" + edit.format("slow"), "executor": "claude-code",
          "files": ["shared.txt"]},  # merges second: its merge conflicts, and it declared the file
     ]  # fmt: skip
     plan_id = submit(tasks, checkout, tmp_path)

@@ -10,9 +10,11 @@ import pytest
 from orch.errors import ConfigInvalid
 from orch.executors import ExecutorName
 from orch.intake.agents import parse_agents
+from orch.intake.prompts import PlanContext
 from orch.records import Claim, ClaimedTask
 from orch.settings import get_settings
 from orch.store import attempts as store_attempts
+from orch.store import plan_context
 from workers import runner
 
 DECLARED = {"agent_types": [{"name": "general-purpose", "model": "claude-opus-4-1", "max_tokens": 500}]}
@@ -52,6 +54,7 @@ def test_an_attempt_of_a_type_no_longer_declared_asks_for_the_default_model(
     defaults a second time)."""
     monkeypatch.setattr(store_attempts, "handoffs", lambda session, task_pk: [])  # the module the runner calls
     monkeypatch.setattr(store_attempts, "previous_failure", lambda session, task_pk, attempt: None)
+    monkeypatch.setattr(plan_context, "for_task", lambda session, plan_id, task_pk, repository: PlanContext())
     claim = Claim(task_pk=1, plan_id="p-1", key="design", attempt=1, lease="l", retries=0, agent="retired-type")
     task = ClaimedTask(
         key="design", title="Design it", description="", success="", command=None, files=[], timeout=60.0,
