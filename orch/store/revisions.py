@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
@@ -193,7 +193,15 @@ def _stored(session: Session, plan_id: str) -> tuple[dict[str, StoredTask], dict
     return stored, {key: pk for pk, key in key_of.items()}, sources
 
 
-def _add(session: Session, plan_id: str, tasks: Sequence[ResolvedTask], pks: dict[str, int], now: datetime) -> None:
+def _add(
+    session: Session,
+    plan_id: str,
+    tasks: Sequence[ResolvedTask],
+    pks: dict[str, int],
+    now: datetime,
+    detail: str = "added",
+) -> None:
+    """Insert `tasks` at the plan's end (their pks into `pks`), with their edges and counts, each with its event."""
     if not tasks:
         return
     seq = (session.scalar(select(func.max(TaskRow.seq)).where(TaskRow.plan_id == plan_id)) or 0) + 1
@@ -205,7 +213,7 @@ def _add(session: Session, plan_id: str, tasks: Sequence[ResolvedTask], pks: dic
     ]
     insert_rows(session, TASKS, SUBMITTED_COLUMNS, rows)
     _set_dependencies(session, tasks, pks)
-    log_task_events(session, now, plan_id, [pks[t.key] for t in tasks if not t.done], None, TaskStatus.PENDING, "added")
+    log_task_events(session, now, plan_id, [pks[t.key] for t in tasks if not t.done], None, TaskStatus.PENDING, detail)
     log_task_events(
         session, now, plan_id, [pks[t.key] for t in tasks if t.done], None, TaskStatus.SUCCEEDED, "added done"
     )
@@ -265,7 +273,17 @@ def _field_values(task: ResolvedTask) -> dict[str, Any]:
     }
 
 
-def _set_dependencies(session: Session, tasks: Sequence[ResolvedTask], pks: Mapping[str, int]) -> None:
+class WithEdges(Protocol):
+    """A task as its edges are set: its id and what it waits for."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def after(self) -> tuple[str, ...]: ...
+
+
+def _set_dependencies(session: Session, tasks: Sequence[WithEdges], pks: Mapping[str, int]) -> None:
     """Insert the tasks' edges, then count each one's unmet dependencies afresh."""
     insert_rows(
         session, DEPENDENCIES, ("task_pk", "depends_on_pk"), [(pks[t.key], pks[d]) for t in tasks for d in t.after]
