@@ -11,7 +11,7 @@ decrements the count after this commits (a success looks its dependants up when 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -91,7 +91,7 @@ def revise_plan(
         raise TaskStateConflict(f"plan {plan_id} was cancelled; submit the list again to run it")
     stored, pks, sources = _stored(session, plan_id)
     listed = [ListedTask(t.key, t.after, resolved_signature(t), t.done) for t in plan.tasks]
-    revision = decide_revision(stored, listed)
+    revision = _keep_grown(decide_revision(stored, listed), _grown(session, plan_id))
     if not revision.applies:
         _update_sources(session, plan, pks, sources)
         return Applied(revision, None)
@@ -134,6 +134,22 @@ def revise_plan(
     )
     log_event(session, now, plan_id, kind="revision", detail=f"revision {number} ({origin}): {applied.summary()}")
     return applied
+
+
+def _grown(session: Session, plan_id: str) -> set[str]:
+    """The plan's tasks its own tasks added while it ran (follow-ups, replacements): no list names them."""
+    return set(session.scalars(select(TaskRow.key).where(TaskRow.plan_id == plan_id, TaskRow.added_how.is_not(None))))
+
+
+def _keep_grown(revision: Revision, grown: set[str]) -> Revision:
+    """`revision` without withdrawing the tasks the plan grew (they are in no list), nor reporting them as removed."""
+    if not grown:
+        return revision
+    return replace(
+        revision,
+        withdrawn=tuple(key for key in revision.withdrawn if key not in grown),
+        not_applied=tuple((key, why) for key, why in revision.not_applied if key not in grown),
+    )
 
 
 def _lock_dependencies(

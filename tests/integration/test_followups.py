@@ -209,3 +209,17 @@ def test_a_lost_replan_attempt_is_retried_on_the_planners_queue(store_url: str) 
     assert reaped.retried
     (again,) = tick(NOW + timedelta(seconds=121))
     assert again.queue == "agent.planner" and again.attempt == replan.attempt + 1
+
+
+def test_a_list_revision_leaves_the_tasks_the_plan_grew(store_url: str) -> None:
+    from orch.store.revisions import revise_plan
+
+    listed = [shell("build"), shell("ship", "build")]
+    plan_id = submit(listed)
+    (build,) = tick()
+    followups = json.dumps([{"id": "notes", "title": "notes", "command": "true", "after": ["build"]}])
+    record(claim(build), AttemptResult(True, exit_code=0, followups=followups))
+    with write_session() as session:
+        applied = revise_plan(session, plan_id, make_plan([*listed, shell("more")], name="grow"), NOW, "test")
+    assert applied.revision.added == ("more",) and applied.revision.withdrawn == ()
+    assert rows(plan_id)["notes"].status is TaskStatus.PENDING
