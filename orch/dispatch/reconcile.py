@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from orch.decisions.followups import PLANNER
 from orch.decisions.readiness import Reconciliation, TaskView, free_slots, reconcile
 from orch.dispatch import budget
 from orch.durations import TIME_LIMIT_MARGIN
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
     from celery import Celery
 
 log = get_logger(__name__)
-
-PLANNER = "planner"
-
 
 def replan_route(registry: AgentRegistry) -> ReplanRoute:
     """Where re-plan attempts go: the planner agent type's queue, with its time limit."""
