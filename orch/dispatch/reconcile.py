@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+
 def replan_route(registry: AgentRegistry) -> ReplanRoute:
     """Where re-plan attempts go: the planner agent type's queue, with its time limit."""
     planner = registry.by_name.get(PLANNER)
