@@ -5,6 +5,7 @@ failed attempt of an `on_failure: replan` task becomes, and how a replacement re
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from orch.decisions.followups import (
@@ -206,3 +207,19 @@ def test_a_replacement_takes_the_failed_tasks_place_in_the_plan() -> None:
     cycle, why = rewire("split-me", (), ("after-it",), {"after-it"}, {"part": ("after-it",)})
     assert cycle is None
     assert why == ["replacement task 'part': depends on 'after-it', which waits for 'split-me': a cycle"]
+
+
+def test_the_followups_file_is_read_never_through_a_link(tmp_path: Path) -> None:
+    from workers.executors.followups import read_followups
+
+    written = tmp_path / "followups.json"
+    assert read_followups(written) is None  # absent
+    written.write_text("  \n")
+    assert read_followups(written) is None  # empty
+    written.write_text('[{"id": "a", "title": "A"}]')
+    assert read_followups(written) == '[{"id": "a", "title": "A"}]'
+    secret = tmp_path / "secret"
+    secret.write_text("only the worker's")
+    link = tmp_path / "link.json"
+    link.symlink_to(secret)
+    assert read_followups(link) is None
