@@ -10,7 +10,7 @@ from typing import Any
 
 from orch.budget import Budget
 from orch.intake.prices import Usage
-from orch.states import PlanStatus
+from orch.states import PlanStatus, TaskStatus
 
 # --- dispatch --------------------------------------------------------------------------------------------
 
@@ -36,6 +36,14 @@ RUN_TASK = "orch.run_task"  # the Celery task a Dispatch's message names (worker
 def message_id(plan_id: str, key: str, attempt: int) -> str:
     """The broker message id of a task's attempt: a re-sent message keeps it, so a cancel can find every copy."""
     return f"{plan_id}.{key}.{attempt}"
+
+
+@dataclass(frozen=True)
+class ReplanRoute:
+    """Where a re-plan attempt's message goes (the planner agent type's queue) and its time limit."""
+
+    queue: str = "agent.planner"
+    timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class Claim:
     agent: str
     counted_failures: int = 0  # earlier failed attempts that spent the retry budget
     dependants: int | None = None  # tasks that depend on this one (None: not known, so look)
+    replanning: bool = False  # a re-plan attempt: it asks the planner for tasks to put in the task's place
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,45 @@ class AttemptResult:
     replacement: Mapping[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class FailedAttempt:
+    """One failed attempt of a task, as a re-plan's prompt shows it (its texts clipped)."""
+
+    number: int
+    error: str
+    failure_class: str | None
+    output_tail: str
+
+
+@dataclass(frozen=True)
+class PlannedAround:
+    """A task near the one re-planned: by id and title (and its status)."""
+
+    key: str
+    title: str
+    status: str
+
+
+@dataclass(frozen=True)
+class ReplanInputs:
+    """What the planner is told of a task whose retries are spent: the task, its failures and the plan around it."""
+
+    plan_name: str
+    plan_description: str
+    key: str
+    title: str
+    description: str
+    success: str
+    agent: str
+    command: str | None
+    verify: str | None
+    files: tuple[str, ...]
+    failures: tuple[FailedAttempt, ...]
+    dependencies: tuple[PlannedAround, ...]
+    dependants: tuple[PlannedAround, ...]
+    siblings: tuple[PlannedAround, ...]  # tasks waiting for the same tasks it waits for (or, for a root, roots)
+
+
 # --- worktrees and the merge queue -----------------------------------------------------------------------
 
 
@@ -167,9 +215,12 @@ class MergeRequest:
 
 @dataclass(frozen=True)
 class Recorded:
-    """A result the store accepted; `newly_ready` dependants have no unmet dependency left because of it."""
+    """A result the store accepted; `newly_ready` dependants (or tasks it added) have no unmet dependency left because
+    of it, at most. `status`: the task's status when the store decided other than the outcome it was given (a
+    re-plan begun, a replacement applied or refused)."""
 
     newly_ready: int = 0
+    status: TaskStatus | None = None
 
 
 # --- budgets and stats -----------------------------------------------------------------------------------

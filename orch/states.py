@@ -15,10 +15,15 @@ class TaskStatus(StrEnum):
     RETRY_WAIT = "retry_wait"  # failed an attempt; waits for its backoff to pass
     UPSTREAM_FAILED = "upstream_failed"  # a dependency failed, so it never runs
     CANCELLED = "cancelled"
+    REPLACED = "replaced"  # its retries spent, the planner put smaller tasks in its place (on_failure: replan)
 
 
 # Named sets: the rest of orch says which set it means, never lists statuses inline.
-TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})
+TERMINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED, TaskStatus.REPLACED}
+)
+# Final and not a failure: a plan whose tasks all ended so succeeds (a replaced task's replacements stand for it).
+ENDED_WELL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.REPLACED})
 DISPATCHABLE = frozenset({TaskStatus.PENDING, TaskStatus.RETRY_WAIT})
 IN_FLIGHT = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING})  # counts against an agent type's cap
 # Tasks whose declared `files` are leased: in flight, or with work not yet landed (merging).
@@ -40,7 +45,8 @@ LEGAL_TRANSITIONS: frozenset[tuple[TaskStatus, TaskStatus]] = frozenset(
         (_S.QUEUED, _S.RUNNING),
         (_S.RUNNING, _S.SUCCEEDED),
         (_S.RUNNING, _S.FAILED),
-        (_S.RUNNING, _S.RETRY_WAIT),  # a failed, lost, interrupted or over-budget attempt
+        (_S.RUNNING, _S.RETRY_WAIT),  # a failed, lost, interrupted or over-budget attempt (or one re-planned)
+        (_S.RUNNING, _S.REPLACED),  # its re-plan attempt's replacement was applied
         (_S.RUNNING, _S.MERGING),  # its work is in the merge queue
         (_S.MERGING, _S.SUCCEEDED),  # merged
         (_S.MERGING, _S.RETRY_WAIT),  # a gate failed on the merged result

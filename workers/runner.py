@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from orch.celery import app
+from orch.decisions.followups import Limits
 from orch.decisions.retry import Backoff, Outcome, decide_outcome
 from orch.dispatch import breaker
 from orch.dispatch.merge_queue import send_mergers
@@ -36,9 +37,11 @@ from orch.settings import Settings, get_settings
 from orch.states import DOOMING, TaskStatus
 from orch.store import attempts, merges, pauses, plan_context
 from orch.store.db import STORE_UNAVAILABLE, db_now, read_session, with_store_retry, write_session
-from workers import control, workspace, worktree
+from orch.store.growth import GrowthRules
+from workers import control, replanning, workspace, worktree
 from workers.executors import AttemptContext, get_executor
 from workers.executors.base import with_scratch
+from workers.executors.followups import collect_followups, offer_followups
 from workers.heartbeat import LEASE_GONE, Heartbeat
 from workers.verification import check_scope, run_verify
 
@@ -76,7 +79,10 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     price = functools.partial(usage_cost, settings=settings)
     heartbeat = Heartbeat(claim, ctx.control, settings.heartbeat_seconds, settings.lease_seconds, price, store)
     with control.active(ctx.control), heartbeat:
-        result = run_in_worktree(ctx, claim) if ctx.task.repository else run_checked(ctx, claim)
+        if ctx.task.replanning:  # its retries are spent: the planner is asked for tasks in its place
+            result = replanning.replan(ctx, claim)
+        else:
+            result = run_in_worktree(ctx, claim) if ctx.task.repository else run_checked(ctx, claim)
         # The lease is renewed until the result is recorded: writing it may wait out a store outage.
         heartbeat.recording = True
         return finish(claim, redact(result, ctx.redactor()), settings)
@@ -97,7 +103,8 @@ def run_checked(ctx: AttemptContext, claim: Claim) -> AttemptResult:
     watch = ctx.task.executor != ExecutorName.NOOP and ctx.workdir.is_dir()  # noop changes nothing: no git round trips
     before = workspace.snapshot(ctx.workdir) if watch else None
     with with_scratch(ctx) as ctx:  # the attempt's own folder (its agent's HOME and TMPDIR), verify's too
-        result = execute(ctx, claim)
+        ctx = offer_followups(ctx)
+        result = collect_followups(ctx, execute(ctx, claim))
         if before is not None:
             result = replace(result, files_changed=workspace.changed_since(before, ctx.workdir))
         if result.succeeded or ctx.control.stop_request is None:
@@ -155,7 +162,8 @@ def worktree_prompt(prompt: str, integration: Integration, tree: worktree.Attemp
 
 def _run_in(ctx: AttemptContext, claim: Claim, tree: worktree.AttemptWorktree) -> AttemptResult:
     with with_scratch(ctx) as ctx:
-        result = execute(ctx, claim)
+        ctx = offer_followups(ctx)
+        result = collect_followups(ctx, execute(ctx, claim))
         if result.succeeded and (left := worktree.markers_left(tree)):
             result = replace(
                 result,
@@ -238,6 +246,7 @@ def redact(result: AttemptResult, redactor: Redactor) -> AttemptResult:
         # an agent names its files and its model too (`touch "$KEY"`, a forged result line)
         files_changed=None if result.files_changed is None else tuple(map(redactor.text, result.files_changed)),
         model=None if result.model is None else redactor.text(result.model),
+        followups=None if result.followups is None else redactor.text(result.followups),
     )
 
 
@@ -318,6 +327,9 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     """Record the outcome under the claim's lease, then dispatch what it made ready — one transaction, retried
     while the store is away (a finished agent's work is not thrown away for a database restart)."""
     registry = load_agents(settings.config_dir)
+    rules = GrowthRules(
+        registry, Limits(settings.followups_per_task, settings.followups_depth, settings.followups_total)
+    )
     draw = random.random()
     mergers: list[tuple[int, str]] = []  # (integration, queue): a merger to send, once the result is recorded
 
@@ -338,9 +350,11 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
             )
             if outcome.task_status is TaskStatus.SUCCEEDED and result.lands:
                 outcome = replace(outcome, task_status=TaskStatus.MERGING, detail="its work waits in the merge queue")
-            recorded = attempts.record_result(session, claim, result, outcome, now)
+            recorded = attempts.record_result(session, claim, result, outcome, now, rules)
             if recorded is None:
                 return False, outcome, []
+            if recorded.status is not None:  # a re-plan, or a replacement applied or refused, decided otherwise
+                outcome = replace(outcome, task_status=recorded.status)
             if outcome.task_status is TaskStatus.MERGING and result.head_commit:
                 base = _base_of(session, claim) or result.head_commit
                 mergers.extend(filter(None, [merges.enqueue_merge(session, claim, base, result.head_commit, now)]))

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from orch.dag import Dag
 from orch.decisions.file_leases import MAX_DECISION_STEPS, StepBudget, files_conflict
-from orch.states import DISPATCHABLE, DOOMING, HOLDING_FILES, TERMINAL, PlanStatus, TaskStatus
+from orch.states import DISPATCHABLE, DOOMING, ENDED_WELL, HOLDING_FILES, TERMINAL, PlanStatus, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,10 @@ def _pick(
 
 
 def _outcome(status: Mapping[int, TaskStatus]) -> PlanStatus | None:
-    """The plan's end state once every task is final: succeeded if every task did."""
+    """The plan's end state once every task is final: succeeded if every task did (or was replaced)."""
     if not all(s in TERMINAL for s in status.values()):
         return None
-    every_succeeded = all(s is TaskStatus.SUCCEEDED for s in status.values())
+    every_succeeded = all(s in ENDED_WELL for s in status.values())
     return PlanStatus.SUCCEEDED if every_succeeded else PlanStatus.FAILED
 
 

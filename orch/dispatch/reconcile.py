@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from orch.decisions.followups import PLANNER
 from orch.decisions.readiness import Reconciliation, TaskView, free_slots, reconcile
 from orch.dispatch import budget
 from orch.durations import TIME_LIMIT_MARGIN
 from orch.intake.agents import AgentRegistry
 from orch.log import attempt_context, get_logger
-from orch.records import RUN_TASK, Dispatch, Recorded
+from orch.records import RUN_TASK, Dispatch, Recorded, ReplanRoute
 from orch.states import PLAN_HELD, PlanStatus
 from orch.store import dispatching
 from orch.store.db import take_dispatch_lock
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
     from celery import Celery
 
 log = get_logger(__name__)
+
+
+def replan_route(registry: AgentRegistry) -> ReplanRoute:
+    """Where re-plan attempts go: the planner agent type's queue, with its time limit."""
+    planner = registry.by_name.get(PLANNER)
+    return ReplanRoute() if planner is None else ReplanRoute(planner.queue, planner.timeout)
 
 
 # How many ready tasks one plan's reconcile reads beyond its free slots: room for tasks skipped because their
@@ -53,7 +60,7 @@ def reconcile_plans(
         if budget.hold_if_spent(session, plan_id, plan.budget, now):
             continue
         decision, agent_of = _decide(session, plan_id, plan.workdir, slots, now)
-        claimed = dispatching.apply_reconciliation(session, plan_id, decision, now)
+        claimed = dispatching.apply_reconciliation(session, plan_id, decision, now, replan_route(registry))
         for dispatch in claimed:
             slots[agent_of[dispatch.task_pk]] -= 1
         dispatches.extend(claimed)
@@ -131,7 +138,7 @@ def dispatch_after_result(
         load = dispatching.agent_load(session, now, agents)
         slots = free_slots(caps, load.in_flight, load.paused)
     decision, _agent_of = _decide_among(session, plan_id, plan.workdir, candidates, slots, now)
-    return dispatching.apply_reconciliation(session, plan_id, decision, now)
+    return dispatching.apply_reconciliation(session, plan_id, decision, now, replan_route(registry))
 
 
 def publish(app: Celery, dispatches: Sequence[Dispatch], kill_grace_seconds: float) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Float, Text, and_, bindparam, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from orch.decisions.replan import REPLAN_RETRIES, ReplanState, Settled, replaced, replacement_refused, settle
 from orch.decisions.retry import Outcome
 from orch.failures import NOT_COUNTED
 from orch.intake.prices import Usage
@@ -21,6 +22,9 @@ from orch.states import AttemptStatus, TaskStatus
 from orch.store._sql import ATTEMPTS, DEPENDENCIES, PLANS, TASKS, DbClock, no_sync, rowcount
 from orch.store.events import log_event
 from orch.store.models import AttemptRow, DependencyRow, TaskRow
+
+if TYPE_CHECKING:
+    from orch.store.growth import GrowthRules, Proposal, Writer
 
 # Attempts that spend a task's retry budget: failed for a reason of the task's own, or lost with their worker.
 _SPENDS_RETRIES = and_(
@@ -70,6 +74,7 @@ def _claim_statement(started: Any, expires: Any) -> Any:
             *_SPEC_COLUMNS,
             _WORKDIR.label("workdir"),
             *_WORKTREE_COLUMNS,
+            TASKS.c.replanning,
         )
     )
 
@@ -137,7 +142,9 @@ def claim(
         detail=f"on {worker}",
     )
     earlier = counted_failures(session, task_pk) if attempt > 1 else 0  # a first attempt has none
-    return Claim(task_pk, plan_id, key, attempt, lease, retries, agent, earlier, dependants), task
+    if task.replanning:  # a re-plan attempt: the planner unreachable is retried, whatever the task's own retries
+        retries = REPLAN_RETRIES
+    return Claim(task_pk, plan_id, key, attempt, lease, retries, agent, earlier, dependants, task.replanning), task
 
 
 def dropped_delivery(session: Session, task_pk: int, attempt: int) -> str:
@@ -220,32 +227,132 @@ _DEPENDENCY_MET = (
 )
 
 
+# The running task under this claim's lease, locked, with what a result that re-plans it or grows the plan needs.
+_HELD = (
+    select(
+        TASKS.c.on_failure,
+        TASKS.c.replans,
+        TASKS.c.max_replans,
+        TASKS.c.key,
+        TASKS.c.agent,
+        TASKS.c.executor,
+        TASKS.c.depth,
+        TASKS.c.repository,
+    )
+    .where(_OF_LEASE)
+    .with_for_update()
+)
+
+
 def record_result(
-    session: Session, claim: Claim, result: AttemptResult, outcome: Outcome, now: datetime
+    session: Session,
+    claim: Claim,
+    result: AttemptResult,
+    outcome: Outcome,
+    now: datetime,
+    rules: GrowthRules | None = None,
 ) -> Recorded | None:
-    """running → the outcome's status, only while this claim's lease still holds. None: the result is stale."""
-    new_status = outcome.task_status
+    """running → the outcome's status, only while this claim's lease still holds. None: the result is stale.
+
+    A failed outcome of a task with `on_failure: replan` may become a re-plan (retry_wait, its next attempt asks the
+    planner); a re-plan attempt's replacement, checked with `rules`, replaces the task; a succeeded attempt's
+    follow-ups, checked with `rules`, are added to the plan. All in this transaction, under the lease."""
     of_claim = {"of_task": claim.task_pk, "of_number": claim.attempt, "held_lease": claim.lease}
+    grows = rules is not None and result.succeeded and _carries_tasks(claim, result)
+    special = grows or claim.replanning or outcome.task_status is TaskStatus.FAILED
+    revision = 0
+    settled: Settled | None = None
+    proposal: Proposal | None = None
+    author: Writer | None = None
+    if special:  # rare: read (and lock) the task first, to decide what its outcome becomes
+        from orch.store import growth  # lazy: it imports orch.store.revisions, which imports this module
+
+        revision = growth.lock_plan(session, claim.plan_id) if grows else 0  # the plan's row first, as revisions
+        held = session.execute(_HELD, of_claim).first()
+        if held is None:
+            return _stale(session, of_claim, result)
+        on_failure, replans, max_replans, key, agent, executor, depth, repository = held
+        author = growth.Writer(key, agent, executor, depth, repository)
+        settled = settle(outcome, ReplanState(on_failure, replans, max_replans), claim.replanning, result.failure_class)
+        outcome = settled.outcome
+        if claim.replanning and result.succeeded:
+            if rules is None or result.replacement is None:
+                outcome = replacement_refused(["the planner gave no replacement"])
+            else:
+                proposal = growth.propose_replacement(session, claim, author, result.replacement, rules)
+                accepted = proposal.accepted
+                outcome = (
+                    replaced(proposal.verdict.accepted) if accepted else replacement_refused(proposal.verdict.problems)
+                )
+    new_status = outcome.task_status
+    error = result.error if not result.succeeded else (outcome.detail if new_status is TaskStatus.FAILED else None)
     ended = {
         "new_status": new_status,
         "retry_at": outcome.not_before,
         "ended_at": None if new_status in (TaskStatus.RETRY_WAIT, TaskStatus.MERGING) else now,
-        "task_error": None if result.succeeded else result.error,
+        "task_error": error,
     }
     if not rowcount(session.execute(_END_RUNNING, {**of_claim, **ended})):
-        session.execute(_KEEP_OUTPUT, {**of_claim, "v_output_tail": result.output_tail, "v_log_path": result.log_path})
-        return None
+        return _stale(session, of_claim, result)
+    if settled is not None and (settled.replanning or claim.replanning):
+        replanning: dict[str, Any] = {"replanning": settled.replanning, "replans": settled.replans}
+        if settled.starts_replan:  # its re-plan attempts' failures are counted afresh
+            replanning["retry_floor"] = claim.attempt
+        session.execute(update(TASKS).where(TASKS.c.pk == claim.task_pk).values(**replanning))
     newly_ready = 0
     # Looked for even when the claim saw none: a followed task list may have added a dependant since.
     if new_status is TaskStatus.SUCCEEDED:
         newly_ready = dependency_met(session, claim.task_pk)
+    _finish_attempt(session, of_claim, result, outcome, error, now)
+    log_event(
+        session,
+        now,
+        claim.plan_id,
+        task_pk=claim.task_pk,
+        attempt=claim.attempt,
+        kind="task",
+        old=TaskStatus.RUNNING,
+        new=new_status,
+        detail=outcome.detail or result.error,
+    )
+    if proposal is not None and author is not None and new_status is TaskStatus.REPLACED:
+        newly_ready += growth.apply_replacement(session, claim, author, proposal, revision, now)
+    elif grows and author is not None and rules is not None and result.followups and _succeeded(new_status):
+        newly_ready += growth.apply_followups(session, claim, author, result.followups, rules, revision, now)
+    return Recorded(newly_ready, new_status if settled is not None else None)
+
+
+def _succeeded(status: TaskStatus) -> bool:
+    return status in (TaskStatus.SUCCEEDED, TaskStatus.MERGING)  # (merging: its work waits in the merge queue)
+
+
+def _carries_tasks(claim: Claim, result: AttemptResult) -> bool:
+    if claim.replanning:
+        return result.replacement is not None
+    return bool(result.followups and result.followups.strip())
+
+
+def _stale(session: Session, of_claim: dict[str, Any], result: AttemptResult) -> Recorded | None:
+    """A result refused (its lease is gone): its output is kept, nothing else."""
+    session.execute(_KEEP_OUTPUT, {**of_claim, "v_output_tail": result.output_tail, "v_log_path": result.log_path})
+    return None
+
+
+def _finish_attempt(
+    session: Session,
+    of_claim: dict[str, Any],
+    result: AttemptResult,
+    outcome: Outcome,
+    error: str | None,
+    now: datetime,
+) -> None:
     usage = result.usage
     values = {
         "status": outcome.attempt_status,
         "finished_at": now,
         "exit_code": result.exit_code,
         "failure_class": result.failure_class,
-        "error": result.error,
+        "error": error,
         "output_tail": result.output_tail,
         "log_path": result.log_path,
         "model": result.model,
@@ -260,18 +367,6 @@ def record_result(
         "verified": result.verified,
     }
     session.execute(_FINISH_ATTEMPT, {**of_claim, **{f"v_{name}": value for name, value in values.items()}})
-    log_event(
-        session,
-        now,
-        claim.plan_id,
-        task_pk=claim.task_pk,
-        attempt=claim.attempt,
-        kind="task",
-        old=TaskStatus.RUNNING,
-        new=new_status,
-        detail=outcome.detail or result.error,
-    )
-    return Recorded(newly_ready)
 
 
 def dependency_met(session: Session, task_pk: int) -> int:
@@ -311,13 +406,22 @@ def renew_lease(
 def expired_claims(session: Session, now: datetime, plan_ids: Sequence[str] | None = None) -> list[Claim]:
     """Running attempts whose lease expired by `now` (the database's clock): their workers are gone."""
     query = select(
-        TaskRow.pk, TaskRow.plan_id, TaskRow.key, TaskRow.attempt, TaskRow.lease, TaskRow.retries, TaskRow.agent
+        TaskRow.pk,
+        TaskRow.plan_id,
+        TaskRow.key,
+        TaskRow.attempt,
+        TaskRow.lease,
+        TaskRow.retries,
+        TaskRow.agent,
+        TaskRow.replanning,
     ).where(TaskRow.status == TaskStatus.RUNNING, TaskRow.lease_expires_at < now)
     if plan_ids is not None:
         query = query.where(TaskRow.plan_id.in_(plan_ids))
     claims = []
-    for pk, plan_id, key, attempt, lease, retries, agent in session.execute(query).all():
-        claims.append(Claim(pk, plan_id, key, attempt, lease or "", retries, agent, counted_failures(session, pk)))
+    for pk, plan_id, key, attempt, lease, retries, agent, replanning in session.execute(query).all():
+        retries = REPLAN_RETRIES if replanning else retries
+        failures = counted_failures(session, pk)
+        claims.append(Claim(pk, plan_id, key, attempt, lease or "", retries, agent, failures, replanning=replanning))
     return claims
 
 

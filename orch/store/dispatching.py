@@ -8,16 +8,17 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, update
+from sqlalchemy import Float, String, and_, bindparam, case, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from orch.budget import Budget
 from orch.dag import Dag
 from orch.decisions.readiness import Reconciliation, TaskView
-from orch.records import AgentLoad, Dispatch, PlanGate
+from orch.records import AgentLoad, Dispatch, PlanGate, ReplanRoute
 from orch.states import (
     DISPATCHABLE,
     DOOMING,
+    ENDED_WELL,
     HOLDING_FILES,
     IN_FLIGHT,
     PLAN_HELD,
@@ -158,9 +159,7 @@ _ANY_UNFINISHED = select(TASKS.c.pk).where(_OF_PLAN, TASKS.c.status.in_(sorted(s
 # A task its list withdrew (removed while pending: cancelled, with its hold saying so) does not fail the plan.
 _WITHDRAWN = and_(TASKS.c.status == TaskStatus.CANCELLED, TASKS.c.hold.is_not(None))
 _ANY_NOT_SUCCEEDED = (
-    select(TASKS.c.pk)
-    .where(_OF_PLAN, TASKS.c.status.in_(sorted(TERMINAL - {TaskStatus.SUCCEEDED})), ~_WITHDRAWN)
-    .limit(1)
+    select(TASKS.c.pk).where(_OF_PLAN, TASKS.c.status.in_(sorted(TERMINAL - ENDED_WELL)), ~_WITHDRAWN).limit(1)
 )
 
 
@@ -214,6 +213,10 @@ def agent_load(session: Session, now: datetime, agents: Collection[str] | None =
     return load
 
 
+# A task waiting to be re-planned (on_failure: replan) is sent to the planner's queue, with the planner's time limit.
+_QUEUE = case((TASKS.c.replanning, bindparam("replan_queue", type_=String)), else_=TASKS.c.queue)
+_TIMEOUT = case((TASKS.c.replanning, bindparam("replan_timeout", type_=Float)), else_=TASKS.c.timeout)
+
 _CLAIM_FOR_DISPATCH = (
     update(TASKS)
     .where(TASKS.c.pk.in_(bindparam("pks", expanding=True)), TASKS.c.status.in_(sorted(DISPATCHABLE)))
@@ -225,21 +228,24 @@ _CLAIM_FOR_DISPATCH = (
         not_before=None,
         lease=None,
     )
-    .returning(TASKS.c.pk, TASKS.c.attempt, TASKS.c.queue, TASKS.c.timeout, TASKS.c.plan_id, TASKS.c.key)
+    .returning(TASKS.c.pk, TASKS.c.attempt, _QUEUE, _TIMEOUT, TASKS.c.plan_id, TASKS.c.key)
 )
 
-_DISPATCH_COLUMNS = (
-    TaskRow.pk,
-    TaskRow.attempt,
-    TaskRow.queue,
-    TaskRow.timeout,
-    TaskRow.plan_id,
-    TaskRow.key,
-)
+_DISPATCH_COLUMNS = (TASKS.c.pk, TASKS.c.attempt, _QUEUE, _TIMEOUT, TASKS.c.plan_id, TASKS.c.key)
 
 
-def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliation, now: datetime) -> list[Dispatch]:
-    """Write a readiness decision: doom, claim for dispatch (attempt + 1), finish the plan. CAS throughout."""
+DEFAULT_REPLAN_ROUTE = ReplanRoute()  # the planner type's as config/agents.yaml ships it (callers pass their own)
+
+
+def _route(replan: ReplanRoute) -> dict[str, object]:
+    return {"replan_queue": replan.queue, "replan_timeout": replan.timeout}
+
+
+def apply_reconciliation(
+    session: Session, plan_id: str, decision: Reconciliation, now: datetime, replan: ReplanRoute = DEFAULT_REPLAN_ROUTE
+) -> list[Dispatch]:
+    """Write a readiness decision: doom, claim for dispatch (attempt + 1), finish the plan. CAS throughout. A task
+    to be re-planned goes to `replan`'s queue."""
     for chunk in chunks(decision.upstream_failed):
         doomed = session.scalars(
             update(TaskRow)
@@ -253,7 +259,7 @@ def apply_reconciliation(session: Session, plan_id: str, decision: Reconciliatio
     dispatches: list[Dispatch] = []
     old_status: dict[int, TaskStatus] = {}
     for chunk in chunks(decision.ready):
-        claimed = session.execute(_CLAIM_FOR_DISPATCH, {"pks": list(chunk), "now": now}).all()
+        claimed = session.execute(_CLAIM_FOR_DISPATCH, {"pks": list(chunk), "now": now, **_route(replan)}).all()
         dispatches.extend(Dispatch(*row) for row in claimed)
         # RETURNING gives the new status; the old one is the status readiness saw (pending or retry_wait, which
         # nothing but this dispatcher, holding the dispatch lock, moves out of except to a final status).
@@ -292,18 +298,20 @@ def finish_plan(session: Session, plan_id: str, outcome: PlanStatus, now: dateti
 
 
 def stale_dispatches(
-    session: Session, sent_before: datetime, now: datetime, plan_ids: Sequence[str] | None = None
+    session: Session,
+    sent_before: datetime,
+    now: datetime,
+    plan_ids: Sequence[str] | None = None,
+    replan: ReplanRoute = DEFAULT_REPLAN_ROUTE,
 ) -> list[Dispatch]:
     """Queued tasks whose message has not started by `sent_before`: stamp them and return them to re-send.
 
     Re-sending is safe: a worker claims a task only while it is queued at that attempt, so the second copy
     of a message that did arrive is dropped."""
-    stale = update(TaskRow).where(TaskRow.status == TaskStatus.QUEUED, TaskRow.dispatched_at < sent_before)
+    stale = update(TASKS).where(TASKS.c.status == TaskStatus.QUEUED, TASKS.c.dispatched_at < sent_before)
     if plan_ids is not None:
-        stale = stale.where(TaskRow.plan_id.in_(plan_ids))
-    rows = session.execute(
-        stale.values(dispatched_at=now).returning(*_DISPATCH_COLUMNS).execution_options(**no_sync())
-    ).all()
+        stale = stale.where(TASKS.c.plan_id.in_(plan_ids))
+    rows = session.execute(stale.values(dispatched_at=now).returning(*_DISPATCH_COLUMNS), _route(replan)).all()
     return [Dispatch(*row) for row in rows]
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from orch.intake.prices import Usage
 from orch.states import AttemptStatus, TaskStatus
-from orch.store.models import AttemptRow, Base, TaskRow, UTCDateTime
+from orch.store.models import AttemptRow, Base, PlanRevisionRow, TaskRow, UTCDateTime
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,8 @@ class TaskSummary:
     skipped: bool  # by `orch skip`: see _SKIPPED
     source: dict[str, Any] | None = None  # where its task list wrote it
     hold: str | None = None  # why its task list holds it
+    added_by: int | None = None  # the task whose attempt added it (a follow-up) or that it replaces (a re-plan)
+    added_how: str | None = None  # followup | replan; None: in the plan as submitted
 
 
 def task_summaries(session: Session, plan_id: str) -> list[TaskSummary]:
@@ -143,3 +145,40 @@ def attempt_summaries(session: Session, plan_id: str, now: datetime) -> list[Att
         .order_by(TaskRow.seq, AttemptRow.number)
     )
     return [AttemptSummary(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class Growth:
+    """One change a task's attempt made to its plan: follow-ups added (and refused), or a replacement."""
+
+    number: int  # the plan's revision
+    by: str  # the task whose attempt made it
+    attempt: int
+    how: str  # followup | replan
+    added: tuple[str, ...]
+    refused: tuple[str, ...]  # one line per task refused
+    rewired: tuple[str, ...] = ()  # a replacement: the dependants that now wait for it
+
+
+def plan_growth(session: Session, plan_id: str) -> list[Growth]:
+    """The plan's follow-ups and replacements, in revision order (task-list revisions are not among them)."""
+    rows = session.scalars(
+        select(PlanRevisionRow).where(PlanRevisionRow.plan_id == plan_id).order_by(PlanRevisionRow.number)
+    )
+    found = []
+    for row in rows:
+        changes = row.changes or {}
+        if changes.get("how") not in ("followup", "replan"):
+            continue
+        found.append(
+            Growth(
+                row.number,
+                str(changes.get("by", "")),
+                int(changes.get("attempt") or 0),
+                str(changes["how"]),
+                tuple(changes.get("added") or ()),
+                tuple(changes.get("refused") or ()),
+                tuple(changes.get("rewired") or ()),
+            )
+        )
+    return found

@@ -11,9 +11,9 @@ decrements the count after this commits (a success looks its dependants up when 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
@@ -91,7 +91,7 @@ def revise_plan(
         raise TaskStateConflict(f"plan {plan_id} was cancelled; submit the list again to run it")
     stored, pks, sources = _stored(session, plan_id)
     listed = [ListedTask(t.key, t.after, resolved_signature(t), t.done) for t in plan.tasks]
-    revision = decide_revision(stored, listed)
+    revision = _keep_grown(decide_revision(stored, listed), _grown(session, plan_id))
     if not revision.applies:
         _update_sources(session, plan, pks, sources)
         return Applied(revision, None)
@@ -134,6 +134,22 @@ def revise_plan(
     )
     log_event(session, now, plan_id, kind="revision", detail=f"revision {number} ({origin}): {applied.summary()}")
     return applied
+
+
+def _grown(session: Session, plan_id: str) -> set[str]:
+    """The plan's tasks its own tasks added while it ran (follow-ups, replacements): no list names them."""
+    return set(session.scalars(select(TaskRow.key).where(TaskRow.plan_id == plan_id, TaskRow.added_how.is_not(None))))
+
+
+def _keep_grown(revision: Revision, grown: set[str]) -> Revision:
+    """`revision` without withdrawing the tasks the plan grew (they are in no list), nor reporting them as removed."""
+    if not grown:
+        return revision
+    return replace(
+        revision,
+        withdrawn=tuple(key for key in revision.withdrawn if key not in grown),
+        not_applied=tuple((key, why) for key, why in revision.not_applied if key not in grown),
+    )
 
 
 def _lock_dependencies(
@@ -193,7 +209,15 @@ def _stored(session: Session, plan_id: str) -> tuple[dict[str, StoredTask], dict
     return stored, {key: pk for pk, key in key_of.items()}, sources
 
 
-def _add(session: Session, plan_id: str, tasks: Sequence[ResolvedTask], pks: dict[str, int], now: datetime) -> None:
+def _add(
+    session: Session,
+    plan_id: str,
+    tasks: Sequence[ResolvedTask],
+    pks: dict[str, int],
+    now: datetime,
+    detail: str = "added",
+) -> None:
+    """Insert `tasks` at the plan's end (their pks into `pks`), with their edges and counts, each with its event."""
     if not tasks:
         return
     seq = (session.scalar(select(func.max(TaskRow.seq)).where(TaskRow.plan_id == plan_id)) or 0) + 1
@@ -205,7 +229,7 @@ def _add(session: Session, plan_id: str, tasks: Sequence[ResolvedTask], pks: dic
     ]
     insert_rows(session, TASKS, SUBMITTED_COLUMNS, rows)
     _set_dependencies(session, tasks, pks)
-    log_task_events(session, now, plan_id, [pks[t.key] for t in tasks if not t.done], None, TaskStatus.PENDING, "added")
+    log_task_events(session, now, plan_id, [pks[t.key] for t in tasks if not t.done], None, TaskStatus.PENDING, detail)
     log_task_events(
         session, now, plan_id, [pks[t.key] for t in tasks if t.done], None, TaskStatus.SUCCEEDED, "added done"
     )
@@ -265,7 +289,17 @@ def _field_values(task: ResolvedTask) -> dict[str, Any]:
     }
 
 
-def _set_dependencies(session: Session, tasks: Sequence[ResolvedTask], pks: Mapping[str, int]) -> None:
+class WithEdges(Protocol):
+    """A task as its edges are set: its id and what it waits for."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def after(self) -> tuple[str, ...]: ...
+
+
+def _set_dependencies(session: Session, tasks: Sequence[WithEdges], pks: Mapping[str, int]) -> None:
     """Insert the tasks' edges, then count each one's unmet dependencies afresh."""
     insert_rows(
         session, DEPENDENCIES, ("task_pk", "depends_on_pk"), [(pks[t.key], pks[d]) for t in tasks for d in t.after]

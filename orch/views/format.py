@@ -25,6 +25,7 @@ STATUS_STYLE = {
     TaskStatus.RETRY_WAIT: "yellow",
     TaskStatus.UPSTREAM_FAILED: "red",
     TaskStatus.CANCELLED: "magenta",
+    TaskStatus.REPLACED: "green",
 }
 PLAN_STYLE = {
     PlanStatus.RUNNING: "bold blue",

@@ -37,6 +37,7 @@ CLASS_STYLES = {
     TaskStatus.RETRY_WAIT.value: "fill:#fef9c3,stroke:#ca8a04,color:#713f12",
     TaskStatus.UPSTREAM_FAILED.value: "fill:#ffedd5,stroke:#ea580c,color:#7c2d12,stroke-dasharray:5 3",
     TaskStatus.CANCELLED.value: "fill:#f3e8ff,stroke:#9333ea,color:#581c87,stroke-dasharray:5 3",
+    TaskStatus.REPLACED.value: "fill:#ecfeff,stroke:#0891b2,color:#164e63,stroke-dasharray:5 3",
     SKIPPED: "fill:#f0fdf4,stroke:#86efac,color:#166534,stroke-dasharray:5 3",
 }
 # A stage drawn as one node takes the colour of its most telling state, in this order.
@@ -49,6 +50,7 @@ STAGE_STATE_ORDER = (
     TaskStatus.UPSTREAM_FAILED.value,
     TaskStatus.CANCELLED.value,
     TaskStatus.PENDING.value,
+    TaskStatus.REPLACED.value,
     SKIPPED,
     TaskStatus.SUCCEEDED.value,
 )

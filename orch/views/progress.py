@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from orch.budget import Spend
 from orch.durations import format_duration
-from orch.states import IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
+from orch.states import ENDED_WELL, IN_FLIGHT, PLAN_FINAL, TERMINAL, PlanStatus, TaskStatus
 from orch.store import events, plans, reads, spend
 from orch.store.db import db_now, read_session
 from orch.store.models import EventRow, PlanRow
@@ -84,7 +84,7 @@ def run_is_over(status: PlanStatus, counts: Mapping[TaskStatus, int]) -> bool:
 def _bar_row(grid: Table, label: Text | str, counts: Counter[TaskStatus]) -> None:
     total = counts.total()
     done = sum(counts[s] for s in TERMINAL)
-    failed = sum(counts[s] for s in TERMINAL - {TaskStatus.SUCCEEDED})
+    failed = sum(counts[s] for s in TERMINAL - ENDED_WELL)
     bar = ProgressBar(total=max(total, 1), completed=done, width=30, complete_style="red" if failed else "green")
     detail = f"{done}/{total}"
     if failed:

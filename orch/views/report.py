@@ -32,6 +32,7 @@ TASK_MARK = {
     TaskStatus.RETRY_WAIT: "🔁",
     TaskStatus.UPSTREAM_FAILED: "⛔",
     TaskStatus.CANCELLED: "🚫",
+    TaskStatus.REPLACED: "🔀",
 }
 SKIPPED_MARK = "⏭️"
 VERIFY_MARK = {"passed": "✅ passed", "failed": "❌ failed", "not_run": "not run"}
@@ -78,6 +79,16 @@ class TaskReport:
     git: TaskGit | None = None  # a worktree task's branch, commits and merge
     source: dict[str, Any] | None = None  # where its task list wrote it
     hold: str | None = None  # why its task list holds it
+    added_by: str | None = None  # the task whose attempt added it (a follow-up) or that it replaces (a re-plan)
+    added_how: str | None = None  # followup | replan
+    replaced_by: tuple[str, ...] = ()  # a replaced task: the tasks in its place
+
+    @property
+    def origin(self) -> str | None:
+        """How it came into the plan, for people: 'follow-up of build', 'replaces split-me'; None: submitted."""
+        if self.added_by is None:
+            return None
+        return f"replaces {self.added_by}" if self.added_how == "replan" else f"follow-up of {self.added_by}"
 
     @property
     def listed(self) -> str | None:
@@ -106,6 +117,8 @@ class TaskReport:
     def status_text(self) -> str:
         if self.listed is not None:
             return f"{self.listed} (in its list)"
+        if self.replaced_by:
+            return f"replaced by {', '.join(self.replaced_by)}"
         return "succeeded (skipped)" if self.skipped else self.status.value
 
     def as_json(self) -> dict[str, Any]:
@@ -135,6 +148,8 @@ class TaskReport:
             **({"git": self.git.as_json()} if self.git is not None else {}),
             **({"source": self.source} if self.source is not None else {}),
             **({"hold": self.hold} if self.hold is not None else {}),
+            **({"added_by": self.added_by, "added_how": self.added_how} if self.added_by is not None else {}),
+            **({"replaced_by": list(self.replaced_by)} if self.replaced_by else {}),
         }
 
 
@@ -143,6 +158,7 @@ class CompletionReport:
     plan: PlanRow
     tasks: list[TaskReport]
     as_of: datetime | None  # when the figures were read, for a plan still open; None once it is final
+    growth: tuple[reads.Growth, ...] = ()  # follow-ups its tasks added (and refused), replacements
 
     @property
     def wall_seconds(self) -> float | None:
@@ -194,7 +210,20 @@ class CompletionReport:
                 {"agent": agent, **_totals_json(tasks, None, None)} for agent, tasks in by_agent(self.tasks).items()
             ],
             "tasks": [t.as_json() for t in self.tasks],
+            **({"growth": [growth_json(g) for g in self.growth]} if self.growth else {}),
         }
+
+
+def growth_json(growth: reads.Growth) -> dict[str, Any]:
+    return {
+        "revision": growth.number,
+        "by": growth.by,
+        "attempt": growth.attempt,
+        "how": growth.how,
+        "added": list(growth.added),
+        "refused": list(growth.refused),
+        **({"rewired": list(growth.rewired)} if growth.rewired else {}),
+    }
 
 
 def _totals_json(tasks: list[TaskReport], wall: float | None, verification: dict[str, int] | None) -> dict[str, Any]:
@@ -253,7 +282,8 @@ def load_report(session: Session, plan_ref: str) -> CompletionReport:
     for attempt in reads.attempt_summaries(session, plan.id, now):
         attempts.setdefault(attempt.task_pk, []).append(attempt)
     dag = Dag.from_edges(plans.plan_dependencies(session, plan.id))
-    return build_report(plan, tasks, dag, attempts, now, merges.task_git_states(session, plan.id))
+    git = merges.task_git_states(session, plan.id)
+    return build_report(plan, tasks, dag, attempts, now, git, reads.plan_growth(session, plan.id))
 
 
 def build_report(
@@ -263,16 +293,30 @@ def build_report(
     attempts: dict[int, list[reads.AttemptSummary]],
     now: datetime,
     git: dict[int, TaskGit] | None = None,
+    growth: list[reads.Growth] | None = None,
 ) -> CompletionReport:
     """The report of `plan` (`tasks` in plan order) read at `now` (the database's clock), which counts only for
     what is unfinished."""
     position = {t.pk: i for i, t in enumerate(tasks)}
+    key_of = {t.pk: t.key for t in tasks}
+    replaced_by: dict[int, list[str]] = {}
+    for task in tasks:
+        if task.added_how == "replan" and task.added_by is not None:
+            replaced_by.setdefault(task.added_by, []).append(task.key)
     reports = []
     for task in tasks:
         after = [tasks[i] for i in sorted(position[d] for d in dag.dependencies(task.pk))]
         report = _task_report(task, after, attempts.get(task.pk, []), now)
-        reports.append(replace(report, git=(git or {}).get(task.pk)))
-    return CompletionReport(plan, reports, None if plan.status in PLAN_FINAL else now)
+        reports.append(
+            replace(
+                report,
+                git=(git or {}).get(task.pk),
+                added_by=None if task.added_by is None else key_of.get(task.added_by),
+                added_how=task.added_how,
+                replaced_by=tuple(replaced_by.get(task.pk, ())),
+            )
+        )
+    return CompletionReport(plan, reports, None if plan.status in PLAN_FINAL else now, tuple(growth or ()))
 
 
 def _task_report(

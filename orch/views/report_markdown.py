@@ -143,6 +143,7 @@ def render_markdown(report: CompletionReport, max_tasks: int = MD_MAX_TASKS) -> 
         lines.append(f"- **Held:** {md_text(plan.held_reason)}")
     lines += ["", *_agents_table(report), "", *_tasks_table(report, max_tasks)]
     lines += _merges(report, max_tasks)
+    lines += _growth(report, max_tasks)
     lines += _failures(report, max_tasks)
     lines += _results(report, max_tasks)
     return "\n".join(lines) + "\n"
@@ -205,6 +206,25 @@ def _merges(report: CompletionReport, max_tasks: int) -> list[str]:
             f"| {_files_cell(list(git.conflicts)) if git.conflicts else '—'} |"
         )
     return lines + _more(len(tasks) - max_tasks)
+
+
+def _growth(report: CompletionReport, max_tasks: int) -> list[str]:
+    """What replaced what, which tasks were added as follow-ups by whom, and the follow-ups refused."""
+    if not report.growth:
+        return []
+    lines = ["", "### Plan changes", ""]
+    for growth in report.growth[:max_tasks]:
+        added = ", ".join(md_code(key) for key in growth.added) or "none"
+        by = f"{md_code(growth.by)} (attempt {growth.attempt})"
+        if growth.how == "replan":
+            line = f"- 🔀 {by} replaced by {added}"
+            if growth.rewired:
+                line += "; " + ", ".join(md_code(key) for key in growth.rewired) + " now wait for them"
+        else:
+            line = f"- 🌱 {added} added as follow-ups by {by}"
+        lines.append(f"{line} (revision {growth.number})")
+        lines += [f"  - refused: {md_text(problem, 300)}" for problem in growth.refused]
+    return lines + _more(len(report.growth) - max_tasks)
 
 
 def _failures(report: CompletionReport, max_tasks: int) -> list[str]:

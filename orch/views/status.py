@@ -16,7 +16,7 @@ from orch.dag import Dag
 from orch.durations import format_duration
 from orch.intake.prices import Usage
 from orch.records import AttemptStats
-from orch.states import TERMINAL, TaskStatus
+from orch.states import ENDED_WELL, TERMINAL, TaskStatus
 from orch.store import merges, plans, reads, spend
 from orch.store.merges import TaskGit
 from orch.store.models import PlanRow, TaskRow
@@ -42,6 +42,7 @@ class PlanSnapshot:
     dag: Dag[str]  # its dependencies, by task id
     pauses: dict[str, tuple[datetime, str]]  # agent types of this plan paused now: until, why
     git: dict[int, TaskGit] = field(default_factory=dict)  # worktree tasks' branches, commits and merges
+    growth: list[reads.Growth] = field(default_factory=list)  # follow-ups added (and refused), replacements
 
     @classmethod
     def load(cls, session: Session, plan: PlanRow, now: datetime) -> PlanSnapshot:
@@ -53,7 +54,30 @@ class PlanSnapshot:
             agent: (row.until, row.reason) for agent, row in active_pauses(session, now).items() if agent in agents
         }
         git = merges.task_git_states(session, plan.id)
-        return cls(plan, tasks, spend.attempt_stats(session, plan.id), deps, pauses, git)
+        growth = reads.plan_growth(session, plan.id)
+        return cls(plan, tasks, spend.attempt_stats(session, plan.id), deps, pauses, git, growth)
+
+    def origin(self, task: TaskRow) -> str | None:
+        """How a task came into the plan ('follow-up of build', 'replaces split-me'), or what replaced it."""
+        key_of = self._key_of
+        if task.status is TaskStatus.REPLACED:
+            return "replaced by " + ", ".join(self.replaced_by(task))
+        if task.added_by is None:
+            return None
+        by = key_of.get(task.added_by, "?")
+        return f"replaces {by}" if task.added_how == "replan" else f"follow-up of {by}"
+
+    def replaced_by(self, task: TaskRow) -> list[str]:
+        return [t.key for t in self.tasks if t.added_how == "replan" and t.added_by == task.pk]
+
+    @property
+    def _key_of(self) -> dict[int, str]:
+        return {t.pk: t.key for t in self.tasks}
+
+    @property
+    def refused(self) -> list[str]:
+        """The follow-ups and replacement tasks refused, one line each, naming who wrote them."""
+        return [f"{g.by} (attempt {g.attempt}): {line}" for g in self.growth for line in g.refused]
 
     def stats_of(self, task: TaskRow) -> AttemptStats:
         return self.stats.get(task.pk, _NO_ATTEMPTS)
@@ -93,6 +117,7 @@ class PlanSnapshot:
                 "paused_agents": {a: {"until": iso(u), "reason": r} for a, (u, r) in self.pauses.items()},
                 "held_reason": self.plan.held_reason,
                 "budget": {"usd": self.plan.budget_usd, "tokens": self.plan.budget_tokens},
+                "refused_followups": self.refused,
                 "list": None
                 if self.plan.list_file is None
                 else {"file": self.plan.list_file, "format": self.plan.list_format, "revision": self.plan.revision},
@@ -117,6 +142,9 @@ class PlanSnapshot:
                     "git": self.git[t.pk].as_json() if t.pk in self.git else None,
                     "source": t.source,
                     "hold": t.hold,
+                    "added_by": None if t.added_by is None else self._key_of.get(t.added_by),
+                    "added_how": t.added_how,
+                    "replaced_by": self.replaced_by(t) if t.status is TaskStatus.REPLACED else [],
                 }
                 for t in self.tasks
             ],
@@ -134,15 +162,28 @@ def task_duration(task: TaskRow, now: datetime) -> str:
 
 
 def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
-    table = Table(title=line(f"plan {snapshot.plan.id}"), title_justify="left", expand=False)
+    refused = snapshot.refused
+    caption = None
+    if refused:
+        shown = [f"refused: {problem}"[:200] for problem in refused[:10]]
+        more = [f"… and {len(refused) - 10} more"] if len(refused) > 10 else []
+        caption = Text("\n").join(line(text) for text in shown + more)
+    table = Table(
+        title=line(f"plan {snapshot.plan.id}"), title_justify="left", expand=False, caption=caption,
+        caption_justify="left",
+    )  # fmt: skip
     merging = bool(snapshot.git)
+    grown = any(t.added_by is not None or t.status is TaskStatus.REPLACED for t in snapshot.tasks)
     for column in ("task", "agent", "status", "attempts", "time", "tokens", "cost", "error"):
         table.add_column(column, overflow="fold")
+    if grown:
+        table.add_column("plan change", overflow="fold")
     if merging:
         table.add_column("merge", overflow="fold")
     for task in snapshot.tasks:
         git = snapshot.git.get(task.pk)
         merge_cell = [_merge_cell(git)] if merging else []
+        origin_cell = [line(snapshot.origin(task) or "")] if grown else []
         table.add_row(
             line(task.key),
             line(task.agent),
@@ -152,6 +193,7 @@ def tasks_table(snapshot: PlanSnapshot, now: datetime) -> Table:
             format_tokens(snapshot.stats_of(task).usage),
             format_cost(snapshot.stats_of(task).cost_usd),
             line(_error_cell(task)),
+            *origin_cell,
             *merge_cell,
         )
     return table
@@ -168,7 +210,7 @@ def _status_word(task: TaskRow) -> str:
 def _error_cell(task: TaskRow) -> str:
     if task.hold is not None and task.status is TaskStatus.PENDING:
         return f"held: {task.hold}"[:120]
-    return (task.error or "")[:120] if task.status is not TaskStatus.SUCCEEDED else ""
+    return (task.error or "")[:120] if task.status not in ENDED_WELL else ""
 
 
 def _merge_cell(git: TaskGit | None) -> str:
