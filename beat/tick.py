@@ -14,7 +14,7 @@ from orch.celery import app
 from orch.decisions.retry import Backoff
 from orch.dispatch.merge_queue import send_mergers
 from orch.dispatch.reaper import reap_expired
-from orch.dispatch.reconcile import publish, reconcile_plans
+from orch.dispatch.reconcile import publish, reconcile_plans, replan_route
 from orch.intake.agents import load_agents
 from orch.log import attempt_context, get_logger
 from orch.settings import get_settings
@@ -59,7 +59,9 @@ def run_tick(now: datetime | None = None, reap: bool = True, beat: BeatProcess |
         if only:
             plan_ids = [p for p in plan_ids if p in only]
         cutoff = now - timedelta(seconds=settings.redeliver_seconds)
-        resend = dispatching.stale_dispatches(session, cutoff, now, plan_ids if only else None)
+        resend = dispatching.stale_dispatches(
+            session, cutoff, now, plan_ids if only else None, replan=replan_route(registry)
+        )
         for plan_id in plan_ids:
             merges.settle_abandoned_conflicts(session, plan_id, now)
         dispatches = reconcile_plans(session, plan_ids, registry, now)

@@ -33,7 +33,7 @@ CANCELLABLE = frozenset(
     {TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RETRY_WAIT, TaskStatus.RUNNING, TaskStatus.MERGING}
 )
 RETRIABLE = frozenset({TaskStatus.FAILED, TaskStatus.UPSTREAM_FAILED, TaskStatus.CANCELLED})  # `orch retry`
-SKIPPABLE = frozenset(set(TaskStatus) - {TaskStatus.SUCCEEDED})  # `orch skip`
+SKIPPABLE = frozenset(set(TaskStatus) - ENDED_WELL)  # `orch skip` (a replaced task has nothing left to skip)
 
 _S = TaskStatus
 # Every task status change the store may make (the event log's old -> new); the fault suite checks against it.

@@ -377,7 +377,7 @@ def _validate_plan(
         specs.append(spec)
         places.append(repositories.place(spec, label, raw, problems))
     repositories.report_defaulted_worktrees(document.get("defaults"), problems)
-    if repositories.resolved() and (why := _unfit_for_a_branch(header.name)):
+    if repositories.resolved() and (why := unfit_for_a_branch(header.name)):
         problems.add(
             f"field 'name': {quoted(header.name)} {why}: it begins the plan's git branch names",
             line_of(document, "name"),
@@ -521,7 +521,7 @@ class _Repositories:
     def place(self, spec: TaskSpec, label: str, written: Any, problems: Problems) -> str | None:
         """The repository a task works in (None: the plan's shared workdir), each problem of it reported."""
         placed = self._place(spec, label, written, problems)
-        if placed is not None and (why := _unfit_for_a_branch(spec.id)):
+        if placed is not None and (why := unfit_for_a_branch(spec.id)):
             problems.add(f"{label}: its id {why}: it names the task's git branch and worktree folder", line_of(written))
         return placed
 
@@ -563,7 +563,7 @@ class _Repositories:
         return tuple(self.used.values())
 
 
-def _unfit_for_a_branch(task_id: str) -> str | None:
+def unfit_for_a_branch(task_id: str) -> str | None:
     """Why an id (already of ID_PATTERN's characters) cannot be a component of a git ref and a folder name."""
     if ".." in task_id:
         return "contains '..'"

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from orch.celery import use_broker
 from orch.errors import ConfigInvalid, OrchError, StoreUnusable, WorkerStopped
 from orch.executors import IN_PROCESS
+from orch.intake.agents import AgentRegistry, load_agents
 from orch.intake.plan import Plan
 from orch.redaction import safe_url
 from orch.services.embedded import EmbeddedRedis, EmbeddedWorker, check_home
@@ -39,6 +40,12 @@ from orch.views.format import counted
 from orch.views.progress import INTERRUPTED, follow_run, print_final
 from orch.views.routes import route_lines
 from orch.views.terminal import inert
+
+
+def run_queues(plan: Plan, registry: AgentRegistry) -> list[str]:
+    """The queues `orch run`'s worker reads: every agent type's, for a running plan may gain tasks of any type (a
+    task's follow-ups, a re-plan's replacement, which goes to the planner's queue first)."""
+    return sorted({*(t.queue for t in plan.tasks), *registry.queues})
 
 
 def check_agent_isolation(plan: Plan, err: Console) -> None:
@@ -179,9 +186,8 @@ def _start_and_watch(
         run.plan_id = plan_id = plans.submit_plan(session, plan, datetime.now(UTC), base_commits)
         if runner is not None:
             runners.record_runner(session, plan_id, runner)
-    queues = sorted({t.queue for t in plan.tasks})
-    if tasklist is not None and tasklist.watch:  # a revision may add tasks of any agent type
-        queues = sorted({*queues, *(agent.queue for agent in tasklist.spec.registry)})
+    queues = run_queues(plan, load_agents(settings.config_dir))
+    if tasklist is not None and tasklist.watch:
         use_broker(broker_url)  # what a revision makes ready is sent from here at once
     run.worker = worker = EmbeddedWorker(
         queues=queues,

@@ -38,7 +38,7 @@ from orch.executors import ExecutorName
 from orch.intake.agents import AgentRegistry, AgentType, agent_network
 from orch.intake.plan import ResolvedTask
 from orch.intake.plan_schema import PlannedTask
-from orch.intake.plan_validation import _unfit_for_a_branch, describe_error
+from orch.intake.plan_validation import describe_error, unfit_for_a_branch
 from orch.intake.routing import KeywordIndex, route, weakness
 from orch.records import Claim, FailedAttempt, PlannedAround, ReplanInputs
 from orch.states import PLAN_FINAL, AttemptStatus, PlanStatus, TaskStatus
@@ -127,7 +127,7 @@ def _resolve(
     fields: Mapping[str, Any], writer: Writer, registry: AgentRegistry, index: KeywordIndex
 ) -> tuple[ResolvedTask | None, str | None]:
     key: str = fields["id"]
-    if writer.repository is not None and (why := _unfit_for_a_branch(key)):
+    if writer.repository is not None and (why := unfit_for_a_branch(key)):
         return None, f"its id {why}: it names the task's git branch"
     explicit = fields.get("agent")
     if explicit is not None and explicit not in registry:

@@ -7,14 +7,13 @@ the plan succeeds."""
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.e2e.conftest import Processes, orch_env, run_orch
+from tests.e2e.conftest import orch_env, run_orch
 from tests.fakes.messages_api import MessagesAPI, Reply
 
 KEY = "sk-ant-test-grow"
@@ -99,9 +98,7 @@ def test_an_agents_final_message_block_adds_followups(tmp_path: Path, redis_url:
     ]
 
 
-def test_a_failing_task_is_split_by_the_planner_and_the_plan_succeeds(
-    tmp_path: Path, redis_url: str, processes: Processes
-) -> None:
+def test_a_failing_task_is_split_by_the_planner_and_the_plan_succeeds(tmp_path: Path) -> None:
     replacement = {
         "decision": "replace",
         "reason": "two smaller steps",
@@ -131,14 +128,11 @@ def test_a_failing_task_is_split_by_the_planner_and_the_plan_succeeds(
         """,
     )
     with MessagesAPI(default=planner) as api:
-        env = orch_env(tmp_path, ORCH_BROKER_URL=redis_url, ANTHROPIC_API_KEY=KEY, ANTHROPIC_BASE_URL=api.url)
-        # `orch run`'s embedded worker reads its plan's queues; the planner's queue is read by a worker of its own
-        # (in a deployment, the general pool reads it).
-        planner_worker = [sys.executable, "-m", "celery", "-A", "orch", "worker", "-Q", "agent.planner"]
-        processes.start([*planner_worker, "-n", "planner@%h", "-c", "1"], tmp_path, env, tmp_path / "planner.log")
+        env = orch_env(tmp_path, ANTHROPIC_API_KEY=KEY, ANTHROPIC_BASE_URL=api.url)
+        # the embedded default: `orch run`'s own worker reads the planner's queue too
         run = run_orch(["run", str(plan)], tmp_path, env, timeout=180)
         asked = [r for r in api.requests if r.body.get("tool_choice", {}).get("name") == "submit_replacement"]
-    assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "planner.log").read_text()[-3000:]
+    assert run.returncode == 0, run.stdout + run.stderr
     assert (tmp_path / "after.txt").read_text() == "ok\n"
     assert len(asked) == 1
     prompt = asked[0].body["messages"][0]["content"]
