@@ -275,6 +275,8 @@ def plan_command(
     path = Path(output)
     if path.exists() and not force:
         raise UserError(f"{output} exists: pass --force to overwrite it, or -o another file")
+    if not path.absolute().parent.is_dir():
+        raise UserError(f"-o {output}: its folder {path.absolute().parent} does not exist")
     if not Path(repo).is_dir():
         raise UserError(f"--repo {repo}: not a folder")
     prd_text, prd_name = _read_prd(prd)
