@@ -223,7 +223,9 @@ def test_history_is_the_medians_of_each_types_last_succeeded_attempts(store_url:
             (AttemptStatus.SUCCEEDED, 2000, 0.30, 90.0),
         ],
     )
-    record_attempts(plan_id, "docs", [(AttemptStatus.SUCCEEDED, 10, 0.01, 5.0), (AttemptStatus.SUCCEEDED, 20, 0.03, 7.0)])
+    record_attempts(
+        plan_id, "docs", [(AttemptStatus.SUCCEEDED, 10, 0.01, 5.0), (AttemptStatus.SUCCEEDED, 20, 0.03, 7.0)]
+    )
     with read_session() as session:
         history = agent_histories(session, ["backend-development", "documentation-writer", "testing-specialist"])
         latest = agent_histories(session, ["backend-development"], last=1)

@@ -12,7 +12,9 @@ from orch.decisions.plan_shape import (
 )
 
 
-def task(key: str, *after: str, agent: str | None = "general-purpose", files: int = 0, success: str = "ok") -> ShapedTask:
+def task(
+    key: str, *after: str, agent: str | None = "general-purpose", files: int = 0, success: str = "ok"
+) -> ShapedTask:
     return ShapedTask(key, tuple(after), agent, tuple(f"f{i}.py" for i in range(files)), success)
 
 
