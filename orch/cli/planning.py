@@ -185,6 +185,10 @@ def _confirmed(tasks: int, yes: bool) -> bool:
     return click.confirm(f"Run its {tasks} tasks now?", default=False, err=True)
 
 
+def _rounds(n: int) -> str:
+    return f"{n} round" if n == 1 else f"{n} rounds"
+
+
 def _run_written(path: Path) -> None:
     """Run the written plan file as `orch run FILE` does (read again from the file: what runs is what was written)."""
     from orch.services.local_run import check_agent_isolation, run_embedded
@@ -204,7 +208,7 @@ def _rejected(rejected: Any, path: Path, force: bool) -> None:
     assert isinstance(rejected, DraftRejected)
     for problem in rejected.problems:
         click.echo(inert(problem), err=True)
-    rounds = f"{rejected.rounds} round{'s' if rejected.rounds != 1 else ''}"
+    rounds = _rounds(rejected.rounds)
     if rejected.draft is None:
         click.echo(f"orch plan: the planner gave no plan in {rounds}; nothing written", err=True)
         sys.exit(2)
@@ -308,7 +312,7 @@ def plan_command(
         raise
     model = planner_type(reg).model
     header = (
-        f"Written by `orch plan` (planner: {chosen}, {model}; {planned.rounds} round(s)). Review it before it runs:\n"
+        f"Written by `orch plan` (planner: {chosen}, {model}; {_rounds(planned.rounds)}). Review it before it runs:\n"
         f"`orch validate --estimate {path.name}`, then `orch run {path.name}`."
     )
     _write_new(path, plan_yaml(planned.document, header), force)
@@ -317,7 +321,7 @@ def plan_command(
     for warning in planned.warnings:
         click.echo(inert(f"orch plan: warning: {warning}"), err=True)
     tokens = f", {planned.usage.total:,} tokens" if planned.usage.total else ""
-    click.echo(f"orch plan: wrote {inert(str(path))} ({planned.rounds} round(s){tokens})", err=True)
+    click.echo(f"orch plan: wrote {inert(str(path))} ({_rounds(planned.rounds)}{tokens})", err=True)
     if not run_it:
         return
     if not _confirmed(len(planned.plan.tasks), yes):

@@ -68,7 +68,8 @@ def last_tool_result(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_valid_plan_is_one_forced_tool_call_and_is_written(tmp_path: Path, planner_api: MessagesAPI) -> None:
-    planner_api.add(submit(draft(task("a", estimate={"minutes": 3, "tokens": 100, "usd": 0.01}), task("b", "a"))))
+    first = task("a", description="Line one.\nLine two.", estimate={"minutes": 3, "tokens": 100, "usd": 0.01})
+    planner_api.add(submit(draft(first, task("b", "a"))))
     (tmp_path / "prd.md").write_text("# PRD\nThe login page.\n")
     result = orch_plan(tmp_path, "Make the files", "--from", "prd.md")
     assert result.exit_code == 0, result.output
@@ -81,8 +82,11 @@ def test_a_valid_plan_is_one_forced_tool_call_and_is_written(tmp_path: Path, pla
     assert body["model"] == "claude-sonnet-4-6" and body["max_tokens"] == 16000
     prompt = body["messages"][0]["content"]
     assert "Goal: Make the files" in prompt and "The login page." in prompt and "prd.md" in prompt
-    written = yaml.safe_load((tmp_path / "plan.yaml").read_text())
-    assert written["description"].startswith("Make the files")
+    text = (tmp_path / "plan.yaml").read_text()
+    assert text.startswith("# Written by `orch plan` (planner: anthropic, claude-sonnet-4-6; 1 round)")
+    assert "  description: |-\n    Line one.\n    Line two.\n" in text  # multi-line text as a block
+    written = yaml.safe_load(text)
+    assert written["description"] == "Make the files\n\na scripted plan"  # the goal, then the planner's restatement
     assert written["workdir"] == "."
     assert [t["id"] for t in written["tasks"]] == ["a", "b"] and written["tasks"][1]["after"] == ["a"]
     assert "critical path: 2 tasks (by task count: some durations are unknown): a -> b" in result.output
@@ -157,6 +161,12 @@ def test_an_existing_plan_file_is_not_overwritten_and_the_planner_is_not_asked(
     result = orch_plan(tmp_path, "Make the files")
     assert result.exit_code == 2 and "plan.yaml exists: pass --force" in result.output
     assert planner_api.requests == [] and (tmp_path / "plan.yaml").read_text() == "mine\n"
+    result = orch_plan(tmp_path, "Make the files", "-o", "missing/plan.yaml")
+    assert result.exit_code == 2 and "-o missing/plan.yaml: its folder" in result.output
+    (tmp_path / "plans").mkdir()
+    result = orch_plan(tmp_path, "Make the files", "-o", "plans/plan.yaml")  # --repo . lies outside plans/
+    assert result.exit_code == 2 and "plans/plan.yaml: workdir '..' resolves to" in result.output
+    assert planner_api.requests == [] and not (tmp_path / "plans" / "plan.yaml").exists()
 
 
 def test_a_missing_key_names_the_variable_and_an_unreachable_api_exits_1(
