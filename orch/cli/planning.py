@@ -214,7 +214,7 @@ def _rejected(rejected: Any, path: Path, force: bool) -> None:
         sys.exit(2)
     saved = draft_path(path)
     header = f"A draft of `orch plan` that still has problems after {rounds} (listed by orch plan): fix them, then\n"
-    header += f"`orch validate {saved.name}`."
+    header += f"`orch validate {inert(saved.name)}`."
     _write_new(saved, plan_yaml(rejected.draft, header), force)
     click.echo(f"orch plan: the draft still has problems after {rounds}; it is in {inert(str(saved))}", err=True)
     sys.exit(2)
@@ -240,8 +240,20 @@ def _rejected(rejected: Any, path: Path, force: bool) -> None:
     help="How the planner runs (default: the planner agent type's executor). claude-code reads the repository first, "
     "with read-only tools.",
 )
-@click.option("--max-tasks", type=click.IntRange(1, 1000), default=DEFAULT_MAX_TASKS, show_default=True)
-@click.option("--max-stages", type=click.IntRange(1, 1000), default=DEFAULT_MAX_STAGES, show_default=True)
+@click.option(
+    "--max-tasks",
+    type=click.IntRange(1, 1000),
+    default=DEFAULT_MAX_TASKS,
+    show_default=True,
+    help="More tasks than this is a warning.",
+)
+@click.option(
+    "--max-stages",
+    type=click.IntRange(1, 1000),
+    default=DEFAULT_MAX_STAGES,
+    show_default=True,
+    help="More stages than this is an error that asks to split the goal.",
+)
 @click.option(
     "--repair-rounds",
     type=click.IntRange(0, 10),
@@ -310,10 +322,10 @@ def plan_command(
             click.echo(inert(f"orch plan: {exc}"), err=True)
             sys.exit(exc.exit_code)
         raise
-    model = planner_type(reg).model
+    model, name = inert(planner_type(reg).model), inert(path.name)  # one comment line each, whatever they hold
     header = (
         f"Written by `orch plan` (planner: {chosen}, {model}; {_rounds(planned.rounds)}). Review it before it runs:\n"
-        f"`orch validate --estimate {path.name}`, then `orch run {path.name}`."
+        f"`orch validate --estimate {name}`, then `orch run {name}`."
     )
     _write_new(path, plan_yaml(planned.document, header), force)
     print_plan_table(planned.plan, out)
