@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from orch.cli import operator, plans, repositories, scaffold, services, tasklists, views
+from orch.cli import operator, planning, plans, repositories, scaffold, services, tasklists, views
 from orch.settings import ENV_FILE_VARIABLE, get_settings
 from orch.store.creation import existing_store_only
 
@@ -40,7 +40,8 @@ def main(ctx: click.Context, env_file: str | None) -> None:
 
 
 # The commands that may create the store (`db` is `orch db upgrade`).
-STORE_CREATORS = frozenset({"run", "submit", "db", "sync", "inbox"})
+# `plan` runs what it writes with --run (it reads the store's history only where there is one).
+STORE_CREATORS = frozenset({"run", "submit", "db", "sync", "inbox", "plan"})
 
 
 for command in (
@@ -50,6 +51,7 @@ for command in (
     plans.route_command,
     plans.submit,
     plans.run,
+    planning.plan_command,
     tasklists.import_command,
     tasklists.sync_command,
     tasklists.inbox_command,

@@ -29,11 +29,17 @@ from orch.settings import get_settings
 @click.command()
 @click.argument("plan_file", type=click.Path(dir_okay=False))
 @plan_input_options
+@click.option(
+    "--estimate",
+    is_flag=True,
+    help="Then its estimate: tasks, stages, critical path, width, agent types; tokens, cost and duration from the "
+    "store's history per agent type, else the plan's estimates.",
+)
 @handle_errors
-def validate(plan_file: str, how: PlanInput) -> None:
+def validate(plan_file: str, how: PlanInput, estimate: bool) -> None:
     """Check PLAN_FILE (a plan, or a task list: spec-kit, task-master, Kiro, Markdown checklist): fields, ids,
     dependencies, cycles, agent types, file patterns, limits, and that its workdir is a folder on this host; then
-    show the route of each task without `agent:` (weak ones flagged)."""
+    show the route of each task without `agent:` (weak ones flagged), and with --estimate what it should take."""
     # lazy (start-up cost): rich's text and the prices model, for a few lines
     from orch.views.format import counted
     from orch.views.routes import route_lines
@@ -46,6 +52,10 @@ def validate(plan_file: str, how: PlanInput) -> None:
     click.echo(f"{plan_file}: ok — plan {plan.name!r}: {tasks}, {dependencies}, agent types: {', '.join(agents)}")
     for line in route_lines(plan):
         click.echo(line)
+    if estimate:
+        from orch.cli.planning import print_estimate
+
+        print_estimate(plan, out)
 
 
 @click.command()

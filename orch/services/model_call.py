@@ -33,6 +33,7 @@ class ToolAnswer:
     input: Mapping[str, Any]
     usage: Usage
     model: str
+    tool_use_id: str = ""  # the call's id: a reply to it (a tool_result) names it
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def forced_tool_call(
     )
     for block in message.content:
         if block.type == "tool_use" and block.name == name and isinstance(block.input, dict):
-            return ToolAnswer(block.input, usage, message.model or access.model)
+            return ToolAnswer(block.input, usage, message.model or access.model, block.id)
     raise ModelCallFailed(
         f"the model answered without calling {name} (stop reason {message.stop_reason}); a call that forces the "
         "tool always gets one, so the endpoint is not the Messages API it claims to be",

@@ -14,6 +14,11 @@ demand. The prompt (on stdin, as orch gives it; or after -p) chooses the behavio
   env-values         a success result whose text is its whole environment as JSON, values included
   write              writes each `FAKE-WRITE:<path>=<text>` of the prompt (text up to the line's end, `\n` for a
                      newline) into its working folder, then succeeds
+  plan               `orch plan --executor claude-code`'s planner, answering as `--output-format json` does (one
+                     JSON result object): the next answer of the JSON list in the file $FAKE_CLAUDE_PLANS (a
+                     draft plan, put in a ```json block after some prose; a string, given as the answer's text),
+                     the last one again once they are used up; with $FAKE_CLAUDE_RECORD set, appends a JSON line
+                     of its argv, environment's variable names, working folder and prompt there
   resolve            for a conflict-resolution prompt (its "Conflicted files:" list): keeps both sides of every
                      conflict in each listed file, markers removed, then succeeds (with FAKE-NO-RESOLVE in the
                      prompt it leaves them, and says it succeeded)
@@ -87,6 +92,28 @@ def resolve_conflicts(prompt: str) -> None:
 _OTHER_TASKS = re.compile(r"\n## Tasks (?:waiting on|running beside) this one[^\n]*\n.*?(?=\n## |\Z)", re.DOTALL)
 
 
+def plan_answer(prompt: str, args: list[str]) -> None:
+    """The `plan` mode: the next scripted answer of $FAKE_CLAUDE_PLANS, as one JSON result object."""
+    record = os.environ.get("FAKE_CLAUDE_RECORD")
+    if record:
+        seen = {"args": args, "env": sorted(os.environ), "cwd": os.getcwd(), "prompt": prompt}
+        with open(record, "a") as file:
+            file.write(json.dumps(seen) + "\n")
+    plans_file = os.environ["FAKE_CLAUDE_PLANS"]
+    with open(plans_file) as file:
+        answers = json.load(file)
+    counter = plans_file + ".round"
+    used = 0
+    if os.path.exists(counter):
+        with open(counter) as file:
+            used = int(file.read())
+    with open(counter, "w") as file:
+        file.write(str(used + 1))
+    answer = answers[min(used, len(answers) - 1)]
+    text = answer if isinstance(answer, str) else f"I read the repository.\n\n```json\n{json.dumps(answer)}\n```"
+    emit(result(text))
+
+
 def main() -> None:  # noqa: C901 (one branch per mode, each a few lines)
     args = sys.argv[1:]
     after_p = args[args.index("-p") + 1] if "-p" in args and args.index("-p") + 1 < len(args) else "--"
@@ -99,6 +126,9 @@ def main() -> None:  # noqa: C901 (one branch per mode, each a few lines)
     if "FAKE-SLOW" in prompt:
         time.sleep(1.5)
     note_pid()
+    if mode == "plan":
+        plan_answer(prompt, args)
+        return
     init = {"type": "system", "subtype": "init", "model": "claude-sonnet-4-6", "cwd": os.getcwd(), "args": args}
     emit({**init, "prompt_from": source, "prompt_bytes": len(whole.encode()), "prompt": whole})
     if mode == "hang":

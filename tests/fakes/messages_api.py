@@ -21,6 +21,7 @@ from typing import Any
 class Reply:
     text: str = "done"
     tool_use: dict[str, Any] | None = None  # {"name": "Write", "input": {...}}: a tool_use block before the text
+    tool_use_id: str = ""  # the tool_use block's id (default: a fresh one)
     input_tokens: int = 100
     output_tokens: int = 20
     cache_creation_tokens: int = 0
@@ -182,7 +183,7 @@ def _usage(reply: Reply) -> dict[str, int]:
 def _content(reply: Reply) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     if reply.tool_use:
-        blocks.append({"type": "tool_use", "id": f"toolu_{time.monotonic_ns()}", **reply.tool_use})
+        blocks.append({"type": "tool_use", "id": reply.tool_use_id or f"toolu_{time.monotonic_ns()}", **reply.tool_use})
     if reply.text or not blocks:
         blocks.append({"type": "text", "text": reply.text})
     return blocks
