@@ -87,18 +87,21 @@ def print_estimate(plan: Plan, console: Console) -> None:
 
 
 def print_plan_table(plan: Plan, console: Console) -> None:
-    """The plan's tasks: id, agent, after, files, success, verify (and command, for tasks that have one)."""
+    """The plan's tasks: id, title, agent, after, files, success, verify (and command, for tasks that have one)."""
     from rich.table import Table
 
     from orch.views.format import counted, line, show_table
 
     commands = any(task.command for task in plan.tasks)
     table = Table(title=line(f"plan {plan.name} ({counted(len(plan.tasks), 'task')})"), title_justify="left")
-    columns = ["id", "agent", "after", "files", "success", "verify", *(["command"] if commands else [])]
+    columns = ["id", "title", "agent", "after", "files", "success", "verify", *(["command"] if commands else [])]
     for column in columns:
         table.add_column(column, overflow="fold")
     for task in plan.tasks:
-        cells = [task.key, task.agent, ", ".join(task.after), ", ".join(task.files), task.success, task.verify or ""]
+        cells = [
+            task.key, task.title, task.agent, ", ".join(task.after), ", ".join(task.files), task.success,
+            task.verify or "",
+        ]  # fmt: skip
         if commands:
             cells.append(task.command or "")
         table.add_row(*(line(cell) for cell in cells))

@@ -91,6 +91,9 @@ def test_a_valid_plan_is_one_forced_tool_call_and_is_written(tmp_path: Path, pla
     assert written["workdir"] == "."
     assert [t["id"] for t in written["tasks"]] == ["a", "b"] and written["tasks"][1]["after"] == ["a"]
     assert "critical path: 2 tasks (by task count: some durations are unknown): a -> b" in result.output
+    table = result.output.splitlines()
+    assert table[1].split()[:8] == ["id", "title", "agent", "after", "files", "success", "verify", "command"]
+    assert any(row.split()[:4] == ["b", "do", "b", "general-purpose"] for row in table)
     assert "tokens: at least 100 (the plan's estimates for 1 task, unknown for 1)" in result.output
 
 
