@@ -462,6 +462,8 @@ def land(integration: Integration, settings: Settings) -> LandResult:
     pushed = cache.push(head, base, expected=current)
     if pushed.pushed:
         return "landed", f"fast-forwarded {base} to {head[:12]} ({branch})"
+    if cache.remote_heads(base).get(base) == head:  # another lander (the plan's merger, `orch run`) won the race
+        return "landed", f"{base} is at {head[:12]} already"
     return "refused", f"{base} could not be fast-forwarded to {branch}: {pushed.reason}"
 
 
