@@ -277,3 +277,20 @@ def test_validate_estimate_prefers_the_stores_history(sqlite_url: str, tmp_path:
     assert "  duration: 12 min along the critical path (store history for 1 task, the plan's estimates for 1)" in (
         result.output
     )
+
+
+def test_a_drafts_strings_cannot_drive_the_terminal(tmp_path: Path, planner_api: MessagesAPI) -> None:
+    """Titles, commands, criteria and file patterns from the model are shown inert in the table and the warnings."""
+    hostile = "\x1b[2J\x1b]8;;https://evil.example\x07click\x1b]8;;\x07\u202e"
+    files = [f"src/{n}\x1b[31m.py" for n in range(4)]  # over 3 files: the warning names the task
+    planner_api.add(
+        submit(
+            draft(task("a", title=f"do a {hostile}", success=f"ok {hostile}", verify=f"true {hostile}", files=files))
+        )
+    )
+    result = orch_plan(tmp_path, "Make the files")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "\u202e" not in result.output
+    assert "\\x1b[2J" in result.output and "\\u202e" in result.output  # shown, as visible escapes
+    written = yaml.safe_load((tmp_path / "plan.yaml").read_text())
+    assert written["tasks"][0]["title"] == f"do a {hostile}"  # the file keeps what the planner wrote
