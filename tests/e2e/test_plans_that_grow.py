@@ -55,10 +55,10 @@ def test_a_shell_tasks_followups_run_and_are_shown(tmp_path: Path, redis_url: st
     assert (tmp_path / "notes.txt").read_text() == "n\n"
 
     shown = status_json("grows", tmp_path, env)
-    tasks = {t["id"]: t for t in shown["tasks"]}
-    assert set(tasks) == {"build", "ship", "notes", "check-notes"}
-    assert {tasks[k]["status"] for k in tasks} == {"succeeded"}
-    assert (tasks["notes"]["added_by"], tasks["notes"]["added_how"]) == ("build", "followup")
+    shown_tasks = {t["id"]: t for t in shown["tasks"]}
+    assert set(shown_tasks) == {"build", "ship", "notes", "check-notes"}
+    assert {task["status"] for task in shown_tasks.values()} == {"succeeded"}
+    assert (shown_tasks["notes"]["added_by"], shown_tasks["notes"]["added_how"]) == ("build", "followup")
     assert shown["plan"]["refused_followups"] == [
         "build (attempt 1): follow-up 'grab': no task runs as the planner agent type"
     ]
