@@ -54,8 +54,8 @@ from orch.store.plans import plan_dependencies, set_plan_status
 from orch.store.revisions import _add, _set_dependencies
 
 MAX_AROUND = 20  # tasks of each kind a re-plan's prompt names
-_ID = re.compile(ID_PATTERN)
 MAX_FAILURE_CHARS = 2000  # of each failed attempt's error and output tail
+_ID = re.compile(ID_PATTERN)  # a task id: only these are looked up in the store
 
 
 @dataclass(frozen=True)
