@@ -6,7 +6,8 @@ the task's next state out; a replacement's tasks and the failed task's edges in,
 - a re-plan attempt the planner could not answer is retried like any attempt (at least REPLAN_RETRIES times);
   one it declined, or whose retries are spent, fails the task as before;
 - a replacement applied leaves the task `replaced`: its replacement tasks without a dependency among themselves
-  take its dependencies, and its dependants wait for the replacement's sinks (those no other replacement task needs).
+  take its dependencies, and its dependants wait for the replacement's sinks (those no other replacement task needs);
+  they inherit its `on_failure` with the re-plans it has left (`inherited`): `max_replans` bounds the whole chain.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ def settle(outcome: Outcome, state: ReplanState, replanning: bool, failure_class
     detail = f"{outcome.detail}; asking the planner to re-plan it ({number} of {state.max_replans})"
     waiting = Outcome(TaskStatus.RETRY_WAIT, outcome.attempt_status, None, detail)
     return Settled(waiting, True, number, starts_replan=True)
+
+
+def inherited(state: ReplanState) -> ReplanState:
+    """The re-plan policy a replacement's tasks take from the task they replace (`state`: its fields once this re-plan
+    is counted): its `on_failure` with the re-plans it has left, so `max_replans` bounds a chain of re-plans, not
+    each link; none left, they fail as any task."""
+    left = max(0, state.max_replans - state.replans)
+    return ReplanState("replan" if state.on_failure == "replan" and left else "fail", 0, left)
 
 
 def replaced(keys: Sequence[str]) -> Outcome:

@@ -5,16 +5,20 @@ the list's tasks in, the changes out; orch.store.revisions applies them with com
 - a task not started whose fields or dependencies changed is changed; a task ticked done by hand is skipped;
 - a task already running or finished keeps what it has: its edits are reported, not applied;
 - the plan as it would be (the list's edges for what changes, the stored edges for what does not) must have no
-  cycle: a revision that makes one is refused whole, naming the cycle.
+  cycle: a revision that makes one is refused whole, naming the cycle;
+- the tasks the plan grew (follow-ups, a re-plan's replacements) are in no list: never withdrawn, their edges kept;
+- a task replaced by a re-plan stands for its replacement: a listed dependency on it means the replacement's sinks
+  (the tasks its dependants were rewired to), never an edge onto the replaced task; ticking it, or editing it, is
+  reported, not applied (it ended well: nothing is left to skip or change).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orch.dag import Dag
-from orch.states import HOLDING_FILES, TaskStatus
+from orch.states import ENDED_WELL, HOLDING_FILES, SKIPPABLE, TaskStatus
 
 # A task whose fields a revision may still change: it has not started (pending: waiting for its dependencies).
 EDITABLE = frozenset({TaskStatus.PENDING})
@@ -31,6 +35,8 @@ class StoredTask:
     after: tuple[str, ...]
     signature: Hashable  # every field an edit of the list can change, as the list's tasks' signatures are built
     withdrawn: bool = False  # removed from its list earlier (cancelled, held)
+    grown: bool = False  # added while the plan ran (a follow-up, a replacement): in no list
+    stands_for: tuple[str, ...] = ()  # a replaced task: its replacement's sinks, which its dependants wait for
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,28 @@ def _names(keys: Sequence[str], shown: int = 10) -> str:
     return head if len(keys) <= shown else f"{head} and {len(keys) - shown} more"
 
 
+def resolve_replaced(after: Sequence[str], stored: Mapping[str, StoredTask]) -> tuple[str, ...]:
+    """`after` with each replaced task put as the tasks that stand for it (its replacement's sinks, themselves
+    resolved when one was replaced in turn), in order, each once."""
+    resolved: list[str] = []
+    seen: set[str] = set()
+    todo = list(reversed(after))
+    while todo:
+        dep = todo.pop()
+        if dep in seen:
+            continue
+        seen.add(dep)
+        old = stored.get(dep)
+        if old is not None and old.status is TaskStatus.REPLACED:
+            todo.extend(reversed(old.stands_for))
+        else:
+            resolved.append(dep)
+    return tuple(resolved)
+
+
 def decide_revision(stored: Mapping[str, StoredTask], listed: Sequence[ListedTask]) -> Revision:
     """What the list as it is now (`listed`, in its order) changes in the plan the store holds (`stored`, by key)."""
+    listed = [replace(task, after=resolve_replaced(task.after, stored)) for task in listed]
     added: list[str] = []
     changed: list[str] = []
     reopened: list[str] = []
@@ -99,13 +125,13 @@ def decide_revision(stored: Mapping[str, StoredTask], listed: Sequence[ListedTas
             added.append(task.key)
             edges[task.key] = task.after
             continue
-        edited = old.signature != task.signature or frozenset(old.after) != frozenset(task.after)
+        edited = old.signature != task.signature or set(resolve_replaced(old.after, stored)) != set(task.after)
         if old.withdrawn:
             reopened.append(task.key)
             edges[task.key] = task.after
         elif task.done and old.status is not TaskStatus.SUCCEEDED:
             edges[task.key] = old.after
-            if old.status in HOLDING_FILES:
+            if old.status in HOLDING_FILES or old.status not in SKIPPABLE:
                 not_applied.append((task.key, f"ticked, but it is {old.status}"))
             else:
                 skipped.append(task.key)
@@ -122,11 +148,11 @@ def decide_revision(stored: Mapping[str, StoredTask], listed: Sequence[ListedTas
     for key, old in stored.items():
         if key in in_list or old.withdrawn:
             continue
-        if old.status in WITHDRAWABLE:
+        if old.status in WITHDRAWABLE and not old.grown:
             withdrawn.append(key)
         else:
             edges[key] = old.after
-            if old.status not in (TaskStatus.SUCCEEDED, TaskStatus.CANCELLED):
+            if not old.grown and old.status not in (*ENDED_WELL, TaskStatus.CANCELLED):
                 not_applied.append((key, f"removed from the list, but it is {old.status}"))
     cycle = Dag({key: [d for d in after if d in edges] for key, after in edges.items()}).find_cycle()
     if cycle:

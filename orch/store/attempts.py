@@ -24,7 +24,7 @@ from orch.store.events import log_event
 from orch.store.models import AttemptRow, DependencyRow, TaskRow
 
 if TYPE_CHECKING:
-    from orch.store.growth import GrowthRules, Proposal, Writer
+    from orch.store.growth import Batch, GrowthRules, Proposal, Writer
 
 # Attempts that spend a task's retry budget: failed for a reason of the task's own, or lost with their worker.
 _SPENDS_RETRIES = and_(
@@ -263,17 +263,20 @@ def record_result(
     revision = 0
     settled: Settled | None = None
     proposal: Proposal | None = None
+    batch: Batch | None = None
     author: Writer | None = None
     if special:  # rare: read (and lock) the task first, to decide what its outcome becomes
         from orch.store import growth  # lazy: it imports orch.store.revisions, which imports this module
 
-        revision = growth.lock_plan(session, claim.plan_id) if grows else 0  # the plan's row first, as revisions
+        # The locks in orch.store.plans.lock_plan's order: the plan's row, this task's, then what the new tasks need.
+        revision = growth.lock_plan(session, claim.plan_id) if grows else 0
         held = session.execute(_HELD, of_claim).first()
         if held is None:
             return _stale(session, of_claim, result)
         on_failure, replans, max_replans, key, agent, executor, depth, repository = held
-        author = growth.Writer(key, agent, executor, depth, repository)
-        settled = settle(outcome, ReplanState(on_failure, replans, max_replans), claim.replanning, result.failure_class)
+        state = ReplanState(on_failure, replans, max_replans)
+        author = growth.Writer(key, agent, executor, depth, repository, state)
+        settled = settle(outcome, state, claim.replanning, result.failure_class)
         outcome = settled.outcome
         if claim.replanning and result.succeeded:
             if rules is None or result.replacement is None:
@@ -284,6 +287,11 @@ def record_result(
                 outcome = (
                     replaced(proposal.verdict.accepted) if accepted else replacement_refused(proposal.verdict.problems)
                 )
+                if accepted:
+                    growth.lock_shared(session, proposal.locked)
+        elif grows and rules is not None and result.followups and _succeeded(outcome.task_status):
+            batch = growth.check_written_followups(session, claim, author, result.followups, rules)
+            growth.lock_shared(session, batch.locked)
     new_status = outcome.task_status
     error = result.error if not result.succeeded else (outcome.detail if new_status is TaskStatus.FAILED else None)
     ended = {
@@ -317,8 +325,8 @@ def record_result(
     )
     if proposal is not None and author is not None and new_status is TaskStatus.REPLACED:
         newly_ready += growth.apply_replacement(session, claim, author, proposal, revision, now)
-    elif grows and author is not None and rules is not None and result.followups and _succeeded(new_status):
-        newly_ready += growth.apply_followups(session, claim, author, result.followups, rules, revision, now)
+    elif batch is not None and author is not None:
+        newly_ready += growth.apply_followups(session, claim, author, batch, revision, now)
     return Recorded(newly_ready, new_status if settled is not None else None)
 
 

@@ -3,12 +3,16 @@ revision written in the transaction that records the attempt's result, under its
 these once its compare-and-set holds; a stale attempt's result is refused, and its tasks with it). What is added and
 what is refused is decided by orch.decisions.followups and orch.decisions.replan; this reads their inputs and writes.
 
-The plan's row is locked first (its revision number is taken), so two results adding tasks to one plan apply one
-after the other: the second sees the first's ids.
+Locks, in one order (orch.store.plans.lock_plan): the plan's row first (FOR NO KEY UPDATE: its revision number is
+taken, so two results adding tasks to one plan apply one after the other, the second seeing the first's ids), then
+the attempt's own task row, then (shared, in primary-key order) every stored task the new tasks wait for and every
+dependency of a dependant a replacement rewires, and only then any other task row. A success recorded meanwhile is
+so either seen, or waits and decrements the new counts after this commits.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -33,10 +37,10 @@ from orch.decisions.followups import (
     parse_tasks,
     quoted,
 )
-from orch.decisions.replan import Rewiring, rewire
+from orch.decisions.replan import ReplanState, Rewiring, inherited, rewire
 from orch.executors import ExecutorName
 from orch.intake.agents import AgentRegistry, AgentType, agent_network
-from orch.intake.plan import ResolvedTask
+from orch.intake.plan import ID_PATTERN, ResolvedTask
 from orch.intake.plan_schema import PlannedTask
 from orch.intake.plan_validation import describe_error, unfit_for_a_branch
 from orch.intake.routing import KeywordIndex, route, weakness
@@ -45,11 +49,13 @@ from orch.states import PLAN_FINAL, AttemptStatus, PlanStatus, TaskStatus
 from orch.store._sql import chunks, no_sync
 from orch.store.events import log_event
 from orch.store.models import AttemptRow, DependencyRow, PlanRevisionRow, PlanRow, TaskRow
+from orch.store.plans import lock_plan as lock_plan_row
 from orch.store.plans import plan_dependencies, set_plan_status
 from orch.store.revisions import _add, _set_dependencies
 
 MAX_AROUND = 20  # tasks of each kind a re-plan's prompt names
 MAX_FAILURE_CHARS = 2000  # of each failed attempt's error and output tail
+_ID = re.compile(ID_PATTERN)  # a task id: only these are looked up in the store
 
 
 @dataclass(frozen=True)
@@ -69,15 +75,18 @@ class Writer:
     executor: str
     depth: int = 0
     repository: str | None = None
+    replan: ReplanState = field(default_factory=ReplanState)  # a replacement inherits what is left
 
 
 @dataclass(frozen=True)
 class Proposal:
-    """A re-plan's replacement, checked: its tasks and edges when it is accepted, else its problems."""
+    """A re-plan's replacement, checked: its tasks and edges when it is accepted, else its problems; and the stored
+    tasks to lock (shared) before any task row is touched."""
 
     verdict: Verdict
     tasks: tuple[ResolvedTask, ...] = ()
     rewiring: Rewiring | None = None
+    locked: tuple[int, ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -86,7 +95,9 @@ class Proposal:
 
 def lock_plan(session: Session, plan_id: str) -> int:
     """Lock the plan's row (tasks are added one result at a time) and return its revision number."""
-    return int(session.execute(select(PlanRow.revision).where(PlanRow.id == plan_id).with_for_update()).scalar_one())
+    revision = lock_plan_row(session, plan_id)
+    assert revision is not None  # a task's plan is never deleted while the task runs
+    return revision
 
 
 def grant_of(agent: AgentType, executor: str) -> Grant:
@@ -164,17 +175,23 @@ def _author(writer: Writer, registry: AgentRegistry) -> Author:
     return Author(writer.key, grant_of(registry.get_or_default(writer.agent), writer.executor), writer.depth)
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
 def _names(raw: Sequence[Any]) -> set[str]:
-    """The ids a batch of written tasks gives and names as dependencies: all the plan's tasks it can touch."""
+    """The ids a batch of written tasks gives and names as dependencies: all the plan's tasks it can touch. Only
+    well-formed ids (ID_PATTERN) reach a query: anything else an agent wrote (a lone surrogate the database cannot
+    encode) is the refused task's problem, never the result's."""
     names: set[str] = set()
     for item in raw:
         if not isinstance(item, dict):
             continue
-        if isinstance(item.get("id"), str):
+        if _is_id(item.get("id")):
             names.add(item["id"])
         after = item.get("after")
         if isinstance(after, list):
-            names.update(dep for dep in after[:10_000] if isinstance(dep, str))
+            names.update(dep for dep in after[:10_000] if _is_id(dep))
     return names
 
 
@@ -195,39 +212,52 @@ def _shape(session: Session, plan_id: str, names: Collection[str]) -> tuple[Plan
     return PlanShape(statuses, int(followups or 0)), pks
 
 
-def _lock_existing(session: Session, tasks: Sequence[ResolvedTask], pks: Mapping[str, int]) -> None:
-    """Lock (shared, in primary-key order) the stored tasks the new ones wait for, so a success recorded meanwhile is
-    either seen or decrements the new tasks' counts after this commits (as orch.store.revisions does)."""
-    locked = sorted({pks[dep] for task in tasks for dep in task.after if dep in pks})
-    for chunk in chunks(locked):
+def lock_shared(session: Session, task_pks: Collection[int]) -> None:
+    """Lock (shared, in primary-key order) stored tasks that new edges or counts depend on, before any task row but
+    the attempt's own is touched: a success recorded meanwhile is either seen or decrements the new counts after this
+    commits (as orch.store.revisions does)."""
+    for chunk in chunks(sorted(set(task_pks))):
         session.execute(
             select(TaskRow.pk).where(TaskRow.pk.in_(chunk)).order_by(TaskRow.pk).with_for_update(read=True)
         ).all()
 
 
-def apply_followups(
-    session: Session, claim: Claim, writer: Writer, text: str, rules: GrowthRules, revision: int, now: datetime
-) -> int:
-    """The follow-ups a succeeded attempt wrote, checked and added as the plan's revision `revision + 1` (with the
-    problems of those refused). Returns how many were added."""
+@dataclass(frozen=True)
+class Batch:
+    """A succeeded attempt's follow-ups, checked: the tasks to add, the verdict, and the stored tasks they wait for
+    (to lock, shared, before any task row is touched)."""
+
+    verdict: Verdict
+    tasks: tuple[ResolvedTask, ...] = ()
+    pks: Mapping[str, int] = field(default_factory=dict)
+    locked: tuple[int, ...] = ()
+
+
+def check_written_followups(session: Session, claim: Claim, writer: Writer, text: str, rules: GrowthRules) -> Batch:
+    """The follow-ups a succeeded attempt wrote, read and checked against the plan (nothing written yet)."""
     raw, problem = parse_tasks(text)
     if problem:
-        verdict, tasks = Verdict(problems=(problem,)), []
-    else:
-        read = read_tasks(raw, writer, rules.registry, "follow-up")
-        plan, pks = _shape(session, claim.plan_id, _names(raw))
-        verdict = check_followups([c for c, _ in read], _author(writer, rules.registry), plan, rules.limits)
-        accepted = set(verdict.accepted)
-        tasks = [t for _, t in read if t is not None and t.key in accepted]
-    if not tasks and not verdict.problems:
+        return Batch(Verdict(problems=(problem,)))
+    read = read_tasks(raw, writer, rules.registry, "follow-up")
+    plan, pks = _shape(session, claim.plan_id, _names(raw))
+    verdict = check_followups([c for c, _ in read], _author(writer, rules.registry), plan, rules.limits)
+    accepted = set(verdict.accepted)
+    tasks = tuple(t for _, t in read if t is not None and t.key in accepted)
+    locked = tuple(pks[dep] for task in tasks for dep in task.after if dep in pks)
+    return Batch(verdict, tasks, pks, locked)
+
+
+def apply_followups(session: Session, claim: Claim, writer: Writer, batch: Batch, revision: int, now: datetime) -> int:
+    """Add a checked batch of follow-ups as the plan's revision `revision + 1` (with the problems of those refused);
+    what they wait for is locked already (`lock_shared(batch.locked)`). Returns how many were added."""
+    if not batch.tasks and not batch.verdict.problems:
         return 0
-    if tasks:
-        _lock_existing(session, tasks, pks)
+    if batch.tasks:
         detail = f"added by task {claim.key} (attempt {claim.attempt}) as a follow-up"
-        _insert(session, claim, tasks, pks, now, detail, FOLLOWUP, writer.depth + 1)
+        _insert(session, claim, batch.tasks, dict(batch.pks), now, detail, FOLLOWUP, writer.depth + 1)
     origin = f"follow-ups of task {claim.key} (attempt {claim.attempt})"
-    _record_revision(session, claim, verdict, revision, now, origin, FOLLOWUP)
-    return len(tasks)
+    _record_revision(session, claim, batch.verdict, revision, now, origin, FOLLOWUP)
+    return len(batch.tasks)
 
 
 def propose_replacement(
@@ -251,8 +281,16 @@ def propose_replacement(
     rewiring, problems = rewire(writer.key, after, dependants, descendants, {t.key: t.after for t in tasks})
     if rewiring is None:
         return Proposal(Verdict(problems=tuple(problems)))
-    wired = tuple(replace(task, after=rewiring.after[task.key]) for task in tasks)
-    return Proposal(verdict, wired, rewiring)
+    policy = inherited(writer.replan)
+    wired = tuple(
+        replace(task, after=rewiring.after[task.key], on_failure=policy.on_failure, max_replans=policy.max_replans)
+        for task in tasks
+    )
+    pk_of = {key: pk for pk, key in key_of.items()}
+    # What the new tasks wait for, and everything the rewired dependants wait for: their counts are made afresh.
+    locked = {pk_of[dep] for task in wired for dep in task.after if dep in pk_of}
+    locked.update(dep for pk in dag.dependants(claim.task_pk) for dep in dag.dependencies(pk))
+    return Proposal(verdict, wired, rewiring, tuple(sorted(locked)))
 
 
 def _keys(session: Session, plan_id: str) -> dict[int, str]:
@@ -262,14 +300,13 @@ def _keys(session: Session, plan_id: str) -> dict[int, str]:
 def apply_replacement(
     session: Session, claim: Claim, writer: Writer, proposal: Proposal, revision: int, now: datetime
 ) -> int:
-    """Add an accepted replacement's tasks and wait the failed task's dependants for its sinks. Returns how many
-    tasks were added."""
+    """Add an accepted replacement's tasks and wait the failed task's dependants for its sinks; what they and the
+    dependants wait for is locked already (`lock_shared(proposal.locked)`). Returns how many tasks were added."""
     rewiring = proposal.rewiring
     assert rewiring is not None
     tasks = proposal.tasks
     names = {dep for task in tasks for dep in task.after} | set(rewiring.dependants)
     _plan, pks = _shape(session, claim.plan_id, names)
-    _lock_existing(session, tasks, pks)
     detail = f"added by the re-plan of task {claim.key} (attempt {claim.attempt}), in its place"
     _insert(session, claim, tasks, pks, now, detail, REPLAN, writer.depth)
     dependants = [pks[key] for key in rewiring.dependants]

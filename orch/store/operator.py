@@ -1,5 +1,9 @@
 """What an operator does to a plan outside its normal course: cancel a plan or a task, retry or skip a task
-(reopening what it had doomed), hold a plan and resume it."""
+(reopening what it had doomed), hold a plan and resume it.
+
+Each change of tasks locks the plan's row first (orch.store.plans.lock_plan), then the task rows: the order a result
+that grows the plan and a list's revision take too, so none of them deadlocks another. A task cancelled or reopened
+stops waiting for a re-plan (`replanning` cleared): `orch retry` runs the task itself, not the planner."""
 
 from __future__ import annotations
 
@@ -13,26 +17,43 @@ from orch.budget import Budget
 from orch.dag import Dag
 from orch.decisions.budget import resume_refusal
 from orch.errors import PlanNotFound, TaskStateConflict
-from orch.states import CANCELLABLE, PLAN_FINAL, PLAN_HELD, RETRIABLE, AttemptStatus, PlanStatus, TaskStatus
+from orch.states import (
+    CANCELLABLE,
+    PLAN_FINAL,
+    PLAN_HELD,
+    RETRIABLE,
+    SKIPPABLE,
+    AttemptStatus,
+    PlanStatus,
+    TaskStatus,
+)
 from orch.store._sql import chunks, no_sync, rowcount
 from orch.store.attempts import dependency_met
 from orch.store.events import log_task_events
 from orch.store.models import AttemptRow, PlanRow, TaskRow
-from orch.store.plans import plan_dependencies, set_plan_status, task_by_key
+from orch.store.plans import lock_plan, plan_dependencies, set_plan_status, task_by_key
 from orch.store.spend import plan_budget, plan_spend
 
 _UNFINISHED = frozenset(PlanStatus) - PLAN_FINAL  # a plan cancel_plan still cancels
+# A task cancelled: its running attempt loses its lease, and it no longer waits for a re-plan.
+_CANCELLED: dict[str, object] = {
+    "status": TaskStatus.CANCELLED,
+    "lease": None,
+    "lease_expires_at": None,
+    "replanning": False,
+}
 
 
 def cancel_plan(session: Session, plan_id: str, now: datetime, reason: str) -> dict[TaskStatus, int]:
     """Every not-yet-final task → cancelled (running attempts lose their lease, so their heartbeats stop the
     agents), the plan → cancelled. Returns how many tasks were cancelled from each status."""
+    lock_plan(session, plan_id)
     counts: dict[TaskStatus, int] = {}
     for old in sorted(CANCELLABLE):
         cancelled = session.scalars(
             update(TaskRow)
             .where(TaskRow.plan_id == plan_id, TaskRow.status == old)
-            .values(status=TaskStatus.CANCELLED, lease=None, lease_expires_at=None, finished_at=now, error=reason)
+            .values(**_CANCELLED, finished_at=now, error=reason)
             .returning(TaskRow.pk)
             .execution_options(**no_sync())
         ).all()
@@ -55,11 +76,12 @@ def cancel_plan(session: Session, plan_id: str, now: datetime, reason: str) -> d
 def cancel_task(session: Session, plan_id: str, key: str, now: datetime, reason: str) -> TaskRow:
     """One task → cancelled (a running attempt loses its lease, so its heartbeat stops the agent); its
     dependants then become upstream_failed."""
+    lock_plan(session, plan_id)
     task = task_by_key(session, plan_id, key)
     cancelled = session.scalars(
         update(TaskRow)
         .where(TaskRow.pk == task.pk, TaskRow.status.in_(CANCELLABLE))
-        .values(status=TaskStatus.CANCELLED, lease=None, lease_expires_at=None, finished_at=now, error=reason)
+        .values(**_CANCELLED, finished_at=now, error=reason)
         .returning(TaskRow.pk)
         .execution_options(**no_sync())
     ).all()
@@ -98,6 +120,7 @@ def _reopen(session: Session, plan_id: str, task_pks: Sequence[int], now: dateti
                     finished_at=None,
                     not_before=None,
                     error=None,
+                    replanning=False,
                 )
                 .returning(TaskRow.pk)
                 .execution_options(**no_sync())
@@ -115,6 +138,7 @@ def _reopen_plan(session: Session, plan_id: str, now: datetime, detail: str) -> 
 def retry_task(session: Session, plan_id: str, key: str, now: datetime) -> list[str]:
     """A failed, upstream_failed or cancelled task and its unfinished descendants → pending, with a fresh retry
     budget. Returns the keys reopened."""
+    lock_plan(session, plan_id)
     task = task_by_key(session, plan_id, key)
     if task.status not in RETRIABLE:
         raise TaskStateConflict(
@@ -131,16 +155,27 @@ def skip_task(
     session: Session, plan_id: str, key: str, now: datetime, reason: str = "skipped by the operator (orch skip)"
 ) -> list[str]:
     """Mark a task succeeded without running it (a running attempt loses its lease and is stopped), so its
-    dependants may run: those it had doomed are reopened. Returns the keys changed."""
+    dependants may run: those it had doomed are reopened. Returns the keys changed. A task that succeeded, or was
+    replaced by a re-plan (its replacement stands for it), has nothing to skip."""
+    lock_plan(session, plan_id)
     task = task_by_key(session, plan_id, key)
     if task.status is TaskStatus.SUCCEEDED:
         raise TaskStateConflict(f"task {key!r} of plan {plan_id} already succeeded")
+    if task.status not in SKIPPABLE:
+        raise TaskStateConflict(f"task {key!r} of plan {plan_id} is {task.status}: nothing to skip")
     _ensure_not_cancelled(session, plan_id)
     changed = rowcount(
         session.execute(
             update(TaskRow)
             .where(TaskRow.pk == task.pk, TaskRow.status == task.status)
-            .values(status=TaskStatus.SUCCEEDED, lease=None, lease_expires_at=None, finished_at=now, error=reason)
+            .values(
+                status=TaskStatus.SUCCEEDED,
+                lease=None,
+                lease_expires_at=None,
+                finished_at=now,
+                error=reason,
+                replanning=False,
+            )
             .execution_options(**no_sync())
         )
     )

@@ -153,6 +153,17 @@ def set_plan_status(
     return bool(changed)
 
 
+def lock_plan(session: Session, plan_id: str) -> int | None:
+    """Lock the plan's row and return its revision number (None: no such plan). Whatever changes several of a plan's
+    tasks outside a worker's own result — a result that grows the plan, a list's revision, `orch cancel`, `retry`,
+    `skip` — takes this first, then the task rows: one order, so none of them deadlocks another. FOR NO KEY UPDATE
+    (on PostgreSQL): the key-share lock every insert of a row naming the plan takes (an event, a task) does not wait
+    for it, so a worker recording a plain success never waits for it either."""
+    statement = select(PlanRow.revision).where(PlanRow.id == plan_id).with_for_update(key_share=True)
+    revision = session.execute(statement).scalar_one_or_none()
+    return None if revision is None else int(revision)
+
+
 def find_plan(session: Session, ref: str) -> PlanRow:
     """A plan by id, else the latest plan of that name."""
     plan = session.get(PlanRow, ref)

@@ -18,7 +18,16 @@ from typing import Any, Protocol
 from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from orch.decisions.revision import EDITABLE, WITHDRAWABLE, ListedTask, Revision, StoredTask, decide_revision
+from orch.decisions.followups import REPLAN
+from orch.decisions.revision import (
+    EDITABLE,
+    WITHDRAWABLE,
+    ListedTask,
+    Revision,
+    StoredTask,
+    decide_revision,
+    resolve_replaced,
+)
 from orch.errors import TaskStateConflict
 from orch.intake.plan import Plan, ResolvedTask
 from orch.states import PLAN_FINAL, PlanStatus, TaskStatus
@@ -91,7 +100,7 @@ def revise_plan(
         raise TaskStateConflict(f"plan {plan_id} was cancelled; submit the list again to run it")
     stored, pks, sources = _stored(session, plan_id)
     listed = [ListedTask(t.key, t.after, resolved_signature(t), t.done) for t in plan.tasks]
-    revision = _keep_grown(decide_revision(stored, listed), _grown(session, plan_id))
+    revision = decide_revision(stored, listed)
     if not revision.applies:
         _update_sources(session, plan, pks, sources)
         return Applied(revision, None)
@@ -106,7 +115,8 @@ def revise_plan(
         raise TaskStateConflict(f"plan {plan_id} was revised meanwhile; read the list again")
     if still_current is not None and not still_current():
         raise TaskStateConflict(LIST_CHANGED)
-    by_key = {t.key: t for t in plan.tasks}
+    # a dependency on a replaced task is one on the tasks that stand for it (never an edge onto it)
+    by_key = {t.key: replace(t, after=resolve_replaced(t.after, stored)) for t in plan.tasks}
     _lock_dependencies(session, revision, stored, by_key, pks)
     lost: list[tuple[str, str]] = []
     _add(session, plan_id, [by_key[k] for k in revision.added], pks, now)
@@ -134,22 +144,6 @@ def revise_plan(
     )
     log_event(session, now, plan_id, kind="revision", detail=f"revision {number} ({origin}): {applied.summary()}")
     return applied
-
-
-def _grown(session: Session, plan_id: str) -> set[str]:
-    """The plan's tasks its own tasks added while it ran (follow-ups, replacements): no list names them."""
-    return set(session.scalars(select(TaskRow.key).where(TaskRow.plan_id == plan_id, TaskRow.added_how.is_not(None))))
-
-
-def _keep_grown(revision: Revision, grown: set[str]) -> Revision:
-    """`revision` without withdrawing the tasks the plan grew (they are in no list), nor reporting them as removed."""
-    if not grown:
-        return revision
-    return replace(
-        revision,
-        withdrawn=tuple(key for key in revision.withdrawn if key not in grown),
-        not_applied=tuple((key, why) for key, why in revision.not_applied if key not in grown),
-    )
 
 
 def _lock_dependencies(
@@ -194,19 +188,33 @@ def _stored(session: Session, plan_id: str) -> tuple[dict[str, StoredTask], dict
     ):
         after.setdefault(task_pk, []).append(depends_on)
     rows = session.execute(
-        select(TaskRow.pk, TaskRow.key, TaskRow.status, TaskRow.source, *_SIGNATURE_COLUMNS).where(
-            TaskRow.plan_id == plan_id
-        )
-    ).all()
+        select(
+            TaskRow.pk, TaskRow.key, TaskRow.status, TaskRow.source, TaskRow.added_by, TaskRow.added_how,
+            *_SIGNATURE_COLUMNS,
+        ).where(TaskRow.plan_id == plan_id)
+    ).all()  # fmt: skip
     key_of = {row[0]: row[1] for row in rows}
+    replacements: dict[int, list[int]] = {}
+    for pk, _key, _status, _source, added_by, added_how, *_signature in rows:
+        if added_how == REPLAN and added_by is not None:
+            replacements.setdefault(added_by, []).append(pk)
     stored: dict[str, StoredTask] = {}
     sources: dict[str, Any] = {}
-    for pk, key, status, source, *signature in rows:
+    for pk, key, status, source, _by, added_how, *signature in rows:
         sources[key] = source
         withdrawn = status is TaskStatus.CANCELLED and signature[-1] is not None
         deps = tuple(key_of[d] for d in after.get(pk, ()))
-        stored[key] = StoredTask(key, status, deps, _stored_signature(signature), withdrawn)
+        sinks = tuple(key_of[s] for s in _sinks(replacements.get(pk, []), after))
+        grown = added_how is not None
+        stored[key] = StoredTask(key, status, deps, _stored_signature(signature), withdrawn, grown, sinks)
     return stored, {key: pk for pk, key in key_of.items()}, sources
+
+
+def _sinks(replacement: Sequence[int], after: Mapping[int, Sequence[int]]) -> list[int]:
+    """The tasks of a replacement no other of its tasks waits for: those its replaced task's dependants wait for."""
+    members = set(replacement)
+    needed = {dep for pk in replacement for dep in after.get(pk, ()) if dep in members}
+    return sorted(members - needed)
 
 
 def _add(
@@ -248,7 +256,10 @@ def _change(
         where = [TaskRow.pk == pks[task.key], TaskRow.status.in_(allowed)]
         if reopen:
             where.append(TaskRow.hold.is_not(None))
-            values.update(status=TaskStatus.PENDING, finished_at=None, error=None, retry_floor=TaskRow.attempt)
+            # back in its list: it runs itself again (a re-plan it was waiting for when withdrawn is dropped)
+            values.update(
+                status=TaskStatus.PENDING, finished_at=None, error=None, retry_floor=TaskRow.attempt, replanning=False
+            )
         if rowcount(session.execute(update(TaskRow).where(*where).values(**values).execution_options(**no_sync()))):
             kept.append(task)
         else:
@@ -328,7 +339,14 @@ def _withdraw(
         changed = session.execute(
             update(TaskRow)
             .where(and_(TaskRow.pk == pks[key], TaskRow.status.in_(sorted(WITHDRAWABLE))))
-            .values(status=TaskStatus.CANCELLED, finished_at=now, error=reason, hold=reason, not_before=None)
+            .values(
+                status=TaskStatus.CANCELLED,
+                finished_at=now,
+                error=reason,
+                hold=reason,
+                not_before=None,
+                replanning=False,
+            )
             .execution_options(**no_sync())
         )
         if rowcount(changed) and old is not None:

@@ -223,3 +223,146 @@ def test_a_list_revision_leaves_the_tasks_the_plan_grew(store_url: str) -> None:
         applied = revise_plan(session, plan_id, make_plan([*listed, shell("more")], name="grow"), NOW, "test")
     assert applied.revision.added == ("more",) and applied.revision.withdrawn == ()
     assert rows(plan_id)["notes"].status is TaskStatus.PENDING
+
+
+HALVES = {
+    "decision": "replace",
+    "reason": "two halves",
+    "tasks": [
+        {"id": "half-1", "title": "first half", "command": "true"},
+        {"id": "half-2", "title": "second half", "command": "true", "after": ["half-1"]},
+    ],
+}
+
+
+def replace_split_me(answer: dict[str, Any] = HALVES) -> None:
+    """The one task dispatched fails with its retries spent; its re-plan replaces it with `answer`."""
+    (failing,) = tick()
+    record(claim(failing), AttemptResult(False, exit_code=1, error="exit status 1"), FAILED)
+    (replan,) = tick()
+    assert replan.queue == "agent.planner"
+    recorded = record(claim(replan), AttemptResult(True, exit_code=0, replacement=answer))
+    assert recorded is not None and recorded.status is TaskStatus.REPLACED
+
+
+def test_a_list_sync_after_a_replacement_keeps_the_dependants_on_the_replacement(store_url: str) -> None:
+    """The list still says `after: [split-me]`: that means the replacement's sink, never an edge back onto the replaced
+    task (which would never succeed); a task the list adds after split-me waits for it too; ticking it is reported."""
+    from orch.store.revisions import revise_plan
+
+    listed = [{**shell("split-me"), "retries": 0, "on_failure": "replan"}, shell("after", "split-me")]
+    plan_id = submit(listed)
+    replace_split_me()
+    ticked = {**listed[0], "done": True}
+    with write_session() as session:
+        grown = make_plan([ticked, listed[1], shell("more", "split-me")], name="grow")
+        applied = revise_plan(session, plan_id, grown, NOW, "test")
+    assert applied.revision.added == ("more",) and applied.revision.changed == ()
+    assert applied.revision.skipped == () and applied.revision.withdrawn == ()
+    assert applied.revision.not_applied == (("split-me", "ticked, but it is replaced"),)
+    tasks = rows(plan_id)
+    assert tasks["split-me"].status is TaskStatus.REPLACED
+    with read_session() as session:
+        edges = set(plans.plan_dependencies(session, plan_id))
+    pk = {key: task.pk for key, task in tasks.items()}
+    assert {(pk["after"], pk["half-2"]), (pk["more"], pk["half-2"])} <= edges
+    assert not [edge for edge in edges if edge[1] == pk["split-me"]]
+    assert (tasks["after"].unmet_deps, tasks["more"].unmet_deps) == (1, 1)
+    run_all(plan_id)
+    assert {key: task.status for key, task in rows(plan_id).items()} == {
+        "split-me": TaskStatus.REPLACED,
+        **{key: TaskStatus.SUCCEEDED for key in ("half-1", "half-2", "after", "more")},
+    }
+    with read_session() as session:
+        done = plans.get_plan(session, plan_id)
+        assert done is not None and done.status is PlanStatus.SUCCEEDED
+
+
+def test_a_replaced_task_cannot_be_skipped(store_url: str) -> None:
+    from orch.errors import TaskStateConflict
+    from orch.store import operator
+
+    plan_id = submit([{**shell("split-me"), "retries": 0, "on_failure": "replan"}])
+    replace_split_me()
+    with write_session() as session:
+        try:
+            operator.skip_task(session, plan_id, "split-me", NOW)
+        except TaskStateConflict as exc:
+            assert "is replaced: nothing to skip" in str(exc)
+        else:
+            raise AssertionError("a replaced task was skipped")
+    assert rows(plan_id)["split-me"].status is TaskStatus.REPLACED
+
+
+def test_a_task_cancelled_while_waiting_for_its_replan_and_retried_runs_itself(store_url: str) -> None:
+    from orch.store import operator
+
+    plan_id = submit([{**shell("split-me"), "retries": 0, "on_failure": "replan", "max_replans": 1}])
+    (failing,) = tick()
+    record(claim(failing), AttemptResult(False, exit_code=1, error="exit status 1"), FAILED)
+    assert rows(plan_id)["split-me"].replanning
+    with write_session() as session:
+        operator.cancel_task(session, plan_id, "split-me", NOW, "cancelled by orch cancel")
+    assert not rows(plan_id)["split-me"].replanning
+    with write_session() as session:
+        operator.retry_task(session, plan_id, "split-me", NOW)
+    (again,) = tick()
+    assert again.queue != "agent.planner"  # it runs itself: its one re-plan is spent
+    recorded = record(claim(again), AttemptResult(False, exit_code=1, error="exit status 1"), FAILED)
+    assert recorded is not None and recorded.status is TaskStatus.FAILED  # replans 1 of max_replans 1
+
+
+def test_a_task_withdrawn_from_its_list_while_waiting_for_its_replan_runs_itself_when_back(store_url: str) -> None:
+    from orch.store.revisions import revise_plan
+
+    listed = [{**shell("split-me"), "retries": 0, "on_failure": "replan"}, shell("other")]
+    plan_id = submit(listed)
+    failing = next(d for d in tick() if d.key == "split-me")
+    record(claim(failing), AttemptResult(False, exit_code=1, error="exit status 1"), FAILED)
+    with write_session() as session:
+        assert revise_plan(session, plan_id, make_plan(listed[1:], name="grow"), NOW, "t").revision.withdrawn
+    assert not rows(plan_id)["split-me"].replanning
+    with write_session() as session:
+        assert revise_plan(session, plan_id, make_plan(listed, name="grow"), NOW, "t").revision.reopened
+    again = next(d for d in tick() if d.key == "split-me")
+    assert again.queue != "agent.planner"
+
+
+def test_replacement_tasks_inherit_the_replans_left(store_url: str) -> None:
+    """max_replans 2 bounds the chain: split-me's replacement may be re-planned once more, its replacement's tasks
+    fail as any task."""
+    plan_id = submit([{**shell("split-me"), "retries": 0, "on_failure": "replan", "max_replans": 2}])
+    one = {"decision": "replace", "reason": "smaller", "tasks": [{"id": "part", "title": "part", "command": "false"}]}
+    replace_split_me(one)
+    part = rows(plan_id)["part"]
+    assert (part.on_failure, part.max_replans, part.replans) == ("replan", 1, 0)
+    leaf = {"decision": "replace", "reason": "smaller", "tasks": [{"id": "leaf", "title": "leaf", "command": "false"}]}
+    replace_split_me(leaf)
+    assert (rows(plan_id)["leaf"].on_failure, rows(plan_id)["leaf"].max_replans) == ("fail", 0)
+    (last,) = tick()
+    recorded = record(claim(last), AttemptResult(False, exit_code=1, error="exit status 1"), FAILED)
+    assert recorded is not None and recorded.status is TaskStatus.FAILED
+    tick()
+    with read_session() as session:
+        failed = plans.get_plan(session, plan_id)
+        assert failed is not None and failed.status is PlanStatus.FAILED
+
+
+def test_followups_with_ids_the_store_cannot_encode_are_refused_and_the_result_recorded(store_url: str) -> None:
+    """A lone surrogate in an id or a dependency (valid JSON) never reaches a query: the follow-up is refused, named
+    in one line, and the attempt's success is recorded."""
+    plan_id = submit([shell("build")])
+    (build,) = tick()
+    text = (
+        '[{"id": "x\\ud800", "title": "t", "command": "true"},'
+        ' {"id": "y", "title": "t", "command": "true", "after": ["\\ud800"]},'
+        ' {"id": "fine", "title": "t", "command": "true", "after": ["build"]}]'
+    )
+    recorded = record(claim(build), AttemptResult(True, exit_code=0, followups=text))
+    assert recorded is not None
+    tasks = rows(plan_id)
+    assert tasks["build"].status is TaskStatus.SUCCEEDED
+    assert set(tasks) == {"build", "fine"}
+    with read_session() as session:
+        (revision,) = plan_revisions(session, plan_id)
+    assert [line.split(":")[0] for line in revision.changes["refused"]] == ["follow-up 'x\\ud800'", "follow-up 'y'"]

@@ -20,7 +20,7 @@ from orch.decisions.followups import (
     last_block,
     parse_tasks,
 )
-from orch.decisions.replan import REPLAN_DECLINED, ReplanState, rewire, settle
+from orch.decisions.replan import REPLAN_DECLINED, ReplanState, inherited, rewire, settle
 from orch.decisions.retry import Outcome
 from orch.states import AttemptStatus, TaskStatus
 from orch.store.growth import Writer, grant_of, read_tasks
@@ -207,6 +207,37 @@ def test_a_replacement_takes_the_failed_tasks_place_in_the_plan() -> None:
     cycle, why = rewire("split-me", (), ("after-it",), {"after-it"}, {"part": ("after-it",)})
     assert cycle is None
     assert why == ["replacement task 'part': depends on 'after-it', which waits for 'split-me': a cycle"]
+
+
+def test_a_replacement_inherits_the_replans_left_so_max_replans_bounds_the_chain() -> None:
+    # the replaced task's fields once this re-plan is counted (replans 1 of max_replans 3): two left
+    assert inherited(ReplanState("replan", 1, 3)) == ReplanState("replan", 0, 2)
+    assert inherited(ReplanState("replan", 2, 3)) == ReplanState("replan", 0, 1)
+    assert inherited(ReplanState("replan", 3, 3)) == ReplanState("fail", 0, 0)  # none left: they fail as any task
+    assert inherited(ReplanState("replan", 1, 1)) == ReplanState("fail", 0, 0)  # the default: one re-plan in all
+    # a chain: each link re-planned once uses one of the first task's re-plans; the third link's tasks fail
+    state = ReplanState("replan", 1, 3)
+    links = 1
+    while (state := inherited(state)).on_failure == "replan":
+        state = ReplanState(state.on_failure, state.replans + 1, state.max_replans)  # its own first re-plan
+        links += 1
+    assert links == 3
+
+
+def test_only_well_formed_ids_reach_the_store_a_lone_surrogate_is_a_refused_followup() -> None:
+    from orch.store.growth import _names
+
+    raw = [
+        {"id": "x\ud800", "title": "t", "command": "true"},
+        {"id": "y", "title": "t", "command": "true", "after": ["\ud800", "ok", "two words", "a\n"]},
+    ]
+    assert _names(raw) == {"y", "ok"}
+    read = _read(raw)
+    assert read[0].problem is not None and read[1].problem is not None
+    verdict = check_followups(read, AUTHOR, PLAN, Limits())
+    assert verdict.accepted == ()
+    assert [line.split(":")[0] for line in verdict.problems] == ["follow-up 'x\\ud800'", "follow-up 'y'"]
+    assert all(line.isascii() for line in verdict.problems)  # the store can encode it
 
 
 def test_the_followups_file_is_read_never_through_a_link(tmp_path: Path) -> None:

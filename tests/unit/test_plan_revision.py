@@ -1,12 +1,14 @@
 """Plan revisions, decided (orch.decisions.revision): what a followed task list as it is now changes in its running
-plan — added, changed, withdrawn, skipped, reopened — what it reports and leaves alone, and the cycles it refuses."""
+plan — added, changed, withdrawn, skipped, reopened — what it reports and leaves alone, and the cycles it refuses;
+the tasks the plan grew left alone, and a replaced task standing for its replacement's sinks."""
 
 from __future__ import annotations
 
-from orch.decisions.revision import ListedTask, Revision, StoredTask, decide_revision
+from orch.decisions.revision import ListedTask, Revision, StoredTask, decide_revision, resolve_replaced
 from orch.states import TaskStatus
 
 P, Q, R, S = TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.SUCCEEDED
+X = TaskStatus.REPLACED
 
 
 def stored(
@@ -98,3 +100,58 @@ def test_many_not_applied_edits_are_summarised_in_one_bounded_line() -> None:
     revision = decide(old, [listed(f"t{i}", sig="edited") for i in range(30)])
     assert len(revision.not_applied) == 30
     assert revision.summary().endswith("and 20 more")
+
+
+def grown(key: str, status: TaskStatus, after: tuple[str, ...] = ()) -> StoredTask:
+    return StoredTask(key, status, after, key, grown=True)
+
+
+def replaced(key: str, stands_for: tuple[str, ...], after: tuple[str, ...] = ()) -> StoredTask:
+    return StoredTask(key, X, after, key, stands_for=stands_for)
+
+
+# split-me was replaced by half-1 -> half-2; its dependant `after` was rewired to half-2 (the sink).
+REPLANNED = [
+    replaced("split-me", ("half-2",)),
+    grown("half-1", S),
+    grown("half-2", P, ("half-1",)),
+    stored("after", P, ("half-2",)),
+]
+
+
+def test_a_listed_dependency_on_a_replaced_task_is_one_on_its_replacements_sinks() -> None:
+    same = [listed("split-me"), listed("after", ("split-me",))]
+    assert decide(REPLANNED, same) == Revision()  # the rewiring stands: no change, no edge back onto split-me
+    revision = decide(REPLANNED, [*same, listed("more", ("split-me", "half-2"))])
+    assert revision.added == ("more",) and revision.changed == ()
+    stored_tasks = {t.key: t for t in REPLANNED}
+    assert resolve_replaced(("split-me", "half-2"), stored_tasks) == ("half-2",)
+
+
+def test_a_replaced_task_replaced_in_turn_stands_for_the_last_replacements_sinks() -> None:
+    chain = [replaced("big", ("mid",)), replaced("mid", ("low-a", "low-b")), grown("low-a", P), grown("low-b", P)]
+    by_key = {t.key: t for t in chain}
+    assert resolve_replaced(("big", "other"), by_key) == ("low-a", "low-b", "other")
+
+
+def test_an_edited_dependant_of_a_replaced_task_keeps_the_rewired_edge() -> None:
+    revision = decide(
+        [*REPLANNED, stored("b", S)], [listed("split-me"), listed("b"), listed("after", ("split-me", "b"))]
+    )
+    assert revision.changed == ("after",)  # its new edge on b; split-me still means half-2
+
+
+def test_ticking_or_editing_a_replaced_task_is_reported_not_applied() -> None:
+    revision = decide(REPLANNED, [listed("split-me", done=True), listed("after", ("split-me",))])
+    assert revision.skipped == ()
+    assert revision.not_applied == (("split-me", "ticked, but it is replaced"),)
+    revision = decide(REPLANNED, [listed("split-me", sig="edited"), listed("after", ("split-me",))])
+    assert revision.not_applied == (("split-me", "edited, but it is replaced"),)
+
+
+def test_the_tasks_the_plan_grew_are_never_withdrawn_nor_reported_and_a_replaced_one_removed_is_silent() -> None:
+    old = [*REPLANNED, grown("notes", R, ("after",))]
+    assert decide(old, [listed("split-me"), listed("after", ("split-me",))]) == Revision()
+    revision = decide(old, [listed("after")])  # split-me removed from the list: it ended well, nothing to say
+    assert revision.not_applied == () and revision.withdrawn == ()
+    assert revision.changed == ("after",)  # (its list no longer names split-me: it waits for nothing)
