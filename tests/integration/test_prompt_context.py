@@ -80,6 +80,21 @@ def test_the_plan_context_is_the_goal_the_dependants_and_the_tasks_under_way(sto
     assert keys(build.running.tasks) == ["design", "audit", "lint"]
 
 
+def test_only_dependants_that_will_still_run_are_waiting_on_it(store_url: str) -> None:
+    ended = [TaskStatus.CANCELLED, TaskStatus.UPSTREAM_FAILED, TaskStatus.REPLACED, TaskStatus.FAILED]
+    waiting = [TaskStatus.PENDING, TaskStatus.RETRY_WAIT, TaskStatus.QUEUED]
+    plan_id = submit(
+        [{"id": "root", "title": "Root", "command": "true"}]
+        + [{"id": str(s), "title": f"A {s} dependant", "after": ["root"], "command": "true"} for s in ended + waiting]
+    )
+    task = pks(plan_id)
+    for status in ended + waiting:
+        set_status([task[str(status)]], status)
+    with read_session() as session:
+        found = for_task(session, plan_id, task["root"], None)
+    assert sorted(keys(found.dependants.tasks)) == sorted(map(str, waiting)) and found.dependants.total == 3
+
+
 def test_the_lists_are_bounded_counted_and_read_in_two_queries(store_url: str) -> None:
     many = LISTED_TASKS + 7
     plan_id = submit(
