@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections import deque
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,19 +104,20 @@ def last_block(message: str | None) -> str | None:
     """The body of the last ```orch-followups block of an agent's final message, or None."""
     if not message or FOLLOWUPS_BLOCK not in message:
         return None
-    last_closing = None
-    for last_closing in _CLOSING.finditer(message):
-        pass
+    last_closing = _last(_CLOSING.finditer(message))
     if last_closing is None:
         return None
-    opening = None
-    for opening in _OPENING.finditer(message, 0, last_closing.start()):
-        pass
+    opening = _last(_OPENING.finditer(message, 0, last_closing.start()))
     if opening is None:
         return None
     closing = _CLOSING.search(message, opening.end())  # its own: the first closing fence after it
     assert closing is not None  # the last one is after it
     return message[opening.end() : closing.start()]
+
+
+def _last(matches: Iterator[re.Match[str]]) -> re.Match[str] | None:
+    found = deque(matches, maxlen=1)
+    return found[0] if found else None
 
 
 def parse_tasks(text: str) -> tuple[list[Any], str | None]:

@@ -42,8 +42,8 @@ def for_task(session: Session, plan_id: str, task_pk: int, repository: str | Non
 
 
 def _task_lists(session: Session, plan_id: str, task_pk: int) -> dict[str, TaskList]:
-    """Its direct dependants that will still run and the plan's other tasks under way, LISTED_TASKS of each in plan order, each with
-    its list's full count (a window count, taken before the limit)."""
+    """Its direct dependants that will still run and the plan's other tasks under way, LISTED_TASKS of each in plan
+    order, each with its list's full count (a window count, taken before the limit)."""
     dependants = (
         _listed(_DEPENDANTS)
         .join(DependencyRow, DependencyRow.task_pk == TaskRow.pk)

@@ -29,7 +29,7 @@ def test_indented_fences_and_a_closing_fence_at_the_very_end() -> None:
 
 
 def test_a_tag_inside_a_line_opens_no_block() -> None:
-    assert last_block('see ```orch-followups\n[]\n```\n') is None
+    assert last_block("see ```orch-followups\n[]\n```\n") is None
 
 
 @pytest.mark.timeout(60)  # the old pattern took about an hour of CPU on this message; this takes milliseconds
