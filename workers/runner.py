@@ -57,12 +57,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     bind_attempt(task_pk=task_pk, attempt=attempt)
 
     def open_log(plan_id: str, task: ClaimedTask) -> str | None:
-        """The attempt's log file, created before the claim names it in the store: wherever the store says a
-        running attempt's log is, that host has the file (`orch logs -f` follows it from the start). A re-plan
-        attempt runs no executor, so it has none."""
-        if task.executor not in LOGGED or task.replanning:
-            return None
-        return str(private_log_file(attempt_log_path(settings.logs_dir, plan_id, task.key, attempt)))
+        return open_attempt_log(settings.logs_dir, plan_id, task, attempt)
 
     def claim_it() -> tuple[Claim, AttemptContext] | None:
         with write_session(store) as session:
@@ -314,6 +309,15 @@ def offers_followups(task: ClaimedTask, settings: Settings) -> bool:
     anthropic), follow-ups are allowed, and one it adds would not be deeper than ORCH_FOLLOWUPS_DEPTH."""
     allowed = settings.followups_per_task > 0 and task.depth < settings.followups_depth
     return task.executor in NETWORKED and allowed
+
+
+def open_attempt_log(logs_dir: Path, plan_id: str, task: ClaimedTask, attempt: int) -> str | None:
+    """The attempt's log file, created before the claim names it in the store: wherever the store says a running
+    attempt's log is, that host has the file (`orch logs -f` follows it from the start). A re-plan attempt runs no
+    executor, so it has none."""
+    if task.executor not in LOGGED or task.replanning:
+        return None
+    return str(private_log_file(attempt_log_path(logs_dir, plan_id, task.key, attempt)))
 
 
 @functools.cache
