@@ -102,6 +102,7 @@ class ClaimedTask:
     merge: bool = True  # its work lands through the merge queue
     resolves: int | None = None  # the merge request whose conflict it resolves
     replanning: bool = False  # this attempt asks the planner for smaller tasks in its place (on_failure: replan)
+    depth: int = 0  # how deep a follow-up it is (0: its plan's own task; a follow-up is its author's plus one)
 
 
 @dataclass(frozen=True)

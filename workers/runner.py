@@ -16,7 +16,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from orch.celery import app
-from orch.decisions.followups import Limits
+from orch.decisions.followups import PLANNER, Limits
+from orch.decisions.replan import REPLAN_DECLINED
 from orch.decisions.retry import Backoff, Outcome, decide_outcome
 from orch.dispatch import breaker
 from orch.dispatch.merge_queue import send_mergers
@@ -24,7 +25,7 @@ from orch.dispatch.reconcile import dispatch_after_result, publish, reconcile_pl
 from orch.errors import ExecutorUnavailable
 from orch.executors import LOGGED, NETWORKED, PROMPTED, ExecutorName
 from orch.failures import FailureClass, PauseCause
-from orch.intake.agents import agent_network, load_agents
+from orch.intake.agents import AgentRegistry, agent_network, load_agents
 from orch.intake.prices import Usage, cost_usd, load_prices, price_for
 from orch.intake.prompts import PromptTemplates, build_prompt, build_system_prompt, load_templates
 from orch.log import bind_attempt, get_logger, private_log_file
@@ -56,11 +57,7 @@ def run_attempt(task_pk: int, attempt: int, worker: str | None = None) -> str:
     bind_attempt(task_pk=task_pk, attempt=attempt)
 
     def open_log(plan_id: str, task: ClaimedTask) -> str | None:
-        """The attempt's log file, created before the claim names it in the store: wherever the store says a
-        running attempt's log is, that host has the file (`orch logs -f` follows it from the start)."""
-        if task.executor not in LOGGED:
-            return None
-        return str(private_log_file(attempt_log_path(settings.logs_dir, plan_id, task.key, attempt)))
+        return open_attempt_log(settings.logs_dir, plan_id, task, attempt)
 
     def claim_it() -> tuple[Claim, AttemptContext] | None:
         with write_session(store) as session:
@@ -265,9 +262,13 @@ def usage_cost(usage: Usage, model: str | None, settings: Settings) -> float | N
 
 
 def _context(session: Session, claim: Claim, task: ClaimedTask, settings: Settings) -> AttemptContext:
+    """What the attempt runs with. A re-plan attempt runs no executor: it is given no prompt (the planner's message
+    is built from the task's failures, workers.replanning)."""
     registry = load_agents(settings.config_dir)
     agent = registry.get_or_default(task.agent)
     templates = load_templates(settings.config_dir)
+    prompted = task.executor in PROMPTED and not task.replanning
+    system = "" if task.replanning else build_system_prompt(templates, task.agent, agent.description, agent.system)
     return AttemptContext(
         task=task,
         agent=agent,
@@ -279,15 +280,16 @@ def _context(session: Session, claim: Claim, task: ClaimedTask, settings: Settin
         network=agent_network(agent.network, task.executor),
         secrets={name: os.environ[name] for name in agent.secrets if os.environ.get(name)},
         masked=frozenset(name for a in registry for name in a.secrets),
-        prompt=_prompt(session, claim, task, templates, settings) if task.executor in PROMPTED else "",
-        system_prompt=build_system_prompt(templates, task.agent, agent.description, agent.system),
+        prompt=_prompt(session, claim, task, templates, settings) if prompted else "",
+        system_prompt=system,
     )
 
 
 def _prompt(session: Session, claim: Claim, task: ClaimedTask, templates: PromptTemplates, settings: Settings) -> str:
     """The task's prompt: the plan it serves, its dependencies' handoffs, the tasks waiting on it and running beside
     it, its repository's context file, and why its previous attempt failed. Agents that answer by a final message
-    (not python) are told how to add follow-up tasks in it."""
+    (not python) are told how to add follow-up tasks in it, unless the task is as deep as follow-ups may go (all it
+    added would be refused)."""
     return build_prompt(
         templates,
         task_id=task.key,
@@ -298,8 +300,24 @@ def _prompt(session: Session, claim: Claim, task: ClaimedTask, templates: Prompt
         handoffs=attempts.handoffs(session, claim.task_pk),
         previous_failure=attempts.previous_failure(session, claim.task_pk, claim.attempt),
         plan=plan_context.for_task(session, claim.plan_id, claim.task_pk, task.repository),
-        followups=task.executor in NETWORKED and settings.followups_per_task > 0,  # claude-code, anthropic
+        followups=offers_followups(task, settings),
     )
+
+
+def offers_followups(task: ClaimedTask, settings: Settings) -> bool:
+    """Whether the task's prompt tells how to add follow-ups: it answers by a final message (claude-code,
+    anthropic), follow-ups are allowed, and one it adds would not be deeper than ORCH_FOLLOWUPS_DEPTH."""
+    allowed = settings.followups_per_task > 0 and task.depth < settings.followups_depth
+    return task.executor in NETWORKED and allowed
+
+
+def open_attempt_log(logs_dir: Path, plan_id: str, task: ClaimedTask, attempt: int) -> str | None:
+    """The attempt's log file, created before the claim names it in the store: wherever the store says a running
+    attempt's log is, that host has the file (`orch logs -f` follows it from the start). A re-plan attempt runs no
+    executor, so it has none."""
+    if task.executor not in LOGGED or task.replanning:
+        return None
+    return str(private_log_file(attempt_log_path(logs_dir, plan_id, task.key, attempt)))
 
 
 @functools.cache
@@ -358,12 +376,7 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
             if outcome.task_status is TaskStatus.MERGING and result.head_commit:
                 base = _base_of(session, claim) or result.head_commit
                 mergers.extend(filter(None, [merges.enqueue_merge(session, claim, base, result.head_commit, now)]))
-            if result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
-                until = now + timedelta(seconds=result.retry_after)
-                reason = result.error or "usage limit"
-                pauses.pause_agent(session, claim.agent, until, PauseCause.USAGE_LIMIT, reason, now)
-            if not result.succeeded:
-                breaker.trip_if_open(session, claim.agent, registry.get_or_default(claim.agent).breaker, now)
+            _hold_agent_type(session, claim, result, registry, now)
             if outcome.task_status in DOOMING:  # rare: carry the failure to its descendants now, not at the next tick
                 return True, outcome, reconcile_plans(session, [claim.plan_id], registry, now)
             retrying = claim.task_pk if outcome.task_status is TaskStatus.RETRY_WAIT else None
@@ -379,6 +392,20 @@ def finish(claim: Claim, result: AttemptResult, settings: Settings) -> str:
     send_mergers(app, mergers)
     log.info("attempt finished", status=str(outcome.task_status), error=result.error)
     return str(outcome.task_status)
+
+
+def _hold_agent_type(
+    session: Session, claim: Claim, result: AttemptResult, registry: AgentRegistry, now: datetime
+) -> None:
+    """A usage limit pauses the attempt's agent type, and a failure may open its circuit breaker. A re-plan
+    attempt's is the planner type (the task's own type did not run); a planner that declined answered, so no
+    breaker counts it."""
+    agent = PLANNER if claim.replanning else claim.agent
+    if result.failure_class == FailureClass.USAGE_LIMIT and result.retry_after:
+        until = now + timedelta(seconds=result.retry_after)
+        pauses.pause_agent(session, agent, until, PauseCause.USAGE_LIMIT, result.error or "usage limit", now)
+    if not result.succeeded and result.failure_class != REPLAN_DECLINED:
+        breaker.trip_if_open(session, agent, registry.get_or_default(agent).breaker, now)
 
 
 def _base_of(session: Session, claim: Claim) -> str | None:

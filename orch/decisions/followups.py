@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections import deque
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,11 @@ MAX_QUOTED = 128  # characters of an id a problem quotes
 FOLLOWUP = "followup"
 REPLAN = "replan"
 
-# The last ```orch-followups fenced block of a message (its closing fence on a line of its own).
-_BLOCK = re.compile(r"^[ \t]*```[ \t]*" + FOLLOWUPS_BLOCK + r"[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.DOTALL | re.MULTILINE)
+# A ```orch-followups block's opening line, and a closing fence (on a line of its own). Each is matched line by line,
+# never as one pattern spanning the block: a lazy span tried from every opening line is quadratic in a message of
+# many openings and no closing fence (a final message may be megabytes).
+_OPENING = re.compile(r"^[ \t]*```[ \t]*" + FOLLOWUPS_BLOCK + r"[ \t]*\n", re.MULTILINE)
+_CLOSING = re.compile(r"^[ \t]*```[ \t]*$", re.MULTILINE)
 _NETWORK_RANK = {"none": 0, "host": 1}
 
 
@@ -100,8 +104,20 @@ def last_block(message: str | None) -> str | None:
     """The body of the last ```orch-followups block of an agent's final message, or None."""
     if not message or FOLLOWUPS_BLOCK not in message:
         return None
-    found = _BLOCK.findall(message)
-    return found[-1] if found else None
+    last_closing = _last(_CLOSING.finditer(message))
+    if last_closing is None:
+        return None
+    opening = _last(_OPENING.finditer(message, 0, last_closing.start()))
+    if opening is None:
+        return None
+    closing = _CLOSING.search(message, opening.end())  # its own: the first closing fence after it
+    assert closing is not None  # the last one is after it
+    return message[opening.end() : closing.start()]
+
+
+def _last(matches: Iterator[re.Match[str]]) -> re.Match[str] | None:
+    found = deque(matches, maxlen=1)
+    return found[0] if found else None
 
 
 def parse_tasks(text: str) -> tuple[list[Any], str | None]:

@@ -35,6 +35,18 @@ def replan_route(registry: AgentRegistry) -> ReplanRoute:
     return ReplanRoute() if planner is None else ReplanRoute(planner.queue, planner.timeout)
 
 
+# A re-plan is dispatched even with no planner type configured: its attempt then fails, saying so.
+_UNCONFIGURED_PLANNER_CAP = 1
+
+
+def concurrency_caps(registry: AgentRegistry, agents: Iterable[str] | None = None) -> dict[str, int]:
+    """Each agent type's concurrency cap (of `agents`, or of every type). A task waiting to be re-planned counts as
+    the planner's (orch.store.dispatching.EFFECTIVE_AGENT), so the planner always has a cap."""
+    caps = {agent.name: agent.concurrency for agent in registry}
+    caps.setdefault(PLANNER, _UNCONFIGURED_PLANNER_CAP)
+    return caps if agents is None else {name: caps[name] for name in agents if name in caps}
+
+
 # How many ready tasks one plan's reconcile reads beyond its free slots: room for tasks skipped because their
 # files are held, without reading every ready task of a wide plan.
 _READY_SLACK = 64
@@ -47,7 +59,7 @@ def reconcile_plans(
 
     Runs inside the caller's write transaction; the caller commits, then calls `publish`."""
     take_dispatch_lock(session)
-    caps = {agent.name: agent.concurrency for agent in registry}
+    caps = concurrency_caps(registry)
     load = dispatching.agent_load(session, now)
     slots = free_slots(caps, load.in_flight, load.paused)
     dispatches: list[Dispatch] = []
@@ -134,7 +146,7 @@ def dispatch_after_result(
     slots: dict[str, int] = {}
     if candidates:
         agents = {view.agent for view in candidates}
-        caps = {name: registry.get(name).concurrency for name in agents if name in registry}
+        caps = concurrency_caps(registry, agents)
         load = dispatching.agent_load(session, now, agents)
         slots = free_slots(caps, load.in_flight, load.paused)
     decision, _agent_of = _decide_among(session, plan_id, plan.workdir, candidates, slots, now)

@@ -19,6 +19,9 @@ from orch.errors import ConfigInvalid
 
 HANDOFF_RESULT_CHARS = 2000  # of each dependency's result summary
 FAILURE_DETAIL_CHARS = 4000  # of the failed attempt's output tail
+FAILURE_REASON_CHARS = 2000  # of the failed attempt's error (its reason)
+FILES_LISTED = 50  # files named in each dependency's "Files changed"; the rest are counted
+FILE_CHARS = 300  # of each of those paths
 GOAL_CHARS = 4000  # of the plan's description (its goal)
 PLAN_NAME_CHARS = 128
 OWN_TITLE_CHARS = 500  # of the task's own title, as a plan's titles are bounded
@@ -106,15 +109,24 @@ def one_line(text: str, limit: int) -> str:
 
 
 def render_handoff(handoffs: Sequence[Handoff]) -> str:
+    """Each dependency's header (its title one line: a title an agent wrote cannot open a section), its result
+    and the files it changed, each clipped."""
     parts = []
     for handoff in handoffs:
-        lines = [f"### {handoff.key} ({handoff.agent}): {handoff.title}"]
+        lines = [f"### {handoff.key} ({handoff.agent}): {one_line(handoff.title, TITLE_CHARS)}"]
         if handoff.result.strip():
             lines.append(_clip(handoff.result, HANDOFF_RESULT_CHARS))
         if handoff.files_changed:
-            lines.append("Files changed: " + ", ".join(handoff.files_changed))
+            lines.append("Files changed: " + render_files(handoff.files_changed))
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def render_files(files: Sequence[str]) -> str:
+    """At most FILES_LISTED paths, each one line and clipped, then how many more there are."""
+    shown = [one_line(path, FILE_CHARS) for path in files[:FILES_LISTED]]
+    more = len(files) - len(shown)
+    return ", ".join(shown) + (f", and {more} more" if more > 0 else "")
 
 
 def render_tasks(listed: TaskList) -> str:
@@ -160,7 +172,7 @@ def build_prompt(
         values |= {
             "retry": "yes",
             "attempt": str(previous_failure.attempt),
-            "reason": previous_failure.reason.strip(),
+            "reason": _clip_head(previous_failure.reason, FAILURE_REASON_CHARS),
             "details": _clip(previous_failure.details, FAILURE_DETAIL_CHARS),
         }
     # One substitution of each template: a value's own `$name` stays as written.

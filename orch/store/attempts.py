@@ -75,6 +75,7 @@ def _claim_statement(started: Any, expires: Any) -> Any:
             _WORKDIR.label("workdir"),
             *_WORKTREE_COLUMNS,
             TASKS.c.replanning,
+            TASKS.c.depth,
         )
     )
 

@@ -8,11 +8,12 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, String, and_, bindparam, case, exists, func, literal, or_, select, update
+from sqlalchemy import Float, String, and_, bindparam, case, exists, func, literal, literal_column, or_, select, update
 from sqlalchemy.orm import Session
 
 from orch.budget import Budget
 from orch.dag import Dag
+from orch.decisions.followups import PLANNER
 from orch.decisions.readiness import Reconciliation, TaskView
 from orch.records import AgentLoad, Dispatch, PlanGate, ReplanRoute
 from orch.states import (
@@ -42,6 +43,11 @@ _RESOLVING = exists().where(
 )
 _HOLDS_FILES = and_(TaskRow.status.in_(HOLDING_FILES), or_(TaskRow.status != TaskStatus.MERGING, ~_RESOLVING))
 
+# The agent type whose work a task's next (or current) attempt is: a task waiting to be re-planned (on_failure:
+# replan) is the planner's, so it takes a planner's slot, a pause of the planner holds it and its own type's does not.
+# (A constant, not a bound parameter: the same expression is selected and grouped by.)
+EFFECTIVE_AGENT = case((TASKS.c.replanning, literal_column(f"'{PLANNER}'", String)), else_=TASKS.c.agent)
+
 
 def task_views(session: Session, plan_id: str) -> list[TaskView]:
     dag = Dag.from_edges(plan_dependencies(session, plan_id))
@@ -49,7 +55,7 @@ def task_views(session: Session, plan_id: str) -> list[TaskView]:
         select(
             TaskRow.pk,
             TaskRow.status,
-            TaskRow.agent,
+            EFFECTIVE_AGENT,
             TaskRow.priority,
             TaskRow.seq,
             TaskRow.not_before,
@@ -69,7 +75,7 @@ def task_views(session: Session, plan_id: str) -> list[TaskView]:
 _VIEW_COLUMNS = (
     TASKS.c.pk,
     TASKS.c.status,
-    TASKS.c.agent,
+    EFFECTIVE_AGENT.label("agent"),
     TASKS.c.priority,
     TASKS.c.seq,
     TASKS.c.not_before,
@@ -77,7 +83,7 @@ _VIEW_COLUMNS = (
 )
 _BEST_FIRST = (TASKS.c.priority.desc(), TASKS.c.seq)
 _OF_PLAN = TASKS.c.plan_id == bindparam("plan_id")
-_OF_AGENTS = TASKS.c.agent.in_(bindparam("agents", expanding=True))
+_OF_AGENTS = EFFECTIVE_AGENT.in_(bindparam("agents", expanding=True))
 _PENDING_READY = and_(_OF_PLAN, TASKS.c.status == TaskStatus.PENDING, TASKS.c.unmet_deps == 0, TASKS.c.hold.is_(None))
 _READY_PENDING = select(*_VIEW_COLUMNS).where(_PENDING_READY).order_by(*_BEST_FIRST).limit(bindparam("limit"))
 _READY_PENDING_OF_AGENTS = (
@@ -182,7 +188,7 @@ def held_files(session: Session, workdir: str, other_than: str) -> list[list[str
 
 
 _IN_FLIGHT_COUNTS = (
-    select(TASKS.c.agent, func.count()).where(TASKS.c.status.in_(sorted(IN_FLIGHT))).group_by(TASKS.c.agent)
+    select(EFFECTIVE_AGENT, func.count()).where(TASKS.c.status.in_(sorted(IN_FLIGHT))).group_by(EFFECTIVE_AGENT)
 )
 _IN_FLIGHT_COUNTS_OF_AGENTS = _IN_FLIGHT_COUNTS.where(_OF_AGENTS)
 
@@ -198,8 +204,8 @@ _AGENT_LOAD_OF_AGENTS = _load_statement(_IN_FLIGHT_COUNTS_OF_AGENTS)
 
 
 def agent_load(session: Session, now: datetime, agents: Collection[str] | None = None) -> AgentLoad:
-    """What bounds dispatch per agent type at `now`: its in-flight tasks (of `agents`, or of every type) and
-    whether it is paused."""
+    """What bounds dispatch per agent type at `now`: its in-flight tasks (of `agents`, or of every type; a re-plan
+    attempt is the planner's) and whether it is paused."""
     if agents is None:
         rows = session.execute(_AGENT_LOAD, {"now": now})
     else:

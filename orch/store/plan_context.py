@@ -8,10 +8,12 @@ from sqlalchemy import Select, and_, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from orch.intake.prompts import GOAL_CHARS, LISTED_TASKS, PlanContext, TaskList, TaskRef
-from orch.states import HOLDING_FILES
+from orch.states import HOLDING_FILES, TERMINAL, TaskStatus
 from orch.store.models import DependencyRow, IntegrationRow, PlanRow, TaskRow
 
 RUNNING_BESIDE = sorted(HOLDING_FILES)  # queued, running, merging: work under way beside the task
+# Dependants that will still run (not final): a cancelled, upstream_failed or replaced one waits on nothing.
+STILL_TO_RUN = sorted(set(TaskStatus) - TERMINAL)
 _DEPENDANTS, _RUNNING = "dependants", "running"
 
 
@@ -40,12 +42,12 @@ def for_task(session: Session, plan_id: str, task_pk: int, repository: str | Non
 
 
 def _task_lists(session: Session, plan_id: str, task_pk: int) -> dict[str, TaskList]:
-    """Its direct dependants and the plan's other tasks under way, LISTED_TASKS of each in plan order, each with
-    its list's full count (a window count, taken before the limit)."""
+    """Its direct dependants that will still run and the plan's other tasks under way, LISTED_TASKS of each in plan
+    order, each with its list's full count (a window count, taken before the limit)."""
     dependants = (
         _listed(_DEPENDANTS)
         .join(DependencyRow, DependencyRow.task_pk == TaskRow.pk)
-        .where(DependencyRow.depends_on_pk == task_pk)
+        .where(DependencyRow.depends_on_pk == task_pk, TaskRow.status.in_(STILL_TO_RUN))
     )
     running = _listed(_RUNNING).where(
         TaskRow.plan_id == plan_id, TaskRow.status.in_(RUNNING_BESIDE), TaskRow.pk != task_pk

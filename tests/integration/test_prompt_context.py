@@ -5,6 +5,7 @@ prompt carrying them: built at the claim, and as a real worker sends it to the (
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,21 @@ def test_the_plan_context_is_the_goal_the_dependants_and_the_tasks_under_way(sto
     assert keys(design.running.tasks) == ["audit", "lint"] and design.running.total == 2
     assert keys(build.dependants.tasks) == ["docs"]
     assert keys(build.running.tasks) == ["design", "audit", "lint"]
+
+
+def test_only_dependants_that_will_still_run_are_waiting_on_it(store_url: str) -> None:
+    ended = [TaskStatus.CANCELLED, TaskStatus.UPSTREAM_FAILED, TaskStatus.REPLACED, TaskStatus.FAILED]
+    waiting = [TaskStatus.PENDING, TaskStatus.RETRY_WAIT, TaskStatus.QUEUED]
+    plan_id = submit(
+        [{"id": "root", "title": "Root", "command": "true"}]
+        + [{"id": str(s), "title": f"A {s} dependant", "after": ["root"], "command": "true"} for s in ended + waiting]
+    )
+    task = pks(plan_id)
+    for status in ended + waiting:
+        set_status([task[str(status)]], status)
+    with read_session() as session:
+        found = for_task(session, plan_id, task["root"], None)
+    assert sorted(keys(found.dependants.tasks)) == sorted(map(str, waiting)) and found.dependants.total == 3
 
 
 def test_the_lists_are_bounded_counted_and_read_in_two_queries(store_url: str) -> None:
@@ -235,3 +251,59 @@ def test_only_agents_answering_by_a_final_message_are_told_how_to_add_follow_ups
     get_settings.cache_clear()
     prompts = claimed_prompts(submit([tasks[0]], defaults={"agent": "general-purpose"}))
     assert "Follow-up tasks" not in prompts["agent"] and GOAL in prompts["agent"]
+
+
+def test_a_task_as_deep_as_follow_ups_may_go_is_not_offered_them(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything a task at ORCH_FOLLOWUPS_DEPTH added would be refused, so its prompt does not offer follow-ups."""
+    from orch.settings import get_settings
+
+    monkeypatch.setenv("ORCH_FOLLOWUPS_DEPTH", "2")
+    get_settings.cache_clear()
+    tasks = [{"id": f"depth-{n}", "title": "Write it", "executor": "anthropic"} for n in range(3)]
+    plan_id = submit(tasks, defaults={"agent": "general-purpose"})
+    with write_session() as session:
+        for key, pk in pks(plan_id).items():
+            session.execute(update(TaskRow).where(TaskRow.pk == pk).values(depth=int(key[-1])))
+    prompts = claimed_prompts(plan_id)
+    assert "```orch-followups" in prompts["depth-0"] and "```orch-followups" in prompts["depth-1"]
+    assert "Follow-up tasks" not in prompts["depth-2"] and GOAL in prompts["depth-2"]
+
+
+def test_a_re_plan_attempt_builds_no_prompt_and_opens_no_log(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-plan attempt runs no executor: the worker builds the task's agent prompt for it no more than it creates
+    its log file (the planner's message is its own, workers.replanning)."""
+    from orch.decisions.retry import Outcome
+    from orch.records import AttemptResult
+    from orch.settings import get_settings
+    from orch.states import AttemptStatus
+
+    def no_prompt(*args: object) -> str:
+        raise AssertionError("a re-plan attempt's prompt was built")
+
+    plan_id = submit(
+        [{"id": "big", "title": "Do it all", "executor": "anthropic", "retries": 0, "on_failure": "replan"}],
+        defaults={"agent": "general-purpose"},
+    )
+    settings = get_settings()
+    with write_session() as session:
+        (first,) = reconcile_plans(session, [plan_id], registry(), NOW)
+    with write_session() as session:
+        claimed = attempts.claim(session, first.task_pk, first.attempt, "w", 1, 60, now=NOW)
+        assert claimed is not None
+        failed = Outcome(TaskStatus.FAILED, AttemptStatus.FAILED, None, "retries exhausted")
+        assert attempts.record_result(session, claimed[0], AttemptResult(False, error="no"), failed, NOW) is not None
+    monkeypatch.setattr(runner, "_prompt", no_prompt)
+    with write_session() as session:
+        (replan,) = reconcile_plans(session, [plan_id], registry(), NOW)
+    assert replan.queue == "agent.planner"
+    with write_session() as session:
+        claimed = attempts.claim(session, replan.task_pk, replan.attempt, "w", 1, 60, now=NOW)
+        assert claimed is not None and claimed[1].replanning
+        ctx = runner._context(session, *claimed, settings)
+    assert ctx.prompt == "" and ctx.system_prompt == ""
+    assert runner.open_attempt_log(settings.logs_dir, plan_id, claimed[1], replan.attempt) is None
+    assert not (settings.logs_dir.resolve() / plan_id / f"big.{replan.attempt}.log").exists()
+    # the task's own attempts have their log, as before
+    assert runner.open_attempt_log(settings.logs_dir, plan_id, replace(claimed[1], replanning=False), 1)
