@@ -71,7 +71,10 @@ class Heartbeat:
             with write_session(self.store_url) as session:
                 now = db_now(session)
                 renewed = attempts.renew_lease(session, self.claim, now, self.lease_seconds, usage, cost)
-                budget_stop = budget.stop_if_spent(session, self.claim, now) if renewed else None
+            budget_stop = None
+            if renewed:  # apart: holding the plan locks its row, which is never taken after one of its task rows
+                with write_session(self.store_url) as session:
+                    budget_stop = budget.stop_if_spent(session, self.claim, db_now(session))
         except STORE_UNAVAILABLE as exc:  # the agent goes on; the lease holds until it expires
             log.warning("heartbeat: store unreachable", error=str(exc).splitlines()[0])
             return None

@@ -74,6 +74,13 @@ def registry() -> AgentRegistry:
     return load_agents(get_settings().config_dir)
 
 
+def planner_queue() -> str:
+    """The queue re-plan attempts go to: the planner agent type's."""
+    from orch.dispatch.reconcile import replan_route  # lazy (start-up cost): the dispatcher loads the store
+
+    return replan_route(registry()).queue
+
+
 def read_plan(path: str, how: PlanInput | None = None) -> Plan:
     """A plan file, or a task list read as one (`how`: its format, the list's options, a dry run's executor)."""
     # lazy (start-up cost): config/targets.yaml, read for the plans that name a target

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from orch.budget import Budget, describe
-from orch.cli.common import handle_errors
+from orch.cli.common import handle_errors, planner_queue
 from orch.errors import TaskStateConflict
 from orch.states import PlanStatus, TaskStatus
 
@@ -72,7 +72,7 @@ def cancel(plan_ref: str, task_id: str | None) -> None:
     with write_session() as session:
         plan_id = _plan_id(session, plan_ref)
         now = db_now(session)
-        queued = services.queued_messages(session, plan_id, task_id)  # their messages wait on the broker
+        queued = services.queued_messages(session, plan_id, task_id, planner_queue())  # messages on the broker
         if task_id is not None:
             task = operator.cancel_task(session, plan_id, task_id, now, "cancelled by orch cancel")
         else:

@@ -21,6 +21,7 @@ BROKER_TIMEOUT = 1.0  # seconds per step of asking the broker which queues have 
 def plan_notes(session: Session, plan: PlanRow) -> list[str]:
     """Why `plan` cannot move, if it cannot: no beat serves it, a queue of its queued tasks has no reader."""
     # lazy (start-up cost): the store and the broker's client
+    from orch.cli.common import planner_queue
     from orch.services.check import read_queue_readers
     from orch.store import reads, services
     from orch.store.db import db_now
@@ -30,7 +31,7 @@ def plan_notes(session: Session, plan: PlanRow) -> list[str]:
     pending = counts.get(TaskStatus.PENDING, 0) + counts.get(TaskStatus.RETRY_WAIT, 0)
     now = db_now(session)
     served = beat_serving(session, plan.id, now)
-    since = services.queued_since(session, plan.id)
+    since = services.queued_since(session, plan.id, planner_queue())
     readers = read_queue_readers(get_settings(), BROKER_TIMEOUT) if since else {}
     return serving_notes(plan.status, plan.created_at, pending, served, since, readers, now)
 
@@ -46,6 +47,7 @@ def beat_serving(session: Session, plan_id: str, now: datetime) -> Serving:
 def submitted_notes(session: Session, plan_id: str) -> list[str]:
     """`orch submit`'s word after the plan id: the store it went to, whether a beat serves it, unread queues."""
     # lazy (start-up cost): the store and the broker's client
+    from orch.cli.common import planner_queue
     from orch.decisions.serving import TROUBLESHOOTING
     from orch.services.check import read_queue_readers
     from orch.store import services
@@ -59,5 +61,5 @@ def submitted_notes(session: Session, plan_id: str) -> list[str]:
         notes = [f"{where}; {served.describe()}"]
     else:
         notes = [f"{where}; {served.describe()}: it will not run until one does; start one: {TROUBLESHOOTING}"]
-    open_queues = services.open_tasks_by_queue(session, plan_id)
+    open_queues = services.open_tasks_by_queue(session, plan_id, planner_queue())
     return notes + unread_queues(open_queues, read_queue_readers(settings, BROKER_TIMEOUT))

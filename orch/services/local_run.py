@@ -202,9 +202,10 @@ def _start_and_watch(
         concurrency=concurrency,
     )
     worker.start()
+    plan_queues = counted(len({t.queue for t in plan.tasks}), "queue")  # its worker reads every type's
     err.print(
         f"[bold]orch run[/] plan [bold]{plan.name}[/] as [cyan]{plan_id}[/]: {counted(len(plan.tasks), 'task')} on "
-        f"{counted(len({t.queue for t in plan.tasks}), 'queue')}; store {safe_url(database_url)}; worker log {worker.log_path}"
+        f"{plan_queues}; store {safe_url(database_url)}; worker log {worker.log_path}"
     )
     for line in route_lines(plan):  # the routes of tasks without `agent:`, once what could refuse the run has not
         err.print(line, markup=False, highlight=False)
