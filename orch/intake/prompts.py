@@ -108,6 +108,11 @@ def one_line(text: str, limit: int) -> str:
     return _clip_head(" ".join(text.split()), limit)
 
 
+def _unbroken(text: str) -> str:
+    """`text` with each line break (every character str.splitlines breaks at) a space; tabs and runs of spaces kept."""
+    return " ".join(text.splitlines())
+
+
 def render_handoff(handoffs: Sequence[Handoff]) -> str:
     """Each dependency's header (its title one line: a title an agent wrote cannot open a section), its result
     and the files it changed, each clipped."""
@@ -155,7 +160,7 @@ def build_prompt(
     plan = plan or PlanContext()
     values = {
         "task_id": task_id,
-        "title": one_line(title, OWN_TITLE_CHARS),
+        "title": _clip_head(_unbroken(title), OWN_TITLE_CHARS),  # the task's own, as written but on one line
         "description": description.strip(),
         "success": success.strip(),
         "files": "\n".join(f"- {f}" for f in files),
