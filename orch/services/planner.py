@@ -666,7 +666,7 @@ def draft_redactor(planner: AgentType, environ: Mapping[str, str], key: str | No
     """Masks the values of the planner type's secrets (and of the key orch calls the API with) in what the planner
     writes: a model that read /proc/self/environ or a dotfile may have copied one into the plan."""
     values = secret_values(planner.secrets, environ)
-    if key:
+    if key and key not in values.values():
         values[f"{PLANNER_TYPE} API key"] = key
     return Redactor(values)
 
