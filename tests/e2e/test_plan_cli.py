@@ -161,7 +161,7 @@ def test_ctrl_c_while_the_claude_code_planner_thinks_ends_it_and_exits_130(tmp_p
         start_new_session=True,
     )
     try:
-        child = int(wait_for(lambda: pids.exists() and pids.read_text().strip(), 60, "the fake claude to start"))
+        child = int(wait_for(lambda: pids.read_text().strip() if pids.exists() else "", 60, "the fake claude to start"))
         plan.send_signal(signal.SIGINT)
         _, stderr = plan.communicate(timeout=60)
     finally:

@@ -250,13 +250,12 @@ def test_history_is_the_medians_of_each_types_last_succeeded_attempts(store_url:
         agentic = agent_histories(session, [(agent, "claude-code") for agent in types])
     assert agentic == {}  # only shell tasks ran: nothing is known of the types' agent tasks
     assert set(history) == {("backend-development", SHELL), ("documentation-writer", SHELL)}  # qa: no attempt
-    history = {agent: found for (agent, _), found in history.items()}
-    latest = {agent: found for (agent, _), found in latest.items()}
-    api = history["backend-development"]
+    by_type = {agent: found for (agent, _), found in history.items()}
+    api = by_type["backend-development"]
     assert (api.attempts, api.tokens, api.seconds) == (3, 2000, 90.0) and api.usd == pytest.approx(0.2)
-    docs = history["documentation-writer"]
+    docs = by_type["documentation-writer"]
     assert (docs.attempts, docs.tokens, docs.seconds) == (2, 15, 6.0) and docs.usd == pytest.approx(0.02)
-    assert latest["backend-development"].tokens == 2000  # the newest attempt alone
+    assert latest[("backend-development", SHELL)].tokens == 2000  # the newest attempt alone
 
 
 def test_validate_estimate_prefers_the_stores_history(sqlite_url: str, tmp_path: Path) -> None:

@@ -209,7 +209,10 @@ def test_a_folder_for_dash_o_is_refused_before_the_planner_is_asked(tmp_path: Pa
     (tmp_path / "d").mkdir()
     result = orch_plan(tmp_path, "Make the files", "-o", "d", "--force")
     assert result.exit_code == 2 and "-o d: a folder" in result.output
-    assert planner_api.requests == []
+    (tmp_path / "plan.yaml").symlink_to(tmp_path / "nowhere.yaml")  # dangling: it exists all the same
+    result = orch_plan(tmp_path, "Make the files")
+    assert result.exit_code == 2 and "plan.yaml exists: pass --force" in result.output
+    assert planner_api.requests == [] and not (tmp_path / "nowhere.yaml").exists()
 
 
 @pytest.mark.parametrize("kind", ["fifo", "bogus-file", "empty-folder"])
@@ -279,8 +282,9 @@ def test_a_claude_that_prints_no_result_names_its_exit_status_and_first_stderr_l
 
 
 def test_a_claude_answer_that_quotes_the_key_is_masked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    answer = {"type": "result", "is_error": False, "result": "```json\n" + json.dumps(draft(task("a", title=KEY)))}
-    answer["result"] += "\n```\nAlso a list:\n```json\n[1, 2]\n```"  # the last block is no plan: the plan is kept
+    text = "```json\n" + json.dumps(draft(task("a", title=KEY)))
+    text += "\n```\nAlso a list:\n```json\n[1, 2]\n```"  # the last block is no plan: the plan is kept
+    answer = {"type": "result", "is_error": False, "result": text}
     claude = claude_script(tmp_path, f"cat <<'EOF'\n{json.dumps(answer)}\nEOF")
     monkeypatch.setenv("ORCH_CLAUDE_BIN", str(claude))
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
