@@ -4,7 +4,9 @@ prints for any plan."""
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,18 +29,22 @@ from orch.settings import get_settings
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from orch.decisions.estimate import AgentHistory, PlanEstimate
+    from orch.decisions.estimate import AgentHistory, HistoryKey, PlanEstimate
     from orch.intake.plan import Plan
 
 MAX_GOAL_CHARS = 20_000
+INTERRUPTED = 130  # as orch run: 128 + SIGINT
+# Characters a YAML reader folds or drops in a plain or block scalar (line breaks of its own, a byte-order mark):
+# a string holding one is written double-quoted, where they are escapes.
+_FOLDED = frozenset("\r\x85\u2028\u2029\ufeff")
 
 
 # --- the estimate (orch plan, orch validate --estimate) -----------------------------------------------------------
 
 
-def store_history(agents: set[str]) -> tuple[dict[str, AgentHistory], str | None]:
-    """Medians per agent type from the store where the settings point, if there is one (never created here); and a
-    note when it could not be read."""
+def store_history(keys: set[HistoryKey]) -> tuple[dict[HistoryKey, AgentHistory], str | None]:
+    """Medians per (agent type, executor) from the store where the settings point, if there is one (never created
+    here); and a note when it could not be read."""
     # lazy (start-up cost): the store loads SQLAlchemy
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -49,7 +55,7 @@ def store_history(agents: set[str]) -> tuple[dict[str, AgentHistory], str | None
 
     try:
         with existing_store_only(), read_session() as session:
-            return agent_histories(session, agents), None
+            return agent_histories(session, keys), None
     except StoreMissing:
         return {}, None
     except (OrchError, SQLAlchemyError) as exc:
@@ -63,10 +69,15 @@ def plan_estimate(plan: Plan) -> tuple[PlanEstimate, str | None]:
     from orch.decisions.plan_shape import ShapedTask
 
     tasks = [
-        EstimatedTask(ShapedTask(task.key, task.after, task.agent, task.files, task.success), task.agent, task.estimate)
+        EstimatedTask(
+            ShapedTask(task.key, task.after, task.agent, task.files, task.success),
+            task.agent,
+            task.estimate,
+            task.executor.value,
+        )
         for task in plan.tasks
     ]
-    history, note = store_history({task.agent for task in plan.tasks})
+    history, note = store_history({task.history_key for task in tasks})
     return estimate_plan(tasks, history), note
 
 
@@ -111,15 +122,31 @@ def print_plan_table(plan: Plan, console: Console) -> None:
 # --- writing the plan ---------------------------------------------------------------------------------------------
 
 
+def is_json_path(path: Path) -> bool:
+    return path.suffix.lower() == ".json"
+
+
+def plan_text(path: Path, document: Any, header: str) -> str:
+    """The plan file's text: JSON for a `.json` file (JSON has no comments: no header), readable YAML otherwise."""
+    if is_json_path(path):
+        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return plan_yaml(document, header)
+
+
 def plan_yaml(document: Any, header: str) -> str:
-    """`document` as readable YAML: fields in their order, multi-line text as `|` blocks; `header` as comments."""
+    """`document` as readable YAML: fields in their order, multi-line text as `|` blocks, a string a YAML reader
+    would change (a line break of its own, a byte-order mark) double-quoted; `header` as comments."""
     import yaml
 
     class Dumper(yaml.SafeDumper):
         pass
 
     def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-        style = "|" if "\n" in value and _block_safe(value) else None
+        style: str | None = None
+        if not _FOLDED.isdisjoint(value):
+            style = '"'
+        elif "\n" in value and _block_safe(value):
+            style = "|"
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     Dumper.add_representer(str, text)
@@ -147,26 +174,37 @@ def _write_new(path: Path, text: str, force: bool) -> None:
 
 
 def draft_path(path: Path) -> Path:
-    """Where a rejected draft goes: beside the plan file, `plan.yaml` → `plan.draft.yaml` (then -2, -3… if taken)."""
+    """Where a rejected draft goes: beside the plan file, `plan.yaml` → `plan.draft.yaml` (then -2, -3… if taken,
+    a dangling link too)."""
     suffix = path.suffix or ".yaml"
     candidate = path.with_name(f"{path.stem}.draft{suffix}")
     number = 2
-    while candidate.exists():
+    while os.path.lexists(candidate):
         candidate = path.with_name(f"{path.stem}.draft-{number}{suffix}")
         number += 1
     return candidate
 
 
 def _read_prd(path: str | None) -> tuple[str | None, str | None]:
+    """The requirements document: a regular file (a FIFO would block, a device never end), UTF-8, bounded."""
     if path is None:
         return None, None
     from orch.services.planner import MAX_PRD_CHARS
 
     try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read(MAX_PRD_CHARS + 1)
-    except OSError as exc:
-        raise UserError(f"--from {path}: cannot read it: {exc.strerror}") from None
+        # O_NONBLOCK: a FIFO put in the file's place is opened without waiting for a writer, then refused
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--from {path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"--from {path}: not a regular file")
+        try:
+            data = file.read(4 * MAX_PRD_CHARS + 1)  # UTF-8: at most 4 bytes a character
+        except OSError as exc:
+            raise UserError(f"--from {path}: cannot read it: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"--from {path}: not UTF-8 text") from None
     if len(text) > MAX_PRD_CHARS:
@@ -203,13 +241,13 @@ def _run_written(path: Path) -> None:
     sys.exit(run_embedded(plan, get_settings().embedded_concurrency, out, err, False, bases, None))
 
 
-def _rejected(rejected: Any, path: Path, force: bool) -> None:
+def _rejected(rejected: Any, path: Path) -> None:
     """A draft that never became valid: its problems, and the draft saved beside the plan file; exit 2."""
-    from orch.services.planner import DraftRejected
+    from orch.services.planner import DraftRejected, shown_problems
     from orch.views.terminal import inert
 
     assert isinstance(rejected, DraftRejected)
-    for problem in rejected.problems:
+    for problem in shown_problems(rejected.problems):
         click.echo(inert(problem), err=True)
     rounds = _rounds(rejected.rounds)
     if rejected.draft is None:
@@ -218,7 +256,7 @@ def _rejected(rejected: Any, path: Path, force: bool) -> None:
     saved = draft_path(path)
     header = f"A draft of `orch plan` that still has problems after {rounds} (listed by orch plan): fix them, then\n"
     header += f"`orch validate {inert(saved.name)}`."
-    _write_new(saved, plan_yaml(rejected.draft, header), force)
+    _write_new(saved, plan_text(saved, rejected.draft, header), False)  # a new name: never follows a link
     click.echo(f"orch plan: the draft still has problems after {rounds}; it is in {inert(str(saved))}", err=True)
     sys.exit(2)
 
@@ -292,7 +330,9 @@ def plan_command(
     if len(goal) > MAX_GOAL_CHARS:
         raise UserError(f"the goal is longer than {MAX_GOAL_CHARS:,} characters; put the details in a file (--from)")
     path = Path(output)
-    if path.exists() and not force:
+    if path.is_dir():
+        raise UserError(f"-o {output}: a folder; name the plan file to write")
+    if os.path.lexists(path) and not force:
         raise UserError(f"{output} exists: pass --force to overwrite it, or -o another file")
     if not path.absolute().parent.is_dir():
         raise UserError(f"-o {output}: its folder {path.absolute().parent} does not exist")
@@ -300,6 +340,11 @@ def plan_command(
         raise UserError(f"--repo {repo}: not a folder")
     prd_text, prd_name = _read_prd(prd)
     settings = get_settings()
+    if run_it and not yes and not sys.stdin.isatty():
+        raise UserError(
+            f"--run asks before it runs a plan of more than ORCH_CONFIRM_ABOVE ({settings.confirm_above}) tasks, and "
+            "there is no terminal to ask on: pass --yes, or run from a terminal"
+        )
     reg = registry()
     chosen = executor or planner_type(reg).executor.value
     if chosen not in ("anthropic", "claude-code"):
@@ -317,8 +362,11 @@ def plan_command(
     )
     try:
         planned = write_plan(request, reg, dict(os.environ), settings.claude_bin)
+    except KeyboardInterrupt:
+        click.echo("orch plan: interrupted; nothing written", err=True)
+        sys.exit(INTERRUPTED)
     except DraftRejected as rejected:
-        _rejected(rejected, path, force)
+        _rejected(rejected, path)
         return
     except OrchError as exc:
         if not isinstance(exc, UserError):
@@ -330,7 +378,7 @@ def plan_command(
         f"Written by `orch plan` (planner: {chosen}, {model}; {_rounds(planned.rounds)}). Review it before it runs:\n"
         f"`orch validate --estimate {name}`, then `orch run {name}`."
     )
-    _write_new(path, plan_yaml(planned.document, header), force)
+    _write_new(path, plan_text(path, planned.document, header), force)
     print_plan_table(planned.plan, out)
     print_estimate(planned.plan, out)
     for warning in planned.warnings:

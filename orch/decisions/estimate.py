@@ -1,11 +1,12 @@
 """What a plan is expected to take: tokens, cost and duration. Pure: the tasks, what the store's history says of
 each agent type, and the planner's per-task estimates in; the figures, and where each came from, out.
 
-Each task's figure is, in order of preference: the median of its agent type's finished attempts in the store
-(`history`), the planner's (or the plan author's) `estimate:` of the task (`planner`), or unknown. A total adds
-the known figures and says for how many tasks it knows none. The duration is the critical path's (tasks of a stage
-run side by side, so the plan takes as long as its longest chain, at best: with enough workers) and the agent time
-(every task's duration added up: what the workers spend).
+Each task's figure is, in order of preference: the median of the finished attempts in the store of its agent type
+run by its executor (`history`: a shell task of a type says nothing of that type's agent tasks), the planner's (or
+the plan author's) `estimate:` of the task (`planner`), or unknown. A total adds the known figures and says for how
+many tasks it knows none. The duration is the longest chain's in minutes (tasks of a stage run side by side, so the
+plan takes as long as its longest chain, at best: with enough workers; an unknown duration counts as 0 and makes it
+"at least") and the agent time (every task's duration added up: what the workers spend).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from orch.decisions.plan_shape import PlanShape, ShapedTask, plan_shape, shown_path
+from orch.decisions.plan_shape import PlanShape, ShapedTask, critical_path, plan_shape, shown_path
 
 HISTORY = "history"
 PLANNER = "estimate"
@@ -32,13 +33,22 @@ class AgentHistory:
     seconds: float | None = None
 
 
+HistoryKey = tuple[str, str]  # (agent type, executor): whose attempts a median is taken over
+
+
 @dataclass(frozen=True)
 class EstimatedTask:
-    """A task as the estimate reads it: its shape and the estimate written in the plan (tokens, usd, minutes)."""
+    """A task as the estimate reads it: its shape, the estimate written in the plan (tokens, usd, minutes) and the
+    executor that runs it (`shell` for a task with a `command:`)."""
 
     shaped: ShapedTask
     agent: str
     written: Mapping[str, float] | None = None
+    executor: str = ""
+
+    @property
+    def history_key(self) -> HistoryKey:
+        return (self.agent, self.executor)
 
 
 @dataclass(frozen=True)
@@ -59,14 +69,16 @@ class PlanEstimate:
     shape: PlanShape
     tokens: Figure
     usd: Figure
-    critical_minutes: Figure  # along the critical path (sources: its tasks')
+    critical_minutes: Figure  # along the longest chain by minutes (sources: its tasks'; unknown: the plan's tasks')
     agent_minutes: Figure  # every task's, added up
     history_agents: tuple[str, ...]  # agent types the store's history informed
 
 
-def _task_figure(task: EstimatedTask, history: Mapping[str, AgentHistory], field: str) -> tuple[float | None, str]:
+def _task_figure(
+    task: EstimatedTask, history: Mapping[HistoryKey, AgentHistory], field: str
+) -> tuple[float | None, str]:
     """One task's figure (`tokens`, `usd` or `minutes`) and where it came from."""
-    past = history.get(task.agent)
+    past = history.get(task.history_key)
     if past is not None:
         value = {"tokens": past.tokens, "usd": past.usd, "minutes": None}[field]
         if field == "minutes" and past.seconds is not None:
@@ -85,22 +97,33 @@ def _total(figures: Sequence[tuple[float | None, str]]) -> Figure:
     return Figure(sum(known) if known else None, {s: counts[s] for s in SOURCES if counts[s]}, counts[UNKNOWN])
 
 
-def estimate_plan(tasks: Sequence[EstimatedTask], history: Mapping[str, AgentHistory]) -> PlanEstimate:
-    """The plan's shape and expected tokens, cost and duration; `history`: medians per agent type (may be empty)."""
+def _duration(shaped: Sequence[ShapedTask], minutes: Mapping[str, tuple[float | None, str]]) -> Figure:
+    """The longest chain by minutes, an unknown duration counted as 0: its tasks' sources, and every task whose
+    duration is unknown (any of them may make another chain the longest: the figure is "at least" then)."""
+    timed = critical_path(shaped, {key: value or 0.0 for key, (value, _) in minutes.items()})
+    on_path = _total([minutes[key] for key in timed.keys])
+    unknown = sum(1 for value, _ in minutes.values() if value is None)
+    if not on_path.sources:
+        return Figure(None, {}, unknown)
+    return Figure(timed.minutes or 0.0, on_path.sources, unknown)
+
+
+def estimate_plan(tasks: Sequence[EstimatedTask], history: Mapping[HistoryKey, AgentHistory]) -> PlanEstimate:
+    """The plan's shape and expected tokens, cost and duration; `history`: medians per (agent type, executor), may
+    be empty."""
     by_field = {
         field: {task.shaped.key: _task_figure(task, history, field) for task in tasks}
         for field in ("tokens", "usd", "minutes")
     }
     minutes = {key: value for key, (value, _) in by_field["minutes"].items()}
-    shape = plan_shape([task.shaped for task in tasks], minutes)
-    on_path = [by_field["minutes"][key] for key in shape.critical_path.keys]
+    shaped = [task.shaped for task in tasks]
     return PlanEstimate(
-        shape=shape,
+        shape=plan_shape(shaped, minutes),
         tokens=_total(list(by_field["tokens"].values())),
         usd=_total(list(by_field["usd"].values())),
-        critical_minutes=_total(on_path),
+        critical_minutes=_duration(shaped, by_field["minutes"]),
         agent_minutes=_total(list(by_field["minutes"].values())),
-        history_agents=tuple(sorted({task.agent for task in tasks if task.agent in history})),
+        history_agents=tuple(sorted({task.agent for task in tasks if task.history_key in history})),
     )
 
 
@@ -156,10 +179,13 @@ def estimate_lines(estimate: PlanEstimate) -> list[str]:
     ]
     tokens, usd = estimate.tokens, estimate.usd
     critical, agent_time = estimate.critical_minutes, estimate.agent_minutes
+    # with every duration known the critical path is the longest chain by minutes; else the chain of the most known
+    # minutes (an unknown one counted as 0) may not be the path above, which is measured by task count
+    along = "the longest chain by known minutes" if critical.unknown else "the critical path"
     lines += [
         _figure_line("tokens", tokens, f"{tokens.value or 0:,.0f}"),
         _figure_line("cost", usd, f"${usd.value or 0:,.2f}"),
-        _figure_line("duration", critical, f"{format_minutes(critical.value or 0)} along the critical path"),
+        _figure_line("duration", critical, f"{format_minutes(critical.value or 0)} along {along}"),
         _figure_line("agent time", agent_time, f"{format_minutes(agent_time.value or 0)} in all tasks"),
     ]
     return lines

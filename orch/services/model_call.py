@@ -16,14 +16,22 @@ import anthropic
 from orch.errors import OrchError
 from orch.intake.prices import Usage
 
+MAX_SERVER_MESSAGE = 300  # characters of a server's error message quoted (an HTML 500 page is not echoed whole)
+CUT_OFF = "max_tokens"  # the stop reason of an answer cut off at the call's max_tokens
+REFUSED = "refusal"
+
 
 class ModelCallFailed(OrchError):
-    """The Messages API could not be reached or refused the call; `retryable`: a later call may succeed."""
+    """The Messages API could not be reached or refused the call; `retryable`: a later call may succeed;
+    `stop_reason`: the answer's, when it came and stopped short (max_tokens, refusal)."""
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, status: int | None = None, stop_reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.stop_reason = stop_reason
 
 
 @dataclass(frozen=True)
@@ -70,24 +78,70 @@ def forced_tool_call(
         raise ModelCallFailed(_describe(exc), retryable=retryable, status=status) from None
     except (anthropic.APIConnectionError, anthropic.APITimeoutError) as exc:
         raise ModelCallFailed(f"cannot reach the Anthropic API: {exc.__cause__ or exc}", retryable=True) from None
+    except (anthropic.APIResponseValidationError, ValueError, RecursionError) as exc:  # a 200 whose body is no JSON
+        raise _not_a_message(type(exc).__name__) from None
+    try:
+        return _tool_answer(message, name, access)
+    except (AttributeError, TypeError, ValueError, KeyError, RecursionError) as exc:
+        raise _not_a_message(type(exc).__name__) from None
+
+
+def _tool_answer(message: Any, name: str, access: ModelAccess) -> ToolAnswer:
+    """The forced call's input from a Messages API message; ModelCallFailed when the answer stopped short. Reads a
+    malformed message with AttributeError, TypeError or ValueError (the caller's to report)."""
+    stop_reason = message.stop_reason
+    if stop_reason == CUT_OFF:
+        raise ModelCallFailed(
+            f"the answer was cut off at max_tokens ({access.max_tokens:,}) before it was complete",
+            retryable=False,
+            stop_reason=CUT_OFF,
+        )
+    if stop_reason == REFUSED:
+        raise ModelCallFailed("the model refused to answer (stop reason refusal)", retryable=False, stop_reason=REFUSED)
     usage = Usage(
-        input_tokens=message.usage.input_tokens or 0,
-        output_tokens=message.usage.output_tokens or 0,
-        cache_creation_tokens=message.usage.cache_creation_input_tokens or 0,
-        cache_read_tokens=message.usage.cache_read_input_tokens or 0,
+        input_tokens=_count(message.usage.input_tokens),
+        output_tokens=_count(message.usage.output_tokens),
+        cache_creation_tokens=_count(message.usage.cache_creation_input_tokens),
+        cache_read_tokens=_count(message.usage.cache_read_input_tokens),
     )
+    if not isinstance(message.content, list):
+        raise TypeError("content is not a list")
     for block in message.content:
         if block.type == "tool_use" and block.name == name and isinstance(block.input, dict):
-            return ToolAnswer(block.input, usage, message.model or access.model, block.id)
+            return ToolAnswer(block.input, usage, str(message.model or access.model), str(block.id))
     raise ModelCallFailed(
-        f"the model answered without calling {name} (stop reason {message.stop_reason}); a call that forces the "
+        f"the model answered without calling {name} (stop reason {_clip(str(stop_reason))}); a call that forces the "
         "tool always gets one, so the endpoint is not the Messages API it claims to be",
         retryable=False,
     )
+
+
+def _count(value: Any) -> int:
+    """A token count of the usage (None: not reported, 0); TypeError for anything but a whole number."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("a token count is not a number")
+    return value
+
+
+def _not_a_message(what: str) -> ModelCallFailed:
+    return ModelCallFailed(
+        f"the endpoint's answer is not a Messages API message ({what} reading it): is ANTHROPIC_BASE_URL the "
+        "Messages API?",
+        retryable=False,
+    )
+
+
+def _clip(text: str, limit: int = MAX_SERVER_MESSAGE) -> str:
+    """A server's text on one line, at most `limit` characters (the caller shows it inert)."""
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= limit else one_line[:limit] + "…"
 
 
 def _describe(exc: anthropic.APIStatusError) -> str:
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error", body)
     error = error if isinstance(error, dict) else {}
-    return f"Anthropic API {exc.status_code} {error.get('type', 'error')}: {error.get('message') or exc.message}"
+    kind, said = error.get("type", "error"), error.get("message") or exc.message
+    return f"Anthropic API {exc.status_code} {_clip(str(kind), 60)}: {_clip(str(said))}"

@@ -34,13 +34,14 @@ from orch.executors import ExecutorName
 from orch.intake.agents import AgentRegistry, AgentType
 from orch.intake.plan import ID_PATTERN, Plan, clipped, quoted
 from orch.intake.plan_schema import AGENT_WRITABLE_FIELDS, SUBMIT_PLAN, PlannedPlan, plan_schema, submit_plan_tool
-from orch.intake.plan_validation import WorkdirRoots, describe_error, validate_plan
+from orch.intake.plan_validation import MAX_PROBLEMS_SHOWN, WorkdirRoots, describe_error, validate_plan
 from orch.intake.prices import Usage
+from orch.redaction import Redactor, secret_values
 from orch.services.git.command import GitFailed, run_bounded
 from orch.services.git.repository import MAX_SMALL_FILE, StateNotKnown, find_repository, read_regular
 from orch.services.git.worktree_view import open_worktree_view
 from orch.services.isolation import absolute_path
-from orch.services.model_call import ModelAccess, ModelCallFailed, forced_tool_call
+from orch.services.model_call import CUT_OFF, ModelAccess, ModelCallFailed, forced_tool_call
 
 PLANNER_TYPE = "planner"
 EXECUTORS = (ExecutorName.ANTHROPIC.value, ExecutorName.CLAUDE_CODE.value)
@@ -50,6 +51,9 @@ MAX_LAYOUT_ENTRIES = 400  # paths of the repository's layout the prompt lists
 MAX_LAYOUT_DEPTH = 4  # folders deeper than this are listed as their ancestor at this depth
 MAX_PRD_CHARS = 200_000
 MAX_CLAUDE_OUTPUT = 16 * 1024 * 1024
+MAX_DRAFT_DEPTH = 32  # objects and lists in each other: a plan needs 5; deeper ones are cut (yaml.dump recurses)
+TOO_DEEP = f"(cut by orch: nested more than {MAX_DRAFT_DEPTH} levels deep)"
+MAX_STDERR_SHOWN = 200
 _SKIPPED_FOLDERS = frozenset({".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv", ".orch"})
 _ID = re.compile(ID_PATTERN)
 _JSON_BLOCK = re.compile(r"```json[ \t]*\n(.*?)\n[ \t]*```", re.DOTALL)
@@ -133,12 +137,19 @@ def _current_branch(repo: Path) -> str | None:
     return text.removeprefix("ref: refs/heads/") if text.startswith("ref: refs/heads/") else None
 
 
+def is_repository_top(folder: Path) -> bool:
+    """Whether `folder` is a git repository's top, as git finds one (a `.git` folder that is a git dir, or a
+    `gitdir:` file naming one): a FIFO, a stray file or a bogus folder named `.git` is not."""
+    found = find_repository(folder)
+    return found is not None and found.work_tree == folder.resolve()
+
+
 def placement(repo: Path, out: Path) -> Placement:
-    """A git repository's top (a `.git` in it) → `repo: {url, base}` (its current branch); another folder →
-    `workdir:`. Relative to `out`'s folder."""
+    """A git repository's top → `repo: {url, base}` (its current branch); another folder → `workdir:`. Relative to
+    `out`'s folder."""
     folder = repo.resolve()
     relative = os.path.relpath(folder, out.resolve().parent)
-    if os.path.lexists(folder / ".git"):
+    if is_repository_top(folder):
         spec: dict[str, Any] = {"url": relative if relative.startswith(".") else f"./{relative}"}
         branch = _current_branch(folder)
         if branch:
@@ -214,7 +225,7 @@ def repository_layout(
     """How the prompt shows the repository: what the listing is, and its entries (bounded). A git repository's
     tracked files (`git ls-files`, run through a private git dir: none of the repository's config or hooks is
     obeyed), else a walk of the folder."""
-    view = open_worktree_view(folder) if os.path.lexists(folder / ".git") else None
+    view = open_worktree_view(folder) if is_repository_top(folder) else None
     if view is not None:
         with view:
             try:
@@ -306,6 +317,29 @@ def repair_text(problems: Sequence[str]) -> str:
 # --- checking a draft ---------------------------------------------------------------------------------------------
 
 
+def received(draft: Any, redactor: Redactor, depth: int = 0) -> Any:
+    """A draft as orch keeps it: every secret's value masked (in keys and strings), and any object or list nested
+    deeper than MAX_DRAFT_DEPTH replaced by TOO_DEEP. What is printed, saved, written and sent back is this."""
+    if isinstance(draft, str):
+        return redactor.text(draft)
+    if not isinstance(draft, dict | list):
+        return draft
+    if depth >= MAX_DRAFT_DEPTH:
+        return TOO_DEEP
+    if isinstance(draft, list):
+        return [received(item, redactor, depth + 1) for item in draft]
+    return {received(key, redactor): received(value, redactor, depth + 1) for key, value in draft.items()}
+
+
+def _cut(draft: Any) -> bool:
+    """Whether `received` cut a part of the draft (bounded: a received draft is at most MAX_DRAFT_DEPTH deep)."""
+    if isinstance(draft, dict):
+        return any(_cut(value) for value in draft.values())
+    if isinstance(draft, list):
+        return any(_cut(item) for item in draft)
+    return isinstance(draft, str) and draft == TOO_DEEP
+
+
 def _document(draft: Any, request: PlanRequest, where: Placement) -> Any:
     """The plan document a draft becomes: its name, the goal as its description (with the planner's restatement),
     where its tasks work, then the rest of the draft as written (validated, never edited)."""
@@ -377,6 +411,8 @@ def check_draft(draft: Any, request: PlanRequest, registry: AgentRegistry, where
     """A draft checked by the strict plan schema, the plan validator and seed 002's rules: every problem, once."""
     document = _document(draft, request, where)
     problems = _schema_problems(draft)
+    if _cut(draft):
+        problems.insert(0, f"{DRAFT_SOURCE}: objects or lists nested more than {MAX_DRAFT_DEPTH} levels deep (cut)")
     plan: Plan | None = None
     try:
         plan = validate_plan(document, registry, DRAFT_SOURCE, request.out.resolve().parent, _roots(request))
@@ -393,7 +429,18 @@ def check_draft(draft: Any, request: PlanRequest, registry: AgentRegistry, where
 Ask = Callable[[Sequence[str]], tuple[Any, Usage]]  # the last draft's problems (none at first) → a draft, its usage
 
 
-def _anthropic_asker(planner: AgentType, system: str, prompt: str, tool: Mapping[str, Any], key: str) -> Ask:
+def _unanswered(planner: AgentType, exc: ModelCallFailed) -> PlannerUnreachable:
+    if exc.stop_reason == CUT_OFF:
+        return PlannerUnreachable(
+            f"the planner (anthropic, model {planner.model}) ran out of tokens: {exc}; raise agent type "
+            f"{PLANNER_TYPE!r}'s max_tokens in config/agents.yaml, or ask for a smaller plan"
+        )
+    return PlannerUnreachable(f"the planner (anthropic, model {planner.model}) could not answer: {exc}")
+
+
+def _anthropic_asker(
+    planner: AgentType, system: str, prompt: str, tool: Mapping[str, Any], key: str, redactor: Redactor
+) -> Ask:
     """One forced tool call per round; a repair round continues the conversation: the last draft as the model's
     tool call, its problems as the tool's result (is_error)."""
     access = ModelAccess(api_key=key, model=planner.model, max_tokens=planner.max_tokens, timeout=planner.timeout)
@@ -426,10 +473,8 @@ def _anthropic_asker(planner: AgentType, system: str, prompt: str, tool: Mapping
         try:
             answer = forced_tool_call(access, system, messages, tool)
         except ModelCallFailed as exc:
-            raise PlannerUnreachable(
-                f"the planner (anthropic, model {planner.model}) could not answer: {exc}"
-            ) from None
-        drafts.append(dict(answer.input))
+            raise _unanswered(planner, exc) from None
+        drafts.append(received(dict(answer.input), redactor))
         call_ids.append(answer.tool_use_id)
         return drafts[-1], answer.usage
 
@@ -474,8 +519,17 @@ def claude_environment(planner: AgentType, environ: Mapping[str, str]) -> dict[s
     return env
 
 
-def claude_result(stdout: str) -> str:
-    """The `result` text of the CLI's JSON answer; PlannerUnreachable when it failed or said nothing usable."""
+def _exit_said(done: subprocess.CompletedProcess[str] | None) -> str:
+    """What the CLI's exit said: its status and its first line on stderr (bounded), for an error line."""
+    if done is None:
+        return ""
+    first = next(iter(done.stderr.strip().splitlines()), "")[:MAX_STDERR_SHOWN]
+    return f" (exit status {done.returncode}" + (f": {quoted(first)})" if first else ")")
+
+
+def claude_result(stdout: str, done: subprocess.CompletedProcess[str] | None = None) -> str:
+    """The `result` text of the CLI's JSON answer; PlannerUnreachable when it failed or said nothing usable (naming
+    its exit status and first line on stderr)."""
     answer: Any = None
     for line in reversed(stdout.strip().splitlines()):
         try:
@@ -490,19 +544,35 @@ def claude_result(stdout: str) -> str:
         except ValueError:
             answer = None
     if not isinstance(answer, dict) or not isinstance(answer.get("result"), str):
-        raise PlannerUnreachable("the planner (claude-code) printed no JSON result")
+        raise PlannerUnreachable(f"the planner (claude-code) printed no JSON result{_exit_said(done)}")
     if answer.get("is_error"):
         raise PlannerUnreachable(f"the planner (claude-code) failed: {quoted(answer['result'])}")
     return str(answer["result"])
 
 
+def _parsed_block(block: str) -> Any:
+    """A ```json block's value; ValueError when it is not JSON (or nests past the parser's limit)."""
+    try:
+        return json.loads(block)
+    except RecursionError:
+        raise ValueError("nested too deep to read") from None
+
+
 def draft_from_text(text: str) -> tuple[Any, str | None]:
-    """The plan in the last ```json block of an answer, or why there is none."""
+    """The plan in the last ```json block of an answer that holds an object with `tasks` (else the last block), or
+    why there is none."""
     blocks = _JSON_BLOCK.findall(text)
     if not blocks:
         return None, "the answer ends with no ```json block holding the plan: end it with the whole plan as one"
+    for block in reversed(blocks):
+        try:
+            value = _parsed_block(block)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "tasks" in value:
+            return value, None
     try:
-        draft = json.loads(blocks[-1])
+        draft = _parsed_block(blocks[-1])
     except ValueError as exc:
         return None, clipped(f"the ```json block is not valid JSON: {exc}")
     if not isinstance(draft, dict):
@@ -516,8 +586,11 @@ class _NoDraft(Exception):
         self.text = text
 
 
-def _claude_asker(planner: AgentType, system: str, prompt: str, cwd: Path, binary: str, env: dict[str, str]) -> Ask:
-    """One `claude -p` run per round; a repair round gives it the last draft and its problems."""
+def _claude_asker(
+    planner: AgentType, system: str, prompt: str, cwd: Path, binary: str, env: dict[str, str], redactor: Redactor
+) -> Ask:
+    """One `claude -p` run per round; a repair round gives it the last draft (the last that was one) and its
+    problems."""
     drafts: list[Any] = []
     argv = claude_argv(binary, planner, system)
 
@@ -537,11 +610,15 @@ def _claude_asker(planner: AgentType, system: str, prompt: str, cwd: Path, binar
             raise PlannerUnreachable(f"the planner (claude-code) could not start {binary}: {exc.strerror}") from None
         if len(done.stdout) > MAX_CLAUDE_OUTPUT:
             raise PlannerUnreachable(f"the planner (claude-code) printed more than {MAX_CLAUDE_OUTPUT:,} characters")
-        result = claude_result(done.stdout)
+        try:
+            result = claude_result(done.stdout, done)
+        except PlannerUnreachable as exc:
+            raise PlannerUnreachable(redactor.text(str(exc))) from None
         draft, problem = draft_from_text(result)
-        drafts.append(draft)
+        draft = received(draft, redactor)
         if problem is not None:
-            raise _NoDraft(f"{DRAFT_SOURCE}: {problem}", draft)
+            raise _NoDraft(f"{DRAFT_SOURCE}: {redactor.text(problem)}", draft)
+        drafts.append(draft)
         return draft, Usage()
 
     return ask
@@ -575,26 +652,50 @@ def write_plan(
     prompt = user_prompt(request, repository_layout(where.folder))
     if request.executor == ExecutorName.ANTHROPIC:
         tool = submit_plan_tool([agent.name for agent in offered_types(registry)])
-        ask = _anthropic_asker(planner, system, prompt, tool, api_key(planner, environ))
+        key = api_key(planner, environ)
+        ask = _anthropic_asker(planner, system, prompt, tool, key, draft_redactor(planner, environ, key))
     else:
         binary = _claude_binary(claude_bin, environ)
-        ask = _claude_asker(planner, system, prompt, where.folder, binary, claude_environment(planner, environ))
+        env = claude_environment(planner, environ)
+        redactor = draft_redactor(planner, environ)
+        ask = _claude_asker(planner, system, prompt, where.folder, binary, env, redactor)
     return _repair_loop(ask, request, registry, where)
 
 
+def draft_redactor(planner: AgentType, environ: Mapping[str, str], key: str | None = None) -> Redactor:
+    """Masks the values of the planner type's secrets (and of the key orch calls the API with) in what the planner
+    writes: a model that read /proc/self/environ or a dotfile may have copied one into the plan."""
+    values = secret_values(planner.secrets, environ)
+    if key and key not in values.values():
+        values[f"{PLANNER_TYPE} API key"] = key
+    return Redactor(values)
+
+
 def _repair_loop(ask: Ask, request: PlanRequest, registry: AgentRegistry, where: Placement) -> Planned:
+    """Ask, check, send the problems back. A round with no draft (claude-code's answer had no plan block) sends
+    that back with the last real draft's problems, and the last real draft stays the one saved."""
     problems: list[str] = []
     usage = Usage()
     last: Any = None
+    last_problems: list[str] = []
     for round_number in range(1, request.repair_rounds + 2):
         try:
-            draft, spent = ask(problems)
+            draft, spent = ask(shown_problems(problems))
         except _NoDraft as missing:
-            problems, last = [missing.problem], missing.text
+            problems = [missing.problem, *last_problems]
+            last = missing.text if last is None else last
             continue
         usage += spent
         checked = check_draft(draft, request, registry, where)
         if checked.plan is not None:
             return Planned(checked.document, checked.plan, checked.warnings, round_number, usage)
-        problems, last = checked.problems, checked.document
+        problems = last_problems = checked.problems
+        last = checked.document
     raise DraftRejected(problems, last, request.repair_rounds + 1)
+
+
+def shown_problems(problems: Sequence[str]) -> list[str]:
+    """The first MAX_PROBLEMS_SHOWN problems and a line counting the rest: what is printed and sent back."""
+    if len(problems) <= MAX_PROBLEMS_SHOWN:
+        return list(problems)
+    return [*problems[:MAX_PROBLEMS_SHOWN], f"… and {len(problems) - MAX_PROBLEMS_SHOWN:,} more"]

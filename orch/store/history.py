@@ -1,5 +1,8 @@
-"""What agent types took, by the store's history (read-only): per type, the medians of its last finished attempts'
-tokens, cost and duration. `orch plan` and `orch validate --estimate` estimate a plan with them."""
+"""What agent types took, by the store's history (read-only): per agent type and executor, the medians of its last
+finished attempts' tokens, cost and duration. `orch plan` and `orch validate --estimate` estimate a plan with them.
+
+Keyed by the executor too: a task with a `command:` of a type (shell, no tokens, seconds) says nothing of what an
+agent task of that type takes."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from collections.abc import Collection, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orch.decisions.estimate import AgentHistory
+from orch.decisions.estimate import AgentHistory, HistoryKey
 from orch.states import AttemptStatus, TaskStatus
 from orch.store.models import AttemptRow, TaskRow
 
@@ -25,8 +28,9 @@ def _median(values: Sequence[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
-def agent_history(session: Session, agent: str, last: int = DEFAULT_LAST) -> AgentHistory | None:
-    """Medians over the type's last `last` succeeded attempts (newest first by their end); None when it has none."""
+def agent_history(session: Session, agent: str, executor: str, last: int = DEFAULT_LAST) -> AgentHistory | None:
+    """Medians over the last `last` succeeded attempts (newest first by their end) of the type's tasks run by
+    `executor`; None when there are none."""
     rows = session.execute(
         select(_TOKENS, AttemptRow.cost_usd, AttemptRow.duration_s)
         .join(TaskRow, TaskRow.pk == AttemptRow.task_pk)
@@ -35,6 +39,7 @@ def agent_history(session: Session, agent: str, last: int = DEFAULT_LAST) -> Age
             # succeeded, unless an operator ran it again since)
             TaskRow.status == TaskStatus.SUCCEEDED,
             TaskRow.agent == agent,
+            TaskRow.executor == executor,
             AttemptRow.status == AttemptStatus.SUCCEEDED,
             AttemptRow.finished_at.is_not(None),
         )
@@ -51,7 +56,9 @@ def agent_history(session: Session, agent: str, last: int = DEFAULT_LAST) -> Age
     )
 
 
-def agent_histories(session: Session, agents: Collection[str], last: int = DEFAULT_LAST) -> dict[str, AgentHistory]:
-    """`agent_history` of each of `agents` that has any."""
-    found = {agent: agent_history(session, agent, last) for agent in sorted(set(agents))}
-    return {agent: history for agent, history in found.items() if history is not None}
+def agent_histories(
+    session: Session, keys: Collection[HistoryKey], last: int = DEFAULT_LAST
+) -> dict[HistoryKey, AgentHistory]:
+    """`agent_history` of each (agent type, executor) of `keys` that has any."""
+    found = {key: agent_history(session, *key, last=last) for key in sorted(set(keys))}
+    return {key: history for key, history in found.items() if history is not None}

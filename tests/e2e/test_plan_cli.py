@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 
 from tests.e2e.conftest import ORCH, orch_env, run_orch
 from tests.fakes.messages_api import MessagesAPI, Reply
-from tests.helpers import fake_claude_wrapper
+from tests.helpers import fake_claude_wrapper, wait_for
 
 
 def shell_task(key: str, *after: str) -> dict[str, Any]:
@@ -68,7 +69,9 @@ def test_plan_run_yes_writes_the_plan_and_runs_it_on_real_workers(tmp_path: Path
     )
     again = run_orch(["validate", "--estimate", "plan.yaml"], tmp_path, env)
     assert again.returncode == 0, again.stderr
-    assert "tokens: 0 (store history)" in again.stdout  # shell tasks spend no tokens, as the store now knows
+    # shell tasks spend no tokens, as the store now knows of the type's shell tasks (only of those: history is per
+    # agent type and executor)
+    assert "tokens: 0 (store history)" in again.stdout
 
 
 def test_a_plan_over_confirm_above_asks_and_no_runs_nothing(tmp_path: Path, planner_api: MessagesAPI) -> None:
@@ -96,11 +99,15 @@ def test_a_plan_over_confirm_above_asks_and_no_runs_nothing(tmp_path: Path, plan
     assert not (tmp_path / ".orch" / "orch.db").exists()  # nothing submitted: no store
 
     (tmp_path / "plan.yaml").unlink()
+    asked = len(planner_api.requests)
     refused = run_orch(["plan", "Write three files", "--run"], tmp_path, env)  # stdin: no terminal, no --yes
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == (
-        "orch: the plan has 3 tasks, more than ORCH_CONFIRM_ABOVE (2): run it from a terminal to confirm, or pass --yes"
+        "orch: --run asks before it runs a plan of more than ORCH_CONFIRM_ABOVE (2) tasks, and there is no terminal "
+        "to ask on: pass --yes, or run from a terminal"
     )
+    assert len(planner_api.requests) == asked  # refused before the planner is asked: nothing paid for
+    assert not (tmp_path / "plan.yaml").exists()
     assert not any((tmp_path / f"{key}.txt").exists() for key in ("one", "two", "three"))
 
 
@@ -136,3 +143,41 @@ def test_the_claude_code_planner_reads_with_read_only_tools_and_its_json_block_i
         assert Path(call["cwd"]).resolve() == repo.resolve()
         assert "Goal: FAKE:plan Write three files" in call["prompt"] and "app.py" in call["prompt"]
     assert "draft: the answer ends with no ```json block holding the plan" in calls[1]["prompt"]
+
+
+def test_ctrl_c_while_the_claude_code_planner_thinks_ends_it_and_exits_130(tmp_path: Path) -> None:
+    """The CLI runs in a session of its own (no terminal's Ctrl-C reaches it): orch plan kills it on the way out."""
+    pids = tmp_path / "claude.pids"
+    claude = fake_claude_wrapper(tmp_path / "bin" / "claude", FAKE_CLAUDE_PIDS=str(pids))
+    env = orch_env(tmp_path, ORCH_CLAUDE_BIN=str(claude), ANTHROPIC_API_KEY="sk-test-secret")
+    plan = subprocess.Popen(
+        [ORCH, "plan", "FAKE:hang Write three files", "--executor", "claude-code"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        child = int(wait_for(lambda: pids.read_text().strip() if pids.exists() else "", 60, "the fake claude to start"))
+        plan.send_signal(signal.SIGINT)
+        _, stderr = plan.communicate(timeout=60)
+    finally:
+        if plan.poll() is None:
+            plan.kill()
+            plan.communicate()
+    assert plan.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["orch plan: interrupted; nothing written"]
+    wait_for(lambda: not _alive(child), 15, "the fake claude to be gone")
+    assert not (tmp_path / "plan.yaml").exists()
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie is not running: its parent, orch plan, is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

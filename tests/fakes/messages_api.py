@@ -33,6 +33,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     event_delay: float = 0.0  # seconds between stream events: a slow stream
     model: str = "claude-test"
+    stop_reason: str = ""  # the answer's stop_reason (default: tool_use with a tool call, else end_turn)
+    raw_body: bytes | None = None  # sent as it is, with `status` and `content_type`: a malformed answer
+    content_type: str = "application/json"
 
     @classmethod
     def error(cls, status: int, error_type: str, message: str, **kwargs: Any) -> Reply:
@@ -129,7 +132,9 @@ class MessagesAPI:
                     self._json(404, {"type": "error", "error": {"type": "not_found_error", "message": self.path}})
                     return
                 reply = api._next(body)
-                if reply.status >= 400:
+                if reply.raw_body is not None:
+                    self._raw(reply)
+                elif reply.status >= 400:
                     error: dict[str, Any] = {"type": reply.error_type, "message": reply.error_message}
                     if reply.error_code:
                         error["details"] = {"error_code": reply.error_code}
@@ -149,6 +154,16 @@ class MessagesAPI:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _raw(self, reply: Reply) -> None:
+                assert reply.raw_body is not None
+                self.send_response(reply.status)
+                self.send_header("content-type", reply.content_type)
+                self.send_header("content-length", str(len(reply.raw_body)))
+                for key, value in reply.headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(reply.raw_body)
 
             def _stream(self, reply: Reply, body: dict[str, Any]) -> None:
                 self.send_response(200)
@@ -190,7 +205,7 @@ def _content(reply: Reply) -> list[dict[str, Any]]:
 
 
 def _stop_reason(reply: Reply) -> str:
-    return "tool_use" if reply.tool_use else "end_turn"
+    return reply.stop_reason or ("tool_use" if reply.tool_use else "end_turn")
 
 
 def message_json(reply: Reply, body: dict[str, Any]) -> dict[str, Any]:

@@ -199,6 +199,7 @@ def test_a_refusing_api_exits_1_naming_its_error(tmp_path: Path, planner_api: Me
 # --- history ------------------------------------------------------------------------------------------------------
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
+SHELL = "shell"  # the executor of a task with a command:
 
 
 def record_attempts(plan_id: str, key: str, attempts: list[tuple[AttemptStatus, int, float | None, float]]) -> None:
@@ -242,15 +243,19 @@ def test_history_is_the_medians_of_each_types_last_succeeded_attempts(store_url:
     record_attempts(
         plan_id, "docs", [(AttemptStatus.SUCCEEDED, 10, 0.01, 5.0), (AttemptStatus.SUCCEEDED, 20, 0.03, 7.0)]
     )
+    types = ["backend-development", "documentation-writer", "testing-specialist"]
     with read_session() as session:
-        history = agent_histories(session, ["backend-development", "documentation-writer", "testing-specialist"])
-        latest = agent_histories(session, ["backend-development"], last=1)
-    assert set(history) == {"backend-development", "documentation-writer"}  # qa: no attempt
-    api = history["backend-development"]
+        history = agent_histories(session, [(agent, SHELL) for agent in types])
+        latest = agent_histories(session, [("backend-development", SHELL)], last=1)
+        agentic = agent_histories(session, [(agent, "claude-code") for agent in types])
+    assert agentic == {}  # only shell tasks ran: nothing is known of the types' agent tasks
+    assert set(history) == {("backend-development", SHELL), ("documentation-writer", SHELL)}  # qa: no attempt
+    by_type = {agent: found for (agent, _), found in history.items()}
+    api = by_type["backend-development"]
     assert (api.attempts, api.tokens, api.seconds) == (3, 2000, 90.0) and api.usd == pytest.approx(0.2)
-    docs = history["documentation-writer"]
+    docs = by_type["documentation-writer"]
     assert (docs.attempts, docs.tokens, docs.seconds) == (2, 15, 6.0) and docs.usd == pytest.approx(0.02)
-    assert latest["backend-development"].tokens == 2000  # the newest attempt alone
+    assert latest[("backend-development", SHELL)].tokens == 2000  # the newest attempt alone
 
 
 def test_validate_estimate_prefers_the_stores_history(sqlite_url: str, tmp_path: Path) -> None:
@@ -277,6 +282,31 @@ def test_validate_estimate_prefers_the_stores_history(sqlite_url: str, tmp_path:
     assert "  duration: 12 min along the critical path (store history for 1 task, the plan's estimates for 1)" in (
         result.output
     )
+
+
+def test_a_types_shell_runs_do_not_estimate_its_agent_tasks(sqlite_url: str, tmp_path: Path) -> None:
+    """After a shell task of general-purpose ran (0 tokens, 2 s), an agent task of that type is still estimated by
+    the plan's estimate, and a shell task of it by the store."""
+    ensure_schema()
+    shell = make_plan([{"id": "s", "title": "t", "agent": "general-purpose", "command": "true"}], workdir=tmp_path)
+    with write_session() as session:
+        plan_id = plans.submit_plan(session, shell, NOW, {})
+    record_attempts(plan_id, "s", [(AttemptStatus.SUCCEEDED, 0, 0.0, 2.0)])
+    document = {
+        "name": "agentic",
+        "tasks": [
+            {"id": "a", "title": "implement login", "agent": "general-purpose", "success": "tests pass",
+             "estimate": {"tokens": 200000, "usd": 3.0, "minutes": 25}},
+            {"id": "b", "title": "t", "agent": "general-purpose", "command": "true", "after": ["a"]},
+        ],
+    }  # fmt: skip
+    (tmp_path / "p.yaml").write_text(json.dumps(document))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        result = CliRunner().invoke(main, ["validate", "--estimate", "p.yaml"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "  tokens: 200,000 (store history for 1 task, the plan's estimates for 1)" in result.output
+    assert "  cost: $3.00 (store history for 1 task, the plan's estimates for 1)" in result.output
 
 
 def test_a_drafts_strings_cannot_drive_the_terminal(tmp_path: Path, planner_api: MessagesAPI) -> None:

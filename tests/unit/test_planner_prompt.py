@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +184,64 @@ def test_a_rejected_draft_goes_beside_the_plan_file_never_over_another_file(tmp_
     assert draft_path(tmp_path / "plan.yaml") == tmp_path / "plan.draft.yaml"
     (tmp_path / "plan.draft.yaml").write_text("mine")
     assert draft_path(tmp_path / "plan.yaml") == tmp_path / "plan.draft-2.yaml"
+
+
+def test_the_plan_is_the_last_block_that_is_a_plan_not_a_quoted_one_after_it() -> None:
+    text = 'The plan:\n```json\n{"name": "p", "tasks": []}\n```\nand README said:\n```json\n[1, 2]\n```'
+    assert draft_from_text(text) == ({"name": "p", "tasks": []}, None)
+    text = 'The plan:\n```json\n{"name": "p", "tasks": []}\n```\nand a config:\n```json\n{"port": 1}\n```'
+    assert draft_from_text(text) == ({"name": "p", "tasks": []}, None)
+
+
+def test_a_round_without_a_draft_sends_back_the_last_real_drafts_problems_and_keeps_it(tmp_path: Path) -> None:
+    """claude-code: draft 1 has a problem, rounds 2 and 3 give no block; round 3 is told both problems, and the
+    draft rejected in the end is draft 1, not an answer without a plan."""
+    from orch.intake.prices import Usage
+    from orch.services.planner import DraftRejected, _NoDraft, _repair_loop
+
+    bad = {"name": "p", "tasks": [{"id": "a", "title": "t", "agent": "general-purpose", "success": "s",
+                                   "command": "true", "after": ["ghost"]}]}  # fmt: skip
+    asked: list[list[str]] = []
+
+    def ask(problems: Sequence[str]) -> tuple[Any, Usage]:
+        asked.append(list(problems))
+        if len(asked) > 1:
+            raise _NoDraft("draft: the answer ends with no ```json block", None)
+        return bad, Usage()
+
+    try:
+        _repair_loop(ask, request(tmp_path, repair_rounds=2), registry(), placement(tmp_path, tmp_path / "plan.yaml"))
+    except DraftRejected as rejected:
+        assert rejected.draft["tasks"][0]["after"] == ["ghost"]
+        assert rejected.problems[0].startswith("draft: the answer ends with no")
+        assert any("unknown task 'ghost'" in problem for problem in rejected.problems)
+    else:
+        raise AssertionError("the draft was accepted")
+    assert asked[0] == [] and any("unknown task 'ghost'" in problem for problem in asked[1])
+    assert asked[2][0].startswith("draft: the answer ends with no") and asked[2][1:] == asked[1]
+
+
+# Strings a YAML reader may change: line breaks of its own (NEL, LS, PS, CR), a byte-order mark, words that are
+# other types unquoted, indicators, tabs, trailing and leading spaces.
+NASTY = [
+    "yes", "null", "1e3", "~", "0o17", "0x1F", "1_000", ".inf", "2024-01-01", "*a", "&a", "!!python/object:x", "=",
+    "<<", "- x", "? x", "a: b", "#c", "%x", "@x", "`x", "a #b", "trail ", " lead\nx", "x\n", "x\n\n", "\n", "\r",
+    "a\rb", "x\r\ny", "tab\there", "\ttab", "x\n\ty", "a\n b\n", "x\n  \ny", "a\u2028b", "line\u2029x\ny", "a\x85b",
+    "a\u0085\nb", "a\ufeffb", "\ufeffbom", "é\nü", "😀\nz", "a\x7fb", "a\x1bb\nc", "'", '"', "x\\y", "a\u00a0\nb",
+    " \n", "\u3000\nx", "a\u200b\nb", "'quoted'", '"dq"', "[x]", "{x}", "trailing\nspace \nlines",
+]  # fmt: skip
+
+
+def test_every_string_of_a_written_plan_reads_back_the_same(tmp_path: Path) -> None:
+    from orch.cli.planning import plan_yaml
+    from orch.intake.plan_document import read_plan_document
+
+    changed = []
+    for index, value in enumerate(NASTY):
+        path = tmp_path / f"plan-{index}.yaml"
+        document = {"name": "n", "description": value, "tasks": [{"id": "a", "title": value, "description": value}]}
+        path.write_text(plan_yaml(document, "a header"), encoding="utf-8")
+        back = read_plan_document(path)
+        if (back["description"], back["tasks"][0]["title"], back["tasks"][0]["description"]) != (value,) * 3:
+            changed.append(value)
+    assert changed == []

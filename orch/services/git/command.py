@@ -210,11 +210,25 @@ def run_bounded(
     timer.start()
     try:
         stdout, stderr = process.communicate(stdin)
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) too: the child has a session of its own, no terminal's signal
+        _kill_and_reap(process)
+        raise
     finally:
         timer.cancel()
     if expired.is_set():
         raise subprocess.TimeoutExpired(argv, timeout, stdout, stderr)
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
+def _kill_and_reap(process: subprocess.Popen[str]) -> None:
+    """End a process and its group now (SIGKILL), close its pipes and wait for it: nothing is left running."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    process.wait()
 
 
 def iter_nul(text: str) -> Iterator[str]:
