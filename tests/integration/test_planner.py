@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from orch.cli import main
 from orch.intake.plan_schema import plan_schema
@@ -26,26 +26,7 @@ from orch.store.history import agent_histories
 from orch.store.models import AttemptRow, TaskRow
 from tests.fakes.messages_api import MessagesAPI, Reply
 from tests.helpers import make_plan, registry
-
-
-def submit(plan: dict[str, Any]) -> Reply:
-    return Reply(tool_use={"name": "submit_plan", "input": plan})
-
-
-def task(key: str, *after: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": key,
-        "title": f"do {key}",
-        "agent": "general-purpose",
-        "success": f"{key}.txt exists",
-        "command": f"touch {key}.txt",
-        **({"after": list(after)} if after else {}),
-        **fields,
-    }
-
-
-def draft(*tasks: dict[str, Any]) -> dict[str, Any]:
-    return {"name": "scripted", "description": "a scripted plan", "tasks": list(tasks)}
+from tests.planner_helpers import draft, orch_plan, submit, task
 
 
 @pytest.fixture
@@ -54,12 +35,6 @@ def planner_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[MessagesAPI]:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-dummy")
         yield api
-
-
-def orch_plan(cwd: Path, *args: str) -> Result:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(cwd)
-        return CliRunner().invoke(main, ["plan", *args], catch_exceptions=False)
 
 
 def last_tool_result(body: dict[str, Any]) -> dict[str, Any]:

@@ -13,34 +13,15 @@ from typing import Any
 
 import pytest
 import yaml
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from orch.cli import main
 from orch.intake.plan_validation import MAX_PROBLEMS_SHOWN
 from orch.settings import get_settings
 from tests.fakes.messages_api import MessagesAPI, Reply
+from tests.planner_helpers import draft, orch_plan, submit, task
 
 KEY = "sk-test-0123456789-secret-value"
-
-
-def submit(plan: dict[str, Any], **fields: Any) -> Reply:
-    return Reply(tool_use={"name": "submit_plan", "input": plan}, **fields)
-
-
-def task(key: str, *after: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": key,
-        "title": f"do {key}",
-        "agent": "general-purpose",
-        "success": f"{key}.txt exists",
-        "command": f"touch {key}.txt",
-        **({"after": list(after)} if after else {}),
-        **fields,
-    }
-
-
-def draft(*tasks: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    return {"name": "scripted", "description": "a scripted plan", "tasks": list(tasks), **fields}
 
 
 @pytest.fixture
@@ -49,12 +30,6 @@ def planner_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[MessagesAPI]:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
         yield api
-
-
-def orch_plan(cwd: Path, *args: str) -> Result:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(cwd)
-        return CliRunner().invoke(main, ["plan", *args], catch_exceptions=False)
 
 
 def plan_files(folder: Path) -> list[str]:
